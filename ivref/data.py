@@ -1,0 +1,374 @@
+"""Captioned training videos: the procedural moving-shapes world, and folders of real videos.
+
+The toy world (DESIGN.md "Toy data"): one anti-aliased shape (7 colors x 3 shapes) on a dark
+background, moving in a straight line (4 motions), captioned "a red circle moving left".
+A scene is defined in continuous time (seconds) and in units of the frame's shorter side,
+so the same scene renders to the same picture at every stage's size and frame rate: frame k
+shows time t_k = k / fps. A base-stage clip (8 frames @ 3 fps) and a TSR clip (16 @ 6) of the
+same scene agree on every base frame; an SSR clip is the same video at more pixels.
+
+Images for joint image-video training [IV §2.4] follow [VDM §4]: an image sample is a
+video-length pack of independent still frames. CHOICE: all frames of a pack share one
+caption without motion ("a red circle") and differ in position and size; the U-Net is told
+``is_image`` and keeps the frames from mixing in time.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F_nn
+from einops import rearrange
+
+COLORS: dict[str, tuple[float, float, float]] = {  # RGB in [0, 1]
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
+BACKGROUND = (0.0, 0.0, 0.0)  # dark background, -1 in model space
+SHAPES = ("circle", "square", "triangle")
+MOTIONS: dict[str, tuple[float, float]] = {  # unit direction (dx, dy); y grows downwards
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+}
+COMBOS: tuple[tuple[str, str, str], ...] = tuple(itertools.product(COLORS, SHAPES, MOTIONS))
+# Held out of the train split (8 of 84): every color, shape and motion still trains elsewhere.
+HELDOUT: tuple[tuple[str, str, str], ...] = (
+    ("red", "circle", "left"),
+    ("green", "square", "right"),
+    ("blue", "triangle", "up"),
+    ("yellow", "circle", "down"),
+    ("magenta", "square", "left"),
+    ("cyan", "triangle", "right"),
+    ("white", "circle", "up"),
+    ("red", "triangle", "down"),
+)
+TRAIN_COMBOS = tuple(c for c in COMBOS if c not in HELDOUT)
+SPLITS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "train": TRAIN_COMBOS,
+    "heldout": HELDOUT,
+    "all": COMBOS,
+}
+SIZE_RANGE = (0.16, 0.26)  # half-size r of the shape, in units of the shorter side
+TRAVEL_RANGE = (0.25, 0.45)  # distance travelled over one clip (F / fps seconds), same units
+SUPERSAMPLE = 4  # anti-aliasing: coverage from 4 x 4 sub-pixel samples
+
+
+def caption(color: str, shape: str, motion: str | None) -> str:
+    """The caption of a scene: "a red circle moving left", or "a red circle" for an image."""
+    return f"a {color} {shape}" + (f" moving {motion}" if motion else "")
+
+
+CAPTIONS: tuple[str, ...] = tuple(caption(*c) for c in COMBOS)
+
+
+def parse_caption(text: str) -> tuple[str, str, str | None]:
+    """ "a red circle moving left" -> ("red", "circle", "left"); "a red circle" -> (.., None)."""
+    words = text.strip().lower().split()
+    ok = len(words) in (3, 5) and words[0] == "a"
+    ok = ok and words[1] in COLORS and words[2] in SHAPES
+    if len(words) == 5:
+        ok = ok and words[3] == "moving" and words[4] in MOTIONS
+    if not ok:
+        raise ValueError(
+            f"caption {text!r} is outside the toy vocabulary: expected 'a COLOR SHAPE [moving "
+            f"MOTION]' with COLOR in {list(COLORS)}, SHAPE in {list(SHAPES)}, "
+            f"MOTION in {list(MOTIONS)}"
+        )
+    return words[1], words[2], words[4] if len(words) == 5 else None
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One toy clip in size-free units: the shape moves from ``start`` at ``velocity`` per s."""
+
+    color: str
+    shape: str
+    motion: str | None  # None: a still image
+    size: float  # half-size r (units of the shorter side)
+    start: tuple[float, float]  # center (x, y) at t = 0
+    velocity: tuple[float, float]  # (dx/dt, dy/dt) in units per second
+
+
+def _extent(width: int, height: int) -> tuple[float, float]:
+    """The frame's size in units of its shorter side: (W / S, H / S)."""
+    s = min(width, height)
+    return width / s, height / s
+
+
+def random_scene(
+    text: str,
+    width: int,
+    height: int,
+    duration: float,
+    generator: torch.Generator | None = None,
+) -> Scene:
+    """A random scene for a caption: size, start and speed drawn so the shape stays in frame.
+
+    r ~ U(SIZE_RANGE), travel d ~ U(TRAVEL_RANGE), speed = d / duration; the start is uniform
+    over positions that keep the whole shape inside the frame for the whole clip.
+    """
+    color, shape, motion = parse_caption(text)
+    u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+    lx, ly = _extent(width, height)
+    r = SIZE_RANGE[0] + (SIZE_RANGE[1] - SIZE_RANGE[0]) * u[0]
+    d = 0.0 if motion is None else TRAVEL_RANGE[0] + (TRAVEL_RANGE[1] - TRAVEL_RANGE[0]) * u[1]
+    dx, dy = MOTIONS[motion] if motion else (0.0, 0.0)
+    start = []
+    for extent, direction, uu in ((lx, dx, u[2]), (ly, dy, u[3])):
+        room = max(extent - 2 * r - d * abs(direction), 0.0)
+        low = r + (d if direction < 0 else 0.0)
+        start.append(low + room * uu)
+    return Scene(
+        color, shape, motion, r, (start[0], start[1]), (dx * d / duration, dy * d / duration)
+    )
+
+
+def coverage(
+    shape: str, centers: torch.Tensor, sizes: torch.Tensor, width: int, height: int
+) -> torch.Tensor:
+    """Fraction of each pixel the shape covers, (F, H, W), from SUPERSAMPLE^2 sub-pixel samples.
+
+    centers (F, 2) and sizes (F,) are in units of the shorter side S; pixel (i, j) spans
+    [j, j+1] x [i, i+1] / S. Circle: |p - c| <= r; square: max |p - c| <= r; triangle: apex
+    (cx, cy - r), base y = cy + r from cx - r to cx + r (fills half its bounding box).
+    """
+    s = min(width, height)
+    k = SUPERSAMPLE
+    xs = (torch.arange(width * k, dtype=torch.float64) + 0.5) / (k * s)
+    ys = (torch.arange(height * k, dtype=torch.float64) + 0.5) / (k * s)
+    x = xs[None, None, :] - centers[:, 0, None, None]  # (F, 1, W*k)
+    y = ys[None, :, None] - centers[:, 1, None, None]  # (F, H*k, 1)
+    r = sizes[:, None, None]
+    if shape == "circle":
+        inside = x**2 + y**2 <= r**2
+    elif shape == "square":
+        inside = (x.abs() <= r) & (y.abs() <= r)
+    elif shape == "triangle":
+        inside = (y <= r) & (2 * x.abs() <= y + r)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; allowed: {list(SHAPES)}")
+    inside = inside.to(torch.float32)
+    return rearrange(inside, "f (h a) (w b) -> f h w (a b)", a=k, b=k).mean(-1)
+
+
+def _paint(color: str, coverage: torch.Tensor) -> torch.Tensor:
+    """Blend the color over the background by coverage; (F, H, W) -> (3, F, H, W) in [-1, 1]."""
+    fg = torch.tensor(COLORS[color])[:, None, None, None]
+    bg = torch.tensor(BACKGROUND)[:, None, None, None]
+    rgb = bg + (fg - bg) * coverage[None]
+    return rgb * 2 - 1
+
+
+def render_scene(
+    scene: Scene, num_frames: int, width: int, height: int, fps: float
+) -> torch.Tensor:
+    """Render a scene: (3, F, H, W) float32 in [-1, 1]; frame k at t_k = k / fps."""
+    t = torch.arange(num_frames, dtype=torch.float64) / fps
+    centers = torch.tensor(scene.start, dtype=torch.float64) + t[:, None] * torch.tensor(
+        scene.velocity, dtype=torch.float64
+    )
+    sizes = torch.full((num_frames,), scene.size, dtype=torch.float64)
+    return _paint(scene.color, coverage(scene.shape, centers, sizes, width, height))
+
+
+def render(
+    text: str,
+    num_frames: int,
+    width: int,
+    height: int,
+    fps: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Render a caption as one clip (3, F, H, W) in [-1, 1]; deterministic given the generator.
+
+    A caption without motion ("a red circle") renders an image pack: F independent stills.
+    """
+    color, shape, motion = parse_caption(text)
+    if motion is not None:
+        scene = random_scene(text, width, height, num_frames / fps, generator)
+        return render_scene(scene, num_frames, width, height, fps)
+    scenes = [random_scene(text, width, height, 1.0, generator) for _ in range(num_frames)]
+    centers = torch.tensor([sc.start for sc in scenes], dtype=torch.float64)
+    sizes = torch.tensor([sc.size for sc in scenes], dtype=torch.float64)
+    return _paint(color, coverage(shape, centers, sizes, width, height))
+
+
+class ToyVideos:
+    """An endless stream of captioned toy clips for one stage's (num_frames, width, height, fps).
+
+    ``sample`` draws uniformly over the split's (color, shape, motion) combinations; with
+    probability ``image_ratio`` a sample is an image pack instead ([VDM §4], [IV §2.4]).
+    All randomness comes from ``generator`` (default: ``self.generator``, seeded by ``seed``).
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        width: int,
+        height: int,
+        fps: float = 3.0,
+        split: Literal["train", "heldout", "all"] = "train",
+        image_ratio: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
+        if not 0.0 <= image_ratio <= 1.0:
+            raise ValueError(f"image_ratio={image_ratio} must be in [0, 1]")
+        self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
+        self.split, self.image_ratio = split, image_ratio
+        self.combos = SPLITS[split]
+        self.captions = tuple(caption(*c) for c in self.combos)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """-> (videos (B, 3, F, H, W) float32 in [-1, 1], captions, is_image (B,) bool)."""
+        g = generator if generator is not None else self.generator
+        index = torch.randint(len(self.combos), (batch_size,), generator=g).tolist()
+        is_image = torch.rand(batch_size, generator=g) < self.image_ratio
+        texts = [
+            caption(c, s, None if img else m)
+            for (c, s, m), img in zip(
+                (self.combos[i] for i in index), is_image.tolist(), strict=True
+            )
+        ]
+        videos = torch.stack(
+            [render(t, self.num_frames, self.width, self.height, self.fps, g) for t in texts]
+        )
+        return videos, texts, is_image
+
+
+class VideoTextFolder:
+    """Real captioned videos: ``root`` plus an index (CSV with columns path,caption, or JSONL).
+
+    Each file is decoded with mediapy, frame-skipped to ``fps`` (frame k is the source frame
+    nearest to t_k = k / fps) and resized to (height, width) with antialiasing. Files that are
+    missing, unreadable or shorter than num_frames / fps seconds are reported with a warning,
+    listed in ``self.skipped`` as (path, reason), and skipped: they never stop a run.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        index_file: str | os.PathLike,
+        num_frames: int,
+        width: int,
+        height: int,
+        fps: float,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
+        self.skipped: list[tuple[str, str]] = []
+        self.items: list[tuple[Path, str, float]] = []  # (path, caption, source fps)
+        for rel, text in _read_index(Path(index_file)):
+            path = self.root / rel
+            reason, src_fps = self._probe(path)
+            if reason:
+                self._skip(rel, reason)
+            else:
+                self.items.append((path, text, src_fps))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _skip(self, rel: str | Path, reason: str) -> None:
+        warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=3)
+        self.skipped.append((str(rel), reason))
+
+    def _probe(self, path: Path) -> tuple[str | None, float]:
+        """Why the file cannot be used (None if it can), and its frame rate."""
+        import mediapy
+
+        from ivref import video
+
+        video.ensure_ffmpeg()
+        if not path.is_file():
+            return "file not found", 0.0
+        try:
+            with mediapy.VideoReader(path) as reader:
+                n, src_fps = reader.num_images, float(reader.fps)
+        except Exception as err:  # ffmpeg's many ways to reject a file
+            return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0
+        need = self._source_indices(src_fps)[-1] + 1
+        if n < need:
+            return f"too short: {n} frames @ {src_fps:g} fps, need {need}", src_fps
+        return None, src_fps
+
+    def _source_indices(self, src_fps: float) -> list[int]:
+        return [round(k * src_fps / self.fps) for k in range(self.num_frames)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, i: int) -> tuple[torch.Tensor, str] | None:
+        """Clip i as ((3, F, H, W) in [-1, 1], caption), or None (and skipped) if it fails."""
+        import mediapy
+
+        path, text, src_fps = self.items[i]
+        try:
+            frames = np.asarray(mediapy.read_video(path))[self._source_indices(src_fps)]
+        except Exception as err:
+            self._skip(path.name, f"decode failed ({type(err).__name__})")
+            return None
+        if frames.ndim == 3:
+            frames = np.repeat(frames[..., None], 3, axis=-1)
+        clip = rearrange(
+            torch.from_numpy(frames[..., :3]).float() / 127.5 - 1, "f h w c -> f c h w"
+        )
+        clip = F_nn.interpolate(
+            clip, size=(self.height, self.width), mode="bilinear", antialias=True
+        ).clamp(-1, 1)
+        return rearrange(clip, "f c h w -> c f h w"), text
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Same contract as ``ToyVideos.sample``; is_image is all False."""
+        g = generator if generator is not None else self.generator
+        clips: list[torch.Tensor] = []
+        texts: list[str] = []
+        while len(clips) < batch_size:
+            if not self.items:
+                raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
+            i = int(torch.randint(len(self.items), (1,), generator=g))
+            got = self.load(i)
+            if got is None:
+                del self.items[i]
+                continue
+            clips.append(got[0])
+            texts.append(got[1])
+        return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
+
+
+def _read_index(index_file: Path) -> list[tuple[str, str]]:
+    """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects."""
+    if not index_file.is_file():
+        raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
+    if index_file.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in index_file.read_text().splitlines() if line.strip()]
+    elif index_file.suffix.lower() == ".csv":
+        with open(index_file, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or "path" not in row or "caption" not in row:
+            raise ValueError(f"{str(index_file)!r} row {n}: needs fields 'path' and 'caption'")
+    return [(row["path"], row["caption"]) for row in rows]

@@ -1,0 +1,163 @@
+"""Caption alignment: read a generated toy video back and score its color, shape and motion.
+
+The toy world's stand-in for CLIP score [IV §3]: a video of "a red circle moving left" scores
+on color if its foreground is nearest to red among the 7 palette colors, on shape if a circle
+explains its foreground better than a square or triangle of the same area, and on motion if
+its foreground's centroid travels leftwards. Sizes do not matter, so one reader serves every
+stage of the cascade.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from einops import rearrange, reduce
+
+from ivref import data
+
+MIN_COVERAGE = 0.2  # per-pixel foreground below this is treated as background (noise floor)
+MIN_AREA_PIXELS = 1.0  # a frame with less foreground than this has no shape to read
+
+
+def foreground(videos: torch.Tensor) -> torch.Tensor:
+    """Per-pixel foreground coverage c in [0, 1], (B, F, H, W): the brightest channel.
+
+    Every palette color has a channel at 1 and the background is black, so an anti-aliased
+    pixel with coverage a has max_c x = a (x in [0, 1]).
+    """
+    x = ((videos.float() + 1) / 2).clamp(0, 1)  # (B, C, F, H, W)
+    c = reduce(x, "b c f h w -> b f h w", "max")
+    return torch.where(c < MIN_COVERAGE, torch.zeros_like(c), c)
+
+
+def read_color(videos: torch.Tensor, c: torch.Tensor) -> list[str | None]:
+    """Nearest palette color to the mean chromaticity x / max_c x over well-covered pixels."""
+    x = ((videos.float() + 1) / 2).clamp(0, 1)
+    solid = (c > 0.5)[:, None]  # (B, 1, F, H, W)
+    chroma = x / c[:, None].clamp_min(1e-6)
+    count = reduce(solid.float(), "b 1 f h w -> b", "sum")
+    mean = reduce(chroma * solid, "b c f h w -> b c", "sum") / count.clamp_min(1)[:, None]
+    palette = torch.tensor(list(data.COLORS.values()))  # (7, 3)
+    nearest = torch.cdist(mean, palette).argmin(-1).tolist()
+    names = list(data.COLORS)
+    return [names[k] if n > 0 else None for k, n in zip(nearest, count.tolist(), strict=True)]
+
+
+def _centroids(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coverage-weighted centroids (B, F, 2) in pixels (x, y), and areas (B, F) in pixels."""
+    _, _, h, w = c.shape
+    ys = torch.arange(h, dtype=c.dtype) + 0.5
+    xs = torch.arange(w, dtype=c.dtype) + 0.5
+    area = reduce(c, "b f h w -> b f", "sum")
+    cx = reduce(c * xs, "b f h w -> b f", "sum") / area.clamp_min(1e-6)
+    cy = reduce(c * ys[:, None], "b f h w -> b f", "sum") / area.clamp_min(1e-6)
+    return torch.stack([cx, cy], -1), area
+
+
+def read_shape(c: torch.Tensor) -> list[str | None]:
+    """The shape whose same-area, same-centroid rendering best matches the foreground (L1).
+
+    For area A (units of the shorter side S): circle r = sqrt(A / pi), square r = sqrt(A) / 2,
+    triangle r = sqrt(A / 2) with its center r / 3 above the centroid. Errors are summed over
+    the frames that hold a shape; the smallest wins. Scale-invariant by construction.
+    """
+    b, f, h, w = c.shape
+    s = min(h, w)
+    centroid, area = _centroids(c)
+    valid = area >= MIN_AREA_PIXELS  # (B, F)
+    area_u = (area / s**2).double().flatten()
+    center = (centroid / s).double().flatten(0, 1)  # (B*F, 2)
+    target = rearrange(c, "b f h w -> (b f) h w")
+    errors = []
+    for shape, radius, lift in (
+        ("circle", torch.sqrt(area_u / math.pi), 0.0),
+        ("square", torch.sqrt(area_u) / 2, 0.0),
+        ("triangle", torch.sqrt(area_u / 2), 1 / 3),
+    ):
+        shifted = center - torch.stack([torch.zeros_like(radius), radius * lift], -1)
+        template = data.coverage(shape, shifted, radius, w, h)
+        err = reduce((template - target).abs(), "(b f) h w -> b f", "sum", b=b)
+        errors.append((err * valid).sum(-1))
+    best = torch.stack(errors, -1).argmin(-1).tolist()
+    has = valid.any(-1).tolist()
+    return [data.SHAPES[k] if ok else None for k, ok in zip(best, has, strict=True)]
+
+
+def read_motion(c: torch.Tensor) -> list[str | None]:
+    """Direction of the centroid's least-squares velocity over frames: left/right/up/down.
+
+    v = sum_k (k - k_mean)(p_k - p_mean) / sum_k (k - k_mean)^2 over frames with a shape;
+    the larger of |v_x|, |v_y| names the axis, its sign the direction (y grows downwards).
+    """
+    centroid, area = _centroids(c)
+    valid = (area >= MIN_AREA_PIXELS).float()  # (B, F)
+    k = torch.arange(c.shape[1], dtype=c.dtype)[None].expand_as(valid)
+    n = valid.sum(-1).clamp_min(1)
+    k_mean = (k * valid).sum(-1) / n
+    p_mean = (centroid * valid[..., None]).sum(1) / n[:, None]
+    dk = (k - k_mean[:, None]) * valid
+    v = (dk[..., None] * (centroid - p_mean[:, None])).sum(1) / (dk**2).sum(-1).clamp_min(1e-6)[
+        :, None
+    ]
+    out: list[str | None] = []
+    for (vx, vy), m in zip(v.tolist(), valid.sum(-1).tolist(), strict=True):
+        if m < 2 or vx == vy == 0:
+            out.append(None)
+        elif abs(vx) >= abs(vy):
+            out.append("right" if vx > 0 else "left")
+        else:
+            out.append("down" if vy > 0 else "up")
+    return out
+
+
+def read_videos(videos: torch.Tensor) -> list[tuple[str | None, str | None, str | None]]:
+    """(color, shape, motion) read from each video (B, 3, F, H, W) in [-1, 1]; None: unreadable."""
+    if videos.ndim != 5 or videos.shape[1] != 3:
+        raise ValueError(f"expected videos (B, 3, F, H, W), got {tuple(videos.shape)}")
+    c = foreground(videos)
+    return list(zip(read_color(videos, c), read_shape(c), read_motion(c), strict=True))
+
+
+def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str, Any]:
+    """Per-attribute and all-three accuracy of videos against their toy prompts.
+
+    Returns {"color", "shape", "motion", "all": accuracies in [0, 1], "n": B, "predictions":
+    one dict per video (prompt, read color/shape/motion, correct)}. Motion counts only prompts
+    that name one (image prompts have none); "all" needs every attribute the prompt names.
+    """
+    if len(prompts) != videos.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts for {videos.shape[0]} videos")
+    wanted = [data.parse_caption(p) for p in prompts]
+    read = read_videos(videos.detach().cpu())
+    predictions = []
+    hits = {"color": 0, "shape": 0, "motion": 0, "all": 0}
+    n_motion = 0
+    for prompt, want, got in zip(prompts, wanted, read, strict=True):
+        ok_color, ok_shape = got[0] == want[0], got[1] == want[1]
+        ok_motion = want[2] is None or got[2] == want[2]
+        n_motion += want[2] is not None
+        hits["color"] += ok_color
+        hits["shape"] += ok_shape
+        hits["motion"] += ok_motion and want[2] is not None
+        hits["all"] += ok_color and ok_shape and ok_motion
+        predictions.append(
+            dict(
+                prompt=prompt,
+                color=got[0],
+                shape=got[1],
+                motion=got[2],
+                correct=ok_color and ok_shape and ok_motion,
+            )
+        )
+    n = len(prompts)
+    return {
+        "color": hits["color"] / max(n, 1),
+        "shape": hits["shape"] / max(n, 1),
+        "motion": hits["motion"] / n_motion if n_motion else float("nan"),
+        "all": hits["all"] / max(n, 1),
+        "n": n,
+        "predictions": predictions,
+    }

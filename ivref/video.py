@@ -1,0 +1,203 @@
+"""Video I/O and display: uint8 frames, mp4/gif files (mediapy), grids, loss curves.
+
+Videos inside ivref are float tensors in [-1, 1], laid out (B, C, F, H, W) or (C, F, H, W);
+files and notebook widgets take uint8 frames (F, H, W, 3). Every writer goes through a
+temporary file in the same directory and ``os.replace``, so a crash never leaves a
+half-written video behind. mediapy is pointed at imageio-ffmpeg's binary (NOTES.md "Video").
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@functools.cache
+def ensure_ffmpeg() -> None:
+    """Point mediapy at imageio-ffmpeg's bundled ffmpeg (no system ffmpeg needed)."""
+    import imageio_ffmpeg
+    import mediapy
+
+    mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def _as_batch(video: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(C, F, H, W) or (B, C, F, H, W) -> (B, C, F, H, W) float tensor."""
+    video = torch.as_tensor(video)
+    if video.ndim == 4:
+        video = video[None]
+    if video.ndim != 5:
+        raise ValueError(
+            f"expected a video of shape (C, F, H, W) or (B, C, F, H, W), got {tuple(video.shape)}"
+        )
+    return video.float()
+
+
+def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A video in [-1, 1] -> uint8 frames (F, H, W, 3): round((x + 1) / 2 * 255), clipped.
+
+    Takes (C, F, H, W) or a batch (B, C, F, H, W); a batch must hold one video (use ``grid``
+    to tile several). One channel is repeated to RGB.
+    """
+    batch = _as_batch(video)
+    if batch.shape[0] != 1:
+        raise ValueError(f"to_uint8 takes one video, got a batch of {batch.shape[0]}; use grid()")
+    frames = rearrange(batch[0], "c f h w -> f h w c")
+    if frames.shape[-1] == 1:
+        frames = frames.expand(-1, -1, -1, 3)
+    if frames.shape[-1] != 3:
+        raise ValueError(f"expected 1 or 3 channels, got {frames.shape[-1]}")
+    pixels = ((frames.clamp(-1, 1) + 1) * 127.5).round()
+    return pixels.to(torch.uint8).cpu().numpy()
+
+
+def from_uint8(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> a float32 video (3, F, H, W) in [-1, 1]; inverse of to_uint8."""
+    video = torch.as_tensor(np.asarray(frames)).float() / 127.5 - 1
+    return rearrange(video, "f h w c -> c f h w")
+
+
+def grid(videos: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.Tensor:
+    """Tile a batch (B, C, F, H, W) into one video (C, F, rows*(H+pad)-pad, ncols*(W+pad)-pad).
+
+    Empty cells and the ``pad`` gutters are black (-1). ``ncols`` defaults to ceil(sqrt(B)).
+    """
+    videos = _as_batch(videos)
+    b = videos.shape[0]
+    ncols = ncols or int(np.ceil(np.sqrt(b)))
+    nrows = -(-b // ncols)
+    empty = nrows * ncols - b
+    if empty:
+        videos = torch.cat([videos, videos.new_full((empty, *videos.shape[1:]), -1.0)])
+    videos = torch.nn.functional.pad(videos, (0, pad, 0, pad), value=-1.0)
+    tiled = rearrange(videos, "(r k) c f h w -> c f (r h) (k w)", r=nrows, k=ncols)
+    return tiled[:, :, : tiled.shape[2] - pad, : tiled.shape[3] - pad]
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"cannot write {str(path)!r}: suffix must be one of {VIDEO_SUFFIXES}")
+    return suffix
+
+
+def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float) -> Path:
+    """Write one video ((C, F, H, W) in [-1, 1], or uint8 (F, H, W, 3)) as .mp4 or .gif, atomically.
+
+    A batch is tiled with ``grid`` first. mp4 is h264 (width and height are padded to even
+    sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif" (NOTES.md).
+    """
+    import mediapy
+
+    ensure_ffmpeg()
+    path = Path(path)
+    suffix = _check_suffix(path)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+        frames = video
+    else:
+        batch = _as_batch(video)
+        frames = to_uint8(grid(batch) if batch.shape[0] > 1 else batch)
+    if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
+        frames = np.pad(frames, pad)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{path.stem}.", dir=path.parent)
+    os.close(fd)
+    try:
+        codec = "gif" if suffix == ".gif" else "h264"
+        mediapy.write_video(tmp, frames, fps=fps, codec=codec)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
+    """Read a video file -> (video (3, F, H, W) float32 in [-1, 1], fps)."""
+    import mediapy
+
+    ensure_ffmpeg()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {str(path)!r}")
+    frames = mediapy.read_video(path)
+    fps = float(frames.metadata.fps) if frames.metadata is not None else float("nan")
+    frames = np.asarray(frames)
+    if frames.ndim == 3:  # grayscale
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    return from_uint8(frames[..., :3]), fps
+
+
+def show(
+    videos: torch.Tensor,
+    captions: Sequence[str] | None = None,
+    fps: float = 3.0,
+    width: int = 128,
+    columns: int | None = None,
+    **kwargs: Any,
+) -> str | None:
+    """Show a batch (B, C, F, H, W) in a notebook, one captioned video each (mediapy)."""
+    import mediapy
+
+    ensure_ffmpeg()
+    batch = _as_batch(videos)
+    frames = [to_uint8(v) for v in batch]
+    titles = list(captions) if captions is not None else None
+    if titles is not None and len(titles) != len(frames):
+        raise ValueError(f"{len(titles)} captions for {len(frames)} videos")
+    return mediapy.show_videos(
+        frames, titles, width=width, fps=fps, columns=columns, codec="gif", **kwargs
+    )
+
+
+def plot_losses(
+    log: Sequence[dict[str, Any]] | str | os.PathLike,
+    keys: Sequence[str] = ("loss",),
+    smooth: int = 20,
+    ax: Any = None,
+) -> Any:
+    """Plot training curves from a train log (a list of records or a JSONL path); returns the axes.
+
+    Each key is drawn raw (faint) and as a running mean over ``smooth`` steps; records without
+    a key (e.g. evaluation metrics logged every K steps) are simply skipped for that key.
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(log, (str, os.PathLike)):
+        from ivref import train
+
+        log = train.read_log(log)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        rows = [(r["step"], r[key]) for r in log if key in r and r[key] is not None]
+        if not rows:
+            continue
+        steps, values = (np.asarray(v, dtype=float) for v in zip(*rows, strict=True))
+        line = ax.plot(steps, values, alpha=0.3 if len(values) > smooth else 1.0)[0]
+        if len(values) > smooth:
+            kernel = np.ones(smooth) / smooth
+            ax.plot(
+                steps[smooth - 1 :],
+                np.convolve(values, kernel, "valid"),
+                color=line.get_color(),
+                label=key,
+            )
+        else:
+            line.set_label(key)
+    ax.set_xlabel("step")
+    ax.legend()
+    return ax

@@ -1,0 +1,64 @@
+"""Video I/O: exact uint8 conversion, grid layout, mp4/gif round trips, atomic writes."""
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+from ivref import data, video
+
+matplotlib.use("Agg")
+
+
+def test_to_uint8_maps_the_range_exactly():
+    v = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0]).reshape(1, 1, 1, 6).expand(3, 1, 1, 6)
+    frames = video.to_uint8(v)
+    assert frames.shape == (1, 1, 6, 3) and frames.dtype == np.uint8
+    assert frames[0, 0, :, 0].tolist() == [0, 64, 128, 191, 255, 255]
+    batch = torch.rand(1, 3, 4, 5, 6) * 2 - 1
+    assert video.to_uint8(batch).shape == (4, 5, 6, 3)
+    back = video.from_uint8(video.to_uint8(batch))
+    assert (back - batch[0]).abs().max() <= 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="one video"):
+        video.to_uint8(torch.zeros(2, 3, 1, 4, 4))
+
+
+def test_grid_places_each_video_in_its_cell():
+    videos = torch.arange(5.0)[:, None, None, None, None].expand(5, 3, 2, 4, 6) / 10
+    tiled = video.grid(videos, ncols=3, pad=1)
+    assert tiled.shape == (3, 2, 2 * 5 - 1, 3 * 7 - 1)
+    for i in range(6):
+        r, k = divmod(i, 3)
+        cell = tiled[:, :, r * 5 : r * 5 + 4, k * 7 : k * 7 + 6]
+        assert torch.all(cell == (i / 10 if i < 5 else -1.0))
+    assert torch.all(tiled[:, :, 4] == -1) and torch.all(tiled[:, :, :, 6] == -1)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_write_then_read_round_trip(tmp_path, suffix):
+    clip = data.render("a yellow square moving right", 6, 16, 16, 3.0, torch.Generator())
+    path = video.write_video(tmp_path / f"clip{suffix}", clip, fps=3.0)
+    assert [p.name for p in tmp_path.iterdir()] == [f"clip{suffix}"]  # no temp file left
+    back, fps = video.read_video(path)
+    assert back.shape == clip.shape
+    assert (back - clip).abs().mean() < 0.05  # lossy codecs, but the same picture
+    assert fps == pytest.approx(3.0, rel=0.05)
+
+
+def test_write_rejects_other_suffixes_and_odd_sizes_still_write(tmp_path):
+    with pytest.raises(ValueError, match=r"\.mp4"):
+        video.write_video(tmp_path / "clip.avi", torch.zeros(3, 2, 8, 8), fps=3)
+    assert not list(tmp_path.iterdir())
+    batch = torch.zeros(3, 3, 2, 7, 9)  # a batch is tiled; odd sizes are padded for h264
+    back, _ = video.read_video(video.write_video(tmp_path / "grid.mp4", batch, fps=3))
+    assert back.shape[1] == 2 and back.shape[2] % 2 == 0 and back.shape[3] % 2 == 0
+    with pytest.raises(FileNotFoundError):
+        video.read_video(tmp_path / "absent.mp4")
+
+
+def test_show_and_plot_losses():
+    html = video.show(torch.zeros(2, 3, 2, 8, 8), ["a", "b"], return_html=True)
+    assert html.count("<img") == 2 or html.count("<video") == 2
+    log = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(50)] + [{"step": 49, "eval": 0.5}]
+    ax = video.plot_losses(log, keys=("loss", "eval"), smooth=10)
+    assert len(ax.lines) == 3  # raw loss, smoothed loss, one eval point
