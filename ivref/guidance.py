@@ -1,0 +1,165 @@
+"""Classifier-free guidance, dynamic thresholding and the oscillating guidance schedule.
+
+Guidance mixes a conditional and an unconditional prediction of the same model [CFG]:
+x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t), so w = 0 is the plain conditional model.
+High w pushes x~ outside the data range [-1, 1]; dynamic thresholding pulls it back per
+sample [IMG §2.3]. Imagen Video alternates high and low w in its low-resolution stages
+[IV §2.6]. ``guided_x_hat_fn`` puts the three together as an ``x_hat_fn`` for
+``samplers.sample``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ivref import parameterization, samplers, schedules
+
+
+def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, w: schedules.Coef) -> torch.Tensor:
+    """Classifier-free guidance: (1 + w) pred_cond - w pred_uncond [CFG eq. 6, IMG §2.3].
+
+    The same combination holds for x, eps and v predictions (each is affine in the others
+    at fixed z_t). ``w`` is a float or per-sample (B,).
+    """
+    if pred_cond.shape != pred_uncond.shape:
+        raise ValueError(
+            f"pred_uncond has shape {tuple(pred_uncond.shape)}; "
+            f"it must match pred_cond {tuple(pred_cond.shape)}"
+        )
+    w = schedules.expand_to(w, pred_cond)
+    return (1 + w) * pred_cond - w * pred_uncond
+
+
+def _quantile_per_sample(a: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row linear-interpolation quantile of a (B, N) tensor, as torch.quantile, any N."""
+    n = a.shape[1]
+    pos = q * (n - 1)
+    lo, frac = math.floor(pos), pos - math.floor(pos)
+    v_lo = a.kthvalue(lo + 1, dim=1).values
+    v_hi = a.kthvalue(min(lo + 2, n), dim=1).values
+    return v_lo + frac * (v_hi - v_lo)
+
+
+def dynamic_threshold(x_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Dynamic thresholding of x_hat, per sample [IMG §2.3].
+
+    s = max(1, quantile(|x_hat_b|, percentile)); x_hat_b <- clip(x_hat_b, -s, s) / s.
+    The result lies in [-1, 1]; a sample already in [-1, 1] is returned unchanged.
+    CHOICE: percentile 0.995 as in [IMG]; quantiles interpolate linearly (torch.quantile).
+    """
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"percentile={percentile} is invalid; allowed range (0, 1]")
+    s = _quantile_per_sample(x_hat.detach().abs().flatten(1), percentile).clamp(min=1.0)
+    s = schedules.expand_to(s, x_hat)
+    return torch.maximum(torch.minimum(x_hat, s), -s) / s
+
+
+def oscillating_schedule(
+    steps: int, high: float = 15.0, low: float = 1.0, warmup_frac: float = 0.1
+) -> list[float]:
+    """Per-step guidance weights: constant ``high`` first, then alternating [IV §2.6].
+
+    w[i] = high for i < round(warmup_frac * steps); after that low, high, low, ...
+    CHOICE: the first 10% of steps are constant high (PAPER.md §4); the alternation starts
+    with low, right after the high warm-up.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")
+    if not 0.0 <= warmup_frac <= 1.0:
+        raise ValueError(f"warmup_frac={warmup_frac} is invalid; allowed range [0, 1]")
+    warmup = math.floor(warmup_frac * steps + 0.5)
+    return [high if i < warmup or (i - warmup) % 2 == 1 else low for i in range(steps)]
+
+
+def _step_index(logsnr_t: torch.Tensor, steps: int, logsnr_min: float, logsnr_max: float) -> int:
+    """The index i of ``samplers.sample``'s step at logsnr_t (t_i = 1 - i / steps)."""
+    t = schedules.t_from_logsnr(logsnr_t[0].double(), logsnr_min, logsnr_max).item()
+    i = steps * (1.0 - t)
+    if abs(i - round(i)) > 1e-3 or not 0 <= round(i) < steps:
+        raise ValueError(
+            f"w has {steps} per-step values but logsnr_t={logsnr_t[0].item():.4f} (t={t:.5f}) "
+            f"is not on samplers.sample's grid of {steps} steps: pass steps=len(w)"
+        )
+    return round(i)
+
+
+def _per_sample(
+    value: torch.Tensor | float | None, batch: int, like: torch.Tensor, copies: int = 1
+) -> torch.Tensor | None:
+    """A float or (B,) ``value`` as a (copies * B,) tensor for the model, or None."""
+    if value is None:
+        return None
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.ndim == 0:
+        value = value.expand(batch)
+    return torch.cat([value] * copies)
+
+
+def guided_x_hat_fn(
+    model: torch.nn.Module,
+    text_emb: torch.Tensor,
+    text_mask: torch.Tensor,
+    w: float | Sequence[float],
+    *,
+    cond_video: torch.Tensor | None = None,
+    aug_logsnr: torch.Tensor | float | None = None,
+    threshold: float | None = 0.995,
+    distilled: bool = False,
+    logsnr_min: float = -20.0,
+    logsnr_max: float = 20.0,
+) -> samplers.XHatFn:
+    """An ``x_hat_fn(z_t, logsnr_t) -> x~`` for ``samplers.sample``: a v-model with guidance.
+
+    One forward on the batch [z_t; z_t] with text_mask [text_mask; all False] (a row of
+    all-False mask is unconditional: the model uses its null text embedding), then
+      x_hat = alpha z_t - sigma v_hat  (both halves);  x~ = cfg(x_hat_cond, x_hat_uncond, w)
+      x~ <- dynamic_threshold(x~, threshold)  unless threshold is None  [CFG, IMG §2.3].
+
+    ``w`` is a float, or one value per sampling step (e.g. ``oscillating_schedule(steps)``):
+    a sequence's step is found from logsnr_t, assuming ``samplers.sample`` with
+    steps=len(w) and the same logsnr bounds (anything else raises ValueError). When the
+    step's w is 0 only the conditional half runs. ``cond_video`` and ``aug_logsnr`` (SR
+    stages) are passed through to both halves. ``distilled=True`` is for a student that
+    embeds w [GD]: a single conditional forward with guidance_w=w and no combination.
+    """
+    weights = None if isinstance(w, int | float) else [float(wi) for wi in w]
+    if weights is not None and not weights:
+        raise ValueError("w is an empty sequence; allowed: a float or one value per step")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} is invalid; allowed range (0, 1] or None")
+
+    def x_hat_fn(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
+        if weights is None:
+            w_t = float(w)
+        else:
+            w_t = weights[_step_index(logsnr_t, len(weights), logsnr_min, logsnr_max)]
+        batch = z_t.shape[0]
+        if distilled or w_t == 0.0:
+            kwargs = dict(cond_video=cond_video, aug_logsnr=_per_sample(aug_logsnr, batch, z_t))
+            if distilled:
+                kwargs["guidance_w"] = z_t.new_full((batch,), w_t)
+            v_hat = model(z_t, logsnr_t, text_emb, text_mask, **kwargs)
+            alpha, sigma = schedules.alpha_sigma(logsnr_t)
+            x_tilde = parameterization.x_from_v(z_t, v_hat, alpha, sigma)
+        else:
+            z2, logsnr2 = torch.cat([z_t, z_t]), torch.cat([logsnr_t, logsnr_t])
+            mask2 = torch.cat([text_mask, torch.zeros_like(text_mask)])
+            v_hat = model(
+                z2,
+                logsnr2,
+                torch.cat([text_emb, text_emb]),
+                mask2,
+                cond_video=None if cond_video is None else torch.cat([cond_video, cond_video]),
+                aug_logsnr=_per_sample(aug_logsnr, batch, z_t, copies=2),
+            )
+            alpha, sigma = schedules.alpha_sigma(logsnr2)
+            x_cond, x_uncond = parameterization.x_from_v(z2, v_hat, alpha, sigma).chunk(2)
+            x_tilde = cfg(x_cond, x_uncond, w_t)
+        if threshold is not None:
+            x_tilde = dynamic_threshold(x_tilde, threshold)
+        return x_tilde
+
+    return x_hat_fn

@@ -1,0 +1,134 @@
+"""Samplers: DDIM and ancestral steps, and one ``sample`` loop over a uniform time grid.
+
+Every sampler takes a denoiser ``x_hat_fn(z_t, logsnr_t) -> x_hat`` (logsnr_t of shape (B,))
+and moves z_t at logsnr_t to z_s at a higher logsnr_s. Time runs from t = 1 (noise) to
+t = 0 uniformly, mapped to logsnr by the cosine schedule; the last step goes to
+logsnr_s = +inf and returns x_hat itself. A model predicting v becomes an ``x_hat_fn``
+with ``parameterization.x_from_v``; guidance wraps it (``guidance.guided_x_hat_fn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ivref import schedules
+
+XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SAMPLERS: tuple[str, ...] = ("ddim", "ancestral")
+
+
+def _check_pair(z_t: torch.Tensor, x_hat: torch.Tensor) -> None:
+    if z_t.shape != x_hat.shape:
+        raise ValueError(
+            f"x_hat has shape {tuple(x_hat.shape)}; it must match z_t {tuple(z_t.shape)}"
+        )
+
+
+def ddim_step(
+    z_t: torch.Tensor, x_hat: torch.Tensor, logsnr_t: schedules.Coef, logsnr_s: schedules.Coef
+) -> torch.Tensor:
+    """Deterministic DDIM step t -> s [DDIM, PD §2].
+
+    eps_hat = (z_t - alpha_t x_hat) / sigma_t;  z_s = alpha_s x_hat + sigma_s eps_hat.
+    At logsnr_s = +inf (alpha_s = 1, sigma_s = 0) it returns x_hat.
+    """
+    _check_pair(z_t, x_hat)
+    alpha_t, sigma_t = schedules.alpha_sigma(schedules.expand_to(logsnr_t, z_t))
+    alpha_s, sigma_s = schedules.alpha_sigma(schedules.expand_to(logsnr_s, z_t))
+    eps_hat = (z_t - alpha_t * x_hat) / sigma_t
+    return alpha_s * x_hat + sigma_s * eps_hat
+
+
+def ancestral_step(
+    z_t: torch.Tensor,
+    x_hat: torch.Tensor,
+    logsnr_t: schedules.Coef,
+    logsnr_s: schedules.Coef,
+    *,
+    gamma: float = 0.3,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat) with interpolated variance.
+
+    With r = exp(logsnr_t - logsnr_s) [VDM eq. 5]:
+      mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x_hat
+      var  = (sigma~^2_{s|t})^(1 - gamma) (sigma^2_{t|s})^gamma,
+      sigma~^2_{s|t} = (1 - r) sigma_s^2,  sigma^2_{t|s} = (1 - r) sigma_t^2.
+    gamma = 0 is the posterior variance, gamma = 1 the forward one. At logsnr_s = +inf it
+    returns x_hat (no noise is added on the final step).
+    """
+    _check_pair(z_t, x_hat)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma} is invalid; allowed range [0, 1]")
+    mean, var_s_t = schedules.q_posterior(z_t, x_hat, logsnr_t, logsnr_s)
+    lt, ls = schedules.expand_to(logsnr_t, z_t), schedules.expand_to(logsnr_s, z_t)
+    var_t_s = schedules.variance_t_given_s(lt, ls)
+    log_var = (1 - gamma) * torch.log(var_s_t) + gamma * torch.log(var_t_s)
+    final = torch.isposinf(ls)
+    std = torch.where(final, torch.zeros_like(log_var), torch.exp(0.5 * log_var))
+    noise = torch.randn(z_t.shape, generator=generator, dtype=z_t.dtype, device=z_t.device)
+    return torch.where(final, x_hat, mean + std * noise)
+
+
+def logsnr_grid(
+    steps: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0, dtype=torch.float64
+) -> torch.Tensor:
+    """The steps + 1 logsnr values of the uniform grid t = 1, 1 - 1/steps, ..., 1/steps, 0.
+
+    The last value is +inf rather than logsnr_max: the final step returns x_hat.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    grid = schedules.logsnr_cosine(t, logsnr_min, logsnr_max)
+    grid[-1] = float("inf")
+    return grid.to(dtype)
+
+
+@torch.no_grad()
+def sample(
+    x_hat_fn: XHatFn,
+    shape: Sequence[int],
+    *,
+    steps: int,
+    sampler: str = "ddim",
+    gamma: float = 0.3,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    noise: torch.Tensor | None = None,
+    logsnr_min: float = -20.0,
+    logsnr_max: float = 20.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Draw x from noise z_1 ~ N(0, I) by ``steps`` DDIM or ancestral steps from t=1 to t=0.
+
+    z_{t_0} = noise (or a fresh draw from ``generator``); for i = 0 .. steps - 1:
+      x_hat = x_hat_fn(z_{t_i}, logsnr(t_i) as (B,)); z_{t_{i+1}} = step(z, x_hat, ...),
+    with t_i = 1 - i / steps and a final step to logsnr = +inf that returns x_hat [DDIM, VDM].
+    ``gamma`` is used by the ancestral sampler only. ``progress`` shows a tqdm bar.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma} is invalid; allowed range [0, 1]")
+    grid = logsnr_grid(steps, logsnr_min, logsnr_max, dtype)
+    shape = tuple(shape)
+    if noise is None:
+        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}; it must match shape {shape}")
+    else:
+        z = noise.to(dtype=dtype, device=device)
+    grid = grid.to(z.device)
+    for i in tqdm(range(steps), desc=sampler, disable=not progress, leave=False):
+        logsnr_t = grid[i].expand(shape[0])  # (B,)
+        x_hat = x_hat_fn(z, logsnr_t)
+        if sampler == "ddim":
+            z = ddim_step(z, x_hat, grid[i], grid[i + 1])
+        else:
+            z = ancestral_step(z, x_hat, grid[i], grid[i + 1], gamma=gamma, generator=generator)
+    return z

@@ -1,0 +1,118 @@
+"""The continuous-time cosine log-SNR schedule, alpha/sigma, q(z_t | x) and its posterior.
+
+Time t runs over [0, 1]: t = 0 is clean data (logsnr = logsnr_max), t = 1 is pure noise
+(logsnr = logsnr_min) [VDM §2, VDM-K]. Everything downstream (conversions, losses,
+samplers) takes logsnr rather than t, so any schedule can be swapped in by mapping t to
+logsnr. Per-sample coefficients have shape (B,) and are broadcast against a video
+(B, C, F, H, W) by ``expand_to``: the one helper for that, used everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Coef = torch.Tensor | float
+
+
+def expand_to(coef: Coef, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``coef`` (a float, a 0-d tensor or shape (B,)) shaped to broadcast against x.
+
+    (B,) -> (B, 1, 1, 1, 1) for a video x of shape (B, C, F, H, W); any x.ndim >= 1 works.
+    """
+    coef = torch.as_tensor(coef, dtype=x.dtype, device=x.device)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"coef has shape {tuple(coef.shape)}; allowed: a scalar or shape "
+            f"({x.shape[0]},), one value per sample of x with shape {tuple(x.shape)}"
+        )
+    return coef.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _tensor(value: torch.Tensor | float) -> torch.Tensor:
+    """A tensor as is; a Python number as a 0-d tensor of the default dtype."""
+    return value if torch.is_tensor(value) else torch.tensor(value, dtype=torch.get_default_dtype())
+
+
+def _ab(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
+    if not logsnr_min < logsnr_max:
+        raise ValueError(f"logsnr_min={logsnr_min} must be < logsnr_max={logsnr_max}")
+    b = math.atan(math.exp(-logsnr_max / 2))
+    a = math.atan(math.exp(-logsnr_min / 2)) - b
+    return a, b
+
+
+def logsnr_cosine(
+    t: torch.Tensor | float, logsnr_min: float = -20.0, logsnr_max: float = 20.0
+) -> torch.Tensor:
+    """Cosine log-SNR schedule lambda(t) in [logsnr_min, logsnr_max], t clipped to [0, 1].
+
+    logsnr = -2 log tan(a t + b), b = arctan(exp(-logsnr_max / 2)),
+    a = arctan(exp(-logsnr_min / 2)) - b, so logsnr(0) = logsnr_max, logsnr(1) = logsnr_min
+    [VDM §2, PD]. With the default symmetric bounds logsnr(0.5) = 0.
+    """
+    a, b = _ab(logsnr_min, logsnr_max)
+    t = _tensor(t).clamp(0.0, 1.0)
+    logsnr = -2.0 * torch.log(torch.tan(a * t + b))
+    return logsnr.clamp(logsnr_min, logsnr_max)
+
+
+def t_from_logsnr(
+    logsnr: torch.Tensor | float, logsnr_min: float = -20.0, logsnr_max: float = 20.0
+) -> torch.Tensor:
+    """Inverse of ``logsnr_cosine``: t = (arctan(exp(-logsnr / 2)) - b) / a."""
+    a, b = _ab(logsnr_min, logsnr_max)
+    logsnr = _tensor(logsnr)
+    return (torch.atan(torch.exp(-logsnr / 2)) - b) / a
+
+
+def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, sigma) with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr) [VDM §2].
+
+    So alpha^2 + sigma^2 = 1 (variance preserving) and alpha^2 / sigma^2 = exp(logsnr) = SNR.
+    logsnr = +inf gives (1, 0): clean data.
+    """
+    logsnr = _tensor(logsnr)
+    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+
+
+def q_sample(x: torch.Tensor, logsnr: Coef, eps: torch.Tensor) -> torch.Tensor:
+    """Forward process: z_t = alpha_t x + sigma_t eps, a draw from q(z_t | x) [VDM §2]."""
+    if x.shape != eps.shape:
+        raise ValueError(f"eps has shape {tuple(eps.shape)}; it must match x {tuple(x.shape)}")
+    alpha, sigma = alpha_sigma(expand_to(logsnr, x))
+    return alpha * x + sigma * eps
+
+
+def q_posterior(
+    z_t: torch.Tensor, x: torch.Tensor, logsnr_t: Coef, logsnr_s: Coef
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of q(z_s | z_t, x) for logsnr_s > logsnr_t [VDM eq. 5, VDM-K].
+
+    With r = exp(logsnr_t - logsnr_s):
+      mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x
+      var  = (1 - r) sigma_s^2            (sigma~^2_{s|t}; a (B, 1, 1, 1, 1) tensor)
+    logsnr_s = +inf gives mean = x and var = 0.
+    """
+    if z_t.shape != x.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)}; it must match z_t {tuple(z_t.shape)}")
+    logsnr_t, logsnr_s = expand_to(logsnr_t, z_t), expand_to(logsnr_s, z_t)
+    alpha_t, _ = alpha_sigma(logsnr_t)
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    r = torch.exp(logsnr_t - logsnr_s)
+    one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
+    mean = r * (alpha_s / alpha_t) * z_t + one_minus_r * alpha_s * x
+    return mean, one_minus_r * sigma_s**2
+
+
+def variance_t_given_s(logsnr_t: Coef, logsnr_s: Coef) -> torch.Tensor:
+    """sigma^2_{t|s} = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 = (1 - r) sigma_t^2 [VDM-K].
+
+    The variance of q(z_t | z_s), with r = exp(logsnr_t - logsnr_s) as in ``q_posterior``.
+    """
+    logsnr_t, logsnr_s = _tensor(logsnr_t), _tensor(logsnr_s)
+    _, sigma_t = alpha_sigma(logsnr_t)
+    return -torch.expm1(logsnr_t - logsnr_s) * sigma_t**2

@@ -1,0 +1,191 @@
+"""Classifier-free guidance, dynamic thresholding, oscillating schedule, guided_x_hat_fn."""
+
+import pytest
+import torch
+
+from ivref import guidance, samplers, schedules
+from ivref import parameterization as P
+
+D = torch.float64
+
+
+class FakeVideoUNet(torch.nn.Module):
+    """Stands in for VideoUNet's forward contract; v depends on whether the text is masked.
+
+    Conditional rows (any mask True) predict v = 0.5 z_t + c(text) and unconditional rows
+    v = 0.5 z_t; every call is recorded so tests can count forwards and check the batch.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(
+        self, z_t, logsnr_t, text_emb, text_mask, *, cond_video=None, aug_logsnr=None, **kw
+    ):
+        self.calls.append(
+            dict(
+                z_t=z_t,
+                logsnr_t=logsnr_t,
+                text_mask=text_mask,
+                cond_video=cond_video,
+                aug_logsnr=aug_logsnr,
+                **kw,
+            )
+        )
+        assert logsnr_t.shape == (z_t.shape[0],) and text_emb.shape[0] == z_t.shape[0]
+        cond = text_mask.any(dim=1).to(z_t.dtype).reshape(-1, 1, 1, 1, 1)
+        c = text_emb.mean(dim=(1, 2)).reshape(-1, 1, 1, 1, 1)
+        out = 0.5 * z_t + cond * c
+        if cond_video is not None:
+            out = out + 0.1 * cond_video
+        return out
+
+
+def _inputs(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z_t = torch.randn(batch, 3, 2, 4, 4, dtype=D, generator=g)
+    text_emb = torch.randn(batch, 5, 8, dtype=D, generator=g)
+    text_mask = torch.ones(batch, 5, dtype=torch.bool)
+    logsnr_t = torch.full((batch,), -1.0, dtype=D)
+    return z_t, text_emb, text_mask, logsnr_t
+
+
+def _x_hat(model, z_t, logsnr_t, text_emb, mask):
+    alpha, sigma = schedules.alpha_sigma(logsnr_t)
+    return P.x_from_v(z_t, model(z_t, logsnr_t, text_emb, mask), alpha, sigma)
+
+
+def test_cfg_formula_and_w_zero():
+    g = torch.Generator().manual_seed(0)
+    c, u = torch.randn(2, 3, 3, 2, 4, 4, dtype=D, generator=g)
+    torch.testing.assert_close(guidance.cfg(c, u, 0.0), c)
+    torch.testing.assert_close(guidance.cfg(c, u, 2.5), 3.5 * c - 2.5 * u)
+    w = torch.tensor([0.0, 1.0, 4.0], dtype=D)
+    out = guidance.cfg(c, u, w)
+    for b in range(3):
+        torch.testing.assert_close(out[b], (1 + w[b]) * c[b] - w[b] * u[b])
+    with pytest.raises(ValueError, match="pred_uncond"):
+        guidance.cfg(c, u[:2], 1.0)
+
+
+def test_dynamic_threshold_bounds_and_scales_per_sample():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 2, 8, 8, dtype=D, generator=g) * torch.tensor(
+        [0.1, 1, 3, 10.0], dtype=D
+    ).reshape(-1, 1, 1, 1, 1)
+    out = guidance.dynamic_threshold(x)
+    assert out.abs().max() <= 1.0
+    for b in range(4):
+        s = torch.quantile(x[b].abs().flatten(), 0.995).clamp(min=1.0)
+        torch.testing.assert_close(out[b], x[b].clamp(-s, s) / s)
+    torch.testing.assert_close(out[0], x[0])  # already inside [-1, 1]: unchanged
+
+
+def test_dynamic_threshold_identity_inside_unit_box():
+    x = torch.rand(3, 3, 2, 4, 4, dtype=D, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    torch.testing.assert_close(guidance.dynamic_threshold(x, 0.9), x, rtol=0, atol=0)
+
+
+def test_dynamic_threshold_percentile_one_is_max_scaling():
+    x = torch.randn(2, 3, 2, 4, 4, dtype=D, generator=torch.Generator().manual_seed(3)) * 4
+    out = guidance.dynamic_threshold(x, 1.0)
+    m = x.abs().flatten(1).max(1).values.clamp(min=1).reshape(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(out, x / m)
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5])
+def test_dynamic_threshold_rejects_bad_percentile(p):
+    with pytest.raises(ValueError, match="percentile"):
+        guidance.dynamic_threshold(torch.zeros(1, 3, 1, 2, 2), p)
+
+
+def test_oscillating_schedule_warmup_then_alternation():
+    w = guidance.oscillating_schedule(64, high=15.0, low=1.0, warmup_frac=0.1)
+    assert len(w) == 64 and w[:6] == [15.0] * 6
+    assert w[6::2] == [1.0] * 29 and w[7::2] == [15.0] * 29
+    assert guidance.oscillating_schedule(4, 7.0, 2.0, 0.0) == [2.0, 7.0, 2.0, 7.0]
+    assert guidance.oscillating_schedule(3, 7.0, 2.0, 1.0) == [7.0] * 3
+    with pytest.raises(ValueError, match="steps"):
+        guidance.oscillating_schedule(0)
+    with pytest.raises(ValueError, match="warmup_frac"):
+        guidance.oscillating_schedule(10, warmup_frac=1.5)
+
+
+def test_guided_w_zero_is_the_conditional_model_in_one_pass():
+    model = FakeVideoUNet()
+    z_t, emb, mask, logsnr_t = _inputs()
+    fn = guidance.guided_x_hat_fn(model, emb, mask, 0.0, threshold=None)
+    out = fn(z_t, logsnr_t)
+    assert len(model.calls) == 1 and model.calls[0]["z_t"].shape[0] == 2
+    torch.testing.assert_close(out, _x_hat(model, z_t, logsnr_t, emb, mask))
+
+
+def test_guided_batches_cond_and_uncond_in_one_forward():
+    model = FakeVideoUNet()
+    z_t, emb, mask, logsnr_t = _inputs()
+    cond_video = torch.randn_like(z_t)
+    fn = guidance.guided_x_hat_fn(
+        model, emb, mask, 3.0, cond_video=cond_video, aug_logsnr=1.1, threshold=None
+    )
+    out = fn(z_t, logsnr_t)
+    assert len(model.calls) == 1
+    call = model.calls[0]
+    assert call["z_t"].shape[0] == 4
+    assert call["text_mask"][:2].all() and not call["text_mask"][2:].any()
+    torch.testing.assert_close(call["cond_video"], torch.cat([cond_video, cond_video]))
+    torch.testing.assert_close(call["aug_logsnr"], torch.full((4,), 1.1, dtype=D))
+    alpha, sigma = schedules.alpha_sigma(logsnr_t)
+    v = FakeVideoUNet()
+    x_c = P.x_from_v(z_t, v(z_t, logsnr_t, emb, mask, cond_video=cond_video), alpha, sigma)
+    x_u = P.x_from_v(z_t, v(z_t, logsnr_t, emb, ~mask, cond_video=cond_video), alpha, sigma)
+    torch.testing.assert_close(out, 4.0 * x_c - 3.0 * x_u)
+
+
+def test_guided_thresholding_bounds_an_over_guided_sample():
+    model = FakeVideoUNet()
+    z_t, emb, mask, logsnr_t = _inputs()
+    emb = emb + 1.0  # a strong conditional signal, so that w = 30 overshoots
+    raw = guidance.guided_x_hat_fn(model, emb, mask, 30.0, threshold=None)(z_t, logsnr_t)
+    assert raw.abs().max() > 1.0
+    out = guidance.guided_x_hat_fn(model, emb, mask, 30.0)(z_t, logsnr_t)
+    torch.testing.assert_close(out, guidance.dynamic_threshold(raw))
+    assert out.abs().max() <= 1.0
+
+
+def test_per_step_w_follows_the_sampler_grid():
+    """With w from oscillating_schedule, step i of samplers.sample uses w[i]."""
+    steps = 10
+    w = guidance.oscillating_schedule(steps, high=5.0, low=0.0)
+    model = FakeVideoUNet()
+    z_t, emb, mask, _ = _inputs()
+    fn = guidance.guided_x_hat_fn(model, emb, mask, w, threshold=None)
+    samplers.sample(fn, z_t.shape, steps=steps, noise=z_t, dtype=D)
+    batch_sizes = [c["z_t"].shape[0] for c in model.calls]
+    assert batch_sizes == [2 if wi == 0.0 else 4 for wi in w]
+
+
+def test_per_step_w_of_the_wrong_length_raises():
+    z_t, emb, mask, _ = _inputs()
+    fn = guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, [1.0] * 5)
+    with pytest.raises(ValueError, match="steps=len"):
+        samplers.sample(fn, z_t.shape, steps=8, noise=z_t, dtype=D)
+
+
+def test_distilled_is_one_conditional_pass_with_w_embedded():
+    model = FakeVideoUNet()
+    z_t, emb, mask, logsnr_t = _inputs()
+    out = guidance.guided_x_hat_fn(model, emb, mask, 2.0, distilled=True, threshold=None)(
+        z_t, logsnr_t
+    )
+    assert len(model.calls) == 1
+    torch.testing.assert_close(model.calls[0]["guidance_w"], torch.full((2,), 2.0, dtype=D))
+    torch.testing.assert_close(out, _x_hat(FakeVideoUNet(), z_t, logsnr_t, emb, mask))
+
+
+def test_guided_rejects_bad_arguments():
+    _, emb, mask, _ = _inputs()
+    with pytest.raises(ValueError, match="threshold"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, threshold=2.0)
+    with pytest.raises(ValueError, match="w is an empty"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, [])

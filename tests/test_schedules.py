@@ -1,0 +1,106 @@
+"""Cosine log-SNR schedule, alpha/sigma, q(z_t | x) and the posterior q(z_s | z_t, x)."""
+
+import math
+
+import pytest
+import torch
+
+from ivref import schedules
+
+D = torch.float64
+
+
+def test_endpoints_and_midpoint():
+    lam = schedules.logsnr_cosine(torch.tensor([0.0, 0.5, 1.0], dtype=D))
+    torch.testing.assert_close(lam, torch.tensor([20.0, 0.0, -20.0], dtype=D), atol=1e-9, rtol=0)
+
+
+def test_custom_bounds_endpoints():
+    lam = schedules.logsnr_cosine(torch.tensor([0.0, 1.0], dtype=D), -10.0, 14.0)
+    torch.testing.assert_close(lam, torch.tensor([14.0, -10.0], dtype=D), atol=1e-9, rtol=0)
+
+
+def test_strictly_decreasing():
+    lam = schedules.logsnr_cosine(torch.linspace(0, 1, 1001, dtype=D))
+    assert (lam.diff() < 0).all()
+
+
+def test_clipped_outside_unit_interval():
+    lam = schedules.logsnr_cosine(torch.tensor([-0.1, 1.1], dtype=D))
+    assert lam.tolist() == [20.0, -20.0]
+
+
+def test_matches_closed_form():
+    t = torch.rand(100, dtype=D)
+    b = math.atan(math.exp(-10.0))
+    a = math.atan(math.exp(10.0)) - b
+    torch.testing.assert_close(schedules.logsnr_cosine(t), -2 * torch.log(torch.tan(a * t + b)))
+
+
+def test_t_from_logsnr_inverts():
+    t = torch.linspace(0, 1, 257, dtype=D)
+    back = schedules.t_from_logsnr(schedules.logsnr_cosine(t))
+    torch.testing.assert_close(back, t, atol=1e-12, rtol=0)
+    lam = torch.linspace(-19.5, 19.5, 50, dtype=D)
+    torch.testing.assert_close(schedules.logsnr_cosine(schedules.t_from_logsnr(lam)), lam)
+
+
+def test_alpha_sigma_identities():
+    lam = torch.linspace(-20, 20, 101, dtype=D)
+    alpha, sigma = schedules.alpha_sigma(lam)
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(lam), atol=1e-15, rtol=0)
+    torch.testing.assert_close(torch.log(alpha**2 / sigma**2), lam)
+    a_inf, s_inf = schedules.alpha_sigma(torch.tensor(float("inf"), dtype=D))
+    assert a_inf.item() == 1.0 and s_inf.item() == 0.0
+
+
+def test_expand_to_shapes_and_errors():
+    x = torch.zeros(3, 2, 4, 5, 5)
+    assert schedules.expand_to(torch.ones(3), x).shape == (3, 1, 1, 1, 1)
+    assert schedules.expand_to(2.0, x).shape == ()
+    with pytest.raises(ValueError, match="coef"):
+        schedules.expand_to(torch.ones(2), x)
+
+
+def test_q_sample_is_alpha_x_plus_sigma_eps():
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 3, 2, 4, 4, dtype=D, generator=g).unbind(0)[0:2]
+    x = x.unsqueeze(0).expand(2, -1, -1, -1, -1).clone()
+    eps = eps.unsqueeze(0).expand(2, -1, -1, -1, -1).clone()
+    lam = torch.tensor([-3.0, 4.0], dtype=D)
+    z = schedules.q_sample(x, lam, eps)
+    for b in range(2):
+        a, s = schedules.alpha_sigma(lam[b])
+        torch.testing.assert_close(z[b], a * x[b] + s * eps[b])
+    with pytest.raises(ValueError, match="eps"):
+        schedules.q_sample(x, lam, eps[:1])
+
+
+def test_posterior_matches_gaussian_conditioning():
+    """q(z_s | z_t, x) by Bayes: z_t | z_s ~ N((alpha_t/alpha_s) z_s, sigma^2_{t|s})."""
+    lt, ls = torch.tensor(-1.5, dtype=D), torch.tensor(2.5, dtype=D)
+    at, st = schedules.alpha_sigma(lt)
+    as_, ss = schedules.alpha_sigma(ls)
+    a_ts = at / as_
+    var_ts = st**2 - a_ts**2 * ss**2
+    post_var = 1 / (1 / ss**2 + a_ts**2 / var_ts)
+    g = torch.Generator().manual_seed(1)
+    z_t, x = torch.randn(2, 1, 3, 2, 2, 2, dtype=D, generator=g)
+    post_mean = post_var * (as_ * x / ss**2 + a_ts * z_t / var_ts)
+    mean, var = schedules.q_posterior(z_t, x, lt, ls)
+    torch.testing.assert_close(mean, post_mean)
+    torch.testing.assert_close(var, post_var)
+    torch.testing.assert_close(schedules.variance_t_given_s(lt, ls), var_ts)
+
+
+def test_posterior_at_infinite_logsnr_is_x():
+    g = torch.Generator().manual_seed(2)
+    z_t, x = torch.randn(2, 2, 3, 2, 2, 2, dtype=D, generator=g)
+    mean, var = schedules.q_posterior(z_t, x, torch.tensor([1.0, -4.0], dtype=D), float("inf"))
+    torch.testing.assert_close(mean, x)
+    assert (var == 0).all()
+
+
+def test_bad_bounds_raise():
+    with pytest.raises(ValueError, match="logsnr_min"):
+        schedules.logsnr_cosine(0.5, logsnr_min=5.0, logsnr_max=1.0)
