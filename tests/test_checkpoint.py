@@ -1,0 +1,145 @@
+"""Checkpoints round-trip exactly, write atomically, and fail loudly on bad files."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ivref import checkpoint, configs
+
+
+def _trained(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    ema = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 4)).square().mean().backward()
+        opt.step()
+    return model, ema, opt
+
+
+def _save(tmp_path, model, ema, opt, cfg=None):
+    g = torch.Generator().manual_seed(7)
+    return checkpoint.save(
+        tmp_path / "ckpt",
+        config=cfg or configs.preset("ci"),
+        stage="base",
+        step=3,
+        model=model,
+        ema=ema,
+        optimizer=opt,
+        rng={"torch": torch.get_rng_state(), "data": g.get_state()},
+        extra={"log_rows": 3},
+    )
+
+
+def test_round_trip_restores_everything_exactly(tmp_path):
+    model, ema, opt = _trained()
+    path = _save(tmp_path, model, ema, opt)
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]  # no temp files left
+    model2, ema2, opt2 = _trained(seed=1)
+    out = checkpoint.load(path, model=model2, ema=ema2, optimizer=opt2, config=configs.preset("ci"))
+    assert out["step"] == 3 and out["extra"] == {"log_rows": 3} and out["diff"] == []
+    for a, b in [(model, model2), (ema, ema2)]:
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert ka == kb and torch.equal(va, vb)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    groups = [json.loads(json.dumps(s["param_groups"])) for s in (s1, s2)]  # betas: tuple/list
+    assert groups[0] == groups[1]
+    for i in s1["state"]:
+        for key in s1["state"][i]:
+            assert torch.equal(s1["state"][i][key], s2["state"][i][key])
+    g = torch.Generator()
+    g.set_state(out["rng"]["data"])
+    assert torch.equal(
+        torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(7))
+    )
+    # one more optimizer step from both gives identical weights
+    for m, o in [(model, opt), (model2, opt2)]:
+        o.zero_grad()
+        m(torch.ones(2, 4)).sum().backward()
+        o.step()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True)
+    )
+
+
+def test_truncated_file_is_named(tmp_path):
+    path = _save(tmp_path, *_trained())
+    target = path / "ema.safetensors"
+    target.write_bytes(target.read_bytes()[:-10])
+    with pytest.raises(checkpoint.CheckpointError, match=r"ema\.safetensors.*corrupted.*bytes"):
+        checkpoint.load(path, model=_trained()[0], ema=_trained()[1], optimizer=_trained()[2])
+
+
+def test_missing_file_and_missing_directory_are_named(tmp_path):
+    path = _save(tmp_path, *_trained())
+    (path / "optimizer.safetensors").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"optimizer\.safetensors.*missing"):
+        checkpoint.verify(path)
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        checkpoint.verify(tmp_path / "nowhere")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match=r"config\.json.*corrupted"):
+        checkpoint.verify(path)
+
+
+def test_shape_and_config_mismatches_are_explained(tmp_path):
+    path = _save(tmp_path, *_trained())
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.Linear(9, 2))
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"model\.safetensors.*0\.weight.*\(8, 4\)"
+    ):
+        checkpoint.load(path, model=wide, ema=wide, optimizer=torch.optim.AdamW(wide.parameters()))
+    ci = configs.preset("ci")
+    other_unet = dataclasses.replace(ci.stages[0].unet, base_channels=32)
+    other = dataclasses.replace(
+        ci, stages=(dataclasses.replace(ci.stages[0], unet=other_unet),) + ci.stages[1:]
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="unet.base_channels: 16 != 32"):
+        checkpoint.load(
+            path, model=_trained()[0], ema=_trained()[1], optimizer=_trained()[2], config=other
+        )
+    lr = dataclasses.replace(
+        ci,
+        stages=(
+            dataclasses.replace(
+                ci.stages[0], train=dataclasses.replace(ci.stages[0].train, lr=1e-3)
+            ),
+        )
+        + ci.stages[1:],
+    )
+    out = checkpoint.load(
+        path, model=_trained()[0], ema=_trained()[1], optimizer=_trained()[2], config=lr
+    )
+    assert out["diff"] == ["stages[0].train.lr: 0.0003 != 0.001"]
+
+
+def test_fp16_weights_round_trip(tmp_path):
+    model = _trained()[0]
+    path = checkpoint.save_weights(tmp_path / "w.safetensors", model.state_dict())
+    state = checkpoint.load_weights(path)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    checkpoint.load_weights(path, fresh)
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a.half().float(), b)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+        checkpoint.load_weights(tmp_path / "bad.safetensors")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def boom(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        checkpoint.atomic_write(target, boom)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
