@@ -1,0 +1,120 @@
+"""The training loop: exact resume, text dropout, the loss it optimises, EMA, warm-up, Ctrl-C."""
+
+import math
+
+import pytest
+import torch
+
+from ivref import configs, schedules, text, train
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return text.build_encoder(configs.preset("ci").text)
+
+
+def _trainer(tmp_path, encoder, **kwargs):
+    kwargs.setdefault("batch_size", 2)
+    return train.Trainer(
+        configs.preset("ci"), "base", tmp_path, text_encoder=encoder, progress=False, **kwargs
+    )
+
+
+def test_resume_continues_exactly(tmp_path, encoder):
+    straight = _trainer(tmp_path / "a", encoder)
+    rows = straight.fit(4)
+    first = _trainer(tmp_path / "b", encoder, checkpoint_every=2)
+    first.fit(2)
+    first.fit(3)  # a step past the checkpoint that the resumed run must forget
+    resumed = _trainer(tmp_path / "b", encoder, seed=123)  # seed is overridden by the checkpoint
+    assert resumed.resume() == 3
+    later = resumed.fit(4)
+    assert [r["loss"] for r in later] == [rows[3]["loss"]]
+    for a, b in zip(straight.ema.parameters(), resumed.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    log = train.read_log(tmp_path / "b")
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["loss"] for r in log] == [r["loss"] for r in rows]
+
+
+def test_resume_from_a_two_step_checkpoint_matches(tmp_path, encoder):
+    straight = _trainer(tmp_path / "a", encoder)
+    rows = straight.fit(3)
+    first = _trainer(tmp_path / "b", encoder, checkpoint_every=2)
+    first.fit(2)
+    resumed = _trainer(tmp_path / "b", encoder)
+    assert resumed.resume() == 2
+    assert resumed.fit(3)[0]["loss"] == rows[2]["loss"]
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the U-Net: records its inputs and predicts v_hat = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, z_t, logsnr, emb, mask, **kwargs):
+        self.calls.append(dict(z_t=z_t, logsnr=logsnr, emb=emb, mask=mask, **kwargs))
+        return torch.zeros_like(z_t) * self.w
+
+
+def test_loss_is_v_mse_with_text_dropout(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder)
+    trainer.model = _Recorder()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 3, 1, 2, 2, generator=g) * 2 - 1
+    captions = ["a red circle moving left", "a blue square"] * 200
+    is_image = torch.tensor([False, True] * 200)
+    loss = trainer.loss(x, captions, is_image)
+    call = trainer.model.calls[0]
+    assert torch.equal(call["is_image"], is_image)
+    dropped = ~call["mask"].any(1)
+    assert abs(dropped.float().mean().item() - 0.1) < 0.05  # p = DiffusionConfig.text_dropout
+    full = trainer.text.encode(captions)[1]
+    assert torch.equal(call["mask"][~dropped], full[~dropped])
+    # independent derivation: v_hat = 0, so loss = mean ||v||^2, v = alpha eps - sigma x
+    alpha, sigma = schedules.alpha_sigma(call["logsnr"].double())
+    a, s = alpha[:, None, None, None, None], sigma[:, None, None, None, None]
+    eps = (call["z_t"].double() - a * x.double()) / s
+    v = a * eps - s * x.double()
+    assert math.isclose(loss.item(), v.pow(2).mean().item(), rel_tol=1e-4)
+    assert call["logsnr"].min() >= -20 and call["logsnr"].max() <= 20
+
+
+def test_text_cache_pads_and_reuses(encoder):
+    cache = train.TextCache(encoder)
+    emb, mask = cache.encode(["a red circle", "a white triangle moving down"])
+    assert emb.shape[:2] == mask.shape and mask[1].all() and not mask[0].all()
+    calls = []
+    cache.encoder = type("E", (), {"encode": lambda self, p: calls.append(p)})()
+    again = cache.encode(["a white triangle moving down"])
+    assert not calls and torch.equal(again[0][0], emb[1])
+
+
+def test_warmup_and_ema_identities():
+    assert [train.warmup_lr(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert train.warmup_lr(0, 0.1, 0) == 0.1
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = ema.weight.detach().clone()
+    train.ema_update(ema, model, 0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
+    assert train.ema_decay_at(0, 0.999) == 0.1 and train.ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_evaluate_callback_logged_and_stop_saves(tmp_path, encoder):
+    def evaluate(trainer):
+        trainer._stop = trainer.step >= 2  # what the Ctrl-C handler does
+        return {"all": trainer.step / 10}
+
+    trainer = _trainer(tmp_path, encoder, evaluate=evaluate, evaluate_every=1, checkpoint_every=99)
+    rows = trainer.fit(10)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["eval_all"] == 0.2
+    fresh = _trainer(tmp_path, encoder)
+    assert fresh.resume() == 2
+
+
+def test_sr_stages_are_refused_for_now(tmp_path, encoder):
+    with pytest.raises(NotImplementedError, match="only base stages"):
+        train.Trainer(configs.preset("ci"), "tsr", tmp_path, text_encoder=encoder)
