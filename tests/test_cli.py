@@ -1,0 +1,70 @@
+"""The ivref command: train/resume at ci scale, info tables, clear errors for bad input."""
+
+import json
+
+import pytest
+
+from ivref import cli, configs, unet3d
+
+
+def test_info_lists_every_stage_with_meta_device_parameter_counts(capsys):
+    assert cli.main(["info", "--scale", "ci"]) == 0
+    out = capsys.readouterr().out
+    cfg = configs.preset("ci")
+    rows = cli.info_rows("ci")
+    assert [r["stage"] for r in rows] == [s.name for s in cfg.stages]
+    assert rows[0]["size"] == "4 x 8 x 8 @ 3"
+    assert rows[0]["params"] == unet3d.count_parameters(cfg.stages[0].unet)
+    for s in cfg.stages:
+        assert s.name in out
+
+
+def test_train_then_resume_continues_the_log(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    assert (out / "checkpoint" / "config.json").is_file()
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["step"] == 2 and saved["config"]["stages"][0]["train"]["batch_size"] == 2
+    assert cli.main([*args, "--steps", "3"]) == 2  # refuses to overwrite a run
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main([*args, "--steps", "3", "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--scale", "ci", "--stage", "nope", "--steps", "1", "--out", "X"], "stages:"),
+        (["train", "--scale", "ci", "--steps", "1", "--out", "X", "--resume"], "no checkpoint"),
+        (["generate", "a red circle", "--out", "X/v.avi"], "suffix must be one of"),
+        (["generate", "a red circle", "--out", "X/v.mp4", "--checkpoint", "X/none"], "not a dir"),
+    ],
+)
+def test_bad_input_is_explained(tmp_path, capsys, argv, message):
+    argv = [a.replace("X", str(tmp_path)) for a in argv]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_argument_errors_exit_with_usage():
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--scale", "huge", "--steps", "1", "--out", "x"])
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--steps", "0", "--out", "x"])
+
+
+def test_generate_from_a_train_run_folder(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    gif = tmp_path / "v.gif"
+    argv = ["generate", "a red circle moving left", "a blue square moving up", "--out", str(gif)]
+    assert cli.main([*argv, "--checkpoint", str(out), "--steps", "2", "--guidance", "0"]) == 0
+    from ivref import video
+
+    frames, fps = video.read_video(gif)
+    cfg = configs.preset("ci").stages[0]
+    assert frames.shape[1] == cfg.num_frames and fps == pytest.approx(cfg.fps, rel=0.05)
+    assert frames.shape[-1] == 2 * cfg.width + 1  # two videos side by side in a grid
