@@ -488,6 +488,20 @@ def paper() -> CascadeConfig:
     T5-XXL, 4096-d [IV §2.1]; steps are the undistilled 256/128 of [IV §2.7] (CHOICE where
     unstated). Widths and depths are not published: they are chosen so that each stage's
     parameter count is within 10% of the figure's (tests/test_unet3d.py checks this).
+
+    CHOICE: widths/depths (base_channels x (1, 2, 4, 4[, 4]), num_res_blocks) and the count
+    of ``unet3d.count_parameters`` against [IV Fig. 6]:
+
+    | stage | base_channels | res blocks | params | Fig. 6 | error |
+    |---|---|---|---|---|---|
+    | base | 832 | 2 | 5.60B | 5.6B | +0.0% |
+    | tsr1 | 448 | 2 | 1.59B | 1.7B | -6.4% |
+    | ssr1 | 320 | 4 | 1.34B | 1.4B | -4.0% |
+    | ssr2 | 384 | 2 | 1.17B | 1.2B | -2.5% |
+    | tsr2 | 256 | 4 | 726M | 780M | -6.9% |
+    | tsr3 | 256 | 3 | 586M | 630M | -7.0% |
+    | ssr3 | 192 | 2 | 350M | 340M | +2.9% |
+    | total | | | 11.37B | 11.6B | -2.0% |
     """
     text = TextConfig(encoder="t5", dim=4096, max_length=128)
     common = dict(text_dim=text.dim, head_dim=64, norm_groups=32, checkpointing=True)
@@ -495,9 +509,9 @@ def paper() -> CascadeConfig:
         batch_size=128, lr=3e-4, warmup_steps=10_000, ema_decay=0.9999, image_ratio=0.2
     )
     base = UNetConfig(
-        base_channels=512,
+        base_channels=832,
         channel_mults=(1, 2, 4, 4),
-        num_res_blocks=3,
+        num_res_blocks=2,
         spatial_attention=(False, True, True, True),
         temporal_mixing=("attention", "attention", "attention", "attention"),
         max_frames=16,
@@ -505,11 +519,13 @@ def paper() -> CascadeConfig:
         **common,
     )
 
-    def sr(width: int, mults: tuple[int, ...], attention: bool, frames: int) -> UNetConfig:
+    def sr(
+        width: int, depth: int, mults: tuple[int, ...], attention: bool, frames: int
+    ) -> UNetConfig:
         return UNetConfig(
             base_channels=width,
             channel_mults=mults,
-            num_res_blocks=3,
+            num_res_blocks=depth,
             spatial_attention=tuple(attention and i > 0 for i in range(len(mults))),
             temporal_mixing=("conv",) * len(mults),
             fully_convolutional=not attention,
@@ -541,7 +557,7 @@ def paper() -> CascadeConfig:
             40,
             24,
             6,
-            sr(384, (1, 2, 4, 4), True, 32),
+            sr(448, 2, (1, 2, 4, 4), True, 32),
             train,
             sample_steps=128,
             guidance_w=5.0,
@@ -554,7 +570,7 @@ def paper() -> CascadeConfig:
             80,
             48,
             6,
-            sr(256, (1, 2, 4, 4), True, 32),
+            sr(320, 4, (1, 2, 4, 4), True, 32),
             train,
             sample_steps=128,
             guidance_w=5.0,
@@ -567,7 +583,7 @@ def paper() -> CascadeConfig:
             320,
             192,
             6,
-            sr(256, (1, 2, 4, 4), True, 32),
+            sr(384, 2, (1, 2, 4, 4), True, 32),
             train,
             sample_steps=128,
             guidance_w=3.0,
@@ -579,7 +595,7 @@ def paper() -> CascadeConfig:
             320,
             192,
             12,
-            sr(256, (1, 2, 4, 4), False, 64),
+            sr(256, 4, (1, 2, 4, 4), False, 64),
             train,
             sample_steps=128,
             guidance_w=3.0,
@@ -591,7 +607,7 @@ def paper() -> CascadeConfig:
             320,
             192,
             24,
-            sr(224, (1, 2, 4, 4), False, 128),
+            sr(256, 3, (1, 2, 4, 4), False, 128),
             train,
             sample_steps=128,
             guidance_w=3.0,
@@ -603,7 +619,7 @@ def paper() -> CascadeConfig:
             1280,
             768,
             24,
-            sr(128, (1, 2, 4, 4, 4), False, 128),
+            sr(192, 2, (1, 2, 4, 4, 4), False, 128),
             dataclasses.replace(train, crop_size=256),
             sample_steps=128,
             guidance_w=3.0,

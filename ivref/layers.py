@@ -1,0 +1,139 @@
+"""Building blocks of the Video U-Net: scalar embeddings, the ResBlock, temporal conv, resampling.
+
+Every spatial op here works on frames as batch, ``(b f) c h w`` [VDM §3]: a 1x3x3 conv of the
+paper is a 2-D 3x3 conv applied to each frame, and GroupNorm normalises each frame on its own
+(so no statistic mixes frames: the image-mode exactness of [IV §2.4] depends on it). Only
+``TemporalConv`` (here) and ``TemporalAttention`` (attention.py) mix frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer-style features of a scalar per sample: (B,) -> (B, dim) [DDPM App. B].
+
+    emb = [cos(x * f_k), sin(x * f_k)],  f_k = max_period ** (-k / (dim / 2)),  k = 0..dim/2-1.
+    Used for logsnr_t, the augmentation level lambda' [IV §2.5] and the guidance weight w [GD];
+    callers scale the input so its useful range spans a few radians at the lowest frequency.
+    """
+    half = dim // 2
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    k = torch.arange(half, device=x.device, dtype=dtype)
+    freqs = torch.exp(-math.log(max_period) * k / half)
+    args = x.to(dtype)[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ScalarEmbedding(nn.Module):
+    """A scalar per sample -> sinusoidal features -> 2-layer SiLU MLP: (B,) -> (B, emb_dim).
+
+    CHOICE: the input is multiplied by ``scale`` first (log-SNR in [-20, 20] -> scale 50 maps it
+    to [-1000, 1000], the range DDPM's integer timesteps span).
+    """
+
+    def __init__(self, features: int, emb_dim: int, scale: float) -> None:
+        super().__init__()
+        self.features, self.scale = features, scale
+        self.mlp = nn.Sequential(
+            nn.Linear(features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(x * self.scale, self.features))
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with at most ``groups`` groups that divide ``channels``."""
+    g = math.gcd(channels, groups)
+    return nn.GroupNorm(g, channels)
+
+
+class ResBlock(nn.Module):
+    """Per-frame residual block with scale-shift conditioning [IMG App., VDM §3].
+
+    h = conv1(SiLU(GN(x)));  h = conv2(dropout(SiLU(GN(h) * (1 + scale) + shift)))
+    out = skip(x) + h
+    where (scale, shift) = Linear(SiLU(emb_f)) and emb_f is the per-frame conditioning (log-SNR,
+    pooled text, frame position, ...). Convs are 3x3 on frames (the paper's 1x3x3).
+    Input (B*F, C_in, H, W), emb (B*F, E) -> (B*F, C_out, H, W).
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm1 = group_norm(c_in, groups)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = group_norm(c_out, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, emb_f: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = rearrange(self.emb(F.silu(emb_f)), "n (two c) -> two n c () ()", two=2)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class TemporalConv(nn.Module):
+    """Residual temporal convolution over frames: x + conv_f(SiLU(GN(x))) [IV §2.3].
+
+    conv_f(h)[f] = W_0 h[f-1] + W_1 h[f] + W_2 h[f+1] + bias   (kernel 3, zero padding)
+    CHOICE (PAPER.md §2): kernel 3, centred, and the branch initialised to zero so the block
+    starts as the identity over time. Computed as one 1x1 conv to 3C channels and two frame
+    shifts, which needs no (b h w) c f transpose. For image samples (``video_mask`` 0) the
+    branch is multiplied by 0: their frames stay independent [IV §2.4]. The norm is per frame
+    (GroupNorm on ``(b f) c h w``), so it does not mix frames either.
+    Input (B*F, C, H, W) -> same.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.conv = nn.Conv2d(channels, 3 * channels, 1, bias=False)  # [W_0; W_1; W_2]
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(
+        self, x: torch.Tensor, num_frames: int, video_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        z = self.conv(F.silu(self.norm(x)))
+        z = rearrange(z, "(b f) (k c) h w -> k b f c h w", f=num_frames, k=3)
+        y = z[1] + rearrange(self.bias, "c -> c () ()")
+        y = torch.cat([y[:, :1], y[:, 1:] + z[0][:, :-1]], dim=1)  # W_0 h[f-1]
+        y = torch.cat([y[:, :-1] + z[2][:, 1:], y[:, -1:]], dim=1)  # W_2 h[f+1]
+        if video_mask is not None:  # (B,) 1.0 for videos, 0.0 for images
+            y = y * rearrange(video_mask.to(y.dtype), "b -> b () () () ()")
+        return x + rearrange(y, "b f c h w -> (b f) c h w")
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a stride-2 3x3 conv per frame; frames are kept [VDM §3]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width: nearest-neighbour then a 3x3 conv per frame [VDM §3]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,64 @@
+"""Spatial attention keeps frames apart and reads text; temporal attention's relative bias."""
+
+import torch
+
+from ivref import attention
+
+
+def test_spatial_attention_is_per_frame_and_masks_text():
+    torch.manual_seed(0)
+    att = attention.SpatialAttention(16, head_dim=8, ctx_dim=12, groups=4).double()
+    b, f = 2, 3
+    x = torch.randn(b * f, 16, 4, 4, dtype=torch.float64)
+    ctx = torch.randn(b, 5, 12, dtype=torch.float64)
+    mask = torch.tensor([[True] * 3 + [False] * 2] * b)
+    out = att(x, ctx, mask)
+    x2 = x.clone()
+    x2[1] += 1.0  # frame 1 of sample 0
+    out2 = att(x2, ctx, mask)
+    changed = (out2 - out).abs().flatten(1).amax(1) > 0
+    assert changed.tolist() == [False, True, False, False, False, False]
+    ctx2 = ctx.clone()
+    ctx2[:, 3:] += torch.randn(b, 2, 12, dtype=torch.float64)  # padded tokens are masked out
+    assert torch.allclose(att(x, ctx2, mask), out)
+    ctx2[:, 0] += torch.randn(b, 12, dtype=torch.float64)
+    assert not torch.allclose(att(x, ctx2, mask), out)
+
+
+def test_cross_attention_only_reads_text():
+    att = attention.SpatialAttention(16, 8, 12, 4, self_attend=False)
+    assert att.kv is None
+    out = att(torch.randn(4, 16, 2, 2), torch.randn(2, 3, 12), torch.ones(2, 3, dtype=torch.bool))
+    assert out.shape == (4, 16, 2, 2)
+
+
+def test_relative_bias_is_toeplitz_clipped_and_random():
+    att = attention.TemporalAttention(16, head_dim=8, max_distance=2, groups=4)
+    bias = att.relative_bias(5)  # (heads, F, F)
+    assert bias.shape == (2, 5, 5)
+    assert torch.equal(bias[:, 0, 1], bias[:, 3, 4])  # depends on j - i only
+    assert torch.equal(bias[:, 0, 3], bias[:, 0, 4])  # clipped at +2
+    assert not torch.allclose(bias[:, 0, 1], bias[:, 1, 0])  # asymmetric at init
+
+
+def test_temporal_attention_identity_for_images():
+    att = attention.TemporalAttention(16, 8, 4, 4).double()
+    f = 4
+    x = torch.randn(2 * f, 16, 3, 3, dtype=torch.float64)
+    is_image = torch.tensor([True, False])
+    out = att(x, f, is_image)
+    x2 = x.clone()
+    x2[[0, f]] += 1.0  # frame 0 of each sample
+    out2 = att(x2, f, is_image)
+    diff = (out2 - out).abs().flatten(1).amax(1) > 0
+    assert diff[:f].tolist() == [True, False, False, False]  # image: frames independent
+    assert diff[f:].all()  # video: every frame sees frame 0
+
+
+def test_attend_runs_fp32_on_cpu_under_bf16_autocast():
+    q = torch.randn(2, 2, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention.attend(q, q, q, torch.zeros(1, 2, 5, 5))
+    assert out.dtype == torch.bfloat16
+    ref = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
