@@ -10,7 +10,7 @@ def test_sinusoidal_embedding_shape_and_values():
     emb = layers.sinusoidal_embedding(x, 8)
     assert emb.shape == (2, 8)
     torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
-    assert torch.allclose(emb[1, 0], torch.cos(torch.tensor(1.0)))
+    assert torch.allclose(emb[1, 0], torch.cos(torch.tensor(1.0, dtype=torch.float64)))
 
 
 def test_resblock_shapes_and_conditioning():
