@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -152,9 +153,10 @@ def coverage(
     k = SUPERSAMPLE
     xs = (torch.arange(width * k, dtype=torch.float64) + 0.5) / (k * s)
     ys = (torch.arange(height * k, dtype=torch.float64) + 0.5) / (k * s)
-    x = xs[None, None, :] - centers[:, 0, None, None]  # (F, 1, W*k)
-    y = ys[None, :, None] - centers[:, 1, None, None]  # (F, H*k, 1)
-    r = sizes[:, None, None]
+    # offsets in float64 (exact frame-rate consistency), the 2D tests in float32 (speed)
+    x = (xs[None, None, :] - centers[:, 0, None, None]).float()  # (F, 1, W*k)
+    y = (ys[None, :, None] - centers[:, 1, None, None]).float()  # (F, H*k, 1)
+    r = sizes[:, None, None].float()
     if shape == "circle":
         inside = x**2 + y**2 <= r**2
     elif shape == "square":
@@ -167,24 +169,59 @@ def coverage(
     return rearrange(inside, "f (h a) (w b) -> f h w (a b)", a=k, b=k).mean(-1)
 
 
-def _paint(color: str, coverage: torch.Tensor) -> torch.Tensor:
-    """Blend the color over the background by coverage; (F, H, W) -> (3, F, H, W) in [-1, 1]."""
-    fg = torch.tensor(COLORS[color])[:, None, None, None]
-    bg = torch.tensor(BACKGROUND)[:, None, None, None]
-    rgb = bg + (fg - bg) * coverage[None]
-    return rgb * 2 - 1
+def _motion_frames(scene: Scene, num_frames: int, fps: float) -> tuple[list, list]:
+    """Per-frame centers and sizes of a scene: c_k = start + velocity * k / fps."""
+    (x0, y0), (vx, vy) = scene.start, scene.velocity
+    centers = [(x0 + vx * k / fps, y0 + vy * k / fps) for k in range(num_frames)]
+    return centers, [scene.size] * num_frames
+
+
+def _frames(
+    text: str, num_frames: int, width: int, height: int, fps: float, generator
+) -> tuple[list, list]:
+    """Random per-frame (centers, sizes) for a caption: one moving scene, or F independent
+    stills when the caption has no motion (an image pack)."""
+    if parse_caption(text)[2] is not None:
+        scene = random_scene(text, width, height, num_frames / fps, generator)
+        return _motion_frames(scene, num_frames, fps)
+    stills = [random_scene(text, width, height, 1.0, generator) for _ in range(num_frames)]
+    return [sc.start for sc in stills], [sc.size for sc in stills]
+
+
+def render_batch(
+    texts: Sequence[str], centers: torch.Tensor, sizes: torch.Tensor, width: int, height: int
+) -> torch.Tensor:
+    """Paint clips from per-frame geometry: centers (B, F, 2), sizes (B, F) -> (B, 3, F, H, W).
+
+    One vectorised coverage call per shape; each pixel is background + (color - background)
+    times its coverage, mapped to [-1, 1].
+    """
+    b, f = sizes.shape
+    parsed = [parse_caption(t) for t in texts]
+    cov = torch.zeros(b, f, height, width)
+    for shape in SHAPES:
+        rows = [i for i, p in enumerate(parsed) if p[1] == shape]
+        if rows:
+            flat = coverage(
+                shape, centers[rows].flatten(0, 1), sizes[rows].flatten(), width, height
+            )
+            cov[rows] = rearrange(flat, "(b f) h w -> b f h w", f=f)
+    fg = torch.tensor([COLORS[p[0]] for p in parsed])[:, :, None, None, None]  # (B, 3, 1, 1, 1)
+    bg = torch.tensor(BACKGROUND)[None, :, None, None, None]
+    return (bg + (fg - bg) * cov[:, None]) * 2 - 1
 
 
 def render_scene(
     scene: Scene, num_frames: int, width: int, height: int, fps: float
 ) -> torch.Tensor:
     """Render a scene: (3, F, H, W) float32 in [-1, 1]; frame k at t_k = k / fps."""
-    t = torch.arange(num_frames, dtype=torch.float64) / fps
-    centers = torch.tensor(scene.start, dtype=torch.float64) + t[:, None] * torch.tensor(
-        scene.velocity, dtype=torch.float64
+    centers, sizes = _motion_frames(scene, num_frames, fps)
+    text = caption(scene.color, scene.shape, scene.motion)
+    geometry = (
+        torch.tensor([centers], dtype=torch.float64),
+        torch.tensor([sizes], dtype=torch.float64),
     )
-    sizes = torch.full((num_frames,), scene.size, dtype=torch.float64)
-    return _paint(scene.color, coverage(scene.shape, centers, sizes, width, height))
+    return render_batch([text], *geometry, width, height)[0]
 
 
 def render(
@@ -199,14 +236,12 @@ def render(
 
     A caption without motion ("a red circle") renders an image pack: F independent stills.
     """
-    color, shape, motion = parse_caption(text)
-    if motion is not None:
-        scene = random_scene(text, width, height, num_frames / fps, generator)
-        return render_scene(scene, num_frames, width, height, fps)
-    scenes = [random_scene(text, width, height, 1.0, generator) for _ in range(num_frames)]
-    centers = torch.tensor([sc.start for sc in scenes], dtype=torch.float64)
-    sizes = torch.tensor([sc.size for sc in scenes], dtype=torch.float64)
-    return _paint(color, coverage(shape, centers, sizes, width, height))
+    centers, sizes = _frames(text, num_frames, width, height, fps, generator)
+    geometry = (
+        torch.tensor([centers], dtype=torch.float64),
+        torch.tensor([sizes], dtype=torch.float64),
+    )
+    return render_batch([text], *geometry, width, height)[0]
 
 
 class ToyVideos:
@@ -250,10 +285,10 @@ class ToyVideos:
                 (self.combos[i] for i in index), is_image.tolist(), strict=True
             )
         ]
-        videos = torch.stack(
-            [render(t, self.num_frames, self.width, self.height, self.fps, g) for t in texts]
-        )
-        return videos, texts, is_image
+        frames = [_frames(t, self.num_frames, self.width, self.height, self.fps, g) for t in texts]
+        centers = torch.tensor([c for c, _ in frames], dtype=torch.float64)
+        sizes = torch.tensor([s for _, s in frames], dtype=torch.float64)
+        return render_batch(texts, centers, sizes, self.width, self.height), texts, is_image
 
 
 class VideoTextFolder:
