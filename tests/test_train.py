@@ -118,3 +118,12 @@ def test_evaluate_callback_logged_and_stop_saves(tmp_path, encoder):
 def test_sr_stages_are_refused_for_now(tmp_path, encoder):
     with pytest.raises(NotImplementedError, match="only base stages"):
         train.Trainer(configs.preset("ci"), "tsr", tmp_path, text_encoder=encoder)
+
+
+def test_caption_evaluator_samples_the_ema_and_scores_it(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder)
+    prompts = ["a red circle moving left", "a blue square"]
+    scores = train.caption_evaluator(prompts=prompts, steps=2)(trainer)
+    assert set(scores) == {"color", "shape", "motion", "all"}  # motion: the one moving prompt
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert scores["motion"] in (0.0, 1.0)
