@@ -24,8 +24,8 @@ from torch import nn
 from ivref import configs, data, guidance, losses, parameterization, samplers, schedules, video
 
 SCALE = configs.scale_from_env()
-TRAIN_STEPS = {"ci": 100, "toy": 800, "paper": 800}[SCALE]
-POOL = {"ci": 96, "toy": 512, "paper": 512}[SCALE]  # training videos, rendered once
+TRAIN_STEPS = 100 if SCALE == "ci" else 800
+POOL = 96 if SCALE == "ci" else 512  # training videos, rendered once
 NUM_FRAMES, SIZE = 4, 16
 torch.manual_seed(0)
 torch.set_num_threads(2)
