@@ -144,8 +144,9 @@ class Trainer:
 
             text_encoder = text.build_encoder(config.text)
         self.text = TextCache(text_encoder)
-        torch.manual_seed(seed)  # CHOICE: the one global seed, for the model's initial weights
-        self.model = VideoUNet(s.unet).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the global
+            torch.manual_seed(seed)  # RNG is restored afterwards
+            self.model = VideoUNet(s.unet).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
