@@ -434,7 +434,7 @@ def toy() -> CascadeConfig:
     base_unet = UNetConfig(
         base_channels=32,
         channel_mults=(1, 2, 4),
-        num_res_blocks=2,
+        num_res_blocks=1,  # 3.4M params: ~1.4x cheaper than 2 blocks; enough (NOTES.md)
         spatial_attention=(False, False, True),
         temporal_mixing=("conv", "attention", "attention"),
         head_dim=32,
