@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, help="guidance weight w (default: each stage's)")
     g.add_argument("--distilled", action="store_true", help="use distilled weights")
 
+    e = sub.add_parser("export", help="write a `train` run's EMA weights as a cascade folder")
+    e.add_argument("run", type=Path, help="an `ivref train` run folder (its checkpoint/)")
+    e.add_argument("--out", type=Path, required=True, help="cascade folder to write (fp16)")
+
     i = sub.add_parser("info", help="per-stage table of a preset: sizes and parameters")
     i.add_argument("--scale", choices=configs.PRESETS, default="toy")
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
@@ -177,6 +181,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    if not (args.run / "checkpoint").is_dir() and not (args.run / "config.json").is_file():
+        raise CLIError(f"{str(args.run)!r} is not an `ivref train` run folder (no checkpoint/)")
+    cascade = load_cascade(args.run)
+    path = cascade.save_pretrained(args.out)
+    names = [s.name for s in cascade.trained_stages]
+    print(f"wrote {path} (stages {names}, fp16 EMA weights)", file=sys.stderr)
+    return 0
+
+
 # -- info -------------------------------------------------------------------------------
 
 
@@ -225,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ivref`` console script; returns the exit status."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "generate": cmd_generate, "info": cmd_info}[args.command]
+    commands = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export}
+    command = {**commands, "info": cmd_info}[args.command]
     try:
         return command(args)
     except (CLIError, ValueError, FileNotFoundError) as err:

@@ -68,3 +68,22 @@ def test_generate_from_a_train_run_folder(tmp_path):
     cfg = configs.preset("ci").stages[0]
     assert frames.shape[1] == cfg.num_frames and fps == pytest.approx(cfg.fps, rel=0.05)
     assert frames.shape[-1] == 2 * cfg.width + 1  # two videos side by side in a grid
+
+
+def test_export_writes_a_cascade_that_generates_like_the_run(tmp_path, capsys):
+    import torch
+
+    from ivref.cascade import Cascade
+
+    run, folder = tmp_path / "run", tmp_path / "cascade"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    assert cli.main(["export", str(run), "--out", str(folder)]) == 0
+    assert (folder / "cascade.json").is_file() and (folder / "base.safetensors").is_file()
+    from_run, exported = cli.load_cascade(run), Cascade.from_pretrained(folder)
+    prompts = ["a red circle moving left"]
+    a = from_run.generate(prompts, seed=0, steps=2, guidance=0.0)
+    b = exported.generate(prompts, seed=0, steps=2, guidance=0.0)
+    assert torch.allclose(a, b, atol=2e-2)  # fp16 weights: close, not equal
+    assert cli.main(["export", str(tmp_path / "nothing"), "--out", str(folder)]) == 2
+    assert "not an `ivref train` run folder" in capsys.readouterr().err
