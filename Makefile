@@ -25,8 +25,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -c "import torch, ivref, mediapy, transformers; print('ivref ready, torch', torch.__version__)"
 	touch $@
 
+DEMO_PROMPTS := "a red circle moving left" "a green square moving up" \
+	"a yellow triangle moving right" "a cyan circle moving down"
+
+# The main job: text -> video with the shipped toy cascade (data/toy), on CPU in seconds.
 demo: install
-	$(PY) -m ivref.demo
+	mkdir -p out
+	$(VENV)/bin/ivref generate $(DEMO_PROMPTS) --seed 0 --out out/demo.gif
+	$(VENV)/bin/ivref generate $(DEMO_PROMPTS) --seed 0 --out out/demo.mp4
+	@echo "demo: out/demo.gif and out/demo.mp4 (one video per prompt, left to right)"
 
 lint: install
 	$(VENV)/bin/ruff check ivref tests notebooks benchmarks
