@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", type=Path, help="an `ivref train` run folder (its checkpoint/)")
     e.add_argument("--out", type=Path, required=True, help="cascade folder to write (fp16)")
 
+    v = sub.add_parser("evaluate", help="caption alignment of a cascade per guidance weight")
+    v.add_argument("--checkpoint", type=Path, help="cascade folder or `train` run folder")
+    v.add_argument("--split", default="all", help="toy captions to sample: train, heldout, all")
+    v.add_argument("--repeats", type=_positive, default=1, help="samples per caption")
+    v.add_argument("--guidance", type=float, nargs="+", help="weights w to sweep")
+    v.add_argument("--steps", type=_positive, help="sampler steps (default: the stage's)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+
     i = sub.add_parser("info", help="per-stage table of a preset: sizes and parameters")
     i.add_argument("--scale", choices=configs.PRESETS, default="toy")
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
@@ -191,6 +200,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from ivref import checkpoint, evaluate
+
+    prompts = evaluate.split_prompts(args.split, args.repeats)
+    cascade = load_cascade(args.checkpoint)
+    guidances = args.guidance or [cascade.trained_stages[-1].guidance_w]
+    rows = evaluate.guidance_sweep(cascade, prompts, guidances, steps=args.steps, seed=args.seed)
+    print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
+    print(evaluate.format_table(rows))
+    if args.json:
+        text_json = json.dumps(rows, indent=2)
+        checkpoint.atomic_write(args.json, lambda tmp: Path(tmp).write_text(text_json))
+    return 0
+
+
 # -- info -------------------------------------------------------------------------------
 
 
@@ -240,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export}
+    commands["evaluate"] = cmd_evaluate
     command = {**commands, "info": cmd_info}[args.command]
     try:
         return command(args)

@@ -87,3 +87,17 @@ def test_export_writes_a_cascade_that_generates_like_the_run(tmp_path, capsys):
     assert torch.allclose(a, b, atol=2e-2)  # fp16 weights: close, not equal
     assert cli.main(["export", str(tmp_path / "nothing"), "--out", str(folder)]) == 2
     assert "not an `ivref train` run folder" in capsys.readouterr().err
+
+
+def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    report = tmp_path / "sweep.json"
+    argv = ["evaluate", "--checkpoint", str(run), "--split", "heldout", "--steps", "2"]
+    assert cli.main([*argv, "--guidance", "0", "1", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())
+    assert [r["w"] for r in rows] == [0.0, 1.0]
+    assert all(r["n"] == 8 and 0.0 <= r["all"] <= 1.0 for r in rows)
+    assert "split 'heldout'" in capsys.readouterr().out
+    assert cli.main([*argv, "--split", "test"]) == 2

@@ -1,0 +1,49 @@
+"""Alignment sweeps: real rendered videos score 100%, shuffled ones do not; bad input errors."""
+
+import pytest
+import torch
+
+from ivref import configs, data, evaluate
+from ivref.cascade import Cascade
+from ivref.unet3d import VideoUNet
+
+
+class RenderingCascade(Cascade):
+    """A stand-in whose 'samples' are the toy world's own renders of each prompt."""
+
+    def __init__(self, shuffle: bool = False):
+        cfg = configs.preset("ci")
+        super().__init__(cfg, {"base": VideoUNet(cfg.stages[0].unet)})
+        self.shuffle, self.calls = shuffle, []
+
+    def generate(self, prompts, *, seed=None, steps=None, guidance=None, **kwargs):
+        self.calls.append((len(prompts), seed, guidance))
+        prompts = list(reversed(prompts)) if self.shuffle else list(prompts)
+        g = torch.Generator().manual_seed(seed)
+        return torch.stack([data.render(p, 8, 16, 16, 3.0, generator=g) for p in prompts])
+
+
+def test_split_prompts():
+    assert len(evaluate.split_prompts("heldout")) == len(data.HELDOUT)
+    assert evaluate.split_prompts("all", repeats=2) == list(data.CAPTIONS) * 2
+    with pytest.raises(ValueError, match="allowed"):
+        evaluate.split_prompts("test")
+
+
+def test_alignment_of_ground_truth_is_perfect_and_batched_with_distinct_seeds():
+    fake = RenderingCascade()
+    prompts = evaluate.split_prompts("train")[:10]
+    result = evaluate.alignment(fake, prompts, guidance=2.0, seed=5, batch_size=4)
+    assert result == {"color": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0, "n": 10}
+    assert fake.calls == [(4, 5, 2.0), (4, 6, 2.0), (2, 7, 2.0)]
+
+
+def test_sweep_rows_and_a_wrong_pairing_scores_lower():
+    prompts = evaluate.split_prompts("heldout")
+    rows = evaluate.guidance_sweep(RenderingCascade(shuffle=True), prompts, [0.0, 1.0])
+    assert [r["w"] for r in rows] == [0.0, 1.0]
+    assert all(r["all"] < 0.5 for r in rows)
+    table = evaluate.format_table(rows)
+    assert table.splitlines()[0].split()[:5] == ["w", "color", "shape", "motion", "all"]
+    with pytest.raises(ValueError, match="guidances is empty"):
+        evaluate.guidance_sweep(RenderingCascade(), prompts, [])
