@@ -12,7 +12,7 @@ export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test lint unit notebooks sync-notebooks clean
+.PHONY: install demo test lint unit notebooks sync-notebooks docs clean
 
 install: $(VENV)/.installed
 
@@ -36,8 +36,8 @@ demo: install
 	@echo "demo: out/demo.gif and out/demo.mp4 (one video per prompt, left to right)"
 
 lint: install
-	$(VENV)/bin/ruff check ivref tests notebooks benchmarks
-	$(VENV)/bin/ruff format --check ivref tests notebooks benchmarks
+	$(VENV)/bin/ruff check ivref tests notebooks benchmarks docs
+	$(VENV)/bin/ruff format --check ivref tests notebooks benchmarks docs
 
 unit: install
 	$(VENV)/bin/pytest tests -q
@@ -46,6 +46,10 @@ notebooks: install
 	IVREF_SCALE=ci $(VENV)/bin/pytest --nbval-lax --nbval-current-env -q notebooks/*.ipynb
 
 test: lint unit notebooks
+
+# The figures the README shows (samples, training curves, alignment vs w) from data/toy.
+docs: install
+	$(PY) docs/figures.py
 
 # Rewrite each .ipynb from its .py (the .py is the source); outputs stay stripped.
 sync-notebooks: install

@@ -1,0 +1,85 @@
+"""Render the figures the README shows, from the shipped toy cascade: `make docs`.
+
+docs/base_samples.gif        the shipped base stage on eight prompts (two held out)
+docs/base_training.png       its training loss and caption alignment during training
+docs/alignment_vs_guidance.png  caption alignment vs guidance weight w (data/toy/alignment.json)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from ivref import data, train, video
+from ivref.cascade import Cascade
+
+DOCS = Path(__file__).resolve().parent
+TOY = DOCS.parent / "data" / "toy"
+PROMPTS = [
+    "a red circle moving left",
+    "a green square moving up",
+    "a yellow triangle moving right",
+    "a cyan circle moving down",
+    "a white square moving left",
+    "a magenta triangle moving up",
+] + [data.caption(*combo) for combo in data.HELDOUT[:2]]
+
+
+def samples_gif(upscale: int = 4) -> Path:
+    """A 4 x 2 grid of shipped-base samples, nearest-upscaled so that 16 x 16 frames show."""
+    videos = Cascade.from_pretrained(TOY).generate(PROMPTS, seed=0)
+    big = videos.repeat_interleave(upscale, dim=-1).repeat_interleave(upscale, dim=-2)
+    fps = Cascade.from_pretrained(TOY).trained_stages[-1].fps
+    return video.write_video(DOCS / "base_samples.gif", video.grid(big, ncols=4, pad=2), fps)
+
+
+def training_plot() -> Path:
+    """Loss (running mean) and caption alignment during the base stage's training."""
+    log = train.read_log(TOY / "base_log.jsonl")
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.5))
+    video.plot_losses(log, keys=("loss",), smooth=20, ax=ax_loss)
+    ax_loss.set_title("base stage: v-MSE training loss")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    for key in ("eval_color", "eval_shape", "eval_motion", "eval_all"):
+        rows = [(r["step"], 100 * r[key]) for r in log if key in r]
+        if rows:
+            ax_eval.plot(*zip(*rows, strict=True), marker="o", label=key.removeprefix("eval_"))
+    ax_eval.set_title("caption alignment of EMA samples during training")
+    ax_eval.set_xlabel("step")
+    ax_eval.set_ylabel("accuracy (%)")
+    ax_eval.set_ylim(0, 102)
+    ax_eval.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "base_training.png", dpi=110)
+    return DOCS / "base_training.png"
+
+
+def guidance_plot() -> Path:
+    """Caption alignment vs w, per split, from the sweep recorded when the weights shipped."""
+    sweeps = json.loads((TOY / "alignment.json").read_text())
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 3.5), squeeze=False)
+    for ax, (split, rows) in zip(axes[0], sweeps.items(), strict=True):
+        ws = [r["w"] for r in rows]
+        for key in ("color", "shape", "motion", "all"):
+            ax.plot(ws, [100 * r[key] for r in rows], marker="o", label=key)
+        ax.set_title(f"{split} captions ({rows[0]['n']} samples per w)")
+        ax.set_xlabel("guidance weight w")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 102)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(DOCS / "alignment_vs_guidance.png", dpi=110)
+    return DOCS / "alignment_vs_guidance.png"
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    for path in (samples_gif(), training_plot(), guidance_plot()):
+        print("wrote", path.relative_to(DOCS.parent))
