@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 PIP_QUIET := 2>&1 | grep -v -e "is ignored: it is neither" || true
+LINT_PATHS := $(wildcard ivref tests notebooks benchmarks docs)
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TRANSFORMERS_VERBOSITY := error
@@ -36,8 +37,8 @@ demo: install
 	@echo "demo: out/demo.gif and out/demo.mp4 (one video per prompt, left to right)"
 
 lint: install
-	$(VENV)/bin/ruff check ivref tests notebooks benchmarks docs
-	$(VENV)/bin/ruff format --check ivref tests notebooks benchmarks docs
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 unit: install
 	$(VENV)/bin/pytest tests -q
