@@ -160,9 +160,9 @@ class Cascade(nn.Module):
             outputs.append(video)
         return (outputs[-1], outputs) if return_stages else outputs[-1]
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, dir: str | os.PathLike) -> Path:  # noqa: A002 (the issue's name)
         """Write ``cascade.json`` and one fp16 ``<stage>.safetensors`` per trained stage."""
-        directory = Path(directory)
+        directory = Path(dir)
         directory.mkdir(parents=True, exist_ok=True)
         stages = [s.name for s in self.trained_stages]
         for name in stages:
@@ -176,10 +176,13 @@ class Cascade(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike | None = None, *, encoder: text.TextEncoder | None = None
+        cls,
+        dir: str | os.PathLike | None = None,  # noqa: A002 (the public name DESIGN.md gives)
+        *,
+        encoder: text.TextEncoder | None = None,
     ) -> Cascade:
         """Load a cascade folder; ``None`` loads the toy cascade shipped in ``data/toy``."""
-        directory = shipped_dir() if directory is None else Path(directory)
+        directory = shipped_dir() if dir is None else Path(dir)
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(
