@@ -37,6 +37,10 @@ CONFIG = "config.json"
 TENSOR_FILES = ("model", "ema", "optimizer", "rng")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupted, or does not fit the model / config at hand."""
 
@@ -49,6 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

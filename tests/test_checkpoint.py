@@ -143,3 +143,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(RuntimeError):
         checkpoint.atomic_write(target, boom)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = checkpoint.atomic_write(tmp_path / "f.txt", lambda tmp: open(tmp, "w").write("x"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
