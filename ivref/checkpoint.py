@@ -45,11 +45,16 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupted, or does not fit the model / config at hand."""
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call write(tmp) on a temporary path in path's directory, then rename it onto path."""
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp"
+) -> Path:
+    """Call write(tmp) on a temporary path in path's directory, then rename it onto path.
+
+    ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

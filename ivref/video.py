@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from einops import rearrange
+
+from ivref import checkpoint
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -112,17 +113,9 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
     if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
         pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
         frames = np.pad(frames, pad)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
-        codec = "gif" if suffix == ".gif" else "h264"
-        mediapy.write_video(tmp, frames, fps=fps, codec=codec)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    codec = "gif" if suffix == ".gif" else "h264"
+    write = lambda tmp: mediapy.write_video(tmp, frames, fps=fps, codec=codec)  # noqa: E731
+    return checkpoint.atomic_write(path, write, suffix=suffix)
 
 
 def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
