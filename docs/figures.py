@@ -51,14 +51,8 @@ def training_plot() -> Path:
         rows = [(r["step"], 100 * r[key]) for r in log if key in r]
         if rows:
             ax_eval.plot(*zip(*rows, strict=True), marker="o", label=key.removeprefix("eval_"))
-    ax_eval.set_title("caption alignment of EMA samples during training")
-    ax_eval.set_xlabel("step")
-    ax_eval.set_ylabel("accuracy (%)")
-    ax_eval.set_ylim(0, 102)
-    ax_eval.legend()
-    fig.tight_layout()
-    fig.savefig(DOCS / "base_training.png", dpi=110)
-    return DOCS / "base_training.png"
+    _accuracy_axes(ax_eval, "caption alignment of EMA samples during training", "step")
+    return _save(fig, "base_training.png")
 
 
 def guidance_plot() -> Path:
@@ -69,14 +63,20 @@ def guidance_plot() -> Path:
         ws = [r["w"] for r in rows]
         for key in ("color", "shape", "motion", "all"):
             ax.plot(ws, [100 * r[key] for r in rows], marker="o", label=key)
-        ax.set_title(f"{split} captions ({rows[0]['n']} samples per w)")
-        ax.set_xlabel("guidance weight w")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 102)
-        ax.legend()
+        title = f"{split} captions ({rows[0]['n']} samples per w)"
+        _accuracy_axes(ax, title, "guidance weight w")
+    return _save(fig, "alignment_vs_guidance.png")
+
+
+def _accuracy_axes(ax: plt.Axes, title: str, xlabel: str) -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel="accuracy (%)", ylim=(0, 102))
+    ax.legend()
+
+
+def _save(fig: plt.Figure, name: str) -> Path:
     fig.tight_layout()
-    fig.savefig(DOCS / "alignment_vs_guidance.png", dpi=110)
-    return DOCS / "alignment_vs_guidance.png"
+    fig.savefig(DOCS / name, dpi=110)
+    return DOCS / name
 
 
 if __name__ == "__main__":
