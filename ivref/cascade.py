@@ -144,9 +144,11 @@ class Cascade(nn.Module):
             raise ValueError(f"steps={steps!r} must be a positive integer")
         if guidance is not None and guidance < 0:
             raise ValueError(f"guidance={guidance!r} must be >= 0 (0 = no guidance)")
-        generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        generator = torch.Generator()
         if seed is None:
-            generator.seed()
+            generator.seed()  # fresh, non-reproducible
+        else:
+            generator.manual_seed(seed)
         text_emb, text_mask = self.encoder.encode(prompts)
         outputs: list[torch.Tensor] = []
         for stage in self.trained_stages:

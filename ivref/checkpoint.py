@@ -18,6 +18,7 @@ loaded. Nothing is unpickled: tensors load with safetensors, the rest is JSON.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,12 @@ CONFIG = "config.json"
 TENSOR_FILES = ("model", "ema", "optimizer", "rng")
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once on the first write (os.umask can only read by setting)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class CheckpointError(ValueError):
@@ -58,7 +63,7 @@ def atomic_write(
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
