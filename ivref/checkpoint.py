@@ -1,6 +1,6 @@
-"""Checkpoints: safetensors weights + JSON config, written atomically, loaded with clear errors.
+"""Checkpoints: safetensors weights + JSON config, written whole, loaded with clear errors.
 
-A training checkpoint is a directory:
+A training checkpoint is a folder:
 
     config.json           the CascadeConfig, the stage trained, the step, and a manifest
                           (size + sha256 of every other file); written last
@@ -10,20 +10,23 @@ A training checkpoint is a directory:
     optimizer.json        (param groups, hyper-parameters) as JSON
     rng.safetensors       RNG states (torch CPU, the data generator, ...) as uint8 tensors
 
-Every file goes to a temporary name in the same directory, then ``os.replace``: a crash
-leaves the previous file whole. The manifest is written last, so a directory whose files do
-not match it (a crash between files, a truncated copy) is reported by name, never half
-loaded. Nothing is unpickled: tensors load with safetensors, the rest is JSON.
+``save`` writes the whole folder under a temporary name beside its target and renames it
+into place only when every file is on disk, so a folder under its final name is always
+complete. A training run keeps its checkpoints as ``<run>/checkpoints/step-00000500/``;
+``save_run`` adds one and prunes the oldest only after the new one is whole, so a crash or a
+full disk mid-save never costs the last good checkpoint. ``verify`` checks every file
+against the manifest and names the damaged one. Nothing is unpickled: tensors load with
+safetensors, the rest is JSON. Non-finite weights are refused on save and on load.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +35,30 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ivref import configs
+from ivref.files import atomic_write, fsync_dir
 
 FORMAT = 1
 CONFIG = "config.json"
 TENSOR_FILES = ("model", "ema", "optimizer", "rng")
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask, read once on the first write (os.umask can only read by setting)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+CHECKPOINTS = "checkpoints"  # <run>/checkpoints/step-XXXXXXXX/
+LEGACY = "checkpoint"  # the single, overwritten-in-place folder of ivref 0.1 runs
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupted, or does not fit the model / config at hand."""
 
 
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp"
-) -> Path:
-    """Call write(tmp) on a temporary path in path's directory, then rename it onto path.
+class NonFiniteError(ValueError):
+    """Weights hold NaN or infinity: they are never saved, shipped or loaded."""
 
-    ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise NonFiniteError naming the first tensors of ``state`` with NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise NonFiniteError(f"{where}: non-finite values (NaN or inf) in {bad[:3]}{more}")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -91,6 +81,32 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_manifest(directory: Path, files: list[str]) -> dict[str, dict[str, Any]]:
+    """{file: {"bytes", "sha256"}} of files in ``directory`` (what ``verify_files`` checks)."""
+    return {
+        f: {"bytes": (directory / f).stat().st_size, "sha256": _sha256(directory / f)}
+        for f in files
+    }
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], where: str) -> None:
+    """Check each file against a manifest (size, then sha256); raise CheckpointError by name."""
+    for name, want in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise CheckpointError(
+                f"checkpoint file {str(path)!r} is corrupted: {size} bytes, "
+                f"the manifest in {where} says {want['bytes']} (truncated or overwritten?)"
+            )
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(
+                f"checkpoint file {str(path)!r} is corrupted: its sha256 differs from {where}"
+            )
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -147,36 +163,101 @@ def save(
     rng: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete training checkpoint into ``directory`` (atomically, file by file).
+    """Write a complete training checkpoint as the folder ``directory``, all or nothing.
 
-    ``rng`` maps names to RNG states (``torch.get_rng_state()``, ``generator.get_state()``);
-    ``extra`` is JSON-able trainer state (e.g. the loss log's length).
+    The files go into a temporary sibling folder, the manifest last; only then is that folder
+    renamed to ``directory`` (an existing one is moved aside first and removed after). On
+    any error the temporary folder is removed and ``directory`` is as it was. ``rng`` maps
+    names to RNG states; ``extra`` is JSON-able trainer state. Non-finite weights raise
+    ``NonFiniteError`` before anything is written.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
-    _write_tensors(directory / "model.safetensors", model.state_dict())
-    _write_tensors(directory / "ema.safetensors", ema.state_dict())
-    _write_tensors(directory / "optimizer.safetensors", opt_tensors)
-    _write_json(directory / "optimizer.json", opt_meta)
-    _write_tensors(directory / "rng.safetensors", rng)
-    files = [f"{n}.safetensors" for n in TENSOR_FILES] + ["optimizer.json"]
-    manifest = {
-        f: {"bytes": (directory / f).stat().st_size, "sha256": _sha256(directory / f)}
-        for f in files
-    }
-    _write_json(
-        directory / CONFIG,
-        {
+    model_state, ema_state = model.state_dict(), ema.state_dict()
+    check_finite(model_state, f"model weights at step {step}")
+    check_finite(ema_state, f"EMA weights at step {step}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
+        _write_tensors(tmp / "model.safetensors", model_state)
+        _write_tensors(tmp / "ema.safetensors", ema_state)
+        _write_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        _write_json(tmp / "optimizer.json", opt_meta)
+        _write_tensors(tmp / "rng.safetensors", rng)
+        files = [f"{n}.safetensors" for n in TENSOR_FILES] + ["optimizer.json"]
+        meta = {
             "format": FORMAT,
             "stage": stage,
             "step": step,
             "config": config.to_dict(),
             "extra": extra or {},
-            "manifest": manifest,
-        },
-    )
+            "manifest": file_manifest(tmp, files),
+        }
+        _write_json(tmp / CONFIG, meta)
+        fsync_dir(tmp)
+        old = None
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        fsync_dir(directory.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints of a training run
+# ---------------------------------------------------------------------------------------
+
+
+def run_checkpoints(run: str | os.PathLike) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first (a legacy ``checkpoint/`` first).
+
+    A folder appears under its final name only once whole (``save``), so every folder listed
+    is complete unless it was damaged afterwards (``verify`` tells).
+    """
+    run = Path(run)
+    found: list[tuple[int, Path]] = []
+    legacy = run / LEGACY
+    if (legacy / CONFIG).is_file():
+        found.append((-1, legacy))
+    folder = run / CHECKPOINTS
+    if folder.is_dir():
+        for child in folder.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / CONFIG).is_file():
+                found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest(run: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None if it has none."""
+    found = run_checkpoints(run)
+    return found[-1] if found else None
+
+
+def save_run(run: str | os.PathLike, *, step: int, keep: int = 2, **state: Any) -> Path:
+    """Save ``<run>/checkpoints/step-<step>/`` (see ``save``), then keep only the newest ``keep``.
+
+    Older checkpoints are removed only after the new one is complete.
+    """
+    if keep < 1:
+        raise ValueError(f"keep={keep} must be >= 1 (the newest checkpoint is always kept)")
+    path = save(Path(run) / CHECKPOINTS / f"step-{step:08d}", step=step, **state)
+    for old in run_checkpoints(run)[:-keep]:
+        if old.name != LEGACY:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one checkpoint folder (it holds ``config.json``)."""
+    return (Path(path) / CONFIG).is_file()
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -200,20 +281,7 @@ def verify(directory: str | os.PathLike) -> dict[str, Any]:
     """Check every file against config.json's manifest (size, then sha256); returns the config."""
     directory = Path(directory)
     meta = read_config(directory)
-    for name, want in meta["manifest"].items():
-        path = directory / name
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            raise CheckpointError(
-                f"checkpoint file {str(path)!r} is corrupted: {size} bytes, "
-                f"the manifest in {CONFIG} says {want['bytes']} (truncated or overwritten?)"
-            )
-        if _sha256(path) != want["sha256"]:
-            raise CheckpointError(
-                f"checkpoint file {str(path)!r} is corrupted: its sha256 differs from {CONFIG}"
-            )
+    verify_files(directory, meta["manifest"], CONFIG)
     return meta
 
 
@@ -328,11 +396,16 @@ def save_weights(
     dtype: torch.dtype | None = torch.float16,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write weights to one safetensors file, floats cast to ``dtype`` (fp16 to ship); atomic."""
+    """Write weights to one safetensors file, floats cast to ``dtype`` (fp16 to ship); atomic.
+
+    Refuses non-finite weights, and weights that overflow ``dtype`` (|w| > 65504 in fp16).
+    """
+    check_finite(state_dict, str(path))
     cast = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
         for k, v in state_dict.items()
     }
+    check_finite(cast, f"{path} (after the cast to {dtype})")
     _write_tensors(Path(path), cast, metadata)
     return Path(path)
 
@@ -340,8 +413,12 @@ def save_weights(
 def load_weights(
     path: str | os.PathLike, module: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    """Read a safetensors weights file; with ``module``, load it in (cast to its dtypes, strict)."""
+    """Read a safetensors weights file; with ``module``, load it in (cast to its dtypes, strict).
+
+    Non-finite weights raise ``NonFiniteError``: they would only ever sample NaN (black) videos.
+    """
     state = _read_tensors(Path(path))
+    check_finite(state, str(path))
     if module is not None:
         load_state_dict_strict(module, state, str(path))
     return state

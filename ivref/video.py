@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from ivref import checkpoint
+from ivref import files
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -85,6 +85,39 @@ def grid(videos: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.
     return tiled[:, :, : tiled.shape[2] - pad, : tiled.shape[3] - pad]
 
 
+def upscale(videos: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling of (B, C, F, H, W) by an integer factor in space, for display."""
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"upscale factor {factor!r} must be an integer >= 1")
+    videos = _as_batch(videos)
+    return videos.repeat_interleave(factor, dim=3).repeat_interleave(factor, dim=4)
+
+
+def display_factor(height: int, width: int, size: int) -> int:
+    """The smallest integer k >= 1 with max(H, W) * k >= size (nearest upscaling to view)."""
+    return max(1, -(-size // max(height, width)))
+
+
+def stage_grid(stages: Sequence[torch.Tensor], pad: int = 1) -> torch.Tensor:
+    """Every stage's output side by side: one row per video, one column per stage.
+
+    Each (B, C, F_k, H_k, W_k) is brought to the last stage's frames and size by nearest
+    repetition (in time and space, so nothing is smoothed), then the columns are tiled.
+    """
+    last = _as_batch(stages[-1])
+    _, _, f, h, w = last.shape
+    cols = []
+    for v in stages:
+        v = _as_batch(v)
+        if f % v.shape[2] or h % v.shape[3] or w % v.shape[4]:
+            raise ValueError(f"stage output {tuple(v.shape)} does not divide the last {f, h, w}")
+        v = v.repeat_interleave(f // v.shape[2], dim=2)
+        v = v.repeat_interleave(h // v.shape[3], dim=3).repeat_interleave(w // v.shape[4], dim=4)
+        cols.append(v)
+    tiles = rearrange(torch.stack(cols, dim=1), "b k c f h w -> (b k) c f h w")
+    return grid(tiles, ncols=len(stages), pad=pad)
+
+
 def _check_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -115,7 +148,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
         frames = np.pad(frames, pad)
     codec = "gif" if suffix == ".gif" else "h264"
     write = lambda tmp: mediapy.write_video(tmp, frames, fps=fps, codec=codec)  # noqa: E731
-    return checkpoint.atomic_write(path, write, suffix=suffix)
+    return files.atomic_write(path, write, suffix=suffix)
 
 
 def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
@@ -170,9 +203,7 @@ def plot_losses(
     import matplotlib.pyplot as plt
 
     if isinstance(log, (str, os.PathLike)):
-        from ivref import train
-
-        log = train.read_log(log)
+        log = files.read_log(log)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     for key in keys:

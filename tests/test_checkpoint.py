@@ -1,6 +1,7 @@
 """Checkpoints round-trip exactly, write atomically, and fail loudly on bad files."""
 
 import dataclasses
+import errno
 import json
 
 import pytest
@@ -132,23 +133,66 @@ def test_fp16_weights_round_trip(tmp_path):
         checkpoint.load_weights(tmp_path / "bad.safetensors")
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "f.txt"
-    target.write_text("old")
-
-    def boom(tmp):
-        open(tmp, "w").write("half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        checkpoint.atomic_write(target, boom)
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+def _ckpt_state(model, ema, opt, cfg=None):
+    return dict(
+        config=cfg or configs.preset("ci"),
+        stage="base",
+        model=model,
+        ema=ema,
+        optimizer=opt,
+        rng={"torch": torch.get_rng_state()},
+    )
 
 
-def test_atomic_write_gives_the_usual_file_mode(tmp_path):
-    import os
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    model, ema, opt = _trained()
+    good = checkpoint.save(tmp_path / "ckpt", step=3, **_ckpt_state(model, ema, opt))
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    real = checkpoint._write_tensors
+    calls = []
 
-    umask = os.umask(0)
-    os.umask(umask)
-    path = checkpoint.atomic_write(tmp_path / "f.txt", lambda tmp: open(tmp, "w").write("x"))
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    def full_disk(path, tensors, meta=None):
+        calls.append(path.name)
+        if len(calls) == 3:  # the disk fills up at the third file
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, tensors, meta)
+
+    monkeypatch.setattr(checkpoint, "_write_tensors", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.save(tmp_path / "ckpt", step=4, **_ckpt_state(model, ema, opt))
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
+    assert checkpoint.verify(good)["step"] == 3
+
+
+def test_save_run_keeps_the_newest_and_latest_finds_it(tmp_path):
+    model, ema, opt = _trained()
+    assert checkpoint.latest(tmp_path) is None
+    for step in (1, 2, 3):
+        checkpoint.save_run(tmp_path, step=step, keep=2, **_ckpt_state(model, ema, opt))
+    names = [p.name for p in checkpoint.run_checkpoints(tmp_path)]
+    assert names == ["step-00000002", "step-00000003"]
+    assert checkpoint.latest(tmp_path).name == "step-00000003"
+    # a half-written folder (a crash before the rename) never counts as a checkpoint
+    (tmp_path / "checkpoints" / ".step-00000004.tmp-ab12").mkdir()
+    (tmp_path / "checkpoints" / "step-00000005").mkdir()  # no config.json: incomplete
+    assert checkpoint.latest(tmp_path).name == "step-00000003"
+
+
+def test_non_finite_weights_are_never_saved_or_loaded(tmp_path):
+    model, ema, opt = _trained()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(checkpoint.NonFiniteError, match=r"0\.weight"):
+        checkpoint.save(tmp_path / "ckpt", step=1, **_ckpt_state(model, ema, opt))
+    assert not (tmp_path / "ckpt").exists()
+    with pytest.raises(checkpoint.NonFiniteError, match="non-finite"):
+        checkpoint.save_weights(tmp_path / "w.safetensors", model.state_dict())
+    big = {"w": torch.full((2,), 1e6)}  # finite in fp32, inf in fp16
+    with pytest.raises(checkpoint.NonFiniteError, match="after the cast"):
+        checkpoint.save_weights(tmp_path / "w.safetensors", big)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.tensor([float("inf")])}, str(tmp_path / "inf.safetensors"))
+    with pytest.raises(checkpoint.NonFiniteError):
+        checkpoint.load_weights(tmp_path / "inf.safetensors")

@@ -62,3 +62,19 @@ def test_show_and_plot_losses():
     log = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(50)] + [{"step": 49, "eval": 0.5}]
     ax = video.plot_losses(log, keys=("loss", "eval"), smooth=10)
     assert len(ax.lines) == 3  # raw loss, smoothed loss, one eval point
+
+
+def test_upscale_and_stage_grid_repeat_pixels_and_frames_exactly():
+    small = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    big = video.upscale(small, 3)
+    assert big.shape == (2, 3, 4, 24, 24) and torch.equal(big[..., ::3, ::3], small)
+    assert video.display_factor(64, 64, 256) == 4 and video.display_factor(300, 20, 256) == 1
+    base = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    tsr = torch.rand(2, 3, 8, 8, 8) * 2 - 1
+    ssr = torch.rand(2, 3, 8, 16, 16) * 2 - 1
+    tiled = video.stage_grid([base, tsr, ssr], pad=1)
+    assert tiled.shape == (3, 8, 2 * 17 - 1, 3 * 17 - 1)
+    assert torch.equal(tiled[:, ::2, :16:2, :16:2], base[0])  # row 0, column 0, nearest
+    assert torch.equal(tiled[:, :, 17:33, 34:50], ssr[1])  # row 1, column 2
+    with pytest.raises(ValueError, match="does not divide"):
+        video.stage_grid([torch.zeros(1, 3, 3, 8, 8), ssr[:1]])

@@ -1,0 +1,183 @@
+"""Files that must survive crashes: atomic writes, the JSONL run log, and the run-folder lock.
+
+These helpers sit below every module that writes to disk (checkpoints, cascades, videos,
+training runs), so none of those needs to import another to save a file.
+
+- ``atomic_write``: write to a temporary file in the same folder, flush it to disk, then
+  ``os.replace`` it onto the target. A crash or a full disk leaves the old file whole.
+- ``read_log`` / ``append_log``: one JSON object per line. A torn *last* line (a crash in
+  the middle of a write) is dropped with a warning; damage anywhere else names the file
+  and the line.
+- ``RunLock``: an exclusive, advisory ``flock`` on ``<run>/.lock``, so two trainers never
+  write one run folder at once. The lock is released by the OS when the process dies.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LOCK = ".lock"
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once on the first write (os.umask can only read by setting)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders can't sync."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp"
+) -> Path:
+    """Call write(tmp) on a temporary path in path's folder, fsync it, then rename it onto path.
+
+    ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it). On
+    any error (a full disk included) the temporary file is removed and the old ``path``, if
+    any, is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``atomic_write`` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_log(path: str | os.PathLike, *, name: str = "log.jsonl") -> list[dict[str, Any]]:
+    """The rows of a JSONL log (``path`` or ``path/name``); a torn last line is dropped.
+
+    Raises ValueError naming the file and line for a damaged line that is not the last.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: dropped a torn last line ({number}); the run was interrupted "
+                    "while writing it",
+                    stacklevel=2,
+                )
+                break
+            raise ValueError(f"{path}: line {number} is not a JSON object: {err}") from None
+        rows.append(row)
+    return rows
+
+
+def append_log(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one row to a JSONL log, flushed to the OS before returning."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+
+def write_log(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Replace a JSONL log with ``rows``, atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+_HELD: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, depth) in this process
+
+
+class RunLock:
+    """Exclusive lock on a run folder (``<folder>/.lock``), re-entrant within one process.
+
+    ``with RunLock(folder): ...``. A second process gets ``RunLockedError`` at once, naming
+    the folder and the pid recorded in the lock file.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            fd, depth = _HELD[key]
+            _HELD[key] = (fd, depth + 1)
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = self.path.read_text().strip() or "another process"
+            raise RunLockedError(
+                f"run folder {str(self.folder)!r} is in use by {holder}: one trainer per run "
+                "folder; wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        _HELD[key] = (fd, 1)
+
+    def release(self) -> None:
+        key = str(self.path.resolve())
+        if key not in _HELD:
+            return
+        fd, depth = _HELD[key]
+        if depth > 1:
+            _HELD[key] = (fd, depth - 1)
+            return
+        del _HELD[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

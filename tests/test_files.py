@@ -1,0 +1,69 @@
+"""Crash-safe files: atomic writes, a log that survives a torn line, one trainer per folder."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ivref import files
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def boom(tmp):
+        open(tmp, "w").write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        files.atomic_write(target, boom)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = files.atomic_write_text(tmp_path / "f.txt", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask and path.read_text() == "x"
+
+
+def test_log_drops_a_torn_last_line_and_names_damage_elsewhere(tmp_path):
+    log = tmp_path / "log.jsonl"
+    files.append_log(log, {"step": 1})
+    files.append_log(log, {"step": 2})
+    with open(log, "a") as fh:
+        fh.write('{"step": 3, "lo')  # the process died mid-line
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert files.read_log(tmp_path) == [{"step": 1}, {"step": 2}]
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl: line 2"):
+        files.read_log(log)
+    files.write_log(log, [{"step": 7}])
+    assert files.read_log(log) == [{"step": 7}]
+
+
+HOLD = """
+import sys, time
+from ivref import files
+lock = files.RunLock(sys.argv[1]); lock.acquire()
+print("held", flush=True); time.sleep(60)
+"""
+
+
+def test_run_lock_refuses_a_second_process_and_is_reentrant_in_one(tmp_path):
+    with files.RunLock(tmp_path), files.RunLock(tmp_path):  # re-entrant in one process
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(files.RunLockedError, match=f"in use by pid {holder.pid}"):
+            files.RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with files.RunLock(tmp_path):  # the OS released the dead holder's lock
+        pass
