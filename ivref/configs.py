@@ -11,7 +11,9 @@ allowed, so a bad config fails before any tensor is allocated.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -19,10 +21,12 @@ StageKind = Literal["base", "tsr", "ssr"]
 TemporalMixing = Literal["attention", "conv"]
 LossWeighting = Literal["v", "eps", "snr_trunc", "x"]
 SamplerName = Literal["ddim", "ancestral"]
+TemporalCond = Literal["repeat", "blank"]
 TextEncoderName = Literal["tiny-t5", "minilm", "t5"]
 PresetName = Literal["ci", "toy", "paper"]
 
 PRESETS: tuple[str, ...] = get_args(PresetName)
+STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
@@ -165,7 +169,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # CHOICE: 0.9999 [VDM] is for 100k+ steps; toy runs are short
     grad_clip: float = 1.0  # global gradient-norm clip
     image_ratio: float = 0.0  # fraction of samples that are images (joint training) [IV §2.4]
-    crop_size: int | None = None  # train on random low-res crops of this size (last SSR) [IV §2.5]
+    crop_size: int | None = None  # train on random crops of this many output pixels [IV §2.3]
     bf16: bool = True  # bf16 autocast (attention kept in fp32 on CPU; NOTES.md)
 
     def __post_init__(self) -> None:
@@ -199,14 +203,24 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample_steps: int = 64  # sampling steps (undistilled)
     guidance_w: float = 1.0  # default guidance weight w (x~ = (1+w) cond - w uncond)
-    oscillating_guidance: bool = False  # [IV §2.6]: only stages at or below 80 x 48
+    oscillating_guidance: bool = False  # alternate guidance_w and guidance_low_w [IV §2.6.2]
+    guidance_low_w: float = 1.0  # the low weight of oscillating guidance (15 / 1 in [IV])
     aug_sample_logsnr: float = 1.0986  # CHOICE: sampling aug SNR 3 -> log(3) [IV §2.5]
+    aug_train_max_t: float = 1.0  # CHOICE: training aug level t' ~ U(0, this) [IV §2.5]
+    temporal_cond: TemporalCond = "repeat"  # TSR input: repeated frames, or blanks + mask
 
     def __post_init__(self) -> None:
         o = f"StageConfig({self.name!r})"
-        if not isinstance(self.name, str) or not self.name:
-            _fail("StageConfig", "name", self.name, "must be a non-empty string")
+        if not isinstance(self.name, str) or not STAGE_NAME.fullmatch(self.name):
+            _fail(
+                "StageConfig",
+                "name",
+                self.name,
+                "must be a plain identifier (letters, digits, _; not starting with a digit): "
+                "it names files in cascade folders",
+            )
         _check_literal(o, "kind", self.kind, StageKind)
+        _check_literal(o, "temporal_cond", self.temporal_cond, TemporalCond)
         _check_positive(
             o,
             num_frames=self.num_frames,
@@ -216,10 +230,14 @@ class StageConfig:
         )
         if not self.fps > 0:
             _fail(o, "fps", self.fps, "must be > 0")
-        if self.guidance_w < 0:
-            _fail(
-                o, "guidance_w", self.guidance_w, "must be >= 0 (0 is the plain conditional model)"
-            )
+        for name in ("guidance_w", "guidance_low_w"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                _fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
+        if not (isinstance(self.aug_sample_logsnr, int | float) and self.aug_sample_logsnr > -50):
+            _fail(o, "aug_sample_logsnr", self.aug_sample_logsnr, "must be a number > -50")
+        if not 0.0 < self.aug_train_max_t <= 1.0:
+            _fail(o, "aug_train_max_t", self.aug_train_max_t, "must be in (0, 1]")
         factor = self.unet.downsample_factor
         size = self.train.crop_size
         for name, value in (("width", self.width), ("height", self.height), ("crop_size", size)):
@@ -238,14 +256,18 @@ class StageConfig:
                 self.num_frames,
                 f"must be <= unet.max_frames ({self.unet.max_frames})",
             )
-        want_cond = 0 if self.kind == "base" else self.unet.in_channels
+        blank = self.kind == "tsr" and self.temporal_cond == "blank"
+        want_cond = 0 if self.kind == "base" else self.unet.in_channels + blank
         if self.unet.cond_channels != want_cond:
             _fail(
                 o,
                 "unet.cond_channels",
                 self.unet.cond_channels,
-                f"must be {want_cond} for a {self.kind} stage",
+                f"must be {want_cond} for a {self.kind} stage"
+                + (" (RGB + the blank-frame mask)" if blank else ""),
             )
+        if self.temporal_cond == "blank" and self.kind != "tsr":
+            _fail(o, "temporal_cond", self.temporal_cond, "'blank' is for TSR stages only")
         if self.kind != "base" and not self.unet.use_aug_embedding:
             _fail(o, "unet.use_aug_embedding", False, "SR stages need the augmentation embedding")
         if self.train.crop_size is not None and (
@@ -404,10 +426,25 @@ def ci() -> CascadeConfig:
     )
     sr = _sr_unet(base_unet, temporal_mixing=("conv", "conv"))
     train = TrainConfig(batch_size=8, warmup_steps=20, ema_decay=0.99, bf16=False)
+    sr_train = dataclasses.replace(train, image_ratio=0.0)
+    sr_sampling = dict(sample_steps=8, aug_train_max_t=0.5)
     stages = (
         StageConfig("base", "base", 4, 8, 8, 3, base_unet, train, sample_steps=16),
-        StageConfig("tsr", "tsr", 8, 8, 8, 6, sr, train, sample_steps=8),
-        StageConfig("ssr1", "ssr", 8, 16, 16, 6, sr, train, sample_steps=8),
+        StageConfig(
+            "tsr",
+            "tsr",
+            8,
+            8,
+            8,
+            6,
+            sr,
+            sr_train,
+            oscillating_guidance=True,  # exercised in tests: a constant w would hide it
+            guidance_w=2.0,
+            guidance_low_w=0.5,
+            **sr_sampling,
+        ),
+        StageConfig("ssr1", "ssr", 8, 16, 16, 6, sr, sr_train, **sr_sampling),
         StageConfig(
             "ssr2",
             "ssr",
@@ -421,8 +458,8 @@ def ci() -> CascadeConfig:
                 spatial_attention=(False, False),
                 fully_convolutional=True,
             ),
-            dataclasses.replace(train, crop_size=16),
-            sample_steps=8,
+            dataclasses.replace(sr_train, crop_size=16),
+            **sr_sampling,
         ),
     )
     return CascadeConfig("ci", text, DiffusionConfig(), stages)
@@ -444,9 +481,22 @@ def toy() -> CascadeConfig:
     )
     sr = _sr_unet(base_unet, channel_mults=(1, 2, 2), temporal_mixing=("conv", "conv", "conv"))
     train = TrainConfig(batch_size=32, warmup_steps=200, ema_decay=0.999, image_ratio=0.2)
+    # CHOICE: TSR trains on videos only (an image pack has no motion to interpolate); the
+    # training aug level stops at t' = 0.5 (the sampling level, SNR 3, is t' = 0.33).
+    sr_sampling = dict(sample_steps=32, aug_train_max_t=0.5)
     stages = (
         StageConfig("base", "base", 8, 16, 16, 3, base_unet, train, sample_steps=64),
-        StageConfig("tsr", "tsr", 16, 16, 16, 6, sr, train, sample_steps=32),
+        StageConfig(
+            "tsr",
+            "tsr",
+            16,
+            16,
+            16,
+            6,
+            sr,
+            dataclasses.replace(train, batch_size=16, image_ratio=0.0),
+            **sr_sampling,
+        ),
         StageConfig(
             "ssr1",
             "ssr",
@@ -456,7 +506,7 @@ def toy() -> CascadeConfig:
             6,
             sr,
             dataclasses.replace(train, batch_size=16),
-            sample_steps=32,
+            **sr_sampling,
         ),
         StageConfig(
             "ssr2",
@@ -475,7 +525,7 @@ def toy() -> CascadeConfig:
                 head_dim=16,
             ),
             dataclasses.replace(train, batch_size=8, crop_size=32),
-            sample_steps=32,
+            **sr_sampling,
         ),
     )
     return CascadeConfig("toy", text, DiffusionConfig(), stages)

@@ -99,9 +99,10 @@ class VideoUNet(nn.Module):
             if level < len(widths) - 1:
                 self.down.append(layers.Downsample(ch))
                 skips.append(ch)
-        # The lowest level always reads the text tokens: self + text attention if it has spatial
-        # attention, else pure cross-attention (fully convolutional stages) [IV §2.5].
-        mid_spatial = "self" if cfg.spatial_attention[-1] else "cross"
+        # The middle block always reads the text tokens: spatial self-attention + text, or in a
+        # fully convolutional stage pure cross-attention to the text, which keeps the network
+        # independent of the frame size (it samples at sizes it never trained on) [IV §2.3].
+        mid_spatial = "cross" if cfg.fully_convolutional else "self"
         self.mid = nn.ModuleList(
             [
                 SpaceTimeBlock(cfg, ch, ch, mid_spatial, cfg.temporal_mixing[-1]),
