@@ -1,33 +1,42 @@
-"""The cascade: a frozen text encoder and its stage models, sampled base first [IV §2, Fig. 6].
+"""The cascade: a frozen text encoder and its stage models, sampled base first [IV §2.2, Fig. 6].
 
 A ``Cascade`` holds the ``CascadeConfig``, the text encoder and one ``VideoUNet`` per
-*trained* stage. Stages run in order; a cascade whose later stages have no weights yet
-(the toy cascade ships its base stage first) generates through the trained prefix and says so.
+*trained* stage. ``generate`` encodes the prompts once, samples the base stage from text,
+then hands each stage's output to the next SR stage (upsampled and noise-augmented by
+``superres``), on whatever device the models are on.
 
 On disk (``save_pretrained`` / ``from_pretrained``) a cascade is a folder::
 
-    cascade.json          {"format": 1, "config": CascadeConfig.to_dict(), "stages": [...]}
+    cascade.json          {"format": 2, "config": ..., "stages": [...], "files": {name:
+                           {"bytes", "sha256"}}}; written last
     <stage>.safetensors   EMA weights of each trained stage, fp16
 
-written atomically file by file, and read back with clear errors for a missing or damaged file.
+Loading checks every file against the manifest and refuses damaged or non-finite weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+import secrets
+import time
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, guidance, samplers, text
+from ivref import checkpoint, configs, files, guidance, samplers, superres, text
 from ivref.unet3d import VideoUNet
 
-FORMAT = 1
+FORMAT = 2
 MANIFEST = "cascade.json"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
+MAX_STEPS = 10_000  # a sampler of more steps is almost surely a typo (each is a forward pass)
+MAX_SEED = 2**63 - 1
 
 
 def shipped_dir() -> Path:
@@ -48,6 +57,57 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+def check_steps(steps: object, name: str = "steps") -> int:
+    """A sampler step count: an integer in [1, MAX_STEPS]."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{name}={steps!r} must be an integer from 1 to {MAX_STEPS}")
+    return steps
+
+
+def check_guidance(w: object, name: str = "guidance") -> float:
+    """A guidance weight: a finite number >= 0 (0 = the plain conditional model)."""
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        raise ValueError(f"{name}={w!r} must be a finite number >= 0 (0 = no guidance)")
+    return float(w)
+
+
+def parse_device(name: str | torch.device) -> torch.device:
+    """A usable torch device from a name ("cpu", "cuda", "cuda:1", "mps"), or a clear error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r}: CUDA is not available here (torch "
+                f"{torch.__version__}); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ValueError(f"device {name!r}: supported devices are cpu, cuda[:N] and mps")
+    return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (where its inputs must be)."""
+    return next(model.parameters()).device
+
+
+def stage_guidance(stage: configs.StageConfig, w: float, steps: int) -> float | list[float]:
+    """The guidance of one stage: w, or with ``oscillating_guidance`` one weight per step.
+
+    Oscillating [IV §2.6.2]: constant w for the first 10% of steps, then alternating
+    low, w, low, ... with low = min(stage.guidance_low_w, w), so w = 0 is no guidance at all.
+    """
+    if not stage.oscillating_guidance:
+        return w
+    return guidance.oscillating_schedule(steps, high=w, low=min(stage.guidance_low_w, w))
+
+
 @torch.no_grad()
 def sample_stage(
     model: VideoUNet,
@@ -56,28 +116,64 @@ def sample_stage(
     text_emb: torch.Tensor,
     text_mask: torch.Tensor,
     *,
+    cond_video: torch.Tensor | None = None,
     steps: int | None = None,
     guidance_w: float | None = None,
+    aug_logsnr: float | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    aug_noise: torch.Tensor | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Sample one base stage from text: z_1 ~ N(0, I), then ``steps`` sampler steps to x.
+    """Sample one stage of the cascade: z_1 ~ N(0, I), then ``steps`` sampler steps to x.
 
-    Guidance is x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t) [CFG], with dynamic thresholding
-    [IMG §2.3] when w > 0. Returns (B, C, F, H, W) clipped to [-1, 1].
+    Base stages take only text. SR stages also take ``cond_video``, the video they refine
+    (the previous stage's output, (B, 3, F', H', W')): it is upsampled to the stage's size
+    (``superres.upsample``) and noise-augmented at lambda' = ``aug_logsnr`` (default
+    ``stage.aug_sample_logsnr``; +inf for none) [IV §2.5]. Guidance is
+    x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t) [CFG] (per step with oscillating guidance),
+    with dynamic thresholding [IMG §2.3] when any w > 0; the sampler, its gamma and the
+    log-SNR bounds come from ``diffusion``.
+
+    Everything runs on the model's device. ``noise`` (B, C, F, H, W) and ``aug_noise`` are
+    drawn from ``generator`` on the CPU when not given, then moved, so a seed gives the same
+    video on every device up to float error. Returns (B, C, F, H, W) in [-1, 1], on the
+    model's device.
     """
+    device = model_device(model)
+    steps = check_steps(stage.sample_steps if steps is None else steps)
+    w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
+    b = text_emb.shape[0]
+    shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
+    kwargs: dict[str, object] = {}
     if stage.kind != "base":
-        raise ValueError(f"sample_stage samples base stages; stage {stage.name!r} is {stage.kind}")
-    steps = stage.sample_steps if steps is None else steps
-    w = stage.guidance_w if guidance_w is None else guidance_w
-    shape = (text_emb.shape[0], model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
+        if cond_video is None:
+            raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
+        if cond_video.shape[0] != b:
+            raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
+        cond = superres.upsample(cond_video.float().to(device), stage)
+        level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
+        if aug_noise is None:
+            aug_noise = torch.randn(cond[:, :3].shape, generator=generator)
+        level_b = torch.full((b,), level, device=device)
+        kwargs["cond_video"] = superres.augment(cond, level_b, aug_noise.to(device))
+        kwargs["aug_logsnr"] = level_b.clamp(max=1e4)  # +inf (no augmentation) embeds as 1e4
+    elif cond_video is not None:
+        raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
+    weights = stage_guidance(stage, w, steps)
+    any_guidance = max(weights) > 0 if isinstance(weights, list) else weights > 0
     x_hat_fn = guidance.guided_x_hat_fn(
         model,
-        text_emb,
-        text_mask,
-        w,
-        threshold=diffusion.threshold_percentile if w > 0 else None,
+        text_emb.to(device),
+        text_mask.to(device),
+        weights,
+        threshold=diffusion.threshold_percentile if any_guidance else None,
+        logsnr_min=diffusion.logsnr_min,
+        logsnr_max=diffusion.logsnr_max,
+        **kwargs,
     )
+    if noise is None:
+        noise = torch.randn(shape, generator=generator)
     x = samplers.sample(
         x_hat_fn,
         shape,
@@ -85,9 +181,24 @@ def sample_stage(
         sampler=diffusion.sampler,
         gamma=diffusion.gamma,
         generator=generator,
+        device=device,
+        noise=noise.to(device),
+        logsnr_min=diffusion.logsnr_min,
+        logsnr_max=diffusion.logsnr_max,
         progress=progress,
     )
     return x.clamp(-1.0, 1.0)
+
+
+def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) -> dict:
+    """A value for every stage: None, one value for all, or a {stage name: value} mapping."""
+    if isinstance(value, Mapping):
+        names = {s.name for s in stages}
+        unknown = set(value) - names
+        if unknown:
+            raise ValueError(f"{name} names unknown stages {sorted(unknown)}; stages: {names}")
+        return {s.name: value.get(s.name) for s in stages}
+    return {s.name: value for s in stages}
 
 
 class Cascade(nn.Module):
@@ -112,6 +223,8 @@ class Cascade(nn.Module):
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
         self._encoder = encoder
+        self.timings: dict[str, float] = {}  # seconds per stage of the last ``generate``
+        self.last_seed: int | None = None  # the seed of the last ``generate`` (drawn if None)
 
     @property
     def trained_stages(self) -> list[configs.StageConfig]:
@@ -123,57 +236,131 @@ class Cascade(nn.Module):
             self._encoder = text.build_encoder(self.cfg.text)
         return self._encoder
 
+    def default_batch_size(self) -> int:
+        """Videos sampled at once: about 2^21 output voxels per batch, from 1 to 64."""
+        last = self.trained_stages[-1]
+        return max(1, min(64, 2**21 // (last.num_frames * last.height * last.width)))
+
     @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[str],
         *,
         seed: int | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
+        steps: int | Mapping[str, int] | None = None,
+        guidance: float | Mapping[str, float] | None = None,
         return_stages: bool = False,
         progress: bool = False,
+        batch_size: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Videos for ``prompts``: (B, C, F, H, W) in [-1, 1], from the last trained stage.
+        """Videos for ``prompts``: (B, C, F, H, W) in [-1, 1] on the CPU, from the last stage.
 
-        ``steps`` and ``guidance`` (w) override every stage's defaults; ``seed`` makes the
-        result reproducible. With ``return_stages`` also returns every stage's output, base first.
+        ``steps`` and ``guidance`` (w) override the stages' defaults: one value for every
+        stage or a {stage name: value} mapping. Video i is drawn from seed ``seed + i``
+        alone, so it does not depend on the other prompts or on ``batch_size`` (prompts
+        sampled together; default ``default_batch_size()``); ``seed=None`` draws a fresh
+        seed. With ``return_stages`` also returns every stage's output, base first.
+        ``self.timings`` holds the seconds each stage took.
         """
         prompts = check_prompts(prompts)
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps={steps!r} must be a positive integer")
-        if guidance is not None and guidance < 0:
-            raise ValueError(f"guidance={guidance!r} must be >= 0 (0 = no guidance)")
-        generator = torch.Generator()
+        stages = self.trained_stages
+        steps_of = _per_stage(steps, stages, "steps")
+        w_of = _per_stage(guidance, stages, "guidance")
+        for s in stages:
+            if steps_of[s.name] is not None:
+                check_steps(steps_of[s.name])
+            if w_of[s.name] is not None:
+                check_guidance(w_of[s.name])
         if seed is None:
-            generator.seed()  # fresh, non-reproducible
-        else:
-            generator.manual_seed(seed)
+            seed = secrets.randbelow(MAX_SEED + 1)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        batch_size = self.default_batch_size() if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        self.last_seed = seed
         text_emb, text_mask = self.encoder.encode(prompts)
-        outputs: list[torch.Tensor] = []
-        for stage in self.trained_stages:
-            model = self.models[stage.name].eval()
-            if stage.kind != "base":
-                raise NotImplementedError(f"stage {stage.name!r}: SR sampling is not built yet")
-            video = sample_stage(
-                model, stage, self.cfg.diffusion, text_emb, text_mask,
-                steps=steps, guidance_w=guidance, generator=generator, progress=progress,
-            )  # fmt: skip
-            outputs.append(video)
-        return (outputs[-1], outputs) if return_stages else outputs[-1]
+        self.timings = {s.name: 0.0 for s in stages}
+        outputs: list[list[torch.Tensor]] = [[] for _ in stages]
+        chunks = range(0, len(prompts), batch_size)
+        for start in tqdm(chunks, desc="batches", disable=not progress or len(chunks) < 2):
+            end = min(start + batch_size, len(prompts))
+            gens = [
+                torch.Generator().manual_seed((seed + i) % (MAX_SEED + 1))
+                for i in range(start, end)
+            ]
+            video = None
+            for k, stage in enumerate(stages):
+                began = time.perf_counter()
+                video = self._sample(
+                    stage,
+                    text_emb[start:end],
+                    text_mask[start:end],
+                    video,
+                    gens,
+                    steps_of[stage.name],
+                    w_of[stage.name],
+                    progress,
+                )
+                outputs[k].append(video.float().cpu())  # also waits for an async device
+                self.timings[stage.name] += time.perf_counter() - began
+        per_stage = [torch.cat(chunks_k) for chunks_k in outputs]
+        return (per_stage[-1], per_stage) if return_stages else per_stage[-1]
 
-    def save_pretrained(self, dir: str | os.PathLike) -> Path:  # noqa: A002 (the issue's name)
-        """Write ``cascade.json`` and one fp16 ``<stage>.safetensors`` per trained stage."""
+    def _sample(self, stage, text_emb, text_mask, previous, gens, steps, w, progress):
+        """One stage for one batch; each video's noise from its own generator."""
+        model = self.models[stage.name].eval()
+        shape = (model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        aug_noise = None
+        if stage.kind != "base":
+            aug_noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        return sample_stage(
+            model,
+            stage,
+            self.cfg.diffusion,
+            text_emb,
+            text_mask,
+            cond_video=previous,
+            steps=steps,
+            guidance_w=w,
+            generator=gens[0],
+            noise=noise,
+            aug_noise=aug_noise,
+            progress=progress,
+        )
+
+    def save_pretrained(
+        self,
+        dir: str | os.PathLike,  # noqa: A002 (the public name DESIGN.md gives)
+        *,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write one fp16 ``<stage>.safetensors`` per trained stage, then ``cascade.json``.
+
+        Refuses a folder that already holds a cascade unless ``overwrite``; refuses
+        non-finite weights. The manifest, written last, records each file's size and sha256.
+        """
         directory = Path(dir)
+        if (directory / MANIFEST).exists() and not overwrite:
+            raise FileExistsError(
+                f"{str(directory)!r} already holds a cascade ({MANIFEST}); pass overwrite=True "
+                "(--force) to replace it, or choose another folder"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         stages = [s.name for s in self.trained_stages]
         for name in stages:
             checkpoint.save_weights(
                 directory / f"{name}.safetensors", self.models[name].state_dict()
             )
-        manifest = {"format": FORMAT, "config": self.cfg.to_dict(), "stages": stages}
-        text_json = json.dumps(manifest, indent=2)
-        checkpoint.atomic_write(directory / MANIFEST, lambda tmp: Path(tmp).write_text(text_json))
+        names = [f"{name}.safetensors" for name in stages]
+        manifest = {
+            "format": FORMAT,
+            "config": self.cfg.to_dict(),
+            "stages": stages,
+            "files": checkpoint.file_manifest(directory, names),
+        }
+        files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -194,13 +381,19 @@ class Cascade(nn.Module):
         try:
             manifest = json.loads(manifest_path.read_text())
             cfg = configs.CascadeConfig.from_dict(manifest["config"])
-            stages = list(manifest["stages"])
+            stages = [cfg.stage(name).name for name in manifest["stages"]]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{manifest_path} is not a valid cascade manifest: {err}") from None
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") not in (1, FORMAT):
             raise ValueError(
                 f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT}"
             )
+        if manifest["format"] == 1:
+            warnings.warn(
+                f"{manifest_path}: format 1 has no checksums; files are not verified", stacklevel=2
+            )
+        else:
+            checkpoint.verify_files(directory, manifest["files"], str(manifest_path))
         models = {}
         for name in stages:
             model = VideoUNet(cfg.stage(name).unet)

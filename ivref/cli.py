@@ -1,80 +1,96 @@
-"""The ``ivref`` command: ``generate``, ``train`` and ``info``.
+"""The ``ivref`` command: ``train``, ``generate``, ``export``, ``evaluate`` and ``info``.
 
     ivref train --scale toy --stage base --steps 3000 --out runs/base [--resume]
-    ivref generate "a red circle moving left" --out out.mp4 [--checkpoint DIR] [--seed S]
+    ivref generate "a red circle moving left" --out out.mp4 [--checkpoint DIR] [--stages]
+    ivref export runs/tsr --base data/toy --out my-cascade
+    ivref evaluate --checkpoint data/toy --repeats 2
     ivref info --scale paper
 
-Every long command shows a progress bar; ``train`` saves a checkpoint on Ctrl-C and
-continues from it with ``--resume``. Bad input fails before any work, saying what is allowed.
+Every long command shows a progress bar; ``train`` saves a checkpoint on Ctrl-C or SIGTERM
+and continues from it with ``--resume``. Bad input fails before any work, in one line that
+says what is allowed (errors.py lists the exit statuses).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivref import configs, video
+from ivref import configs, errors, train, video
+
+CLIError = errors.CLIError  # where earlier code found it
 
 
-class CLIError(ValueError):
-    """Bad command-line input; printed as 'ivref: error: ...' with exit status 2."""
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"seed {value} must be from 0 to 2**63 - 1")
     return n
+
+
+def _weight(value: str) -> float:
+    from ivref import cascade
+
+    try:
+        return cascade.check_guidance(float(value), "--guidance")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _steps(value: str) -> int:
+    from ivref import cascade
+
+    n = train.positive_int(value)
+    try:
+        return cascade.check_steps(n, "--steps")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivref", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one stage of a cascade preset")
-    p.add_argument("--scale", choices=configs.PRESETS, default="toy")
-    p.add_argument("--stage", default="base", help="stage name in the preset (e.g. base)")
-    p.add_argument("--steps", type=_positive, required=True, help="train until this step")
-    p.add_argument("--out", type=Path, required=True, help="run folder: log + checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    p.add_argument("--batch-size", type=_positive, help="default: the stage's TrainConfig")
-    p.add_argument("--lr", type=float, help="default: the stage's TrainConfig")
-    p.add_argument("--image-ratio", type=float, help="fraction of image samples (joint)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--checkpoint-every", type=_positive, default=500)
-    p.add_argument("--eval-every", type=int, default=0, help="caption alignment every K steps")
-    p.add_argument("--eval-steps", type=_positive, help="sampler steps for evaluation")
-    p.add_argument("--eval-guidance", type=float, help="guidance w for evaluation")
-    p.add_argument("--text-encoder", help="local T5 checkpoint folder (paper scale)")
-    p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
-    p.add_argument("--threads", type=_positive, help="torch CPU threads")
+    train.add_arguments(sub.add_parser("train", help="train one stage of a cascade preset"))
 
     g = sub.add_parser("generate", help="text -> video with a trained cascade")
     g.add_argument("prompts", nargs="+", help="one or more prompts")
-    g.add_argument("--out", type=Path, required=True, help="output .mp4 or .gif (a grid if >1)")
-    g.add_argument("--checkpoint", type=Path, help="cascade folder or a `train` run folder")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=_positive, help="sampler steps (default: each stage's)")
-    g.add_argument("--guidance", type=float, help="guidance weight w (default: each stage's)")
+    g.add_argument("--out", type=Path, nargs="+", required=True, help=".mp4 / .gif file(s)")
+    g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
+    g.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
+    g.add_argument("--steps", type=_steps, help="sampler steps (default: each stage's)")
+    g.add_argument("--guidance", type=_weight, help="guidance weight w (default: each stage's)")
     g.add_argument("--distilled", action="store_true", help="use distilled weights")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--stages", action="store_true", help="write every stage side by side")
+    g.add_argument(
+        "--display-size", type=int, default=256, help="upscale (nearest) to this; 0: off"
+    )
+    g.add_argument("--batch-size", type=train.positive_int, help="prompts sampled together")
 
-    e = sub.add_parser("export", help="write a `train` run's EMA weights as a cascade folder")
-    e.add_argument("run", type=Path, help="an `ivref train` run folder (its checkpoint/)")
-    e.add_argument("--out", type=Path, required=True, help="cascade folder to write (fp16)")
+    e = sub.add_parser("export", help="write train runs' EMA weights as a cascade folder (fp16)")
+    e.add_argument("runs", type=Path, nargs="+", help="`ivref train` run folders")
+    e.add_argument("--out", type=Path, required=True, help="cascade folder to write")
+    e.add_argument("--base", type=Path, help="a cascade folder whose other stages to keep")
+    e.add_argument("--force", action="store_true", help="replace a cascade already in --out")
 
     v = sub.add_parser("evaluate", help="caption alignment of a cascade per guidance weight")
-    v.add_argument("--checkpoint", type=Path, help="cascade folder or `train` run folder")
+    v.add_argument("--checkpoint", type=Path, help="cascade folder or base-stage train run")
     v.add_argument("--split", default="all", help="toy captions to sample: train, heldout, all")
-    v.add_argument("--repeats", type=_positive, default=1, help="samples per caption")
-    v.add_argument("--guidance", type=float, nargs="+", help="weights w to sweep")
-    v.add_argument("--steps", type=_positive, help="sampler steps (default: the stage's)")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--repeats", type=train.positive_int, default=1, help="samples per caption")
+    v.add_argument("--guidance", type=_weight, nargs="+", help="weights w to sweep")
+    v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
+    v.add_argument("--seed", type=_seed, default=0)
+    v.add_argument("--cascade", action="store_true", help="also score every stage (SR targets)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
     i = sub.add_parser("info", help="per-stage table of a preset: sizes and parameters")
@@ -83,141 +99,156 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- train ------------------------------------------------------------------------------
+# -- loading a cascade from what the user points at -------------------------------------------
 
 
-def _train_config(args: argparse.Namespace) -> configs.CascadeConfig:
-    """The preset with this command's overrides applied to the trained stage."""
-    cfg = configs.preset(args.scale)
-    names = [s.name for s in cfg.stages]
-    if args.stage not in names:
-        raise CLIError(f"unknown stage {args.stage!r} for scale {args.scale!r}; stages: {names}")
-    stage = cfg.stage(args.stage)
-    changes = {
-        "lr": args.lr,
-        "image_ratio": args.image_ratio,
-        "bf16": args.bf16,
-        "batch_size": args.batch_size,
-    }
-    train_cfg = dataclasses.replace(
-        stage.train, **{k: v for k, v in changes.items() if v is not None}
-    )
-    stages = tuple(dataclasses.replace(s, train=train_cfg) if s is stage else s for s in cfg.stages)
-    text_cfg = cfg.text
-    if args.text_encoder:
-        text_cfg = dataclasses.replace(text_cfg, path=args.text_encoder)
-    return dataclasses.replace(cfg, text=text_cfg, stages=stages)
+def run_stage(path: Path):
+    """(config, stage name, EMA model) from a train run folder or one checkpoint folder.
 
+    A run's newest checkpoint that verifies is used; a damaged newer one is reported.
+    """
+    from ivref import checkpoint
+    from ivref.unet3d import VideoUNet
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from ivref import checkpoint, text, train
-
-    cfg = _train_config(args)
-    ckpt = args.out / train.CHECKPOINT
-    if args.resume and not (ckpt / checkpoint.CONFIG).is_file():
-        raise CLIError(f"--resume: no checkpoint in {str(ckpt)!r}; drop --resume to start anew")
-    if not args.resume and (ckpt / checkpoint.CONFIG).is_file():
-        raise CLIError(f"{str(args.out)!r} already holds a run; pass --resume or a new --out")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    stage = cfg.stage(args.stage)
-    evaluate = None
-    if args.eval_every:
-        evaluate = train.caption_evaluator(steps=args.eval_steps, guidance_w=args.eval_guidance)
-    trainer = train.Trainer(
-        cfg,
-        stage.name,
-        args.out,
-        text_encoder=text.build_encoder(cfg.text, cache_dir=args.text_cache),
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        evaluate=evaluate,
-        evaluate_every=args.eval_every,
-    )
-    if args.resume:
-        print(f"resuming {stage.name} from step {trainer.resume()}", file=sys.stderr)
-    trainer.fit(args.steps)
-    print(f"step {trainer.step}: checkpoint and log.jsonl in {args.out}", file=sys.stderr)
-    return 0
-
-
-# -- generate ---------------------------------------------------------------------------
+    found = [path] if checkpoint.is_checkpoint(path) else checkpoint.run_checkpoints(path)
+    if not found:
+        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
+    for ckpt in reversed(found):
+        try:
+            meta = checkpoint.verify(ckpt)
+            break
+        except checkpoint.CheckpointError as err:
+            if ckpt == found[0]:
+                raise
+            print(f"skipping damaged {ckpt.name}: {err}", file=sys.stderr)
+    cfg, stage = meta["config"], meta["stage"]
+    model = VideoUNet(cfg.stage(stage).unet)
+    checkpoint.load_weights(ckpt / "ema.safetensors", model)
+    return cfg, stage, model.eval()
 
 
 def load_cascade(path: Path | None, distilled: bool = False):
-    """A Cascade from a cascade folder, a `ivref train` run folder (its EMA), or None (shipped)."""
+    """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped)."""
     import inspect
 
-    from ivref import checkpoint, train
-    from ivref.cascade import Cascade
-    from ivref.unet3d import VideoUNet
+    from ivref import cascade
 
     kwargs = {}
     if distilled:
-        if "distilled" not in inspect.signature(Cascade.from_pretrained).parameters:
+        if "variant" not in inspect.signature(cascade.Cascade.from_pretrained).parameters:
             raise CLIError("--distilled: no distilled weights yet (they come with distillation)")
-        kwargs["distilled"] = True
+        kwargs["variant"] = "distilled"
     if path is not None and not path.is_dir():
         raise CLIError(f"--checkpoint {str(path)!r} is not a directory")
-    run = None if path is None else path / train.CHECKPOINT
-    if path is not None and (path / checkpoint.CONFIG).is_file():
-        run = path
-    if run is None or not (run / checkpoint.CONFIG).is_file():
-        return Cascade.from_pretrained(path, **kwargs)
-    meta = checkpoint.verify(run)
-    cfg, stage = meta["config"], meta["stage"]
+    if path is None or (path / cascade.MANIFEST).is_file():
+        return cascade.Cascade.from_pretrained(path, **kwargs)
+    cfg, stage, model = run_stage(path)
     if stage != cfg.stages[0].name:
-        raise CLIError(f"{str(run)!r} trained stage {stage!r}; generate needs the base stage first")
-    model = VideoUNet(cfg.stage(stage).unet)
-    checkpoint.load_weights(run / "ema.safetensors", model)
-    return Cascade(cfg, {stage: model.eval()})
+        raise CLIError(
+            f"{str(path)!r} trains stage {stage!r}, which needs the stages before it: "
+            f"`ivref export {path} --base CASCADE --out DIR`, then --checkpoint DIR"
+        )
+    return cascade.Cascade(cfg, {stage: model})
+
+
+# -- generate ---------------------------------------------------------------------------------
+
+
+def check_output(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written: suffix, folder, permissions."""
+    if path.is_dir():
+        raise CLIError(f"--out {str(path)!r} is a folder; give a file name such as out.mp4")
+    if path.suffix.lower() not in video.VIDEO_SUFFIXES:
+        raise CLIError(f"--out {str(path)!r}: suffix must be one of {video.VIDEO_SUFFIXES}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {str(path)!r}: cannot write in {str(parent)!r} (permission)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    suffix = args.out.suffix.lower()
-    if suffix not in video.VIDEO_SUFFIXES:
-        raise CLIError(f"--out {str(args.out)!r}: suffix must be one of {video.VIDEO_SUFFIXES}")
-    cascade = load_cascade(args.checkpoint, args.distilled)
-    videos = cascade.generate(
-        args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance, progress=True
+    from ivref import cascade as cascade_lib
+
+    for out in args.out:
+        check_output(out)
+    if args.display_size < 0:
+        raise CLIError(f"--display-size {args.display_size} must be >= 0 (0: native size)")
+    device = cascade_lib.parse_device(args.device)
+    model = load_cascade(args.checkpoint, args.distilled).to(device)
+    final, stages = model.generate(
+        args.prompts,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        return_stages=True,
+        progress=True,
+        batch_size=args.batch_size,
     )
-    fps = cascade.trained_stages[-1].fps
-    path = video.write_video(args.out, videos.float(), fps=fps)
-    print(f"wrote {path} ({tuple(videos.shape)} at {fps:g} fps)", file=sys.stderr)
+    last = model.trained_stages[-1]
+    frames = video.stage_grid(stages) if args.stages else video.grid(final)
+    if args.display_size:
+        k = video.display_factor(last.height, last.width, args.display_size)
+        frames = video.upscale(frames, k)
+    for out in args.out:
+        path = video.write_video(out, frames, fps=last.fps)
+        print(f"wrote {path} ({tuple(final.shape)} at {last.fps:g} fps)", file=sys.stderr)
+    for name, seconds in model.timings.items():
+        print(f"  {name}: {seconds:.1f} s", file=sys.stderr)
     return 0
+
+
+# -- export -----------------------------------------------------------------------------------
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if not (args.run / "checkpoint").is_dir() and not (args.run / "config.json").is_file():
-        raise CLIError(f"{str(args.run)!r} is not an `ivref train` run folder (no checkpoint/)")
-    cascade = load_cascade(args.run)
-    path = cascade.save_pretrained(args.out)
-    names = [s.name for s in cascade.trained_stages]
-    print(f"wrote {path} (stages {names}, fp16 EMA weights)", file=sys.stderr)
+    from ivref import cascade as cascade_lib
+
+    models, cfg = {}, None
+    if args.base is not None:
+        base = cascade_lib.Cascade.from_pretrained(args.base)
+        cfg, models = base.cfg, dict(base.models.items())
+    for run in args.runs:
+        run_cfg, stage, model = run_stage(run)
+        if cfg is None:
+            cfg = run_cfg
+        for part in ("text", "diffusion"):
+            if getattr(run_cfg, part) != getattr(cfg, part):
+                raise CLIError(
+                    f"{str(run)!r} was trained with another {part} config than the cascade it joins"
+                )
+        stages = tuple(run_cfg.stage(stage) if s.name == stage else s for s in cfg.stages)
+        cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
+    folder = cascade_lib.Cascade(cfg, models).save_pretrained(args.out, overwrite=args.force)
+    names = [s.name for s in cfg.stages if s.name in models]
+    print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from ivref import checkpoint, evaluate
+    from ivref import cascade as cascade_lib
+    from ivref import evaluate, files
 
     prompts = evaluate.split_prompts(args.split, args.repeats)
-    cascade = load_cascade(args.checkpoint)
-    guidances = args.guidance or [cascade.trained_stages[-1].guidance_w]
-    rows = evaluate.guidance_sweep(cascade, prompts, guidances, steps=args.steps, seed=args.seed)
+    device = cascade_lib.parse_device(args.device)
+    model = load_cascade(args.checkpoint).to(device)
+    guidances = args.guidance or [model.trained_stages[-1].guidance_w]
+    rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
     print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
     print(evaluate.format_table(rows))
+    report: dict | list = rows
+    if args.cascade:
+        report = {"sweep": rows, "cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
+        print(evaluate.format_cascade_report(report["cascade"]))
     if args.json:
-        text_json = json.dumps(rows, indent=2)
-        checkpoint.atomic_write(args.json, lambda tmp: Path(tmp).write_text(text_json))
+        files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 
-# -- info -------------------------------------------------------------------------------
+# -- info -------------------------------------------------------------------------------------
 
 
 def info_rows(scale: str, flops: bool = False) -> list[dict[str, object]]:
@@ -261,18 +292,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {
+    "train": train.run,
+    "generate": cmd_generate,
+    "export": cmd_export,
+    "evaluate": cmd_evaluate,
+    "info": cmd_info,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ivref`` console script; returns the exit status."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _parser().parse_args(argv)
-    commands = {"train": cmd_train, "generate": cmd_generate, "export": cmd_export}
-    commands["evaluate"] = cmd_evaluate
-    command = {**commands, "info": cmd_info}[args.command]
-    try:
-        return command(args)
-    except (CLIError, ValueError, FileNotFoundError) as err:
-        print(f"ivref {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return errors.run_command(args.command, COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

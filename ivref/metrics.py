@@ -161,3 +161,62 @@ def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str,
         "n": n,
         "predictions": predictions,
     }
+
+
+def centroid_track(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground centroids (B, F, 2) in pixels (x, y) and which frames hold a shape (B, F)."""
+    c = foreground(videos.detach().cpu())
+    centroid, area = _centroids(c)
+    return centroid, area >= MIN_AREA_PIXELS
+
+
+def motion_progress(
+    videos: torch.Tensor,
+    prompts: Sequence[str],
+    max_back: float = 1.0,
+    min_step: float = 0.4,
+    min_fraction: float = 0.8,
+) -> list[bool | None]:
+    """Whether the shape moves along the captioned direction frame after frame, per video.
+
+    Steps d_k = (c_{k+1} - c_k) . u, with c the centroid in pixels and u the caption's unit
+    direction. A video passes if no step goes back more than ``max_back`` pixels and at
+    least ``min_fraction`` of steps advance ``min_step`` pixels or more: interpolation, not
+    frame repetition (which stands still every other step). None for prompts without motion.
+    """
+    if len(prompts) != videos.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts for {videos.shape[0]} videos")
+    centroid, valid = centroid_track(videos)
+    out: list[bool | None] = []
+    for i, prompt in enumerate(prompts):
+        motion = data.parse_caption(prompt)[2]
+        if motion is None:
+            out.append(None)
+            continue
+        if not bool(valid[i].all()):
+            out.append(False)  # the shape vanished from a frame
+            continue
+        u = torch.tensor(data.MOTIONS[motion], dtype=centroid.dtype)
+        steps = (centroid[i, 1:] - centroid[i, :-1]) @ u
+        ok = bool((steps >= -max_back).all()) and float((steps >= min_step).float().mean()) >= (
+            min_fraction
+        )
+        out.append(ok)
+    return out
+
+
+def laplacian_energy(videos: torch.Tensor) -> torch.Tensor:
+    """Mean |Laplacian| per video (B,): detail at the finest scale, in [-1, 1] units.
+
+    L = x[i-1, j] + x[i+1, j] + x[i, j-1] + x[i, j+1] - 4 x[i, j] on every channel and frame,
+    over interior pixels. A blurred (upsampled) video has less of it than a sharp one.
+    """
+    x = videos.detach().float().cpu()
+    lap = (
+        x[..., :-2, 1:-1]
+        + x[..., 2:, 1:-1]
+        + x[..., 1:-1, :-2]
+        + x[..., 1:-1, 2:]
+        - 4 * x[..., 1:-1, 1:-1]
+    )
+    return lap.abs().flatten(1).mean(1)

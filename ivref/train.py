@@ -1,79 +1,53 @@
-"""One readable training loop for one stage of the cascade [VDM §2, IV §2].
+"""One readable training loop for any stage of the cascade, and the ``ivref train`` command.
 
-Each step: a batch of captioned clips x (B, C, F, H, W) and their cached text embeddings;
-text dropped with probability p (an all-False mask row: the null embedding) [CFG];
-t ~ U(0, 1), logsnr_t = lambda(t), eps ~ N(0, I), z_t = alpha_t x + sigma_t eps;
-loss = mean_b w(logsnr_b) ||x_b - x_hat_b||^2 with the weighting of ``DiffusionConfig.loss``
-(v-MSE by default) [PD §4]; AdamW [ADAMW] with linear warm-up and gradient clipping; then
-an EMA of the weights [EMA], which is what gets sampled and shipped.
+The loop owns what every run needs: AdamW [ADAMW] with linear warm-up and gradient
+clipping, an EMA of the weights [EMA] (what gets sampled and shipped), the log, whole-folder
+checkpoints, exact resume, and clean stops. What a step optimises comes from an *objective*
+(objectives.py): base, TSR and SSR stages by default, distillation (distill.py) by plug-in.
 
-Every random draw (data, t, eps, dropout) comes from generators saved in the checkpoint,
-so ``resume`` continues exactly: the next loss equals an uninterrupted run's. Ctrl-C saves
-a checkpoint at the end of the current step. ``model_inputs`` is the hook where SR stages
-add the conditioning video and its noise augmentation [IV §2.5].
+Safety: every random draw (data, t, eps, dropout, crops, augmentation) comes from generators
+saved in the checkpoint, so ``resume`` continues exactly; the run folder is locked while a
+trainer writes it; a non-finite loss or gradient stops the run naming the last good
+checkpoint (or skips the step, ``on_nonfinite="skip"``) and non-finite weights are never
+saved; Ctrl-C or SIGTERM saves at the end of the current step.
 
-Run: ``ivref train --scale toy --stage base --steps 3000 --out runs/base`` (see cli.py) or
-``python -m ivref.train ...`` with the same arguments.
+Run: ``ivref train --scale toy --stage tsr --steps 3000 --out runs/tsr`` (``--resume`` to
+continue), or ``python -m ivref.train ...`` / ``torchrun -m ivref.train ...`` with the same
+arguments.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
-import json
+import dataclasses
 import math
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, data, losses, schedules
+from ivref import checkpoint, configs, errors, evaluate, files, objectives
 
 LOG = "log.jsonl"
-CHECKPOINT = "checkpoint"
 Evaluator = Callable[["Trainer"], dict[str, float]]
+OnNonFinite = Literal["stop", "skip"]
+MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"
+
+TextCache = objectives.TextCache  # where earlier code found it
+caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
 
 
-class Dataset(Protocol):
-    generator: torch.Generator
-
-    def sample(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, list[str], torch.Tensor]: ...
-
-
-class TextCache:
-    """Frozen text embeddings, kept per caption in memory: encode(list[str]) -> (emb, mask).
-
-    Rows are padded to the longest in the batch; padding is masked out. The toy vocabulary
-    has 105 captions, so after the first few steps the encoder never runs again.
-    """
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        new = sorted(set(captions) - set(self.rows))
-        if new:
-            emb, mask = self.encoder.encode(new)
-            for i, c in enumerate(new):
-                n = max(int(mask[i].nonzero().max()) + 1, 1) if mask[i].any() else 1
-                self.rows[c] = (emb[i, :n].float().cpu(), mask[i, :n].cpu())
-        length = max(self.rows[c][0].shape[0] for c in captions)
-        dim = self.rows[captions[0]][0].shape[1]
-        emb = torch.zeros(len(captions), length, dim)
-        mask = torch.zeros(len(captions), length, dtype=torch.bool)
-        for i, c in enumerate(captions):
-            e, m = self.rows[c]
-            emb[i, : len(e)], mask[i, : len(m)] = e, m
-        return emb, mask
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
 
 
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
@@ -96,15 +70,17 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a training log (JSONL: one dict per line; loss rows and eval rows)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a training log (a run folder or its log.jsonl); a torn last line is dropped."""
+    return files.read_log(path, name=LOG)
 
 
 class Trainer:
-    """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoint/``."""
+    """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoints/``.
+
+    By default the model is a fresh ``VideoUNet`` (seeded by ``seed``) and the objective the
+    stage's diffusion loss on the toy world (``dataset`` and ``text_encoder`` replace its
+    parts); pass ``model`` and ``objective`` to train anything else with the same loop.
+    """
 
     def __init__(
         self,
@@ -112,169 +88,192 @@ class Trainer:
         stage: str,
         out: str | Path,
         *,
-        dataset: Dataset | None = None,
+        objective: objectives.Objective | None = None,
+        model: torch.nn.Module | None = None,
+        dataset: objectives.Dataset | None = None,
         text_encoder: Any = None,
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
         checkpoint_every: int = 500,
+        keep_checkpoints: int = 2,
         evaluate: Evaluator | None = None,
         evaluate_every: int = 0,
+        on_nonfinite: OnNonFinite = "stop",
         progress: bool = True,
     ) -> None:
-        from ivref.unet3d import VideoUNet
-
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), torch.device(device)
         self.batch_size = batch_size or self.train_cfg.batch_size
-        self.checkpoint_every, self.progress = checkpoint_every, progress
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.evaluate, self.evaluate_every = evaluate, evaluate_every
-        if self.stage.kind != "base":
-            raise NotImplementedError(
-                f"stage {stage!r} is {self.stage.kind!r}: only base stages train so far "
-                "(SR conditioning arrives with the super-resolution issue)"
-            )
-        s = self.stage
-        self.data = dataset or data.ToyVideos(
-            s.num_frames, s.width, s.height, s.fps, "train", self.train_cfg.image_ratio, seed
-        )
-        if text_encoder is None:
-            from ivref import text
+        self.on_nonfinite, self.progress = on_nonfinite, progress
+        if objective is None:
+            if text_encoder is None:
+                from ivref import text
 
-            text_encoder = text.build_encoder(config.text)
-        self.text = TextCache(text_encoder)
-        with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the global
-            torch.manual_seed(seed)  # RNG is restored afterwards
-            self.model = VideoUNet(s.unet).to(self.device)
+                text_encoder = text.build_encoder(config.text)
+            dataset = dataset or objectives.toy_dataset(self.stage, seed)
+            cache = objectives.TextCache(text_encoder)
+            objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
+        self.objective = objective
+        if model is None:
+            from ivref.unet3d import VideoUNet
+
+            with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the
+                torch.manual_seed(seed)  # global RNG is restored afterwards
+                model = VideoUNet(self.stage.unet)
+        self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.train_cfg.lr,
+            weight_decay=self.train_cfg.weight_decay,
         )
-        self.generator = torch.Generator().manual_seed(seed + 1)  # t, eps, text dropout
+        self.generator = torch.Generator().manual_seed(seed + 1)  # t, eps, dropout, crops
         self.step = 0
-        self._stop = False
+        self.signal: int | None = None  # set by Ctrl-C / SIGTERM during ``fit``
+        self._skipped = 0
+        self._log_open = False  # the first ``fit`` of a fresh run starts a new log
+
+    # The default objective's parts, where notebooks and evaluators look for them.
+    @property
+    def text(self) -> objectives.TextCache:
+        return self.objective.text
+
+    @property
+    def data(self) -> objectives.Dataset:
+        return self.objective.data
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
 
     # -- one step ---------------------------------------------------------------------
 
-    def model_inputs(
-        self, x: torch.Tensor, generator: torch.Generator
-    ) -> dict[str, torch.Tensor | None]:
-        """Extra keyword inputs of the U-Net for this batch: none for the base stage.
-
-        The SR issue overrides this to return {"cond_video": upsampled, noise-augmented
-        low-res x, "aug_logsnr": its level} [IV §2.5].
-        """
-        return {}
-
-    def loss(
-        self, x: torch.Tensor, captions: Sequence[str], is_image: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean diffusion loss of one batch (see the module docstring); x is (B, C, F, H, W)."""
-        g, b = self.generator, x.shape[0]
-        emb, mask = self.text.encode(captions)
-        drop = torch.rand(b, generator=g) < self.diffusion.text_dropout
-        mask = mask & ~drop[:, None]  # all-False row: the learned null text [CFG]
-        t = torch.rand(b, generator=g, dtype=torch.float64)
-        logsnr = schedules.logsnr_cosine(
-            t, self.diffusion.logsnr_min, self.diffusion.logsnr_max
-        ).float()
-        eps = torch.randn(x.shape, generator=g)
-        extra = self.model_inputs(x, g)
-        dev = self.device
-        x, eps, logsnr = x.to(dev), eps.to(dev), logsnr.to(dev)
-        z_t = schedules.q_sample(x, logsnr, eps)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.train_cfg.bf16):
-            v_hat = self.model(
-                z_t,
-                logsnr,
-                emb.to(dev),
-                mask.to(dev),
-                is_image=is_image.to(dev),
-                **{k: (v.to(dev) if v is not None else None) for k, v in extra.items()},
-            )
-        per_sample = losses.diffusion_loss(
-            v_hat.float(), x, eps, logsnr, weighting=self.diffusion.loss, prediction="v"
+    def loss(self, x: torch.Tensor, captions: list[str], is_image: torch.Tensor) -> torch.Tensor:
+        """The objective's mean loss of one batch, drawing from the loop's generator."""
+        batch = objectives.Batch(x, list(captions), is_image)
+        return self.objective.loss(
+            self.model, batch, self.generator, self.device, self.train_cfg.bf16
         )
-        return per_sample.mean()
+
+    def _nonfinite(self, what: str, value: float) -> None:
+        last = checkpoint.latest(self.out)
+        where = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint yet"
+        message = f"non-finite {what} ({value}) at step {self.step + 1}; {where}"
+        self._skipped += 1
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(message + " (lower --lr, or --on-nan skip to skip steps)")
+        if self._skipped >= MAX_SKIPPED:
+            raise NonFiniteLossError(f"{message}: {self._skipped} non-finite steps in a row")
+        warnings.warn(message + ": step skipped", stacklevel=3)
 
     def train_step(self) -> dict[str, float]:
         """Sample a batch, one AdamW step with warm-up and clipping, then the EMA update."""
-        x, captions, is_image = self.data.sample(self.batch_size)
+        batch = self.objective.sample(self.batch_size)
         lr = warmup_lr(self.step, self.train_cfg.lr, self.train_cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss = self.loss(x, captions, is_image)
+        loss = self.loss(batch.x, batch.captions, batch.is_image)
         self.optimizer.zero_grad(set_to_none=True)
+        row = {"loss": loss.item(), "lr": lr}
+        if not math.isfinite(row["loss"]):
+            self._nonfinite("loss", row["loss"])
+            self.step += 1
+            return row | {"skipped": 1}
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.train_cfg.grad_clip
-        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite("gradient norm", grad_norm)
+            self.step += 1
+            return row | {"grad_norm": grad_norm, "skipped": 1}
+        self._skipped = 0
         self.optimizer.step()
         ema_update(self.ema, self.model, ema_decay_at(self.step, self.train_cfg.ema_decay))
         self.step += 1
-        return {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+        return row | {"grad_norm": grad_norm}
 
     # -- checkpoints and the log ------------------------------------------------------
 
     def save(self) -> Path:
-        """Write out/checkpoint/ (atomically, file by file) at the current step."""
-        return checkpoint.save(
-            self.out / CHECKPOINT,
+        """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go."""
+        rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
+        rng |= self.objective.rng_state()
+        return checkpoint.save_run(
+            self.out,
+            step=self.step,
+            keep=self.keep_checkpoints,
             config=self.config,
             stage=self.stage.name,
-            step=self.step,
             model=self.model,
             ema=self.ema,
             optimizer=self.optimizer,
-            rng={
-                "torch": torch.get_rng_state(),
-                "train": self.generator.get_state(),
-                "data": self.data.generator.get_state(),
-            },
+            rng=rng,
         )
 
     def resume(self) -> int:
-        """Restore everything from out/checkpoint/; the log is cut back to that step."""
-        state = checkpoint.load(
-            self.out / CHECKPOINT,
-            model=self.model,
-            ema=self.ema,
-            optimizer=self.optimizer,
-            config=self.config,
-            stage=self.stage.name,
-        )
-        for line in state["diff"]:
-            print(f"resume: config differs from the checkpoint's: {line}", file=sys.stderr)
+        """Restore everything from the newest checkpoint that verifies; cut the log to its step.
+
+        A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
+        before it is used.
+        """
+        found = checkpoint.run_checkpoints(self.out)
+        if not found:
+            raise checkpoint.CheckpointError(f"no checkpoint in {str(self.out)!r} to resume from")
+        for path in reversed(found):
+            try:
+                state = checkpoint.load(
+                    path,
+                    model=self.model,
+                    ema=self.ema,
+                    optimizer=self.optimizer,
+                    config=self.config,
+                    stage=self.stage.name,
+                )
+                break
+            except checkpoint.CheckpointError as err:
+                if path == found[0]:
+                    raise
+                print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["train"])
-        self.data.generator.set_state(state["rng"]["data"])
+        self.objective.set_rng_state(state["rng"])
         self.step = state["step"]
         log = self.out / LOG
         if log.is_file():
-            rows = [r for r in read_log(log) if r["step"] <= self.step]
-            text = "".join(json.dumps(r) + "\n" for r in rows)
-            checkpoint.atomic_write(log, lambda tmp: Path(tmp).write_text(text))
+            files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
+        self._log_open = True
         return self.step
 
     def _log(self, row: dict[str, Any]) -> None:
-        with open(self.out / LOG, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        if not self._log_open:  # a fresh run: a log left in the folder is not ours
+            files.write_log(self.out / LOG, [])
+            self._log_open = True
+        files.append_log(self.out / LOG, row)
 
     # -- the loop ---------------------------------------------------------------------
 
     def fit(self, steps: int) -> list[dict[str, Any]]:
-        """Train until ``self.step == steps``; returns this call's log rows. Ctrl-C saves."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Train until ``self.step == steps``; returns this call's log rows.
+
+        Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
+        Ctrl-C raises KeyboardInterrupt at once).
+        """
         rows: list[dict[str, Any]] = []
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc=self.stage.name)
-        start, start_step = time.perf_counter(), self.step
-        with _save_on_interrupt(self):
-            while self.step < steps and not self._stop:
+        with files.RunLock(self.out), _save_on_signal(self):
+            bar = tqdm(total=steps, initial=self.step, disable=not self.progress)
+            bar.set_description(self.stage.name)
+            start, start_step = time.perf_counter(), self.step
+            while self.step < steps and self.signal is None:
                 row = {"step": self.step + 1, **self.train_step()}
-                done = self.step - start_step
-                row["steps_per_s"] = done / max(time.perf_counter() - start, 1e-9)
+                row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
                 if self.evaluate and self.evaluate_every and self.step % self.evaluate_every == 0:
                     row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
                 self._log(row)
@@ -283,70 +282,203 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['steps_per_s']:.2f}")
                 if self.step % self.checkpoint_every == 0 or self.step == steps:
                     self.save()
-        if self._stop:
-            self.save()
-            bar.write(f"interrupted: checkpoint saved at step {self.step} in {self.out}")
-        bar.close()
+            if self.signal is not None:
+                path = self.save()
+                name = signal.Signals(self.signal).name
+                bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
+            bar.close()
         return rows
 
 
 @contextlib.contextmanager
-def _save_on_interrupt(trainer: Trainer):
-    """First Ctrl-C: finish the step, save, stop. Second Ctrl-C: the usual KeyboardInterrupt."""
+def _save_on_signal(trainer: Trainer):
+    """First SIGINT/SIGTERM: finish the step, save, stop. A second SIGINT: KeyboardInterrupt."""
 
     def handler(signum, frame):
-        if trainer._stop:
+        if trainer.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        trainer._stop = True
+        trainer.signal = signum
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def caption_evaluator(
-    prompts: Sequence[str] | None = None,
-    steps: int | None = None,
-    guidance_w: float | None = None,
-    seed: int = 0,
-) -> Evaluator:
-    """An evaluator: sample the EMA model on ``prompts`` and score ``metrics.caption_alignment``.
+# -- the ``ivref train`` command ----------------------------------------------------------
 
-    Defaults: every caption of the vocabulary once, the stage's sampler settings. The loss
-    curve cannot show a model that ignores time's direction; this can (NOTES.md).
-    """
 
-    def evaluate(trainer: Trainer) -> dict[str, float]:
-        from ivref import cascade, metrics
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``ivref train`` (also ``python -m ivref.train``)."""
+    p.add_argument("--scale", choices=configs.PRESETS, help="preset (default toy; resume: saved)")
+    p.add_argument("--stage", help="stage name in the preset (default base; resume: saved)")
+    p.add_argument("--steps", type=positive_int, required=True, help="train until this step")
+    p.add_argument("--out", type=Path, required=True, help="run folder: log + checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
+    p.add_argument("--force", action="store_true", help="start afresh in a non-empty OUT")
+    p.add_argument("--batch-size", type=positive_int, help="override the stage's TrainConfig")
+    p.add_argument("--lr", type=positive_float, help="override the stage's TrainConfig")
+    p.add_argument("--image-ratio", type=float, help="fraction of image samples (joint)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int, default=0, help="initial weights and data (fresh runs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
+    p.add_argument("--keep-checkpoints", type=positive_int, default=2)
+    p.add_argument("--eval-every", type=int, default=0, help="caption alignment every K steps")
+    p.add_argument("--eval-steps", type=positive_int, help="sampler steps for evaluation")
+    p.add_argument("--eval-guidance", type=float, help="guidance w for evaluation")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
+    p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
+    p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
 
-        chosen = list(prompts) if prompts is not None else list(data.CAPTIONS)
-        emb, mask = trainer.text.encode(chosen)
-        with torch.autocast(trainer.device.type, torch.bfloat16, enabled=trainer.train_cfg.bf16):
-            videos = cascade.sample_stage(
-                trainer.ema,
-                trainer.stage,
-                trainer.diffusion,
-                emb.to(trainer.device),
-                mask.to(trainer.device),
-                steps=steps,
-                guidance_w=guidance_w,
-                generator=torch.Generator().manual_seed(seed),
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return n
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return x
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    given = {
+        "lr": args.lr,
+        "image_ratio": args.image_ratio,
+        "bf16": args.bf16,
+        "batch_size": args.batch_size,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, list[str]]:
+    """(config, stage, notes): the preset or, with --resume, the run's saved config, plus the
+    command line's overrides; ``notes`` says what was overridden on resume."""
+    notes: list[str] = []
+    if args.resume:
+        last = checkpoint.latest(args.out)
+        if last is None:
+            raise errors.CLIError(
+                f"--resume: no checkpoint in {str(args.out)!r}; drop --resume to start anew"
             )
-        result = metrics.caption_alignment(videos.float().cpu(), chosen)
-        return {
-            k: result[k] for k in ("color", "shape", "motion", "all") if not math.isnan(result[k])
-        }
+        meta = checkpoint.read_config(last)
+        cfg, stage = meta["config"], meta["stage"]
+        for flag, given, saved in (
+            ("--scale", args.scale, cfg.name),
+            ("--stage", args.stage, stage),
+        ):
+            if given is not None and given != saved:
+                raise errors.CLIError(f"--resume: {flag} {given!r}, but the run trains {saved!r}")
+    else:
+        cfg, stage = configs.preset(args.scale or "toy"), args.stage or "base"
+        names = [s.name for s in cfg.stages]
+        if stage not in names:
+            raise errors.CLIError(
+                f"unknown stage {stage!r} for scale {cfg.name!r}; stages: {names}"
+            )
+    old = cfg.stage(stage).train
+    train_cfg = dataclasses.replace(old, **_overrides(args))
+    if args.resume:
+        notes = [f"{k}: {getattr(old, k)} -> {v}" for k, v in _overrides(args).items()]
+    stages = tuple(
+        dataclasses.replace(s, train=train_cfg) if s.name == stage else s for s in cfg.stages
+    )
+    text_cfg = cfg.text
+    if args.text_encoder:
+        text_cfg = dataclasses.replace(text_cfg, path=args.text_encoder)
+    return dataclasses.replace(cfg, text=text_cfg, stages=stages), stage, notes
 
-    return evaluate
+
+def _prepare_out(out: Path, resume: bool, force: bool) -> None:
+    """A fresh run needs an empty (or new) folder; --force clears a previous run from it."""
+    if out.exists() and not out.is_dir():
+        raise errors.CLIError(f"--out {str(out)!r} is a file; give a folder for the run")
+    ours = [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
+    if resume or not out.is_dir() or not any(p.exists() for p in ours):
+        return
+    if not force:
+        raise errors.CLIError(
+            f"{str(out)!r} already holds a run; pass --resume to continue it, --force to "
+            "start afresh there (deleting its log and checkpoints), or a new --out"
+        )
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ivref train``: build or resume the run, train to --steps, exit 128 + N on a signal."""
+    from ivref import cascade, text
+
+    device = cascade.parse_device(args.device)
+    if args.image_ratio is not None and not 0 <= args.image_ratio <= 1:
+        raise errors.CLIError(f"--image-ratio {args.image_ratio} must be in [0, 1]")
+    with files.RunLock(args.out):
+        _prepare_out(args.out, args.resume, args.force)
+        cfg, stage, notes = build_config(args)
+        for note in notes:
+            print(f"resume: override {note}", file=sys.stderr)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        evaluator = None
+        if args.eval_every:
+            evaluator = evaluate.stage_evaluator(
+                steps=args.eval_steps, guidance_w=args.eval_guidance
+            )
+        trainer = Trainer(
+            cfg,
+            stage,
+            args.out,
+            text_encoder=text.build_encoder(cfg.text, cache_dir=args.text_cache),
+            seed=args.seed,
+            device=device,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            evaluate=evaluator,
+            evaluate_every=args.eval_every,
+            on_nonfinite=args.on_nan,
+        )
+        if args.resume:
+            print(f"resuming {stage} from step {trainer.resume()}", file=sys.stderr)
+        trainer.fit(args.steps)
+    where = f"{args.out}/{checkpoint.CHECKPOINTS}"
+    if trainer.signal is not None:
+        name = signal.Signals(trainer.signal).name
+        raise errors.Interrupted(
+            trainer.signal, f"stopped by {name} at step {trainer.step}; saved in {where}"
+        )
+    print(f"step {trainer.step}: checkpoint in {where}, log in {args.out / LOG}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ivref.train ...``: the same as ``ivref train ...``."""
+    parser = argparse.ArgumentParser(prog="ivref train", description="train one cascade stage")
+    add_arguments(parser)
+    return errors.run_command("train", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # python -m ivref.train ... (torchrun -m ivref.train ...)
-    from ivref import cli
-
-    sys.exit(cli.main(["train", *sys.argv[1:]]))
+    sys.exit(main())

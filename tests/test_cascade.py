@@ -1,11 +1,13 @@
 """The cascade: save/load round trip, generation shape/range/determinism, clear errors."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from ivref import configs
+from ivref import cascade as cascade_lib
+from ivref import configs, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
@@ -52,7 +54,8 @@ def test_guidance_zero_runs_one_pass_and_differs_from_guided(ci_cascade):
 def test_save_and_load_round_trip(ci_cascade, tmp_path):
     ci_cascade.save_pretrained(tmp_path)
     manifest = json.loads((tmp_path / "cascade.json").read_text())
-    assert manifest["stages"] == ["base"]
+    assert manifest["stages"] == ["base"] and manifest["format"] == 2
+    assert set(manifest["files"]) == {"base.safetensors"}
     loaded = Cascade.from_pretrained(tmp_path, encoder=ci_cascade.encoder)
     assert loaded.cfg == ci_cascade.cfg
     for name, tensor in ci_cascade.models["base"].state_dict().items():
@@ -69,8 +72,13 @@ def test_missing_folder_and_corrupted_files_say_what_is_wrong(ci_cascade, tmp_pa
         Cascade.from_pretrained(tmp_path / "nowhere")
     ci_cascade.save_pretrained(tmp_path)
     weights = tmp_path / "base.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x10  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="base.safetensors.*sha256 differs"):
+        Cascade.from_pretrained(tmp_path)
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ValueError, match="base.safetensors"):
+    with pytest.raises(ValueError, match="base.safetensors.*corrupted"):
         Cascade.from_pretrained(tmp_path)
     (tmp_path / "cascade.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid cascade manifest"):
@@ -91,11 +99,23 @@ def test_bad_prompts(prompts, message):
         check_prompts(prompts)
 
 
-def test_bad_generate_arguments(ci_cascade):
-    with pytest.raises(ValueError, match="steps=0"):
-        ci_cascade.generate(["a red circle moving left"], steps=0)
-    with pytest.raises(ValueError, match="guidance=-1"):
-        ci_cascade.generate(["a red circle moving left"], guidance=-1.0)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps=0 must be an integer from 1"),
+        (dict(steps=10**9), "steps=1000000000 must be an integer from 1 to 10000"),
+        (dict(guidance=-1.0), "guidance=-1.0 must be a finite number >= 0"),
+        (dict(guidance=float("nan")), "guidance=nan must be a finite number"),
+        (dict(guidance=float("inf")), "guidance=inf must be a finite number"),
+        (dict(guidance={"nope": 1.0}), "unknown stages"),
+        (dict(seed=2**64), "seed=18446744073709551616 must be an integer from 0 to 2\\*\\*63"),
+        (dict(seed=-1), "seed=-1"),
+        (dict(batch_size=0), "batch_size=0"),
+    ],
+)
+def test_bad_generate_arguments(ci_cascade, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ci_cascade.generate(["a red circle moving left"], **kwargs)
 
 
 def test_models_must_be_a_prefix_of_the_stages():
@@ -104,3 +124,119 @@ def test_models_must_be_a_prefix_of_the_stages():
         Cascade(cfg, {"tsr": VideoUNet(cfg.stages[1].unet)})
     with pytest.raises(ValueError, match="unknown stages"):
         Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet), "zz": VideoUNet(cfg.stages[0].unet)})
+
+
+def test_trained_stage_names_are_plain_identifiers(tmp_path, ci_cascade):
+    ci_cascade.save_pretrained(tmp_path)
+    manifest = json.loads((tmp_path / "cascade.json").read_text())
+    manifest["config"]["stages"][0]["name"] = "../../elsewhere/base"
+    manifest["stages"] = ["../../elsewhere/base"]
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="plain identifier"):
+        Cascade.from_pretrained(tmp_path)
+
+
+def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
+    ci_cascade.save_pretrained(tmp_path)
+    with pytest.raises(FileExistsError, match="already holds a cascade"):
+        ci_cascade.save_pretrained(tmp_path)
+    ci_cascade.save_pretrained(tmp_path, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def full_cascade():
+    """The whole ci cascade (base, TSR, SSR, crop-trained SSR) with seeded random weights."""
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    models = {s.name: VideoUNet(s.unet).eval() for s in cfg.stages}
+    for model in models.values():  # fp16-representable, so a saved copy is the same model
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    return Cascade(cfg, models)
+
+
+def test_the_whole_cascade_runs_every_stage_in_order(full_cascade):
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    final, stages = full_cascade.generate(prompts, seed=0, steps=2, return_stages=True)
+    shapes = [tuple(v.shape) for v in stages]
+    want = [(2, 3, s.num_frames, s.height, s.width) for s in full_cascade.cfg.stages]
+    assert shapes == want and final is stages[-1]
+    assert all(v.abs().max() <= 1 for v in stages)
+    assert set(full_cascade.timings) == {s.name for s in full_cascade.cfg.stages}
+
+
+def test_save_load_round_trip_gives_identical_samples(full_cascade, tmp_path):
+    full_cascade.save_pretrained(tmp_path)
+    loaded = Cascade.from_pretrained(tmp_path, encoder=full_cascade.encoder)
+    prompts = ["a white triangle moving down"]
+    a = full_cascade.generate(prompts, seed=5, steps={"base": 3, "tsr": 2, "ssr1": 2, "ssr2": 2})
+    b = loaded.generate(prompts, seed=5, steps={"base": 3, "tsr": 2, "ssr1": 2, "ssr2": 2})
+    assert torch.equal(a, b)
+
+
+def test_each_video_depends_only_on_its_own_seed(full_cascade):
+    prompts = ["a red circle moving left", "a green square moving up", "a cyan circle moving down"]
+    together = full_cascade.generate(prompts, seed=7, steps=2)
+    alone = full_cascade.generate(prompts[1:2], seed=8, steps=2)
+    torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=0)
+    batched = full_cascade.generate(prompts, seed=7, steps=2, batch_size=2)
+    torch.testing.assert_close(together, batched, atol=1e-5, rtol=0)
+
+
+def test_oscillating_guidance_is_used_where_the_stage_asks(full_cascade):
+    tsr = full_cascade.cfg.stage("tsr")
+    assert tsr.oscillating_guidance
+    weights = cascade_lib.stage_guidance(tsr, 2.0, 10)
+    assert weights == [2.0, 0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 0.5]
+    assert cascade_lib.stage_guidance(tsr, 0.0, 4) == [0.0] * 4  # w = 0: no guidance at all
+    assert cascade_lib.stage_guidance(full_cascade.cfg.stage("ssr1"), 2.0, 4) == 2.0
+    base = full_cascade.generate(["a red circle moving left"], seed=0, steps=2, return_stages=True)
+    inputs = base[1][0]
+    g = torch.Generator().manual_seed(0)
+    emb, mask = full_cascade.encoder.encode(["a red circle moving left"])
+    model, diffusion = full_cascade.models["tsr"], full_cascade.cfg.diffusion
+    kwargs = dict(cond_video=inputs, steps=4, generator=g)
+    oscillating = cascade_lib.sample_stage(model, tsr, diffusion, emb, mask, **kwargs)
+    g.manual_seed(0)
+    constant = dataclasses.replace(tsr, oscillating_guidance=False)
+    plain = cascade_lib.sample_stage(model, constant, diffusion, emb, mask, **kwargs)
+    assert not torch.allclose(oscillating, plain)
+
+
+class _DeviceSpy(torch.nn.Module):
+    """Wraps a U-Net that lives on the meta device and checks every tensor it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.cfg, self.seen = model, model.cfg, []
+
+    def forward(self, *args, **kwargs):
+        for value in [*args, *kwargs.values()]:
+            if isinstance(value, torch.Tensor):
+                self.seen.append(value.device.type)
+                assert value.device.type == "meta", f"a {value.device} tensor reached the model"
+        return self.inner(*args, **kwargs)
+
+
+def test_every_tensor_reaching_the_model_is_on_the_models_device():
+    """CI has no GPU: put the models on the meta device, where mixing devices fails as on CUDA.
+
+    Any input left on the CPU (noise, text, the conditioning video, the log-SNR grid) either
+    trips the spy or makes a meta/CPU op raise, as "Expected all tensors to be on the same
+    device" would on a GPU.
+    """
+    cfg = configs.preset("ci")
+    stages = {s.name: dataclasses.replace(s, oscillating_guidance=False) for s in cfg.stages}
+    cfg = dataclasses.replace(cfg, stages=tuple(stages.values()))
+    with torch.device("meta"):
+        models = {n: _DeviceSpy(VideoUNet(s.unet)) for n, s in stages.items()}
+    encoder = text.build_encoder(cfg.text)
+    emb, mask = encoder.encode(["a red circle moving left"])
+    video = None
+    for stage in cfg.stages:
+        video = cascade_lib.sample_stage(
+            models[stage.name], stage, cfg.diffusion, emb, mask, cond_video=video,
+            steps=2, guidance_w=1.0, generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+        assert video.device.type == "meta"
+        assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
+    assert all(spy.seen and set(spy.seen) == {"meta"} for spy in models.values())

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ivref import cli, configs, unet3d
+from ivref import cli, configs, train, unet3d
 
 
 def test_info_lists_every_stage_with_meta_device_parameter_counts(capsys):
@@ -23,14 +23,41 @@ def test_train_then_resume_continues_the_log(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
     assert cli.main([*args, "--steps", "2", "--checkpoint-every", "1"]) == 0
-    assert (out / "checkpoint" / "config.json").is_file()
-    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    saved = json.loads((out / "checkpoints" / "step-00000002" / "config.json").read_text())
     assert saved["step"] == 2 and saved["config"]["stages"][0]["train"]["batch_size"] == 2
     assert cli.main([*args, "--steps", "3"]) == 2  # refuses to overwrite a run
     assert "--resume" in capsys.readouterr().err
     assert cli.main([*args, "--steps", "3", "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_resume_keeps_the_runs_own_config_and_reports_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    fresh = ["train", "--scale", "ci", "--out", str(out), "--lr", "1e-3", "--batch-size", "4"]
+    assert cli.main([*fresh, "--steps", "1"]) == 0
+    assert cli.main(["train", "--out", str(out), "--steps", "2", "--resume"]) == 0
+    cfg = json.loads((out / "checkpoints" / "step-00000002" / "config.json").read_text())
+    assert cfg["config"]["name"] == "ci"  # not the default toy preset
+    assert cfg["config"]["stages"][0]["train"]["lr"] == 1e-3
+    assert cfg["config"]["stages"][0]["train"]["batch_size"] == 4
+    capsys.readouterr()
+    argv = ["train", "--out", str(out), "--steps", "3", "--resume", "--lr", "5e-4"]
+    assert cli.main(argv) == 0
+    assert "override lr: 0.001 -> 0.0005" in capsys.readouterr().err
+    cfg = json.loads((out / "checkpoints" / "step-00000003" / "config.json").read_text())
+    assert cfg["config"]["stages"][0]["train"]["lr"] == 5e-4
+    assert cli.main(["train", "--out", str(out), "--steps", "4", "--resume", "--stage", "tsr"]) == 2
+    assert "the run trains 'base'" in capsys.readouterr().err
+
+
+def test_force_starts_afresh_in_a_used_folder(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "2"]) == 0
+    assert cli.main([*args, "--steps", "1", "--force"]) == 0
+    assert [r["step"] for r in train.read_log(out)] == [1]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]
 
 
 @pytest.mark.parametrize(
@@ -40,6 +67,10 @@ def test_train_then_resume_continues_the_log(tmp_path, capsys):
         (["train", "--scale", "ci", "--steps", "1", "--out", "X", "--resume"], "no checkpoint"),
         (["generate", "a red circle", "--out", "X/v.avi"], "suffix must be one of"),
         (["generate", "a red circle", "--out", "X/v.mp4", "--checkpoint", "X/none"], "not a dir"),
+        (["generate", "a red circle", "--out", "X"], "is a folder"),
+        (["generate", "a red circle", "--out", "X/v.mp4", "--device", "foo"], "not a device"),
+        (["generate", "a red circle", "--out", "X/v.mp4", "--device", "cuda:7"], "cuda"),
+        (["train", "--scale", "ci", "--steps", "1", "--out", "X/r", "--device", "foo"], "device"),
     ],
 )
 def test_bad_input_is_explained(tmp_path, capsys, argv, message):
@@ -67,7 +98,13 @@ def test_generate_from_a_train_run_folder(tmp_path):
     frames, fps = video.read_video(gif)
     cfg = configs.preset("ci").stages[0]
     assert frames.shape[1] == cfg.num_frames and fps == pytest.approx(cfg.fps, rel=0.05)
-    assert frames.shape[-1] == 2 * cfg.width + 1  # two videos side by side in a grid
+    k = 256 // cfg.width  # nearest upscaling to the default --display-size
+    assert frames.shape[-1] == k * (2 * cfg.width + 1)  # two videos side by side in a grid
+    mp4 = tmp_path / "v.mp4"
+    argv = ["generate", "a red circle moving left", "--out", str(gif), str(mp4)]
+    assert cli.main([*argv, "--checkpoint", str(out), "--steps", "2", "--display-size", "0"]) == 0
+    a, b = video.read_video(gif)[0], video.read_video(mp4)[0]
+    assert a.shape == (3, cfg.num_frames, cfg.height, cfg.width) and a.shape == b.shape
 
 
 def test_export_writes_a_cascade_that_generates_like_the_run(tmp_path, capsys):
@@ -87,6 +124,52 @@ def test_export_writes_a_cascade_that_generates_like_the_run(tmp_path, capsys):
     assert torch.allclose(a, b, atol=2e-2)  # fp16 weights: close, not equal
     assert cli.main(["export", str(tmp_path / "nothing"), "--out", str(folder)]) == 2
     assert "not an `ivref train` run folder" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--out", str(folder)]) == 2
+    assert "already holds a cascade" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--out", str(folder), "--force"]) == 0
+
+
+def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):
+    runs = {}
+    for stage in ("base", "tsr"):
+        runs[stage] = tmp_path / stage
+        argv = ["train", "--scale", "ci", "--stage", stage, "--out", str(runs[stage])]
+        assert cli.main([*argv, "--batch-size", "2", "--steps", "1"]) == 0
+    assert cli.main(["export", str(runs["base"]), "--out", str(tmp_path / "c1")]) == 0
+    argv = [
+        "export",
+        str(runs["tsr"]),
+        "--base",
+        str(tmp_path / "c1"),
+        "--out",
+        str(tmp_path / "c2"),
+    ]
+    assert cli.main(argv) == 0
+    from ivref.cascade import Cascade
+
+    joined = Cascade.from_pretrained(tmp_path / "c2")
+    assert [s.name for s in joined.trained_stages] == ["base", "tsr"]
+    gif = tmp_path / "stages.gif"
+    argv = ["generate", "a red circle moving left", "a blue square moving up", "--out", str(gif)]
+    argv += [
+        "--checkpoint",
+        str(tmp_path / "c2"),
+        "--steps",
+        "2",
+        "--stages",
+        "--display-size",
+        "0",
+    ]
+    assert cli.main(argv) == 0
+    from ivref import video
+
+    frames, _ = video.read_video(gif)
+    tsr = configs.preset("ci").stage("tsr")
+    assert frames.shape[1:] == (tsr.num_frames, 2 * tsr.height + 1, 2 * tsr.width + 1)
+    assert (
+        cli.main(["generate", "a red circle", "--out", str(gif), "--checkpoint", str(runs["tsr"])])
+        == 2
+    )
 
 
 def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):

@@ -70,3 +70,29 @@ def test_bad_input_is_rejected():
         metrics.caption_alignment(-torch.ones(1, 3, 2, 8, 8), ["a dog"])
     with pytest.raises(ValueError, match="2 prompts for 1 videos"):
         metrics.caption_alignment(-torch.ones(1, 3, 2, 8, 8), ["a red circle"] * 2)
+
+
+def _renders(prompts, frames, size, fps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([data.render(p, frames, size, size, fps, g) for p in prompts])
+
+
+def test_motion_progress_passes_renders_and_fails_frame_repetition():
+    prompts = [data.caption(*c) for c in data.COMBOS[::3]]
+    truth = _renders(prompts, 16, 64, 6.0)
+    assert all(metrics.motion_progress(truth, prompts))
+    repeated = truth[:, :, ::2].repeat_interleave(2, dim=2)  # stands still every other step
+    assert not any(metrics.motion_progress(repeated, prompts))
+    backwards = truth.flip(2)  # moving the other way fails too
+    assert not any(metrics.motion_progress(backwards, prompts))
+    still = _renders(["a red circle"], 16, 64, 6.0)
+    assert metrics.motion_progress(still, ["a red circle"]) == [None]
+
+
+def test_laplacian_energy_is_exact_on_a_ramp_and_drops_with_blur():
+    ramp = torch.arange(8.0)[None, None, None, None, :].expand(1, 3, 2, 8, 8) ** 2 / 100
+    assert metrics.laplacian_energy(ramp).item() == pytest.approx(2 / 100)  # d2(x^2) = 2
+    sharp = _renders(["a red square moving left"], 4, 64, 3.0)
+    small = _renders(["a red square moving left"], 4, 16, 3.0)
+    blurred = torch.nn.functional.interpolate(small, size=(4, 64, 64), mode="trilinear")
+    assert metrics.laplacian_energy(blurred) < 0.5 * metrics.laplacian_energy(sharp)

@@ -1,11 +1,14 @@
-"""The training loop: exact resume, text dropout, the loss it optimises, EMA, warm-up, Ctrl-C."""
+"""The training loop: exact resume, text dropout, the loss, EMA, warm-up, signals, NaN, logs."""
 
+import dataclasses
 import math
+import os
+import signal
 
 import pytest
 import torch
 
-from ivref import configs, schedules, text, train
+from ivref import checkpoint, configs, schedules, text, train
 
 
 @pytest.fixture(scope="module")
@@ -105,19 +108,84 @@ def test_warmup_and_ema_identities():
 
 def test_evaluate_callback_logged_and_stop_saves(tmp_path, encoder):
     def evaluate(trainer):
-        trainer._stop = trainer.step >= 2  # what the Ctrl-C handler does
+        if trainer.step >= 2:
+            trainer.signal = signal.SIGINT  # what the Ctrl-C handler does
         return {"all": trainer.step / 10}
 
     trainer = _trainer(tmp_path, encoder, evaluate=evaluate, evaluate_every=1, checkpoint_every=99)
     rows = trainer.fit(10)
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["eval_all"] == 0.2
+    assert trainer.interrupted
     fresh = _trainer(tmp_path, encoder)
     assert fresh.resume() == 2
 
 
-def test_sr_stages_are_refused_for_now(tmp_path, encoder):
-    with pytest.raises(NotImplementedError, match="only base stages"):
-        train.Trainer(configs.preset("ci"), "tsr", tmp_path, text_encoder=encoder)
+def test_sigterm_saves_like_ctrl_c(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder, checkpoint_every=99)
+
+    def evaluate(t):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler ending the job
+        return {}
+
+    trainer.evaluate, trainer.evaluate_every = evaluate, 1
+    rows = trainer.fit(10)
+    assert len(rows) == 1 and trainer.signal == signal.SIGTERM
+    assert checkpoint.latest(tmp_path).name == "step-00000001"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_a_non_finite_loss_stops_the_run_and_nothing_non_finite_is_saved(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder, checkpoint_every=1)
+    trainer.fit(1)
+    for group in trainer.optimizer.param_groups:  # --lr 1e6: the weights blow up
+        group["lr"] = 1e6
+    trainer.train_cfg = dataclasses.replace(trainer.train_cfg, lr=1e6, warmup_steps=0)
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+; the last good checkpoint"):
+        trainer.fit(20)
+    for path in checkpoint.run_checkpoints(tmp_path):  # whatever was saved is finite
+        checkpoint.load_weights(path / "ema.safetensors")
+        checkpoint.load_weights(path / "model.safetensors")
+
+
+def test_skip_mode_skips_non_finite_steps_then_gives_up(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder, on_nonfinite="skip", checkpoint_every=99)
+    real = trainer.objective.loss
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    trainer.objective.loss = sometimes_nan
+    before = [p.detach().clone() for p in trainer.ema.parameters()]
+    with pytest.warns(UserWarning, match="non-finite loss .* at step 2.*skipped"):
+        rows = trainer.fit(3)
+    assert [r.get("skipped", 0) for r in rows] == [0, 1, 0]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.ema.parameters(), strict=True))
+    trainer.objective.loss = lambda *a, **k: real(*a, **k) * float("nan")
+    with pytest.raises(train.NonFiniteLossError, match="10 non-finite steps in a row"):
+        with pytest.warns(UserWarning):
+            trainer.fit(100)
+
+
+def test_a_fresh_run_starts_a_new_log(tmp_path, encoder):
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
+    _trainer(tmp_path, encoder).fit(1)
+    assert [r["loss"] != 9.0 for r in train.read_log(tmp_path)] == [True]
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, encoder, capsys):
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
+    newest = checkpoint.latest(tmp_path)
+    ema = newest / "ema.safetensors"
+    data = bytearray(ema.read_bytes())
+    data[-5] ^= 0xFF  # a flipped bit in the weights
+    ema.write_bytes(bytes(data))
+    resumed = _trainer(tmp_path, encoder)
+    assert resumed.resume() == 1
+    assert "skipping step-00000002" in capsys.readouterr().err
 
 
 def test_caption_evaluator_samples_the_ema_and_scores_it(tmp_path, encoder):

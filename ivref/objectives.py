@@ -1,0 +1,199 @@
+"""What one training step optimises: a stage's batch and its loss, plugged into ``train.Trainer``.
+
+The loop (optimizer, EMA, checkpoints, resume, Ctrl-C) lives in train.py and knows nothing
+about diffusion; an *objective* turns a batch into a scalar loss for a model:
+
+    objective.sample(batch_size) -> Batch(x, captions, is_image)    # data, own generator
+    objective.loss(model, batch, generator, device, bf16) -> loss   # every other draw from
+                                                                     # the loop's generator
+``DiffusionObjective`` serves every stage kind [VDM §2, IV §2]:
+
+    text dropped with probability p (all-False mask row: the learned null) [CFG]
+    t ~ U(0, 1), logsnr_t = lambda(t), eps ~ N(0, I), z_t = alpha_t x + sigma_t eps
+    SR stages: c = upsample(low_res(x)), c~ = alpha' c + sigma' eps', lambda' random [IV §2.5]
+    crop-trained SSR: x and c cropped to the same random window first [IV §2.3]
+    loss = mean_b w(logsnr_b) ||x_b - x_hat_b||^2, v-MSE by default [PD §4]
+
+Distillation (distill.py) is another objective with a frozen teacher inside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ivref import configs, data, losses, schedules, superres
+
+
+@dataclass
+class Batch:
+    """Clips at a stage's output size (B, C, F, H, W) in [-1, 1], captions, image flags (B,)."""
+
+    x: torch.Tensor
+    captions: list[str]
+    is_image: torch.Tensor
+
+
+class Dataset(Protocol):
+    generator: torch.Generator
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, list[str], torch.Tensor]: ...
+
+
+class Objective(Protocol):
+    """The stage-specific half of a training step (see the module docstring)."""
+
+    def sample(self, batch_size: int) -> Batch: ...
+
+    def loss(
+        self,
+        model: torch.nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        device: torch.device,
+        bf16: bool,
+    ) -> torch.Tensor: ...
+
+    def rng_state(self) -> dict[str, torch.Tensor]: ...
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class TextCache:
+    """Frozen text embeddings, kept per caption in memory: encode(list[str]) -> (emb, mask).
+
+    Rows are padded to the longest in the batch; padding is masked out. The toy vocabulary
+    has 105 captions, so after the first few steps the encoder never runs again.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        new = sorted(set(captions) - set(self.rows))
+        if new:
+            emb, mask = self.encoder.encode(new)
+            for i, c in enumerate(new):
+                n = max(int(mask[i].nonzero().max()) + 1, 1) if mask[i].any() else 1
+                self.rows[c] = (emb[i, :n].float().cpu(), mask[i, :n].cpu())
+        length = max(self.rows[c][0].shape[0] for c in captions)
+        dim = self.rows[captions[0]][0].shape[1]
+        emb = torch.zeros(len(captions), length, dim)
+        mask = torch.zeros(len(captions), length, dtype=torch.bool)
+        for i, c in enumerate(captions):
+            e, m = self.rows[c]
+            emb[i, : len(e)], mask[i, : len(m)] = e, m
+        return emb, mask
+
+
+def previous_stage(
+    config: configs.CascadeConfig, stage: configs.StageConfig
+) -> configs.StageConfig | None:
+    """The stage whose output ``stage`` takes as input (None for the base stage)."""
+    names = [s.name for s in config.stages]
+    i = names.index(stage.name)
+    return config.stages[i - 1] if i > 0 else None
+
+
+def crop_alignment(stage: configs.StageConfig, previous: configs.StageConfig) -> int:
+    """Crop corners fall on multiples of this: whole low-res pixels and whole U-Net strides."""
+    return math.lcm(superres.space_factor(stage, previous), stage.unet.downsample_factor)
+
+
+class DiffusionObjective:
+    """The denoising loss of one cascade stage, base or SR (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: configs.CascadeConfig,
+        stage: configs.StageConfig,
+        dataset: Dataset,
+        text: TextCache,
+    ) -> None:
+        self.config, self.stage, self.diffusion = config, stage, config.diffusion
+        self.previous = previous_stage(config, stage)
+        self.data, self.text = dataset, text
+
+    def sample(self, batch_size: int) -> Batch:
+        x, captions, is_image = self.data.sample(batch_size)
+        return Batch(x, list(captions), is_image)
+
+    def conditioning(
+        self, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(target x, clean conditioning video c or None); crops both for a crop-trained SSR."""
+        if self.previous is None:
+            return x, None
+        cond = superres.upsample(superres.low_res(x, self.stage, self.previous), self.stage)
+        size = self.stage.train.crop_size
+        if size is not None and size < min(self.stage.width, self.stage.height):
+            align = crop_alignment(self.stage, self.previous)
+            x, cond = superres.random_crop([x, cond], size, align, generator)
+        return x, cond
+
+    def loss(
+        self,
+        model: torch.nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        bf16: bool = False,
+    ) -> torch.Tensor:
+        """Mean diffusion loss of one batch (module docstring); every draw from ``generator``."""
+        g, device = generator, torch.device(device)
+        x, cond = self.conditioning(batch.x, g)
+        b = x.shape[0]
+        emb, mask = self.text.encode(batch.captions)
+        drop = torch.rand(b, generator=g) < self.diffusion.text_dropout
+        mask = mask & ~drop[:, None]  # all-False row: the learned null text [CFG]
+        t = torch.rand(b, generator=g, dtype=torch.float64)
+        d = self.diffusion
+        logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float()
+        eps = torch.randn(x.shape, generator=g)
+        extra: dict[str, torch.Tensor] = {}
+        if cond is not None:
+            aug = superres.train_aug_logsnr(b, self.stage, d, g)
+            aug_noise = torch.randn(x.shape, generator=g)
+            extra = {"cond_video": superres.augment(cond, aug, aug_noise), "aug_logsnr": aug}
+        x, eps, logsnr = x.to(device), eps.to(device), logsnr.to(device)
+        z_t = schedules.q_sample(x, logsnr, eps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            v_hat = model(
+                z_t,
+                logsnr,
+                emb.to(device),
+                mask.to(device),
+                is_image=batch.is_image.to(device),
+                **{k: v.to(device) for k, v in extra.items()},
+            )
+        per_sample = losses.diffusion_loss(
+            v_hat.float(), x, eps, logsnr, weighting=d.loss, prediction="v"
+        )
+        return per_sample.mean()
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"data": self.data.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.data.generator.set_state(state["data"])
+
+
+def toy_dataset(stage: configs.StageConfig, seed: int = 0) -> data.ToyVideos:
+    """The toy world at a stage's output size and frame rate, its train split."""
+    return data.ToyVideos(
+        stage.num_frames,
+        stage.width,
+        stage.height,
+        stage.fps,
+        "train",
+        stage.train.image_ratio,
+        seed,
+    )

@@ -1,0 +1,112 @@
+"""Stage objectives: what each SR model is shown, the loss it gets, crops, and a short run."""
+
+import math
+
+import pytest
+import torch
+
+from ivref import cascade, configs, objectives, schedules, superres, text, train
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return text.build_encoder(configs.preset("ci").text)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for the U-Net: records its inputs and predicts v_hat = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, z_t, logsnr, emb, mask, **kwargs):
+        self.calls.append(dict(z_t=z_t, logsnr=logsnr, emb=emb, mask=mask, **kwargs))
+        return torch.zeros_like(z_t) * self.w
+
+
+def _objective(name, encoder):
+    cfg = configs.preset("ci")
+    stage = cfg.stage(name)
+    dataset = objectives.toy_dataset(stage, seed=0)
+    return objectives.DiffusionObjective(cfg, stage, dataset, objectives.TextCache(encoder))
+
+
+@pytest.mark.parametrize("name", ["tsr", "ssr1"])
+def test_sr_model_sees_the_noised_upsampled_low_res_clip(name, encoder):
+    obj = _objective(name, encoder)
+    batch = obj.sample(64)
+    model = _Recorder()
+    loss = obj.loss(model, batch, torch.Generator().manual_seed(0))
+    call = model.calls[0]
+    x = batch.x.double()
+    clean = superres.upsample(superres.low_res(x, obj.stage, obj.previous), obj.stage)
+    assert call["cond_video"].shape == x.shape == call["z_t"].shape
+    # undo the augmentation with the recorded level: what is left is unit Gaussian noise
+    alpha, sigma = schedules.alpha_sigma(call["aug_logsnr"].double())
+    a, s = alpha[:, None, None, None, None], sigma[:, None, None, None, None]
+    eps_aug = (call["cond_video"].double() - a * clean) / s
+    assert abs(eps_aug.mean().item()) < 0.02 and abs(eps_aug.std().item() - 1) < 0.02
+    t_aug = schedules.t_from_logsnr(call["aug_logsnr"].double())
+    assert t_aug.max() <= obj.stage.aug_train_max_t + 1e-6
+    # the loss is the v-MSE of the target video (v_hat = 0, so loss = mean ||v||^2)
+    alpha, sigma = schedules.alpha_sigma(call["logsnr"].double())
+    a, s = alpha[:, None, None, None, None], sigma[:, None, None, None, None]
+    eps = (call["z_t"].double() - a * x) / s
+    assert math.isclose(loss.item(), (a * eps - s * x).pow(2).mean().item(), rel_tol=1e-4)
+
+
+def test_crop_trained_stage_crops_target_and_condition_alike(encoder):
+    obj = _objective("ssr2", encoder)
+    stage = obj.stage
+    x = obj.sample(4).x
+    clean = superres.upsample(superres.low_res(x, stage, obj.previous), stage)
+    crop, cond = obj.conditioning(x, torch.Generator().manual_seed(3))
+    size, align = stage.train.crop_size, objectives.crop_alignment(stage, obj.previous)
+    assert crop.shape[-2:] == cond.shape[-2:] == (size, size)
+    assert align % (stage.width // obj.previous.width) == 0
+    assert align % stage.unet.downsample_factor == 0
+    for i in range(4):
+        windows = [
+            (y, xx)
+            for y in range(0, stage.height - size + 1)
+            for xx in range(0, stage.width - size + 1)
+            if torch.equal(crop[i], x[i, :, :, y : y + size, xx : xx + size])
+        ]
+        assert windows and all(y % align == 0 and xx % align == 0 for y, xx in windows)
+        y, xx = windows[0]
+        assert torch.equal(cond[i], clean[i, :, :, y : y + size, xx : xx + size])
+
+
+@pytest.mark.parametrize("name", ["tsr", "ssr1", "ssr2"])
+def test_each_sr_stage_trains_a_few_steps_and_samples_its_size(tmp_path, encoder, name):
+    cfg = configs.preset("ci")
+    trainer = train.Trainer(cfg, name, tmp_path, text_encoder=encoder, batch_size=2, progress=False)
+    rows = trainer.fit(3)
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    stage, previous = trainer.stage, objectives.previous_stage(cfg, trainer.stage)
+    emb, mask = trainer.text.encode(["a red circle moving left"])
+    low = torch.rand(1, 3, previous.num_frames, previous.height, previous.width) * 2 - 1
+    video = cascade.sample_stage(
+        trainer.ema, stage, cfg.diffusion, emb, mask, cond_video=low, steps=2,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
+    assert video.abs().max() <= 1
+
+
+def test_fully_convolutional_stage_runs_larger_than_it_trained(encoder):
+    """ssr2 trains on 16 x 16 crops; the same weights run at 32 x 32 and at 48 x 64."""
+    from ivref.unet3d import VideoUNet
+
+    cfg = configs.preset("ci")
+    stage = cfg.stage("ssr2")
+    assert stage.unet.fully_convolutional and stage.train.crop_size == 16
+    model = VideoUNet(stage.unet).eval()
+    emb, mask = encoder.encode(["a red circle moving left"])
+    for h, w in ((16, 16), (32, 32), (48, 64)):
+        z = torch.randn(1, 3, stage.num_frames, h, w)
+        with torch.no_grad():
+            v = model(z, torch.zeros(1), emb, mask, cond_video=z, aug_logsnr=torch.zeros(1))
+        assert v.shape == z.shape and torch.isfinite(v).all()
