@@ -34,6 +34,7 @@ from ivref.unet3d import VideoUNet
 
 FORMAT = 2
 MANIFEST = "cascade.json"
+DISTILLED = "distilled"  # subfolder of a cascade folder holding its distilled variant
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
 MAX_STEPS = 10_000  # a sampler of more steps is almost surely a typo (each is a forward pass)
 MAX_SEED = 2**63 - 1
@@ -132,8 +133,9 @@ def sample_stage(
     (``superres.upsample``) and noise-augmented at lambda' = ``aug_logsnr`` (default
     ``stage.aug_sample_logsnr``; +inf for none) [IV §2.5]. Guidance is
     x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t) [CFG] (per step with oscillating guidance),
-    with dynamic thresholding [IMG §2.3] when any w > 0; the sampler, its gamma and the
-    log-SNR bounds come from ``diffusion``.
+    with dynamic thresholding [IMG §2.3] when any w > 0; a distilled student (its U-Net
+    embeds w) makes x~ in one pass [GD]. The sampler is ``stage.sampler`` or
+    ``diffusion.sampler``; gamma and the log-SNR bounds come from ``diffusion``.
 
     Everything runs on the model's device. ``noise`` (B, C, F, H, W) and ``aug_noise`` are
     drawn from ``generator`` on the CPU when not given, then moved, so a seed gives the same
@@ -168,6 +170,7 @@ def sample_stage(
         text_mask.to(device),
         weights,
         threshold=diffusion.threshold_percentile if any_guidance else None,
+        distilled=model.cfg.use_guidance_embedding,  # a student embeds w: one pass [GD]
         logsnr_min=diffusion.logsnr_min,
         logsnr_max=diffusion.logsnr_max,
         **kwargs,
@@ -178,7 +181,7 @@ def sample_stage(
         x_hat_fn,
         shape,
         steps=steps,
-        sampler=diffusion.sampler,
+        sampler=stage.sampler or diffusion.sampler,
         gamma=diffusion.gamma,
         generator=generator,
         device=device,
@@ -369,9 +372,18 @@ class Cascade(nn.Module):
         dir: str | os.PathLike | None = None,  # noqa: A002 (the public name DESIGN.md gives)
         *,
         encoder: text.TextEncoder | None = None,
+        variant: str | None = None,
     ) -> Cascade:
-        """Load a cascade folder; ``None`` loads the toy cascade shipped in ``data/toy``."""
+        """Load a cascade folder; ``None`` loads the toy cascade shipped in ``data/toy``.
+
+        ``variant="distilled"`` loads the distilled cascade kept in the folder's
+        ``distilled/`` subfolder (8 sampling steps per stage, one pass each) [IV §2.7].
+        """
         directory = shipped_dir() if dir is None else Path(dir)
+        if variant not in (None, "distilled"):
+            raise ValueError(f"variant={variant!r}; allowed: None or 'distilled'")
+        if variant == "distilled":
+            directory = directory / DISTILLED
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(

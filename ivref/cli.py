@@ -1,6 +1,7 @@
-"""The ``ivref`` command: ``train``, ``generate``, ``export``, ``evaluate`` and ``info``.
+"""The ``ivref`` command: ``train``, ``distill``, ``generate``, ``export``, ``evaluate``, ``info``.
 
     ivref train --scale toy --stage base --steps 3000 --out runs/base [--resume]
+    ivref distill --stage base --from data/toy --out runs/distill-base [--resume]
     ivref generate "a red circle moving left" --out out.mp4 [--checkpoint DIR] [--stages]
     ivref export runs/tsr --base data/toy --out my-cascade
     ivref evaluate --checkpoint data/toy --repeats 2
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivref import configs, errors, train, video
+from ivref import configs, distill, errors, train, video
 
 CLIError = errors.CLIError  # where earlier code found it
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train.add_arguments(sub.add_parser("train", help="train one stage of a cascade preset"))
+    distill.add_arguments(sub.add_parser("distill", help="distil one stage to few sampling steps"))
 
     g = sub.add_parser("generate", help="text -> video with a trained cascade")
     g.add_argument("prompts", nargs="+", help="one or more prompts")
@@ -110,6 +112,8 @@ def run_stage(path: Path):
     from ivref import checkpoint
     from ivref.unet3d import VideoUNet
 
+    if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
+        path = distill.final_phase(path)
     found = [path] if checkpoint.is_checkpoint(path) else checkpoint.run_checkpoints(path)
     if not found:
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
@@ -294,6 +298,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": train.run,
+    "distill": distill.run,
     "generate": cmd_generate,
     "export": cmd_export,
     "evaluate": cmd_evaluate,

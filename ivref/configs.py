@@ -20,7 +20,8 @@ from typing import Any, Literal, get_args
 StageKind = Literal["base", "tsr", "ssr"]
 TemporalMixing = Literal["attention", "conv"]
 LossWeighting = Literal["v", "eps", "snr_trunc", "x"]
-SamplerName = Literal["ddim", "ancestral"]
+SamplerName = Literal["ddim", "ancestral", "stochastic"]
+LRDecay = Literal["none", "linear"]
 TemporalCond = Literal["repeat", "blank"]
 TextEncoderName = Literal["tiny-t5", "minilm", "t5"]
 PresetName = Literal["ci", "toy", "paper"]
@@ -170,7 +171,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # global gradient-norm clip
     image_ratio: float = 0.0  # fraction of samples that are images (joint training) [IV §2.4]
     crop_size: int | None = None  # train on random crops of this many output pixels [IV §2.3]
-    bf16: bool = True  # bf16 autocast (attention kept in fp32 on CPU; NOTES.md)
+    bf16: bool = True  # bf16 autocast (attention kept in fp32 on CPU)
+    lr_decay: LRDecay = "none"  # "linear": lr anneals to 0 at the run's last step [PD]
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -187,6 +189,33 @@ class TrainConfig:
             _fail(o, "image_ratio", self.image_ratio, "must be in [0, 1]")
         if self.crop_size is not None:
             _check_positive(o, crop_size=self.crop_size)
+        _check_literal(o, "lr_decay", self.lr_decay, LRDecay)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Guided then progressive distillation of every stage [GD, PD, IV §2.7]."""
+
+    to_steps: int = 8  # sampling steps of the final student (8 per stage in [IV §2.7])
+    w_max: float = 4.0  # guided phase: w ~ U(0, w_max) [GD]
+    guided_steps: int = 600  # training steps of the guided phase (student learns w)
+    halving_steps: int = 400  # training steps per halving of the sampling steps
+    lr: float = 1e-4  # annealed linearly to 0 in every phase, no EMA [PD]
+    loss: LossWeighting = "snr_trunc"  # max(SNR, 1) ||x~ - x_hat||^2 [PD §4]
+
+    def __post_init__(self) -> None:
+        o = "DistillConfig"
+        _check_positive(
+            o,
+            to_steps=self.to_steps,
+            guided_steps=self.guided_steps,
+            halving_steps=self.halving_steps,
+        )
+        if not (math.isfinite(self.w_max) and self.w_max >= 0):
+            _fail(o, "w_max", self.w_max, "must be a finite number >= 0")
+        if not self.lr > 0:
+            _fail(o, "lr", self.lr, "must be > 0")
+        _check_literal(o, "loss", self.loss, LossWeighting)
 
 
 @dataclass(frozen=True)
@@ -208,6 +237,7 @@ class StageConfig:
     aug_sample_logsnr: float = 1.0986  # CHOICE: sampling aug SNR 3 -> log(3) [IV §2.5]
     aug_train_max_t: float = 1.0  # CHOICE: training aug level t' ~ U(0, this) [IV §2.5]
     temporal_cond: TemporalCond = "repeat"  # TSR input: repeated frames, or blanks + mask
+    sampler: SamplerName | None = None  # None: DiffusionConfig.sampler; distilled: stochastic
 
     def __post_init__(self) -> None:
         o = f"StageConfig({self.name!r})"
@@ -221,6 +251,8 @@ class StageConfig:
             )
         _check_literal(o, "kind", self.kind, StageKind)
         _check_literal(o, "temporal_cond", self.temporal_cond, TemporalCond)
+        if self.sampler is not None:
+            _check_literal(o, "sampler", self.sampler, SamplerName)
         _check_positive(
             o,
             num_frames=self.num_frames,
@@ -325,6 +357,7 @@ class CascadeConfig:
     text: TextConfig
     diffusion: DiffusionConfig
     stages: tuple[StageConfig, ...]
+    distill: DistillConfig = field(default_factory=DistillConfig)  # [GD, PD, IV §2.7]
 
     def __post_init__(self) -> None:
         o = "CascadeConfig"
@@ -379,6 +412,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         "diffusion": DiffusionConfig,
         "unet": UNetConfig,
         "train": TrainConfig,
+        "distill": DistillConfig,
     }
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -462,7 +496,8 @@ def ci() -> CascadeConfig:
             **sr_sampling,
         ),
     )
-    return CascadeConfig("ci", text, DiffusionConfig(), stages)
+    distill = DistillConfig(to_steps=4, guided_steps=20, halving_steps=20)
+    return CascadeConfig("ci", text, DiffusionConfig(), stages, distill)
 
 
 def toy() -> CascadeConfig:

@@ -1,4 +1,4 @@
-"""Samplers: DDIM and ancestral steps, and one ``sample`` loop over a uniform time grid.
+"""Samplers: DDIM, ancestral and stochastic N-step, and one ``sample`` loop over a time grid.
 
 Every sampler takes a denoiser ``x_hat_fn(z_t, logsnr_t) -> x_hat`` (logsnr_t of shape (B,))
 and moves z_t at logsnr_t to z_s at a higher logsnr_s. Time runs from t = 1 (noise) to
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ivref import schedules
 
 XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SAMPLERS: tuple[str, ...] = ("ddim", "ancestral")
+SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
 
 
 def _check_pair(z_t: torch.Tensor, x_hat: torch.Tensor) -> None:
@@ -73,6 +73,48 @@ def ancestral_step(
     return torch.where(final, x_hat, mean + std * noise)
 
 
+def noise_back(
+    z_s: torch.Tensor,
+    logsnr_s: schedules.Coef,
+    logsnr_t: schedules.Coef,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A draw from q(z_t | z_s) for logsnr_t <= logsnr_s: add noise from time s back to t.
+
+    z_t = (alpha_t / alpha_s) z_s + sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2) eps
+    [IV §2.7, VDM-K]; the variance is ``schedules.variance_t_given_s``.
+    """
+    lt, ls = schedules.expand_to(logsnr_t, z_s), schedules.expand_to(logsnr_s, z_s)
+    alpha_t, _ = schedules.alpha_sigma(lt)
+    alpha_s, _ = schedules.alpha_sigma(ls)
+    std = schedules.variance_t_given_s(lt, ls).clamp(min=0).sqrt()
+    noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
+    return (alpha_t / alpha_s) * z_s + std * noise
+
+
+def stochastic_step(
+    z_t: torch.Tensor,
+    x_hat: torch.Tensor,
+    logsnr_t: schedules.Coef,
+    logsnr_s: schedules.Coef,
+    logsnr_u: schedules.Coef,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One step t -> s of the stochastic N-step sampler of distilled models [IV §2.7].
+
+    A DDIM step of twice the size, t -> u (u one step past s), then noise back u -> s:
+      z_u = ddim_step(z_t, x_hat, t, u);  z_s ~ q(z_s | z_u)  (``noise_back``).
+    When s is the end (logsnr_s = +inf) it is the DDIM step to x_hat; when u would pass the
+    end, pass logsnr_u = +inf (z_u = x_hat).
+    """
+    ls = schedules.expand_to(logsnr_s, z_t)
+    if bool(torch.isposinf(ls).all()):
+        return ddim_step(z_t, x_hat, logsnr_t, logsnr_s)
+    z_u = ddim_step(z_t, x_hat, logsnr_t, logsnr_u)
+    return noise_back(z_u, logsnr_u, logsnr_s, generator)
+
+
 def logsnr_grid(
     steps: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0, dtype=torch.float64
 ) -> torch.Tensor:
@@ -104,12 +146,14 @@ def sample(
     logsnr_max: float = 20.0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Draw x from noise z_1 ~ N(0, I) by ``steps`` DDIM or ancestral steps from t=1 to t=0.
+    """Draw x from noise z_1 ~ N(0, I) by ``steps`` sampler steps from t=1 to t=0.
 
     z_{t_0} = noise (or a fresh draw from ``generator``); for i = 0 .. steps - 1:
       x_hat = x_hat_fn(z_{t_i}, logsnr(t_i) as (B,)); z_{t_{i+1}} = step(z, x_hat, ...),
     with t_i = 1 - i / steps and a final step to logsnr = +inf that returns x_hat [DDIM, VDM].
-    ``gamma`` is used by the ancestral sampler only. ``progress`` shows a tqdm bar.
+    ``sampler``: "ddim" (deterministic), "ancestral" (``gamma`` sets its variance) or
+    "stochastic" (the N-step sampler of distilled models, ``stochastic_step``: a DDIM
+    step to t_{i+2}, then noise back to t_{i+1}) [IV §2.7]. ``progress`` shows a tqdm bar.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
@@ -129,6 +173,9 @@ def sample(
         x_hat = x_hat_fn(z, logsnr_t)
         if sampler == "ddim":
             z = ddim_step(z, x_hat, grid[i], grid[i + 1])
+        elif sampler == "stochastic":
+            u = grid[min(i + 2, steps)]
+            z = stochastic_step(z, x_hat, grid[i], grid[i + 1], u, generator=generator)
         else:
             z = ancestral_step(z, x_hat, grid[i], grid[i + 1], gamma=gamma, generator=generator)
     return z

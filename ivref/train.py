@@ -55,6 +55,14 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
 
 
+def learning_rate(step: int, cfg: configs.TrainConfig, total: int | None = None) -> float:
+    """Warm-up, then constant or (``lr_decay="linear"``) lr * (1 - step / total) [PD]."""
+    lr = warmup_lr(step, cfg.lr, cfg.warmup_steps)
+    if cfg.lr_decay == "linear" and total:
+        lr *= max(0.0, 1.0 - step / total)
+    return lr
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta [EMA]; buffers are copied."""
@@ -138,6 +146,7 @@ class Trainer:
         self.signal: int | None = None  # set by Ctrl-C / SIGTERM during ``fit``
         self._skipped = 0
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
+        self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
 
     # The default objective's parts, where notebooks and evaluators look for them.
     @property
@@ -175,7 +184,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """Sample a batch, one AdamW step with warm-up and clipping, then the EMA update."""
         batch = self.objective.sample(self.batch_size)
-        lr = warmup_lr(self.step, self.train_cfg.lr, self.train_cfg.warmup_steps)
+        lr = learning_rate(self.step, self.train_cfg, self._total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -267,6 +276,7 @@ class Trainer:
         Ctrl-C raises KeyboardInterrupt at once).
         """
         rows: list[dict[str, Any]] = []
+        self._total = steps
         with files.RunLock(self.out), _save_on_signal(self):
             bar = tqdm(total=steps, initial=self.step, disable=not self.progress)
             bar.set_description(self.stage.name)

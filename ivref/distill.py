@@ -1,0 +1,392 @@
+"""Fast sampling: guided then progressive distillation of one cascade stage [GD, PD, IV §2.7].
+
+Phase 1, guided distillation [GD]: a student copies the teacher and gains an embedding of
+the guidance weight w (zero-initialised, so it starts as the teacher). It learns, in one
+forward pass, what guidance makes from two:
+    x~_w = (1 + w) x_hat(z_t, c) - w x_hat(z_t),    w ~ U(0, w_max)
+Phase 2, progressive distillation [PD Alg. 2]: with N student steps, t = i / N, a student
+step t -> t - 1/N must land where two teacher DDIM steps t -> t - 1/(2N) -> t - 1/N land
+(``pd_target``); then teacher <- student, N <- N / 2, down to ``to_steps``.
+Both phases minimise max(SNR_t, 1) ||x~ - x_hat||^2 (truncated SNR weighting, [PD §4]) with
+lr annealed linearly to 0 and no EMA [PD]; every phase is an objective in ``train.Trainer``,
+so it checkpoints, resumes and stops on Ctrl-C like training. Targets use no dynamic
+thresholding: clipping inside the targets biases every student's brightness.
+
+    ivref distill --stage base --from data/toy --out runs/distill-base [--resume]
+    ivref export runs/distill-base --base data/toy --out my-cascade/distilled
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ivref import (
+    checkpoint,
+    configs,
+    errors,
+    files,
+    guidance,
+    losses,
+    objectives,
+    parameterization,
+    samplers,
+    schedules,
+    superres,
+    train,
+)
+from ivref.unet3d import VideoUNet
+
+PLAN = "distill.json"
+XHatFn = samplers.XHatFn
+
+
+@torch.no_grad()
+def pd_target(
+    teacher: XHatFn,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    dt: float,
+    *,
+    logsnr_min: float = -20.0,
+    logsnr_max: float = 20.0,
+) -> torch.Tensor:
+    """The x a student DDIM step t -> t - dt needs to land on two teacher steps [PD Alg. 2].
+
+    ``teacher(z, logsnr) -> x_hat``; t is the student's time (B,), dt = 1 / N.
+    z' = ddim(z_t, t -> t'), z'' = ddim(z', t' -> t''), t' = t - dt/2, t'' = t - dt;
+      x~ = (z'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - (sigma_t'' / sigma_t) alpha_t).
+    At t'' = 0 (logsnr = +inf: alpha = 1, sigma = 0) this is the teacher's x_hat at t'.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64)
+
+    def logsnr(time: torch.Tensor) -> torch.Tensor:
+        value = schedules.logsnr_cosine(time.clamp(min=0.0), logsnr_min, logsnr_max)
+        return torch.where(time <= 1e-9, torch.full_like(value, math.inf), value)
+
+    l_t, l_1, l_2 = logsnr(t), logsnr(t - dt / 2), logsnr(t - dt)
+    cast = lambda v: v.to(device=z_t.device, dtype=z_t.dtype)  # noqa: E731
+    z_1 = samplers.ddim_step(z_t, teacher(z_t, cast(l_t)), cast(l_t), cast(l_1))
+    z_2 = samplers.ddim_step(z_1, teacher(z_1, cast(l_1)), cast(l_1), cast(l_2))
+    alpha_t, sigma_t = schedules.alpha_sigma(schedules.expand_to(cast(l_t), z_t))
+    alpha_2, sigma_2 = schedules.alpha_sigma(schedules.expand_to(cast(l_2), z_t))
+    ratio = sigma_2 / sigma_t
+    return (z_2 - ratio * z_t) / (alpha_2 - ratio * alpha_t)
+
+
+def x_loss(
+    v_hat: torch.Tensor,
+    z_t: torch.Tensor,
+    x_target: torch.Tensor,
+    logsnr: torch.Tensor,
+    weighting: configs.LossWeighting = "snr_trunc",
+) -> torch.Tensor:
+    """Per-sample w(logsnr) ||x~ - x_hat||^2 of a v-predicting student, computed in v space.
+
+    x_hat = alpha z_t - sigma v_hat, so ||x~ - x_hat||^2 = sigma^2 ||v~ - v_hat||^2 with
+    v~ = (alpha z_t - x~) / sigma: no cancellation at high SNR [PD §4].
+    """
+    alpha, sigma = schedules.alpha_sigma(schedules.expand_to(logsnr, z_t))
+    v_target = (alpha * z_t - x_target) / sigma
+    log_factor = losses.log_loss_weight(logsnr, weighting) - torch.nn.functional.softplus(logsnr)
+    mse = (v_hat.float() - v_target).pow(2).flatten(1).mean(1)
+    return torch.exp(log_factor) * mse
+
+
+def with_guidance_embedding(teacher: VideoUNet) -> VideoUNet:
+    """A student equal to ``teacher`` plus a w embedding whose output starts at zero [GD]."""
+    if teacher.cfg.use_guidance_embedding:
+        return copy.deepcopy(teacher).requires_grad_(True).train()
+    cfg = dataclasses.replace(teacher.cfg, use_guidance_embedding=True)
+    student = VideoUNet(cfg).to(next(teacher.parameters()).device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("w_emb.") for k in missing), (missing, unexpected)
+    last = student.w_emb.mlp[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    return student.requires_grad_(True).train()
+
+
+class DistillObjective:
+    """One distillation phase as a ``train.Trainer`` objective (see the module docstring).
+
+    ``phase="guided"``: the teacher is undistilled; its guided prediction is the target.
+    ``phase="progressive"``: the teacher embeds w; ``steps`` is the student's N.
+    Data, SR conditioning, crops and augmentation are the stage's own (``base``).
+    """
+
+    def __init__(
+        self,
+        base: objectives.DiffusionObjective,
+        teacher: VideoUNet,
+        phase: str,
+        steps: int,
+        distill_cfg: configs.DistillConfig,
+    ) -> None:
+        if phase not in ("guided", "progressive"):
+            raise ValueError(f"phase={phase!r}; allowed: 'guided' or 'progressive'")
+        self.base, self.phase, self.steps, self.cfg = base, phase, steps, distill_cfg
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.data, self.text = base.data, base.text
+
+    def sample(self, batch_size: int) -> objectives.Batch:
+        return self.base.sample(batch_size)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return self.base.rng_state()
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.base.set_rng_state(state)
+
+    def _draws(self, batch: objectives.Batch, g: torch.Generator) -> dict[str, Any]:
+        """Every random draw of one step, on the CPU: x, cond, w, t, eps, augmentation."""
+        x, cond = self.base.conditioning(batch.x, g)
+        b, d = x.shape[0], self.base.diffusion
+        w = torch.rand(b, generator=g) * self.cfg.w_max
+        if self.phase == "guided":
+            t = torch.rand(b, generator=g, dtype=torch.float64)
+        else:
+            t = torch.randint(1, self.steps + 1, (b,), generator=g).double() / self.steps
+        eps = torch.randn(x.shape, generator=g)
+        extra: dict[str, torch.Tensor] = {}
+        if cond is not None:
+            aug = superres.train_aug_logsnr(b, self.base.stage, d, g)
+            noise = torch.randn(x.shape, generator=g)
+            extra = {"cond_video": superres.augment(cond, aug, noise), "aug_logsnr": aug}
+        return dict(x=x, w=w, t=t, eps=eps, extra=extra)
+
+    @torch.no_grad()
+    def target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:
+        """The teacher's x~ for the student at (z_t, t): guided, or two DDIM steps."""
+        d = self.base.diffusion
+        if self.phase == "guided":
+            two = lambda v: torch.cat([v, v])  # noqa: E731
+            kwargs = {k: two(v) for k, v in extra.items()}
+            v_hat = self.teacher(
+                two(z_t), two(logsnr), two(emb), torch.cat([mask, torch.zeros_like(mask)]),
+                is_image=two(is_image), **kwargs,
+            )  # fmt: skip
+            alpha, sigma = schedules.alpha_sigma(two(logsnr))
+            x_c, x_u = parameterization.x_from_v(two(z_t), v_hat, alpha, sigma).chunk(2)
+            return guidance.cfg(x_c, x_u, w)
+
+        def teacher(z: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            level = level.expand(z.shape[0]) if level.ndim == 0 else level
+            v = self.teacher(z, level, emb, mask, guidance_w=w, is_image=is_image, **extra)
+            alpha, sigma = schedules.alpha_sigma(level)
+            return parameterization.x_from_v(z, v, alpha, sigma)
+
+        return pd_target(
+            teacher, z_t, t, 1.0 / self.steps, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max
+        )
+
+    def loss(self, model, batch, generator, device="cpu", bf16=False) -> torch.Tensor:
+        """Mean distillation loss of one batch; the teacher runs in float32, no grad."""
+        device, d = torch.device(device), self.base.diffusion
+        draws = self._draws(batch, generator)
+        emb, mask = self.text.encode(batch.captions)  # no text dropout: the student is conditional
+        x, eps = draws["x"].to(device), draws["eps"].to(device)
+        logsnr = schedules.logsnr_cosine(draws["t"], d.logsnr_min, d.logsnr_max).float().to(device)
+        z_t = schedules.q_sample(x, logsnr, eps)
+        emb, mask, w = emb.to(device), mask.to(device), draws["w"].to(device)
+        extra = {k: v.to(device) for k, v in draws["extra"].items()}
+        is_image = batch.is_image.to(device)
+        x_target = self.target(z_t, draws["t"], logsnr, emb, mask, w, extra, is_image)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            v_hat = model(z_t, logsnr, emb, mask, guidance_w=w, is_image=is_image, **extra)
+        return x_loss(v_hat, z_t, x_target, logsnr, self.cfg.loss).mean()
+
+
+# -- the phases of one stage -------------------------------------------------------------------
+
+
+def plan(teacher_steps: int, to_steps: int) -> list[tuple[str, str, int]]:
+    """[(folder, phase, student steps)]: guided at the teacher's steps, then halvings to_steps.
+
+    ``to_steps`` must be the teacher's steps halved k >= 0 times.
+    """
+    allowed, n = [teacher_steps], teacher_steps
+    while n % 2 == 0:
+        n //= 2
+        allowed.append(n)
+    if to_steps not in allowed:
+        raise ValueError(
+            f"to_steps={to_steps}: distillation halves the teacher's {teacher_steps} steps; "
+            f"allowed: {allowed}"
+        )
+    chain = allowed[: allowed.index(to_steps) + 1]
+    phases = [("guided", "guided", teacher_steps)]
+    phases += [(f"halve-{n:04d}-{n // 2:04d}", "progressive", n // 2) for n in chain[:-1]]
+    return phases
+
+
+def student_config(
+    config: configs.CascadeConfig, stage: str, steps: int, batch_size: int | None = None
+) -> configs.CascadeConfig:
+    """The cascade config with ``stage`` as a distilled student of ``steps`` steps.
+
+    Its U-Net embeds w, it samples with the stochastic N-step sampler [IV §2.7], and its
+    training recipe is the distillation one (lr annealed to 0, no EMA, no warm-up) [PD].
+    """
+    d, old = config.distill, config.stage(stage)
+    recipe = dataclasses.replace(
+        old.train,
+        lr=d.lr,
+        lr_decay="linear",
+        warmup_steps=0,
+        ema_decay=0.0,
+        batch_size=batch_size or old.train.batch_size,
+    )
+    new = dataclasses.replace(
+        old,
+        unet=dataclasses.replace(old.unet, use_guidance_embedding=True),
+        train=recipe,
+        sample_steps=steps,
+        sampler="stochastic",
+    )
+    return dataclasses.replace(
+        config, stages=tuple(new if s.name == stage else s for s in config.stages)
+    )
+
+
+def final_phase(out: str | Path) -> Path:
+    """The run folder of a finished distillation's last phase (what ``ivref export`` takes)."""
+    out = Path(out)
+    record = json.loads((out / PLAN).read_text())
+    last = out / record["phases"][-1]
+    found = checkpoint.latest(last)
+    done = found is not None and checkpoint.read_config(found)["step"] >= record["phase_steps"][-1]
+    if not done:
+        raise ValueError(
+            f"distillation in {str(out)!r} is not finished ({last.name}); continue it with "
+            "`ivref distill ... --resume`"
+        )
+    return last
+
+
+@dataclasses.dataclass
+class Distilled:
+    """The result of ``distill_stage``: the student's cascade config and model, and the
+    signal that stopped it early (None when every phase finished)."""
+
+    config: configs.CascadeConfig
+    model: VideoUNet
+    signal: int | None = None
+
+
+def distill_stage(
+    teacher_cascade: Any,
+    stage: str,
+    out: str | Path,
+    *,
+    to_steps: int | None = None,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    guided_steps: int | None = None,
+    halving_steps: int | None = None,
+    checkpoint_every: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> Distilled:
+    """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
+
+    Writes ``out/distill.json`` and one ``train`` run folder per phase; with ``resume`` a
+    finished phase is loaded and an unfinished one continues from its checkpoint.
+    """
+    out = Path(out)
+    config = teacher_cascade.cfg
+    stage_cfg, d = config.stage(stage), config.distill
+    phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps)
+    lengths = [guided_steps or d.guided_steps] + [halving_steps or d.halving_steps] * (
+        len(phases) - 1
+    )
+    record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
+    record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
+    if (out / PLAN).is_file() and not resume:
+        raise errors.CLIError(
+            f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
+        )
+    files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
+    teacher = teacher_cascade.models[stage].to(device).eval()
+    for (folder, phase, steps), length in zip(phases, lengths, strict=True):
+        cfg = student_config(config, stage, steps, batch_size)
+        student = with_guidance_embedding(teacher)
+        text = objectives.TextCache(teacher_cascade.encoder)
+        base = objectives.DiffusionObjective(
+            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed), text
+        )
+        objective = DistillObjective(base, teacher, phase, steps, d)
+        trainer = train.Trainer(
+            cfg, stage, out / folder, objective=objective, model=student, device=device,
+            checkpoint_every=checkpoint_every, seed=seed, progress=progress,
+        )  # fmt: skip
+        if checkpoint.latest(out / folder) is not None:
+            trainer.resume()
+        trainer.fit(length)
+        if trainer.interrupted:
+            return Distilled(cfg, trainer.ema, trainer.signal)
+        teacher = trainer.ema.eval()
+    return Distilled(cfg, teacher)
+
+
+# -- the ``ivref distill`` command -------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``ivref distill``."""
+    p.add_argument("--stage", required=True, help="stage to distil (e.g. base, tsr)")
+    p.add_argument(
+        "--from", dest="source", type=Path, help="teacher cascade folder (default: shipped)"
+    )
+    p.add_argument("--to-steps", type=train.positive_int, help="student steps (default: preset's)")
+    p.add_argument("--out", type=Path, required=True, help="folder: one run folder per phase")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
+    p.add_argument("--batch-size", type=train.positive_int, help="default: the stage's")
+    p.add_argument("--guided-steps", type=train.positive_int, help="training steps, phase 1")
+    p.add_argument("--halving-steps", type=train.positive_int, help="training steps per halving")
+    p.add_argument("--checkpoint-every", type=train.positive_int, default=100)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=train.positive_int, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal."""
+    from ivref import cascade
+
+    device = cascade.parse_device(args.device)
+    teacher = cascade.Cascade.from_pretrained(args.source)
+    names = [s.name for s in teacher.trained_stages]
+    if args.stage not in names:
+        raise errors.CLIError(f"--stage {args.stage!r}: the cascade's trained stages are {names}")
+    if teacher.models[args.stage].cfg.use_guidance_embedding:
+        raise errors.CLIError(f"stage {args.stage!r} of {args.source} is already distilled")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with files.RunLock(args.out):
+        result = distill_stage(
+            teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
+            device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
+            halving_steps=args.halving_steps, checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+        )  # fmt: skip
+    if result.signal is not None:
+        raise errors.Interrupted(
+            result.signal, f"stopped early; continue with --resume (out: {args.out})"
+        )
+    steps = result.config.stage(args.stage).sample_steps
+    print(
+        f"distilled {args.stage} to {steps} steps in {args.out}; export it with: ivref export "
+        f"{args.out} --base {args.source or 'data/toy'} --out DIR",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,206 @@
+"""Distillation: PD targets land on two teacher steps, oracle students keep the data
+distribution, the guided loss vanishes at the guided teacher, and a ci stage distils end to end."""
+
+import math
+
+import pytest
+import torch
+
+from ivref import cli, configs, distill, objectives, samplers, schedules, text
+from ivref.cascade import Cascade
+from ivref.unet3d import VideoUNet
+
+
+def _linear_teacher(seed=0):
+    """Any teacher: x_hat = tanh(A z) * c(logsnr), a smooth nonlinear map, float64."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64) / 3
+
+    def teacher(z, logsnr):
+        scale = torch.sigmoid(torch.as_tensor(logsnr, dtype=z.dtype)).reshape(-1, 1)
+        return torch.tanh(z @ a) * (0.5 + scale)
+
+    return teacher
+
+
+def test_one_student_step_with_the_target_lands_on_two_teacher_steps():
+    teacher = _linear_teacher()
+    z_t = torch.randn(5, 6, dtype=torch.float64)
+    for n in (1, 2, 8, 64):
+        for i in (1, n // 2 + 1, n):
+            t = torch.full((5,), i / n, dtype=torch.float64)
+            x_target = distill.pd_target(teacher, z_t, t, 1.0 / n)
+            lt = schedules.logsnr_cosine(t)
+            mid = schedules.logsnr_cosine(t - 0.5 / n)
+            end = schedules.logsnr_cosine(t - 1.0 / n) if i > 1 else torch.full_like(t, math.inf)
+            z_mid = samplers.ddim_step(z_t, teacher(z_t, lt), lt, mid)
+            z_end = samplers.ddim_step(z_mid, teacher(z_mid, mid), mid, end)
+            student = samplers.ddim_step(z_t, x_target, lt, end)
+            torch.testing.assert_close(student, z_end, rtol=0, atol=1e-9)
+            if i == 1:  # the last student step: the target is the teacher's x_hat at t'
+                torch.testing.assert_close(x_target, teacher(z_mid, mid), rtol=0, atol=1e-12)
+
+
+def _gaussian_oracle(mu, s):
+    """E[x | z_t] for x ~ N(mu, s^2) per dimension: mu + alpha s^2 (z - alpha mu) / var_z."""
+
+    def teacher(z, logsnr):
+        alpha, sigma = schedules.alpha_sigma(torch.as_tensor(logsnr, dtype=z.dtype))
+        alpha, sigma = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
+        return mu + alpha * s**2 * (z - alpha * mu) / (alpha**2 * s**2 + sigma**2)
+
+    return teacher
+
+
+def _student_of(teacher, n):
+    """The exact student of ``teacher`` for n steps: x_hat(z, t) = pd_target(teacher, z, t, 1/n)."""
+
+    def student(z, logsnr):
+        t = schedules.t_from_logsnr(torch.as_tensor(logsnr, dtype=torch.float64))
+        t = (t * n).round() / n  # the student is only ever asked on its own grid
+        return distill.pd_target(teacher, z, t.expand(z.shape[0]), 1.0 / n)
+
+    return student
+
+
+def test_twice_distilled_oracle_keeps_the_data_distribution():
+    mu = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=torch.float64)
+    s = torch.tensor([0.1, 1.0, 0.5, 0.3], dtype=torch.float64)
+    oracle = _gaussian_oracle(mu, s)
+    student = _student_of(_student_of(oracle, 128), 64)  # 256 teacher steps -> 128 -> 64
+    noise = torch.randn(20000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kwargs = dict(noise=noise, dtype=torch.float64)
+    x64 = samplers.sample(student, noise.shape, steps=64, **kwargs)
+    x256 = samplers.sample(oracle, noise.shape, steps=256, **kwargs)
+    torch.testing.assert_close(x64, x256, rtol=0, atol=1e-8)  # the same map from noise to data
+    torch.testing.assert_close(x64.mean(0), mu, rtol=0, atol=0.02)
+    torch.testing.assert_close(x64.std(0), s, rtol=0.03, atol=0)
+    plain = samplers.sample(oracle, noise.shape, steps=64, **kwargs)  # undistilled, 64 steps
+    assert (plain.std(0) / s - 1).abs().max() > 0.08  # DDIM alone shrinks the narrow dimension
+
+
+def test_noise_back_has_the_stated_variance():
+    ls, lt = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64)
+    z_s = torch.full((200000, 1), 0.7, dtype=torch.float64)
+    z_t = samplers.noise_back(z_s, ls, lt, torch.Generator().manual_seed(0))
+    alpha_t, sigma_t = schedules.alpha_sigma(lt)
+    alpha_s, sigma_s = schedules.alpha_sigma(ls)
+    var = sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2  # [IV §2.7]
+    assert abs(z_t.mean().item() - (alpha_t / alpha_s * 0.7).item()) < 3e-3
+    assert abs(z_t.var().item() / var.item() - 1) < 0.01
+    torch.testing.assert_close(var, schedules.variance_t_given_s(lt, ls))
+    # and a draw from x ~ data noised to s, then noised back to t, is distributed as q(z_t | x)
+    x = torch.full((200000, 1), 0.3, dtype=torch.float64)
+    z_s = alpha_s * x + sigma_s * torch.randn(x.shape, dtype=torch.float64)
+    z_t = samplers.noise_back(z_s, ls, lt)
+    assert abs(z_t.std().item() - sigma_t.item()) < 0.01 * sigma_t.item()
+
+
+def test_stochastic_sampler_is_exact_for_a_point_mass():
+    """With the exact x_hat of a point mass, every step lands on q(z_s | x): x at the end."""
+    x = torch.tensor([[0.3, -0.8]], dtype=torch.float64).expand(1000, 2)
+    out = samplers.sample(
+        lambda z, l: x, x.shape, steps=8, sampler="stochastic", dtype=torch.float64
+    )
+    torch.testing.assert_close(out, x)
+    one = samplers.sample(
+        lambda z, l: x, x.shape, steps=1, sampler="stochastic", dtype=torch.float64
+    )
+    torch.testing.assert_close(one, x)
+
+
+class _TextModel(torch.nn.Module):
+    """v = z * a + b * (text present): conditional and unconditional predictions differ."""
+
+    def __init__(self, guided_student=False):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.3))
+        self.b = torch.nn.Parameter(torch.tensor(0.7))
+        self.student = guided_student
+
+    def v(self, z, mask):
+        has_text = mask.any(1).to(z.dtype).reshape(-1, 1, 1, 1, 1)
+        return z * self.a + self.b * has_text
+
+    def forward(self, z, logsnr, emb, mask, guidance_w=None, **kwargs):
+        if not self.student:
+            return self.v(z, mask)
+        w = guidance_w.reshape(-1, 1, 1, 1, 1)
+        return (1 + w) * self.v(z, mask) - w * self.v(z, torch.zeros_like(mask))
+
+
+def test_guided_phase_loss_is_zero_when_the_student_is_the_guided_teacher():
+    cfg = configs.preset("ci")
+    stage = cfg.stage("base")
+    encoder = text.build_encoder(cfg.text)
+    base = objectives.DiffusionObjective(
+        cfg, stage, objectives.toy_dataset(stage), objectives.TextCache(encoder)
+    )
+    obj = distill.DistillObjective(base, _TextModel(), "guided", 16, cfg.distill)
+    batch = obj.sample(8)
+    g = torch.Generator().manual_seed(0)
+    assert obj.loss(_TextModel(guided_student=True), batch, g).item() < 1e-10
+    g = torch.Generator().manual_seed(0)
+    assert obj.loss(_TextModel(guided_student=False), batch, g).item() > 1e-3
+
+
+def test_a_fresh_student_equals_its_teacher_for_every_w():
+    cfg = configs.preset("ci").stage("tsr").unet
+    teacher = VideoUNet(cfg).eval()
+    student = distill.with_guidance_embedding(teacher).eval()
+    assert student.cfg.use_guidance_embedding and student.training is False
+    z = torch.randn(2, 3, 8, 8, 8)
+    emb, mask = torch.randn(2, 5, cfg.text_dim), torch.ones(2, 5, dtype=torch.bool)
+    kw = dict(cond_video=z, aug_logsnr=torch.zeros(2))
+    with torch.no_grad():
+        want = teacher(z, torch.zeros(2), emb, mask, **kw)
+        for w in (0.0, 1.0, 4.0):
+            got = student(z, torch.zeros(2), emb, mask, guidance_w=torch.full((2,), w), **kw)
+            torch.testing.assert_close(got, want)
+    assert any(p.requires_grad for p in student.parameters())
+
+
+def test_plan_halves_down_to_the_target_or_explains():
+    assert distill.plan(64, 8) == [
+        ("guided", "guided", 64),
+        ("halve-0064-0032", "progressive", 32),
+        ("halve-0032-0016", "progressive", 16),
+        ("halve-0016-0008", "progressive", 8),
+    ]
+    assert distill.plan(8, 8) == [("guided", "guided", 8)]
+    with pytest.raises(ValueError, match=r"to_steps=6.*allowed: \[64, 32, 16, 8, 4, 2, 1\]"):
+        distill.plan(64, 6)
+
+
+@pytest.mark.slow
+def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:2]})
+    teacher.save_pretrained(tmp_path / "cascade")
+    argv = ["distill", "--stage", "tsr", "--from", str(tmp_path / "cascade"), "--out"]
+    argv += [
+        str(tmp_path / "d"),
+        "--guided-steps",
+        "3",
+        "--halving-steps",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    assert cli.main(argv) == 0
+    assert [p.name for p in sorted((tmp_path / "d").iterdir()) if p.name != ".lock"] == [
+        "distill.json",
+        "guided",
+        "halve-0008-0004",
+    ]
+    assert cli.main(argv) == 2  # a second run into the same folder needs --resume
+    assert cli.main([*argv, "--resume"]) == 0  # finished phases are loaded, not retrained
+    argv = ["export", str(tmp_path / "d"), "--base", str(tmp_path / "cascade")]
+    assert cli.main([*argv, "--out", str(tmp_path / "cascade" / "distilled")]) == 0
+    student = Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")
+    stage = student.cfg.stage("tsr")
+    assert stage.sample_steps == 4 and stage.sampler == "stochastic"
+    assert student.models["tsr"].cfg.use_guidance_embedding
+    video = student.generate(["a red circle moving left"], seed=0)
+    assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
