@@ -20,6 +20,15 @@ from ivref.cascade import Cascade
 ATTRIBUTES = ("color", "shape", "motion", "all")
 
 
+def spread_prompts(n: int | None) -> list[str] | None:
+    """``n`` captions spread evenly over the vocabulary (every color, shape and motion turn
+    up once n >= 12), or None for all of them."""
+    if n is None or n >= len(data.CAPTIONS):
+        return None
+    step = len(data.CAPTIONS) / n
+    return [data.CAPTIONS[int(i * step)] for i in range(n)]
+
+
 def split_prompts(split: str, repeats: int = 1) -> list[str]:
     """Every caption of ``split`` ("train", "heldout" or "all") ``repeats`` times, in order."""
     if split not in data.SPLITS:

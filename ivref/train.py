@@ -343,6 +343,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="caption alignment every K steps")
     p.add_argument("--eval-steps", type=positive_int, help="sampler steps for evaluation")
     p.add_argument("--eval-guidance", type=float, help="guidance w for evaluation")
+    p.add_argument("--eval-samples", type=positive_int, help="captions to evaluate (default all)")
     p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
@@ -455,7 +456,9 @@ def run(args: argparse.Namespace) -> int:
         evaluator = None
         if args.eval_every:
             evaluator = evaluate.stage_evaluator(
-                steps=args.eval_steps, guidance_w=args.eval_guidance
+                prompts=evaluate.spread_prompts(args.eval_samples),
+                steps=args.eval_steps,
+                guidance_w=args.eval_guidance,
             )
         trainer = Trainer(
             cfg,

@@ -47,3 +47,14 @@ def test_sweep_rows_and_a_wrong_pairing_scores_lower():
     assert table.splitlines()[0].split()[:5] == ["w", "color", "shape", "motion", "all"]
     with pytest.raises(ValueError, match="guidances is empty"):
         evaluate.guidance_sweep(RenderingCascade(), prompts, [])
+
+
+def test_spread_prompts_cover_every_word_from_twelve_on():
+    from ivref import data
+
+    assert evaluate.spread_prompts(None) is None and evaluate.spread_prompts(84) is None
+    for n in (12, 21, 40):
+        prompts = evaluate.spread_prompts(n)
+        assert len(prompts) == len(set(prompts)) == n
+        for i, words in enumerate((data.COLORS, data.SHAPES, data.MOTIONS)):
+            assert {data.parse_caption(p)[i] for p in prompts} == set(words)
