@@ -21,12 +21,14 @@ ATTRIBUTES = ("color", "shape", "motion", "all")
 
 
 def spread_prompts(n: int | None) -> list[str] | None:
-    """``n`` captions spread evenly over the vocabulary (every color, shape and motion turn
-    up once n >= 12), or None for all of them."""
+    """``n`` distinct captions spread over the vocabulary, or None (n omitted or >= 84): all.
+
+    Caption k = 37 i mod 84 for i = 0 .. n - 1: 37 is coprime to 84 and to the 4 motions
+    and 3 shapes, so any n >= 12 names every color, shape and motion.
+    """
     if n is None or n >= len(data.CAPTIONS):
         return None
-    step = len(data.CAPTIONS) / n
-    return [data.CAPTIONS[int(i * step)] for i in range(n)]
+    return [data.CAPTIONS[(37 * i) % len(data.CAPTIONS)] for i in range(n)]
 
 
 def split_prompts(split: str, repeats: int = 1) -> list[str]:
