@@ -422,8 +422,6 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
     """A fresh run needs an empty (or new) folder; --force clears a previous run from it."""
-    if out.exists() and not out.is_dir():
-        raise errors.CLIError(f"--out {str(out)!r} is a file; give a folder for the run")
     ours = [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
     if resume or not out.is_dir() or not any(p.exists() for p in ours):
         return
@@ -446,6 +444,8 @@ def run(args: argparse.Namespace) -> int:
     device = cascade.parse_device(args.device)
     if args.image_ratio is not None and not 0 <= args.image_ratio <= 1:
         raise errors.CLIError(f"--image-ratio {args.image_ratio} must be in [0, 1]")
+    if args.out.exists() and not args.out.is_dir():
+        raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     with files.RunLock(args.out):
         _prepare_out(args.out, args.resume, args.force)
         cfg, stage, notes = build_config(args)
