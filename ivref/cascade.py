@@ -306,6 +306,11 @@ class Cascade(nn.Module):
                     progress,
                 )
                 outputs[k].append(video.float().cpu())  # also waits for an async device
+                if not torch.isfinite(outputs[k][-1]).all():
+                    raise FloatingPointError(
+                        f"stage {stage.name!r} produced NaN or infinite values (damaged weights, "
+                        "or a dtype too narrow for them); no video was written"
+                    )
                 self.timings[stage.name] += time.perf_counter() - began
         per_stage = [torch.cat(chunks_k) for chunks_k in outputs]
         return (per_stage[-1], per_stage) if return_stages else per_stage[-1]

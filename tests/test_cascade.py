@@ -240,3 +240,16 @@ def test_every_tensor_reaching_the_model_is_on_the_models_device():
         assert video.device.type == "meta"
         assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
     assert all(spy.seen and set(spy.seen) == {"meta"} for spy in models.values())
+
+
+def test_non_finite_output_is_an_error_not_a_black_video(ci_cascade):
+    model = ci_cascade.models["base"]
+    original = model.out_conv.bias.detach().clone()
+    with torch.no_grad():
+        model.out_conv.bias.fill_(float("nan"))
+    try:
+        with pytest.raises(FloatingPointError, match="stage 'base' produced NaN"):
+            ci_cascade.generate(["a red circle moving left"], seed=0, steps=2)
+    finally:
+        with torch.no_grad():
+            model.out_conv.bias.copy_(original)
