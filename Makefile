@@ -48,9 +48,11 @@ notebooks: install
 
 test: lint unit notebooks
 
-# The figures the README shows (samples, training curves, alignment vs w) from data/toy.
+# The figures the README shows (samples, training curves, alignment vs w) from data/toy, and
+# docs/errors.md (every bad input and what ivref says) from the table in tests/test_errors.py.
 docs: install
 	$(PY) docs/figures.py
+	$(PY) tests/test_errors.py
 
 # Rewrite each .ipynb from its .py (the .py is the source); outputs stay stripped.
 sync-notebooks: install

@@ -36,7 +36,7 @@ FORMAT = 2
 MANIFEST = "cascade.json"
 DISTILLED = "distilled"  # subfolder of a cascade folder holding its distilled variant
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
-MAX_STEPS = 10_000  # a sampler of more steps is almost surely a typo (each is a forward pass)
+MAX_STEPS = samplers.MAX_STEPS  # more is almost surely a typo (each step is a forward pass)
 MAX_SEED = 2**63 - 1
 
 
@@ -282,12 +282,12 @@ class Cascade(nn.Module):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         self.last_seed = seed
-        text_emb, text_mask = self.encoder.encode(prompts)
         self.timings = {s.name: 0.0 for s in stages}
         outputs: list[list[torch.Tensor]] = [[] for _ in stages]
         chunks = range(0, len(prompts), batch_size)
         for start in tqdm(chunks, desc="batches", disable=not progress or len(chunks) < 2):
             end = min(start + batch_size, len(prompts))
+            text_emb, text_mask = self.encoder.encode(prompts[start:end])  # per batch, too
             gens = [
                 torch.Generator().manual_seed((seed + i) % (MAX_SEED + 1))
                 for i in range(start, end)
@@ -297,22 +297,23 @@ class Cascade(nn.Module):
                 began = time.perf_counter()
                 video = self._sample(
                     stage,
-                    text_emb[start:end],
-                    text_mask[start:end],
+                    text_emb,
+                    text_mask,
                     video,
                     gens,
                     steps_of[stage.name],
                     w_of[stage.name],
                     progress,
                 )
-                outputs[k].append(video.float().cpu())  # also waits for an async device
-                if not torch.isfinite(outputs[k][-1]).all():
+                if not torch.isfinite(video).all():
                     raise FloatingPointError(
                         f"stage {stage.name!r} produced NaN or infinite values (damaged weights, "
                         "or a dtype too narrow for them); no video was written"
                     )
+                if return_stages or k == len(stages) - 1:  # keep only what is returned
+                    outputs[k].append(video.float().cpu())  # also waits for an async device
                 self.timings[stage.name] += time.perf_counter() - began
-        per_stage = [torch.cat(chunks_k) for chunks_k in outputs]
+        per_stage = [torch.cat(chunks_k) if chunks_k else None for chunks_k in outputs]
         return (per_stage[-1], per_stage) if return_stages else per_stage[-1]
 
     def _sample(self, stage, text_emb, text_mask, previous, gens, steps, w, progress):

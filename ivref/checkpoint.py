@@ -43,6 +43,7 @@ TENSOR_FILES = ("model", "ema", "optimizer", "rng")
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/step-XXXXXXXX/
 LEGACY = "checkpoint"  # the single, overwritten-in-place folder of ivref 0.1 runs
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STALE = re.compile(r"^\.(step-\d+)\.(tmp|old)-[0-9a-f]+$")  # left by a killed ``save``
 
 
 class CheckpointError(ValueError):
@@ -233,6 +234,58 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
             if match and (child / CONFIG).is_file():
                 found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
+
+
+def incomplete_checkpoints(run: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders of a run that lack their manifest (config.json), oldest first.
+
+    Such a folder was never finished (a crash before ``save`` renamed it into place) or was
+    damaged since; ``run_checkpoints`` skips it.
+    """
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(
+        child
+        for child in folder.iterdir()
+        if _STEP_DIR.match(child.name) and child.is_dir() and not (child / CONFIG).is_file()
+    )
+
+
+def no_checkpoint_message(run: str | os.PathLike) -> str:
+    """Why a run has no usable checkpoint, naming folders that lack their manifest."""
+    broken = incomplete_checkpoints(run)
+    if not broken:
+        return f"{str(run)!r} has no checkpoint (no {CHECKPOINTS}/step-*/{CONFIG})"
+    names = ", ".join(p.name for p in broken)
+    return (
+        f"{str(run)!r} has no complete checkpoint: {names} in {CHECKPOINTS}/ lack {CONFIG}, "
+        "the manifest written last, so they were never finished or were damaged since"
+    )
+
+
+def remove_stale(run: str | os.PathLike) -> list[Path]:
+    """Clear what a killed ``save`` left in ``<run>/checkpoints``; returns the paths removed.
+
+    A temporary ``.step-N.tmp-*`` folder is removed. A ``.step-N.old-*`` folder (a killed
+    re-save of step N) is moved back to ``step-N`` if that is missing, else removed. Call it
+    only while holding the run's lock (``files.RunLock``).
+    """
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    removed = []
+    for child in sorted(folder.iterdir()):
+        match = _STALE.match(child.name)
+        if not match or not child.is_dir():
+            continue
+        final = folder / match.group(1)
+        if match.group(2) == "old" and not final.exists() and (child / CONFIG).is_file():
+            os.replace(child, final)
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
 
 
 def latest(run: str | os.PathLike) -> Path | None:

@@ -25,35 +25,10 @@ from pathlib import Path
 from ivref import configs, distill, errors, train, video
 
 CLIError = errors.CLIError  # where earlier code found it
+MAX_DISPLAY_SIZE = 4096  # --display-size: larger is a typo (100000 asked for ~30 GB of frames)
 
 
-def _seed(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if not 0 <= n < 2**63:
-        raise argparse.ArgumentTypeError(f"seed {value} must be from 0 to 2**63 - 1")
-    return n
-
-
-def _weight(value: str) -> float:
-    from ivref import cascade
-
-    try:
-        return cascade.check_guidance(float(value), "--guidance")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _steps(value: str) -> int:
-    from ivref import cascade
-
-    n = train.positive_int(value)
-    try:
-        return cascade.check_steps(n, "--steps")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+_seed, _weight, _steps = train.seed_int, train.guidance_weight, train.sampler_steps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--display-size", type=int, default=256, help="upscale (nearest) to this; 0: off"
     )
     g.add_argument("--batch-size", type=train.positive_int, help="prompts sampled together")
+    g.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
     e = sub.add_parser("export", help="write train runs' EMA weights as a cascade folder (fp16)")
     e.add_argument("runs", type=Path, nargs="+", help="`ivref train` run folders")
@@ -94,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--cascade", action="store_true", help="also score every stage (SR targets)")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
     i = sub.add_parser("info", help="per-stage table of a preset: sizes and parameters")
     i.add_argument("--scale", choices=configs.PRESETS, default="toy")
@@ -112,9 +89,19 @@ def run_stage(path: Path):
     from ivref import checkpoint
     from ivref.unet3d import VideoUNet
 
+    if not path.is_dir():
+        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no such folder)")
     if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
         path = distill.final_phase(path)
     found = [path] if checkpoint.is_checkpoint(path) else checkpoint.run_checkpoints(path)
+    if not found and checkpoint.incomplete_checkpoints(path):
+        raise CLIError(checkpoint.no_checkpoint_message(path))
+    if not found and path.parent.name == checkpoint.CHECKPOINTS:
+        raise CLIError(
+            f"checkpoint folder {str(path)!r} has no {checkpoint.CONFIG} (the manifest written "
+            "last): it was never finished or was damaged; give its run folder to use the last "
+            "complete one"
+        )
     if not found:
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
     for ckpt in reversed(found):
@@ -131,8 +118,24 @@ def run_stage(path: Path):
     return cfg, stage, model.eval()
 
 
-def load_cascade(path: Path | None, distilled: bool = False):
-    """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped)."""
+def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str | None = None):
+    """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped).
+
+    ``text_encoder`` is the local folder of a T5 checkpoint for a cascade on encoder "t5".
+    """
+    model = _load_cascade(path, distilled)
+    if text_encoder is not None:
+        if model.cfg.text.encoder != "t5":
+            raise CLIError(
+                f"--text-encoder is for encoder 't5'; this cascade's text encoder is "
+                f"{model.cfg.text.encoder!r} (built in, no path needed): drop --text-encoder"
+            )
+        text_cfg = dataclasses.replace(model.cfg.text, path=text_encoder)
+        model.cfg = dataclasses.replace(model.cfg, text=text_cfg)
+    return model
+
+
+def _load_cascade(path: Path | None, distilled: bool):
     import inspect
 
     from ivref import cascade
@@ -160,26 +163,28 @@ def load_cascade(path: Path | None, distilled: bool = False):
 
 def check_output(path: Path) -> None:
     """Fail before any work if ``path`` cannot be written: suffix, folder, permissions."""
+    from ivref import files
+
     if path.is_dir():
         raise CLIError(f"--out {str(path)!r} is a folder; give a file name such as out.mp4")
     if path.suffix.lower() not in video.VIDEO_SUFFIXES:
         raise CLIError(f"--out {str(path)!r}: suffix must be one of {video.VIDEO_SUFFIXES}")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {str(path)!r}: cannot write in {str(parent)!r} (permission)")
+    files.check_writable(path, "--out")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ivref import cascade as cascade_lib
 
+    cascade_lib.check_prompts(args.prompts)  # all the cheap checks before loading a model
     for out in args.out:
         check_output(out)
-    if args.display_size < 0:
-        raise CLIError(f"--display-size {args.display_size} must be >= 0 (0: native size)")
+    if not 0 <= args.display_size <= MAX_DISPLAY_SIZE:
+        raise CLIError(
+            f"--display-size {args.display_size} must be from 0 (native size) to "
+            f"{MAX_DISPLAY_SIZE} pixels"
+        )
     device = cascade_lib.parse_device(args.device)
-    model = load_cascade(args.checkpoint, args.distilled).to(device)
+    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
     final, stages = model.generate(
         args.prompts,
         seed=args.seed,
@@ -207,7 +212,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ivref import cascade as cascade_lib
+    from ivref import files
 
+    for run in args.runs:  # the cheap checks first: inputs, then the output
+        if not run.is_dir():
+            raise CLIError(f"{str(run)!r} is not an `ivref train` run folder (no such folder)")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} is a file; give a folder for the cascade")
+    if (args.out / cascade_lib.MANIFEST).exists() and not args.force:
+        raise CLIError(
+            f"--out {str(args.out)!r} already holds a cascade ({cascade_lib.MANIFEST}); pass "
+            "--force to replace it, or choose another folder"
+        )
+    files.check_writable(args.out, "--out")
     models, cfg = {}, None
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
@@ -237,8 +254,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ivref import evaluate, files
 
     prompts = evaluate.split_prompts(args.split, args.repeats)
+    if args.json is not None:
+        if args.json.is_dir():
+            raise CLIError(f"--json {str(args.json)!r} is a folder; give a file name")
+        files.check_writable(args.json, "--json")
     device = cascade_lib.parse_device(args.device)
-    model = load_cascade(args.checkpoint).to(device)
+    model = load_cascade(args.checkpoint, text_encoder=args.text_encoder).to(device)
     guidances = args.guidance or [model.trained_stages[-1].guidance_w]
     rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
     print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")

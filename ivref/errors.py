@@ -4,6 +4,8 @@
     1    the work failed: a full disk, a NaN loss, a device that ran out of memory
     128 + N  stopped by signal N after saving (130 for Ctrl-C, 143 for SIGTERM)
 
+Anything else is a bug in ivref: one line saying so, exit status 1.
+
 Every message goes to stderr as ``ivref <command>: error: <what was wrong and what is
 allowed>``; no traceback for any of these (set ``IVREF_DEBUG=1`` to see one).
 """
@@ -34,14 +36,42 @@ class Interrupted(Exception):
 def _os_message(err: OSError) -> str:
     where = f" {str(err.filename)!r}" if err.filename else ""
     if err.errno == errno.ENOSPC:
-        return f"no space left on the device writing{where}; free some space and run it again"
+        said = f"no space left on the device writing{where}"
+        extra = (err.strerror or "").removeprefix(os.strerror(errno.ENOSPC)).strip()
+        return f"{said} {extra}" if extra else f"{said}; free some space and run it again"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"permission denied for{where} ({err.strerror}); choose a writable place"
     return f"{err.strerror or err}{':' if where else ''}{where}"
 
 
+def one_line(message: str) -> str:
+    """The first non-empty line of a message (tools such as ffmpeg append pages of log)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[0] + (" [...]" if len(lines) > 1 else "")
+
+
+def describe(err: BaseException) -> tuple[str, int]:
+    """(one-line message, exit status) for an exception a command raised (see the module doc)."""
+    if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+        return _os_message(err), 2
+    if isinstance(err, OSError) and not isinstance(err, FileExistsError):
+        permission = err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        return _os_message(err), 2 if permission else 1
+    if isinstance(err, ValueError | TypeError | FileExistsError | files.RunLockedError):
+        return one_line(str(err)), 2
+    if isinstance(err, ArithmeticError | RuntimeError | MemoryError):
+        return one_line(f"{type(err).__name__}: {err}"), 1
+    return (
+        one_line(f"internal error, {type(err).__name__}: {err}")
+        + " (a bug in ivref: rerun with IVREF_DEBUG=1 for the traceback and report it)",
+        1,
+    )
+
+
 def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
-    """Run ``command(args)``; map its failure to a message on stderr and an exit status."""
+    """Run ``command(args)``; map its failure to one line on stderr and an exit status."""
     try:
         return command(args)
     except Interrupted as err:
@@ -53,17 +83,6 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
     except Exception as err:
         if os.environ.get("IVREF_DEBUG"):
             raise
-        status = 2
-        if isinstance(err, FileNotFoundError | NotADirectoryError | IsADirectoryError):
-            message = _os_message(err)
-        elif isinstance(err, OSError) and not isinstance(err, FileExistsError):
-            message = _os_message(err)
-            status = 2 if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 1
-        elif isinstance(err, ValueError | TypeError | FileExistsError | files.RunLockedError):
-            message = str(err)
-        elif isinstance(err, ArithmeticError | RuntimeError | MemoryError):
-            message, status = f"{type(err).__name__}: {err}", 1
-        else:
-            raise
+        message, status = describe(err)
         print(f"ivref {name}: error: {message}", file=sys.stderr)
         return status

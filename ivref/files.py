@@ -19,6 +19,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -57,14 +58,21 @@ def atomic_write(
 
     ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it). On
     any error (a full disk included) the temporary file is removed and the old ``path``, if
-    any, is untouched.
+    any, is untouched. A writer's error that reports an OS error (safetensors' "os error 28",
+    ffmpeg's "No space left on device") is raised as that OSError, naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as err:
+            os_err = as_os_error(err, path)
+            if os_err is None:
+                raise
+            raise os_err from err
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
@@ -75,9 +83,59 @@ def atomic_write(
     return path
 
 
+_OS_ERRORS = (  # how writers that are not Python file objects report an OS error
+    (re.compile(r"os error (\d+)"), None),  # Rust (safetensors): "... (os error 28)"
+    (re.compile(r"No space left on device"), errno.ENOSPC),  # ffmpeg (mediapy)
+    (re.compile(r"Read-only file system"), errno.EROFS),
+    (re.compile(r"Permission denied"), errno.EACCES),
+)
+
+
+def as_os_error(err: BaseException, path: str | os.PathLike) -> OSError | None:
+    """``err`` as an OSError about ``path`` if it reports one, else None.
+
+    Writers that are not Python file objects (safetensors, ffmpeg) report a full disk as
+    another exception type with the OS message in its text. OSErrors are returned as is.
+    """
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    for pattern, code in _OS_ERRORS:
+        match = pattern.search(text)
+        if match:
+            code = code if code is not None else int(match.group(1))
+            return OSError(code, os.strerror(code), str(path))
+    return None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """``atomic_write`` of a UTF-8 text file."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
+    """Raise ValueError unless a file can be created at ``path`` (or in it, for a folder).
+
+    Meant to run before any long work. Probes the nearest folder that exists by creating
+    (and removing) a temporary file in it, so a read-only file system or missing permission
+    shows even to root, for whom ``os.access`` always says yes. ``what`` names the argument
+    in the message.
+    """
+    path = Path(path)
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ivref-probe-", dir=parent)
+    except OSError as err:
+        raise ValueError(
+            f"{what} {str(path)!r}: cannot write in {str(parent)!r} ({err.strerror}); "
+            "choose a writable place"
+        ) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def read_log(path: str | os.PathLike, *, name: str = "log.jsonl") -> list[dict[str, Any]]:

@@ -86,9 +86,7 @@ def diffusion_loss(
             f"pred {tuple(pred.shape)}, x {tuple(x.shape)} and eps {tuple(eps.shape)} "
             "must have the same shape"
         )
-    logsnr = torch.as_tensor(logsnr, dtype=x.dtype, device=x.device)
-    if logsnr.shape != (x.shape[0],):
-        raise ValueError(f"logsnr has shape {tuple(logsnr.shape)}; allowed: ({x.shape[0]},)")
+    logsnr = schedules.per_sample(logsnr, x, name="logsnr")  # a float, (B,), (B, 1, 1, 1, 1)
     log_factor = log_loss_weight(logsnr, weighting) + _log_x_error_scale(logsnr, prediction)
     if prediction == "v":
         alpha, sigma = schedules.alpha_sigma(logsnr)

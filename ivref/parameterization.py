@@ -7,8 +7,8 @@ rotated by phi. Every conversion is one rotation (or half of one) [PD §4]:
 
   x = alpha z_t - sigma v        eps = sigma z_t + alpha v       v = alpha eps - sigma x
 
-Names say what a function returns and takes. alpha and sigma are floats, 0-d tensors or
-per-sample (B,) tensors; ``schedules.expand_to`` broadcasts them against (B, C, F, H, W).
+Names say what a function returns and takes. alpha and sigma are floats, 0-d tensors,
+per-sample (B,) tensors or (B, 1, 1, 1, 1) ones; ``schedules.expand_to`` broadcasts them.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from ivref import schedules
 
+MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forward pass)
+
 XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
 
@@ -122,8 +124,8 @@ def logsnr_grid(
 
     The last value is +inf rather than logsnr_max: the final step returns x_hat.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps={steps!r} is invalid; allowed: an integer from 1 to {MAX_STEPS}")
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     grid = schedules.logsnr_cosine(t, logsnr_min, logsnr_max)
     grid[-1] = float("inf")

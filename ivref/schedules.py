@@ -3,8 +3,9 @@
 Time t runs over [0, 1]: t = 0 is clean data (logsnr = logsnr_max), t = 1 is pure noise
 (logsnr = logsnr_min) [VDM §2, VDM-K]. Everything downstream (conversions, losses,
 samplers) takes logsnr rather than t, so any schedule can be swapped in by mapping t to
-logsnr. Per-sample coefficients have shape (B,) and are broadcast against a video
-(B, C, F, H, W) by ``expand_to``: the one helper for that, used everywhere.
+logsnr. Per-sample coefficients are floats, (B,) tensors or tensors already broadcast as
+(B, 1, 1, 1, 1); ``expand_to`` shapes any of them against a video (B, C, F, H, W): the one
+helper for that, used everywhere (``per_sample`` flattens them to (B,)).
 """
 
 from __future__ import annotations
@@ -16,20 +17,43 @@ import torch
 Coef = torch.Tensor | float
 
 
-def expand_to(coef: Coef, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``coef`` (a float, a 0-d tensor or shape (B,)) shaped to broadcast against x.
+def expand_to(coef: Coef, x: torch.Tensor, *, name: str = "coef") -> torch.Tensor:
+    """Per-sample ``coef`` shaped to broadcast against x (B, C, F, H, W), in x's dtype and device.
 
-    (B,) -> (B, 1, 1, 1, 1) for a video x of shape (B, C, F, H, W); any x.ndim >= 1 works.
+    Accepted: a float or 0-d tensor (one value for all), shape (B,) or (1,) (one value per
+    sample, reshaped to (B, 1, 1, 1, 1)), or a tensor with x.ndim dims that already broadcasts
+    against x without enlarging it, such as (B, 1, 1, 1, 1) (returned as is). Any x.ndim >= 1.
+    ``name`` is what an error calls ``coef``.
     """
     coef = torch.as_tensor(coef, dtype=x.dtype, device=x.device)
     if coef.ndim == 0:
         return coef
-    if coef.ndim != 1 or coef.shape[0] != x.shape[0]:
+    if coef.ndim == 1 and coef.shape[0] in (1, x.shape[0]):
+        return coef.reshape(-1, *([1] * (x.ndim - 1)))
+    dims = zip(coef.shape, x.shape, strict=False)
+    if coef.ndim != x.ndim or any(c not in (1, n) for c, n in dims):
+        b, ones = x.shape[0], ", 1" * (x.ndim - 1)
         raise ValueError(
-            f"coef has shape {tuple(coef.shape)}; allowed: a scalar or shape "
-            f"({x.shape[0]},), one value per sample of x with shape {tuple(x.shape)}"
+            f"{name} has shape {tuple(coef.shape)}, which does not broadcast per sample against "
+            f"x of shape {tuple(x.shape)}; allowed: a float, a 0-d tensor, shape ({b},), or "
+            f"a shape of {x.ndim} dims each 1 or x's, e.g. ({b}{ones})"
         )
-    return coef.reshape(-1, *([1] * (x.ndim - 1)))
+    return coef
+
+
+def per_sample(coef: Coef, x: torch.Tensor, *, name: str = "coef") -> torch.Tensor:
+    """``coef`` as one value per sample of x, shape (B,).
+
+    Takes any shape ``expand_to`` takes whose only non-1 dim is the batch: a float, a 0-d
+    tensor, (B,), (1,) or (B, 1, 1, 1, 1).
+    """
+    coef = expand_to(coef, x, name=name)
+    if coef.ndim and any(n != 1 for n in coef.shape[1:]):
+        raise ValueError(
+            f"{name} has shape {tuple(coef.shape)}; one value per sample is needed: a float, "
+            f"shape ({x.shape[0]},) or ({x.shape[0]}{', 1' * (x.ndim - 1)})"
+        )
+    return coef.reshape(-1).expand(x.shape[0]) if coef.ndim else coef.expand(x.shape[0])
 
 
 def _tensor(value: torch.Tensor | float) -> torch.Tensor:

@@ -11,7 +11,9 @@ from different calls concatenate. Padded positions are zero in ``emb`` and False
 | "t5" | ``T5Encoder.from_pretrained(path)`` | a local T5 checkpoint (T5-XXL in [IV]) |
 
 ``build_encoder(text_cfg)`` picks one; ``CachedEncoder(encoder, cache_dir)`` stores each
-prompt's embedding once, keyed by encoder name and text.
+prompt's embedding once, keyed by everything that changes it: the encoder's name (which
+for "t5" includes a fingerprint of the checkpoint's files), ``max_length``, ``dim`` and the
+text. A damaged entry is re-encoded and rewritten, with a warning naming its file.
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from ivref import files
 from ivref.configs import TextConfig
+
+T5_HINT = (
+    "pass --text-encoder PATH to `ivref train` / `ivref generate` (TextConfig.path in the "
+    "library): a folder written by transformers' T5EncoderModel.save_pretrained together "
+    "with its tokenizer"
+)
 
 
 @runtime_checkable
@@ -140,41 +150,137 @@ class MiniLMEncoder(HFEncoder):
         super().__init__(model, tokenizer, "minilm-all-MiniLM-L6-v2", text_cfg.max_length)
 
 
+def _fingerprint(path: Path) -> str:
+    """A short digest of a checkpoint folder's files, cheap even for T5-XXL's 40 GB of weights.
+
+    Each file counts by name and size; files up to 2 MiB (config, tokenizer) whole, larger
+    ones (weights) by their first and last MiB.
+    """
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            if f.stat().st_size <= 2 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:10]
+
+
 class T5Encoder(HFEncoder):
     """The encoder of a local T5 checkpoint (T5-XXL, 4096-d, in [IV §2.1]); frozen."""
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, max_length: int = 128) -> T5Encoder:
-        """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline."""
+        """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline.
+
+        The name is ``t5-<folder>-<fingerprint of its files>``, so the text cache never mixes
+        embeddings of two checkpoints.
+        """
         from transformers import AutoTokenizer, T5EncoderModel
 
         path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"T5 checkpoint folder {str(path)!r} does not exist; {T5_HINT}")
         if not (path / "config.json").is_file():
-            raise ValueError(f"T5 checkpoint directory {str(path)!r} has no config.json")
-        model = T5EncoderModel.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        digest = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:10]
-        encoder = cls(model, tokenizer, f"t5-{path.name}-{digest}", max_length)
+            raise ValueError(f"T5 checkpoint folder {str(path)!r} has no config.json; {T5_HINT}")
+        try:
+            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"cannot load a T5 encoder from {str(path)!r} ({first}); {T5_HINT}"
+            ) from None
+        encoder = cls(model, tokenizer, f"t5-{path.name}-{_fingerprint(path)}", max_length)
         encoder.dim = model.config.d_model
         return encoder
+
+
+CACHE_FORMAT = 2  # 1: keyed by encoder name and text only (ignored max_length)
 
 
 class CachedEncoder:
     """Wraps an encoder; each prompt's (emb, mask) is stored once as safetensors on disk.
 
-    Key: sha256(encoder.name + NUL + prompt). ``hits`` and ``misses`` count prompts served.
+    Key: sha256 of (format, encoder name, max_length, dim, prompt); the file's metadata
+    repeats them and is checked on load. An entry that cannot be read or does not match
+    (truncated, garbage, wrong shape, another encoder's) is a miss: a warning names the file
+    and the prompt is encoded again and the file rewritten atomically. If the cache cannot be
+    written (a full disk), a warning says so and encoding goes on without it.
+    ``hits`` and ``misses`` count prompts served.
     """
 
     def __init__(self, encoder: TextEncoder, cache_dir: str | os.PathLike) -> None:
         self.encoder = encoder
         self.name, self.dim, self.max_length = encoder.name, encoder.dim, encoder.max_length
         self.cache_dir = Path(cache_dir)
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise ValueError(f"text cache {str(self.cache_dir)!r} is a file; give a folder")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
+        self._write_failed = False
+
+    def _meta(self, prompt: str) -> dict[str, str]:
+        return {
+            "format": str(CACHE_FORMAT),
+            "encoder": self.name,
+            "max_length": str(self.max_length),
+            "dim": str(self.dim),
+            "prompt": json.dumps(prompt),
+        }
 
     def _path(self, prompt: str) -> Path:
-        key = hashlib.sha256(f"{self.name}\0{prompt}".encode()).hexdigest()[:32]
-        return self.cache_dir / f"{key}.safetensors"
+        key = hashlib.sha256(json.dumps(self._meta(prompt), sort_keys=True).encode())
+        return self.cache_dir / f"{key.hexdigest()[:32]}.safetensors"
+
+    def _read(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached (emb, mask) of a prompt, or None (a miss; a damaged entry warns)."""
+        path = self._path(prompt)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(path, framework="pt") as fh:
+                meta = fh.metadata() or {}
+                emb, mask = fh.get_tensor("emb"), fh.get_tensor("mask")
+            problem = None
+            if meta != self._meta(prompt):
+                problem = "its metadata names another encoder, length or prompt"
+            elif emb.shape != (self.max_length, self.dim) or emb.dtype != torch.float32:
+                problem = f"emb is {emb.dtype} {tuple(emb.shape)}, not (max_length, dim)"
+            elif mask.shape != (self.max_length,):
+                problem = f"mask has shape {tuple(mask.shape)}, not ({self.max_length},)"
+            elif not torch.isfinite(emb).all():
+                problem = "emb holds NaN or inf"
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as err:
+            problem = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        if problem is None:
+            return emb, mask.bool()
+        warnings.warn(
+            f"text cache entry {str(path)!r} is damaged ({problem}); encoding the prompt "
+            "again and rewriting the entry",
+            stacklevel=3,
+        )
+        return None
+
+    def _write(self, prompt: str, emb: torch.Tensor, mask: torch.Tensor) -> None:
+        tensors = {"emb": emb.contiguous(), "mask": mask.to(torch.uint8).contiguous()}
+        try:
+            files.atomic_write(
+                self._path(prompt),
+                lambda tmp: save_file(tensors, tmp, self._meta(prompt)),
+                suffix=".safetensors.tmp",
+            )
+        except (OSError, SafetensorError) as err:
+            if not self._write_failed:
+                warnings.warn(
+                    f"text cache {str(self.cache_dir)!r} cannot be written ({err}); "
+                    "going on without caching",
+                    stacklevel=3,
+                )
+            self._write_failed = True
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``encoder.encode``; only prompts not on disk are encoded (in one batch)."""
@@ -182,18 +288,15 @@ class CachedEncoder:
             raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
         found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for prompt in dict.fromkeys(prompts):
-            if self._path(prompt).is_file():
-                t = load_file(self._path(prompt))
-                found[prompt] = (t["emb"], t["mask"].bool())
+            row = self._read(prompt)
+            if row is not None:
+                found[prompt] = row
         missing = [p for p in dict.fromkeys(prompts) if p not in found]
         if missing:
             emb, mask = self.encoder.encode(missing)
             for i, prompt in enumerate(missing):
                 found[prompt] = (emb[i], mask[i])
-                tmp = self._path(prompt).with_suffix(f".tmp{os.getpid()}")
-                meta = {"encoder": self.name, "prompt": json.dumps(prompt)}
-                save_file({"emb": emb[i].contiguous(), "mask": mask[i].to(torch.uint8)}, tmp, meta)
-                os.replace(tmp, self._path(prompt))
+                self._write(prompt, emb[i], mask[i])
         self.misses += sum(p in missing for p in prompts)
         self.hits += sum(p not in missing for p in prompts)
         emb = torch.stack([found[p][0] for p in prompts])
@@ -204,7 +307,8 @@ class CachedEncoder:
 def build_encoder(text_cfg: TextConfig, cache_dir: str | os.PathLike | None = None) -> TextEncoder:
     """The encoder ``text_cfg.encoder`` names, cached under ``cache_dir`` if given.
 
-    Raises ValueError if its width differs from ``text_cfg.dim`` or "t5" has no ``path``.
+    Raises ValueError if its width differs from ``text_cfg.dim`` or "t5" has no usable
+    ``path`` (the message says to pass ``--text-encoder PATH`` / ``TextConfig.path``).
     """
     if text_cfg.encoder == "tiny-t5":
         encoder: TextEncoder = TinyT5Encoder(text_cfg)
@@ -212,7 +316,7 @@ def build_encoder(text_cfg: TextConfig, cache_dir: str | os.PathLike | None = No
         encoder = MiniLMEncoder(text_cfg)
     else:
         if text_cfg.path is None:
-            raise ValueError("TextConfig.path must name a local T5 checkpoint for encoder='t5'")
+            raise ValueError(f"text encoder 't5' needs a local T5 checkpoint; {T5_HINT}")
         encoder = T5Encoder.from_pretrained(text_cfg.path, text_cfg.max_length)
     if encoder.dim != text_cfg.dim:
         raise ValueError(

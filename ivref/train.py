@@ -35,12 +35,13 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, errors, evaluate, files, objectives
+from ivref import cascade, checkpoint, configs, errors, evaluate, files, objectives
 
 LOG = "log.jsonl"
 Evaluator = Callable[["Trainer"], dict[str, float]]
 OnNonFinite = Literal["stop", "skip"]
 MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"
+MAX_SEED = cascade.MAX_SEED
 
 TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
@@ -112,6 +113,8 @@ class Trainer:
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), torch.device(device)
@@ -147,6 +150,7 @@ class Trainer:
         self._skipped = 0
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
+        self._saved_step: int | None = None  # the step of the last checkpoint written
 
     # The default objective's parts, where notebooks and evaluators look for them.
     @property
@@ -212,9 +216,15 @@ class Trainer:
     # -- checkpoints and the log ------------------------------------------------------
 
     def save(self) -> Path:
-        """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go."""
+        """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go.
+
+        What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first.
+        """
         rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
         rng |= self.objective.rng_state()
+        with files.RunLock(self.out):
+            checkpoint.remove_stale(self.out)
+        self._saved_step = self.step
         return checkpoint.save_run(
             self.out,
             step=self.step,
@@ -277,8 +287,13 @@ class Trainer:
         """
         rows: list[dict[str, Any]] = []
         self._total = steps
-        with files.RunLock(self.out), _save_on_signal(self):
-            bar = tqdm(total=steps, initial=self.step, disable=not self.progress)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(files.RunLock(self.out))
+            stack.enter_context(_save_on_signal(self))
+            stack.enter_context(self._name_last_good())
+            bar = stack.enter_context(
+                tqdm(total=steps, initial=self.step, disable=not self.progress)
+            )  # closed before an error is reported, so the message is not lost in the bar
             bar.set_description(self.stage.name)
             start, start_step = time.perf_counter(), self.step
             while self.step < steps and self.signal is None:
@@ -293,11 +308,29 @@ class Trainer:
                 if self.step % self.checkpoint_every == 0 or self.step == steps:
                     self.save()
             if self.signal is not None:
-                path = self.save()
+                if self._saved_step != self.step:  # not saved at this step already
+                    self.save()
+                path = checkpoint.latest(self.out)
                 name = signal.Signals(self.signal).name
                 bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
-            bar.close()
         return rows
+
+    @contextlib.contextmanager
+    def _name_last_good(self):
+        """An OSError while training (a full disk) also says which checkpoint is intact."""
+        try:
+            yield
+        except OSError as err:
+            last = checkpoint.latest(self.out)
+            if last is None:
+                keep = "before the first checkpoint: free some space and run it again"
+            else:
+                keep = (
+                    f"the last good checkpoint {str(last)!r} is intact: free some space, "
+                    "then --resume continues from it"
+                )
+            detail = f"{err.strerror or err} at step {self.step}; {keep}"
+            raise OSError(err.errno, detail, err.filename) from err  # the same subclass
 
 
 @contextlib.contextmanager
@@ -334,15 +367,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty OUT")
     p.add_argument("--batch-size", type=positive_int, help="override the stage's TrainConfig")
     p.add_argument("--lr", type=positive_float, help="override the stage's TrainConfig")
-    p.add_argument("--image-ratio", type=float, help="fraction of image samples (joint)")
+    p.add_argument("--image-ratio", type=fraction, help="fraction of image samples (joint)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int, default=0, help="initial weights and data (fresh runs)")
+    p.add_argument("--seed", type=seed_int, default=0, help="initial weights and data (fresh)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--checkpoint-every", type=positive_int, default=500)
     p.add_argument("--keep-checkpoints", type=positive_int, default=2)
-    p.add_argument("--eval-every", type=int, default=0, help="caption alignment every K steps")
-    p.add_argument("--eval-steps", type=positive_int, help="sampler steps for evaluation")
-    p.add_argument("--eval-guidance", type=float, help="guidance w for evaluation")
+    p.add_argument("--eval-every", type=count, default=0, help="caption alignment every K steps")
+    p.add_argument("--eval-steps", type=sampler_steps, help="sampler steps for evaluation")
+    p.add_argument("--eval-guidance", type=guidance_weight, help="guidance w for evaluation")
     p.add_argument("--eval-samples", type=positive_int, help="captions to evaluate (default all)")
     p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
@@ -359,6 +392,59 @@ def positive_int(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return n
+
+
+def count(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return n
+
+
+def seed_int(value: str) -> int:
+    """argparse type: a seed, an integer from 0 to 2**63 - 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {value} must be from 0 to 2**63 - 1")
+    return n
+
+
+def sampler_steps(value: str) -> int:
+    """argparse type: sampler steps, an integer from 1 to cascade.MAX_STEPS."""
+    try:
+        return cascade.check_steps(positive_int(value), "steps")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def guidance_weight(value: str) -> float:
+    """argparse type: a guidance weight w, a finite number >= 0."""
+    try:
+        w = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    try:
+        return cascade.check_guidance(w, "w")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def fraction(value: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0 <= x <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return x
 
 
 def positive_float(value: str) -> float:
@@ -387,12 +473,7 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
     command line's overrides; ``notes`` says what was overridden on resume."""
     notes: list[str] = []
     if args.resume:
-        last = checkpoint.latest(args.out)
-        if last is None:
-            raise errors.CLIError(
-                f"--resume: no checkpoint in {str(args.out)!r}; drop --resume to start anew"
-            )
-        meta = checkpoint.read_config(last)
+        meta = _newest_config(args.out)
         cfg, stage = meta["config"], meta["stage"]
         for flag, given, saved in (
             ("--scale", args.scale, cfg.name),
@@ -416,8 +497,30 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
     )
     text_cfg = cfg.text
     if args.text_encoder:
+        if text_cfg.encoder != "t5":
+            raise errors.CLIError(
+                f"--text-encoder is for encoder 't5'; this run's text encoder is "
+                f"{text_cfg.encoder!r} (built in, no path needed): drop --text-encoder"
+            )
         text_cfg = dataclasses.replace(text_cfg, path=args.text_encoder)
     return dataclasses.replace(cfg, text=text_cfg, stages=stages), stage, notes
+
+
+def _newest_config(run: Path) -> dict[str, Any]:
+    """The saved config of a run's newest checkpoint whose config.json reads (for --resume)."""
+    found = checkpoint.run_checkpoints(run)
+    if not found:
+        raise errors.CLIError(
+            f"--resume: {checkpoint.no_checkpoint_message(run)}; drop --resume to start anew"
+        )
+    for path in reversed(found):
+        try:
+            return checkpoint.read_config(path)
+        except checkpoint.CheckpointError as err:
+            if path == found[0]:
+                raise
+            print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
@@ -439,13 +542,12 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``ivref train``: build or resume the run, train to --steps, exit 128 + N on a signal."""
-    from ivref import cascade, text
+    from ivref import text
 
     device = cascade.parse_device(args.device)
-    if args.image_ratio is not None and not 0 <= args.image_ratio <= 1:
-        raise errors.CLIError(f"--image-ratio {args.image_ratio} must be in [0, 1]")
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
+    files.check_writable(args.out, "--out")
     with files.RunLock(args.out):
         _prepare_out(args.out, args.resume, args.force)
         cfg, stage, notes = build_config(args)

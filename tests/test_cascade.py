@@ -253,3 +253,27 @@ def test_non_finite_output_is_an_error_not_a_black_video(ci_cascade):
     finally:
         with torch.no_grad():
             model.out_conv.bias.copy_(original)
+
+
+@pytest.mark.slow
+def test_a_thousand_prompts_are_sampled_and_encoded_in_batches(ci_cascade):
+    prompts = [f"a red circle moving left {i}" for i in range(1000)]
+    limit = ci_cascade.default_batch_size()
+    assert limit < 1000  # so one batch would be wrong
+    forward_batches, encoded = [], []
+    model = ci_cascade.models["base"]
+    hook = model.register_forward_pre_hook(lambda m, args: forward_batches.append(len(args[0])))
+    encoder = ci_cascade.encoder
+    real_encode = encoder.encode
+    encoder.encode = lambda ps: encoded.append(len(ps)) or real_encode(ps)
+    try:
+        video = ci_cascade.generate(prompts, seed=11, steps=1, guidance=0.0)
+    finally:
+        hook.remove()
+        del encoder.encode
+    base = ci_cascade.cfg.stages[0]
+    assert video.shape == (1000, 3, base.num_frames, base.height, base.width)
+    assert max(forward_batches) <= limit and sum(forward_batches) == 1000
+    assert max(encoded) <= limit and sum(encoded) == 1000
+    last = ci_cascade.generate(prompts[-1:], seed=11 + 999, steps=1, guidance=0.0)
+    torch.testing.assert_close(video[-1:], last, atol=1e-5, rtol=0)

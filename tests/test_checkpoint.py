@@ -3,6 +3,7 @@
 import dataclasses
 import errno
 import json
+import os
 
 import pytest
 import torch
@@ -196,3 +197,26 @@ def test_non_finite_weights_are_never_saved_or_loaded(tmp_path):
     save_file({"w": torch.tensor([float("inf")])}, str(tmp_path / "inf.safetensors"))
     with pytest.raises(checkpoint.NonFiniteError):
         checkpoint.load_weights(tmp_path / "inf.safetensors")
+
+
+def test_what_a_killed_save_leaves_is_named_and_cleared(tmp_path):
+    model, ema, opt = _trained()
+    folder = tmp_path / "checkpoints"
+    assert (
+        checkpoint.remove_stale(tmp_path) == []
+        and checkpoint.incomplete_checkpoints(tmp_path) == []
+    )
+    (folder / "step-00000001").mkdir(parents=True)  # no config.json: never finished
+    assert checkpoint.incomplete_checkpoints(tmp_path) == [folder / "step-00000001"]
+    assert "step-00000001 in checkpoints/ lack config.json" in checkpoint.no_checkpoint_message(
+        tmp_path
+    )
+    checkpoint.save_run(tmp_path, step=2, **_ckpt_state(model, ema, opt))
+    tmp = folder / ".step-00000003.tmp-0a1b2c3d"  # killed while writing step 3
+    tmp.mkdir()
+    (tmp / "model.safetensors").write_bytes(b"half")
+    old = folder / ".step-00000002.old-0a1b2c3d"  # killed while re-saving step 2: a whole copy
+    os.replace(folder / "step-00000002", old)
+    assert checkpoint.remove_stale(tmp_path) == [tmp]
+    assert checkpoint.verify(folder / "step-00000002")["step"] == 2  # moved back
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]

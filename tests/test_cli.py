@@ -184,3 +184,66 @@ def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
     assert all(r["n"] == 8 and 0.0 <= r["all"] <= 1.0 for r in rows)
     assert "split 'heldout'" in capsys.readouterr().out
     assert cli.main([*argv, "--split", "test"]) == 2
+
+
+def test_generate_and_export_from_a_run_use_its_last_complete_checkpoint(tmp_path, capsys):
+    import torch
+
+    from ivref import checkpoint
+    from ivref.cascade import Cascade
+
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "2"]
+    assert cli.main([*argv, "--checkpoint-every", "1"]) == 0
+    first, newest = checkpoint.run_checkpoints(run)
+    ema = newest / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:-100])  # a truncated copy
+    capsys.readouterr()
+    prompts = ["a red circle moving left"]
+    from_run = cli.load_cascade(run).generate(prompts, seed=0, steps=2)
+    assert "skipping damaged step-00000002" in capsys.readouterr().err
+    from_first = cli.load_cascade(first).generate(prompts, seed=0, steps=2)
+    assert torch.equal(from_run, from_first)
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "c")]) == 0
+    exported = Cascade.from_pretrained(tmp_path / "c").generate(prompts, seed=0, steps=2)
+    torch.testing.assert_close(exported, from_first, atol=2e-2, rtol=0)  # fp16 weights
+
+
+def test_export_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from ivref import checkpoint
+
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    (folder,) = checkpoint.run_checkpoints(run)
+    ema = folder / "ema.safetensors"  # as an ivref that saved NaN weights would have left it
+    save_file({k: v * float("nan") for k, v in load_file(ema).items()}, ema)
+    meta = json.loads((folder / "config.json").read_text())
+    meta["manifest"] = checkpoint.file_manifest(folder, list(meta["manifest"]))
+    (folder / "config.json").write_text(json.dumps(meta))
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "c")]) == 2
+    assert "non-finite values (NaN or inf)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_t5_cascade_takes_its_encoder_from_text_encoder(tmp_path, capsys):
+    import dataclasses
+
+    from ivref import text
+    from ivref.cascade import Cascade
+    from ivref.unet3d import VideoUNet
+
+    ci = configs.preset("ci")
+    t5 = text.build_encoder(ci.text)  # a tiny T5, saved as a user's local checkpoint
+    t5.model.save_pretrained(tmp_path / "t5")
+    t5.tokenizer.save_pretrained(tmp_path / "t5")
+    cfg = dataclasses.replace(ci, text=dataclasses.replace(ci.text, encoder="t5"))
+    Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet)}).save_pretrained(tmp_path / "c")
+    argv = ["generate", "a red circle", "--checkpoint", str(tmp_path / "c"), "--steps", "1"]
+    argv += ["--out", str(tmp_path / "v.gif")]
+    assert cli.main(argv) == 2
+    assert "pass --text-encoder PATH" in capsys.readouterr().err
+    assert cli.main([*argv, "--text-encoder", str(tmp_path / "t5")]) == 0
+    assert (tmp_path / "v.gif").is_file()

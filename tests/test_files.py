@@ -67,3 +67,36 @@ def test_run_lock_refuses_a_second_process_and_is_reentrant_in_one(tmp_path):
         holder.wait()
     with files.RunLock(tmp_path):  # the OS released the dead holder's lock
         pass
+
+
+def test_check_writable_probes_the_folder_and_names_a_file_in_the_way(tmp_path):
+    files.check_writable(tmp_path / "new" / "deeper" / "v.mp4")  # creates nothing
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"--json '.*file/a/b.json': '.*file' is a file, not a"):
+        files.check_writable(tmp_path / "file" / "a" / "b.json", "--json")
+    if os.geteuid() != 0:  # root writes anywhere; the read-only mount case is in test_errors.py
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot write in .*Permission denied"):
+            files.check_writable(locked / "v.mp4")
+
+
+@pytest.mark.parametrize(
+    "raised, code",
+    [
+        (RuntimeError("Error while serializing: I/O error: No space left (os error 28)"), 28),
+        (RuntimeError("ffmpeg: [out#0/gif] No space left on device\nmore log"), 28),
+        (RuntimeError("Error opening output: Read-only file system"), 30),
+        (ValueError("nothing about the OS"), None),
+    ],
+)
+def test_a_writers_os_error_is_raised_as_oserror(tmp_path, raised, code):
+    def write(tmp):
+        raise raised
+
+    with pytest.raises(OSError if code else type(raised)) as info:
+        files.atomic_write(tmp_path / "f.bin", write)
+    if code:
+        assert info.value.errno == code and info.value.filename == str(tmp_path / "f.bin")
+    assert list(tmp_path.iterdir()) == []

@@ -104,3 +104,56 @@ def test_posterior_at_infinite_logsnr_is_x():
 def test_bad_bounds_raise():
     with pytest.raises(ValueError, match="logsnr_min"):
         schedules.logsnr_cosine(0.5, logsnr_min=5.0, logsnr_max=1.0)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda c: c,  # (B,)
+        lambda c: c.reshape(-1, 1, 1, 1, 1),  # already broadcast, as other libraries pass it
+        lambda c: c[:1].reshape(1, 1, 1, 1, 1),  # one value for the batch, broadcast
+        lambda c: c[:1],  # (1,)
+        lambda c: c[0],  # 0-d tensor
+        lambda c: float(c[0]),  # Python float
+    ],
+    ids=["(B,)", "(B,1,1,1,1)", "(1,1,1,1,1)", "(1,)", "0-d", "float"],
+)
+def test_every_per_sample_form_gives_the_same_result_in_float64(form):
+    from ivref import losses, parameterization, samplers
+
+    g = torch.Generator().manual_seed(4)
+    x, eps = torch.randn(2, 3, 2, 2, 4, 4, dtype=D, generator=g)
+    lam = torch.tensor([-3.0, 4.0, 0.5], dtype=D)
+    if torch.as_tensor(form(lam)).numel() == 1:
+        lam = lam[:1].expand(3)  # a single value stands for every sample
+    alpha, sigma = schedules.alpha_sigma(lam)
+    z_t = schedules.q_sample(x, form(lam), eps)
+    want = alpha[:, None, None, None, None] * x + sigma[:, None, None, None, None] * eps
+    torch.testing.assert_close(z_t, want, atol=1e-15, rtol=0)
+    v = parameterization.v_from_x_eps(x, eps, form(alpha), form(sigma))
+    torch.testing.assert_close(parameterization.x_from_v(z_t, v, form(alpha), form(sigma)), x)
+    torch.testing.assert_close(parameterization.eps_from_v(z_t, v, form(alpha), form(sigma)), eps)
+    torch.testing.assert_close(samplers.ddim_step(z_t, x, form(lam), float("inf")), x)
+    mean, var = schedules.q_posterior(z_t, x, form(lam), form(lam) + 1.0)
+    ref_mean, ref_var = schedules.q_posterior(z_t, x, lam, lam + 1.0)
+    torch.testing.assert_close(mean, ref_mean, atol=1e-15, rtol=0)
+    torch.testing.assert_close(var.expand_as(x), ref_var.expand_as(x), atol=1e-15, rtol=0)
+    per = losses.diffusion_loss(v, x, eps, form(lam))
+    torch.testing.assert_close(per, losses.diffusion_loss(v, x, eps, lam))
+    assert schedules.per_sample(form(lam), x).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2,), (3, 1), (3, 1, 1, 1), (2, 1, 1, 1, 1), (3, 1, 1, 1, 1, 1), (3, 2, 9, 1, 1)]
+)
+def test_shapes_that_do_not_broadcast_per_sample_are_explained(shape):
+    x = torch.zeros(3, 2, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"alpha has shape .*allowed: a float, a 0-d tensor"):
+        schedules.expand_to(torch.ones(shape), x, name="alpha")
+
+
+def test_per_sample_refuses_a_coefficient_that_varies_inside_a_sample():
+    x = torch.zeros(3, 2, 4, 5, 5)
+    assert schedules.expand_to(torch.ones(1, 2, 1, 1, 1), x).shape == (1, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="logsnr has shape .*one value per sample"):
+        schedules.per_sample(torch.ones(1, 2, 1, 1, 1), x, name="logsnr")

@@ -58,10 +58,30 @@ def test_t5_from_pretrained_round_trip(tmp_path, tiny):
 
 
 def test_build_errors_name_the_problem(tmp_path):
-    with pytest.raises(ValueError, match="TextConfig.path"):
+    with pytest.raises(ValueError, match=r"TextConfig.path"):
         text.build_encoder(dataclasses.replace(CI_TEXT, encoder="t5"))
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"needs a local T5 checkpoint; pass --text-encoder PATH"):
+        text.build_encoder(dataclasses.replace(CI_TEXT, encoder="t5"))
+    with pytest.raises(ValueError, match=r"does not exist; pass --text-encoder PATH"):
+        text.T5Encoder.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"no config.json; pass --text-encoder PATH"):
         text.T5Encoder.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # a config but no weights or tokenizer
+    with pytest.raises(ValueError, match=r"cannot load a T5 encoder from .*--text-encoder PATH"):
+        text.T5Encoder.from_pretrained(tmp_path)
+
+
+def test_t5_name_tells_two_checkpoints_of_one_config_apart(tmp_path, tiny):
+    names = []
+    for i, folder in enumerate([tmp_path / "a" / "t5", tmp_path / "b" / "t5"]):
+        with torch.no_grad():
+            tiny.model.shared.weight[0, 0] += i  # same config, other weights
+        tiny.model.save_pretrained(folder)
+        tiny.tokenizer.save_pretrained(folder)
+        names.append(text.T5Encoder.from_pretrained(folder, CI_TEXT.max_length).name)
+    with torch.no_grad():
+        tiny.model.shared.weight[0, 0] -= 1
+    assert names[0] != names[1]  # so the text cache never serves one the other's rows
 
 
 @pytest.mark.skipif(
@@ -89,3 +109,80 @@ def test_cache_hits_and_misses(tmp_path, tiny):
     ref, _ = tiny.encode(PROMPTS)
     assert torch.equal(emb[:2], ref)
     assert text.build_encoder(CI_TEXT, cache_dir=tmp_path).name == tiny.name
+
+
+def test_cache_is_keyed_on_max_length_so_mixed_batches_work(tmp_path):
+    short = text.TinyT5Encoder(dataclasses.replace(CI_TEXT, max_length=8))
+    long = text.TinyT5Encoder(dataclasses.replace(CI_TEXT, max_length=24))
+    assert short.name == long.name  # only the length differs
+    prompts = ["red", "a blue one"]  # short enough for both lengths (bytes + EOS)
+    text.CachedEncoder(short, tmp_path).encode(prompts[:1])
+    cached = text.CachedEncoder(long, tmp_path)
+    emb, mask = cached.encode(prompts)  # prompts[0] was cached at length 8 only
+    assert emb.shape == (2, 24, CI_TEXT.dim) and cached.misses == 2
+    ref_emb, ref_mask = long.encode(prompts)
+    assert torch.equal(emb, ref_emb) and torch.equal(mask, ref_mask)
+    again = text.CachedEncoder(short, tmp_path)
+    assert again.encode(prompts[:1])[0].shape == (1, 8, CI_TEXT.dim) and again.hits == 1
+
+
+def _damage(path, how, tiny):
+    from safetensors.torch import save_file
+
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:50])
+    elif how == "garbage":
+        path.write_bytes(b"not a safetensors file at all" * 3)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "wrong shape":  # valid file, right metadata, rows of another length
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata()
+        emb = torch.zeros(3, tiny.dim)
+        save_file({"emb": emb, "mask": torch.ones(3, dtype=torch.uint8)}, path, meta)
+    elif how == "nan":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            meta, emb, mask = fh.metadata(), fh.get_tensor("emb"), fh.get_tensor("mask")
+        save_file({"emb": emb * float("nan"), "mask": mask}, path, meta)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "wrong shape", "nan"])
+def test_a_damaged_cache_entry_is_reencoded_and_rewritten(tmp_path, tiny, how):
+    text.CachedEncoder(tiny, tmp_path).encode(PROMPTS)
+    entry = text.CachedEncoder(tiny, tmp_path)._path(PROMPTS[0])
+    _damage(entry, how, tiny)
+    cached = text.CachedEncoder(tiny, tmp_path)
+    with pytest.warns(UserWarning, match=rf"text cache entry '{entry}' is damaged"):
+        emb, mask = cached.encode(PROMPTS)
+    ref_emb, ref_mask = tiny.encode(PROMPTS)
+    assert torch.equal(emb, ref_emb) and torch.equal(mask, ref_mask)
+    assert (cached.misses, cached.hits) == (1, 1)
+    fresh = text.CachedEncoder(tiny, tmp_path)  # the entry was rewritten whole
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fresh.encode(PROMPTS)[0], ref_emb) and fresh.hits == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_encodes_anyway(tmp_path, tiny, monkeypatch):
+    import errno
+
+    def full_disk(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(text, "save_file", full_disk)
+    cached = text.CachedEncoder(tiny, tmp_path)
+    with pytest.warns(UserWarning, match="cannot be written .*No space left") as record:
+        emb, _ = cached.encode(PROMPTS)
+        cached.encode(["a third prompt"])
+    assert len(record) == 1 and torch.equal(emb, tiny.encode(PROMPTS)[0])
+    assert list(tmp_path.iterdir()) == []  # no half-written entry left behind
+    (tmp_path / "file").touch()
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        text.CachedEncoder(tiny, tmp_path / "file")

@@ -195,3 +195,48 @@ def test_caption_evaluator_samples_the_ema_and_scores_it(tmp_path, encoder):
     assert set(scores) == {"color", "shape", "motion", "all"}  # motion: the one moving prompt
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores["motion"] in (0.0, 1.0)
+
+
+def test_a_signal_right_after_a_save_does_not_write_that_step_again(tmp_path, encoder, monkeypatch):
+    saved = []
+    real = checkpoint.save_run
+    monkeypatch.setattr(
+        checkpoint, "save_run", lambda *a, **k: saved.append(k["step"]) or real(*a, **k)
+    )
+
+    def evaluate(trainer):
+        if trainer.step == 2:
+            trainer.signal = signal.SIGTERM
+        return {}
+
+    trainer = _trainer(tmp_path, encoder, evaluate=evaluate, evaluate_every=1, checkpoint_every=1)
+    trainer.fit(10)
+    assert saved == [1, 2] and trainer.signal == signal.SIGTERM
+
+
+def test_a_full_disk_names_the_last_good_checkpoint_which_resumes_exactly(
+    tmp_path, encoder, monkeypatch
+):
+    import errno
+
+    straight = _trainer(tmp_path / "a", encoder).fit(3)
+    trainer = _trainer(tmp_path / "b", encoder, checkpoint_every=1)
+    trainer.fit(1)
+    stale = tmp_path / "b" / "checkpoints" / ".step-00000009.tmp-0123abcd"  # a killed save's
+    stale.mkdir()
+    real = checkpoint._write_tensors
+
+    def full(path, tensors, meta=None):
+        real(path, tensors, meta)
+        if path.name == "ema.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "_write_tensors", full)
+    with pytest.raises(OSError, match=r"at step 2; the last good checkpoint .*step-00000001' is"):
+        trainer.fit(3)
+    assert not stale.exists()  # cleared before the save began
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-00000001"]
+    monkeypatch.undo()
+    resumed = _trainer(tmp_path / "b", encoder)
+    assert resumed.resume() == 1
+    assert [r["loss"] for r in resumed.fit(3)] == [r["loss"] for r in straight[1:]]

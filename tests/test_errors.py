@@ -1,0 +1,898 @@
+"""Every bad input gets one clear line: the table of cases, run end to end, and docs/errors.md.
+
+Each row of ``CLI_CASES`` is an ``ivref`` command line run through ``cli.main`` (so the
+argument parser, the command and ``errors.run_command`` all take part); each row of
+``LIBRARY_CASES`` is a library call. A row names the exit status (or exception) and a piece
+of the message that must appear. docs/errors.md is rendered from these tables:
+``python tests/test_errors.py`` rewrites it, and a test fails while it is stale.
+
+Placeholders in command lines: {X} a fresh folder, {RUN} a copy of a 2-step ci training run
+(checkpoints at steps 1 and 2), {RO} a read-only file system, {FULL} a nearly full one.
+The last two are tmpfs mounts made by the test; where this process may not mount (CI
+without root), those rows are skipped with the reason, and the monkeypatched full-disk rows
+still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from ivref import checkpoint, files
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "errors.md"
+BANNED = ("Traceback", "invalid _positive value", "Overflow when unpacking long long")
+PROMPT = "a red circle moving left"
+
+
+# -- the context a case's setup works in -------------------------------------------------------
+
+
+class Ctx:
+    """What a case's setup may use: the case's folder, a trained run, mounts, monkeypatch."""
+
+    def __init__(self, tmp: Path, trained: Path, monkeypatch, mounts: list[Path]) -> None:
+        self.tmp, self.trained, self.monkeypatch, self.mounts = tmp, trained, monkeypatch, mounts
+        self.paths: dict[str, Path] = {"X": tmp}
+        self.child: subprocess.Popen | None = None  # a process the case started
+
+    def run(self) -> Path:
+        """A copy of the trained ci run at {RUN}."""
+        run = shutil.copytree(self.trained, self.tmp / "run")
+        self.paths["RUN"] = run
+        return run
+
+    def tmpfs(self, key: str, size: str, read_only: bool = False) -> Path:
+        """A tmpfs of ``size`` mounted at {key}; skips the case if this process cannot mount."""
+        point = self.tmp / key.lower()
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            pytest.skip(
+                f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): the "
+                "real read-only / full file system is untested; the simulated rows still run"
+            )
+        self.mounts.append(point)
+        self.paths[key] = point
+        return point
+
+
+def unmount(point: Path) -> None:
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+# -- setups -------------------------------------------------------------------------------------
+
+
+def _touch_file(ctx: Ctx) -> None:
+    (ctx.tmp / "file").write_text("not a folder")
+
+
+def _no_cuda(ctx: Ctx) -> None:
+    ctx.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _without_manifests(ctx: Ctx) -> None:
+    for path in (ctx.run() / "checkpoints").glob("step-*/config.json"):
+        path.unlink()
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damaged_newest(ctx: Ctx) -> None:
+    _flip_byte(ctx.run() / "checkpoints" / "step-00000002" / "ema.safetensors")
+
+
+def _garbage_newest_config(ctx: Ctx) -> None:
+    (ctx.run() / "checkpoints" / "step-00000002" / "config.json").write_text('{"format": 1, "st')
+
+
+def _nan_weights(ctx: Ctx) -> None:
+    """Every checkpoint's EMA weights NaN, with a manifest that matches (an old ivref's save)."""
+    from safetensors.torch import load_file, save_file
+
+    from ivref import checkpoint
+
+    for folder in (ctx.run() / "checkpoints").glob("step-*"):
+        ema = folder / "ema.safetensors"
+        save_file({k: v * float("nan") for k, v in load_file(ema).items()}, ema)
+        meta = json.loads((folder / "config.json").read_text())
+        meta["manifest"] = checkpoint.file_manifest(folder, list(meta["manifest"]))
+        (folder / "config.json").write_text(json.dumps(meta))
+
+
+def _cascade(ctx: Ctx) -> Path:
+    from ivref import cli
+
+    cli.load_cascade(ctx.run()).save_pretrained(ctx.tmp / "cascade")
+    ctx.paths["CASCADE"] = ctx.tmp / "cascade"
+    return ctx.tmp / "cascade"
+
+
+def _flipped_cascade(ctx: Ctx) -> None:
+    _flip_byte(_cascade(ctx) / "base.safetensors")
+
+
+def _path_stage_cascade(ctx: Ctx) -> None:
+    manifest_path = _cascade(ctx) / "cascade.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"]["stages"][0]["name"] = "../../elsewhere/base"
+    manifest["stages"] = ["../../elsewhere/base"]
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _read_only(ctx: Ctx) -> None:
+    ctx.tmpfs("RO", "64k", read_only=True)
+
+
+def _tiny_disk(ctx: Ctx) -> None:
+    ctx.run()
+    ctx.tmpfs("FULL", "4k")
+
+
+def _small_disk(ctx: Ctx) -> None:
+    ctx.tmpfs("FULL", "1m")  # a ci checkpoint takes about 3.8 MB
+
+
+def _video_writer_full(ctx: Ctx) -> None:
+    import mediapy
+
+    def full(path, *args, **kwargs):
+        raise RuntimeError(
+            f"Error writing '{path}': Error submitting a packet to the muxer: No space left on "
+            "device\n[out#0/gif] Error muxing a packet\n[out#0/gif] Task finished with error"
+        )
+
+    ctx.run()
+    ctx.monkeypatch.setattr(mediapy, "write_video", full)
+
+
+def _safetensors_full(ctx: Ctx) -> None:
+    from safetensors import SafetensorError
+
+    from ivref import checkpoint
+
+    def full(*args, **kwargs):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    ctx.monkeypatch.setattr(checkpoint, "save_file", full)
+
+
+def _damaged_text_cache(ctx: Ctx) -> None:
+    from ivref import cli
+
+    argv = ["train", "--scale", "ci", "--steps", "1", "--batch-size", "2"]
+    assert (
+        cli.main([*argv, "--out", str(ctx.tmp / "first"), "--text-cache", str(ctx.tmp / "c")]) == 0
+    )
+    for entry in (ctx.tmp / "c").glob("*.safetensors"):
+        entry.write_bytes(entry.read_bytes()[:40])  # truncated
+
+
+def _locked(ctx: Ctx) -> None:
+    """Another process holds the run folder's lock (what a running trainer does)."""
+    folder = ctx.tmp / "locked"
+    code = (
+        f"from ivref import files; files.RunLock({str(folder)!r}).acquire(); print('ok'); input()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "ok"
+    ctx.child = child
+
+
+def _torn_log_line(ctx: Ctx) -> None:
+    log = ctx.run() / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0][:10], *lines[1:]]) + "\n")
+
+
+# -- the tables ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    what: str  # the bad input, in words
+    argv: tuple[str, ...]  # after `ivref`; placeholders {X}, {RUN}, ...
+    status: int  # exit status (0: a warning, the work goes on)
+    message: str  # a piece of the one line it must print
+    setup: Callable[[Ctx], None] | None = None
+    how: str = ""  # how the test makes the situation, if not obvious
+
+    @property
+    def id(self) -> str:
+        return self.what
+
+
+GEN = ("generate", PROMPT)
+TRAIN = ("train", "--scale", "ci", "--batch-size", "2")
+GEN_RUN = (*GEN, "--checkpoint", "{RUN}", "--steps", "1")
+SEED_MSG = "must be from 0 to 2**63 - 1"
+W_MSG = "must be a finite number >= 0 (0 = no guidance)"
+STEPS_MSG = "must be an integer from 1 to 10000"
+NO_MANIFEST = "lack config.json, the manifest written last"
+T5 = "pass --text-encoder PATH"
+
+CLI_CASES = [
+    # where the video goes
+    Case("--out is a folder", (*GEN, "--out", "{X}"), 2, "is a folder; give a file name"),
+    Case("--out has another suffix", (*GEN, "--out", "{X}/v.avi"), 2, "suffix must be one of"),
+    Case(
+        "--out under a file",
+        (*GEN, "--out", "{X}/file/v.mp4"),
+        2,
+        "is a file, not a folder",
+        _touch_file,
+    ),
+    Case(
+        "--out on a read-only file system",
+        (*GEN, "--out", "{RO}/v.mp4"),
+        2,
+        "(Read-only file system); choose a writable place",
+        _read_only,
+        "a read-only tmpfs (os.access says yes to root; the check writes a probe file)",
+    ),
+    Case(
+        "disk full while writing the video",
+        (*GEN_RUN, "--out", "{FULL}/v.gif"),
+        1,
+        "no space left on the device writing",
+        _tiny_disk,
+        "a real 4 KiB tmpfs",
+    ),
+    Case(
+        "disk full while writing the video (ffmpeg's error)",
+        (*GEN_RUN, "--out", "{X}/v.gif"),
+        1,
+        "no space left on the device writing",
+        _video_writer_full,
+        "the writer monkeypatched to fail as ffmpeg does",
+    ),
+    # the model to sample
+    Case(
+        "--checkpoint is not a folder",
+        (*GEN, "--out", "{X}/v.mp4", "--checkpoint", "{X}/none"),
+        2,
+        "is not a directory",
+    ),
+    Case(
+        "a run whose checkpoints lack their manifest",
+        (*GEN_RUN, "--out", "{X}/v.gif"),
+        2,
+        NO_MANIFEST,
+        _without_manifests,
+    ),
+    Case(
+        "a checkpoint folder without its manifest",
+        (*GEN, "--out", "{X}/v.gif", "--checkpoint", "{RUN}/checkpoints/step-00000002"),
+        2,
+        "has no config.json (the manifest written last)",
+        _without_manifests,
+    ),
+    Case(
+        "the run's newest checkpoint is damaged",
+        (*GEN_RUN, "--out", "{X}/v.gif"),
+        0,
+        "skipping damaged step-00000002",
+        _damaged_newest,
+        "a flipped byte; the previous checkpoint is used",
+    ),
+    Case(
+        "a run with NaN weights",
+        (*GEN_RUN, "--out", "{X}/v.gif"),
+        2,
+        "non-finite values (NaN or inf)",
+        _nan_weights,
+    ),
+    Case(
+        "a cascade file with flipped bytes",
+        (*GEN, "--out", "{X}/v.gif", "--checkpoint", "{CASCADE}"),
+        2,
+        "its sha256 differs",
+        _flipped_cascade,
+    ),
+    Case(
+        "a cascade whose stage name is a path",
+        (*GEN, "--out", "{X}/v.gif", "--checkpoint", "{CASCADE}"),
+        2,
+        "plain identifier",
+        _path_stage_cascade,
+    ),
+    # sampling numbers
+    Case("--device foo", (*GEN, "--out", "{X}/v.mp4", "--device", "foo"), 2, "not a device name"),
+    Case(
+        "--device cuda without CUDA",
+        (*GEN, "--out", "{X}/v.mp4", "--device", "cuda"),
+        2,
+        "CUDA is not available here",
+        _no_cuda,
+        "torch.cuda.is_available patched to False",
+    ),
+    Case("a huge --seed", (*GEN, "--out", "{X}/v.mp4", "--seed", str(2**70)), 2, SEED_MSG),
+    Case("a negative --seed", (*GEN, "--out", "{X}/v.mp4", "--seed", "-1"), 2, SEED_MSG),
+    Case("--guidance nan", (*GEN, "--out", "{X}/v.mp4", "--guidance", "nan"), 2, W_MSG),
+    Case("--guidance inf", (*GEN, "--out", "{X}/v.mp4", "--guidance", "inf"), 2, W_MSG),
+    Case("--guidance -1", (*GEN, "--out", "{X}/v.mp4", "--guidance", "-1"), 2, W_MSG),
+    Case(
+        "--steps 1000000000",
+        (*GEN, "--out", "{X}/v.mp4", "--steps", "1000000000"),
+        2,
+        STEPS_MSG,
+    ),
+    Case(
+        "--steps abc",
+        (*GEN, "--out", "{X}/v.mp4", "--steps", "abc"),
+        2,
+        "expected a positive integer, got 'abc'",
+    ),
+    Case(
+        "--batch-size 0",
+        (*GEN, "--out", "{X}/v.mp4", "--batch-size", "0"),
+        2,
+        "expected a positive integer, got 0",
+    ),
+    Case(
+        "--display-size -1",
+        (*GEN, "--out", "{X}/v.mp4", "--display-size", "-1"),
+        2,
+        "must be from 0 (native size) to 4096 pixels",
+    ),
+    Case(
+        "--display-size 100000",
+        (*GEN, "--out", "{X}/v.mp4", "--display-size", "100000"),
+        2,
+        "must be from 0 (native size) to 4096 pixels",
+    ),
+    Case(
+        "an empty prompt",
+        ("generate", "", "--out", "{X}/v.mp4"),
+        2,
+        "prompts[0]='' must be a non-empty string",
+    ),
+    Case(
+        "--text-encoder for a built-in encoder",
+        (*GEN_RUN, "--out", "{X}/v.gif", "--text-encoder", "{X}"),
+        2,
+        "--text-encoder is for encoder 't5'",
+        lambda ctx: ctx.run(),
+    ),
+    # training
+    Case(
+        "train --stage that the preset lacks",
+        (*TRAIN, "--stage", "nope", "--steps", "1", "--out", "{X}/r"),
+        2,
+        "unknown stage 'nope'",
+    ),
+    Case(
+        "train --out is a file",
+        (*TRAIN, "--steps", "1", "--out", "{X}/file"),
+        2,
+        "is a file; give a folder for the run",
+        _touch_file,
+    ),
+    Case(
+        "train --out on a read-only file system",
+        (*TRAIN, "--steps", "1", "--out", "{RO}/run"),
+        2,
+        "(Read-only file system); choose a writable place",
+        _read_only,
+        "a read-only tmpfs",
+    ),
+    Case(
+        "train --out in a used run folder",
+        (*TRAIN, "--steps", "3", "--out", "{RUN}"),
+        2,
+        "already holds a run; pass --resume",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
+        "train --resume with no checkpoint",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--resume"),
+        2,
+        "has no checkpoint",
+    ),
+    Case(
+        "train --resume where every checkpoint lacks its manifest",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume"),
+        2,
+        NO_MANIFEST,
+        _without_manifests,
+    ),
+    Case(
+        "train --resume when the newest checkpoint's config.json is damaged",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume"),
+        0,
+        "resume: skipping step-00000002",
+        _garbage_newest_config,
+        "the previous checkpoint is resumed",
+    ),
+    Case(
+        "train --resume with another --stage",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume", "--stage", "tsr"),
+        2,
+        "the run trains 'base'",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
+        "train --resume with a damaged log line",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume"),
+        2,
+        "log.jsonl: line 1 is not a JSON object",
+        _torn_log_line,
+    ),
+    Case(
+        "a second trainer on one run folder",
+        (*TRAIN, "--steps", "1", "--out", "{X}/locked"),
+        2,
+        "is in use by pid",
+        _locked,
+        "another process holds the run's lock",
+    ),
+    Case(
+        "train --lr 1e6 (the loss turns NaN)",
+        (*TRAIN, "--steps", "30", "--lr", "1e6", "--out", "{X}/r", "--checkpoint-every", "1"),
+        1,
+        "non-finite loss (nan) at step",
+        how="stops naming the last good checkpoint; --on-nan skip skips such steps",
+    ),
+    Case(
+        "disk full while saving a checkpoint",
+        (*TRAIN, "--steps", "1", "--out", "{FULL}/r"),
+        1,
+        "no space left on the device writing",
+        _small_disk,
+        "a real 1 MiB tmpfs",
+    ),
+    Case(
+        "disk full while saving a checkpoint (safetensors' error)",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r"),
+        1,
+        "no space left on the device writing",
+        _safetensors_full,
+        "safetensors' writer monkeypatched to fail with 'os error 28'",
+    ),
+    Case(
+        "a damaged text-cache entry",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--text-cache", "{X}/c"),
+        0,
+        "is damaged (",
+        _damaged_text_cache,
+        "truncated entries: each is encoded again and rewritten",
+    ),
+    Case(
+        "train --seed 2**70",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--seed", str(2**70)),
+        2,
+        SEED_MSG,
+    ),
+    Case(
+        "train --steps 0",
+        (*TRAIN, "--steps", "0", "--out", "{X}/r"),
+        2,
+        "expected a positive integer, got 0",
+    ),
+    Case(
+        "train --image-ratio 2",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--image-ratio", "2"),
+        2,
+        "expected a number in [0, 1], got 2",
+    ),
+    Case(
+        "train --eval-guidance nan",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--eval-guidance", "nan"),
+        2,
+        W_MSG,
+    ),
+    Case(
+        "train --eval-steps 1000000000",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--eval-steps", "1000000000"),
+        2,
+        STEPS_MSG,
+    ),
+    Case(
+        "train --device cuda without CUDA",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--device", "cuda"),
+        2,
+        "CUDA is not available here",
+        _no_cuda,
+    ),
+    Case(
+        "a T5 preset without --text-encoder",
+        ("train", "--scale", "paper", "--steps", "1", "--out", "{X}/r"),
+        2,
+        f"needs a local T5 checkpoint; {T5}",
+    ),
+    Case(
+        "--text-encoder names no folder",
+        ("train", "--scale", "paper", "--steps", "1", "--out", "{X}/r", "--text-encoder", "{X}/no"),
+        2,
+        f"does not exist; {T5}",
+    ),
+    Case(
+        "--text-encoder with a built-in encoder",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--text-encoder", "{X}"),
+        2,
+        "--text-encoder is for encoder 't5'",
+    ),
+    # export and evaluate
+    Case(
+        "export a run whose newest checkpoint is damaged",
+        ("export", "{RUN}", "--out", "{X}/c"),
+        0,
+        "skipping damaged step-00000002",
+        _damaged_newest,
+        "the previous checkpoint is exported",
+    ),
+    Case(
+        "export a run with NaN weights",
+        ("export", "{RUN}", "--out", "{X}/c"),
+        2,
+        "non-finite values (NaN or inf)",
+        _nan_weights,
+    ),
+    Case(
+        "export a run whose checkpoints lack their manifest",
+        ("export", "{RUN}", "--out", "{X}/c"),
+        2,
+        NO_MANIFEST,
+        _without_manifests,
+    ),
+    Case(
+        "export --out on a read-only file system",
+        ("export", "{RUN}", "--out", "{RO}/cascade"),
+        2,
+        "(Read-only file system); choose a writable place",
+        lambda ctx: (ctx.run(), _read_only(ctx)),
+        "a read-only tmpfs",
+    ),
+    Case(
+        "export --out onto a cascade",
+        ("export", "{RUN}", "--out", "{CASCADE}"),
+        2,
+        "already holds a cascade (cascade.json); pass --force",
+        _cascade,
+    ),
+    Case(
+        "export a folder that is no run",
+        ("export", "{X}", "--out", "{X}/c"),
+        2,
+        "not an `ivref train` run",
+    ),
+    Case("evaluate --seed 2**70", ("evaluate", "--seed", str(2**70)), 2, SEED_MSG),
+    Case("evaluate --guidance nan", ("evaluate", "--guidance", "nan"), 2, W_MSG),
+    Case("evaluate --steps 1000000000", ("evaluate", "--steps", "1000000000"), 2, STEPS_MSG),
+    Case("evaluate --split test", ("evaluate", "--split", "test"), 2, "unknown split 'test'"),
+    Case(
+        "evaluate --json is a folder",
+        ("evaluate", "--json", "{X}"),
+        2,
+        "is a folder; give a file name",
+    ),
+]
+
+
+def _cli(case: Case, ctx: Ctx) -> tuple[int, str]:
+    from ivref import cli
+
+    if case.setup:
+        case.setup(ctx)
+    argv = [a.format(**ctx.paths) for a in case.argv]
+    try:
+        status = cli.main(argv)
+    except SystemExit as exit:  # argparse: usage line + one error line, status 2
+        status = exit.code
+    return status, argv
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A 2-step ci base run with checkpoints at steps 1 and 2."""
+    from ivref import cli
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    argv = ["train", "--scale", "ci", "--steps", "2", "--checkpoint-every", "1"]
+    assert cli.main([*argv, "--batch-size", "2", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def ctx(tmp_path, trained, monkeypatch):
+    mounts: list[Path] = []
+    context = Ctx(tmp_path, trained, monkeypatch, mounts)
+    yield context
+    if context.child is not None:
+        context.child.kill()
+        context.child.wait()
+        context.child.stdout.close()
+    for point in mounts:
+        unmount(point)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda c: c.id)
+def test_cli_bad_input_gets_one_clear_line(case, ctx, capsys, recwarn):
+    status, argv = _cli(case, ctx)
+    err = capsys.readouterr().err
+    said = err + "\n".join(str(w.message) for w in recwarn)  # warnings go to stderr in a shell
+    assert case.message in said, f"ivref {' '.join(argv)}\n{err}"
+    assert status == case.status, err
+    for banned in BANNED:
+        assert banned not in err
+    if status:
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("ivref"), err
+
+
+# -- library calls ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LibCase:
+    what: str
+    call: str  # what the docs show
+    error: type[BaseException]
+    message: str
+    run: Callable[[Ctx], object]
+
+    @property
+    def id(self) -> str:
+        return self.what
+
+
+def _ci_cascade(ctx: Ctx):
+    from ivref import cascade, configs
+    from ivref.unet3d import VideoUNet
+
+    cfg = configs.preset("ci")
+    return cascade.Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet)})
+
+
+def _locked_by_another(ctx: Ctx):
+    from ivref import files
+
+    _locked(ctx)
+    files.RunLock(ctx.tmp / "locked").acquire()
+
+
+def _save_nan(ctx: Ctx):
+    from ivref import checkpoint
+
+    checkpoint.save_weights(ctx.tmp / "w.safetensors", {"w": torch.tensor([float("nan")])})
+
+
+def _trainer_seed(ctx: Ctx):
+    from ivref import configs, text, train
+
+    cfg = configs.preset("ci")
+    encoder = text.build_encoder(cfg.text)
+    train.Trainer(cfg, "base", ctx.tmp, text_encoder=encoder, seed=2**64, progress=False)
+
+
+def _sample_steps(ctx: Ctx):
+    from ivref import samplers
+
+    samplers.sample(lambda z, logsnr: z, (1, 3, 1, 2, 2), steps=10**9)
+
+
+def _expand(ctx: Ctx):
+    from ivref import schedules
+
+    schedules.expand_to(torch.ones(2, 1), torch.zeros(3, 3, 2, 4, 4))
+
+
+def _t5(ctx: Ctx):
+    from ivref import configs, text
+
+    text.build_encoder(configs.TextConfig(encoder="t5", dim=4096))
+
+
+def _overwrite(ctx: Ctx):
+    c = _ci_cascade(ctx)
+    c.save_pretrained(ctx.tmp / "c")
+    c.save_pretrained(ctx.tmp / "c")
+
+
+LIBRARY_CASES = [
+    LibCase(
+        "guidance NaN",
+        "Cascade.generate(prompts, guidance=float('nan'))",
+        ValueError,
+        "guidance=nan must be a finite number >= 0",
+        lambda ctx: _ci_cascade(ctx).generate([PROMPT], guidance=float("nan")),
+    ),
+    LibCase(
+        "a billion sampler steps",
+        "Cascade.generate(prompts, steps=10**9)",
+        ValueError,
+        "steps=1000000000 must be an integer from 1 to 10000",
+        lambda ctx: _ci_cascade(ctx).generate([PROMPT], steps=10**9),
+    ),
+    LibCase(
+        "a billion sampler steps, one level down",
+        "samplers.sample(x_hat_fn, shape, steps=10**9)",
+        ValueError,
+        "allowed: an integer from 1 to 10000",
+        _sample_steps,
+    ),
+    LibCase(
+        "a seed past 2**63 - 1",
+        "Cascade.generate(prompts, seed=2**64)",
+        ValueError,
+        "must be an integer from 0 to 2**63 - 1",
+        lambda ctx: _ci_cascade(ctx).generate([PROMPT], seed=2**64),
+    ),
+    LibCase(
+        "a seed past 2**63 - 1 for training",
+        "train.Trainer(cfg, 'base', out, seed=2**64)",
+        ValueError,
+        "must be an integer from 0 to 2**63 - 1",
+        _trainer_seed,
+    ),
+    LibCase(
+        "one prompt as a string",
+        "Cascade.generate('a red circle')",
+        ValueError,
+        "got one string; wrap it: [prompt]",
+        lambda ctx: _ci_cascade(ctx).generate(PROMPT),
+    ),
+    LibCase(
+        "a coefficient that does not broadcast per sample",
+        "schedules.expand_to(torch.ones(2, 1), x)",
+        ValueError,
+        "does not broadcast per sample",
+        _expand,
+    ),
+    LibCase(
+        "encoder 't5' without a path",
+        "text.build_encoder(TextConfig(encoder='t5', dim=4096))",
+        ValueError,
+        "TextConfig.path",
+        _t5,
+    ),
+    LibCase(
+        "a device name that is none",
+        "cascade.parse_device('foo')",
+        ValueError,
+        "is not a device name",
+        lambda ctx: __import__("ivref.cascade").cascade.parse_device("foo"),
+    ),
+    LibCase(
+        "NaN weights to save",
+        "checkpoint.save_weights(path, state_dict)",
+        checkpoint.NonFiniteError,
+        "non-finite values (NaN or inf)",
+        _save_nan,
+    ),
+    LibCase(
+        "save_pretrained onto a cascade",
+        "Cascade.save_pretrained(folder)",
+        FileExistsError,
+        "already holds a cascade",
+        _overwrite,
+    ),
+    LibCase(
+        "a run folder locked by another process",
+        "files.RunLock(folder).acquire()",
+        files.RunLockedError,
+        "is in use by pid",
+        _locked_by_another,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", LIBRARY_CASES, ids=lambda c: c.id)
+def test_library_bad_input_raises_a_clear_error(case, ctx):
+    with pytest.raises(case.error) as info:
+        case.run(ctx)
+    assert case.message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- docs/errors.md -----------------------------------------------------------------------------
+
+SHOWN = {"X": "out", "RUN": "runs/base", "RO": "/mnt/readonly", "FULL": "/mnt/full"}
+SHOWN["CASCADE"] = "my-cascade"
+
+
+def _shell(argv: tuple[str, ...]) -> str:
+    import shlex
+
+    words = [a.format(**SHOWN) for a in argv]
+    return "ivref " + " ".join(shlex.quote(w) for w in words)
+
+
+def render() -> str:
+    """docs/errors.md from the two tables."""
+    head = textwrap.dedent(
+        """\
+        # Errors: what ivref says about bad input
+
+        Generated from `tests/test_errors.py` (run `python tests/test_errors.py` after changing
+        the tables; a test fails while this file is stale). Every row is run by the tests: the
+        command must print one line containing the message (no traceback) and exit with the
+        status shown. Exit statuses: 0 done (a warning was printed), 1 the work failed, 2 bad
+        input; 130 / 143 after Ctrl-C / SIGTERM, with the checkpoint saved.
+
+        `runs/base` is an `ivref train` run folder (checkpoints at steps 1 and 2), `out` any
+        folder, `/mnt/readonly` a read-only file system and `/mnt/full` a full one.
+
+        ## The `ivref` command
+
+        | bad input | command | exit | the message contains | how the test makes it |
+        |---|---|---|---|---|
+        """
+    )
+    rows = [
+        f"| {c.what} | `{_shell(c.argv)}` | {c.status} | {_md(c.message)} | {c.how} |"
+        for c in CLI_CASES
+    ]
+    lib = textwrap.dedent(
+        """
+        ## The library
+
+        | bad input | call | raises | the message contains |
+        |---|---|---|---|
+        """
+    )
+    lib_rows = [
+        f"| {c.what} | `{c.call}` | {c.error.__name__} | {_md(c.message)} |" for c in LIBRARY_CASES
+    ]
+    return head + "\n".join(rows) + "\n" + lib + "\n".join(lib_rows) + "\n"
+
+
+def _md(text: str) -> str:
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def test_docs_errors_md_is_up_to_date():
+    assert DOC.is_file() and DOC.read_text() == render(), (
+        "docs/errors.md is stale: run `python tests/test_errors.py`"
+    )
+
+
+def test_every_row_is_documented_once():
+    names = [c.what for c in CLI_CASES] + [c.what for c in LIBRARY_CASES]
+    assert len(names) == len(set(names))
+
+
+def test_os_errors_of_other_writers_become_one_clear_line(tmp_path):
+    from ivref import errors, files
+
+    def ffmpeg_full(tmp):
+        raise RuntimeError("Error writing: No space left on device\nmore\nlog")
+
+    with pytest.raises(OSError) as info:
+        files.atomic_write(tmp_path / "v.gif", ffmpeg_full)
+    assert info.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+    message, status = errors.describe(info.value)
+    assert status == 1 and message.startswith("no space left on the device writing")
+    assert errors.describe(RuntimeError("one\ntwo")) == ("RuntimeError: one [...]", 1)
+    message, status = errors.describe(KeyError("x"))
+    assert status == 1 and "internal error, KeyError" in message and "IVREF_DEBUG=1" in message
+
+
+if __name__ == "__main__":
+    DOC.write_text(render())
+    print(f"wrote {DOC}")
