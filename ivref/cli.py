@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--guidance", type=_weight, nargs="+", help="weights w to sweep")
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0)
-    v.add_argument("--cascade", action="store_true", help="also score every stage (SR targets)")
+    v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
@@ -260,14 +260,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         files.check_writable(args.json, "--json")
     device = cascade_lib.parse_device(args.device)
     model = load_cascade(args.checkpoint, text_encoder=args.text_encoder).to(device)
-    guidances = args.guidance or [model.trained_stages[-1].guidance_w]
-    rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
-    print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
-    print(evaluate.format_table(rows))
-    report: dict | list = rows
-    if args.cascade:
-        report = {"sweep": rows, "cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
+    report: dict | list = {}
+    if args.cascade:  # every stage at its own settings, sampled once
+        report = {"cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
         print(evaluate.format_cascade_report(report["cascade"]))
+    if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
+        guidances = args.guidance or [model.trained_stages[-1].guidance_w]
+        rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
+        print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
+        print(evaluate.format_table(rows))
+        report = {"sweep": rows} | report if args.cascade else rows
     if args.json:
         files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0

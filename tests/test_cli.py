@@ -186,6 +186,33 @@ def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
     assert cli.main([*argv, "--split", "test"]) == 2
 
 
+def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch, capsys):
+    from ivref.cascade import Cascade
+
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    calls = []
+    original = Cascade.generate
+
+    def counting(self, prompts, **kwargs):
+        calls.append(kwargs.get("guidance"))
+        return original(self, prompts, **kwargs)
+
+    monkeypatch.setattr(Cascade, "generate", counting)
+    report = tmp_path / "cascade.json"
+    argv = ["evaluate", "--checkpoint", str(run), "--split", "heldout", "--cascade"]
+    assert cli.main([*argv, "--json", str(report)]) == 0
+    assert calls == [None]  # one run of the cascade, each stage at its own guidance
+    saved = json.loads(report.read_text())
+    assert set(saved) == {"cascade"} and set(saved["cascade"]["stages"]) == {"base"}
+    assert saved["cascade"]["n"] == 8
+    calls.clear()
+    assert cli.main([*argv, "--guidance", "0", "--json", str(report)]) == 0
+    assert calls == [None, 0.0]  # the report, then the sweep
+    assert [r["w"] for r in json.loads(report.read_text())["sweep"]] == [0.0]
+
+
 def test_generate_and_export_from_a_run_use_its_last_complete_checkpoint(tmp_path, capsys):
     import torch
 
