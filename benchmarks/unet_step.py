@@ -389,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sizes:
         if name in all_cases:
             result["sizes"][name] = run_case(all_cases[name], peers, args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            if args.json:  # after every size, so an interrupted run keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
     return 0
 
 
