@@ -33,6 +33,7 @@ def plot(unet_step: dict | None, throughput: dict | None, out: str) -> None:
             ]
             xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(sizes))]
             left.bar(xs, values, width, label=f"{peer} {metric.split('_')[0]}")
+        left.set_yscale("log")
         left.axhline(1.0, color="k", lw=0.8)
         left.axhline(3.0, color="gray", ls="--", lw=0.8, label="target 3x (vs diffusers)")
         left.set_xticks(range(len(sizes)), sizes)
