@@ -3,7 +3,9 @@
 Spatial attention mixes the pixels of one frame and reads the text; temporal attention mixes
 one pixel's frames, with a learned relative-position bias [VDM §3, SHAW]. Both are
 ``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
-even under bf16 autocast (bf16 SDPA backward is ~6x slower there; NOTES.md).
+even under bf16 autocast (bf16 SDPA backward is ~6x slower there; NOTES.md). A call with
+more than ``MAX_SEQUENCES`` sequences is split into chunks: CUDA's fused attention fails for
+65,536 or more in one call, which temporal attention reaches at B*H*W >= 65,536 (NOTES.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from torch import nn
 
 from ivref import layers
 
+MAX_SEQUENCES = 65_535  # sequences (first axis of q, k, v) per fused-attention call
+
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
@@ -22,8 +26,22 @@ def attend(
     """softmax(q k^T / sqrt(d) + mask) v over (N, heads, tokens, d); fp32 on CPU under autocast.
 
     ``mask`` is boolean (True = may attend) or an additive float bias, broadcastable to
-    (N, heads, L_q, L_k).
+    (N, heads, L_q, L_k). N above ``MAX_SEQUENCES`` runs in chunks of at most that many
+    (each sequence is independent, so the result is the same).
     """
+    n = q.shape[0]
+    if n <= MAX_SEQUENCES:
+        return _attend(q, k, v, mask)
+    per_row = mask is not None and mask.ndim == 4 and mask.shape[0] == n
+    chunks = []
+    for start in range(0, n, MAX_SEQUENCES):
+        rows = slice(start, start + MAX_SEQUENCES)
+        chunk_mask = mask[rows] if per_row else mask
+        chunks.append(_attend(q[rows], k[rows], v[rows], chunk_mask))
+    return torch.cat(chunks, dim=0)
+
+
+def _attend(q, k, v, mask):
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             mask = mask.float() if mask is not None and mask.is_floating_point() else mask

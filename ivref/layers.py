@@ -109,7 +109,9 @@ class TemporalConv(nn.Module):
     ) -> torch.Tensor:
         z = self.conv(F.silu(self.norm(x)))
         z = rearrange(z, "(b f) (k c) h w -> k b f c h w", f=num_frames, k=3)
-        y = z[1] + rearrange(self.bias, "c -> c () ()")
+        # the bias in z's dtype: a float32 bias would promote a bf16 (autocast) branch and the
+        # whole residual stream after it to float32, and every later conv would cast it back
+        y = z[1] + rearrange(self.bias.to(z.dtype), "c -> c () ()")
         y = torch.cat([y[:, :1], y[:, 1:] + z[0][:, :-1]], dim=1)  # W_0 h[f-1]
         y = torch.cat([y[:, :-1] + z[2][:, 1:], y[:, -1:]], dim=1)  # W_2 h[f+1]
         if video_mask is not None:  # (B,) 1.0 for videos, 0.0 for images

@@ -62,3 +62,47 @@ def test_attend_runs_fp32_on_cpu_under_bf16_autocast():
     assert out.dtype == torch.bfloat16
     ref = torch.nn.functional.scaled_dot_product_attention(q, q, q)
     torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+def test_attend_chunks_many_sequences_with_the_same_result(monkeypatch):
+    """Calls with more than MAX_SEQUENCES sequences run in chunks (CUDA SDPA fails >= 65,536)."""
+    torch.manual_seed(0)
+    n, m, lq, lk, d = 11, 2, 5, 7, 8
+    q = torch.randn(n, m, lq, d, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n, m, lk, d, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(n, m, lk, d, dtype=torch.float64, requires_grad=True)
+    masks = [
+        None,
+        torch.randn(1, m, lq, lk, dtype=torch.float64),  # shared bias (temporal attention)
+        torch.rand(n, 1, 1, lk) > 0.3,  # per-sequence boolean mask (spatial attention + text)
+    ]
+    masks[2][:, ..., 0] = True  # every query sees at least one key
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counting_sdpa(q, *args, **kwargs):
+        calls.append(q.shape[0])
+        return sdpa(q, *args, **kwargs)
+
+    for mask in masks:
+        ref = attention.attend(q, k, v, mask)
+        grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        monkeypatch.setattr(attention, "MAX_SEQUENCES", 3)
+        calls.clear()
+        monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting_sdpa)
+        out = attention.attend(q, k, v, mask)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        monkeypatch.undo()
+        assert calls == [3, 3, 3, 2]
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+        for g, g_ref in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
+def test_temporal_attention_chunked_equals_unchunked(monkeypatch):
+    torch.manual_seed(0)
+    att = attention.TemporalAttention(16, head_dim=8, max_distance=3, groups=4).double()
+    x = torch.randn(2 * 4, 16, 3, 3, dtype=torch.float64)  # B=2, F=4: 18 sequences
+    ref = att(x, 4)
+    monkeypatch.setattr(attention, "MAX_SEQUENCES", 5)
+    torch.testing.assert_close(att(x, 4), ref, atol=1e-12, rtol=0)

@@ -1,0 +1,175 @@
+"""Training steps/s and achieved FLOP/s of each toy stage, beside the machine's matmul rate.
+
+    python benchmarks/train_throughput.py --json train_throughput.json   # every toy stage
+    python benchmarks/train_throughput.py --stages base --repeats 9
+    python benchmarks/train_throughput.py --device cuda
+    python benchmarks/train_throughput.py --tiny                        # ci preset, for CI
+
+Each stage runs ``Trainer.train_step`` as ``ivref train`` does (toy-world batch rendered on
+the fly, its training batch size and crop, bf16 autocast where the config asks, AdamW, EMA),
+with a seeded random text encoder in place of MiniLM (the text cache makes the encoder's
+cost vanish after the first steps either way). Achieved FLOP/s counts a training step as
+3 x the forward FLOPs of ``unet3d.count_flops`` (forward + backward = 1 + 2) x batch size,
+over the median step time. The reference is a square matmul (``--matmul-size``, 2048) in
+bf16 and fp32 on the same device and threads: the fraction of it a step reaches is its
+utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from ivref import configs, unet3d
+from ivref import train as train_lib
+
+
+class RandomTextEncoder:
+    """A frozen encoder stand-in: fixed random embeddings per prompt (seeded by its hash)."""
+
+    def __init__(self, dim: int, max_length: int) -> None:
+        self.name, self.dim, self.max_length = f"random-{dim}", dim, max_length
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = []
+        for p in prompts:
+            seed = int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "little") >> 1
+            g = torch.Generator().manual_seed(seed)
+            rows.append(torch.randn(self.max_length, self.dim, generator=g))
+        return torch.stack(rows), torch.ones(len(prompts), self.max_length, dtype=torch.bool)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(dtype: torch.dtype, n: int, device: torch.device, repeats: int) -> float:
+    """FLOP/s of an n x n x n matmul (2 n^3 FLOPs), median over ``repeats`` after warm-up."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        if i:  # the first is warm-up
+            times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def stage_flops(stage: configs.StageConfig, text_length: int) -> int:
+    """Forward FLOPs of one training sample (at the training crop, if any)."""
+    h = w = stage.train.crop_size or 0
+    h, w = (h or stage.height), (w or stage.width)
+    return unet3d.count_flops(stage.unet, stage.num_frames, h, w, text_length=text_length)
+
+
+def measure(cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warmup, repeats):
+    encoder = RandomTextEncoder(cfg.text.dim, cfg.text.max_length)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = train_lib.Trainer(
+            cfg, stage.name, out, text_encoder=encoder, device=device, progress=False
+        )
+        times = []
+        for i in range(warmup + repeats):
+            sync(trainer.device)
+            start = time.perf_counter()
+            trainer.train_step()
+            sync(trainer.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    batch = trainer.batch_size
+    flops = 3 * stage_flops(stage, cfg.text.max_length) * batch
+    return {
+        "batch": batch,
+        "bf16": stage.train.bf16,
+        "params": unet3d.count_parameters(stage.unet),
+        "step_ms": 1e3 * step_s,
+        "steps_per_s": 1 / step_s,
+        "step_gflop": flops / 1e9,
+        "gflop_per_s": flops / step_s / 1e9,
+    }
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=("toy", "ci"), default="toy")
+    p.add_argument("--stages", nargs="+", help="stage names (default: all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--tiny", action="store_true", help="ci preset, 1 repeat, small matmul")
+    p.add_argument("--json", help="write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.tiny:
+        args.scale, args.warmup, args.repeats, args.matmul_size = "ci", 1, 1, 256
+    cfg = configs.preset(args.scale)
+    device = torch.device(args.device)
+    names = args.stages or [s.name for s in cfg.stages]
+    n, reps = args.matmul_size, max(3, args.repeats)
+    rates = {
+        "bf16": matmul_rate(torch.bfloat16, n, device, reps),
+        "fp32": matmul_rate(torch.float32, n, device, reps),
+    }
+    print(
+        f"matmul {n}^3 on {device}: bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s, "
+        f"fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s"
+    )
+    result = {
+        "benchmark": "train_throughput",
+        "scale": args.scale,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "matmul": {"size": n} | {f"{k}_gflop_per_s": v / 1e9 for k, v in rates.items()},
+        "stages": {},
+    }
+    for name in names:
+        stage = cfg.stage(name)
+        row = measure(cfg, stage, device, args.warmup, args.repeats)
+        ref = rates["bf16" if row["bf16"] else "fp32"]
+        row["fraction_of_matmul"] = row["gflop_per_s"] * 1e9 / ref
+        row["fraction_of_bf16_matmul"] = row["gflop_per_s"] * 1e9 / rates["bf16"]
+        result["stages"][name] = row
+        print(
+            f"{name:5s} batch {row['batch']:3d}  {row['steps_per_s']:6.2f} steps/s  "
+            f"{row['step_gflop']:7.1f} GFLOP/step  {row['gflop_per_s']:7.1f} GFLOP/s  "
+            f"= {row['fraction_of_bf16_matmul']:.0%} of the bf16 matmul rate"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
