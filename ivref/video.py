@@ -3,7 +3,8 @@
 Videos inside ivref are float tensors in [-1, 1], laid out (B, C, F, H, W) or (C, F, H, W);
 files and notebook widgets take uint8 frames (F, H, W, 3). Every writer goes through a
 temporary file in the same directory and ``os.replace``, so a crash never leaves a
-half-written video behind. mediapy is pointed at imageio-ffmpeg's binary (imageio-ffmpeg 0.8's FFmpeg dropped an option mediapy's reader uses).
+half-written video behind. mediapy is pointed at imageio-ffmpeg's binary
+(imageio-ffmpeg 0.8's FFmpeg dropped an option mediapy's reader uses).
 """
 
 from __future__ import annotations

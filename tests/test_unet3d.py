@@ -48,7 +48,7 @@ def test_output_shape_for_every_ci_stage(stage):
 
 @pytest.mark.parametrize("stage", CI.stages[:2], ids=lambda s: s.name)
 def test_knows_the_direction_of_time_at_init(stage):
-    # The time-reversal trap (notebook 02, section 3): an equivariant net cannot learn left vs right.
+    # The time-reversal trap (notebook 02, section 3): an equivariant start stalls on direction.
     model = _model(stage.unet)
     (z_t, logsnr, text, mask), kwargs = _inputs(stage)
     rev = {k: v.flip(2) if k == "cond_video" else v for k, v in kwargs.items()}
