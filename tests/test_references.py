@@ -124,7 +124,7 @@ def test_nothing_points_to_builder_only_notes(repo_root):
 
 def _link_targets(path: Path, text: str):
     for target in MD_LINK.findall(text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target) or target.startswith("#") or "{" in target:
             continue
         yield (path.parent / target.split("#", 1)[0]).resolve(), target
     for target in REPO_PATH.findall(text):
