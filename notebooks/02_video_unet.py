@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import torch
 from einops import rearrange
 
-from ivref import attention, configs, layers, text, unet3d
+from ivref import attention, configs, data, layers, schedules, text, unet3d
 
 SCALE = configs.scale_from_env()
 CFG = configs.preset(SCALE)
@@ -58,10 +58,12 @@ torch.testing.assert_close(per_frame_conv(x), conv3d(x))
 print("1x3x3 Conv3d == per-frame Conv2d")
 
 # %% [markdown]
-# Frames then mix in exactly two places: **temporal attention** (each pixel attends over its
-# own $F$ frames) and **temporal convolution** (kernel 3 over frames, residual branch
-# initialised to zero, PAPER.md §2). Everything else, GroupNorm included, works per frame.
-# One ResBlock plus one temporal conv from `ivref.layers`:
+# Frames then mix in exactly two kinds of layer: **temporal attention** (each pixel attends
+# over its own $F$ frames) and **temporal convolution** (kernel 3 over frames, residual branch
+# initialised to zero: our CHOICE). Everything else, GroupNorm included, works per frame. The
+# paper uses attention in the base and convolutions in the SR stages [IV §2.3]; `ivref`'s toy
+# base also has a temporal convolution at its top (full-resolution) level, where attention
+# over frames would be the costliest. One ResBlock plus one temporal conv from `ivref.layers`:
 
 # %%
 block = layers.ResBlock(8, 8, emb_dim=16, groups=4)
@@ -74,11 +76,13 @@ print(out.shape, "| temporal conv at init is the identity:", torch.equal(tconv(h
 # ## 2. What spatial and temporal attention see
 #
 # Spatial attention: the queries are one frame's $HW$ pixels, the keys are those pixels
-# **plus the LayerNormed text tokens** [IMG App.], so
+# **plus the LayerNormed text tokens** [IMG §2.5], so
 # $\mathrm{softmax}(q k^\top / \sqrt{d})$ is $HW \times (HW + L)$. Temporal attention: the
 # queries are one pixel's $F$ frames; the logits get a learned bias indexed by the frame
-# distance, $b_{\text{head}}[\mathrm{clip}(j - i, -D, D)]$ [SHAW, VDM §3]. A teaching copy
-# of temporal attention, checked against `attention.TemporalAttention`:
+# distance, $b_{\text{head}}[\mathrm{clip}(j - i, -D, D)]$. [VDM §3] asks for relative
+# positions; this scalar-per-head table is the form T5 uses [T5 §2.1] (Shaw et al. [SHAW] add
+# learned *vectors* to the keys instead). A teaching copy of temporal attention, checked
+# against `attention.TemporalAttention`:
 
 # %%
 tatt = attention.TemporalAttention(16, head_dim=8, max_distance=4, groups=4).double()
@@ -125,11 +129,12 @@ plt.show()
 # ## 3. The direction of time
 #
 # If the bias were symmetric (e.g. initialised to zero) and every other op worked per frame,
-# the whole U-Net would be **time-reversal equivariant**: $f(\mathrm{rev}(z)) =
-# \mathrm{rev}(f(z))$ exactly, for every weight reachable by training from there. It could
-# never learn "moving left" from "moving right" (measured: 46% in NOTES.md). `ivref` breaks
-# the symmetry twice: a random relative bias and a learned frame-position embedding in the
-# per-frame conditioning. Measure the equivariance gap of the base U-Net at init:
+# the U-Net would *start* **time-reversal equivariant**: $f(\mathrm{rev}(z)) =
+# \mathrm{rev}(f(z))$, so at step 0 it cannot prefer "moving left" to "moving right". `ivref`
+# breaks the symmetry twice: a random relative bias and a learned frame-position embedding in
+# the per-frame conditioning (a CHOICE that departs from [VDM §3]'s reason for relative
+# positions: not depending on absolute frame time). Measure the equivariance gap of the base
+# U-Net at init:
 
 # %%
 unet = unet3d.VideoUNet(BASE.unet).eval()
@@ -143,12 +148,127 @@ print(f"||f(rev z) - rev f(z)|| / ||f(z)|| = {gap:.3f}")
 assert gap > 0.05
 
 # %% [markdown]
+# Is a symmetric start a trap training can never leave? Not quite. Zero the bias and the frame
+# embedding, and the gap is float rounding. The *gradient* there has a part that breaks the
+# symmetry: time reversal acts on the parameters as a map $P$ (flip the bias table's distance
+# axis, the frame embedding's frame axis, a temporal conv's kernel), and at a symmetric point
+# the gradient on the reversed batch is $P g$. So $g_{\text{anti}} = (g - Pg)/2$ is what moves
+# the net off the symmetric point, and on the batch plus its reversal it is exactly zero.
+
+
+# %%
+def symmetric_copy(unet):
+    sym = unet3d.VideoUNet(BASE.unet)
+    sym.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        sym.frame_pos.zero_()
+        for m in sym.modules():
+            if isinstance(m, attention.TemporalAttention):
+                m.rel_bias.zero_()
+            if isinstance(m, layers.TemporalConv):
+                m.conv.weight.zero_()
+    return sym
+
+
+def reverse_param(sym, name, g, f):  # P: what time reversal does to a parameter (or None)
+    tconvs = {
+        n + ".conv.weight" for n, m in sym.named_modules() if isinstance(m, layers.TemporalConv)
+    }
+    if name == "frame_pos":
+        return torch.cat([g[:f].flip(0), g[f:]])
+    if name.endswith("rel_bias"):
+        return g.flip(-1)
+    if name in tconvs:  # rows are [W_0; W_1; W_2]: reversal swaps W_0 and W_2
+        return rearrange(rearrange(g, "(k o) ... -> k o ...", k=3).flip(0), "k o ... -> (k o) ...")
+    return None
+
+
+sym = symmetric_copy(unet).eval()
+with torch.no_grad():
+    fz = sym(z_t, logsnr, temb, tmask)
+    sym_gap = (sym(z_t.flip(2), logsnr, temb, tmask).flip(2) - fz).norm() / fz.norm()
+print(f"symmetric start: equivariance gap {sym_gap:.1e}")
+assert sym_gap < 1e-5
+
+# %% [markdown]
+# Now one real captioned batch of the toy world, the v-MSE of notebook 03, and the ratio
+# $\lVert g_{\text{anti}}\rVert / \lVert g_{\text{sym}}\rVert$ over the parameters that
+# $P$ moves:
+
+# %%
+encoder = text.build_encoder(CFG.text)
+world = data.ToyVideos(BASE.num_frames, BASE.width, BASE.height, BASE.fps, seed=0)
+gen = torch.Generator().manual_seed(0)
+
+
+def a_batch(b):
+    x, caps, _ = world.sample(b, gen)
+    return (
+        x,
+        caps,
+        torch.rand(b, generator=gen, dtype=torch.float64),
+        torch.randn(x.shape, generator=gen),
+    )
+
+
+def anti_sym(x, caps, t, eps):  # (g - Pg)/2 and (g + Pg)/2 of the v-MSE
+    emb, mask = encoder.encode(caps)
+    lam = schedules.logsnr_cosine(t).float()
+    a, s = (schedules.expand_to(c, x) for c in schedules.alpha_sigma(lam))
+    loss = (sym(a * x + s * eps, lam, emb, mask) - (a * eps - s * x)).pow(2).mean()
+    sym.zero_grad()
+    loss.backward()
+    g = {
+        n: p.grad
+        for n, p in sym.named_parameters()
+        if reverse_param(sym, n, p, BASE.num_frames) is not None
+    }
+    pg = {n: reverse_param(sym, n, v, BASE.num_frames) for n, v in g.items()}
+    return (torch.cat([(g[n] - pg[n]).flatten() / 2 for n in g]),
+            torch.cat([(g[n] + pg[n]).flatten() / 2 for n in g]))  # fmt: skip
+
+
+x, caps, t, eps = a_batch(16)
+anti, symm = anti_sym(x, caps, t, eps)
+both = anti_sym(
+    torch.cat([x, x.flip(2)]), caps + caps, torch.cat([t, t]), torch.cat([eps, eps.flip(2)])
+)
+frac, frac_both = anti.norm() / symm.norm(), both[0].norm() / both[1].norm()
+print(
+    f"antisymmetric / symmetric gradient: one batch {frac:.2f}; batch + its reversal {frac_both:.1e}"
+)
+assert frac > 0.05 and frac_both < 1e-4
+
+# %% [markdown]
+# So one step leaves the symmetric point: the start is not a prison. But the push is noise,
+# not a direction. Averaged over batches (which is what a larger batch does) the
+# antisymmetric part shrinks roughly as $1/\sqrt{\text{batches}}$, and the parts from
+# independent batches point in unrelated directions:
+
+# %%
+antis = torch.stack([anti_sym(*a_batch(8))[0] for _ in range(8)])
+shrink = antis.mean(0).norm() / antis.norm(dim=1).mean()
+unit = antis / antis.norm(dim=1, keepdim=True)
+cos = (unit @ unit.T)[~torch.eye(8, dtype=torch.bool)]
+print(f"|mean of 8 batches| / mean |one batch| = {shrink:.2f} (1/sqrt(8) = {8**-0.5:.2f})")
+print(f"cosine between batches: mean {cos.mean():+.2f}, max {cos.max():+.2f}")
+assert shrink < 0.7
+
+# %% [markdown]
+# That is why a symmetric start stalls rather than fails outright: nothing in the loss points
+# the net towards *a* direction of time until the net already has one, so motion stays at
+# chance while color and shape are learned (a toy run from a zero bias reached 46% motion
+# accuracy, see docs/field-notes.md). Random initial biases and a frame embedding hand it a
+# direction from step 0.
+
+# %% [markdown]
 # ## 4. Temporal convolution vs attention: cost as frames grow
 #
-# Attention over $F$ frames costs $O(F^2)$ per pixel; a kernel-3 convolution $O(F)$. That is
-# why [IV] uses temporal attention only in the base model (16 frames, 40x24) and temporal
-# convolutions in the SR stages, which run at up to 128 frames. Measured here on CPU, one
-# block, 64 channels at 8x8 pixels:
+# Attention over $F$ frames costs $O(F^2)$ per pixel; a kernel-3 convolution $O(F)$. [IV §2.3]
+# uses temporal attention only in the base model (16 frames, 40x24) and temporal convolutions
+# in the SR stages, which run at up to 128 frames and 1280x768 pixels; its stated reasons are
+# memory and that attention there brought no gain in early experiments. Measured here on CPU,
+# one block, 64 channels at 8x8 pixels:
 
 
 # %%
@@ -178,9 +298,42 @@ print(
 )
 
 # %% [markdown]
+# The curves look nearly parallel, and that is the lesson: per pixel, temporal attention costs
+# $8C^2F$ FLOPs for its projections (q, k, v, out) and $4CF^2$ for $qk^\top$ and the weighted
+# sum; the quadratic term only catches up with the projections at $F = 2C$ (128 frames at
+# 64 channels). A kernel-3 conv costs $6C^2F$. Memory differs more: the attention weights are
+# $\text{heads} \times F^2$ numbers per pixel. Counted (not timed) up to 512 frames:
+
+# %%
+C_, HEADS = 64, 2
+frames_all = torch.tensor([8, 16, 32, 64, 128, 256, 512], dtype=torch.float64)
+flops = {
+    "attention": 8 * C_**2 * frames_all + 4 * C_ * frames_all**2,
+    "conv": 6 * C_**2 * frames_all,
+}
+memory = {"attention": 4 * C_ * frames_all + HEADS * frames_all**2, "conv": 4 * C_ * frames_all}
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3))
+for name in flops:
+    ax1.loglog(frames_all, flops[name], "o-", label=name)
+    ax2.loglog(frames_all, memory[name], "o-", label=name)
+ax1.axvline(2 * C_, color="gray", ls=":", label="F = 2C")
+ax1.set(xlabel="frames F", ylabel="FLOPs per pixel", title=f"one block, C = {C_}")
+ax2.set(xlabel="frames F", ylabel="activations per pixel", title=f"{HEADS} heads")
+ax1.legend()
+plt.show()
+quad = 4 * C_ * frames_all**2 / (8 * C_**2 * frames_all)
+print(
+    {int(f): round(q.item(), 2) for f, q in zip(frames_all, quad, strict=True)},
+    "quadratic / projections",
+)
+assert quad[frames_all == 2 * C_].item() == 1.0
+attn_gb = HEADS * 128**2 * 320 * 192 * 2 / 1e9  # bf16 weights of one layer, one clip
+print(f"one attention layer at 128 frames x 320 x 192 would hold {attn_gb:.0f} GB of weights")
+
+# %% [markdown]
 # ## 5. Joint image-video training by masking
 #
-# [IV §2.4] trains on images too, packed as the frames of a video-length sample. For such a
+# [IV §2.6] trains on images too, packed as the frames of a video-length sample. For such a
 # sample (`is_image=True`) temporal attention is masked to the identity (each frame attends
 # only to itself) and temporal-conv branches are bypassed, so its frames never mix. Change
 # frame 1 and see which output frames move:
@@ -248,9 +401,14 @@ print(f"total {total / 1e9:.2f}B vs 11.6B ({100 * (total / 11.6e9 - 1):+.1f}%)")
 # ## Summary
 #
 # - The Video U-Net is a 2-D U-Net whose convs, norms and spatial attention work per frame;
-#   frames mix only in temporal attention (base) or temporal convolution (SR stages).
-# - Temporal attention carries a relative-position bias; randomised at init, together with a
-#   frame-position embedding, so the net can tell forwards from backwards.
+#   frames mix only in temporal attention and temporal convolution (the paper: attention in
+#   the base, convolution in the SR stages; our toy base adds a conv at its top level).
+# - Temporal attention carries a relative-position bias (T5 form); randomised at init,
+#   together with a frame-position embedding, so the net tells forwards from backwards from
+#   step 0. A symmetric start is not a trap by itself, but the symmetry-breaking gradient is
+#   batch noise, so training from it stalls.
+# - Attention's quadratic cost in frames shows late (at $F = 2C$); its memory is the reason
+#   the paper gives for convolutions in the SR stages.
 # - Images train alongside videos by masking temporal mixing to the identity.
 # - Text enters pooled (every ResBlock) and token by token (spatial attention); an all-False
 #   mask selects the learned null embedding.
@@ -268,6 +426,8 @@ print(f"total {total / 1e9:.2f}B vs 11.6B ({100 * (total / 11.6e9 - 1):+.1f}%)")
 #
 # ## References
 #
-# [VDM] Video Diffusion Models, §3 (space-time factorised U-Net). [IV] Imagen Video, §2.3-2.4
-# and Fig. 6. [IMG] Imagen, App. (text in attention). [SHAW] relative position
-# representations. [CFG] classifier-free guidance. Full entries in REFERENCES.md.
+# [VDM] Video Diffusion Models, §3 (space-time factorised U-Net). [IV] Imagen Video, §2.3
+# (architectures), §2.6 (joint training) and Fig. 6. [IMG] Imagen, §2.5 (text in attention).
+# [T5] §2.1 (scalar relative-position biases); [SHAW] relative position representations.
+# [CFG] classifier-free guidance. Full entries in REFERENCES.md; the equations and every
+# citation in docs/paper.md.
