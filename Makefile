@@ -13,7 +13,7 @@ export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test lint unit notebooks sync-notebooks docs course clean
+.PHONY: install demo test lint unit notebooks sync-notebooks docs course paper-map clean
 
 install: $(VENV)/.installed
 
@@ -61,6 +61,10 @@ COURSE_SCALE ?= ci
 COURSE_NOTEBOOKS ?=
 course: install
 	$(PY) docs/course.py --scale $(COURSE_SCALE) $(COURSE_NOTEBOOKS)
+
+# docs/paper_map.md: each paper citation in ivref's docstrings -> function -> tests that call it.
+paper-map: install
+	$(PY) docs/paper_map.py
 
 # Rewrite each .ipynb from its .py (the .py is the source); outputs stay stripped.
 sync-notebooks: install

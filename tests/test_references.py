@@ -7,6 +7,7 @@
   no markdown link or repository path that does not resolve.
 """
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -164,3 +165,11 @@ def test_the_checks_catch_a_wrong_section_and_a_dangling_link(tmp_path):
     targets = [t for _, t in _link_targets(page, "[a](missing.md) [b](https://x.org) [c](#top)")]
     assert targets == ["missing.md"]
     assert BUILDER_NOTES.search("see NOTES.md") and not BUILDER_NOTES.search("docs/field-notes.md")
+
+
+def test_the_paper_map_is_up_to_date(repo_root):
+    spec = importlib.util.spec_from_file_location("paper_map", repo_root / "docs" / "paper_map.py")
+    paper_map = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_map)
+    committed = (repo_root / "docs" / "paper_map.md").read_text()
+    assert committed == paper_map.render(), "docs/paper_map.md is stale: run `make paper-map`"
