@@ -141,7 +141,7 @@ class DiffusionConfig:
     logsnr_max: float = 20.0  # lambda(0), cosine schedule start
     loss: LossWeighting = "v"  # CHOICE: v-MSE (docs/paper.md §2)
     sampler: SamplerName = "ddim"  # default sampler
-    gamma: float = 0.3  # ancestral variance interpolation [VDM eq. 5]
+    gamma: float = 0.3  # ancestral variance interpolation [VDM eq. 4]
     text_dropout: float = 0.1  # CHOICE: null text probability in training [CFG]
     threshold_percentile: float = 0.995  # dynamic thresholding [IMG §2.3]
 

@@ -1,7 +1,7 @@
 """References a reader can follow: citation keys, their locators, and links to files.
 
 - Every citation key used in the repository is defined in REFERENCES.md.
-- Every citation with a locator ([IV §2.4], [PD Alg. 2], [VDM eq. 5]) is listed in the citation
+- Every citation with a locator ([IV §2.4], [PD Alg. 2], [VDM eq. 4]) is listed in the citation
   index of docs/paper.md, so a wrong section number cannot slip in unnoticed.
 - Nothing a user reads points to a file the repository does not have: no builder-only notes,
   no markdown link or repository path that does not resolve.
