@@ -16,6 +16,7 @@
 # **Prerequisites:** notebook 01 (v-prediction, guidance). Runs in < 2 min at `IVREF_SCALE=ci`.
 
 # %%
+import dataclasses
 import time
 
 import matplotlib.pyplot as plt
@@ -80,9 +81,9 @@ print(out.shape, "| temporal conv at init is the identity:", torch.equal(tconv(h
 # $\mathrm{softmax}(q k^\top / \sqrt{d})$ is $HW \times (HW + L)$. Temporal attention: the
 # queries are one pixel's $F$ frames; the logits get a learned bias indexed by the frame
 # distance, $b_{\text{head}}[\mathrm{clip}(j - i, -D, D)]$. [VDM §3] asks for relative
-# positions; this scalar-per-head table is the form T5 uses [T5 §2.1] (Shaw et al. [SHAW] add
-# learned *vectors* to the keys instead). A teaching copy of temporal attention, checked
-# against `attention.TemporalAttention`:
+# positions, as learned *vectors* added to the keys and values after Shaw et al. [SHAW]; this
+# scalar-per-head table is the simpler form T5 uses [T5 §2.1] (our CHOICE). A teaching copy of
+# temporal attention, checked against `attention.TemporalAttention`:
 
 # %%
 tatt = attention.TemporalAttention(16, head_dim=8, max_distance=4, groups=4).double()
@@ -123,8 +124,83 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ### The whole U-Net at a glance
+#
+# Every block of the base U-Net with the shape it takes and returns, traced by forward hooks.
+# Activations live as `(b f) c h w`: frames ride in the batch, so only the channels and the
+# pixel grid change on the way down and up. Each `SpaceTimeBlock` is a ResBlock (which adds
+# the conditioning vector: the embedded noise level $\lambda_t$ plus the pooled text, plus
+# the frame-position embedding; in SR stages also the embedded augmentation level
+# $\lambda'$, and in distilled students the guidance weight $w$), then spatial attention
+# over pixels and text (`S`, where configured), then temporal mixing (`T:att` or `T:conv`).
+# On the way up each block first concatenates the skip from the matching level (`+skip`).
+
+# %%
+trace_unet = unet3d.VideoUNet(BASE.unet).eval()
+trace, handles = [], []
+
+
+def describe(module):
+    if not isinstance(module, unet3d.SpaceTimeBlock):
+        return type(module).__name__
+    mix = {attention.TemporalAttention: "T:att", layers.TemporalConv: "T:conv"}
+    parts = ["Res", "S" if module.spatial is not None else "", mix.get(type(module.temporal), "")]
+    return "+".join(p for p in parts if p)
+
+
+for part in ("down", "mid", "up"):
+    for i, module in enumerate(getattr(trace_unet, part)):
+        tag = f"{part}[{i}]"
+        handles.append(module.register_forward_hook(
+            lambda m, inp, out, tag=tag: trace.append((tag, describe(m), inp[0].shape, out.shape))
+        ))  # fmt: skip
+B0, F0 = 2, BASE.num_frames
+with torch.no_grad():
+    v_trace = trace_unet(
+        torch.randn(B0, 3, F0, BASE.height, BASE.width),
+        torch.zeros(B0),
+        torch.randn(B0, CFG.text.max_length, BASE.unet.text_dim),
+        torch.ones(B0, CFG.text.max_length, dtype=torch.bool),
+    )
+for h in handles:
+    h.remove()
+print(f"z_t {(B0, 3, F0, BASE.height, BASE.width)} (B, C, F, H, W) -> (b f) = {B0 * F0} images")
+for tag, kind, shape_in, shape_out in trace:
+    skip = " +skip" if tag.startswith("up") and kind.startswith("Res") else ""  # cat first
+    print(f"{tag:8} {kind + skip:18} {tuple(shape_in)} -> {tuple(shape_out)}")
+print("v_hat", tuple(v_trace.shape))
+assert v_trace.shape == (B0, 3, F0, BASE.height, BASE.width)
+assert all(o[0] == B0 * F0 for *_, o in trace)  # frames are never down- or upsampled
+
+# %% [markdown]
 # The two padded text tokens get zero weight; the bias is a Toeplitz matrix (constant along
 # diagonals), so attention depends on *how far apart* two frames are, not where they are.
+# Move the clipping distance $D$: frames further apart than $D$ share one bias value. (A
+# widget; headless it draws once, and nothing below depends on it.)
+
+# %%
+import ipywidgets
+
+
+def show_bias(max_distance=2, frames=12):
+    att = attention.TemporalAttention(16, head_dim=8, max_distance=max_distance, groups=4)
+    bias = att.relative_bias(frames)[0].detach()
+    distinct = len(torch.unique(bias))
+    plt.figure(figsize=(3.2, 3))
+    plt.imshow(bias, cmap="coolwarm")
+    plt.title(f"D = {max_distance}: {distinct} distinct values", fontsize=9)
+    plt.xlabel("key frame j")
+    plt.ylabel("query frame i")
+    plt.show()
+    return distinct
+
+
+assert show_bias(2, 12) == 5  # distances clipped to -2..2
+ipywidgets.interact(
+    show_bias,
+    max_distance=ipywidgets.IntSlider(value=2, min=0, max=11),
+    frames=ipywidgets.IntSlider(value=12, min=2, max=16),
+)
 #
 # ## 3. The direction of time
 #
@@ -416,14 +492,48 @@ print(f"total {total / 1e9:.2f}B vs 11.6B ({100 * (total / 11.6e9 - 1):+.1f}%)")
 # ## Exercises
 #
 # 1. Zero the relative bias and the frame-position embedding of a fresh U-Net and measure the
-#    time-reversal gap of section 3 again. What do you expect, and why?
+#    time-reversal gap of section 3 again. What do you expect, and why? (Hint:
+#    `symmetric_copy` in section 3 does this and zeroes the temporal convs too; is that needed
+#    at init?)
 # 2. Extend the cost plot of section 4 with a spatial attention block at 16x16: which grows
-#    faster with frames, and why does frames-as-batch make it linear?
+#    faster with frames, and why does frames-as-batch make it linear? (Hint: time
+#    `attention.SpatialAttention(64, 32, ctx_dim=8, groups=8)` on `(F, 64, 16, 16)` inputs; the
+#    check wants the time at 2F over the time at F.)
 # 3. Change `BASE.unet` to temporal convs everywhere; how do the parameter count and the
-#    forward time change?
-# 4. Replace mean pooling of text by attention pooling in `VideoUNet._text` and check that
-#    section 6's assertions still hold.
-#
+#    forward time change? (Hint: `dataclasses.replace(BASE.unet, temporal_mixing=...)` and
+#    `unet3d.count_parameters`.)
+# 4. Replace mean pooling of text by attention pooling in `VideoUNet._text` (a subclass) and
+#    check that section 6's assertions still hold. (Hint: keep the all-False mask path: the
+#    null embedding must not depend on the prompt.)
+
+# %%
+answer_1 = None  # the gap ||f(rev z) - rev f(z)|| / ||f(z)|| of your symmetric U-Net
+answer_2 = None  # spatial-attention forward time at 2F frames / time at F frames
+answer_3 = None  # parameter count of the base U-Net with temporal convs at every level
+answer_4 = None  # an instance of your VideoUNet subclass, built from BASE.unet
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+def null_is_prompt_free(model):
+    e, m = encoder.encode(["a red circle moving left", "a blue square moving up"])
+    with torch.no_grad():
+        out = model.eval()(z_t[:1].expand(2, -1, -1, -1, -1), logsnr, e, torch.zeros_like(m))
+    return torch.equal(out[0], out[1])
+
+
+n_conv = len(BASE.unet.channel_mults)
+conv_cfg = dataclasses.replace(BASE.unet, temporal_mixing=("conv",) * n_conv)
+check("exercise 1", answer_1, lambda a: float(a) < 1e-5)
+check("exercise 2", answer_2, lambda a: 1.4 < float(a) < 2.8)  # linear in F, with timing noise
+check("exercise 3", answer_3, lambda a: a == unet3d.count_parameters(conv_cfg))
+check("exercise 4", answer_4, null_is_prompt_free)
+
+# %% [markdown]
 # ## References
 #
 # [VDM] Video Diffusion Models, §3 (space-time factorised U-Net). [IV] Imagen Video, §2.3
