@@ -168,7 +168,30 @@ print(f"{cfg.stages[0].num_frames} x {cfg.stages[0].width} x {cfg.stages[0].heig
 # 2. Make a `toy` variant whose base stage has 16 frames (hint: `dataclasses.replace`); which
 #    other stages must change so that the cascade still validates?
 # 3. Check numerically that $\lambda_t = \log(\alpha_t^2/\sigma_t^2)$ for the `alpha_t` above.
+#    (Hint: `alpha_t` and `sigma_t` are shaped `(B, 1, 1, 1, 1)`; flatten them first.)
 #
+# Put your answers in the cell below and run the check after it; it says, per exercise,
+# whether your answer holds (and stays quiet about the ones you have not tried).
+
+# %%
+answer_1 = None  # the names of the paper stages without spatial attention, e.g. ["ssr9"]
+answer_2 = None  # your CascadeConfig whose base stage makes 16 frames
+answer_3 = None  # your logsnr, shape (B,), computed from alpha_t and sigma_t
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+no_spatial = {s.name for s in configs.preset("paper").stages if not any(s.unet.spatial_attention)}
+check("exercise 1", answer_1, lambda a: set(a) == no_spatial)
+check("exercise 2", answer_2, lambda a: a.stages[0].num_frames == 16 and len(a.stages) >= 2)
+check("exercise 3", answer_3, lambda a: torch.allclose(a.flatten(), logsnr_t, atol=1e-5))
+check("a wrong answer, for example", ["tsr1"], lambda a: set(a) == no_spatial)
+
+# %% [markdown]
 # ## References
 # [IV] Imagen Video; [VDM] Video Diffusion Models; [VDM-K] Variational Diffusion Models;
 # [PD] Progressive Distillation; [CFG] Classifier-Free Guidance. Full entries in REFERENCES.md;
