@@ -328,7 +328,7 @@ assert shift["v", 4] < shift["eps", 4]  # few steps: eps-prediction shifts the c
 # A DDIM step [DDIM] from $t$ to $s < t$ predicts $\hat x$, infers $\hat\epsilon$ and
 # re-noises deterministically: $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$. An ancestral
 # step draws from $q(z_s \mid z_t, x=\hat x)$ with a variance between the posterior and the
-# forward one, set by $\gamma$ [VDM eq. 5]. A teaching copy of the DDIM step:
+# forward one, set by $\gamma$ [VDM eq. 4]. A teaching copy of the DDIM step:
 
 
 # %%
@@ -521,6 +521,34 @@ def show_t(t=0.5):
 ipywidgets.interact(show_t, t=ipywidgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.02))
 
 # %% [markdown]
+# And one for guidance: move $w$ and the thresholding percentile and watch the same four
+# captions from the same noise (16 DDIM steps; headless, it draws once at the defaults).
+
+
+# %%
+def show_guidance(w=3.0, percentile=0.995):
+    fn = guidance.guided_x_hat_fn(models["v"], emb4, mask4, w, threshold=percentile)
+    out = samplers.sample(
+        fn, (4, 3, NUM_FRAMES, SIZE, SIZE), steps=16, generator=torch.Generator().manual_seed(7)
+    )
+    fig, ax = plt.subplots(figsize=(8, 1.6))
+    ax.imshow(strip(video.grid(out.clamp(-1, 1), ncols=4)))
+    ax.set_axis_off()
+    ax.set_title(
+        f"w = {w:g} (Imagen's w' = {w + 1:g}), threshold percentile {percentile}", fontsize=8
+    )
+    plt.show()
+
+
+ipywidgets.interact(
+    show_guidance,
+    w=ipywidgets.FloatSlider(value=3.0, min=0.0, max=20.0, step=0.5),
+    percentile=ipywidgets.FloatSlider(
+        value=0.995, min=0.9, max=1.0, step=0.005, readout_format=".3f"
+    ),
+)
+
+# %% [markdown]
 # ## Summary
 #
 # - $z_t = \alpha_t x + \sigma_t\epsilon$ with the cosine log-SNR schedule
@@ -535,12 +563,52 @@ ipywidgets.interact(show_t, t=ipywidgets.FloatSlider(value=0.5, min=0.0, max=1.0
 # ## Exercises
 #
 # 1. Train the $x$-prediction model with the v-MSE weighting (`weighting="v"`,
-#    `prediction="x"`). Where does its $\hat x$ error curve move, and why?
+#    `prediction="x"`). Where does its $\hat x$ error curve move, and why? (Hint: the weight
+#    $1 + \mathrm{SNR}$ is huge at low noise; which noise levels does training then favour?)
 # 2. Change `logsnr_min` to $-10$ for training and sampling. What happens to the
-#    $\epsilon$-model's few-step samples?
-# 3. Plot the ancestral sampler's std against steps for $\gamma = 0$, $0.3$ and $1$.
+#    $\epsilon$-model's few-step samples? (Hint: at $\lambda = -10$, $\alpha \approx 0.007$:
+#    how large is the first $\hat x$ error now?)
+# 3. Plot the ancestral sampler's std against steps for $\gamma = 0$, $0.3$ and $1$, on the
+#    Gaussian oracle of section 5. (Hint: `samplers.sample(oracle, ..., sampler="ancestral",
+#    gamma=0.0)`; $\gamma = 0$ uses the posterior variance, the least noise per step.)
 # 4. Lower the thresholding percentile to 0.9. What happens to an unguided ($w = 0$) sample?
+#    (Hint: `guidance.dynamic_threshold` rescales whenever the percentile exceeds 1.)
 #
+# Answers 3 and 4 can be checked: put them below and run the check.
+
+# %%
+answer_3 = None  # the sample std at 8 steps with gamma = 0 (the oracle, 100 x 10 x 10 draws)
+answer_4 = None  # True if a w = 0 sample changes when the percentile drops to 0.9, else False
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+def std_at_8(gamma):
+    g = torch.Generator().manual_seed(0)
+    out = samplers.sample(oracle, (100, 1, 1, 10, 10), steps=8, sampler="ancestral", gamma=gamma,
+                          generator=g, dtype=torch.float64)  # fmt: skip
+    return out.std().item()
+
+
+def changes_at_0_9():
+    fn = guidance.guided_x_hat_fn(models["v"], emb4, mask4, 0.0, threshold=0.9)
+    shape, g = (4, 3, NUM_FRAMES, SIZE, SIZE), torch.Generator().manual_seed(7)
+    out = samplers.sample(fn, shape, steps=8, generator=g)
+    ref = samplers.sample(
+        guidance.guided_x_hat_fn(models["v"], emb4, mask4, 0.0), shape, steps=8,
+        generator=torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    return not torch.allclose(out, ref)
+
+
+check("exercise 3", answer_3, lambda a: abs(a - std_at_8(0.0)) < 0.01)
+check("exercise 4", answer_4, lambda a: bool(a) == changes_at_0_9())
+
+# %% [markdown]
 # ## References
 #
 # [IV] Imagen Video (§2.4 v-prediction, §2.6.1-2.6.2 guidance); [VDM] Video Diffusion Models;
