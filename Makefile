@@ -13,7 +13,7 @@ export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: install demo test lint unit notebooks sync-notebooks docs clean
+.PHONY: install demo test lint unit notebooks sync-notebooks docs course paper-map clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,18 @@ test: lint unit notebooks
 docs: install
 	$(PY) docs/figures.py
 	$(PY) tests/test_errors.py
+
+# The course, executed and rendered to HTML in docs/course/ (figures and videos included) so it
+# reads on the web without running. COURSE_SCALE=ci (default) is quick; COURSE_SCALE=toy makes
+# the reading copies (trained longer, more samples). COURSE_NOTEBOOKS picks a subset.
+COURSE_SCALE ?= ci
+COURSE_NOTEBOOKS ?=
+course: install
+	$(PY) docs/course.py --scale $(COURSE_SCALE) $(COURSE_NOTEBOOKS)
+
+# docs/paper_map.md: each paper citation in ivref's docstrings -> function -> tests that call it.
+paper-map: install
+	$(PY) docs/paper_map.py
 
 # Rewrite each .ipynb from its .py (the .py is the source); outputs stay stripped.
 sync-notebooks: install

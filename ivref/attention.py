@@ -1,11 +1,11 @@
 """Attention of the Video U-Net: spatial (frames as batch, text keys/values) and temporal.
 
 Spatial attention mixes the pixels of one frame and reads the text; temporal attention mixes
-one pixel's frames, with a learned relative-position bias [VDM §3, SHAW]. Both are
-``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
-even under bf16 autocast (bf16 SDPA backward is ~6x slower there; NOTES.md). A call with
-more than ``MAX_SEQUENCES`` sequences is split into chunks: CUDA's fused attention fails for
-65,536 or more in one call, which temporal attention reaches at B*H*W >= 65,536 (NOTES.md).
+one pixel's frames, with a learned relative-position bias [VDM §3] in the T5 form [T5 §2.1].
+Both are ``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
+even under bf16 autocast (bf16 SDPA backward is ~6x slower there; docs/field-notes.md). A call
+with more than ``MAX_SEQUENCES`` sequences is split into chunks: CUDA's fused attention fails
+for 65,536 or more in one call, which temporal attention reaches at B*H*W >= 65,536.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ class SpatialAttention(nn.Module):
 
     keys = [k(GN(x)) of the H*W pixels ; k_text(LN(c))],  values likewise, masked by text_mask;
     out = x + proj(attention).  Frames are batch, so no frame sees another [VDM §3].
-    CHOICE (PAPER.md §2): the LayerNormed text is concatenated to the keys/values of every
+    CHOICE (docs/paper.md §4): the LayerNormed text is concatenated to the keys/values of every
     spatial self-attention. With ``self_attend=False`` it is pure cross-attention (keys/values
-    from text only), used at the lowest level of fully convolutional stages [IV §2.5].
+    from text only), used at the lowest level of fully convolutional stages [IV §2.3].
     Input x (B*F, C, H, W), ctx (B, L, E), ctx_mask (B, L) bool -> (B*F, C, H, W).
     """
 
@@ -94,13 +94,14 @@ class SpatialAttention(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention over one pixel's frames with a relative-position bias [VDM §3, SHAW].
+    """Self-attention over one pixel's frames with a relative-position bias [VDM §3, T5 §2.1].
 
     logits[i, j] = q_i . k_j / sqrt(d) + bias[head, clip(j - i, -D, D)],  D = max_distance.
-    CHOICE (PAPER.md §2): the bias table is initialised randomly (std ``bias_init_std``), not
-    to zero: a zero, symmetric bias leaves the whole U-Net time-reversal equivariant and it
-    cannot learn the direction of motion (NOTES.md). For image samples the attention matrix
-    is the identity (each frame attends only to itself, out_i = v_i) [IV §2.4, VDM §4].
+    CHOICE (docs/paper.md §4): the bias table is initialised randomly (std ``bias_init_std``), not
+    to zero: a zero, symmetric bias starts the whole U-Net exactly time-reversal equivariant,
+    and from there it learns the direction of motion only slowly (notebook 02). For image
+    samples the attention matrix is the identity (each frame attends only to itself,
+    out_i = v_i) [IV §2.6, VDM §4].
     Input (B*F, C, H, W) -> same.
     """
 

@@ -341,7 +341,7 @@ class Cascade(nn.Module):
 
     def save_pretrained(
         self,
-        dir: str | os.PathLike,  # noqa: A002 (the public name DESIGN.md gives)
+        dir: str | os.PathLike,  # noqa: A002 (the public name of the documented API)
         *,
         overwrite: bool = False,
     ) -> Path:
@@ -375,7 +375,7 @@ class Cascade(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        dir: str | os.PathLike | None = None,  # noqa: A002 (the public name DESIGN.md gives)
+        dir: str | os.PathLike | None = None,  # noqa: A002 (the public name of the documented API)
         *,
         encoder: text.TextEncoder | None = None,
         variant: str | None = None,

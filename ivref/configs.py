@@ -1,6 +1,6 @@
 """Frozen configuration dataclasses and the three presets: ``ci``, ``toy`` and ``paper``.
 
-One code path serves every scale; a preset changes only sizes and step counts (DESIGN.md
+One code path serves every scale; a preset changes only sizes and step counts (docs/design.md
 "Scales"). Presets are functions, never files: JSON is written beside checkpoints as an
 output (see ``to_dict`` / ``from_dict``), never read as a source of defaults.
 
@@ -121,7 +121,7 @@ class UNetConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The frozen text encoder [IV §2.1]; DESIGN.md "Text encoders"."""
+    """The frozen text encoder [IV §2.2]; docs/design.md "Text encoders"."""
 
     encoder: TextEncoderName = "tiny-t5"  # tiny-t5 (ci, seeded), minilm (toy), t5 (local path)
     dim: int = 32  # embedding width D it returns
@@ -135,13 +135,13 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    """The shared diffusion process and its defaults [VDM §2, PAPER.md §3-4]."""
+    """The shared diffusion process and its defaults [VDM §2]; docs/paper.md §2-3."""
 
     logsnr_min: float = -20.0  # lambda(1), cosine schedule end
     logsnr_max: float = 20.0  # lambda(0), cosine schedule start
-    loss: LossWeighting = "v"  # CHOICE: v-MSE (PAPER.md §3)
+    loss: LossWeighting = "v"  # CHOICE: v-MSE (docs/paper.md §2)
     sampler: SamplerName = "ddim"  # default sampler
-    gamma: float = 0.3  # ancestral variance interpolation [VDM eq. 5]
+    gamma: float = 0.3  # ancestral variance interpolation [VDM eq. 4]
     text_dropout: float = 0.1  # CHOICE: null text probability in training [CFG]
     threshold_percentile: float = 0.995  # dynamic thresholding [IMG §2.3]
 
@@ -169,7 +169,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     ema_decay: float = 0.999  # CHOICE: 0.9999 [VDM] is for 100k+ steps; toy runs are short
     grad_clip: float = 1.0  # global gradient-norm clip
-    image_ratio: float = 0.0  # fraction of samples that are images (joint training) [IV §2.4]
+    image_ratio: float = 0.0  # fraction of samples that are images (joint training) [IV §2.6]
     crop_size: int | None = None  # train on random crops of this many output pixels [IV §2.3]
     bf16: bool = True  # bf16 autocast (attention kept in fp32 on CPU)
     lr_decay: LRDecay = "none"  # "linear": lr anneals to 0 at the run's last step [PD]
@@ -501,12 +501,12 @@ def ci() -> CascadeConfig:
 
 
 def toy() -> CascadeConfig:
-    """The shipped toy cascade (DESIGN.md "Scales"): 8 x 16 x 16 @ 3 fps -> 16 x 64 x 64 @ 6 fps."""
+    """The shipped toy cascade (docs/design.md): 8 x 16 x 16 @ 3 fps -> 16 x 64 x 64 @ 6 fps."""
     text = TextConfig(encoder="minilm", dim=384, max_length=16)
     base_unet = UNetConfig(
         base_channels=32,
         channel_mults=(1, 2, 4),
-        num_res_blocks=1,  # 3.4M params: ~1.4x cheaper than 2 blocks; enough (NOTES.md)
+        num_res_blocks=1,  # 3.4M params: ~1.4x cheaper than 2 blocks; enough (docs/field-notes.md)
         spatial_attention=(False, False, True),
         temporal_mixing=("conv", "attention", "attention"),
         head_dim=32,
@@ -569,10 +569,18 @@ def toy() -> CascadeConfig:
 def paper() -> CascadeConfig:
     """The seven-stage cascade of [IV Fig. 6]; widths chosen to match its parameter counts.
 
-    Sizes, fps and temporal ops are from [IV Fig. 6] (PAPER.md §1); the text encoder is
-    T5-XXL, 4096-d [IV §2.1]; steps are the undistilled 256/128 of [IV §2.7] (CHOICE where
-    unstated). Widths and depths are not published: they are chosen so that each stage's
-    parameter count is within 10% of the figure's (tests/test_unet3d.py checks this).
+    Sizes, fps and temporal ops are from [IV Fig. 6] (docs/paper.md §1); the text encoder is
+    T5-XXL, 4096-d [IV §2.2]. Widths and depths are not published: they are chosen so that
+    each stage's parameter count is within 10% of the figure's (tests/test_unet3d.py checks it).
+
+    Sampling settings, each marked by its source:
+    - sample_steps: CHOICE, 256 for the base and 128 for every SR stage (undistilled); the
+      distilled students use 8 per stage, which is the paper's [IV §2.7].
+    - guidance_w: CHOICE, 5 in the three stages up to 80 x 48 (with oscillation) and 3 above.
+      The paper reports other numbers: a constant weight of 6 in its distillation comparison
+      [IV Table 1] and oscillating 15 / 1 for large weights [IV §2.6.2], both in the same
+      (1 + w) form as ivref. Our oscillation alternates guidance_w with guidance_low_w.
+    - oscillating_guidance only in stages at or below 80 x 48: the paper's [IV §2.6.2].
 
     CHOICE: widths/depths (base_channels x (1, 2, 4, 4[, 4]), num_res_blocks) and the count
     of ``unet3d.count_parameters`` against [IV Fig. 6]:
@@ -631,9 +639,9 @@ def paper() -> CascadeConfig:
             3,
             base,
             train,
-            sample_steps=256,
-            guidance_w=5.0,
-            oscillating_guidance=True,
+            sample_steps=256,  # CHOICE (see docstring)
+            guidance_w=5.0,  # CHOICE; paper: constant 6 or 15/1
+            oscillating_guidance=True,  # [IV §2.6.2]
         ),
         StageConfig(
             "tsr1",
@@ -644,9 +652,9 @@ def paper() -> CascadeConfig:
             6,
             sr(448, 2, (1, 2, 4, 4), True, 32),
             train,
-            sample_steps=128,
-            guidance_w=5.0,
-            oscillating_guidance=True,
+            sample_steps=128,  # CHOICE
+            guidance_w=5.0,  # CHOICE; paper: constant 6 or 15/1
+            oscillating_guidance=True,  # [IV §2.6.2]
         ),
         StageConfig(
             "ssr1",
@@ -657,9 +665,9 @@ def paper() -> CascadeConfig:
             6,
             sr(320, 4, (1, 2, 4, 4), True, 32),
             train,
-            sample_steps=128,
-            guidance_w=5.0,
-            oscillating_guidance=True,
+            sample_steps=128,  # CHOICE
+            guidance_w=5.0,  # CHOICE; paper: constant 6 or 15/1
+            oscillating_guidance=True,  # [IV §2.6.2]
         ),
         StageConfig(
             "ssr2",
@@ -670,8 +678,8 @@ def paper() -> CascadeConfig:
             6,
             sr(384, 2, (1, 2, 4, 4), True, 32),
             train,
-            sample_steps=128,
-            guidance_w=3.0,
+            sample_steps=128,  # CHOICE
+            guidance_w=3.0,  # CHOICE
         ),
         StageConfig(
             "tsr2",
@@ -682,8 +690,8 @@ def paper() -> CascadeConfig:
             12,
             sr(256, 4, (1, 2, 4, 4), False, 64),
             train,
-            sample_steps=128,
-            guidance_w=3.0,
+            sample_steps=128,  # CHOICE
+            guidance_w=3.0,  # CHOICE
         ),
         StageConfig(
             "tsr3",
@@ -694,8 +702,8 @@ def paper() -> CascadeConfig:
             24,
             sr(256, 3, (1, 2, 4, 4), False, 128),
             train,
-            sample_steps=128,
-            guidance_w=3.0,
+            sample_steps=128,  # CHOICE
+            guidance_w=3.0,  # CHOICE
         ),
         StageConfig(
             "ssr3",
@@ -706,8 +714,8 @@ def paper() -> CascadeConfig:
             24,
             sr(192, 2, (1, 2, 4, 4, 4), False, 128),
             dataclasses.replace(train, crop_size=256),
-            sample_steps=128,
-            guidance_w=3.0,
+            sample_steps=128,  # CHOICE
+            guidance_w=3.0,  # CHOICE
         ),
     )
     return CascadeConfig("paper", text, DiffusionConfig(), stages)

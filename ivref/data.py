@@ -1,13 +1,13 @@
 """Captioned training videos: the procedural moving-shapes world, and folders of real videos.
 
-The toy world (DESIGN.md "Toy data"): one anti-aliased shape (7 colors x 3 shapes) on a dark
+The toy world (docs/design.md "Toy data"): one anti-aliased shape (7 colors x 3 shapes) on a dark
 background, moving in a straight line (4 motions), captioned "a red circle moving left".
 A scene is defined in continuous time (seconds) and in units of the frame's shorter side,
 so the same scene renders to the same picture at every stage's size and frame rate: frame k
 shows time t_k = k / fps. A base-stage clip (8 frames @ 3 fps) and a TSR clip (16 @ 6) of the
 same scene agree on every base frame; an SSR clip is the same video at more pixels.
 
-Images for joint image-video training [IV §2.4] follow [VDM §4]: an image sample is a
+Images for joint image-video training [IV §2.6] follow [VDM §4]: an image sample is a
 video-length pack of independent still frames. CHOICE: all frames of a pack share one
 caption without motion ("a red circle") and differ in position and size; the U-Net is told
 ``is_image`` and keeps the frames from mixing in time.
@@ -249,7 +249,7 @@ class ToyVideos:
     """An endless stream of captioned toy clips for one stage's (num_frames, width, height, fps).
 
     ``sample`` draws uniformly over the split's (color, shape, motion) combinations; with
-    probability ``image_ratio`` a sample is an image pack instead ([VDM §4], [IV §2.4]).
+    probability ``image_ratio`` a sample is an image pack instead ([VDM §4], [IV §2.6]).
     All randomness comes from ``generator`` (default: ``self.generator``, seeded by ``seed``).
     """
 

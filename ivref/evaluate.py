@@ -3,7 +3,7 @@
 The toy stand-in for the CLIP-score-vs-guidance curves of [IMG §4] and [IV Table 1]: sample
 every prompt of a split with the same seeds, read the videos back with
 ``metrics.caption_alignment``, and report per-attribute and all-three accuracy. Used to pick a
-stage's default guidance weight by measurement (NOTES.md: large w distorts shapes here).
+stage's default guidance weight by measurement (docs/field-notes.md: large w distorts shapes here).
 """
 
 from __future__ import annotations

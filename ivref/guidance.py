@@ -4,7 +4,7 @@ Guidance mixes a conditional and an unconditional prediction of the same model [
 x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t), so w = 0 is the plain conditional model.
 High w pushes x~ outside the data range [-1, 1]; dynamic thresholding pulls it back per
 sample [IMG §2.3]. Imagen Video alternates high and low w in its low-resolution stages
-[IV §2.6]. ``guided_x_hat_fn`` puts the three together as an ``x_hat_fn`` for
+[IV §2.6.2]. ``guided_x_hat_fn`` puts the three together as an ``x_hat_fn`` for
 ``samplers.sample``.
 """
 
@@ -19,10 +19,12 @@ from ivref import parameterization, samplers, schedules
 
 
 def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, w: schedules.Coef) -> torch.Tensor:
-    """Classifier-free guidance: (1 + w) pred_cond - w pred_uncond [CFG eq. 6, IMG §2.3].
+    """Classifier-free guidance: (1 + w) pred_cond - w pred_uncond [CFG eq. 6, IV §2.6.1].
 
-    The same combination holds for x, eps and v predictions (each is affine in the others
-    at fixed z_t). ``w`` is a float or per-sample (B,).
+    Imagen writes w x_c + (1 - w) x_u instead [IMG §2.2] (no guidance at w = 1), as does
+    diffusers' ``guidance_scale``: w here = theirs - 1. The same combination holds for x, eps
+    and v predictions (each is affine in the others at fixed z_t). ``w`` is a float or
+    per-sample (B,).
     """
     if pred_cond.shape != pred_uncond.shape:
         raise ValueError(
@@ -60,11 +62,11 @@ def dynamic_threshold(x_hat: torch.Tensor, percentile: float = 0.995) -> torch.T
 def oscillating_schedule(
     steps: int, high: float = 15.0, low: float = 1.0, warmup_frac: float = 0.1
 ) -> list[float]:
-    """Per-step guidance weights: constant ``high`` first, then alternating [IV §2.6].
+    """Per-step guidance weights: constant ``high`` first, then alternating [IV §2.6.2].
 
     w[i] = high for i < round(warmup_frac * steps); after that low, high, low, ...
-    CHOICE: the first 10% of steps are constant high (PAPER.md §4); the alternation starts
-    with low, right after the high warm-up.
+    CHOICE: the first 10% of steps are constant high (the paper gives no length); the
+    alternation starts with low, right after the high warm-up.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")

@@ -2,7 +2,7 @@
 
 Every spatial op here works on frames as batch, ``(b f) c h w`` [VDM §3]: a 1x3x3 conv of the
 paper is a 2-D 3x3 conv applied to each frame, and GroupNorm normalises each frame on its own
-(so no statistic mixes frames: the image-mode exactness of [IV §2.4] depends on it). Only
+(so no statistic mixes frames: the image-mode exactness of [IV §2.6] depends on it). Only
 ``TemporalConv`` (here) and ``TemporalAttention`` (attention.py) mix frames.
 """
 
@@ -56,7 +56,7 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """Per-frame residual block with scale-shift conditioning [IMG App., VDM §3].
+    """Per-frame residual block with scale-shift conditioning [IMG §2.5, VDM §3].
 
     h = conv1(SiLU(GN(x)));  h = conv2(dropout(SiLU(GN(h) * (1 + scale) + shift)))
     out = skip(x) + h
@@ -89,10 +89,10 @@ class TemporalConv(nn.Module):
     """Residual temporal convolution over frames: x + conv_f(SiLU(GN(x))) [IV §2.3].
 
     conv_f(h)[f] = W_0 h[f-1] + W_1 h[f] + W_2 h[f+1] + bias   (kernel 3, zero padding)
-    CHOICE (PAPER.md §2): kernel 3, centred, and the branch initialised to zero so the block
+    CHOICE (docs/paper.md §4): kernel 3, centred, and the branch initialised to zero so the block
     starts as the identity over time. Computed as one 1x1 conv to 3C channels and two frame
     shifts, which needs no (b h w) c f transpose. For image samples (``video_mask`` 0) the
-    branch is multiplied by 0: their frames stay independent [IV §2.4]. The norm is per frame
+    branch is multiplied by 0: their frames stay independent [IV §2.6]. The norm is per frame
     (GroupNorm on ``(b f) c h w``), so it does not mix frames either.
     Input (B*F, C, H, W) -> same.
     """

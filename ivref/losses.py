@@ -7,7 +7,7 @@ errors of the three predictions differ only by a per-sample factor (z_t fixed):
 
 with SNR = alpha^2 / sigma^2 = exp(logsnr). The weightings, named as configs.LossWeighting:
 
-  "v"          w = 1 + SNR        v-MSE; CHOICE: the default (PAPER.md §3) [PD §4]
+  "v"          w = 1 + SNR        v-MSE; CHOICE: the default (docs/paper.md §2) [PD §4]
   "eps"        w = SNR            eps-MSE, the "simple" loss [DDPM]
   "snr_trunc"  w = max(SNR, 1)    truncated SNR [PD §4]
   "x"          w = 1              x-MSE

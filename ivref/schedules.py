@@ -114,7 +114,7 @@ def q_sample(x: torch.Tensor, logsnr: Coef, eps: torch.Tensor) -> torch.Tensor:
 def q_posterior(
     z_t: torch.Tensor, x: torch.Tensor, logsnr_t: Coef, logsnr_s: Coef
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of q(z_s | z_t, x) for logsnr_s > logsnr_t [VDM eq. 5, VDM-K].
+    """Mean and variance of q(z_s | z_t, x) for logsnr_s > logsnr_t [VDM eq. 3, VDM-K].
 
     With r = exp(logsnr_t - logsnr_s):
       mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x

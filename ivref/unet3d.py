@@ -7,10 +7,11 @@ connections. Frames are never down- or upsampled. Activations live as ``(b f) c 
 
 Conditioning (one vector per frame, added in every ResBlock by scale-shift GroupNorm):
     emb_f = MLP(sin(logsnr_t)) + Linear(mean-pooled text) [+ MLP(sin(aug_logsnr))]
-            [+ MLP(sin(guidance_w))] + frame_pos[f]                       [IMG App., GD, IV §2.5]
+            [+ MLP(sin(guidance_w))] + frame_pos[f]                       [IMG §2.5, GD, IV §2.5]
 CHOICE: ``frame_pos`` is a learned frame-position embedding (zero for image samples); with
 the random relative bias of temporal attention it lets the net tell the direction of time
-from its first step (NOTES.md "time-reversal trap").
+from its first step (notebook 02, section 3; docs/field-notes.md). It departs from the reason
+[VDM §3] gives for relative positions (no dependence on absolute frame time).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Videos inside ivref are float tensors in [-1, 1], laid out (B, C, F, H, W) or (C, F, H, W);
 files and notebook widgets take uint8 frames (F, H, W, 3). Every writer goes through a
 temporary file in the same directory and ``os.replace``, so a crash never leaves a
-half-written video behind. mediapy is pointed at imageio-ffmpeg's binary (NOTES.md "Video").
+half-written video behind. mediapy is pointed at imageio-ffmpeg's binary
+(imageio-ffmpeg 0.8's FFmpeg dropped an option mediapy's reader uses).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
     """Write one video ((C, F, H, W) in [-1, 1], or uint8 (F, H, W, 3)) as .mp4 or .gif, atomically.
 
     A batch is tiled with ``grid`` first. mp4 is h264 (width and height are padded to even
-    sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif" (NOTES.md).
+    sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif".
     """
     import mediapy
 

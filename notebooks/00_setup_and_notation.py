@@ -69,7 +69,12 @@ print("z_t", tuple(z_t.shape), "(B, C, F, H, W)")
 # |---|---|---|
 # | `ci` | tests and notebooks in CI | 2-core CPU, each notebook < 2 min |
 # | `toy` | learning; the shipped cascade; the demo | one GPU in minutes, a laptop CPU in about an hour per stage |
-# | `paper` | the seven-stage cascade of [IV Fig. 6] | many GPUs (torchrun + FSDP) |
+# | `paper` | the seven-stage cascade of [IV Fig. 6] | built and counted on PyTorch's meta device |
+#
+# What exists for the `paper` preset today: its configs, U-Nets of the paper's parameter counts
+# (built without memory on the meta device), and single-device training with bf16 autocast and
+# activation checkpointing. Multi-GPU training (DDP or FSDP under `torchrun`) is not
+# implemented yet, so training a paper-size stage is out of reach of this package for now.
 #
 # Each preset is a function returning a frozen `CascadeConfig`: its stages run base first.
 
@@ -88,6 +93,29 @@ def stage_table(cfg: configs.CascadeConfig) -> None:
 
 for name in configs.PRESETS:
     stage_table(configs.preset(name))
+
+# %% [markdown]
+# ## The cascade's big picture
+#
+# Why a cascade? One model cannot afford 128 frames of 1280 x 768 pixels. The paper's base
+# model makes 16 frames at 40 x 24 and 3 fps (5.3 s); each later stage either doubles the frame
+# rate (TSR: 3 -> 6 -> 12 -> 24 fps, so 16 -> 32 -> 64 -> 128 frames over the same 5.3 s) or
+# enlarges the frames (SSR: x2, x4, x4 in width and height), each conditioned on the stage
+# before and on the text [IV §2.2, Fig. 6]. Stage by stage:
+
+# %%
+paper = configs.preset("paper")
+prev = None
+for s in paper.stages:
+    dur = s.num_frames / s.fps
+    if prev is None:
+        change = "from text"
+    else:
+        change = f"x{s.num_frames // prev.num_frames} frames, x{s.width // prev.width} size"
+    print(f"{s.name:5s} {s.num_frames:3d} x {s.width:4d} x {s.height:3d} @ {s.fps:2g} fps "
+          f"({dur:.2f} s)  {change}")  # fmt: skip
+    prev = s
+assert {round(s.num_frames / s.fps, 2) for s in paper.stages} == {5.33}
 
 # %% [markdown]
 # Configs check themselves when they are built: a value that cannot work raises at once and
@@ -135,11 +163,36 @@ print(f"{cfg.stages[0].num_frames} x {cfg.stages[0].width} x {cfg.stages[0].heig
 # - `configs.preset("ci" | "toy" | "paper")` gives the cascade; `IVREF_SCALE` picks it.
 #
 # ## Exercises
-# 1. Build `configs.preset("paper")` and print each stage's upsampling factor in time and space.
+# 1. Which stages of `configs.preset("paper")` have no spatial attention, and why might the
+#    largest ones do without it? (Hint: `s.unet.spatial_attention`, and notebook 02, section 4.)
 # 2. Make a `toy` variant whose base stage has 16 frames (hint: `dataclasses.replace`); which
 #    other stages must change so that the cascade still validates?
 # 3. Check numerically that $\lambda_t = \log(\alpha_t^2/\sigma_t^2)$ for the `alpha_t` above.
+#    (Hint: `alpha_t` and `sigma_t` are shaped `(B, 1, 1, 1, 1)`; flatten them first.)
 #
+# Put your answers in the cell below and run the check after it; it says, per exercise,
+# whether your answer holds (and stays quiet about the ones you have not tried).
+
+# %%
+answer_1 = None  # the names of the paper stages without spatial attention, e.g. ["ssr9"]
+answer_2 = None  # your CascadeConfig whose base stage makes 16 frames
+answer_3 = None  # your logsnr, shape (B,), computed from alpha_t and sigma_t
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+no_spatial = {s.name for s in configs.preset("paper").stages if not any(s.unet.spatial_attention)}
+check("exercise 1", answer_1, lambda a: set(a) == no_spatial)
+check("exercise 2", answer_2, lambda a: a.stages[0].num_frames == 16 and len(a.stages) >= 2)
+check("exercise 3", answer_3, lambda a: torch.allclose(a.flatten(), logsnr_t, atol=1e-5))
+check("a wrong answer, for example", ["tsr1"], lambda a: set(a) == no_spatial)
+
+# %% [markdown]
 # ## References
 # [IV] Imagen Video; [VDM] Video Diffusion Models; [VDM-K] Variational Diffusion Models;
-# [PD] Progressive Distillation; [CFG] Classifier-Free Guidance. Full entries in REFERENCES.md.
+# [PD] Progressive Distillation; [CFG] Classifier-Free Guidance. Full entries in REFERENCES.md;
+# the equations and every citation in docs/paper.md, the package layout in docs/design.md.

@@ -94,6 +94,19 @@ ax2.legend()
 plt.show()
 
 # %% [markdown]
+# Since $\alpha^2 = \mathrm{sigmoid}(\lambda) = 1/(1 + \tan^2(at + b)) = \cos^2(at + b)$, the
+# truncated cosine schedule is simply $\alpha_t = \cos(at + b)$, $\sigma_t = \sin(at + b)$:
+# the noise level is an angle that grows linearly in $t$, from $b \approx 0$ to
+# $a + b \approx \pi/2$. It is the same angle $\phi$ as on the v circle of section 3.
+
+# %%
+b_ = np.arctan(np.exp(-20.0 / 2))
+a_ = np.arctan(np.exp(20.0 / 2)) - b_
+np.testing.assert_allclose(alpha, np.cos(a_ * t.numpy() + b_), atol=1e-12)
+np.testing.assert_allclose(sigma, np.sin(a_ * t.numpy() + b_), atol=1e-12)
+print(f"alpha_t = cos({a_:.6f} t + {b_:.2e}); a + b = {a_ + b_:.6f} vs pi/2 = {np.pi / 2:.6f}")
+
+# %% [markdown]
 # ## 3. Three things to predict: $x$, $\epsilon$ and $v$
 #
 # Write $\alpha = \cos\phi$, $\sigma = \sin\phi$. Then $z_t = \cos\phi\, x + \sin\phi\, \epsilon$
@@ -105,6 +118,12 @@ plt.show()
 # $x = \alpha z_t - \sigma v$ and $\epsilon = \sigma z_t + \alpha v$: no division, well
 # conditioned at every noise level. From $\epsilon$ alone, $x = (z_t - \sigma\epsilon)/\alpha$
 # divides by $\alpha \to 0$ at high noise.
+#
+# Imagen Video predicts $v$ in every stage and gives its own reasons [IV §2.4, §3]:
+# $\epsilon$-prediction caused colour shifting in high-resolution models (section 4 below shows
+# the same effect at toy size), and v-prediction converged faster. Progressive distillation
+# adds a third: a few-step student must predict $\hat x$ at high noise, where $\epsilon$ is
+# useless [PD §4].
 
 # %%
 x_r = torch.randn(3, 3, 2, 4, 4, dtype=torch.float64)
@@ -118,6 +137,22 @@ torch.testing.assert_close(my_v, parameterization.v_from_x_eps(x_r, eps_r, a, s)
 torch.testing.assert_close(parameterization.x_from_v(z_r, my_v, a, s), a5 * z_r - s5 * my_v)
 torch.testing.assert_close(parameterization.eps_from_v(z_r, my_v, a, s), eps_r)
 print("teaching copies == ivref.parameterization at logSNR", lam.tolist())
+
+# %% [markdown]
+# A wrong $\hat v$ means a wrong $\hat x = \alpha z_t - \sigma \hat v$, and the two errors
+# are tied exactly: $\lVert v - \hat v\rVert^2 = (1 + \mathrm{SNR})\,\lVert x - \hat x\rVert^2$,
+# so the v-MSE is an $x$-error weighted by $1 + \mathrm{SNR}$ (section 4 uses it).
+
+# %%
+v_hat_r = my_v + torch.randn_like(my_v)  # any prediction
+x_hat_r = parameterization.x_from_v(z_r, v_hat_r, a, s)
+snr = (a / s) ** 2
+lhs = (my_v - v_hat_r).pow(2).flatten(1).sum(1)
+rhs = (1 + snr) * (x_r - x_hat_r).pow(2).flatten(1).sum(1)
+torch.testing.assert_close(lhs, rhs)
+print(
+    "||v - v_hat||^2 / ||x - x_hat||^2 =", (lhs / (x_r - x_hat_r).pow(2).flatten(1).sum(1)).tolist()
+)
 
 # %%
 phi = np.linspace(0, np.pi / 2, 50)
@@ -284,6 +319,8 @@ for col, kind in enumerate(models):
             f"{kind}-pred, {steps} DDIM steps, color shift {shift[kind, steps]:.2f}", fontsize=8
         )
 plt.show()
+print({f"{k}, {n} steps": round(v, 3) for (k, n), v in shift.items()})
+assert shift["v", 4] < shift["eps", 4]  # few steps: eps-prediction shifts the colors more
 
 # %% [markdown]
 # ## 5. DDIM and ancestral sampling
@@ -291,7 +328,7 @@ plt.show()
 # A DDIM step [DDIM] from $t$ to $s < t$ predicts $\hat x$, infers $\hat\epsilon$ and
 # re-noises deterministically: $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$. An ancestral
 # step draws from $q(z_s \mid z_t, x=\hat x)$ with a variance between the posterior and the
-# forward one, set by $\gamma$ [VDM eq. 5]. A teaching copy of the DDIM step:
+# forward one, set by $\gamma$ [VDM eq. 4]. A teaching copy of the DDIM step:
 
 
 # %%
@@ -321,23 +358,24 @@ def oracle(z_t, logsnr_t):
 
 
 step_counts = [1, 2, 4, 8, 16, 32, 64, 128]
-stds = {name: [] for name in ("ddim", "ancestral")}
-for name in stds:
+runs = {"ddim": ("ddim", 0.3), "ancestral (gamma=0.3)": ("ancestral", 0.3),
+        "ancestral (gamma=1)": ("ancestral", 1.0)}  # fmt: skip
+stds = {label: [] for label in runs}
+for label, (name, gamma) in runs.items():
     for n in step_counts:
         out = samplers.sample(
             oracle,
             (100, 1, 1, 10, 10),
             steps=n,
             sampler=name,
+            gamma=gamma,
             generator=torch.Generator().manual_seed(0),
             dtype=torch.float64,
         )
-        stds[name].append(out.std().item())
+        stds[label].append(out.std().item())
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for name in stds:
-    ax.plot(
-        step_counts, stds[name], "o-", label=name + (" (gamma=0.3)" if name == "ancestral" else "")
-    )
+    ax.plot(step_counts, stds[name], "o-", label=name)
 ax.axhline(S, color="k", ls=":", label="data std s")
 ax.set(
     xscale="log",
@@ -349,8 +387,19 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# Both converge to the data distribution; with few steps both under-disperse (each step
-# pulls toward the mean $\hat x$). On the v-model, the same noise at 4, 16 and 64 steps:
+# All three converge to the data distribution as steps grow. With few steps DDIM and
+# ancestral sampling at $\gamma = 0.3$ under-disperse (each step pulls toward the mean
+# $\hat x$). At $\gamma = 1$ (the forward process's variance, the most noise per step) ancestral
+# sampling over-disperses instead, from about 8 steps on, and only slowly comes back to $s$:
+
+# %%
+print({label: [round(v, 3) for v in vals] for label, vals in stds.items()}, "steps", step_counts)
+many = [i for i, n in enumerate(step_counts) if n >= 8]
+assert all(stds[label][i] < S for label in ("ddim", "ancestral (gamma=0.3)") for i in many)
+assert all(stds["ancestral (gamma=1)"][i] > S for i in many)
+
+# %% [markdown]
+# On the v-model, the same noise at 4, 16 and 64 steps:
 
 # %%
 fig, axes = plt.subplots(2, 3, figsize=(12, 3.5))
@@ -384,6 +433,27 @@ torch.testing.assert_close(guidance.cfg(c_r, u_r, 4.0), my_cfg)
 s_r = torch.quantile(my_cfg.abs().flatten(1), 0.995, dim=1).clamp(min=1).reshape(-1, 1, 1, 1, 1)
 torch.testing.assert_close(guidance.dynamic_threshold(my_cfg), my_cfg.clamp(-s_r, s_r) / s_r)
 
+# %% [markdown]
+# **Reading other papers' $w$.** Imagen writes the same mix as $w' \hat x_c + (1 - w')\hat x_u$
+# [IMG §2.2], where $w' = 1$ means no guidance; diffusers' `guidance_scale` follows Imagen. Imagen
+# Video, like [CFG] and `ivref`, uses the $(1 + w)$ form [IV §2.6.1]. So
+# $w_{\text{here}} = w'_{\text{Imagen}} - 1 = \texttt{guidance\_scale} - 1$: the paper's
+# constant weight 6 [IV Table 1] and its 15 / 1 oscillation [IV §2.6.2] carry over unchanged,
+# while an Imagen or diffusers weight of 7.5 is $w = 6.5$ here.
+
+
+# %%
+def imagen_form(c, u, w_imagen):  # w' x_c + (1 - w') x_u, as in [IMG §2.2] and diffusers
+    return w_imagen * c + (1 - w_imagen) * u
+
+
+for w_imagen in (1.0, 3.0, 7.5):
+    torch.testing.assert_close(
+        imagen_form(c_r, u_r, w_imagen), guidance.cfg(c_r, u_r, w_imagen - 1)
+    )
+torch.testing.assert_close(guidance.cfg(c_r, u_r, 0.0), c_r)  # w = 0: the conditional model
+print("Imagen / diffusers weight w' == ivref weight w' - 1 (checked at 1, 3, 7.5)")
+
 # %%
 W_HIGH, STEPS = 12.0, 16
 runs = {
@@ -407,7 +477,7 @@ plt.show()
 assert p995[f"w={W_HIGH:g}, dynamic threshold"] <= 1.0 < p995[f"w={W_HIGH:g}, no threshold"]
 
 # %% [markdown]
-# Imagen Video also oscillates $w$ in its low-resolution stages [IV §2.6]: constant high for
+# Imagen Video also oscillates $w$ in its low-resolution stages [IV §2.6.2]: constant high for
 # the first steps, then alternating high and low. `guided_x_hat_fn` accepts that per-step
 # list directly (its length must equal the sampler's `steps`).
 
@@ -451,6 +521,34 @@ def show_t(t=0.5):
 ipywidgets.interact(show_t, t=ipywidgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.02))
 
 # %% [markdown]
+# And one for guidance: move $w$ and the thresholding percentile and watch the same four
+# captions from the same noise (16 DDIM steps; headless, it draws once at the defaults).
+
+
+# %%
+def show_guidance(w=3.0, percentile=0.995):
+    fn = guidance.guided_x_hat_fn(models["v"], emb4, mask4, w, threshold=percentile)
+    out = samplers.sample(
+        fn, (4, 3, NUM_FRAMES, SIZE, SIZE), steps=16, generator=torch.Generator().manual_seed(7)
+    )
+    fig, ax = plt.subplots(figsize=(8, 1.6))
+    ax.imshow(strip(video.grid(out.clamp(-1, 1), ncols=4)))
+    ax.set_axis_off()
+    ax.set_title(
+        f"w = {w:g} (Imagen's w' = {w + 1:g}), threshold percentile {percentile}", fontsize=8
+    )
+    plt.show()
+
+
+ipywidgets.interact(
+    show_guidance,
+    w=ipywidgets.FloatSlider(value=3.0, min=0.0, max=20.0, step=0.5),
+    percentile=ipywidgets.FloatSlider(
+        value=0.995, min=0.9, max=1.0, step=0.005, readout_format=".3f"
+    ),
+)
+
+# %% [markdown]
 # ## Summary
 #
 # - $z_t = \alpha_t x + \sigma_t\epsilon$ with the cosine log-SNR schedule
@@ -465,14 +563,56 @@ ipywidgets.interact(show_t, t=ipywidgets.FloatSlider(value=0.5, min=0.0, max=1.0
 # ## Exercises
 #
 # 1. Train the $x$-prediction model with the v-MSE weighting (`weighting="v"`,
-#    `prediction="x"`). Where does its $\hat x$ error curve move, and why?
+#    `prediction="x"`). Where does its $\hat x$ error curve move, and why? (Hint: the weight
+#    $1 + \mathrm{SNR}$ is huge at low noise; which noise levels does training then favour?)
 # 2. Change `logsnr_min` to $-10$ for training and sampling. What happens to the
-#    $\epsilon$-model's few-step samples?
-# 3. Plot the ancestral sampler's std against steps for $\gamma = 0$, $0.3$ and $1$.
+#    $\epsilon$-model's few-step samples? (Hint: at $\lambda = -10$, $\alpha \approx 0.007$:
+#    how large is the first $\hat x$ error now?)
+# 3. Plot the ancestral sampler's std against steps for $\gamma = 0$, $0.3$ and $1$, on the
+#    Gaussian oracle of section 5. (Hint: `samplers.sample(oracle, ..., sampler="ancestral",
+#    gamma=0.0)`; $\gamma = 0$ uses the posterior variance, the least noise per step.)
 # 4. Lower the thresholding percentile to 0.9. What happens to an unguided ($w = 0$) sample?
+#    (Hint: `guidance.dynamic_threshold` rescales whenever the percentile exceeds 1.)
 #
+# Answers 3 and 4 can be checked: put them below and run the check.
+
+# %%
+answer_3 = None  # the sample std at 8 steps with gamma = 0 (the oracle, 100 x 10 x 10 draws)
+answer_4 = None  # True if a w = 0 sample changes when the percentile drops to 0.9, else False
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+def std_at_8(gamma):
+    g = torch.Generator().manual_seed(0)
+    out = samplers.sample(oracle, (100, 1, 1, 10, 10), steps=8, sampler="ancestral", gamma=gamma,
+                          generator=g, dtype=torch.float64)  # fmt: skip
+    return out.std().item()
+
+
+def changes_at_0_9():
+    fn = guidance.guided_x_hat_fn(models["v"], emb4, mask4, 0.0, threshold=0.9)
+    shape, g = (4, 3, NUM_FRAMES, SIZE, SIZE), torch.Generator().manual_seed(7)
+    out = samplers.sample(fn, shape, steps=8, generator=g)
+    ref = samplers.sample(
+        guidance.guided_x_hat_fn(models["v"], emb4, mask4, 0.0), shape, steps=8,
+        generator=torch.Generator().manual_seed(7),
+    )  # fmt: skip
+    return not torch.allclose(out, ref)
+
+
+check("exercise 3", answer_3, lambda a: abs(a - std_at_8(0.0)) < 0.01)
+check("exercise 4", answer_4, lambda a: bool(a) == changes_at_0_9())
+
+# %% [markdown]
 # ## References
 #
-# [IV] Imagen Video; [VDM] Video Diffusion Models; [PD] Progressive Distillation (the
-# v-parameterization); [DDIM] Denoising Diffusion Implicit Models; [CFG] Classifier-Free
-# Guidance; [IMG] Imagen (dynamic thresholding). Full entries in REFERENCES.md.
+# [IV] Imagen Video (§2.4 v-prediction, §2.6.1-2.6.2 guidance); [VDM] Video Diffusion Models;
+# [PD] Progressive Distillation (§4, the v-parameterization); [DDIM] Denoising Diffusion
+# Implicit Models; [CFG] Classifier-Free Guidance; [IMG] Imagen (§2.2 its guidance form, §2.3
+# dynamic thresholding). Full entries in REFERENCES.md; the equations and every citation in
+# docs/paper.md.

@@ -44,7 +44,7 @@ print(f"{SCALE}: base stage {BASE.num_frames} x {BASE.width} x {BASE.height} @ {
 # ## 1. The toy world and its captions
 #
 # Imagen Video trains on captioned videos (and images) from the web [IV §3]. `ivref` trains on
-# a procedural stand-in (DESIGN.md "Toy data", `ivref.data`): one anti-aliased shape on a dark
+# a procedural stand-in (`ivref.data`; docs/design.md, "Toy data"): one anti-aliased shape on a dark
 # background, moving in a straight line, captioned "a red circle moving left". A scene lives
 # in continuous time and size-free units, so every stage of the cascade can render the *same*
 # scene at its own resolution and frame rate. Here are twelve captions, rendered at 32x32 so
@@ -75,7 +75,7 @@ plt.show()
 # The vocabulary is 7 colors x 3 shapes x 4 motions = 84 captions. Eight (color, shape, motion)
 # combinations are **held out**: training never shows them, yet every color, shape and motion
 # in them appears in training elsewhere, so sampling them measures compositional
-# generalisation. Images for joint training [IV §2.4] are packs of still frames captioned
+# generalisation. Images for joint training [IV §2.6] are packs of still frames captioned
 # without motion ("a red circle"), following [VDM §4].
 
 # %%
@@ -205,9 +205,10 @@ print(f"{trainer.step} steps at {last['steps_per_s']:.1f} steps/s; last loss {la
 # left" clip would equal its loss on that clip played backwards (exactly, with the noise reversed
 # too), which is a valid "moving right" clip. Direction is a few pixels' worth of the denoising
 # error, so such a model reaches nearly the same loss as a good one, and the curve looks normal;
-# yet it gets motion right only half the time (NOTES.md measured 46%). Only sampling and *reading
+# yet it gets motion right only half the time (a toy run from a symmetric start measured 46%,
+# docs/field-notes.md). Only sampling and *reading
 # the videos back* catches it, which is why the trainer logs `caption_alignment` every K steps and
-# why `ivref train` takes `--eval-every`. Section 4 measures how little the loss cares.
+# why `ivref train` takes `--eval-every`. Section 4 measures where the loss cares.
 
 # %% [markdown]
 # ## 4. The shipped base weights
@@ -253,23 +254,44 @@ t = torch.linspace(0.05, 0.95, 32, dtype=torch.float64)
 eps = torch.randn(xs.shape, generator=torch.Generator().manual_seed(4))
 emb, mask = shipped.encoder.encode(caps)
 with torch.no_grad():
-    forward = v_mse(model, xs, emb, mask, None, t, eps).mean()
-    backward = v_mse(model, xs.flip(2), emb, mask, None, t, eps.flip(2)).mean()
-print(f"loss, captions right: {forward:.4f}; clips reversed: {backward:.4f} "
-      f"({100 * (backward / forward - 1):+.1f}%)")  # fmt: skip
+    forward = v_mse(model, xs, emb, mask, None, t, eps)  # per sample, (32,)
+    backward = v_mse(model, xs.flip(2), emb, mask, None, t, eps.flip(2))
+rel = 100 * (backward / forward - 1)
+print(f"loss, captions right: {forward.mean():.4f}; clips reversed: {backward.mean():.4f}")
+print(
+    f"mean {100 * (backward.mean() / forward.mean() - 1):+.1f}%, median sample {rel.median():+.1f}%"
+)
 
 # %% [markdown]
-# A model blind to direction would print exactly +0.0%. A model that has learned direction
-# pays something for every reversed clip, but compare the size of that gap with how far the
-# loss fell in training (section 3's log-scale curve) and with its step-to-step wobble: the
-# direction of time is a small term in the loss. In the motion score it is everything, from
-# near 100% to chance.
+# The mean and the median disagree, so look at where the gap comes from: per noise level.
+
+# %%
+bins = [(0.0, 0.4), (0.4, 0.6), (0.6, 0.8), (0.8, 1.0)]
+total_gap = (backward - forward).sum()
+share = {}
+for lo, hi in bins:
+    m = (t >= lo) & (t < hi)
+    share[lo] = ((backward[m] - forward[m]).sum() / total_gap).item()
+    print(f"t in [{lo}, {hi}): loss {forward[m].mean():.4f}, reversed {rel[m].mean():+6.1f}%, "
+          f"{100 * share[lo]:5.1f}% of the total gap")  # fmt: skip
+assert share[0.8] > 0.5 and rel[t < 0.8].abs().mean() < rel[t >= 0.8].mean()
+
+# %% [markdown]
+# A model blind to direction would print exactly +0.0% everywhere. This one pays for reversed
+# clips almost only at high noise ($t \ge 0.8$), and there a lot. The lesson is about *where*
+# direction lives in the loss. At low noise $z_t$ already shows where the shape is in every
+# frame, so denoising a reversed clip is as easy as a forward one: direction is nearly free.
+# At high noise the frames are mostly noise and the caption must set the trajectory; that is
+# where "moving left" and its reversal differ. Averaged over $t \sim U(0, 1)$ the gap is a
+# modest share of the loss and sits in the noisiest fifth of the steps, so a loss curve
+# barely shows whether direction was learned. In the motion score it is everything, from near
+# 100% to chance.
 #
 # ## 5. Caption alignment vs guidance weight $w$
 #
 # Classifier-free guidance samples with $\tilde x = (1 + w)\,\hat x(z_t, c) - w\,\hat x(z_t)$
-# [CFG], plus dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6]. The paper uses large $w$;
-# at this model size large $w$ distorted shapes (NOTES.md), so the default is chosen by
+# [CFG], plus dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6.2]. The paper uses large $w$;
+# at this model size large $w$ distorted shapes (docs/field-notes.md), so the default is chosen by
 # measurement. Same prompts and the same noise for every $w$:
 
 # %%
@@ -297,14 +319,14 @@ print("four prompts:", W_PROMPTS[:4])
 video.show(rows_by_w, captions=[f"w = {w:g}" for w in W_GRID], fps=stage.fps, width=256)
 
 # %% [markdown]
-# Read the plot, not a habit. On a model of this size NOTES.md found that large $w$ turned
+# Read the plot, not a habit. On a model of this size earlier runs found that large $w$ turned
 # circles into diamonds: guidance pushes $\hat x$ beyond the data, and thresholding only limits
 # the damage. Check whether your curve agrees. With few prompts (at `ci`) one sample is
 # 1/12 of the score, so differences under ~10 points are noise.
 #
 # ## 6. Joint image-video training on a fixed budget
 #
-# [IV §2.4] trains every stage on videos *and* images, treating an image as a one-frame video
+# [IV §2.6] trains every stage on videos *and* images, treating an image as a one-frame video
 # whose temporal mixing is masked out; [VDM §4] reports better video samples from it. Does it
 # help here? Two runs from the same initial weights for the same number of steps, one on
 # videos only (`image_ratio=0`), one with half its samples image packs (`image_ratio=0.5`).
@@ -380,7 +402,7 @@ plt.show()
 # of what a young model learns. Which wins depends on the budget; read the verdicts above rather
 # than expecting one. The paper's gain comes from somewhere our toy world cannot reproduce: its
 # image data (60M image-text pairs plus LAION-400M) carries concepts and styles that its 14M
-# videos lack, and images transfer them to video [IV §2.4, §3]. Every toy image shows a color and
+# videos lack, and images transfer them to video [IV §2.6, §3]. Every toy image shows a color and
 # shape that the videos already show, so there is little to transfer. Two further limits: the
 # error bars are over validation samples only (paired differences cancel most of that noise), not
 # over training seeds: at a few hundred steps a small difference may flip with the seed (try
@@ -395,7 +417,9 @@ plt.show()
 # - A training step is text dropout (for CFG), $t$, $z_t = \alpha_t x + \sigma_t\epsilon$, the
 #   $v$ target and a v-MSE; `train.Trainer` adds AdamW, warm-up, clipping, EMA and resume.
 # - The loss curve cannot see direction-blindness or misread captions; sample and score with
-#   `metrics.caption_alignment` periodically (`train.caption_evaluator`).
+#   `metrics.caption_alignment` periodically (`train.caption_evaluator`). Playing clips
+#   backwards costs the trained model almost nothing at low noise and a lot at high noise,
+#   where the caption must set the trajectory: direction lives in a small, noisy slice of $t$.
 # - The shipped base weights (`cascade.Cascade.from_pretrained()`) are measured, not assumed:
 #   caption alignment per attribute, held-out prompts, and a guidance weight chosen by a sweep.
 # - Joint image-video training trades videos for images at a fixed budget; in the toy world it
@@ -406,19 +430,24 @@ plt.show()
 #
 # 1. Train section 3 for 4x the steps with `evaluate_every` at 1/8 of them: at which step does
 #    each attribute leave chance, and in what order? Does the loss curve show those moments?
+#    (Hint: the first row of `rows` whose `eval_color` passes 1/7, `eval_shape` 1/3 and
+#    `eval_motion` 1/4, well beyond the noise of a few prompts.)
 # 2. Zero the relative bias and frame-position embedding of a fresh U-Net (notebook 02,
 #    exercise 1), train it as in section 3, and compare its motion accuracy with the normal
 #    model's at the same loss.
-# 3. Extend section 5 to the held-out prompts only. Is the best $w$ the same?
+#    (Hint: `video.plot_losses(rows, ("eval_motion",))` against `("loss",)`.)
+# 3. Extend section 5 to the held-out prompts only. Is the best $w$ the same? (Hint:
+#    `[c for c in data.CAPTIONS if data.parse_caption(c) in data.HELDOUT]`.)
 # 4. Make section 6 a real test: a `ToyVideos` subclass whose videos never show "white" but
 #    whose image packs do, then compare caption alignment on white prompts for
-#    `image_ratio` 0 and 0.5.
+#    `image_ratio` 0 and 0.5. (Hint: `data.ToyVideos(..., split=...)` takes its captions from
+#    `data.CAPTIONS`; filter what its `sample` returns, and keep both runs' step counts equal.)
 
 # %% [markdown]
 # ## References
 #
-# [IV] Imagen Video, §2.4 (joint image-video training), §2.6 (guidance), §3 (data, CLIP-score
-# evaluation). [VDM] Video Diffusion Models, §2 (the training objective), §4 (image-video
+# [IV] Imagen Video, §2.6 (joint image-video training; §2.6.1-2.6.2 guidance), §3 (data,
+# CLIP-score evaluation). [VDM] Video Diffusion Models, §2 (the training objective), §4 (image-video
 # training). [PD] Progressive Distillation, §4 (the v-MSE). [CFG] Classifier-Free Guidance.
 # [IMG] Imagen, §2.3 (dynamic thresholding). [ADAMW] AdamW. [EMA] weight averaging. Full
-# entries in REFERENCES.md.
+# entries in REFERENCES.md; the equations and every citation in docs/paper.md.

@@ -21,7 +21,7 @@ def test_unknown_preset_names_the_allowed_ones():
 
 
 def test_toy_preset_has_the_design_sizes():
-    # DESIGN.md "Scales": base 8x16x16 @3 -> TSR 16x16x16 @6 -> SSR 32 -> SSR 64.
+    # docs/design.md "Scales": base 8x16x16 @3 -> TSR 16x16x16 @6 -> SSR 32 -> SSR 64.
     sizes = [(s.kind, s.num_frames, s.width, s.height, s.fps) for s in configs.preset("toy").stages]
     assert sizes == [
         ("base", 8, 16, 16, 3),

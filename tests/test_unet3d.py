@@ -48,7 +48,7 @@ def test_output_shape_for_every_ci_stage(stage):
 
 @pytest.mark.parametrize("stage", CI.stages[:2], ids=lambda s: s.name)
 def test_knows_the_direction_of_time_at_init(stage):
-    # NOTES.md "time-reversal trap": an equivariant net cannot learn left vs right.
+    # The time-reversal trap (notebook 02, section 3): an equivariant start stalls on direction.
     model = _model(stage.unet)
     (z_t, logsnr, text, mask), kwargs = _inputs(stage)
     rev = {k: v.flip(2) if k == "cond_video" else v for k, v in kwargs.items()}
@@ -145,7 +145,7 @@ def test_sr_stage_errors_name_the_missing_input():
         model(*args, cond_video=kwargs["cond_video"])
 
 
-# [IV Fig. 6]: parameters per stage (PAPER.md §1).
+# [IV Fig. 6]: parameters per stage (docs/paper.md §1).
 FIG6 = {
     "base": 5.6e9,
     "tsr1": 1.7e9,
