@@ -159,7 +159,9 @@ def sample_stage(
             aug_noise = torch.randn(cond[:, :3].shape, generator=generator)
         level_b = torch.full((b,), level, device=device)
         kwargs["cond_video"] = superres.augment(cond, level_b, aug_noise.to(device))
-        kwargs["aug_logsnr"] = level_b.clamp(max=1e4)  # +inf (no augmentation) embeds as 1e4
+        # The model embeds lambda' only inside the range training drew it from (at most
+        # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
+        kwargs["aug_logsnr"] = level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max)
     elif cond_video is not None:
         raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
     weights = stage_guidance(stage, w, steps)
