@@ -307,3 +307,22 @@ def test_no_augmentation_embeds_the_highest_level_training_saw():
         assert all(torch.equal(a, torch.full_like(a, want)) for a in spy.aug), (level, spy.aug)
     drawn = superres.train_aug_logsnr(10_000, stage, d, torch.Generator().manual_seed(0))
     assert d.logsnr_min <= drawn.min() and drawn.max() <= d.logsnr_max  # what training saw
+
+
+def test_load_shipped_names_the_commands_that_make_a_missing_stage(
+    ci_cascade, tmp_path, monkeypatch
+):
+    ci_cascade.save_pretrained(tmp_path)
+    monkeypatch.setenv("IVREF_WEIGHTS", str(tmp_path))
+    assert cascade_lib.load_shipped(["base"]).trained_stages[0].name == "base"
+    with pytest.raises(
+        FileNotFoundError, match=r"stage\(s\) \['tsr'\].*\n.*ivref train .*--stage tsr"
+    ):
+        cascade_lib.load_shipped(["base", "tsr"])
+    with pytest.raises(
+        FileNotFoundError, match=r"no distilled weights.*\n.*ivref distill --stage base"
+    ):
+        cascade_lib.load_shipped(["base"], variant="distilled")
+    ci_cascade.save_pretrained(tmp_path / "distilled")  # an undistilled copy is not a student
+    with pytest.raises(FileNotFoundError, match=r"ivref export runs/distill-base"):
+        cascade_lib.load_shipped(["base"], variant="distilled")
