@@ -246,11 +246,12 @@ video.show(torch.stack(rows), captions=[f"imperfect input, lambda' = {lv:.2f}" f
            fps=SSR1.fps, width=256)  # fmt: skip
 
 # %% [markdown]
-# How to read it. On a clean input, no augmentation is at its best: the input is the truth's
-# own low-res view and there is nothing to forget. On the imperfect input, a stage sampled
-# without augmentation reproduces the blotches; at moderate levels the noise hides them and
-# the model, told the level, fills in from what it learned instead, at some cost in fidelity
-# to the input. Too low a $\lambda'$ throws the input away altogether. [IV §2.5] fixes the
+# What to expect, and check against the numbers above. On a clean input, no augmentation
+# should do best: the input is the truth's own low-res view and there is nothing to forget.
+# On the imperfect input, a stage sampled without augmentation should reproduce the
+# blotches; at moderate levels the noise hides them and the model, told the level, fills
+# in from what it learned instead, at some cost in fidelity to the input. Too low a
+# $\lambda'$ throws the input away altogether. [IV §2.5] fixes the
 # level for sampling and reports that augmentation is essential for cascades; at `ci` the
 # tiny stages trained for a few steps make the numbers rough, so compare at `toy`.
 #
