@@ -269,8 +269,9 @@ blend = rearrange(torch.stack([low_t, mid], dim=3), "b c f k h w -> b c (f k) h 
 candidates = {"truth": truth_t, "TSR sample": tsr_out, "repetition": cond_t, "linear blend": blend}
 for name, clip in candidates.items():
     psnr = evaluate.psnr(clip[:, :, inserted], truth_t[:, :, inserted]).mean()
+    psnr = "(the reference)" if name == "truth" else f"{psnr:5.2f} dB"
     ok = metrics.motion_progress(clip, PROMPTS)
-    print(f"{name:12} inserted frames {psnr:5.2f} dB; moves frame after frame: {sum(ok)}/4")
+    print(f"{name:12} inserted frames {psnr:>15}; moves frame after frame: {sum(ok)}/4")
 video.show(video.stage_grid([low_t, tsr_out, truth_t])[None], fps=TSR.fps, width=288,
            captions=["low frame rate | TSR sample | truth"])  # fmt: skip
 
