@@ -45,6 +45,43 @@ def shipped_dir() -> Path:
     return Path(os.environ.get("IVREF_WEIGHTS", SHIPPED_DIR))
 
 
+def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
+    """The ``ivref`` commands that make the toy ``stages`` and fold them into ``data/toy``."""
+    if distilled:
+        runs = [f"runs/distill-{name}" for name in stages]
+        make = [f"ivref distill --stage {n} --from data/toy --out runs/distill-{n}" for n in stages]
+        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy/{DISTILLED}"
+    else:
+        runs = [f"runs/{name}" for name in stages]
+        make = [f"ivref train --scale toy --stage {n} --steps 2000 --out runs/{n}" for n in stages]
+        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy --force"
+    return "\n".join(f"  {line}" for line in [*make, fold])
+
+
+def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
+    """The shipped toy cascade (``shipped_dir()``), which must hold ``stages`` trained.
+
+    Raises FileNotFoundError naming the missing stages and the commands that make them.
+    """
+    directory = shipped_dir()
+    distilled = variant == "distilled"
+    try:
+        model = Cascade.from_pretrained(directory, variant=variant)
+        have = {s.name for s in model.trained_stages}
+        if distilled:  # a stage counts only once its student (which embeds w) is there
+            have = {n for n in have if model.models[n].cfg.use_guidance_embedding}
+    except FileNotFoundError:
+        model, have = None, set()
+    missing = [name for name in stages if name not in have]
+    if missing:
+        kind = "distilled " if distilled else ""
+        raise FileNotFoundError(
+            f"{directory} has no {kind}weights for stage(s) {missing}; make them with\n"
+            + remake_commands(missing, distilled)
+        )
+    return model
+
+
 def check_prompts(prompts: Sequence[str]) -> list[str]:
     """Validate a prompt list: a non-empty list of non-empty strings."""
     if isinstance(prompts, str):
@@ -159,7 +196,9 @@ def sample_stage(
             aug_noise = torch.randn(cond[:, :3].shape, generator=generator)
         level_b = torch.full((b,), level, device=device)
         kwargs["cond_video"] = superres.augment(cond, level_b, aug_noise.to(device))
-        kwargs["aug_logsnr"] = level_b.clamp(max=1e4)  # +inf (no augmentation) embeds as 1e4
+        # The model embeds lambda' only inside the range training drew it from (at most
+        # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
+        kwargs["aug_logsnr"] = level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max)
     elif cond_video is not None:
         raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
     weights = stage_guidance(stage, w, steps)

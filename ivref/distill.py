@@ -134,7 +134,7 @@ class DistillObjective:
         if phase not in ("guided", "progressive"):
             raise ValueError(f"phase={phase!r}; allowed: 'guided' or 'progressive'")
         self.base, self.phase, self.steps, self.cfg = base, phase, steps, distill_cfg
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher  # the caller's module, left as it is: see ``target``
         self.data, self.text = base.data, base.text
 
     def sample(self, batch_size: int) -> objectives.Batch:
@@ -165,7 +165,21 @@ class DistillObjective:
 
     @torch.no_grad()
     def target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:
-        """The teacher's x~ for the student at (z_t, t): guided, or two DDIM steps."""
+        """The teacher's x~ for the student at (z_t, t), in eval mode and without gradients.
+
+        The teacher's train/eval flags are restored afterwards, so a caller's module is never
+        changed (no_grad already keeps its parameters out of the student's graph).
+        """
+        flags = [(m, m.training) for m in self.teacher.modules()]
+        self.teacher.eval()
+        try:
+            return self._target(z_t, t, logsnr, emb, mask, w, extra, is_image)
+        finally:
+            for module, training in flags:
+                module.training = training
+
+    def _target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:
+        """Guided: (1 + w) x_hat(z_t, c) - w x_hat(z_t); progressive: ``pd_target``."""
         d = self.base.diffusion
         if self.phase == "guided":
             two = lambda v: torch.cat([v, v])  # noqa: E731

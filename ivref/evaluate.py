@@ -159,7 +159,12 @@ def stage_evaluator(
     return evaluate
 
 
-def cascade_report(cascade_model: Cascade, prompts: Sequence[str], seed: int = 0) -> dict:
+def cascade_report(
+    cascade_model: Cascade,
+    prompts: Sequence[str],
+    seed: int = 0,
+    outputs: Sequence[torch.Tensor] | None = None,
+) -> dict:
     """Score every stage of one ``generate`` run, and the final videos against the toy world.
 
     Per stage: caption alignment (same seeds for all). Final videos: the fraction whose
@@ -167,15 +172,23 @@ def cascade_report(cascade_model: Cascade, prompts: Sequence[str], seed: int = 0
     interpolates) and their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds
     detail), both beside toy-world renders at the final size and two baselines: frame
     repetition of renders, and trilinear upsampling of renders at the base stage's size.
+    ``outputs``: every stage's videos of a ``generate(prompts, seed=seed, return_stages=True)``
+    already run (its ``timings`` are reported); None samples them here.
     """
     prompts = list(prompts)
-    _, outputs = cascade_model.generate(prompts, seed=seed, return_stages=True)
     stages = cascade_model.trained_stages
+    if outputs is None:
+        _, outputs = cascade_model.generate(prompts, seed=seed, return_stages=True)
+    elif len(outputs) != len(stages) or any(len(v) != len(prompts) for v in outputs):
+        raise ValueError(
+            f"outputs must hold one (B={len(prompts)}, ...) batch per trained stage "
+            f"({[s.name for s in stages]}); got {len(outputs)} batches"
+        )
     report: dict[str, Any] = {"n": len(prompts), "seed": seed, "stages": {}}
     for stage, videos in zip(stages, outputs, strict=True):
         result = metrics.caption_alignment(videos, prompts)
         report["stages"][stage.name] = {k: float(result[k]) for k in ATTRIBUTES}
-    report["timings_s"] = dict(cascade_model.timings)
+    report["timings_s"] = {s.name: cascade_model.timings.get(s.name, math.nan) for s in stages}
     last, first = stages[-1], stages[0]
     truth = render_eval_clips(last, prompts, seed)
     small = render_eval_clips(first, prompts, seed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs, text
+from ivref import configs, superres, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
@@ -277,3 +277,52 @@ def test_a_thousand_prompts_are_sampled_and_encoded_in_batches(ci_cascade):
     assert max(encoded) <= limit and sum(encoded) == 1000
     last = ci_cascade.generate(prompts[-1:], seed=11 + 999, steps=1, guidance=0.0)
     torch.testing.assert_close(video[-1:], last, atol=1e-5, rtol=0)
+
+
+class _AugSpy(torch.nn.Module):
+    """Wraps a U-Net and records every aug_logsnr it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.cfg, self.aug = model, model.cfg, []
+
+    def forward(self, *args, aug_logsnr=None, **kwargs):
+        self.aug.append(aug_logsnr.clone())
+        return self.inner(*args, aug_logsnr=aug_logsnr, **kwargs)
+
+
+def test_no_augmentation_embeds_the_highest_level_training_saw():
+    """lambda' = +inf leaves the input clean and embeds logsnr_max, not a value never trained."""
+    cfg = configs.preset("ci")
+    stage, d = cfg.stage("ssr1"), cfg.diffusion
+    torch.manual_seed(0)
+    spy = _AugSpy(VideoUNet(stage.unet).eval())
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    low = torch.rand(1, 3, stage.num_frames, stage.height // 2, stage.width // 2) * 2 - 1
+    for level, want in ((float("inf"), d.logsnr_max), (-1e3, d.logsnr_min), (1.5, 1.5)):
+        spy.aug.clear()
+        cascade_lib.sample_stage(
+            spy, stage, d, emb, mask, cond_video=low, steps=2, guidance_w=0.0, aug_logsnr=level
+        )
+        assert all(torch.equal(a, torch.full_like(a, want)) for a in spy.aug), (level, spy.aug)
+    drawn = superres.train_aug_logsnr(10_000, stage, d, torch.Generator().manual_seed(0))
+    assert d.logsnr_min <= drawn.min() and drawn.max() <= d.logsnr_max  # what training saw
+
+
+def test_load_shipped_names_the_commands_that_make_a_missing_stage(
+    ci_cascade, tmp_path, monkeypatch
+):
+    ci_cascade.save_pretrained(tmp_path)
+    monkeypatch.setenv("IVREF_WEIGHTS", str(tmp_path))
+    assert cascade_lib.load_shipped(["base"]).trained_stages[0].name == "base"
+    with pytest.raises(
+        FileNotFoundError, match=r"stage\(s\) \['tsr'\].*\n.*ivref train .*--stage tsr"
+    ):
+        cascade_lib.load_shipped(["base", "tsr"])
+    with pytest.raises(
+        FileNotFoundError, match=r"no distilled weights.*\n.*ivref distill --stage base"
+    ):
+        cascade_lib.load_shipped(["base"], variant="distilled")
+    ci_cascade.save_pretrained(tmp_path / "distilled")  # an undistilled copy is not a student
+    with pytest.raises(FileNotFoundError, match=r"ivref export runs/distill-base"):
+        cascade_lib.load_shipped(["base"], variant="distilled")

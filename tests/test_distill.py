@@ -204,3 +204,19 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
     assert student.models["tsr"].cfg.use_guidance_embedding
     video = student.generate(["a red circle moving left"], seed=0)
     assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
+
+
+def test_the_objective_leaves_the_callers_teacher_as_it_was():
+    """Building and using a DistillObjective neither freezes nor switches the caller's module."""
+    cfg = configs.preset("ci")
+    stage = cfg.stage("base")
+    cache = objectives.TextCache(text.build_encoder(cfg.text))
+    base = objectives.DiffusionObjective(cfg, stage, objectives.toy_dataset(stage), cache)
+    torch.manual_seed(0)
+    teacher = VideoUNet(stage.unet).train()
+    obj = distill.DistillObjective(base, teacher, "guided", 16, cfg.distill)
+    student = distill.with_guidance_embedding(teacher)
+    loss = obj.loss(student, obj.sample(2), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert all(m.training for m in teacher.modules())

@@ -58,3 +58,27 @@ def test_spread_prompts_cover_every_word_from_twelve_on():
         assert len(prompts) == len(set(prompts)) == n
         for i, words in enumerate((data.COLORS, data.SHAPES, data.MOTIONS)):
             assert {data.parse_caption(p)[i] for p in prompts} == set(words)
+
+
+class StagedRenderingCascade(RenderingCascade):
+    """Every stage's 'samples' are renders at that stage's size; counts generate calls."""
+
+    def generate(self, prompts, *, seed=None, return_stages=False, **kwargs):
+        self.calls.append(len(prompts))
+        self.timings = {"base": 1.5}
+        videos = [evaluate.render_eval_clips(s, prompts, seed) for s in self.trained_stages]
+        return (videos[-1], videos) if return_stages else videos[-1]
+
+
+def test_cascade_report_scores_given_outputs_without_sampling_again():
+    fake = StagedRenderingCascade()
+    prompts = evaluate.split_prompts("heldout")
+    sampled = evaluate.cascade_report(fake, prompts, seed=2)
+    _, outputs = fake.generate(prompts, seed=2, return_stages=True)
+    assert fake.calls == [len(prompts)] * 2
+    given = evaluate.cascade_report(fake, prompts, seed=2, outputs=outputs)
+    assert fake.calls == [len(prompts)] * 2  # no third generate
+    assert given == sampled and given["timings_s"] == {"base": 1.5}
+    assert given["stages"]["base"]["all"] == 1.0
+    with pytest.raises(ValueError, match="one .* batch per trained stage"):
+        evaluate.cascade_report(fake, prompts, outputs=outputs * 2)
