@@ -30,7 +30,8 @@ DEMO_PROMPTS := "a red circle moving left" "a green square moving up" \
 	"a yellow triangle moving right" "a cyan circle moving down"
 
 # The distilled cascade (8 steps a stage) where it is shipped; DEMO_DISTILLED= for the teacher.
-DEMO_DISTILLED ?= $(if $(wildcard data/toy/distilled/cascade.json),--distilled)
+TOY_WEIGHTS := data/toy
+DEMO_DISTILLED ?= $(if $(wildcard $(TOY_WEIGHTS)/distilled/cascade.json),--distilled)
 
 # The main job: text -> video with the shipped toy cascade (data/toy), sampled once, written
 # as a GIF and an MP4 (a 2 x 2 grid, upscaled for viewing); prints the time of each stage.
