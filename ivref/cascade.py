@@ -45,6 +45,10 @@ def shipped_dir() -> Path:
     return Path(os.environ.get("IVREF_WEIGHTS", SHIPPED_DIR))
 
 
+# Training steps of the shipped toy stages (data/README.md gives each run's cost).
+TOY_TRAIN_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 900, "ssr2": 1500}
+
+
 def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
     """The ``ivref`` commands that make the toy ``stages`` and fold them into ``data/toy``."""
     if distilled:
@@ -53,7 +57,11 @@ def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
         fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy/{DISTILLED}"
     else:
         runs = [f"runs/{name}" for name in stages]
-        make = [f"ivref train --scale toy --stage {n} --steps 2000 --out runs/{n}" for n in stages]
+        make = [
+            f"ivref train --scale toy --stage {n} --steps {TOY_TRAIN_STEPS.get(n, 2000)} "
+            f"--out runs/{n}"
+            for n in stages
+        ]
         fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy --force"
     return "\n".join(f"  {line}" for line in [*make, fold])
 
