@@ -1,6 +1,7 @@
 """Render the figures the README shows, from the shipped toy cascade: `make docs`.
 
-docs/base_samples.gif        the shipped base stage on eight prompts (two held out)
+docs/cascade_samples.gif     the shipped cascade's final videos on eight prompts (two held out)
+docs/cascade_stages.gif      the same run, every stage side by side (four of the prompts)
 docs/base_training.png       its training loss and caption alignment during training
 docs/alignment_vs_guidance.png  caption alignment vs guidance weight w (data/toy/alignment.json)
 """
@@ -31,12 +32,19 @@ PROMPTS = [
 ] + [data.caption(*combo) for combo in data.HELDOUT[:2]]
 
 
-def samples_gif(upscale: int = 4) -> Path:
-    """A 4 x 2 grid of shipped-base samples, nearest-upscaled so that 16 x 16 frames show."""
-    videos = Cascade.from_pretrained(TOY).generate(PROMPTS, seed=0)
-    big = videos.repeat_interleave(upscale, dim=-1).repeat_interleave(upscale, dim=-2)
-    fps = Cascade.from_pretrained(TOY).trained_stages[-1].fps
-    return video.write_video(DOCS / "base_samples.gif", video.grid(big, ncols=4, pad=2), fps)
+def samples_gifs(display: int = 128) -> list[Path]:
+    """One run of the shipped cascade on PROMPTS: the final videos in a 4 x 2 grid, and every
+    stage side by side for four prompts; nearest-upscaled so that small frames show."""
+    cascade = Cascade.from_pretrained(TOY)
+    final, stages = cascade.generate(PROMPTS, seed=0, return_stages=True)
+    last = cascade.trained_stages[-1]
+    k = video.display_factor(last.height, last.width, display)
+    finals = video.grid(video.upscale(final, k), ncols=4, pad=2)
+    columns = video.upscale(video.stage_grid([s[:4] for s in stages], pad=2), max(1, k // 2))
+    return [
+        video.write_video(DOCS / "cascade_samples.gif", finals, last.fps),
+        video.write_video(DOCS / "cascade_stages.gif", columns, last.fps),
+    ]
 
 
 def training_plot() -> Path:
@@ -81,5 +89,5 @@ def _save(fig: plt.Figure, name: str) -> Path:
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    for path in (samples_gif(), training_plot(), guidance_plot()):
+    for path in (*samples_gifs(), training_plot(), guidance_plot()):
         print("wrote", path.relative_to(DOCS.parent))
