@@ -178,7 +178,8 @@ def sample_stage(
     (``superres.upsample``) and noise-augmented at lambda' = ``aug_logsnr`` (default
     ``stage.aug_sample_logsnr``; +inf for none) [IV §2.5]. Guidance is
     x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t) [CFG] (per step with oscillating guidance),
-    with dynamic thresholding [IMG §2.3] when any w > 0; a distilled student (its U-Net
+    bounded as ``stage.thresholding`` says [IMG §2.3]: "dynamic" rescales x~ when any w > 0,
+    "static" clips it to [-1, 1] at every step, "none" leaves it; a distilled student (its U-Net
     embeds w) makes x~ in one pass [GD]. The sampler is ``stage.sampler`` or
     ``diffusion.sampler``; gamma and the log-SNR bounds come from ``diffusion``.
 
@@ -211,17 +212,20 @@ def sample_stage(
         raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
     weights = stage_guidance(stage, w, steps)
     any_guidance = max(weights) > 0 if isinstance(weights, list) else weights > 0
+    dynamic = stage.thresholding == "dynamic" and any_guidance
     x_hat_fn = guidance.guided_x_hat_fn(
         model,
         text_emb.to(device),
         text_mask.to(device),
         weights,
-        threshold=diffusion.threshold_percentile if any_guidance else None,
+        threshold=diffusion.threshold_percentile if dynamic else None,
         distilled=model.cfg.use_guidance_embedding,  # a student embeds w: one pass [GD]
         logsnr_min=diffusion.logsnr_min,
         logsnr_max=diffusion.logsnr_max,
         **kwargs,
     )
+    if stage.thresholding == "static":
+        x_hat_fn = guidance.static_threshold_fn(x_hat_fn)
     if noise is None:
         noise = torch.randn(shape, generator=generator)
     x = samplers.sample(

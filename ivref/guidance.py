@@ -59,6 +59,20 @@ def dynamic_threshold(x_hat: torch.Tensor, percentile: float = 0.995) -> torch.T
     return torch.maximum(torch.minimum(x_hat, s), -s) / s
 
 
+def static_threshold_fn(x_hat_fn: samplers.XHatFn) -> samplers.XHatFn:
+    """``x_hat_fn`` with its output clipped to [-1, 1]: static thresholding [IMG §2.3].
+
+    Dynamic thresholding divides a whole sample by s > 1 as soon as 0.5% of its pixels
+    overshoot; on data that sits at +-1 (saturated colours, a black background, as in the
+    toy world) that pulls every pixel off its value. Clipping moves only the overshoot.
+    """
+
+    def clipped(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
+        return x_hat_fn(z_t, logsnr_t).clamp(-1.0, 1.0)
+
+    return clipped
+
+
 def oscillating_schedule(
     steps: int, high: float = 15.0, low: float = 1.0, warmup_frac: float = 0.1
 ) -> list[float]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs, superres, text
+from ivref import configs, guidance, superres, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
@@ -326,3 +326,33 @@ def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     ci_cascade.save_pretrained(tmp_path / "distilled")  # an undistilled copy is not a student
     with pytest.raises(FileNotFoundError, match=r"ivref export runs/distill-base"):
         cascade_lib.load_shipped(["base"], variant="distilled")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "none"])
+def test_sample_stage_bounds_x_hat_as_the_stage_asks(full_cascade, monkeypatch, mode):
+    """The x_hat_fn sample_stage hands the sampler: rescaled, clipped or raw [IMG §2.3]."""
+    stage = dataclasses.replace(full_cascade.cfg.stage("base"), thresholding=mode)
+    model, diffusion = full_cascade.models["base"], full_cascade.cfg.diffusion
+    emb, mask = full_cascade.encoder.encode(["a red circle moving left"])
+    seen = {}
+
+    def record(x_hat_fn, shape, **kwargs):
+        seen["fn"] = x_hat_fn
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(cascade_lib.samplers, "sample", record)
+    z = 3.0 * torch.randn(1, 3, stage.num_frames, stage.height, stage.width)
+    logsnr = torch.full((1,), 2.0)
+    raw = guidance.guided_x_hat_fn(model, emb, mask, 30.0, threshold=None)(z, logsnr)
+    assert raw.abs().max() > 1.0  # w = 30 overshoots, so each mode shows
+    expected = {
+        "dynamic": guidance.dynamic_threshold(raw, diffusion.threshold_percentile),
+        "static": raw.clamp(-1.0, 1.0),
+        "none": raw,
+    }[mode]
+    cascade_lib.sample_stage(model, stage, diffusion, emb, mask, guidance_w=30.0, steps=2)
+    torch.testing.assert_close(seen["fn"](z, logsnr), expected, atol=1e-5, rtol=0)
+    if mode == "dynamic":  # no guidance, nothing to rescale: the raw conditional x_hat
+        cascade_lib.sample_stage(model, stage, diffusion, emb, mask, guidance_w=0.0, steps=2)
+        cond = guidance.guided_x_hat_fn(model, emb, mask, 0.0, threshold=None)(z, logsnr)
+        torch.testing.assert_close(seen["fn"](z, logsnr), cond, atol=1e-5, rtol=0)

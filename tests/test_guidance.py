@@ -189,3 +189,18 @@ def test_guided_rejects_bad_arguments():
         guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, threshold=2.0)
     with pytest.raises(ValueError, match="w is an empty"):
         guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, [])
+
+
+def test_static_threshold_moves_only_the_overshoot_where_dynamic_moves_everything():
+    """Saturated data (every pixel at +-1, as in the toy world) with 1% of pixels at 1.2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.where(torch.rand(1, 3, 2, 10, 10, generator=g) < 0.5, -1.0, 1.0).to(D)
+    x.view(-1)[:6] = 1.2  # 6 of 600 values overshoot: above the 99.5th percentile's share
+    clipped = guidance.static_threshold_fn(lambda z, lam: z)(x, torch.zeros(1, dtype=D))
+    torch.testing.assert_close(clipped, x.clamp(-1.0, 1.0), rtol=0, atol=0)
+    inside = x.abs() <= 1.0
+    assert torch.equal(clipped[inside], x[inside])  # static: in-range pixels untouched
+    dynamic = guidance.dynamic_threshold(x)
+    s = torch.quantile(x.abs().flatten(), 0.995)
+    assert s > 1.0
+    torch.testing.assert_close(dynamic[inside], x[inside] / s)  # dynamic: all of them pulled in
