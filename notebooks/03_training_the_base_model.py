@@ -292,9 +292,13 @@ assert share[0.8] > 0.5 and rel[t < 0.8].abs().mean() < rel[t >= 0.8].mean()
 # ## 5. Caption alignment vs guidance weight $w$
 #
 # Classifier-free guidance samples with $\tilde x = (1 + w)\,\hat x(z_t, c) - w\,\hat x(z_t)$
-# [CFG], plus dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6.2]. The paper uses large $w$;
-# at this model size large $w$ distorted shapes (docs/field-notes.md), so the default is chosen by
-# measurement. Same prompts and the same noise for every $w$:
+# [CFG]. The paper adds dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6.2]: it divides
+# a whole sample by the 99.5th percentile of $|\hat x|$ when that exceeds 1. Toy pixels sit at
+# $\pm 1$ (black background, saturated colours), so a slight overshoot rescales all of them
+# and greys the background; the toy preset therefore samples with
+# `stage.thresholding = "none"` (measured in docs/design.md). The paper uses large $w$; at
+# this model size large $w$ distorted shapes (docs/field-notes.md), so the default is chosen
+# by measurement. Same prompts and the same noise for every $w$:
 
 # %%
 W_GRID = (0.0, 1.0, 3.0) if SMALL else (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
@@ -322,8 +326,7 @@ video.show(rows_by_w, captions=[f"w = {w:g}" for w in W_GRID], fps=stage.fps, wi
 
 # %% [markdown]
 # Read the plot, not a habit. On a model of this size earlier runs found that large $w$ turned
-# circles into diamonds: guidance pushes $\hat x$ beyond the data, and thresholding only limits
-# the damage. Check whether your curve agrees. With few prompts (at `ci`) one sample is
+# circles into diamonds: guidance pushes $\hat x$ beyond the data. Check whether your curve agrees. With few prompts (at `ci`) one sample is
 # 1/12 of the score, so differences under ~10 points are noise.
 #
 # ## 6. Joint image-video training on a fixed budget

@@ -115,10 +115,11 @@ for stage, out in zip(C.trained_stages, stages, strict=True):
 # Every stage has its own guidance weight $w$ in $\tilde x = (1 + w)\hat x(z_t, c) -
 # w\,\hat x(z_t)$ [CFG, IV §2.6.1]; `generate(guidance=...)` takes one value for all stages
 # or a `{stage: w}` mapping. Large $w$ pushes $\hat x$ outside the data range; dynamic
-# thresholding pulls it back, and in SR stages it still leaves artefacts. [IV §2.6.2]
-# therefore *oscillates*: a constant high $w$ for the first steps, then alternating a low
-# and the high weight (`guidance.oscillating_schedule`, used for stages whose config sets
-# `oscillating_guidance`).
+# thresholding pulls it back (`StageConfig.thresholding`; the toy preset turns it off, as
+# toy pixels sit at $\pm 1$, notebook 03), and in SR stages it still leaves artefacts.
+# [IV §2.6.2] therefore *oscillates*: a constant high $w$ for the first steps, then
+# alternating a low and the high weight (`guidance.oscillating_schedule`, used for stages
+# whose config sets `oscillating_guidance`).
 
 # %%
 stage = C.trained_stages[1]
@@ -167,7 +168,9 @@ video.show(torch.cat(list(finals.values())), captions=list(finals), fps=last.fps
 
 # %% [markdown]
 # In the toy world guidance matters most at the base stage, which decides the content; the
-# SR stages see a conditioning video that already fixes it. Notebook 03 chose the base's $w$
+# SR stages see a conditioning video that already fixes it, which is why the toy preset's SR
+# stages sample with $w = 0$: one U-Net pass per step instead of two, at the same error
+# against ground truth (docs/design.md). Notebook 03 chose the base's $w$
 # by measuring caption alignment; do the same here before trusting a setting (exercise 2).
 #
 # ## 4. What each stage costs
