@@ -212,20 +212,22 @@ def sample_stage(
         raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
     weights = stage_guidance(stage, w, steps)
     any_guidance = max(weights) > 0 if isinstance(weights, list) else weights > 0
-    dynamic = stage.thresholding == "dynamic" and any_guidance
+    threshold = {
+        "dynamic": diffusion.threshold_percentile if any_guidance else None,
+        "static": "static",
+        "none": None,
+    }[stage.thresholding]
     x_hat_fn = guidance.guided_x_hat_fn(
         model,
         text_emb.to(device),
         text_mask.to(device),
         weights,
-        threshold=diffusion.threshold_percentile if dynamic else None,
+        threshold=threshold,
         distilled=model.cfg.use_guidance_embedding,  # a student embeds w: one pass [GD]
         logsnr_min=diffusion.logsnr_min,
         logsnr_max=diffusion.logsnr_max,
         **kwargs,
     )
-    if stage.thresholding == "static":
-        x_hat_fn = guidance.static_threshold_fn(x_hat_fn)
     if noise is None:
         noise = torch.randn(shape, generator=generator)
     x = samplers.sample(

@@ -59,18 +59,14 @@ def dynamic_threshold(x_hat: torch.Tensor, percentile: float = 0.995) -> torch.T
     return torch.maximum(torch.minimum(x_hat, s), -s) / s
 
 
-def static_threshold_fn(x_hat_fn: samplers.XHatFn) -> samplers.XHatFn:
-    """``x_hat_fn`` with its output clipped to [-1, 1]: static thresholding [IMG §2.3].
+def static_threshold(x_hat: torch.Tensor) -> torch.Tensor:
+    """Static thresholding: clip x_hat to [-1, 1] [IMG §2.3].
 
     Dynamic thresholding divides a whole sample by s > 1 as soon as 0.5% of its pixels
     overshoot; on data that sits at +-1 (saturated colours, a black background, as in the
     toy world) that pulls every pixel off its value. Clipping moves only the overshoot.
     """
-
-    def clipped(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
-        return x_hat_fn(z_t, logsnr_t).clamp(-1.0, 1.0)
-
-    return clipped
+    return x_hat.clamp(-1.0, 1.0)
 
 
 def oscillating_schedule(
@@ -122,7 +118,7 @@ def guided_x_hat_fn(
     *,
     cond_video: torch.Tensor | None = None,
     aug_logsnr: torch.Tensor | float | None = None,
-    threshold: float | None = 0.995,
+    threshold: float | str | None = 0.995,
     distilled: bool = False,
     logsnr_min: float = -20.0,
     logsnr_max: float = 20.0,
@@ -132,7 +128,8 @@ def guided_x_hat_fn(
     One forward on the batch [z_t; z_t] with text_mask [text_mask; all False] (a row of
     all-False mask is unconditional: the model uses its null text embedding), then
       x_hat = alpha z_t - sigma v_hat  (both halves);  x~ = cfg(x_hat_cond, x_hat_uncond, w)
-      x~ <- dynamic_threshold(x~, threshold)  unless threshold is None  [CFG, IMG §2.3].
+      x~ <- dynamic_threshold(x~, threshold)  for a percentile threshold,
+      x~ <- static_threshold(x~)  for threshold="static", unchanged for None [CFG, IMG §2.3].
 
     ``w`` is a float, or one value per sampling step (e.g. ``oscillating_schedule(steps)``):
     a sequence's step is found from logsnr_t, assuming ``samplers.sample`` with
@@ -144,8 +141,12 @@ def guided_x_hat_fn(
     weights = None if isinstance(w, int | float) else [float(wi) for wi in w]
     if weights is not None and not weights:
         raise ValueError("w is an empty sequence; allowed: a float or one value per step")
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold={threshold} is invalid; allowed range (0, 1] or None")
+    if threshold not in (None, "static") and not (
+        isinstance(threshold, int | float) and 0.0 < threshold <= 1.0
+    ):
+        raise ValueError(
+            f"threshold={threshold!r} is invalid; allowed: a percentile in (0, 1], 'static' or None"
+        )
 
     def x_hat_fn(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
         if weights is None:
@@ -174,7 +175,9 @@ def guided_x_hat_fn(
             alpha, sigma = schedules.alpha_sigma(logsnr2)
             x_cond, x_uncond = parameterization.x_from_v(z2, v_hat, alpha, sigma).chunk(2)
             x_tilde = cfg(x_cond, x_uncond, w_t)
-        if threshold is not None:
+        if threshold == "static":
+            x_tilde = static_threshold(x_tilde)
+        elif threshold is not None:
             x_tilde = dynamic_threshold(x_tilde, threshold)
         return x_tilde
 
