@@ -211,7 +211,14 @@ def sample_stage(
     elif cond_video is not None:
         raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
     weights = stage_guidance(stage, w, steps)
-    any_guidance = max(weights) > 0 if isinstance(weights, list) else weights > 0
+    top = max(weights) if isinstance(weights, list) else weights
+    if stage.guidance_w_max is not None and top > stage.guidance_w_max:
+        raise ValueError(
+            f"guidance w={top} for stage {stage.name!r}: this distilled student learnt guidance "
+            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
+            f"w = {stage.guidance_w}); pass a w in that range or use the undistilled stage"
+        )
+    any_guidance = top > 0
     threshold = {
         "dynamic": diffusion.threshold_percentile if any_guidance else None,
         "static": "static",

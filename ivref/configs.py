@@ -239,6 +239,9 @@ class StageConfig:
     aug_train_max_t: float = 1.0  # CHOICE: training aug level t' ~ U(0, this) [IV §2.5]
     temporal_cond: TemporalCond = "repeat"  # TSR input: repeated frames, or blanks + mask
     sampler: SamplerName | None = None  # None: DiffusionConfig.sampler; distilled: stochastic
+    # A distilled student: the largest w its guidance embedding learnt (0 when its teacher
+    # sampled unguided); None for an undistilled stage, which takes any w
+    guidance_w_max: float | None = None
     # x_hat bounds while sampling [IMG §2.3]: dynamic (percentile rescaling, only when w > 0),
     # static (clip to [-1, 1] at every step) or none
     thresholding: Thresholding = "dynamic"
@@ -267,8 +270,10 @@ class StageConfig:
         )
         if not self.fps > 0:
             _fail(o, "fps", self.fps, "must be > 0")
-        for name in ("guidance_w", "guidance_low_w"):
+        for name in ("guidance_w", "guidance_low_w", "guidance_w_max"):
             value = getattr(self, name)
+            if name == "guidance_w_max" and value is None:
+                continue
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 _fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
         if not (isinstance(self.aug_sample_logsnr, int | float) and self.aug_sample_logsnr > -50):

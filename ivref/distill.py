@@ -7,6 +7,9 @@ forward pass, what guidance makes from two:
 Phase 2, progressive distillation [PD Alg. 2]: with N student steps, t = i / N, a student
 step t -> t - 1/N must land where two teacher DDIM steps t -> t - 1/(2N) -> t - 1/N land
 (``pd_target``); then teacher <- student, N <- N / 2, down to ``to_steps``.
+A stage whose teacher samples unguided (w = 0, no oscillation; the toy SR stages) skips
+phase 1: its student keeps the zero-initialised w embedding, learns w = 0 only, and says
+so in its config (``guidance_w_max = 0``), so a guided call fails instead of being ignored.
 Both phases minimise max(SNR_t, 1) ||x~ - x_hat||^2 (truncated SNR weighting, [PD §4]) with
 lr annealed linearly to 0 and no EMA [PD]; every phase is an objective in ``train.Trainer``,
 so it checkpoints, resumes and stops on Ctrl-C like training. Targets use no dynamic
@@ -130,10 +133,12 @@ class DistillObjective:
         phase: str,
         steps: int,
         distill_cfg: configs.DistillConfig,
+        w_max: float | None = None,
     ) -> None:
         if phase not in ("guided", "progressive"):
             raise ValueError(f"phase={phase!r}; allowed: 'guided' or 'progressive'")
         self.base, self.phase, self.steps, self.cfg = base, phase, steps, distill_cfg
+        self.w_max = distill_cfg.w_max if w_max is None else w_max  # w ~ U(0, w_max)
         self.teacher = teacher  # the caller's module, left as it is: see ``target``
         self.data, self.text = base.data, base.text
 
@@ -150,7 +155,7 @@ class DistillObjective:
         """Every random draw of one step, on the CPU: x, cond, w, t, eps, augmentation."""
         x, cond = self.base.conditioning(batch.x, g)
         b, d = x.shape[0], self.base.diffusion
-        w = torch.rand(b, generator=g) * self.cfg.w_max
+        w = torch.rand(b, generator=g) * self.w_max
         if self.phase == "guided":
             t = torch.rand(b, generator=g, dtype=torch.float64)
         else:
@@ -222,10 +227,11 @@ class DistillObjective:
 # -- the phases of one stage -------------------------------------------------------------------
 
 
-def plan(teacher_steps: int, to_steps: int) -> list[tuple[str, str, int]]:
+def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[str, str, int]]:
     """[(folder, phase, student steps)]: guided at the teacher's steps, then halvings to_steps.
 
-    ``to_steps`` must be the teacher's steps halved k >= 0 times.
+    ``to_steps`` must be the teacher's steps halved k >= 0 times (k >= 1 without the guided
+    phase, ``guided=False``, which a teacher that samples unguided needs not).
     """
     allowed, n = [teacher_steps], teacher_steps
     while n % 2 == 0:
@@ -237,18 +243,28 @@ def plan(teacher_steps: int, to_steps: int) -> list[tuple[str, str, int]]:
             f"allowed: {allowed}"
         )
     chain = allowed[: allowed.index(to_steps) + 1]
-    phases = [("guided", "guided", teacher_steps)]
+    if not guided and len(chain) == 1:
+        raise ValueError(
+            f"to_steps={to_steps} equals the teacher's steps and the teacher samples unguided: "
+            f"nothing to distil; allowed: {allowed[1:]}"
+        )
+    phases = [("guided", "guided", teacher_steps)] if guided else []
     phases += [(f"halve-{n:04d}-{n // 2:04d}", "progressive", n // 2) for n in chain[:-1]]
     return phases
 
 
 def student_config(
-    config: configs.CascadeConfig, stage: str, steps: int, batch_size: int | None = None
+    config: configs.CascadeConfig,
+    stage: str,
+    steps: int,
+    batch_size: int | None = None,
+    w_max: float | None = None,
 ) -> configs.CascadeConfig:
     """The cascade config with ``stage`` as a distilled student of ``steps`` steps.
 
-    Its U-Net embeds w, it samples with the stochastic N-step sampler [IV §2.7], and its
-    training recipe is the distillation one (lr annealed to 0, no EMA, no warm-up) [PD].
+    Its U-Net embeds w (learnt for 0 <= w <= ``w_max``, default the distill config's), it
+    samples with the stochastic N-step sampler [IV §2.7], and its training recipe is the
+    distillation one (lr annealed to 0, no EMA, no warm-up) [PD].
     """
     d, old = config.distill, config.stage(stage)
     recipe = dataclasses.replace(
@@ -265,6 +281,7 @@ def student_config(
         train=recipe,
         sample_steps=steps,
         sampler="stochastic",
+        guidance_w_max=d.w_max if w_max is None else w_max,
     )
     return dataclasses.replace(
         config, stages=tuple(new if s.name == stage else s for s in config.stages)
@@ -319,11 +336,14 @@ def distill_stage(
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill
-    phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps)
-    lengths = [guided_steps or d.guided_steps] + [halving_steps or d.halving_steps] * (
-        len(phases) - 1
-    )
+    guided = stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
+    w_max = d.w_max if guided else 0.0
+    phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps, guided)
+    length_of = {"guided": guided_steps or d.guided_steps}
+    length_of["progressive"] = halving_steps or d.halving_steps
+    lengths = [length_of[phase] for _, phase, _ in phases]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
+    record |= {"w_max": w_max}
     record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(
@@ -331,14 +351,16 @@ def distill_stage(
         )
     files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
     teacher = teacher_cascade.models[stage].to(device).eval()
+    if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
+        teacher = with_guidance_embedding(teacher).eval()
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
-        cfg = student_config(config, stage, steps, batch_size)
+        cfg = student_config(config, stage, steps, batch_size, w_max)
         student = with_guidance_embedding(teacher)
         text = objectives.TextCache(teacher_cascade.encoder)
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed), text
         )
-        objective = DistillObjective(base, teacher, phase, steps, d)
+        objective = DistillObjective(base, teacher, phase, steps, d, w_max)
         trainer = train.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
             checkpoint_every=checkpoint_every, seed=seed, progress=progress,

@@ -1,12 +1,14 @@
 """Distillation: PD targets land on two teacher steps, oracle students keep the data
 distribution, the guided loss vanishes at the guided teacher, and a ci stage distils end to end."""
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
-from ivref import cli, configs, distill, objectives, samplers, schedules, text
+from ivref import cascade, cli, configs, distill, objectives, samplers, schedules, text
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -170,6 +172,13 @@ def test_plan_halves_down_to_the_target_or_explains():
     assert distill.plan(8, 8) == [("guided", "guided", 8)]
     with pytest.raises(ValueError, match=r"to_steps=6.*allowed: \[64, 32, 16, 8, 4, 2, 1\]"):
         distill.plan(64, 6)
+    # a teacher that samples unguided has no guided phase; halving nothing is an error
+    assert distill.plan(32, 8, guided=False) == [
+        ("halve-0032-0016", "progressive", 16),
+        ("halve-0016-0008", "progressive", 8),
+    ]
+    with pytest.raises(ValueError, match=r"nothing to distil; allowed: \[4, 2, 1\]"):
+        distill.plan(8, 8, guided=False)
 
 
 @pytest.mark.slow
@@ -220,3 +229,49 @@ def test_the_objective_leaves_the_callers_teacher_as_it_was():
     loss.backward()
     assert all(p.requires_grad and p.grad is None for p in teacher.parameters())
     assert all(m.training for m in teacher.modules())
+
+
+@pytest.mark.slow
+def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path):
+    """A teacher sampled at w = 0 distils by halvings only; its student learnt w = 0 alone and
+    says so: sampling it at w = 0 works, a guided call fails with what is allowed."""
+    cfg = configs.preset("ci")
+    stages = tuple(
+        dataclasses.replace(s, guidance_w=0.0) if s.name == "ssr1" else s for s in cfg.stages
+    )
+    cfg = dataclasses.replace(cfg, stages=stages)
+    torch.manual_seed(0)
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:3]})
+    out = tmp_path / "d"
+    result = distill.distill_stage(
+        teacher, "ssr1", out, halving_steps=2, batch_size=2, progress=False
+    )
+    record = json.loads((out / distill.PLAN).read_text())
+    assert record["phases"] == ["halve-0008-0004"] and record["w_max"] == 0.0
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [
+        "distill.json",
+        "halve-0008-0004",
+    ]
+    stage = result.config.stage("ssr1")
+    assert stage.guidance_w_max == 0.0 and stage.sample_steps == 4
+    student = Cascade(result.config, {**teacher.models, "ssr1": result.model.eval()})
+    low = torch.rand(1, 3, 8, 8, 8) * 2 - 1
+    emb, mask = student.encoder.encode(["a red circle moving left"])
+    args = (result.model, stage, cfg.diffusion, emb, mask)
+    video = cascade.sample_stage(*args, cond_video=low, generator=torch.Generator())
+    assert video.shape == (1, 3, 8, 16, 16)
+    with pytest.raises(ValueError, match=r"learnt guidance weights 0 <= w <= 0.0 only"):
+        cascade.sample_stage(*args, cond_video=low, guidance_w=1.0)
+
+
+def test_the_draws_of_an_unguided_distillation_hold_w_at_zero():
+    cfg = configs.preset("ci")
+    stage = cfg.stage("base")
+    cache = objectives.TextCache(text.build_encoder(cfg.text))
+    base = objectives.DiffusionObjective(cfg, stage, objectives.toy_dataset(stage), cache)
+    teacher = distill.with_guidance_embedding(VideoUNet(stage.unet)).eval()
+    g = torch.Generator().manual_seed(0)
+    for w_max, want in ((0.0, 0.0), (None, cfg.distill.w_max)):
+        obj = distill.DistillObjective(base, teacher, "progressive", 4, cfg.distill, w_max)
+        w = obj._draws(obj.sample(64), g)["w"]
+        assert w.min() >= 0 and w.max() <= want and (w.max() > 0) == (want > 0)
