@@ -1,0 +1,39 @@
+"""benchmarks/distill_fidelity.py at ci size: what it writes is consistent and complete."""
+
+import importlib.util
+import json
+
+import pytest
+
+from ivref import configs
+
+
+def _load(repo_root):
+    path = repo_root / "benchmarks/distill_fidelity.py"
+    spec = importlib.util.spec_from_file_location("distill_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_benchmark_reports_every_chosen_stage(repo_root, tmp_path, capsys):
+    bench = _load(repo_root)
+    out = tmp_path / "f.json"
+    argv = ["--scale", "ci", "--prompts", "2", "--stages", "base", "ssr1", "--json", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    cfg = configs.preset("ci")
+    assert list(result["stages"]) == ["base", "ssr1"] and len(result["prompts"]) == 2
+    for name, r in result["stages"].items():
+        assert r["steps"] == cfg.distill.to_steps
+        assert r["reference_steps"] == 2 * cfg.stage(name).sample_steps
+        db = r["psnr_db"]
+        assert r["gain_db"] == pytest.approx(db["student"] - db["teacher_at_n"])
+        assert all(0 < v < 100 for v in db.values())
+    assert "| ssr1 | 4 |" in capsys.readouterr().out
+
+
+def test_fidelity_benchmark_refuses_a_stage_that_is_not_distilled(repo_root):
+    bench = _load(repo_root)
+    with pytest.raises(SystemExit):
+        bench.main(["--scale", "ci", "--stages", "nope"])
