@@ -35,12 +35,14 @@ from ivref import (
     configs,
     distill,
     evaluate,
+    metrics,
     objectives,
     parameterization,
     samplers,
     schedules,
     text,
     train,
+    video,
 )
 
 SCALE = configs.scale_from_env()
@@ -56,9 +58,9 @@ if SMALL:  # a tiny base stage, trained here (notebook 03), then distilled in se
     )  # fmt: skip
     trainer.fit(100)
     TEACHER = cascade.Cascade(CFG, {"base": trainer.ema.eval()}, ENCODER)
-else:  # the shipped base stage and its shipped student; a clear error names what is missing
+else:  # the shipped cascade and its shipped students; a clear error names what is missing
     TEACHER = cascade.load_shipped(["base"])
-    STUDENT = cascade.load_shipped(["base"], variant="distilled")
+    STUDENT = cascade.load_shipped([s.name for s in TEACHER.trained_stages], variant="distilled")
     CFG, ENCODER = TEACHER.cfg, TEACHER.encoder
 BASE = CFG.stage("base")
 teacher = TEACHER.models["base"]
@@ -251,6 +253,10 @@ if SMALL:
     ax.set(yscale="log", xlabel="step in phase", ylabel="loss", title="distillation phases")
     ax.legend(fontsize=8)
     plt.show()
+    final_cfg = STUDENTS[min(STUDENTS)]
+    STUDENT = cascade.Cascade(
+        distill.student_config(CFG, "base", min(STUDENTS)), {"base": final_cfg[1]}, ENCODER
+    )
 else:
     STUDENTS[STUDENT.cfg.stage("base").sample_steps] = (
         STUDENT.cfg.stage("base"), STUDENT.models["base"],
@@ -333,16 +339,61 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # the teacher (100 training steps) and the phases (30 steps each) are far too short for
 # these numbers to mean anything: read them as a check that everything runs.
 #
-# **Speed.** The student makes each step in one pass and needs far fewer steps:
+# **Quality against steps.** The same prompts at 128, 32, 16, 8 and 4 steps: the undistilled
+# teacher (DDIM) at every count, each student at the count it was distilled for. Caption
+# alignment (notebook 03's reader) and PSNR against the reference above:
 
 # %%
-_, teacher_s = sample(teacher, BASE, BASE.sample_steps)
-n_final = min(STUDENTS)
-stage_f, model_f = STUDENTS[n_final]
-_, student_s = sample(model_f, stage_f, n_final)
-print(f"teacher {BASE.sample_steps} steps x 2 passes: {teacher_s:.2f} s; student {n_final} steps "
-      f"x 1 pass: {student_s:.2f} s ({teacher_s / student_s:.1f}x faster, "
-      f"{2 * BASE.sample_steps // n_final}x fewer U-Net evaluations)")  # fmt: skip
+STEP_COUNTS = (128, 32, 16, 8, 4)
+rows, tiles, labels = [], [], []
+runs = [("teacher DDIM", teacher, BASE, n, 2 * n) for n in STEP_COUNTS]
+runs += [("student", m, st, n, n) for n, (st, m) in sorted(STUDENTS.items(), reverse=True)]
+for who, model_k, stage_k, n, evals in runs:
+    x, _ = sample(model_k, stage_k, n)
+    score = metrics.caption_alignment(x, PROMPTS)
+    db = evaluate.psnr(x, reference).mean().item()
+    rows.append((who, n, evals, score["color"], score["shape"], score["motion"], db))
+    tiles.append(x[:3])
+    labels.append(f"{who} {n}")
+print(f"{'sampler':13} {'N':>4} {'evals':>5} | {'color':>5} {'shape':>5} {'motion':>6} | {'dB':>5}")
+for who, n, evals, c, sh, mo, db in rows:
+    print(f"{who:13} {n:4} {evals:5} | {c:5.0%} {sh:5.0%} {mo:6.0%} | {db:5.1f}")
+
+# %% [markdown]
+# Each column below is one run of the table (same order), each row one prompt, all from the
+# same noise: the undistilled teacher loses the shape and then the motion as its steps fall,
+# the student keeps them at its few steps.
+
+# %%
+columns = torch.stack(tiles, dim=1)  # (prompt, run, C, F, H, W)
+print(" | ".join(labels))
+cells = columns.flatten(0, 1)
+scale = video.display_factor(BASE.height, BASE.width, 48)
+video.show(video.grid(video.upscale(cells, scale), ncols=len(tiles))[None], fps=BASE.fps,
+           width=min(900, 56 * len(tiles)))  # fmt: skip
+
+# %% [markdown]
+# **Speed, per stage.** One prompt through the whole cascade, the teacher (each stage's
+# default steps and guidance, two U-Net passes per guided step) then the distilled students
+# (their N steps, one pass each); the same seed. The wall-clock of each stage comes from
+# `Cascade.timings`.
+
+# %%
+prompt = ["a red circle moving left"]
+stages = [s for s in STUDENT.trained_stages]
+times = {}
+for who, model_k in (("teacher", TEACHER), ("distilled", STUDENT)):
+    model_k.generate(prompt, seed=0)
+    times[who] = dict(model_k.timings)
+print(f"{'stage':6} | {'teacher evals':>13} {'s':>6} | {'distilled evals':>15} {'s':>6} | speed-up")
+for s in stages:
+    t_stage = TEACHER.cfg.stage(s.name)
+    evals_t = t_stage.sample_steps * (2 if t_stage.guidance_w > 0 else 1)
+    t, d = times["teacher"][s.name], times["distilled"][s.name]
+    print(f"{s.name:6} | {evals_t:13} {t:6.2f} | {s.sample_steps:15} {d:6.2f} | {t / d:6.1f}x")
+total_t = sum(times["teacher"][s.name] for s in stages)
+total_d = sum(times["distilled"][s.name] for s in stages)
+print(f"{'all':6} | {'':13} {total_t:6.2f} | {'':15} {total_d:6.2f} | {total_t / total_d:6.1f}x")
 
 # %% [markdown]
 # ## Summary
