@@ -47,13 +47,24 @@ def shipped_dir() -> Path:
 
 # Training steps of the shipped toy stages (data/README.md gives each run's cost).
 TOY_TRAIN_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 1616, "ssr2": 7127}
+# The options of the shipped toy distillations (batch and phase lengths, CPU-sized).
+TOY_DISTILL_ARGS = {
+    "base": "--batch-size 16 --guided-steps 300 --halving-steps 300",
+    "tsr": "--batch-size 8 --halving-steps 400",
+    "ssr1": "--batch-size 8 --halving-steps 400",
+    "ssr2": "--batch-size 8 --halving-steps 400",
+}
 
 
 def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
     """The ``ivref`` commands that make the toy ``stages`` and fold them into ``data/toy``."""
     if distilled:
         runs = [f"runs/distill-{name}" for name in stages]
-        make = [f"ivref distill --stage {n} --from data/toy --out runs/distill-{n}" for n in stages]
+        make = [
+            f"ivref distill --stage {n} --from data/toy --out runs/distill-{n} "
+            f"{TOY_DISTILL_ARGS.get(n, '')}".rstrip()
+            for n in stages
+        ]
         fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy/{DISTILLED}"
     else:
         runs = [f"runs/{name}" for name in stages]

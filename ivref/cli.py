@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0)
     v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
+    v.add_argument("--distilled", action="store_true", help="use distilled weights")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
@@ -136,19 +137,19 @@ def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str |
 
 
 def _load_cascade(path: Path | None, distilled: bool):
-    import inspect
-
     from ivref import cascade
 
-    kwargs = {}
-    if distilled:
-        if "variant" not in inspect.signature(cascade.Cascade.from_pretrained).parameters:
-            raise CLIError("--distilled: no distilled weights yet (they come with distillation)")
-        kwargs["variant"] = "distilled"
     if path is not None and not path.is_dir():
         raise CLIError(f"--checkpoint {str(path)!r} is not a directory")
+    if distilled:  # the cascade folder's distilled/ subfolder [IV §2.7]
+        if path is not None and not (path / cascade.MANIFEST).is_file():
+            raise CLIError(
+                f"--distilled takes a cascade folder (with {cascade.MANIFEST}); "
+                f"{str(path)!r} is not one"
+            )
+        return cascade.Cascade.from_pretrained(path, variant="distilled")
     if path is None or (path / cascade.MANIFEST).is_file():
-        return cascade.Cascade.from_pretrained(path, **kwargs)
+        return cascade.Cascade.from_pretrained(path)
     cfg, stage, model = run_stage(path)
     if stage != cfg.stages[0].name:
         raise CLIError(
@@ -259,7 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CLIError(f"--json {str(args.json)!r} is a folder; give a file name")
         files.check_writable(args.json, "--json")
     device = cascade_lib.parse_device(args.device)
-    model = load_cascade(args.checkpoint, text_encoder=args.text_encoder).to(device)
+    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
     report: dict | list = {}
     if args.cascade:  # every stage at its own settings, sampled once
         report = {"cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}

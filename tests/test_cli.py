@@ -274,3 +274,44 @@ def test_a_t5_cascade_takes_its_encoder_from_text_encoder(tmp_path, capsys):
     assert "pass --text-encoder PATH" in capsys.readouterr().err
     assert cli.main([*argv, "--text-encoder", str(tmp_path / "t5")]) == 0
     assert (tmp_path / "v.gif").is_file()
+
+
+def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
+    """--distilled loads the folder's distilled/ cascade: its stage samples its own N steps in
+    one pass each; a folder without one, or a train run, gets a clear error."""
+    import torch
+
+    from ivref import distill
+    from ivref.cascade import Cascade
+
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    base = cfg.stages[0]
+    teacher = Cascade(cfg, {base.name: unet3d.VideoUNet(base.unet).eval()})
+    teacher.save_pretrained(tmp_path / "c")
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "c"), "--split", "heldout", "--distilled"]
+    assert cli.main(argv) == 2
+    assert "distilled" in capsys.readouterr().err
+    student_cfg = distill.student_config(cfg, base.name, 2)
+    student = distill.with_guidance_embedding(teacher.models[base.name]).eval()
+    Cascade(student_cfg, {base.name: student}).save_pretrained(tmp_path / "c" / "distilled")
+    loaded = cli.load_cascade(tmp_path / "c", distilled=True)
+    assert loaded.cfg.stage("base").sample_steps == 2
+    assert loaded.models["base"].cfg.use_guidance_embedding
+    rows = []
+    loaded.models["base"].register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    loaded.generate(["a red circle moving left"], seed=0)
+    assert rows == [1, 1]  # 2 steps, one pass each at the stage's w = 1 (guided: 2 x 2 rows)
+    report = tmp_path / "r.json"
+    assert cli.main([*argv, "--guidance", "1", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())[0]["n"] == 8
+    out = tmp_path / "v.gif"
+    assert cli.main(["generate", "a red circle moving left", "--out", str(out), "--distilled",
+                     "--checkpoint", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert out.stat().st_size > 0
+    run = tmp_path / "run"
+    assert cli.main(["train", "--scale", "ci", "--out", str(run), "--batch-size", "2",
+                     "--steps", "1"]) == 0  # fmt: skip
+    argv = ["generate", "a red circle", "--out", str(out), "--distilled", "--checkpoint", str(run)]
+    assert cli.main(argv) == 2
+    assert "--distilled takes a cascade folder" in capsys.readouterr().err
