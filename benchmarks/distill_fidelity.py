@@ -3,6 +3,7 @@
     python benchmarks/distill_fidelity.py                  # shipped toy cascade and its students
     python benchmarks/distill_fidelity.py --prompts 8 --json docs/bench/distill_fidelity.json
     python benchmarks/distill_fidelity.py --scale ci       # seeded random weights, for CI
+    python benchmarks/distill_fidelity.py --phases runs/distill-base   # every phase of a run
 
 Caption alignment saturates in the toy world, so distillation is judged by fidelity. For
 every distilled stage, from the same z_1, text and (SR stages) the same low-res input with
@@ -14,6 +15,8 @@ the same augmentation noise:
 PSNR = 10 log10(2^2 / MSE) per video (``evaluate.psnr``), mean over the prompts. SR stages
 refine the toy world's true clips seen at their input size (``superres.low_res``), so each
 stage is judged alone. The student "wins" by PSNR(student) - PSNR(teacher at N).
+``--phases DIR`` scores the student of every phase of one ``ivref distill`` run instead,
+which shows where fidelity is lost (the guided phase, or a halving).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import evaluate, objectives, superres
+from ivref import cli, distill, evaluate, objectives, superres
 
 
 def _random_ci_cascades() -> dict[str, cascade_lib.Cascade]:
@@ -102,7 +105,7 @@ def table(result: dict) -> str:
     lines = [
         "| stage | N | w | student dB | student, DDIM dB | teacher at N dB | gain dB |",
         "|---|---|---|---|---|---|---|",
-    ]
+    ]  # rows are keyed by stage, or by phase with --phases
     for name, r in result["stages"].items():
         p = r["psnr_db"]
         lines.append(
@@ -121,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-factor", type=int, default=2, help="reference: this x default steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--phases", type=Path, help="an `ivref distill` run: score each phase")
     p.add_argument("--json", type=Path, help="write the result here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.phases is not None:
+        return _phases(args)
     if args.scale == "ci":
         pair = _random_ci_cascades()
         teacher, student = pair["teacher"], pair["distilled"]
@@ -146,6 +152,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{name}: {json.dumps(result['stages'][name]['psnr_db'])}", file=sys.stderr)
     result["machine"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _phases(args: argparse.Namespace) -> int:
+    """--phases DIR: the student of every phase of one distillation against its teacher."""
+    record = json.loads((args.phases / distill.PLAN).read_text())
+    teacher = cascade_lib.Cascade.from_pretrained(args.checkpoint)
+    name, prompts = record["stage"], evaluate.spread_prompts(args.prompts)
+    result = {"prompts": prompts, "seed": args.seed, "run": str(args.phases), "stages": {}}
+    for folder in record["phases"]:
+        cfg, _, model = cli.run_stage(args.phases / folder)
+        student = cascade_lib.Cascade(cfg, {**teacher.models, name: model}, teacher.encoder)
+        row = stage_fidelity(teacher, student, name, prompts, args.ref_factor, args.seed)
+        result["stages"][f"{name} {folder}"] = row
+        print(f"{folder}: {json.dumps(row['psnr_db'])}", file=sys.stderr)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

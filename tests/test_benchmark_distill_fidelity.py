@@ -37,3 +37,31 @@ def test_fidelity_benchmark_refuses_a_stage_that_is_not_distilled(repo_root):
     bench = _load(repo_root)
     with pytest.raises(SystemExit):
         bench.main(["--scale", "ci", "--stages", "nope"])
+
+
+def test_fidelity_benchmark_scores_every_phase_of_a_run(repo_root, tmp_path, capsys):
+    import torch
+
+    from ivref import distill
+    from ivref.cascade import Cascade
+    from ivref.unet3d import VideoUNet
+
+    bench = _load(repo_root)
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    base = cfg.stage("base")
+    Cascade(cfg, {"base": VideoUNet(base.unet).eval()}).save_pretrained(tmp_path / "c")
+    teacher = Cascade.from_pretrained(tmp_path / "c")
+    distill.distill_stage(
+        teacher, "base", tmp_path / "d", to_steps=8, guided_steps=2, halving_steps=2,
+        batch_size=2, progress=False,
+    )  # fmt: skip
+    out = tmp_path / "p.json"
+    argv = ["--phases", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "c")]
+    assert bench.main([*argv, "--prompts", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["stages"]
+    assert [(k, r["steps"]) for k, r in rows.items()] == [
+        ("base guided", base.sample_steps),
+        ("base halve-0016-0008", 8),
+    ]
+    assert "| base guided | 16 |" in capsys.readouterr().out
