@@ -103,14 +103,16 @@ def stage_fidelity(
 def table(result: dict) -> str:
     """Markdown: per stage, PSNR of the student (stochastic, DDIM) and of the teacher at N."""
     lines = [
-        "| stage | N | w | student dB | student, DDIM dB | teacher at N dB | gain dB |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | N | w | student dB | student, DDIM dB | teacher at N dB "
+        "| gain dB | gain, DDIM dB |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # rows are keyed by stage, or by phase with --phases
     for name, r in result["stages"].items():
         p = r["psnr_db"]
         lines.append(
             f"| {name} | {r['steps']} | {r['guidance_w']:g} | {p['student']:.1f} | "
-            f"{p['student_ddim']:.1f} | {p['teacher_at_n']:.1f} | {r['gain_db']:+.1f} |"
+            f"{p['student_ddim']:.1f} | {p['teacher_at_n']:.1f} | {r['gain_db']:+.1f} | "
+            f"{p['student_ddim'] - p['teacher_at_n']:+.1f} |"
         )
     return "\n".join(lines)
 
