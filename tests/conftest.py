@@ -16,3 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+def load_script(path: Path):
+    """Import a script of the repository that is not part of the package (benchmarks, docs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"ivref_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,16 @@
 """benchmarks/distill_fidelity.py at ci size: what it writes is consistent and complete."""
 
-import importlib.util
 import json
 
 import pytest
 
 from ivref import configs
 
+from .conftest import load_script
+
 
 def _load(repo_root):
-    path = repo_root / "benchmarks/distill_fidelity.py"
-    spec = importlib.util.spec_from_file_location("distill_fidelity", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "benchmarks" / "distill_fidelity.py")
 
 
 def test_fidelity_benchmark_reports_every_chosen_stage(repo_root, tmp_path, capsys):

@@ -1,16 +1,14 @@
 """benchmarks/sampling.py at ci size: the JSON it writes counts evaluations exactly."""
 
-import importlib.util
 import json
 
 from ivref import configs
 
+from .conftest import load_script
+
 
 def _load(repo_root):
-    spec = importlib.util.spec_from_file_location("sampling", repo_root / "benchmarks/sampling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(repo_root / "benchmarks" / "sampling.py")
 
 
 def test_sampling_benchmark_counts_every_evaluation(repo_root, tmp_path, capsys):

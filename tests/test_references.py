@@ -7,13 +7,12 @@
   no markdown link or repository path that does not resolve.
 """
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, load_script
 
 KEY = re.compile(r"\[([A-Z][A-Z0-9-]*)(?=[\] ,§])")
 # A citation opens a bracket not glued to code: x[SCALE] and f([PROMPT]) are indexing, not keys.
@@ -168,8 +167,6 @@ def test_the_checks_catch_a_wrong_section_and_a_dangling_link(tmp_path):
 
 
 def test_the_paper_map_is_up_to_date(repo_root):
-    spec = importlib.util.spec_from_file_location("paper_map", repo_root / "docs" / "paper_map.py")
-    paper_map = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paper_map)
+    paper_map = load_script(repo_root / "docs" / "paper_map.py")
     committed = (repo_root / "docs" / "paper_map.md").read_text()
     assert committed == paper_map.render(), "docs/paper_map.md is stale: run `make paper-map`"
