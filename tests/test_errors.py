@@ -708,6 +708,15 @@ def _t5(ctx: Ctx):
     text.build_encoder(configs.TextConfig(encoder="t5", dim=4096))
 
 
+def _guided_unguided_student(ctx: Ctx):
+    from ivref import cascade, distill
+
+    c = _ci_cascade(ctx)
+    cfg = distill.student_config(c.cfg, "base", 4, w_max=0.0)  # learnt w = 0 only
+    student = distill.with_guidance_embedding(c.models["base"]).eval()
+    cascade.Cascade(cfg, {"base": student}, c.encoder).generate([PROMPT], guidance=1.0)
+
+
 def _overwrite(ctx: Ctx):
     c = _ci_cascade(ctx)
     c.save_pretrained(ctx.tmp / "c")
@@ -715,6 +724,13 @@ def _overwrite(ctx: Ctx):
 
 
 LIBRARY_CASES = [
+    LibCase(
+        "guidance for a student distilled without it",
+        "Cascade.generate(prompts, guidance=1.0) on a student with guidance_w_max = 0",
+        ValueError,
+        "this distilled student learnt guidance weights 0 <= w <= 0.0 only",
+        _guided_unguided_student,
+    ),
     LibCase(
         "guidance NaN",
         "Cascade.generate(prompts, guidance=float('nan'))",
