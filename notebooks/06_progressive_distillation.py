@@ -17,7 +17,7 @@
 # **Prerequisites:** notebooks 01 (DDIM, guidance), 03 (training), 05 (the cascade's cost).
 # Runs in about a minute at `IVREF_SCALE=ci` (a tiny base stage trained and distilled here
 # for a few steps, so its numbers are rough); `toy` (the default) measures the shipped
-# cascade and its shipped students from `data/toy` (about 3 minutes on 2 CPU cores).
+# cascade and its shipped students from `data/toy` (about 4 minutes on 2 CPU cores).
 
 # %%
 import dataclasses
