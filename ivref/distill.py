@@ -123,7 +123,9 @@ class DistillObjective:
 
     ``phase="guided"``: the teacher is undistilled; its guided prediction is the target.
     ``phase="progressive"``: the teacher embeds w; ``steps`` is the student's N.
-    Data, SR conditioning, crops and augmentation are the stage's own (``base``).
+    Data, SR conditioning, crops and augmentation are the stage's own (``base``); w is drawn
+    from U(0, w_max) with w_max the student stage's ``guidance_w_max`` (``student_config``),
+    else the distill config's.
     """
 
     def __init__(
@@ -133,12 +135,12 @@ class DistillObjective:
         phase: str,
         steps: int,
         distill_cfg: configs.DistillConfig,
-        w_max: float | None = None,
     ) -> None:
         if phase not in ("guided", "progressive"):
             raise ValueError(f"phase={phase!r}; allowed: 'guided' or 'progressive'")
         self.base, self.phase, self.steps, self.cfg = base, phase, steps, distill_cfg
-        self.w_max = distill_cfg.w_max if w_max is None else w_max  # w ~ U(0, w_max)
+        learnt = base.stage.guidance_w_max
+        self.w_max = distill_cfg.w_max if learnt is None else learnt  # w ~ U(0, w_max)
         self.teacher = teacher  # the caller's module, left as it is: see ``target``
         self.data, self.text = base.data, base.text
 
@@ -360,7 +362,7 @@ def distill_stage(
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed), text
         )
-        objective = DistillObjective(base, teacher, phase, steps, d, w_max)
+        objective = DistillObjective(base, teacher, phase, steps, d)
         trainer = train.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
             checkpoint_every=checkpoint_every, seed=seed, progress=progress,

@@ -266,12 +266,14 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path)
 
 def test_the_draws_of_an_unguided_distillation_hold_w_at_zero():
     cfg = configs.preset("ci")
-    stage = cfg.stage("base")
     cache = objectives.TextCache(text.build_encoder(cfg.text))
-    base = objectives.DiffusionObjective(cfg, stage, objectives.toy_dataset(stage), cache)
-    teacher = distill.with_guidance_embedding(VideoUNet(stage.unet)).eval()
+    teacher = distill.with_guidance_embedding(VideoUNet(cfg.stage("base").unet)).eval()
     g = torch.Generator().manual_seed(0)
     for w_max, want in ((0.0, 0.0), (None, cfg.distill.w_max)):
-        obj = distill.DistillObjective(base, teacher, "progressive", 4, cfg.distill, w_max)
+        student_cfg = distill.student_config(cfg, "base", 4, w_max=w_max)
+        stage = student_cfg.stage("base")
+        data = objectives.toy_dataset(stage)
+        base = objectives.DiffusionObjective(student_cfg, stage, data, cache)
+        obj = distill.DistillObjective(base, teacher, "progressive", 4, cfg.distill)
         w = obj._draws(obj.sample(64), g)["w"]
         assert w.min() >= 0 and w.max() <= want and (w.max() > 0) == (want > 0)
