@@ -51,7 +51,7 @@ def _attend(q, k, v, mask):
 
 
 class SpatialAttention(nn.Module):
-    """Self-attention over a frame's pixels with text tokens appended to keys/values [IMG App.].
+    """Self-attention over a frame's pixels, text tokens appended to keys/values [IMG App. D.3.1].
 
     keys = [k(GN(x)) of the H*W pixels ; k_text(LN(c))],  values likewise, masked by text_mask;
     out = x + proj(attention).  Frames are batch, so no frame sees another [VDM §3].

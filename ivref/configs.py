@@ -57,7 +57,7 @@ class UNetConfig:
     base_channels: int = 32  # width of the top level
     channel_mults: tuple[int, ...] = (1, 2, 4)  # width multiplier per level; len = levels
     num_res_blocks: int = 2  # ResBlocks per level on the way down (one more on the way up)
-    spatial_attention: tuple[bool, ...] = (False, False, True)  # per level [IMG App.]
+    spatial_attention: tuple[bool, ...] = (False, False, True)  # per level [IMG App. F]
     temporal_mixing: tuple[TemporalMixing, ...] = ("conv", "attention", "attention")  # per level
     fully_convolutional: bool = False  # no spatial attention anywhere; text by cross-attention
     head_dim: int = 32  # channels per attention head
@@ -585,9 +585,10 @@ def toy() -> CascadeConfig:
 def paper() -> CascadeConfig:
     """The seven-stage cascade of [IV Fig. 6]; widths chosen to match its parameter counts.
 
-    Sizes, fps and temporal ops are from [IV Fig. 6] (docs/paper.md §1); the text encoder is
-    T5-XXL, 4096-d [IV §2.2]. Widths and depths are not published: they are chosen so that
-    each stage's parameter count is within 10% of the figure's (tests/test_unet3d.py checks it).
+    Sizes and fps are from [IV Fig. 6], temporal ops from [IV §2.3, Fig. 7] (docs/paper.md §1);
+    the text encoder is T5-XXL, 4096-d [IV §2.2]. Widths and depths are not published: they are
+    chosen so that each stage's parameter count is within 10% of the figure's
+    (tests/test_unet3d.py checks it).
 
     Sampling settings, each marked by its source:
     - sample_steps: CHOICE, 256 for the base and 128 for every SR stage (undistilled); the

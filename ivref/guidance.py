@@ -21,7 +21,7 @@ from ivref import parameterization, samplers, schedules
 def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, w: schedules.Coef) -> torch.Tensor:
     """Classifier-free guidance: (1 + w) pred_cond - w pred_uncond [CFG eq. 6, IV §2.6.1].
 
-    Imagen writes w x_c + (1 - w) x_u instead [IMG §2.2] (no guidance at w = 1), as does
+    Imagen writes w eps_c + (1 - w) eps_u instead [IMG §2.2, eq. 2] (no guidance at w = 1), as does
     diffusers' ``guidance_scale``: w here = theirs - 1. The same combination holds for x, eps
     and v predictions (each is affine in the others at fixed z_t). ``w`` is a float or
     per-sample (B,).

@@ -76,7 +76,7 @@ def logsnr_cosine(
 
     logsnr = -2 log tan(a t + b), b = arctan(exp(-logsnr_max / 2)),
     a = arctan(exp(-logsnr_min / 2)) - b, so logsnr(0) = logsnr_max, logsnr(1) = logsnr_min
-    [VDM §2, PD]. With the default symmetric bounds logsnr(0.5) = 0.
+    [CFG §2]. With the default symmetric bounds logsnr(0.5) = 0.
     """
     a, b = _ab(logsnr_min, logsnr_max)
     t = _tensor(t).clamp(0.0, 1.0)
@@ -94,7 +94,7 @@ def t_from_logsnr(
 
 
 def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha, sigma) with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr) [VDM §2].
+    """(alpha, sigma) with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr) [VDM §2, CFG §2].
 
     So alpha^2 + sigma^2 = 1 (variance preserving) and alpha^2 / sigma^2 = exp(logsnr) = SNR.
     logsnr = +inf gives (1, 0): clean data.

@@ -448,8 +448,8 @@ s_r = torch.quantile(my_cfg.abs().flatten(1), 0.995, dim=1).clamp(min=1).reshape
 torch.testing.assert_close(guidance.dynamic_threshold(my_cfg), my_cfg.clamp(-s_r, s_r) / s_r)
 
 # %% [markdown]
-# **Reading other papers' $w$.** Imagen writes the same mix as $w' \hat x_c + (1 - w')\hat x_u$
-# [IMG §2.2], where $w' = 1$ means no guidance; diffusers' `guidance_scale` follows Imagen. Imagen
+# **Reading other papers' $w$.** Imagen writes the same mix as $w' \hat\epsilon_c + (1 - w')\hat\epsilon_u$
+# [IMG §2.2, eq. 2] (in $\hat x$ it is the same affine mix), where $w' = 1$ means no guidance; diffusers' `guidance_scale` follows Imagen. Imagen
 # Video, like [CFG] and `ivref`, uses the $(1 + w)$ form [IV §2.6.1]. So
 # $w_{\text{here}} = w'_{\text{Imagen}} - 1 = \texttt{guidance\_scale} - 1$: the paper's
 # constant weight 6 [IV Table 1] and its 15 / 1 oscillation [IV §2.6.2] carry over unchanged,
@@ -457,7 +457,7 @@ torch.testing.assert_close(guidance.dynamic_threshold(my_cfg), my_cfg.clamp(-s_r
 
 
 # %%
-def imagen_form(c, u, w_imagen):  # w' x_c + (1 - w') x_u, as in [IMG §2.2] and diffusers
+def imagen_form(c, u, w_imagen):  # w' x_c + (1 - w') x_u: [IMG §2.2, eq. 2] and diffusers
     return w_imagen * c + (1 - w_imagen) * u
 
 
