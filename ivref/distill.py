@@ -340,6 +340,13 @@ def distill_stage(
     stage_cfg, d = config.stage(stage), config.distill
     guided = stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
     w_max = d.w_max if guided else 0.0
+    sampled = max(stage_cfg.guidance_w, stage_cfg.guidance_low_w * stage_cfg.oscillating_guidance)
+    if sampled > w_max:
+        raise ValueError(
+            f"DistillConfig.w_max={w_max:g} is below the guidance weight {sampled:g} that stage "
+            f"{stage!r} samples at: its student could not be sampled at its own default; "
+            f"allowed: w_max >= {sampled:g}"
+        )
     phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps, guided)
     length_of = {"guided": guided_steps or d.guided_steps}
     length_of["progressive"] = halving_steps or d.halving_steps

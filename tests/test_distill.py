@@ -277,3 +277,22 @@ def test_the_draws_of_an_unguided_distillation_hold_w_at_zero():
         obj = distill.DistillObjective(base, teacher, "progressive", 4, cfg.distill)
         w = obj._draws(obj.sample(64), g)["w"]
         assert w.min() >= 0 and w.max() <= want and (w.max() > 0) == (want > 0)
+
+
+@pytest.mark.parametrize("name", configs.PRESETS)
+def test_every_preset_distils_its_guided_stages_over_the_weights_they_sample_at(name):
+    """A student learns w in [0, w_max]: the stage's own weights (both oscillating ones) must
+    lie inside, or the distilled stage could not be sampled at its defaults."""
+    cfg = configs.preset(name)
+    for stage in cfg.stages:
+        weights = [stage.guidance_w] + [stage.guidance_low_w] * stage.oscillating_guidance
+        assert max(weights) <= cfg.distill.w_max, (stage.name, weights, cfg.distill.w_max)
+
+
+def test_distilling_below_the_stages_own_guidance_weight_is_refused(tmp_path):
+    cfg = configs.preset("ci")  # its TSR samples at w = 2 and 0.5, oscillating
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, w_max=1.5))
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:2]})
+    with pytest.raises(ValueError, match=r"w_max=1.5 is below the guidance weight 2 .*>= 2"):
+        distill.distill_stage(teacher, "tsr", tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()  # refused before anything was written

@@ -717,6 +717,16 @@ def _guided_unguided_student(ctx: Ctx):
     cascade.Cascade(cfg, {"base": student}, c.encoder).generate([PROMPT], guidance=1.0)
 
 
+def _distil_below_own_guidance(ctx: Ctx):
+    from ivref import cascade, configs, distill
+    from ivref.unet3d import VideoUNet
+
+    cfg = configs.preset("ci")  # its TSR samples at w = 2 (oscillating with 0.5)
+    cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, w_max=1.0))
+    c = cascade.Cascade(cfg, {s.name: VideoUNet(s.unet) for s in cfg.stages[:2]})
+    distill.distill_stage(c, "tsr", ctx.tmp / "d", progress=False)
+
+
 def _overwrite(ctx: Ctx):
     c = _ci_cascade(ctx)
     c.save_pretrained(ctx.tmp / "c")
@@ -724,6 +734,13 @@ def _overwrite(ctx: Ctx):
 
 
 LIBRARY_CASES = [
+    LibCase(
+        "distilling below the stage's own guidance",
+        "distill.distill_stage(...) with DistillConfig.w_max = 1 for a stage sampled at w = 2",
+        ValueError,
+        "DistillConfig.w_max=1 is below the guidance weight 2 that stage 'tsr' samples at",
+        _distil_below_own_guidance,
+    ),
     LibCase(
         "guidance for a student distilled without it",
         "Cascade.generate(prompts, guidance=1.0) on a student with guidance_w_max = 0",
