@@ -313,7 +313,7 @@ frac, frac_both = anti.norm() / symm.norm(), both[0].norm() / both[1].norm()
 print(
     f"antisymmetric / symmetric gradient: one batch {frac:.2f}; batch + its reversal {frac_both:.1e}"
 )
-assert frac > 0.05 and frac_both < 1e-4
+assert frac > 1e-3 and frac_both < 1e-4  # the pair: float rounding; one batch: far more
 
 # %% [markdown]
 # So one step leaves the symmetric point: the start is not a prison. But the push is noise,
