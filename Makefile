@@ -47,8 +47,12 @@ lint: install
 unit: install
 	$(VENV)/bin/pytest tests -q
 
+# nbval kills each kernel when its notebook ends, so a notebook's temporary run folders are
+# never removed by the kernel itself: give the kernels a TMPDIR of their own and remove it.
 notebooks: install
-	IVREF_SCALE=ci $(VENV)/bin/pytest --nbval-lax --nbval-current-env -q notebooks/*.ipynb
+	tmp=$$(mktemp -d -t ivref-nbval-XXXXXX) && \
+	IVREF_SCALE=ci TMPDIR=$$tmp $(VENV)/bin/pytest --nbval-lax --nbval-current-env -q \
+		notebooks/*.ipynb; status=$$?; rm -rf "$$tmp"; exit $$status
 
 test: lint unit notebooks
 
