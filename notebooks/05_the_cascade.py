@@ -264,6 +264,51 @@ display.display(widgets.VBox([prompt_box, widgets.HBox([w_slider, steps_slider])
 # 3. Halve the steps of one stage at a time. Which stage tolerates it best, and how much
 #    time does each halving save?
 # 4. Count FLOPs at 2x the last stage's size (`unet3d.count_flops`): how does the cost grow?
+#
+#
+# Each answer can be checked below. The checks of 1 and 4 recompute the answer (1 runs the
+# cascade on the 12 prompts, minutes at `toy`); 2 and 3 are sweeps whose outcome is yours to
+# judge, so their checks test only that your results cover what the exercise asks.
+
+# %%
+answer_1 = None  # True if some SR stage scores a lower "all" than the base on the 12 prompts
+answer_2 = None  # {stage name: {w: "all" score}}: the base's sweep and at least one SR stage's
+answer_3 = None  # {stage name: seconds saved by halving that stage's steps}, every stage
+answer_4 = None  # FLOPs of one pass of the last stage at 2x its size / at its size
+
+
+# %%
+def check(name, answer, holds):
+    verdict = "not tried yet" if answer is None else ("holds" if holds(answer) else "does not hold")
+    print(f"{name}: {verdict}")
+
+
+def an_sr_stage_loses():
+    prompts = evaluate.spread_prompts(12)
+    report = evaluate.cascade_report(C, prompts, seed=0)["stages"]
+    return any(report[s.name]["all"] < report["base"]["all"] for s in C.trained_stages[1:])
+
+
+def flops_growth():
+    last = C.trained_stages[-1]
+    cfg, f = C.models[last.name].cfg, last.num_frames
+    return unet3d.count_flops(cfg, f, 2 * last.height, 2 * last.width) / unet3d.count_flops(
+        cfg, f, last.height, last.width
+    )
+
+
+def two_sweeps(sweeps):
+    names = [s.name for s in C.trained_stages]
+    scores = [v for by_w in sweeps.values() for v in by_w.values()]
+    return ("base" in sweeps and any(n in sweeps for n in names[1:])
+            and all(len(by_w) >= 2 for by_w in sweeps.values()) and all(0 <= v <= 1 for v in scores))  # fmt: skip
+
+
+check("exercise 1", answer_1, lambda a: bool(a) == an_sr_stage_loses())
+check("exercise 2", answer_2, two_sweeps)
+check("exercise 3", answer_3,
+      lambda a: sorted(a) == sorted(s.name for s in C.trained_stages) and min(a.values()) > 0)  # fmt: skip
+check("exercise 4", answer_4, lambda a: abs(float(a) / flops_growth() - 1) < 0.05)
 
 # %% [markdown]
 # ## References
