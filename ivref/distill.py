@@ -340,7 +340,9 @@ def distill_stage(
     stage_cfg, d = config.stage(stage), config.distill
     guided = stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
     w_max = d.w_max if guided else 0.0
-    sampled = max(stage_cfg.guidance_w, stage_cfg.guidance_low_w * stage_cfg.oscillating_guidance)
+    # The largest weight the stage samples at: oscillation's low weight is capped at w
+    # (``cascade.stage_guidance``), so it is w.
+    sampled = stage_cfg.guidance_w
     if sampled > w_max:
         raise ValueError(
             f"DistillConfig.w_max={w_max:g} is below the guidance weight {sampled:g} that stage "
