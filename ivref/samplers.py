@@ -22,6 +22,16 @@ XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
 
 
+def randn(shape, generator: torch.Generator | None, dtype: torch.dtype, device) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device (the CPU for a CPU generator), then moved.
+
+    One seeded CPU generator thus gives the same noise whatever device the model is on; a
+    CUDA tensor cannot be drawn from a CPU generator directly.
+    """
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
 def _check_pair(z_t: torch.Tensor, x_hat: torch.Tensor) -> None:
     if z_t.shape != x_hat.shape:
         raise ValueError(
@@ -71,7 +81,7 @@ def ancestral_step(
     log_var = (1 - gamma) * torch.log(var_s_t) + gamma * torch.log(var_t_s)
     final = torch.isposinf(ls)
     std = torch.where(final, torch.zeros_like(log_var), torch.exp(0.5 * log_var))
-    noise = torch.randn(z_t.shape, generator=generator, dtype=z_t.dtype, device=z_t.device)
+    noise = randn(z_t.shape, generator, z_t.dtype, z_t.device)
     return torch.where(final, x_hat, mean + std * noise)
 
 
@@ -90,7 +100,7 @@ def noise_back(
     alpha_t, _ = schedules.alpha_sigma(lt)
     alpha_s, _ = schedules.alpha_sigma(ls)
     std = schedules.variance_t_given_s(lt, ls).clamp(min=0).sqrt()
-    noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
+    noise = randn(z_s.shape, generator, z_s.dtype, z_s.device)
     return (alpha_t / alpha_s) * z_s + std * noise
 
 
@@ -110,8 +120,7 @@ def stochastic_step(
     When s is the end (logsnr_s = +inf) it is the DDIM step to x_hat; when u would pass the
     end, pass logsnr_u = +inf (z_u = x_hat).
     """
-    ls = schedules.expand_to(logsnr_s, z_t)
-    if bool(torch.isposinf(ls).all()):
+    if bool(torch.isposinf(torch.as_tensor(logsnr_s)).all()):  # on the grid's device: no sync
         return ddim_step(z_t, x_hat, logsnr_t, logsnr_s)
     z_u = ddim_step(z_t, x_hat, logsnr_t, logsnr_u)
     return noise_back(z_u, logsnr_u, logsnr_s, generator)
@@ -164,14 +173,14 @@ def sample(
     grid = logsnr_grid(steps, logsnr_min, logsnr_max, dtype)
     shape = tuple(shape)
     if noise is None:
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        z = randn(shape, generator, dtype, device)
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; it must match shape {shape}")
     else:
         z = noise.to(dtype=dtype, device=device)
-    grid = grid.to(z.device)
+    model_grid = grid.to(z.device)  # the steps read the CPU grid: no device sync per step
     for i in tqdm(range(steps), desc=sampler, disable=not progress, leave=False):
-        logsnr_t = grid[i].expand(shape[0])  # (B,)
+        logsnr_t = model_grid[i].expand(shape[0])  # (B,)
         x_hat = x_hat_fn(z, logsnr_t)
         if sampler == "ddim":
             z = ddim_step(z, x_hat, grid[i], grid[i + 1])
