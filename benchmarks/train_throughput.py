@@ -4,6 +4,7 @@
     python benchmarks/train_throughput.py --stages base --repeats 9
     python benchmarks/train_throughput.py --device cuda
     python benchmarks/train_throughput.py --tiny                        # ci preset, for CI
+    python benchmarks/train_throughput.py --device cuda --paper-base 16 --stages  # paper base only
 
 Each stage runs ``Trainer.train_step`` as ``ivref train`` does (toy-world batch rendered on
 the fly, its training batch size and crop, bf16 autocast where the config asks, AdamW, EMA),
@@ -13,11 +14,19 @@ cost vanish after the first steps either way). Achieved FLOP/s counts a training
 over the median step time. The reference is a square matmul (``--matmul-size``, 2048) in
 bf16 and fp32 on the same device and threads: the fraction of it a step reaches is its
 utilisation.
+
+``--paper-base B`` also times the paper preset's base stage (5.6B parameters, 16 x 24 x 40,
+T5-XXL-width text of 128 tokens) as large models are trained: bf16 weights and AdamW
+states, activation checkpointing per block (the preset's), a synthetic batch of B already
+on the device, no EMA. Its model-FLOPs utilisation is 3 x forward FLOPs x B / step time
+over ``--peak-tflops`` (the chip's dense bf16 rate; 989 for an H100 or H200 SXM), and over
+the measured matmul rate. With ``--tiny`` the ci preset's base stands in for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -101,14 +110,58 @@ def measure(cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warm
     }
 
 
+def measure_model_step(
+    unet_cfg, frames, height, width, text_dim, text_length, batch, device, warmup, repeats
+) -> dict:
+    """One bf16 train step of a bare VideoUNet (forward, v-MSE, backward, AdamW) on random data."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = unet3d.VideoUNet(unet_cfg).to(torch.bfloat16).train()
+        x = torch.randn(batch, 3, frames, height, width, dtype=torch.bfloat16)
+        target = torch.randn_like(x)
+        logsnr = torch.randn(batch) * 4
+        emb = torch.randn(batch, text_length, text_dim, dtype=torch.bfloat16)
+        mask = torch.ones(batch, text_length, dtype=torch.bool)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    times = []
+    for i in range(warmup + repeats):
+        sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):  # fp32 embeddings meet bf16
+            v = model(x, logsnr, emb, mask)
+        loss = torch.nn.functional.mse_loss(v.float(), target.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    flops = 3 * unet3d.count_flops(unet_cfg, frames, height, width, text_length=text_length)
+    row = {
+        "batch": batch,
+        "params": unet3d.count_parameters(unet_cfg),
+        "checkpointing": unet_cfg.checkpointing,
+        "step_ms": 1e3 * step_s,
+        "samples_per_s": batch / step_s,
+        "step_tflop": flops * batch / 1e12,
+        "tflop_per_s": flops * batch / step_s / 1e12,
+    }
+    if device.type == "cuda":
+        row["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=("toy", "ci"), default="toy")
-    p.add_argument("--stages", nargs="+", help="stage names (default: all)")
+    p.add_argument("--stages", nargs="*", help="default: all; none given: only --paper-base")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--paper-base", type=int, metavar="B", help="also the paper base at batch B")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak, for MFU")
     p.add_argument("--tiny", action="store_true", help="ci preset, 1 repeat, small matmul")
     p.add_argument("--json", help="write the results here")
     return p.parse_args(argv)
@@ -120,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scale, args.warmup, args.repeats, args.matmul_size = "ci", 1, 1, 256
     cfg = configs.preset(args.scale)
     device = torch.device(args.device)
-    names = args.stages or [s.name for s in cfg.stages]
+    names = [s.name for s in cfg.stages] if args.stages is None else args.stages
     n, reps = args.matmul_size, max(3, args.repeats)
     rates = {
         "bf16": matmul_rate(torch.bfloat16, n, device, reps),
@@ -152,6 +205,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:5s} batch {row['batch']:3d}  {row['steps_per_s']:6.2f} steps/s  "
             f"{row['step_gflop']:7.1f} GFLOP/step  {row['gflop_per_s']:7.1f} GFLOP/s  "
             f"= {row['fraction_of_bf16_matmul']:.0%} of the bf16 matmul rate"
+        )
+    if args.paper_base:
+        big = configs.preset("ci" if args.tiny else "paper")
+        stage = big.stage("base")
+        unet_cfg = dataclasses.replace(stage.unet, checkpointing=True)
+        row = measure_model_step(
+            unet_cfg, stage.num_frames, stage.height, stage.width, big.text.dim,
+            big.text.max_length, args.paper_base, device, args.warmup, args.repeats,
+        )  # fmt: skip
+        row["preset"] = big.name
+        row["mfu_of_peak"] = row["tflop_per_s"] * 1e12 / (args.peak_tflops * 1e12)
+        row["fraction_of_bf16_matmul"] = row["tflop_per_s"] * 1e12 / rates["bf16"]
+        row["peak_tflops"] = args.peak_tflops
+        result["paper_base"] = row
+        print(
+            f"{big.name} base ({row['params'] / 1e9:.2f}B) batch {row['batch']}: "
+            f"{row['step_ms']:.0f} ms/step, {row['samples_per_s']:.1f} samples/s, "
+            f"{row['tflop_per_s']:.0f} TFLOP/s = {row['mfu_of_peak']:.0%} of "
+            f"{args.peak_tflops:g} TFLOP/s, {row['fraction_of_bf16_matmul']:.0%} of the matmul"
         )
     if args.json:
         with open(args.json, "w") as f:

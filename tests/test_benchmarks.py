@@ -1,4 +1,4 @@
-"""benchmarks/unet_step.py, train_throughput.py and plot.py at --tiny size: well-formed JSON.
+"""benchmarks/unet_step.py, train_throughput.py, cuda_checks.py and plot.py at --tiny size.
 
 Each runs in a subprocess as a user runs it (~20 s of CPU for both; the generous timeout is
 for a busy machine). No wall-clock assertions: only that every
@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+
+from ivref import configs, unet3d
 
 
 def _run(repo_root, script, *args):
@@ -43,7 +45,8 @@ def test_unet_step_tiny_writes_ratios(repo_root, tmp_path):
 @pytest.mark.slow
 def test_train_throughput_tiny_and_plot(repo_root, tmp_path):
     out = tmp_path / "throughput.json"
-    _run(repo_root, "train_throughput.py", "--tiny", "--device", "cpu", "--json", str(out))
+    args = ("--tiny", "--device", "cpu", "--paper-base", "2", "--json", str(out))
+    _run(repo_root, "train_throughput.py", *args)
     result = json.loads(out.read_text())
     assert result["benchmark"] == "train_throughput" and result["scale"] == "ci"
     assert result["matmul"]["bf16_gflop_per_s"] > 0 and result["matmul"]["fp32_gflop_per_s"] > 0
@@ -51,6 +54,36 @@ def test_train_throughput_tiny_and_plot(repo_root, tmp_path):
     for row in result["stages"].values():
         for key in ("steps_per_s", "step_gflop", "gflop_per_s", "fraction_of_bf16_matmul"):
             assert row[key] > 0
+    big = result["paper_base"]  # --tiny: the ci base stands in for the paper's
+    ci = configs.ci()
+    stage = ci.stage("base")
+    forward = unet3d.count_flops(stage.unet, stage.num_frames, stage.height, stage.width,
+                                 text_length=ci.text.max_length)  # fmt: skip
+    assert big["preset"] == "ci" and big["batch"] == 2 and big["checkpointing"]
+    assert big["step_tflop"] == pytest.approx(3 * forward * 2 / 1e12, rel=1e-12)
+    assert big["tflop_per_s"] == pytest.approx(big["step_tflop"] / (big["step_ms"] / 1e3))
+    assert big["mfu_of_peak"] == pytest.approx(big["tflop_per_s"] / big["peak_tflops"])
     png = tmp_path / "plot.png"
     _run(repo_root, "plot.py", str(out), "--out", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):
+    """The GPU session's checks, run on the CPU at ci size: every part reports, and the
+    chunked attention matches its float64 reference."""
+    args = ("--tiny", "--device", "cpu", "--out", str(tmp_path), "--distill-steps", "2",
+            "--train-steps", "4", "--eval-every", "2", "--repeats", "1")  # fmt: skip
+    _run(repo_root, "cuda_checks.py", *args)
+    report = json.loads((tmp_path / "cuda_checks.json").read_text())
+    assert set(report) == {"equivalence", "attention", "evaluate", "distill", "train"}
+    assert all(part["ok"] for part in report.values()), report
+    assert report["attention"]["rel_error_vs_float64"] < 1e-5
+    for variant in ("teacher", "distilled"):
+        stages = report["equivalence"][variant]["stages"]
+        assert list(stages) == ["base", "tsr", "ssr1", "ssr2"]
+        assert all(row["max_abs_diff"] == 0 for row in stages.values())  # two CPU runs, one seed
+        assert set(report["evaluate"][variant]["stages"]) == set(stages)
+    phases = report["distill"]["base"]["phases"]
+    assert phases and all(p["steps"] == 2 for p in phases.values())
+    assert report["train"]["steps"] == 4 and [r["step"] for r in report["train"]["evals"]] == [2, 4]
