@@ -264,34 +264,45 @@ def measure(case: Case, models: dict, device: str, bf16: bool, warmup: int, repe
         child.close()  # so a dead worker reads as EOF here, not as a hang
         procs[kind] = (p, parent)
 
+    failed: dict[str, str] = {}
+
     def receive(kind):
+        """The worker's reply; a peer that failed (out of memory, say) is dropped and noted."""
         reply = procs[kind][1].recv()
         if isinstance(reply, dict) and "error" in reply:
-            for p, _ in procs.values():
-                p.kill()
-            raise RuntimeError(f"{kind} on {case.name} failed:\n{reply['error']}")
+            if kind == "ivref":  # nothing left to compare against
+                for p, _ in procs.values():
+                    p.kill()
+                raise RuntimeError(f"{kind} on {case.name} failed:\n{reply['error']}")
+            procs.pop(kind)[0].kill()
+            failed[kind] = reply["error"].strip().splitlines()[-1][:500]
+            print(f"  {kind} on {case.name} failed and is left out: {failed[kind]}")
+            return None
         return reply
 
-    params = {kind: receive(kind) for kind in procs}
+    params = {kind: receive(kind) for kind in list(procs)}
     runs = {kind: [] for kind in procs}
     for i in range(warmup + repeats):
-        for kind, (_, conn) in procs.items():  # interleaved: one repeat of each in turn
-            conn.send(True)
+        for kind in list(procs):  # interleaved: one repeat of each in turn
+            procs[kind][1].send(True)
             row = receive(kind)
-            if i >= warmup:
+            if row is not None and i >= warmup:
                 runs[kind].append(row)
     result = {}
-    for kind, (p, conn) in procs.items():
+    for kind in list(procs):
+        p, conn = procs[kind]
         conn.send(None)
-        peak = receive(kind)["peak_bytes"]
+        reply = receive(kind)
+        if reply is None:
+            continue
         p.join()
         result[kind] = {
             "params": params[kind],
             "train_ms": 1e3 * statistics.median(r["train_s"] for r in runs[kind]),
             "sample_ms": 1e3 * statistics.median(r["sample_s"] for r in runs[kind]),
-            "peak_mib": peak / 2**20,
+            "peak_mib": reply["peak_bytes"] / 2**20,
         }
-    return result
+    return result | {kind: {"error": error} for kind, error in failed.items()}
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -337,6 +348,8 @@ def run_case(case: Case, peers: list[str], args) -> dict:
     ref = timings["ivref"]
     for kind, t in timings.items():
         t["config"] = config[kind]
+        if "error" in t:
+            continue
         if kind != "ivref":
             t["train_ratio"] = t["train_ms"] / ref["train_ms"]  # > 1: ivref is faster
             t["sample_ratio"] = t["sample_ms"] / ref["sample_ms"]

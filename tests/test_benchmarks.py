@@ -87,3 +87,23 @@ def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):
     phases = report["distill"]["base"]["phases"]
     assert phases and all(p["steps"] == 2 for p in phases.values())
     assert report["train"]["steps"] == 4 and [r["step"] for r in report["train"]["evals"]] == [2, 4]
+
+
+@pytest.mark.slow
+def test_unet_step_leaves_out_a_failing_peer(repo_root):
+    """A peer that fails (on a GPU: out of memory beside the others) is reported and left
+    out; ivref's row is still measured. Run in a subprocess: the workers are spawned and
+    import the script by name."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import unet_step as u\n"
+        "case = u.cases(True, 'cpu')['base']\n"
+        "models = {'ivref': (0, 0), 'diffusers': (7, 1)}  # GroupNorm(8) cannot take width 7\n"
+        "print(json.dumps(u.measure(case, models, 'cpu', False, 0, 1)))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(repo_root), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "divisible" in result["diffusers"]["error"]
+    assert result["ivref"]["train_ms"] > 0 and result["ivref"]["params"] > 0
