@@ -1,8 +1,8 @@
-"""The checks and timings a lent CUDA GPU runs, each as one ``--parts`` entry (JSON per part).
+"""The checks and timings a lent CUDA GPU runs, each one ``--parts`` entry of one JSON file.
 
-    python benchmarks/cuda_checks.py --device cuda --out results/            # every part
-    python benchmarks/cuda_checks.py --device cpu --tiny --out /tmp/c   # ci sizes, any machine
-    python benchmarks/cuda_checks.py --prepare-text-cache textcache          # here, before a run
+    python benchmarks/cuda_checks.py --device cuda --out results/     # every part
+    python benchmarks/cuda_checks.py --device cpu --tiny --out /tmp/c  # ci sizes, any machine
+    python benchmarks/cuda_checks.py --prepare-text-cache textcache   # here, before a run
 
 Parts (each adds its entry to ``OUT/cuda_checks.json``; one failing part does not stop the
 others):

@@ -8,8 +8,9 @@
 # encoder's embeddings come from TEXT_CACHE (made beforehand with
 # `python benchmarks/cuda_checks.py --prepare-text-cache DIR`) where the MiniLM package is
 # missing. The benchmarks' peers (diffusers, video-diffusion-pytorch) must be importable.
-# Each step has its own time limit, and a failing step does not stop the others; results:
-# OUT/*.json and OUT/log.txt (docs/benchmarks.md, "On a CUDA GPU", reads them).
+# Each step has its own time limit, and a failing step does not stop the others. Results, four
+# files (a lent machine returns few): OUT/cuda_checks.json, OUT/unet_step_cuda.json,
+# OUT/train_throughput_cuda.json and OUT/log.txt (docs/benchmarks.md, "On a CUDA GPU").
 set -u
 OUT=${OUT:-cuda_results}
 CACHE=${1:-}
