@@ -57,9 +57,6 @@ class CacheOnlyEncoder:
         raise KeyError(f"prompts not in the carried text cache: {list(prompts)[:4]}")
 
 
-MINILM_NAME = "minilm-all-MiniLM-L6-v2"  # text.MiniLMEncoder's name (the cache key uses it)
-
-
 def all_prompts() -> list[str]:
     """Every caption training, evaluation and these checks can ask for (videos and images)."""
     images = [data.caption(c, s, None) for c, s, _ in data.COMBOS]
@@ -72,7 +69,7 @@ def encoder_for(cfg: configs.CascadeConfig, cache_dir: Path | None) -> text.Text
     except ValueError:
         if cfg.text.encoder != "minilm" or cache_dir is None:
             raise
-        inner = CacheOnlyEncoder(MINILM_NAME, cfg.text.dim, cfg.text.max_length)
+        inner = CacheOnlyEncoder(text.MINILM_NAME, cfg.text.dim, cfg.text.max_length)
         return text.CachedEncoder(inner, cache_dir)
 
 

@@ -127,6 +127,9 @@ class TinyT5Encoder(HFEncoder):
         self.dim = d
 
 
+MINILM_NAME = "minilm-all-MiniLM-L6-v2"  # MiniLMEncoder's name; text caches are keyed by it
+
+
 class MiniLMEncoder(HFEncoder):
     """all-MiniLM-L6-v2 [SBERT] (384-d) loaded with transformers from the package's folder.
 
@@ -147,7 +150,7 @@ class MiniLMEncoder(HFEncoder):
         path = Path(spec.submodule_search_locations[0]) / "model"
         model = AutoModel.from_pretrained(path, use_safetensors=True, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        super().__init__(model, tokenizer, "minilm-all-MiniLM-L6-v2", text_cfg.max_length)
+        super().__init__(model, tokenizer, MINILM_NAME, text_cfg.max_length)
 
 
 def _fingerprint(path: Path) -> str:
