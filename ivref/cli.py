@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="cascade folder to write")
     e.add_argument("--base", type=Path, help="a cascade folder whose other stages to keep")
     e.add_argument("--force", action="store_true", help="replace a cascade already in --out")
+    e.add_argument(
+        "--sampling",
+        choices=("run", "base", "preset"),
+        default="run",
+        help="a train run's sampling settings (steps, guidance, thresholding, ...): the run's "
+        "own (default), the --base cascade's for that stage, or its preset's as of today",
+    )
 
     v = sub.add_parser("evaluate", help="caption alignment of a cascade per guidance weight")
     v.add_argument("--checkpoint", type=Path, help="cascade folder or base-stage train run")
@@ -226,10 +233,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             "--force to replace it, or choose another folder"
         )
     files.check_writable(args.out, "--out")
-    models, cfg = {}, None
+    models, cfg, base_cfg = {}, None, None
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
-        cfg, models = base.cfg, dict(base.models.items())
+        cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
+    elif args.sampling == "base":
+        raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
     for run in args.runs:
         run_cfg, stage, model = run_stage(run)
         if cfg is None:
@@ -239,12 +248,50 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise CLIError(
                     f"{str(run)!r} was trained with another {part} config than the cascade it joins"
                 )
-        stages = tuple(run_cfg.stage(stage) if s.name == stage else s for s in cfg.stages)
+        stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
+        stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     folder = cascade_lib.Cascade(cfg, models).save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     return 0
+
+
+def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
+    """The stage config a train run exports with: its sampling settings from ``source``.
+
+    A run keeps the sampling settings of the preset it started from; a preset or a --base
+    cascade tuned since then differs silently. Every difference is reported (stderr), naming
+    the value kept. A distilled student keeps its own (its steps and sampler are its training).
+    """
+    own = run_cfg.stage(stage)
+    if own.guidance_w_max is not None:  # a distilled student
+        return own
+    others = {}
+    if base_cfg is not None and stage in [s.name for s in base_cfg.stages]:
+        others["base"] = base_cfg.stage(stage)
+    if run_cfg.name in configs.PRESETS and stage in [
+        s.name for s in configs.preset(run_cfg.name).stages
+    ]:
+        others["preset"] = configs.preset(run_cfg.name).stage(stage)
+    if source != "run" and source not in others:
+        where = "the --base cascade" if source == "base" else f"preset {run_cfg.name!r}"
+        raise CLIError(f"--sampling {source}: {where} has no stage {stage!r} to take them from")
+    chosen = own if source == "run" else configs.with_sampling(own, others[source])
+    for label, other in others.items():
+        if label == source:
+            continue
+        diff = configs.sampling_differences(chosen, other)
+        if diff:
+            fields = ", ".join(
+                f"{f} {mine!r} (vs {theirs!r})" for f, (mine, theirs) in diff.items()
+            )
+            print(
+                f"note: {str(run)!r} exports stage {stage!r} with sampling settings that differ "
+                f"from the {label}'s: {fields}; --sampling {label} takes the {label}'s",
+                file=sys.stderr,
+            )
+    return chosen
 
 
 # -- evaluate ---------------------------------------------------------------------------------

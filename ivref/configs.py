@@ -744,6 +744,30 @@ def paper() -> CascadeConfig:
     return CascadeConfig("paper", text, DiffusionConfig(), stages, DistillConfig(w_max=6.0))
 
 
+# The stage fields only sampling reads: a trained model's weights do not depend on them, so a
+# cascade may change them without retraining (``ivref export --sampling``).
+SAMPLING_FIELDS: tuple[str, ...] = (
+    "sample_steps",
+    "guidance_w",
+    "oscillating_guidance",
+    "guidance_low_w",
+    "aug_sample_logsnr",
+    "sampler",
+    "thresholding",
+)
+
+
+def sampling_differences(stage: StageConfig, other: StageConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (stage's value, other's value)} for each of SAMPLING_FIELDS where they differ."""
+    pairs = {f: (getattr(stage, f), getattr(other, f)) for f in SAMPLING_FIELDS}
+    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def with_sampling(stage: StageConfig, source: StageConfig) -> StageConfig:
+    """``stage`` (its U-Net and training) with ``source``'s sampling settings (SAMPLING_FIELDS)."""
+    return dataclasses.replace(stage, **{f: getattr(source, f) for f in SAMPLING_FIELDS})
+
+
 def preset(name: str) -> CascadeConfig:
     """The cascade preset ``name``: "ci", "toy" or "paper"."""
     builders = {"ci": ci, "toy": toy, "paper": paper}

@@ -255,6 +255,56 @@ def test_export_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_export_reports_and_picks_where_a_runs_sampling_settings_come_from(
+    tmp_path, capsys, monkeypatch
+):
+    import dataclasses
+
+    from ivref.cascade import Cascade
+
+    runs = {}
+    for stage in ("base", "tsr"):
+        runs[stage] = tmp_path / stage
+        argv = ["train", "--scale", "ci", "--stage", stage, "--out", str(runs[stage])]
+        assert cli.main([*argv, "--batch-size", "2", "--steps", "1"]) == 0
+    assert cli.main(["export", str(runs["base"]), "--out", str(tmp_path / "c1")]) == 0
+    assert "note:" not in capsys.readouterr().err  # a fresh run matches its preset
+    base = Cascade.from_pretrained(tmp_path / "c1")  # a cascade tuned since the runs started
+    tuned = dataclasses.replace(base.cfg.stage("tsr"), guidance_w=2.5, sample_steps=5)
+    stages = tuple(tuned if s.name == "tsr" else s for s in base.cfg.stages)
+    base.cfg = dataclasses.replace(base.cfg, stages=stages)
+    base.save_pretrained(tmp_path / "c1", overwrite=True)
+    run_tsr = configs.ci().stage("tsr")
+
+    def export(out, *extra):
+        argv = ["export", str(runs["tsr"]), "--base", str(tmp_path / "c1"), "--out", str(out)]
+        assert cli.main([*argv, *extra]) == 0
+        return Cascade.from_pretrained(out).cfg.stage("tsr"), capsys.readouterr().err
+
+    kept, err = export(tmp_path / "run")  # default: the run's own settings, differences named
+    assert (kept.guidance_w, kept.sample_steps) == (run_tsr.guidance_w, run_tsr.sample_steps)
+    assert "differ from the base's" in err and "sample_steps" in err and "guidance_w" in err
+    assert "--sampling base" in err and "preset's" not in err
+    taken, err = export(tmp_path / "base", "--sampling", "base")
+    assert (taken.guidance_w, taken.sample_steps) == (2.5, 5)
+    assert taken.unet == run_tsr.unet  # the model is still the run's
+    assert "differ from the preset's" in err  # the base's values are not the preset's
+
+    changed = dataclasses.replace(configs.ci().stage("tsr"), thresholding="static")
+    preset = configs.ci()
+    preset = dataclasses.replace(
+        preset, stages=tuple(changed if s.name == "tsr" else s for s in preset.stages)
+    )
+    monkeypatch.setattr(configs, "preset", lambda name: preset)  # the preset changed since
+    taken, err = export(tmp_path / "preset", "--sampling", "preset")
+    assert taken.thresholding == "static" and taken.guidance_w == run_tsr.guidance_w
+    assert (
+        cli.main(["export", str(runs["tsr"]), "--out", str(tmp_path / "x"), "--sampling", "base"])
+        == 2
+    )
+    assert "give --base" in capsys.readouterr().err
+
+
 def test_a_t5_cascade_takes_its_encoder_from_text_encoder(tmp_path, capsys):
     import dataclasses
 

@@ -576,6 +576,13 @@ CLI_CASES = [
         _cascade,
     ),
     Case(
+        "export --sampling base without --base",
+        ("export", "{RUN}", "--out", "{X}/c", "--sampling", "base"),
+        2,
+        "--sampling base takes the settings of the --base cascade: give --base",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
         "export a folder that is no run",
         ("export", "{X}", "--out", "{X}/c"),
         2,
