@@ -177,7 +177,7 @@ def sample_stage(
     steps: int | None = None,
     guidance_w: float | None = None,
     aug_logsnr: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: samplers.Generators = None,
     noise: torch.Tensor | None = None,
     aug_noise: torch.Tensor | None = None,
     progress: bool = False,
@@ -192,12 +192,15 @@ def sample_stage(
     bounded as ``stage.thresholding`` says [IMG §2.3]: "dynamic" rescales x~ when any w > 0,
     "static" clips it to [-1, 1] at every step, "none" leaves it; a distilled student (its U-Net
     embeds w) makes x~ in one pass [GD]. The sampler is ``stage.sampler`` or
-    ``diffusion.sampler``; gamma and the log-SNR bounds come from ``diffusion``.
+    ``diffusion.sampler``; the ancestral sampler's gamma is ``stage.gamma`` or
+    ``diffusion.gamma``; the log-SNR bounds come from ``diffusion``.
 
     Everything runs on the model's device. ``noise`` (B, C, F, H, W) and ``aug_noise`` are
     drawn from ``generator`` on the CPU when not given, then moved, so a seed gives the same
-    video on every device up to float error. Returns (B, C, F, H, W) in [-1, 1], on the
-    model's device.
+    video on every device up to float error. ``generator`` may be one per video
+    (``samplers.Generators``): a stochastic sampler's noise for video i then comes from
+    generator i, so a video does not depend on the others in its batch. Returns
+    (B, C, F, H, W) in [-1, 1], on the model's device.
     """
     device = model_device(model)
     steps = check_steps(stage.sample_steps if steps is None else steps)
@@ -213,7 +216,7 @@ def sample_stage(
         cond = superres.upsample(cond_video.float().to(device), stage)
         level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
         if aug_noise is None:
-            aug_noise = torch.randn(cond[:, :3].shape, generator=generator)
+            aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
         level_b = torch.full((b,), level, device=device)
         kwargs["cond_video"] = superres.augment(cond, level_b, aug_noise.to(device))
         # The model embeds lambda' only inside the range training drew it from (at most
@@ -247,13 +250,13 @@ def sample_stage(
         **kwargs,
     )
     if noise is None:
-        noise = torch.randn(shape, generator=generator)
+        noise = samplers.randn(shape, generator, torch.float32, "cpu")
     x = samplers.sample(
         x_hat_fn,
         shape,
         steps=steps,
         sampler=stage.sampler or diffusion.sampler,
-        gamma=diffusion.gamma,
+        gamma=diffusion.gamma if stage.gamma is None else stage.gamma,
         generator=generator,
         device=device,
         noise=noise.to(device),
@@ -404,7 +407,7 @@ class Cascade(nn.Module):
             cond_video=previous,
             steps=steps,
             guidance_w=w,
-            generator=gens[0],
+            generator=gens,  # a stochastic sampler's step noise, too, per video
             noise=noise,
             aug_noise=aug_noise,
             progress=progress,

@@ -20,14 +20,25 @@ MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forw
 
 XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
+# One generator for the whole batch, or one per batch row (row i's noise from generator i, so
+# a video does not depend on the others sampled beside it), or None (torch's global one).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def randn(shape, generator: torch.Generator | None, dtype: torch.dtype, device) -> torch.Tensor:
+def randn(shape, generator: Generators, dtype: torch.dtype, device) -> torch.Tensor:
     """N(0, I) drawn on the generator's device (the CPU for a CPU generator), then moved.
 
     One seeded CPU generator thus gives the same noise whatever device the model is on; a
-    CUDA tensor cannot be drawn from a CPU generator directly.
+    CUDA tensor cannot be drawn from a CPU generator directly. A sequence of generators, one
+    per batch row (shape[0] of them), draws row i from generator i.
     """
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ValueError(
+                f"{len(generator)} generators for a batch of {shape[0]}: give one per row, "
+                "or a single generator"
+            )
+        return torch.stack([randn(shape[1:], g, dtype, device) for g in generator])
     where = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
 
@@ -61,7 +72,7 @@ def ancestral_step(
     logsnr_s: schedules.Coef,
     *,
     gamma: float = 0.3,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat) with interpolated variance.
 
@@ -89,7 +100,7 @@ def noise_back(
     z_s: torch.Tensor,
     logsnr_s: schedules.Coef,
     logsnr_t: schedules.Coef,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """A draw from q(z_t | z_s) for logsnr_t <= logsnr_s: add noise from time s back to t.
 
@@ -111,7 +122,7 @@ def stochastic_step(
     logsnr_s: schedules.Coef,
     logsnr_u: schedules.Coef,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """One step t -> s of the stochastic N-step sampler of distilled models [IV §2.7].
 
@@ -149,7 +160,7 @@ def sample(
     steps: int,
     sampler: str = "ddim",
     gamma: float = 0.3,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     noise: torch.Tensor | None = None,
@@ -164,7 +175,8 @@ def sample(
     with t_i = 1 - i / steps and a final step to logsnr = +inf that returns x_hat [DDIM, VDM].
     ``sampler``: "ddim" (deterministic), "ancestral" (``gamma`` sets its variance) or
     "stochastic" (the N-step sampler of distilled models, ``stochastic_step``: a DDIM
-    step to t_{i+2}, then noise back to t_{i+1}) [IV §2.7]. ``progress`` shows a tqdm bar.
+    step to t_{i+2}, then noise back to t_{i+1}) [IV §2.7]. ``generator``: one, or one per
+    batch row (``Generators``). ``progress`` shows a tqdm bar.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")

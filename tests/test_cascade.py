@@ -356,3 +356,37 @@ def test_sample_stage_bounds_x_hat_as_the_stage_asks(full_cascade, monkeypatch, 
         cascade_lib.sample_stage(model, stage, diffusion, emb, mask, guidance_w=0.0, steps=2)
         cond = guidance.guided_x_hat_fn(model, emb, mask, 0.0, threshold=None)(z, logsnr)
         torch.testing.assert_close(seen["fn"](z, logsnr), cond, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("stage_sampler", "stage_gamma", "expected"),
+    [
+        (None, None, ("ddim", 0.3)),
+        ("ancestral", None, ("ancestral", 0.3)),
+        ("ancestral", 0.0, ("ancestral", 0.0)),
+    ],
+)
+def test_sample_stage_takes_sampler_and_gamma_from_the_stage_else_the_diffusion_config(
+    full_cascade, monkeypatch, stage_sampler, stage_gamma, expected
+):
+    base = full_cascade.cfg.stage("base")
+    stage = dataclasses.replace(base, sampler=stage_sampler, gamma=stage_gamma)
+    diffusion = dataclasses.replace(full_cascade.cfg.diffusion, sampler="ddim", gamma=0.3)
+    emb, mask = full_cascade.encoder.encode(["a red circle moving left"])
+    seen = {}
+
+    def record(x_hat_fn, shape, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(shape)
+
+    monkeypatch.setattr(cascade_lib.samplers, "sample", record)
+    model = full_cascade.models["base"]
+    cascade_lib.sample_stage(model, stage, diffusion, emb, mask, steps=2)
+    assert (seen["sampler"], seen["gamma"]) == expected
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan"), True, "0"])
+def test_a_stage_gamma_outside_0_1_is_refused(gamma):
+    stage = configs.ci().stage("ssr1")
+    with pytest.raises(ValueError, match=r"StageConfig\('ssr1'\)\.gamma=.* must be in \[0, 1\]"):
+        dataclasses.replace(stage, gamma=gamma)

@@ -187,3 +187,26 @@ def test_noise_is_drawn_on_the_generator_device_then_moved():
     # the generator advanced as a CPU draw of that shape does: the next draws agree
     torch.randn((2, 3), generator=g2)
     torch.testing.assert_close(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
+
+
+@pytest.mark.parametrize("sampler", samplers.SAMPLERS)
+def test_one_generator_per_row_makes_each_row_independent_of_its_batch(sampler):
+    """Row i's noise (start and every step) comes from generator i alone: sampled beside
+    other rows or alone, it is the same sample."""
+
+    def per_row(x, logsnr):  # a denoiser acting on each row alone
+        return torch.tanh(x) * 0.5
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    shape = (1, 3, 2, 4, 4)
+    batch = samplers.sample(per_row, (3, *shape[1:]), steps=4, sampler=sampler,
+                            generator=gens(1, 2, 3))  # fmt: skip
+    alone = samplers.sample(per_row, shape, steps=4, sampler=sampler, generator=gens(2))
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
+    reordered = samplers.sample(per_row, (2, *shape[1:]), steps=4, sampler=sampler,
+                                generator=gens(2, 9))  # fmt: skip
+    torch.testing.assert_close(reordered[0:1], alone, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3: give one per row"):
+        samplers.sample(per_row, (3, *shape[1:]), steps=2, generator=gens(1, 2))
