@@ -8,9 +8,11 @@
 # encoder's embeddings come from TEXT_CACHE (made beforehand with
 # `python benchmarks/cuda_checks.py --prepare-text-cache DIR`) where the MiniLM package is
 # missing. The benchmarks' peers (diffusers, video-diffusion-pytorch) must be importable.
-# Each step has its own time limit, and a failing step does not stop the others. Results, four
+# `ivref generate` writes its video with mediapy, which needs IPython and imageio-ffmpeg there.
+# Each step has its own time limit, and a failing step does not stop the others. Results, five
 # files (a lent machine returns few): OUT/cuda_checks.json, OUT/unet_step_cuda.json,
-# OUT/train_throughput_cuda.json and OUT/log.txt (docs/benchmarks.md, "On a CUDA GPU").
+# OUT/train_throughput_cuda.json, OUT/generate_ci.gif and OUT/log.txt (docs/benchmarks.md,
+# "On a CUDA GPU").
 set -u
 OUT=${OUT:-cuda_results}
 CACHE=${1:-}
@@ -39,6 +41,8 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, report the exit stat
     step 30 "ivref export" $py -m ivref.cli export "$tmp/base" --out "$tmp/cascade"
     step 60 "ivref evaluate --device $dev" $py -m ivref.cli evaluate --checkpoint "$tmp/cascade" \
         --split heldout --steps 4 --device $dev
+    step 60 "ivref generate --device $dev" $py -m ivref.cli generate "a red circle moving left" \
+        --checkpoint "$tmp/cascade" --steps 2 --device $dev --out "$OUT/generate_ci.gif"
     step 60 "ivref distill --device $dev" $py -m ivref.cli distill --stage base \
         --from "$tmp/cascade" --out "$tmp/distill" --guided-steps 4 --halving-steps 4 --device $dev
     # The library on the device, with the shipped toy cascade
