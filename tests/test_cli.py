@@ -129,13 +129,19 @@ def test_export_writes_a_cascade_that_generates_like_the_run(tmp_path, capsys):
     assert cli.main(["export", str(run), "--out", str(folder), "--force"]) == 0
 
 
-def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):
+def _base_and_tsr_runs_and_base_cascade(tmp_path):
+    """One-step ci runs of base and TSR, and tmp_path/c1: a cascade of the base run."""
     runs = {}
     for stage in ("base", "tsr"):
         runs[stage] = tmp_path / stage
         argv = ["train", "--scale", "ci", "--stage", stage, "--out", str(runs[stage])]
         assert cli.main([*argv, "--batch-size", "2", "--steps", "1"]) == 0
     assert cli.main(["export", str(runs["base"]), "--out", str(tmp_path / "c1")]) == 0
+    return runs
+
+
+def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):
+    runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
     argv = [
         "export",
         str(runs["tsr"]),
@@ -262,12 +268,7 @@ def test_export_reports_and_picks_where_a_runs_sampling_settings_come_from(
 
     from ivref.cascade import Cascade
 
-    runs = {}
-    for stage in ("base", "tsr"):
-        runs[stage] = tmp_path / stage
-        argv = ["train", "--scale", "ci", "--stage", stage, "--out", str(runs[stage])]
-        assert cli.main([*argv, "--batch-size", "2", "--steps", "1"]) == 0
-    assert cli.main(["export", str(runs["base"]), "--out", str(tmp_path / "c1")]) == 0
+    runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
     assert "note:" not in capsys.readouterr().err  # a fresh run matches its preset
     base = Cascade.from_pretrained(tmp_path / "c1")  # a cascade tuned since the runs started
     tuned = dataclasses.replace(base.cfg.stage("tsr"), guidance_w=2.5, sample_steps=5)
