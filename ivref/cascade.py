@@ -394,10 +394,11 @@ class Cascade(nn.Module):
         """One stage for one batch; each video's noise from its own generator."""
         model = self.models[stage.name].eval()
         shape = (model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        shape = (len(gens), *shape)  # row i from gens[i] (samplers.randn)
+        noise = samplers.randn(shape, gens, torch.float32, "cpu")
         aug_noise = None
         if stage.kind != "base":
-            aug_noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            aug_noise = samplers.randn(shape, gens, torch.float32, "cpu")
         return sample_stage(
             model,
             stage,

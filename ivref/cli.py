@@ -267,13 +267,12 @@ def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
     own = run_cfg.stage(stage)
     if own.guidance_w_max is not None:  # a distilled student
         return own
-    others = {}
-    if base_cfg is not None and stage in [s.name for s in base_cfg.stages]:
-        others["base"] = base_cfg.stage(stage)
-    if run_cfg.name in configs.PRESETS and stage in [
-        s.name for s in configs.preset(run_cfg.name).stages
-    ]:
-        others["preset"] = configs.preset(run_cfg.name).stage(stage)
+    preset = configs.preset(run_cfg.name) if run_cfg.name in configs.PRESETS else None
+    others = {
+        label: cfg.stage(stage)
+        for label, cfg in (("base", base_cfg), ("preset", preset))
+        if cfg is not None and stage in {s.name for s in cfg.stages}
+    }
     if source != "run" and source not in others:
         where = "the --base cascade" if source == "base" else f"preset {run_cfg.name!r}"
         raise CLIError(f"--sampling {source}: {where} has no stage {stage!r} to take them from")
