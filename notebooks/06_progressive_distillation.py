@@ -331,17 +331,18 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 
 # %% [markdown]
 # What the shipped toy students measured (8 prompts, seed 0, reference: the teacher at twice
-# its steps; `benchmarks/distill_fidelity.py`, tables in docs/benchmarks.md): the SR students
-# keep 3.7-4.7 dB more of the reference than their teacher does at 8 steps when both run
-# DDIM, the base student 6.6 dB more (28.2 against 21.7 dB). For the base, the guided phase
+# its steps; `benchmarks/distill_fidelity.py`, tables in docs/benchmarks.md): the TSR and SR
+# students keep 2.7-4.7 dB more of the reference than their teacher does at 8 steps when both
+# run DDIM, the base student 5.5 dB more at its default w = 0.25 (27.8 against 22.3 dB) and
+# 6.6 dB at w = 1 (28.2 against 21.7). For the base, the guided phase
 # decides: right after it, the student at the teacher's 64 steps keeps 31.1 dB where the
 # teacher keeps 41.9, and the three halvings lose only ~3 dB more. What it must learn matters
 # more than how long it trains: asked for every $w$ up to 4 instead of 2, the same phase kept
 # 6 dB less (`docs/design.md`, "Distillation in the toy world"). The stochastic
 # sampler adds fresh noise at every step, so even a perfect student does not retrace the
-# deterministic reference: its column sits far below the DDIM one (21.0 dB for the base, ~30
-# for the SR stages) while captions and motion stay right (100% on 48 videos for the whole
-# distilled cascade). At `ci` the teacher (100 training steps) and the phases (30 steps each)
+# deterministic reference: its column sits far below the DDIM one (19.3 dB for the base,
+# 30-36 for the TSR and SR stages) while captions and motion stay right (100% on all 84
+# captions x 2 seeds for the whole distilled cascade). At `ci` the teacher (100 training steps) and the phases (30 steps each)
 # are far too short for these numbers to mean anything: read them as a check that
 # everything runs.
 #
