@@ -51,8 +51,8 @@ TOY_TRAIN_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 1616, "ssr2": 7127}
 TOY_DISTILL_ARGS = {
     "base": "--batch-size 16 --guided-steps 1200 --halving-steps 300",
     "tsr": "--batch-size 8 --halving-steps 400",
-    "ssr1": "--batch-size 8 --halving-steps 300",
-    "ssr2": "--batch-size 8 --halving-steps 400",
+    "ssr1": "--batch-size 8 --halving-steps 400",
+    "ssr2": "--batch-size 8 --halving-steps 600",
 }
 
 
