@@ -261,12 +261,14 @@ def student_config(
     steps: int,
     batch_size: int | None = None,
     w_max: float | None = None,
+    bf16: bool | None = None,
 ) -> configs.CascadeConfig:
     """The cascade config with ``stage`` as a distilled student of ``steps`` steps.
 
     Its U-Net embeds w (learnt for 0 <= w <= ``w_max``, default the distill config's), it
     samples with the stochastic N-step sampler [IV §2.7], and its training recipe is the
-    distillation one (lr annealed to 0, no EMA, no warm-up) [PD].
+    distillation one (lr annealed to 0, no EMA, no warm-up) [PD]; ``bf16`` (autocast)
+    replaces the stage's training setting.
     """
     d, old = config.distill, config.stage(stage)
     recipe = dataclasses.replace(
@@ -276,6 +278,7 @@ def student_config(
         warmup_steps=0,
         ema_decay=0.0,
         batch_size=batch_size or old.train.batch_size,
+        bf16=old.train.bf16 if bf16 is None else bf16,
     )
     new = dataclasses.replace(
         old,
@@ -326,6 +329,7 @@ def distill_stage(
     batch_size: int | None = None,
     guided_steps: int | None = None,
     halving_steps: int | None = None,
+    bf16: bool | None = None,
     checkpoint_every: int = 100,
     seed: int = 0,
     progress: bool = True,
@@ -334,6 +338,7 @@ def distill_stage(
 
     Writes ``out/distill.json`` and one ``train`` run folder per phase; with ``resume`` a
     finished phase is loaded and an unfinished one continues from its checkpoint.
+    ``bf16``: autocast for the student (default: the stage's training setting).
     """
     out = Path(out)
     config = teacher_cascade.cfg
@@ -354,7 +359,7 @@ def distill_stage(
     length_of["progressive"] = halving_steps or d.halving_steps
     lengths = [length_of[phase] for _, phase, _ in phases]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
-    record |= {"w_max": w_max}
+    record |= {"w_max": w_max, "bf16": stage_cfg.train.bf16 if bf16 is None else bf16}
     record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(
@@ -365,7 +370,7 @@ def distill_stage(
     if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
         teacher = with_guidance_embedding(teacher).eval()
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
-        cfg = student_config(config, stage, steps, batch_size, w_max)
+        cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
         student = with_guidance_embedding(teacher)
         text = objectives.TextCache(teacher_cascade.encoder)
         base = objectives.DiffusionObjective(
@@ -400,6 +405,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=train.positive_int, help="default: the stage's")
     p.add_argument("--guided-steps", type=train.positive_int, help="training steps, phase 1")
     p.add_argument("--halving-steps", type=train.positive_int, help="training steps per halving")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast for the student (default: the stage's training setting)",
+    )
     p.add_argument("--checkpoint-every", type=train.positive_int, default=100)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -423,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
-            halving_steps=args.halving_steps, checkpoint_every=args.checkpoint_every,
+            halving_steps=args.halving_steps, bf16=args.bf16,
+            checkpoint_every=args.checkpoint_every,
             seed=args.seed,
         )  # fmt: skip
     if result.signal is not None:

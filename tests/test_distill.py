@@ -183,6 +183,7 @@ def test_plan_halves_down_to_the_target_or_explains():
 
 @pytest.mark.slow
 def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
+    phases = ["guided", "halve-0008-0004"]
     cfg = configs.preset("ci")
     torch.manual_seed(0)
     teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:2]})
@@ -196,12 +197,15 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
         "2",
         "--batch-size",
         "2",
+        "--bf16",  # the ci preset trains without autocast; the student may differ
     ]
     assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "d" / "distill.json").read_text())["bf16"] is True
+    assert not cfg.stage("tsr").train.bf16
+    assert all(cli.run_stage(tmp_path / "d" / p)[0].stage("tsr").train.bf16 for p in phases)
     assert [p.name for p in sorted((tmp_path / "d").iterdir()) if p.name != ".lock"] == [
         "distill.json",
-        "guided",
-        "halve-0008-0004",
+        *phases,
     ]
     assert cli.main(argv) == 2  # a second run into the same folder needs --resume
     assert cli.main([*argv, "--resume"]) == 0  # finished phases are loaded, not retrained
