@@ -359,7 +359,8 @@ def distill_stage(
     length_of["progressive"] = halving_steps or d.halving_steps
     lengths = [length_of[phase] for _, phase, _ in phases]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
-    record |= {"w_max": w_max, "bf16": stage_cfg.train.bf16 if bf16 is None else bf16}
+    bf16 = stage_cfg.train.bf16 if bf16 is None else bf16
+    record |= {"w_max": w_max, "bf16": bf16}
     record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(

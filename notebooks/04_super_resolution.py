@@ -48,7 +48,7 @@ for s in CFG.stages:
 # At `ci` we train each SR stage for a few steps with the same `train.Trainer` as the base
 # stage (notebook 03): the objective makes each training pair from one toy clip at the
 # stage's output size, as section 1 shows. From the shell:
-# `ivref train --scale toy --stage ssr1 --steps 1616 --out runs/ssr1`.
+# `ivref train --scale toy --stage ssr1 --steps 2271 --out runs/ssr1`.
 
 # %%
 if SMALL:
