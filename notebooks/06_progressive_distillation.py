@@ -342,9 +342,9 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # sampler adds fresh noise at every step, so even a perfect student does not retrace the
 # deterministic reference: its column sits far below the DDIM one (19.3 dB for the base,
 # 30-36 for the TSR and SR stages) while captions and motion stay right (100% on all 84
-# captions x 2 seeds for the whole distilled cascade). At `ci` the teacher (100 training steps) and the phases (30 steps each)
-# are far too short for these numbers to mean anything: read them as a check that
-# everything runs.
+# captions x 2 seeds for the whole distilled cascade). At `ci` the teacher (100 training
+# steps) and the phases (30 steps each) are far too short for these numbers to mean
+# anything: read them as a check that everything runs.
 #
 # **Quality against steps.** The same prompts at 128, 32, 16, 8 and 4 steps: the undistilled
 # teacher (DDIM) at every count, each student at the count it was distilled for. Caption
