@@ -44,6 +44,32 @@ def test_temporal_conv_starts_as_identity_and_equals_conv1d():
     torch.testing.assert_close(tc(x, 5), _reference_temporal_conv(x, tc, 5))
 
 
+def test_temporal_conv_gradients_equal_conv1d():
+    """The hand-written backward of the frame shifts gives conv1d's gradients (float64), also
+    for a one-frame clip, where both shifted taps fall outside it."""
+    for frames in (5, 1):
+        tc = layers.TemporalConv(8, groups=4).double()
+        with torch.no_grad():
+            tc.conv.weight.normal_()
+            tc.bias.normal_()
+        x = torch.randn(2 * frames, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+        grad_out = torch.randn_like(x)
+        params = [x, tc.conv.weight, tc.bias, tc.norm.weight]
+        ours = torch.autograd.grad(tc(x, frames), params, grad_out)
+        ref = torch.autograd.grad(_reference_temporal_conv(x, tc, frames), params, grad_out)
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_shift_sum_gradcheck():
+    z = torch.randn(2, 4, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layers.ShiftSum.apply, (z,))
+    y = layers.ShiftSum.apply(z)  # the definition, frame by frame
+    for f in range(4):
+        want = z[:, f, 1] + (z[:, f - 1, 0] if f > 0 else 0) + (z[:, f + 1, 2] if f < 3 else 0)
+        torch.testing.assert_close(y[:, f], want)
+
+
 def test_temporal_conv_bypassed_for_images():
     tc = layers.TemporalConv(8, groups=4).double()
     with torch.no_grad():
