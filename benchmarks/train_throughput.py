@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --json train_throughput.json   # every toy stage
     python benchmarks/train_throughput.py --stages base --repeats 9
+    python benchmarks/train_throughput.py --stages base --compile       # eager vs compiled
     python benchmarks/train_throughput.py --device cuda
     python benchmarks/train_throughput.py --tiny                        # ci preset, for CI
     python benchmarks/train_throughput.py --device cuda --paper-base 16 --stages  # paper base only
@@ -14,6 +15,10 @@ cost vanish after the first steps either way). Achieved FLOP/s counts a training
 over the median step time. The reference is a square matmul (``--matmul-size``, 2048) in
 bf16 and fp32 on the same device and threads: the fraction of it a step reaches is its
 utilisation.
+
+``--compile`` also times each stage with its model compiled (``nn.Module.compile()``, the
+inductor backend) in the same rounds as the eager step, and reports the first step
+(compilation included) apart.
 
 ``--paper-base B`` also times the paper preset's base stage (5.6B parameters, 16 x 24 x 40,
 T5-XXL-width text of 128 tokens) as large models are trained: bf16 weights and AdamW
@@ -82,24 +87,43 @@ def stage_flops(stage: configs.StageConfig, text_length: int) -> int:
     return unet3d.count_flops(stage.unet, stage.num_frames, h, w, text_length=text_length)
 
 
-def measure(cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warmup, repeats):
+def measure(
+    cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warmup, repeats,
+    compiled: bool = False,
+):  # fmt: skip
+    """Median ``train_step`` of a stage; with ``compiled`` also of ``nn.Module.compile()``d
+    copy (same seed), timed in the same rounds, eager and compiled alternating."""
     encoder = RandomTextEncoder(cfg.text.dim, cfg.text.max_length)
     with tempfile.TemporaryDirectory() as out:
-        trainer = train_lib.Trainer(
-            cfg, stage.name, out, text_encoder=encoder, device=device, progress=False
-        )
-        times = []
-        for i in range(warmup + repeats):
+        trainers = {"eager": train_lib.Trainer(
+            cfg, stage.name, f"{out}/eager", text_encoder=encoder, device=device, progress=False
+        )}  # fmt: skip
+        compile_s = None
+        if compiled:
+            trainer = train_lib.Trainer(
+                cfg, stage.name, f"{out}/compiled", text_encoder=encoder, device=device,
+                progress=False,
+            )  # fmt: skip
+            trainer.model.compile()  # inductor; compiles on the first forward and backward
             sync(trainer.device)
             start = time.perf_counter()
             trainer.train_step()
             sync(trainer.device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
-    batch = trainer.batch_size
+            compile_s = time.perf_counter() - start
+            trainers["compiled"] = trainer
+        times = {kind: [] for kind in trainers}
+        for i in range(warmup + repeats):
+            for kind, trainer in trainers.items():
+                sync(trainer.device)
+                start = time.perf_counter()
+                trainer.train_step()
+                sync(trainer.device)
+                if i >= warmup:
+                    times[kind].append(time.perf_counter() - start)
+    batch = trainers["eager"].batch_size
     flops = 3 * stage_flops(stage, cfg.text.max_length) * batch
-    return {
+    step_s = statistics.median(times["eager"])
+    row = {
         "batch": batch,
         "bf16": stage.train.bf16,
         "params": unet3d.count_parameters(stage.unet),
@@ -108,6 +132,15 @@ def measure(cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warm
         "step_gflop": flops / 1e9,
         "gflop_per_s": flops / step_s / 1e9,
     }
+    if compiled:
+        compiled_s = statistics.median(times["compiled"])
+        row["compiled"] = {
+            "first_step_s": compile_s,  # compilation + one step
+            "step_ms": 1e3 * compiled_s,
+            "gflop_per_s": flops / compiled_s / 1e9,
+            "speedup": step_s / compiled_s,  # > 1: compiled is faster
+        }
+    return row
 
 
 def measure_model_step(
@@ -163,6 +196,10 @@ def parse(argv):
     p.add_argument("--paper-base", type=int, metavar="B", help="also the paper base at batch B")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak, for MFU")
     p.add_argument("--tiny", action="store_true", help="ci preset, 1 repeat, small matmul")
+    p.add_argument(
+        "--compile", action="store_true",
+        help="also time each stage's step with the model compiled (torch.compile, inductor)",
+    )  # fmt: skip
     p.add_argument("--json", help="write the results here")
     return p.parse_args(argv)
 
@@ -196,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in names:
         stage = cfg.stage(name)
-        row = measure(cfg, stage, device, args.warmup, args.repeats)
+        row = measure(cfg, stage, device, args.warmup, args.repeats, args.compile)
         ref = rates["bf16" if row["bf16"] else "fp32"]
         row["fraction_of_matmul"] = row["gflop_per_s"] * 1e9 / ref
         row["fraction_of_bf16_matmul"] = row["gflop_per_s"] * 1e9 / rates["bf16"]
@@ -206,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['step_gflop']:7.1f} GFLOP/step  {row['gflop_per_s']:7.1f} GFLOP/s  "
             f"= {row['fraction_of_bf16_matmul']:.0%} of the bf16 matmul rate"
         )
+        if "compiled" in row:
+            c = row["compiled"]
+            print(
+                f"      compiled: first step {c['first_step_s']:.0f} s, then "
+                f"{c['step_ms']:.0f} ms/step ({c['gflop_per_s']:.1f} GFLOP/s): "
+                f"{c['speedup']:.2f}x the eager step"
+            )
     if args.paper_base:
         big = configs.preset("ci" if args.tiny else "paper")
         stage = big.stage("base")

@@ -1,4 +1,5 @@
-"""benchmarks/unet_step.py, train_throughput.py, cuda_checks.py and plot.py at --tiny size.
+"""benchmarks/unet_step.py, train_throughput.py, train_step_variants.py, cuda_checks.py and
+plot.py at --tiny size.
 
 Each runs in a subprocess as a user runs it (~20 s of CPU for both; the generous timeout is
 for a busy machine). No wall-clock assertions: only that every
@@ -11,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from ivref import configs, unet3d
+from ivref import configs, layers, unet3d
 
 
 def _run(repo_root, script, *args):
@@ -66,6 +68,54 @@ def test_train_throughput_tiny_and_plot(repo_root, tmp_path):
     png = tmp_path / "plot.png"
     _run(repo_root, "plot.py", str(out), "--out", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_train_throughput_compile_times_both_in_one_run(repo_root, tmp_path):
+    """--compile: the compiled model's step is timed beside the eager one, and its speed-up is
+    the ratio of the two medians."""
+    out = tmp_path / "throughput.json"
+    args = ("--tiny", "--device", "cpu", "--stages", "base", "--compile", "--json", str(out))
+    stdout = _run(repo_root, "train_throughput.py", *args)
+    row = json.loads(out.read_text())["stages"]["base"]
+    compiled = row["compiled"]
+    assert compiled["first_step_s"] > 0 and compiled["step_ms"] > 0
+    assert compiled["speedup"] == pytest.approx(row["step_ms"] / compiled["step_ms"])
+    assert compiled["gflop_per_s"] == pytest.approx(row["step_gflop"] / compiled["step_ms"] * 1e3)
+    assert "compiled: first step" in stdout
+
+
+@pytest.mark.slow
+def test_train_step_variants_tiny(repo_root, tmp_path):
+    out = tmp_path / "variants.json"
+    _run(repo_root, "train_step_variants.py", "--tiny", "--json", str(out))
+    row = json.loads(out.read_text())["stages"]["base"]
+    assert set(row["variants"]) == {"shipped", "autograd-shifts", "channels-last"}
+    assert row["variants"]["shipped"]["time_ratio"] == 1.0  # its own step, same round
+    for v in row["variants"].values():
+        low, high = v["time_ratio_range"]
+        assert v["step_ms"] > 0 and low <= v["time_ratio"] <= high
+
+
+def test_autograd_shifts_variant_computes_the_shipped_temporal_conv(repo_root, monkeypatch):
+    """The benchmark's old-style TemporalConv is the same function as ShiftSum's (float64)."""
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    import train_step_variants
+
+    tc = layers.TemporalConv(8, groups=4).double()
+    with torch.no_grad():
+        tc.conv.weight.normal_()
+        tc.bias.normal_()
+    x = torch.randn(2 * 5, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    ours = tc(x, 5, mask)
+    theirs = train_step_variants.autograd_shifts_forward(tc, x, 5, mask)
+    torch.testing.assert_close(ours, theirs)
+    grad = torch.randn_like(x)
+    params = [x, tc.conv.weight, tc.bias]
+    for a, b in zip(torch.autograd.grad(ours, params, grad),
+                    torch.autograd.grad(theirs, params, grad), strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.slow
