@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,22 @@ def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[s
     return phases
 
 
+def halving_lengths(
+    phases: list[tuple[str, str, int]], halving_steps: int | Sequence[int]
+) -> list[int]:
+    """Training steps of each halving in ``phases``: one count for all, or one count each."""
+    names = [folder for folder, phase, _ in phases if phase == "progressive"]
+    if isinstance(halving_steps, int):
+        return [halving_steps] * len(names)
+    counts = list(halving_steps)
+    if len(counts) != len(names) or not all(isinstance(n, int) and n >= 1 for n in counts):
+        raise ValueError(
+            f"halving_steps={counts}: give one positive count for all halvings or one for each "
+            f"of the {len(names)} halving{'s' * (len(names) != 1)} ({', '.join(names)})"
+        )
+    return counts
+
+
 def student_config(
     config: configs.CascadeConfig,
     stage: str,
@@ -328,7 +345,7 @@ def distill_stage(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     guided_steps: int | None = None,
-    halving_steps: int | None = None,
+    halving_steps: int | Sequence[int] | None = None,
     bf16: bool | None = None,
     checkpoint_every: int = 100,
     seed: int = 0,
@@ -338,7 +355,9 @@ def distill_stage(
 
     Writes ``out/distill.json`` and one ``train`` run folder per phase; with ``resume`` a
     finished phase is loaded and an unfinished one continues from its checkpoint.
-    ``bf16``: autocast for the student (default: the stage's training setting).
+    ``halving_steps``: training steps of every halving, or one count per halving in order
+    (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
+    training setting).
     """
     out = Path(out)
     config = teacher_cascade.cfg
@@ -355,9 +374,9 @@ def distill_stage(
             f"allowed: w_max >= {sampled:g}"
         )
     phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps, guided)
-    length_of = {"guided": guided_steps or d.guided_steps}
-    length_of["progressive"] = halving_steps or d.halving_steps
-    lengths = [length_of[phase] for _, phase, _ in phases]
+    halvings = halving_lengths(phases, halving_steps or d.halving_steps)
+    lengths = [guided_steps or d.guided_steps if p == "guided" else 0 for _, p, _ in phases]
+    lengths[len(lengths) - len(halvings) :] = halvings
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
     bf16 = stage_cfg.train.bf16 if bf16 is None else bf16
     record |= {"w_max": w_max, "bf16": bf16}
@@ -405,7 +424,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
     p.add_argument("--batch-size", type=train.positive_int, help="default: the stage's")
     p.add_argument("--guided-steps", type=train.positive_int, help="training steps, phase 1")
-    p.add_argument("--halving-steps", type=train.positive_int, help="training steps per halving")
+    p.add_argument(
+        "--halving-steps",
+        type=step_counts,
+        help="training steps per halving: one count, or one per halving (e.g. 600,1000)",
+    )
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
@@ -416,6 +439,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=train.positive_int, help="torch CPU threads")
+
+
+def step_counts(value: str) -> int | list[int]:
+    """argparse type: a positive integer, or positive integers separated by commas."""
+    counts = [train.positive_int(part) for part in value.split(",")]
+    return counts[0] if len(counts) == 1 and "," not in value else counts
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Distillation: PD targets land on two teacher steps, oracle students keep the data
 distribution, the guided loss vanishes at the guided teacher, and a ci stage distils end to end."""
 
+import argparse
 import dataclasses
 import json
 import math
@@ -300,3 +301,31 @@ def test_distilling_below_the_stages_own_guidance_weight_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"w_max=1.5 is below the guidance weight 2 .*>= 2"):
         distill.distill_stage(teacher, "tsr", tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_halving_steps_take_one_count_for_all_or_one_per_halving():
+    phases = distill.plan(64, 8)  # guided, then 64 -> 32 -> 16 -> 8
+    assert distill.halving_lengths(phases, 400) == [400, 400, 400]
+    assert distill.halving_lengths(phases, (300, 400, 600)) == [300, 400, 600]
+    with pytest.raises(ValueError, match=r"one for each of the 3 halvings \(halve-0064-0032, "):
+        distill.halving_lengths(phases, [600, 1000])
+    with pytest.raises(ValueError, match=r"halving_steps=\[600, 0, 9\]: give one positive"):
+        distill.halving_lengths(phases, [600, 0, 9])
+    assert distill.step_counts("600") == 600
+    assert distill.step_counts("600,1000") == [600, 1000]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, got ''"):
+        distill.step_counts("600,")
+
+
+def test_distill_refuses_a_list_of_halving_steps_of_the_wrong_length(tmp_path, capsys):
+    cfg = configs.preset("ci")
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:2]})
+    teacher.save_pretrained(tmp_path / "cascade")
+    argv = ["distill", "--stage", "tsr", "--from", str(tmp_path / "cascade")]
+    argv += ["--out", str(tmp_path / "d"), "--halving-steps", "2,2"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "halving_steps=[2, 2]" in err and "one for each of the 1 halving (halve-0008-0004)" in err
+    )
+    assert not (tmp_path / "d" / "distill.json").exists()
