@@ -4,6 +4,7 @@
     python benchmarks/unet_step.py --sizes base tsr --repeats 9   # a subset
     python benchmarks/unet_step.py --device cuda                  # the same on a GPU
     python benchmarks/unet_step.py --tiny                         # seconds, for CI
+    python benchmarks/unet_step.py --sizes 45m --input 16 64 64   # another input size
 
 Peers: diffusers' ``UNet3DConditionModel`` and lucidrains' video-diffusion-pytorch ``Unet3D``
 (``pip install -e .[bench]``; a missing peer is skipped and said so). For each size the peers'
@@ -226,8 +227,8 @@ def serve(conn, kind: str, case: Case, width: int, extra: int, device: str, bf16
 
     def train_step():
         model.train()
+        opt.zero_grad(set_to_none=True)  # before the forward, as ivref's Trainer does
         loss = (forward().float() - target).square().mean()
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
@@ -374,6 +375,13 @@ def parse(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--batch", type=int, help="override every size's batch")
+    p.add_argument(
+        "--input",
+        nargs=3,
+        type=int,
+        metavar=("F", "H", "W"),
+        help="override every size's frames, height and width",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="ci-size U-Nets, 1 repeat (for CI)")
@@ -388,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     all_cases = cases(args.tiny, args.device)
     if args.batch:
         all_cases = {k: dataclasses.replace(c, batch=args.batch) for k, c in all_cases.items()}
+    if args.input:
+        f, h, w = args.input
+        all_cases = {
+            k: dataclasses.replace(c, frames=f, height=h, width=w) for k, c in all_cases.items()
+        }
     peers = [k for k in args.peers if available(k)]
     result = {
         "benchmark": "unet_step",

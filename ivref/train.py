@@ -196,8 +196,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        loss = self.loss(batch.x, batch.captions, batch.is_image)
+        # the last step's gradients go before the forward, not after it: its activations and
+        # a second copy of the gradients are never held at once
         self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch.x, batch.captions, batch.is_image)
         row = {"loss": loss.item(), "lr": lr}
         if not math.isfinite(row["loss"]):
             self._nonfinite("loss", row["loss"])

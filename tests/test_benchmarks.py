@@ -42,6 +42,9 @@ def test_unet_step_tiny_writes_ratios(repo_root, tmp_path):
             for key in ("train_ratio", "sample_ratio", "memory_ratio"):
                 assert row[key] > 0
     assert "parameters ivref" in stdout
+    args = ("--tiny", "--device", "cpu", "--peers", "vdp", "--input", "2", "8", "8")
+    _run(repo_root, "unet_step.py", *args, "--json", str(out))
+    assert json.loads(out.read_text())["sizes"]["base"]["input"][2:] == [2, 8, 8]
 
 
 @pytest.mark.slow
