@@ -52,7 +52,7 @@ TOY_TRAIN_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 2271, "ssr2": 12168}
 TOY_DISTILL_ARGS = {
     "base": "--batch-size 16 --guided-steps 1200 --halving-steps 300",
     "tsr": "--batch-size 8 --halving-steps 400",
-    "ssr1": "--batch-size 8 --halving-steps 600 --no-bf16",
+    "ssr1": "--batch-size 8 --halving-steps 600,1000 --no-bf16",
     "ssr2": "--batch-size 8 --halving-steps 600 --no-bf16",
 }
 

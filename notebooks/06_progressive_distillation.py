@@ -332,7 +332,7 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # %% [markdown]
 # What the shipped toy students measured (8 prompts, seed 0, reference: the teacher at twice
 # its steps; `benchmarks/distill_fidelity.py`, tables in docs/benchmarks.md): the TSR and SR
-# students keep 4.0-4.7 dB more of the reference than their teacher does at 8 steps when both
+# students keep 4.2-4.7 dB more of the reference than their teacher does at 8 steps when both
 # run DDIM (the SR students were distilled in float32: under bf16 autocast SSR 64 kept 1.9 dB
 # less), the base student 5.5 dB more at its default w = 0.25 (27.8 against 22.3 dB) and
 # 6.6 dB at w = 1 (28.2 against 21.7). For the base, the guided phase decides: right after
