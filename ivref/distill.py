@@ -374,9 +374,10 @@ def distill_stage(
             f"allowed: w_max >= {sampled:g}"
         )
     phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps, guided)
-    halvings = halving_lengths(phases, halving_steps or d.halving_steps)
-    lengths = [guided_steps or d.guided_steps if p == "guided" else 0 for _, p, _ in phases]
-    lengths[len(lengths) - len(halvings) :] = halvings
+    halvings = iter(halving_lengths(phases, halving_steps or d.halving_steps))
+    lengths = [
+        guided_steps or d.guided_steps if p == "guided" else next(halvings) for _, p, _ in phases
+    ]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
     bf16 = stage_cfg.train.bf16 if bf16 is None else bf16
     record |= {"w_max": w_max, "bf16": bf16}
@@ -444,7 +445,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def step_counts(value: str) -> int | list[int]:
     """argparse type: a positive integer, or positive integers separated by commas."""
     counts = [train.positive_int(part) for part in value.split(",")]
-    return counts[0] if len(counts) == 1 and "," not in value else counts
+    return counts[0] if len(counts) == 1 else counts
 
 
 def run(args: argparse.Namespace) -> int:
