@@ -394,13 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.warmup, args.repeats = 1, 1
     all_cases = cases(args.tiny, args.device)
-    if args.batch:
-        all_cases = {k: dataclasses.replace(c, batch=args.batch) for k, c in all_cases.items()}
+    overrides = {"batch": args.batch} if args.batch else {}
     if args.input:
-        f, h, w = args.input
-        all_cases = {
-            k: dataclasses.replace(c, frames=f, height=h, width=w) for k, c in all_cases.items()
-        }
+        overrides |= dict(zip(("frames", "height", "width"), args.input, strict=True))
+    all_cases = {k: dataclasses.replace(c, **overrides) for k, c in all_cases.items()}
     peers = [k for k in args.peers if available(k)]
     result = {
         "benchmark": "unet_step",
