@@ -17,8 +17,14 @@ others):
 - ``distill``: ``distill_stage`` of ``--distill-stages`` (default: base) on the device,
   ``--distill-steps`` per phase: seconds and steps/s per phase (guided, then each halving);
   ``--keep DIR`` keeps the runs (DIR/<stage>, for ``ivref export``).
-- ``train``: the toy base stage trained from scratch on the device for ``--train-seconds``
-  (SIGTERM then, which saves a checkpoint), with caption alignment every ``--eval-every``.
+- ``train``: the toy base stage trained from scratch on the device for ``--train-steps``
+  or at most ``--train-seconds`` (SIGTERM then, which saves a checkpoint), with caption
+  alignment every ``--eval-every``; the first step (compilation, with ``--compile``),
+  training and evaluation timed apart.
+- ``cascade``: every toy stage trained from scratch with its shipped step count (each
+  stopped after its share of ``--cascade-seconds``, counted after the stage's first step,
+  which compiles; ``--compile`` as in ``train``), then
+  ``evaluate.cascade_report`` of the cascade they make: the time per stage and the scores.
 
 The default toy text encoder needs the MiniLM package; where it is missing (a GPU machine
 that cannot install it) ``--text-cache`` serves embeddings computed beforehand with
@@ -200,27 +206,93 @@ def part_distill(args) -> dict:
     return result | {"batch": args.distill_batch}
 
 
-def part_train(args) -> dict:
-    cfg = configs.ci() if args.tiny else configs.toy()
-    out = Path(tempfile.mkdtemp(prefix="cuda-train-"))
-    evaluator = evaluate.stage_evaluator()
-    trainer = train.Trainer(
-        cfg, "base", out, text_encoder=encoder_for(cfg, args.text_cache), device=args.device,
-        checkpoint_every=10**6, evaluate=evaluator, evaluate_every=args.eval_every, progress=False,
-    )  # fmt: skip
-    timer = threading.Timer(args.train_seconds, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+class _Timed:
+    """An evaluator that also adds up the seconds it takes (training time is wall minus this)."""
+
+    def __init__(self, evaluator) -> None:
+        self.evaluator, self.seconds = evaluator, 0.0
+
+    def __call__(self, trainer) -> dict:
+        start = time.perf_counter()
+        try:
+            return self.evaluator(trainer)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def train_timed(trainer: train.Trainer, steps: int, seconds: float, evaluator=None) -> dict:
+    """``trainer.fit(steps)``, stopped by SIGTERM ``seconds`` after its first step: steps
+    done and the seconds of the first step (compilation, for a compiled model), of the other
+    training steps, and of evaluation apart."""
     start = time.perf_counter()
+    trainer.fit(1)
+    sync(trainer.device)
+    first = time.perf_counter() - start
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()  # SIGTERM only inside ``fit``, whose handler saves and stops
     try:
-        trainer.fit(args.train_steps)
+        trainer.fit(steps)
+        sync(trainer.device)
     finally:
         timer.cancel()
     wall = time.perf_counter() - start
+    eval_s = evaluator.seconds if evaluator is not None else 0.0
+    train_s = wall - first - eval_s
+    rate = (trainer.step - 1) / train_s if trainer.step > 1 and train_s > 0 else None
+    return {
+        "steps": trainer.step, "target_steps": steps, "stopped_by_time": trainer.signal is not None,
+        "wall_s": wall, "first_step_s": first, "eval_s": eval_s, "train_s": train_s,
+        "steps_per_s": rate, "batch": trainer.batch_size, "compiled": trainer.compiled,
+        "seconds_for_target": 1 / rate * (steps - 1) + first if rate else None,
+    }  # fmt: skip
+
+
+def part_train(args) -> dict:
+    """The toy base from scratch; ``--compile``: as ``ivref train --compile`` runs it."""
+    cfg = configs.ci() if args.tiny else configs.toy()
+    out = Path(tempfile.mkdtemp(prefix="cuda-train-"))
+    evaluator = _Timed(evaluate.stage_evaluator())
+    trainer = train.Trainer(
+        cfg, "base", out, text_encoder=encoder_for(cfg, args.text_cache), device=args.device,
+        checkpoint_every=10**6, evaluate=evaluator, evaluate_every=args.eval_every,
+        progress=False, compile=args.compile,
+    )  # fmt: skip
+    result = train_timed(trainer, args.train_steps, args.train_seconds, evaluator)
     rows = train.read_log(out / train.LOG)
-    evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
-    print(f"train base on {args.device}: {trainer.step} steps in {wall:.0f} s; evals {evals}")
-    return {"steps": trainer.step, "wall_s": wall, "signal": trainer.signal, "evals": evals,
-            "batch": trainer.batch_size, "target_steps": args.train_steps}  # fmt: skip
+    result["evals"] = [r for r in rows if any(k.startswith("eval_") for k in r)]
+    print(f"train base on {args.device}: {json.dumps(result)}")
+    return result
+
+
+SHIPPED_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 2271, "ssr2": 12168}  # data/README.md
+
+
+def part_cascade(args) -> dict:
+    """Every toy stage from scratch with the shipped step counts (each stopped after its share
+    of ``--cascade-seconds``, counted from its first step, which compiles), then
+    ``evaluate.cascade_report`` of the cascade they make."""
+    cfg = configs.ci() if args.tiny else configs.toy()
+    encoder = encoder_for(cfg, args.text_cache)
+    steps = {s.name: (8 if args.tiny else SHIPPED_STEPS[s.name]) for s in cfg.stages}
+    total = sum(steps.values())
+    stages, models = {}, {}
+    for stage in cfg.stages:
+        trainer = train.Trainer(
+            cfg, stage.name, Path(tempfile.mkdtemp(prefix=f"cuda-{stage.name}-")),
+            text_encoder=encoder, device=args.device, checkpoint_every=10**6, progress=False,
+            compile=args.compile,
+        )  # fmt: skip
+        share = args.cascade_seconds * steps[stage.name] / total
+        stages[stage.name] = train_timed(trainer, steps[stage.name], share)
+        models[stage.name] = trainer.ema
+        print(f"cascade: {stage.name} {json.dumps(stages[stage.name])}")
+    model = cascade.Cascade(cfg, models, encoder).to(args.device)
+    prompts = evaluate.split_prompts("all", args.repeats)[: 4 if args.tiny else None]
+    start = time.perf_counter()
+    report = evaluate.cascade_report(model, prompts, seed=0)
+    report["wall_s"] = time.perf_counter() - start
+    print(evaluate.format_cascade_report(report))
+    return {"stages": stages, "report": report}
 
 
 PARTS = {
@@ -229,6 +301,7 @@ PARTS = {
     "evaluate": part_evaluate,
     "distill": part_distill,
     "train": part_train,
+    "cascade": part_cascade,
 }
 
 
@@ -248,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--train-seconds", type=float, default=120.0)
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--compile", action="store_true", help="train and cascade: compiled steps")
+    p.add_argument("--cascade-seconds", type=float, default=290.0, help="training, all stages")
     args = p.parse_args(argv)
     if args.prepare_text_cache:
         cfg = configs.toy()

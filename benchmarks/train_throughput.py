@@ -16,9 +16,9 @@ over the median step time. The reference is a square matmul (``--matmul-size``, 
 bf16 and fp32 on the same device and threads: the fraction of it a step reaches is its
 utilisation.
 
-``--compile`` also times each stage with its model compiled (``nn.Module.compile()``, the
-inductor backend) in the same rounds as the eager step, and reports the first step
-(compilation included) apart.
+``--compile`` also times each stage with its model compiled as ``ivref train --compile``
+does (``Trainer(compile=True)``: inductor, with CUDA graphs on a GPU) in the same rounds as
+the eager step, and reports the first step (compilation included) apart.
 
 ``--paper-base B`` also times the paper preset's base stage (5.6B parameters, 16 x 24 x 40,
 T5-XXL-width text of 128 tokens) as large models are trained: bf16 weights and AdamW
@@ -91,8 +91,8 @@ def measure(
     cfg: configs.CascadeConfig, stage: configs.StageConfig, device, warmup, repeats,
     compiled: bool = False,
 ):  # fmt: skip
-    """Median ``train_step`` of a stage; with ``compiled`` also of ``nn.Module.compile()``d
-    copy (same seed), timed in the same rounds, eager and compiled alternating."""
+    """Median ``train_step`` of a stage; with ``compiled`` also of a ``compile=True`` trainer
+    (same seed), timed in the same rounds, eager and compiled alternating."""
     encoder = RandomTextEncoder(cfg.text.dim, cfg.text.max_length)
     with tempfile.TemporaryDirectory() as out:
         trainers = {"eager": train_lib.Trainer(
@@ -102,9 +102,8 @@ def measure(
         if compiled:
             trainer = train_lib.Trainer(
                 cfg, stage.name, f"{out}/compiled", text_encoder=encoder, device=device,
-                progress=False,
-            )  # fmt: skip
-            trainer.model.compile()  # inductor; compiles on the first forward and backward
+                progress=False, compile=True,
+            )  # fmt: skip  # compiles on the first forward and backward
             sync(trainer.device)
             start = time.perf_counter()
             trainer.train_step()

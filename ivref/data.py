@@ -152,9 +152,11 @@ def coverage(
     """
     s = min(width, height)
     k = SUPERSAMPLE
-    xs = (torch.arange(width * k, dtype=torch.float64) + 0.5) / (k * s)
-    ys = (torch.arange(height * k, dtype=torch.float64) + 0.5) / (k * s)
-    # offsets in float64 (exact frame-rate consistency), the 2D tests in float32 (speed)
+    # offsets in float64 (exact frame-rate consistency), the 2D tests in float32 (speed);
+    # everything on ``centers``' device
+    grid = {"dtype": centers.dtype, "device": centers.device}
+    xs = (torch.arange(width * k, **grid) + 0.5) / (k * s)
+    ys = (torch.arange(height * k, **grid) + 0.5) / (k * s)
     x = (xs[None, None, :] - centers[:, 0, None, None]).float()  # (F, 1, W*k)
     y = (ys[None, :, None] - centers[:, 1, None, None]).float()  # (F, H*k, 1)
     r = sizes[:, None, None].float()
@@ -190,16 +192,26 @@ def _frames(
 
 
 def render_batch(
-    texts: Sequence[str], centers: torch.Tensor, sizes: torch.Tensor, width: int, height: int
+    texts: Sequence[str],
+    centers: torch.Tensor,
+    sizes: torch.Tensor,
+    width: int,
+    height: int,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Paint clips from per-frame geometry: centers (B, F, 2), sizes (B, F) -> (B, 3, F, H, W).
 
     One vectorised coverage call per shape; each pixel is background + (color - background)
-    times its coverage, mapped to [-1, 1].
+    times its coverage, mapped to [-1, 1]. Painted on ``device`` (default: the geometry's):
+    a training step on a GPU gets its batch without a host-side render and copy.
     """
+    device = torch.device(device) if device is not None else centers.device
+    if device.type == "mps":  # no float64 there: offsets in float32 (~1e-7 of the frame)
+        centers, sizes = centers.float(), sizes.float()
+    centers, sizes = centers.to(device), sizes.to(device)
     b, f = sizes.shape
     parsed = [parse_caption(t) for t in texts]
-    cov = torch.zeros(b, f, height, width)
+    cov = torch.zeros(b, f, height, width, device=device)
     for shape in SHAPES:
         rows = [i for i, p in enumerate(parsed) if p[1] == shape]
         if rows:
@@ -207,8 +219,8 @@ def render_batch(
                 shape, centers[rows].flatten(0, 1), sizes[rows].flatten(), width, height
             )
             cov[rows] = rearrange(flat, "(b f) h w -> b f h w", f=f)
-    fg = torch.tensor([COLORS[p[0]] for p in parsed])[:, :, None, None, None]  # (B, 3, 1, 1, 1)
-    bg = torch.tensor(BACKGROUND)[None, :, None, None, None]
+    fg = torch.tensor([COLORS[p[0]] for p in parsed], device=device)[..., None, None, None]
+    bg = torch.tensor(BACKGROUND, device=device)[None, :, None, None, None]  # (1, 3, 1, 1, 1)
     return (bg + (fg - bg) * cov[:, None]) * 2 - 1
 
 
@@ -250,7 +262,8 @@ class ToyVideos:
 
     ``sample`` draws uniformly over the split's (color, shape, motion) combinations; with
     probability ``image_ratio`` a sample is an image pack instead ([VDM §4], [IV §2.6]).
-    All randomness comes from ``generator`` (default: ``self.generator``, seeded by ``seed``).
+    All randomness comes from ``generator`` (default: ``self.generator``, seeded by ``seed``),
+    a CPU generator, so a seed gives the same clips whichever ``device`` paints them.
     """
 
     def __init__(
@@ -262,6 +275,7 @@ class ToyVideos:
         split: Literal["train", "heldout", "all"] = "train",
         image_ratio: float = 0.0,
         seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
@@ -272,11 +286,13 @@ class ToyVideos:
         self.combos = SPLITS[split]
         self.captions = tuple(caption(*c) for c in self.combos)
         self.generator = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
 
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        """-> (videos (B, 3, F, H, W) float32 in [-1, 1], captions, is_image (B,) bool)."""
+        """-> (videos (B, 3, F, H, W) float32 in [-1, 1] on ``device``, captions, is_image (B,)
+        bool on the CPU)."""
         g = generator if generator is not None else self.generator
         index = torch.randint(len(self.combos), (batch_size,), generator=g).tolist()
         is_image = torch.rand(batch_size, generator=g) < self.image_ratio
@@ -289,7 +305,8 @@ class ToyVideos:
         frames = [_frames(t, self.num_frames, self.width, self.height, self.fps, g) for t in texts]
         centers = torch.tensor([c for c, _ in frames], dtype=torch.float64)
         sizes = torch.tensor([s for _, s in frames], dtype=torch.float64)
-        return render_batch(texts, centers, sizes, self.width, self.height), texts, is_image
+        videos = render_batch(texts, centers, sizes, self.width, self.height, self.device)
+        return videos, texts, is_image
 
 
 class VideoTextFolder:

@@ -155,7 +155,8 @@ class DistillObjective:
         self.base.set_rng_state(state)
 
     def _draws(self, batch: objectives.Batch, g: torch.Generator) -> dict[str, Any]:
-        """Every random draw of one step, on the CPU: x, cond, w, t, eps, augmentation."""
+        """Every random draw of one step, from the CPU generator: x, cond, w, t, eps,
+        augmentation (the tensors on the device the clips were painted on)."""
         x, cond = self.base.conditioning(batch.x, g)
         b, d = x.shape[0], self.base.diffusion
         w = torch.rand(b, generator=g) * self.w_max
@@ -163,11 +164,11 @@ class DistillObjective:
             t = torch.rand(b, generator=g, dtype=torch.float64)
         else:
             t = torch.randint(1, self.steps + 1, (b,), generator=g).double() / self.steps
-        eps = torch.randn(x.shape, generator=g)
+        eps = torch.randn(x.shape, generator=g).to(x.device)  # x: where the data painted it
         extra: dict[str, torch.Tensor] = {}
         if cond is not None:
-            aug = superres.train_aug_logsnr(b, self.base.stage, d, g)
-            noise = torch.randn(x.shape, generator=g)
+            aug = superres.train_aug_logsnr(b, self.base.stage, d, g).to(x.device)
+            noise = torch.randn(x.shape, generator=g).to(x.device)
             extra = {"cond_video": superres.augment(cond, aug, noise), "aug_logsnr": aug}
         return dict(x=x, w=w, t=t, eps=eps, extra=extra)
 
@@ -222,7 +223,7 @@ class DistillObjective:
         extra = {k: v.to(device) for k, v in draws["extra"].items()}
         is_image = batch.is_image.to(device)
         x_target = self.target(z_t, draws["t"], logsnr, emb, mask, w, extra, is_image)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with objectives.bf16_autocast(device, bf16):
             v_hat = model(z_t, logsnr, emb, mask, guidance_w=w, is_image=is_image, **extra)
         return x_loss(v_hat, z_t, x_target, logsnr, self.cfg.loss).mean()
 
@@ -395,7 +396,7 @@ def distill_stage(
         student = with_guidance_embedding(teacher)
         text = objectives.TextCache(teacher_cascade.encoder)
         base = objectives.DiffusionObjective(
-            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed), text
+            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed, device), text
         )
         objective = DistillObjective(base, teacher, phase, steps, d)
         trainer = train.Trainer(

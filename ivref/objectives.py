@@ -19,6 +19,7 @@ Distillation (distill.py) is another objective with a frozen teacher inside.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,15 +66,27 @@ class Objective(Protocol):
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` (off inside when not ``enabled``). A device with no autocast
+    (``meta``, where the tests catch tensors left on another device) runs without it."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class TextCache:
     """Frozen text embeddings, kept per caption in memory: encode(list[str]) -> (emb, mask).
 
-    Rows are padded to the longest in the batch; padding is masked out. The toy vocabulary
-    has 105 captions, so after the first few steps the encoder never runs again.
+    Rows are padded to the longest in the batch, rounded up to a multiple of
+    ``pad_multiple`` (a compiled model then sees one text length); padding is masked out, so
+    it changes no output. The toy vocabulary has 105 captions, so after the first few steps
+    the encoder never runs again.
     """
 
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: Any, pad_multiple: int = 1) -> None:
+        if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
+            raise ValueError(f"pad_multiple={pad_multiple!r} must be a positive integer")
+        self.encoder, self.pad_multiple = encoder, pad_multiple
         self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -85,6 +98,7 @@ class TextCache:
                 n = max(int(mask[i].nonzero().max()) + 1, 1) if mask[i].any() else 1
                 self.rows[c] = (emb[i, :n].float().cpu(), mask[i, :n].cpu())
         length = max(self.rows[c][0].shape[0] for c in captions)
+        length = -(-length // self.pad_multiple) * self.pad_multiple
         dim = self.rows[captions[0]][0].shape[1]
         emb = torch.zeros(len(captions), length, dim)
         mask = torch.zeros(len(captions), length, dtype=torch.bool)
@@ -149,30 +163,31 @@ class DiffusionObjective:
     ) -> torch.Tensor:
         """Mean diffusion loss of one batch (module docstring); every draw from ``generator``."""
         g, device = generator, torch.device(device)
-        x, cond = self.conditioning(batch.x, g)
+        # the clips may come painted on the device already; every draw is on the CPU
+        # generator (the same numbers on every device) and moved
+        x, cond = self.conditioning(batch.x.to(device), g)
         b = x.shape[0]
         emb, mask = self.text.encode(batch.captions)
         drop = torch.rand(b, generator=g) < self.diffusion.text_dropout
         mask = mask & ~drop[:, None]  # all-False row: the learned null text [CFG]
         t = torch.rand(b, generator=g, dtype=torch.float64)
         d = self.diffusion
-        logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float()
-        eps = torch.randn(x.shape, generator=g)
+        logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float().to(device)
+        eps = torch.randn(x.shape, generator=g).to(device)
         extra: dict[str, torch.Tensor] = {}
         if cond is not None:
-            aug = superres.train_aug_logsnr(b, self.stage, d, g)
-            aug_noise = torch.randn(x.shape, generator=g)
+            aug = superres.train_aug_logsnr(b, self.stage, d, g).to(device)
+            aug_noise = torch.randn(x.shape, generator=g).to(device)
             extra = {"cond_video": superres.augment(cond, aug, aug_noise), "aug_logsnr": aug}
-        x, eps, logsnr = x.to(device), eps.to(device), logsnr.to(device)
         z_t = schedules.q_sample(x, logsnr, eps)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, bf16):
             v_hat = model(
                 z_t,
                 logsnr,
                 emb.to(device),
                 mask.to(device),
                 is_image=batch.is_image.to(device),
-                **{k: v.to(device) for k, v in extra.items()},
+                **extra,
             )
         per_sample = losses.diffusion_loss(
             v_hat.float(), x, eps, logsnr, weighting=d.loss, prediction="v"
@@ -186,8 +201,11 @@ class DiffusionObjective:
         self.data.generator.set_state(state["data"])
 
 
-def toy_dataset(stage: configs.StageConfig, seed: int = 0) -> data.ToyVideos:
-    """The toy world at a stage's output size and frame rate, its train split."""
+def toy_dataset(
+    stage: configs.StageConfig, seed: int = 0, device: torch.device | str = "cpu"
+) -> data.ToyVideos:
+    """The toy world at a stage's output size and frame rate, its train split, painted on
+    ``device``."""
     return data.ToyVideos(
         stage.num_frames,
         stage.width,
@@ -196,4 +214,5 @@ def toy_dataset(stage: configs.StageConfig, seed: int = 0) -> data.ToyVideos:
         "train",
         stage.train.image_ratio,
         seed,
+        device,
     )

@@ -48,6 +48,16 @@ TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
 
 
+COMPILE_TEXT_MULTIPLE = 16  # compiled training pads text to a multiple of this many tokens
+
+
+def _compile_options(device: torch.device) -> dict[str, Any]:
+    """``torch.compile`` options of ``Trainer(compile=True)``: static shapes, and CUDA graphs
+    on a GPU (one replay per forward and per backward instead of ~1,000 kernel launches)."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return {"mode": mode, "dynamic": False}
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
 
@@ -90,8 +100,18 @@ class Trainer:
     """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoints/``.
 
     By default the model is a fresh ``VideoUNet`` (seeded by ``seed``) and the objective the
-    stage's diffusion loss on the toy world (``dataset`` and ``text_encoder`` replace its
-    parts); pass ``model`` and ``objective`` to train anything else with the same loop.
+    stage's diffusion loss on the toy world, painted on ``device`` (``dataset`` and
+    ``text_encoder`` replace its parts); pass ``model`` and ``objective`` to train anything
+    else with the same loop.
+
+    ``compile=True`` compiles the model's forward and backward in place with
+    ``torch.compile`` (``nn.Module.compile``: state dicts keep their names), with CUDA graphs
+    on a GPU (``mode="reduce-overhead"``), where a small model's step is otherwise bound by
+    kernel launches; a dict is passed to ``nn.Module.compile`` as its options instead. Shapes
+    are static (``dynamic=False``), so the default objective pads text to a multiple of
+    ``COMPILE_TEXT_MULTIPLE`` tokens and every batch has one shape; a custom objective whose
+    shapes vary compiles once per shape. The first step includes the compilation. On a CPU
+    it does not pay for the toy stages (docs/benchmarks.md).
     """
 
     def __init__(
@@ -113,9 +133,12 @@ class Trainer:
         evaluate_every: int = 0,
         on_nonfinite: OnNonFinite = "stop",
         progress: bool = True,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
+        if not isinstance(compile, bool | dict):
+            raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
         self.config, self.stage = config, config.stage(stage)
@@ -130,8 +153,9 @@ class Trainer:
                 from ivref import text
 
                 text_encoder = text.build_encoder(config.text)
-            dataset = dataset or objectives.toy_dataset(self.stage, seed)
-            cache = objectives.TextCache(text_encoder)
+            dataset = dataset or objectives.toy_dataset(self.stage, seed, self.device)
+            multiple = COMPILE_TEXT_MULTIPLE if compile is not False else 1
+            cache = objectives.TextCache(text_encoder, pad_multiple=multiple)
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         self.objective = objective
         if model is None:
@@ -142,6 +166,11 @@ class Trainer:
                 model = VideoUNet(self.stage.unet)
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.compiled = compile is not False
+        if self.compiled:  # after the EMA copy, which stays eager
+            self.model.compile(
+                **(compile if isinstance(compile, dict) else _compile_options(self.device))
+            )
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=self.train_cfg.lr,
@@ -196,6 +225,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        if self.compiled:  # a new step: CUDA-graph outputs of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         # the last step's gradients go before the forward, not after it: its activations and
         # a second copy of the gradients are never held at once
         self.optimizer.zero_grad(set_to_none=True)
@@ -387,6 +418,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (CUDA graphs on a GPU); the first step compiles",
+    )
 
 
 def positive_int(value: str) -> int:
@@ -580,6 +616,7 @@ def run(args: argparse.Namespace) -> int:
             evaluate=evaluator,
             evaluate_every=args.eval_every,
             on_nonfinite=args.on_nan,
+            compile=args.compile,
         )
         if args.resume:
             print(f"resuming {stage} from step {trainer.resume()}", file=sys.stderr)

@@ -129,7 +129,7 @@ def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):
             "--train-steps", "4", "--eval-every", "2", "--repeats", "1")  # fmt: skip
     _run(repo_root, "cuda_checks.py", *args)
     report = json.loads((tmp_path / "cuda_checks.json").read_text())
-    assert set(report) == {"equivalence", "attention", "evaluate", "distill", "train"}
+    assert set(report) == {"equivalence", "attention", "evaluate", "distill", "train", "cascade"}
     assert all(part["ok"] for part in report.values()), report
     assert report["attention"]["rel_error_vs_float64"] < 1e-5
     for variant in ("teacher", "distilled"):
@@ -140,6 +140,11 @@ def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):
     phases = report["distill"]["base"]["phases"]
     assert phases and all(p["steps"] == 2 for p in phases.values())
     assert report["train"]["steps"] == 4 and [r["step"] for r in report["train"]["evals"]] == [2, 4]
+    cascade = report["cascade"]
+    assert {n: r["steps"] for n, r in cascade["stages"].items()} == {
+        "base": 8, "tsr": 8, "ssr1": 8, "ssr2": 8
+    }  # fmt: skip
+    assert set(cascade["report"]["stages"]) == set(cascade["stages"])
 
 
 @pytest.mark.slow
@@ -160,3 +165,29 @@ def test_unet_step_leaves_out_a_failing_peer(repo_root):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "divisible" in result["diffusers"]["error"]
     assert result["ivref"]["train_ms"] > 0 and result["ivref"]["params"] > 0
+
+
+def test_compare_logs_averages_the_common_steps_per_window(repo_root, monkeypatch, tmp_path):
+    """Means over the steps both logs hold (a shipped log keeps every 10th), by window."""
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    import compare_logs
+
+    a = [{"step": s, "loss": float(s)} for s in range(10, 41, 10)]
+    b = [{"step": s, "loss": 2.0 * s} for s in range(1, 41)]
+    b[-1] |= {"eval_color": 1.0, "eval_shape": 0.5, "steps_per_s": 3.0}
+    result = compare_logs.compare(a, b, [20, 40])
+    assert result["windows"] == [
+        {"steps": [1, 20], "common_steps": 2, "loss_a": 15.0, "loss_b": 30.0},
+        {"steps": [21, 40], "common_steps": 2, "loss_a": 35.0, "loss_b": 70.0},
+    ]
+    assert result["evals_a"] == [] and result["evals_b"] == [
+        {"step": 40, "eval_color": 1.0, "eval_shape": 0.5}
+    ]
+    for name, rows in (("a.jsonl", a), ("b.jsonl", b)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c.json"
+    args = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--windows", "20", "40"]
+    assert compare_logs.main([*args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["windows"] == result["windows"]
+    with pytest.raises(SystemExit):
+        compare_logs.main([*args[:2], "--windows", "40", "20"])

@@ -110,3 +110,72 @@ def test_fully_convolutional_stage_runs_larger_than_it_trained(encoder):
         with torch.no_grad():
             v = model(z, torch.zeros(1), emb, mask, cond_video=z, aug_logsnr=torch.zeros(1))
         assert v.shape == z.shape and torch.isfinite(v).all()
+
+
+class _MetaSpy(torch.nn.Module):
+    """A U-Net on the meta device that fails if any tensor it is given lives elsewhere."""
+
+    def __init__(self, stage):
+        super().__init__()
+        from ivref.unet3d import VideoUNet
+
+        with torch.device("meta"):
+            self.inner = VideoUNet(stage.unet)
+        self.seen = []
+
+    def forward(self, *args, **kwargs):
+        for value in [*args, *kwargs.values()]:
+            if isinstance(value, torch.Tensor):
+                self.seen.append(value.device.type)
+                assert value.device.type == "meta", f"a {value.device} tensor reached the model"
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["base", "tsr", "ssr1", "ssr2"])
+@pytest.mark.parametrize("kind", ["diffusion", "distill"])
+def test_batches_painted_on_the_models_device_never_meet_a_cpu_tensor(name, kind, encoder):
+    """CI has no GPU: the data and the model on the meta device, where mixing devices raises
+    as on CUDA. The clips are painted there, every draw comes from the CPU generator and is
+    moved, so the loss (and the distillation teacher's target) runs wholly on the device."""
+    cfg = configs.preset("ci")
+    stage = cfg.stage(name)
+    dataset = objectives.toy_dataset(stage, seed=0, device="meta")
+    obj = objectives.DiffusionObjective(cfg, stage, dataset, objectives.TextCache(encoder))
+    batch = obj.sample(3)
+    assert batch.x.device.type == "meta"
+    assert batch.x.shape == (3, 3, stage.num_frames, stage.height, stage.width)
+    model = _MetaSpy(stage)
+    if kind == "distill":
+        from ivref import distill
+
+        teacher = _MetaSpy(stage)
+        obj = distill.DistillObjective(obj, teacher, "guided", 4, cfg.distill)
+        model.inner = distill.with_guidance_embedding(model.inner)
+    loss = obj.loss(model, batch, torch.Generator().manual_seed(0), device="meta")
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert model.seen and set(model.seen) == {"meta"}
+
+
+def test_text_padded_to_a_multiple_changes_no_output(encoder):
+    """Compiled training pads text to one length: the padding is masked, so the U-Net's output
+    is the same as with the shortest padding, and the pooled text too."""
+    from ivref.unet3d import VideoUNet
+
+    captions = ["a red circle", "a white triangle moving down"]
+    short = objectives.TextCache(encoder).encode(captions)
+    padded = objectives.TextCache(encoder, pad_multiple=16).encode(captions)
+    assert padded[0].shape[1] % 16 == 0 and padded[0].shape[1] > short[0].shape[1]
+    n = short[0].shape[1]
+    assert torch.equal(padded[0][:, :n], short[0]) and torch.equal(padded[1][:, :n], short[1])
+    assert not padded[1][:, n:].any() and not padded[0][:, n:].any()
+    stage = configs.preset("ci").stage("base")
+    torch.manual_seed(0)
+    model = VideoUNet(stage.unet).eval()
+    z = torch.randn(2, 3, stage.num_frames, stage.height, stage.width)
+    logsnr = torch.tensor([-2.0, 3.0])
+    with torch.no_grad():
+        a, b = model(z, logsnr, *short), model(z, logsnr, *padded)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for bad in (0, -16, 1.5, True):
+        with pytest.raises(ValueError, match="pad_multiple"):
+            objectives.TextCache(encoder, pad_multiple=bad)

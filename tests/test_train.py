@@ -255,3 +255,50 @@ def test_the_last_steps_gradients_are_freed_before_the_next_forward(tmp_path, en
     trainer.fit(2)
     assert len(grads_at_forward) == 2 and not any(map(any, grads_at_forward))
     assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+
+
+def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path, encoder):
+    """``compile=`` traces forward and backward (here with the ``aot_eager`` backend: dynamo
+    and AOTAutograd without code generation, fast on CI) and pads text to one length; the
+    losses equal the eager run's, and the checkpoint resumes in an eager trainer."""
+    options = {"backend": "aot_eager", "dynamic": False}
+    eager = _trainer(tmp_path / "a", encoder).fit(4)
+    compiled = _trainer(tmp_path / "b", encoder, compile=options, checkpoint_every=2)
+    assert compiled.objective.text.pad_multiple == train.COMPILE_TEXT_MULTIPLE
+    rows = compiled.fit(2)
+    for a, b in zip(eager[:2], rows, strict=True):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
+    names = set(compiled.model.state_dict())
+    assert names == set(_trainer(tmp_path / "c", encoder).model.state_dict())
+    assert not any("_orig_mod" in n for n in names)
+    resumed = _trainer(tmp_path / "b", encoder)  # eager, from the compiled run's checkpoint
+    assert resumed.resume() == 2
+    later = resumed.fit(4)
+    for a, b in zip(eager[2:], later, strict=True):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)
+    assert train._compile_options(torch.device("cuda")) == {
+        "mode": "reduce-overhead",  # CUDA graphs: the toy step is launch-bound on a GPU
+        "dynamic": False,
+    }
+    with pytest.raises(TypeError, match="compile="):
+        _trainer(tmp_path / "d", encoder, compile="yes")
+
+
+def test_the_compile_flag_reaches_the_trainer(tmp_path, monkeypatch):
+    """``ivref train --compile`` builds a compiled trainer (``aot_eager`` here, for speed)."""
+    from ivref import cli
+
+    seen = []
+
+    class Spy(train.Trainer):
+        def __init__(self, *args, compile=False, **kwargs):
+            seen.append(compile)
+            fast = {"backend": "aot_eager", "dynamic": False} if compile is True else compile
+            super().__init__(*args, compile=fast, **kwargs)
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    argv = ["train", "--scale", "ci", "--batch-size", "2", "--steps", "1", "--threads", "1"]
+    assert cli.main([*argv, "--compile", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert seen == [True, False]
+    assert train.read_log(tmp_path / "a")[0]["step"] == 1
