@@ -10,7 +10,7 @@
 # base's step eager and compiled, paper base MFU), distill, compiled (the toy base
 # trained 3,000 steps with --compile: the 60 s target), cascade (the whole toy cascade trained
 # from scratch, compiled, then scored), eager (the toy base trained without --compile, 120 s).
-# What no GPU has run yet fits two calls: ONLY="cli throughput compiled" (~7 min), then
+# What no GPU has run yet fits two calls: ONLY="cli throughput compiled" (~8 min), then
 # ONLY=cascade (~10 min: four compilations of ~1 min, 290 s of training, scoring).
 # Run from the repository root on a CUDA machine whose python3 has torch. The toy
 # text encoder's embeddings come from TEXT_CACHE (made beforehand with
@@ -80,7 +80,7 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, report the exit stat
         --stages base --compile "${tiny[@]}" --json "$OUT/train_throughput_cuda.json"
     want distill && step 75 "cuda_checks distill" "${checks[@]}" --parts distill \
         --distill-steps 100
-    want compiled && step 200 "cuda_checks train, compiled, 3000 steps" "${checks[@]}" \
+    want compiled && step 330 "cuda_checks train, compiled, 3000 steps" "${checks[@]}" \
         --parts train --compile --train-steps 3000 --train-seconds 180 --eval-every 3000
     want cascade && step 580 "cuda_checks cascade, compiled" "${checks[@]}" --parts cascade \
         --compile --cascade-seconds 290

@@ -141,7 +141,9 @@ class TemporalConv(nn.Module):
         z = z.reshape(bf // num_frames, num_frames, 3, -1, h, w)  # channels (k c): a view
         # the bias in z's dtype: a float32 bias would promote a bf16 (autocast) branch and the
         # whole residual stream after it to float32, and every later conv would cast it back
-        y = ShiftSum.apply(z) + rearrange(self.bias.to(z.dtype), "c -> c () ()")
+        # (indexing, not einops: einops on a Parameter grows its type cache after
+        # torch.compile has traced, and the guard on it costs a second compilation)
+        y = ShiftSum.apply(z) + self.bias.to(z.dtype)[:, None, None]
         if video_mask is not None:  # (B,) 1.0 for videos, 0.0 for images
             y = y * rearrange(video_mask.to(y.dtype), "b -> b () () () ()")
         return x + rearrange(y, "b f c h w -> (b f) c h w")

@@ -48,9 +48,6 @@ TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
 
 
-COMPILE_TEXT_MULTIPLE = 16  # compiled training pads text to a multiple of this many tokens
-
-
 def _compile_options(device: torch.device) -> dict[str, Any]:
     """``torch.compile`` options of ``Trainer(compile=True)``: static shapes, and CUDA graphs
     on a GPU (one replay per forward and per backward instead of ~1,000 kernel launches)."""
@@ -108,8 +105,8 @@ class Trainer:
     ``torch.compile`` (``nn.Module.compile``: state dicts keep their names), with CUDA graphs
     on a GPU (``mode="reduce-overhead"``), where a small model's step is otherwise bound by
     kernel launches; a dict is passed to ``nn.Module.compile`` as its options instead. Shapes
-    are static (``dynamic=False``), so the default objective pads text to a multiple of
-    ``COMPILE_TEXT_MULTIPLE`` tokens and every batch has one shape; a custom objective whose
+    are static (``dynamic=False``), so the default objective pads text to the encoder's
+    ``max_length`` tokens and every batch has one shape; a custom objective whose
     shapes vary compiles once per shape. The first step includes the compilation. On a CPU
     it does not pay for the toy stages (docs/benchmarks.md).
     """
@@ -154,7 +151,8 @@ class Trainer:
 
                 text_encoder = text.build_encoder(config.text)
             dataset = dataset or objectives.toy_dataset(self.stage, seed, self.device)
-            multiple = COMPILE_TEXT_MULTIPLE if compile is not False else 1
+            # compiled: every batch padded to max_length tokens (captions never exceed it)
+            multiple = config.text.max_length if compile is not False else 1
             cache = objectives.TextCache(text_encoder, pad_multiple=multiple)
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         self.objective = objective

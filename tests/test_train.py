@@ -264,7 +264,7 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path, e
     options = {"backend": "aot_eager", "dynamic": False}
     eager = _trainer(tmp_path / "a", encoder).fit(4)
     compiled = _trainer(tmp_path / "b", encoder, compile=options, checkpoint_every=2)
-    assert compiled.objective.text.pad_multiple == train.COMPILE_TEXT_MULTIPLE
+    assert compiled.objective.text.pad_multiple == configs.preset("ci").text.max_length
     rows = compiled.fit(2)
     for a, b in zip(eager[:2], rows, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
@@ -282,6 +282,19 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path, e
     }
     with pytest.raises(TypeError, match="compile="):
         _trainer(tmp_path / "d", encoder, compile="yes")
+
+
+def test_a_compiled_stage_compiles_once(tmp_path, encoder):
+    """Every step after the first reuses the first step's graphs (an SR stage in float32,
+    where a Parameter once reached einops and its type cache forced a second compilation)."""
+    cfg = configs.preset("ci")
+    trainer = train.Trainer(
+        cfg, "tsr", tmp_path, text_encoder=encoder, batch_size=2, progress=False,
+        compile={"backend": "aot_eager", "dynamic": False},
+    )  # fmt: skip
+    trainer.fit(1)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        trainer.fit(3)
 
 
 def test_the_compile_flag_reaches_the_trainer(tmp_path, monkeypatch):
