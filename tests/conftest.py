@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -26,3 +27,22 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class DeviceSpy(torch.nn.Module):
+    """Wraps a U-Net that lives on the meta device and checks every tensor it is given.
+
+    CI has no GPU: on ``meta``, mixing devices fails as it does on CUDA, so any input left on
+    the CPU either trips the spy or makes a meta/CPU op raise.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.cfg, self.seen = model, model.cfg, []
+
+    def forward(self, *args, **kwargs):
+        for value in [*args, *kwargs.values()]:
+            if isinstance(value, torch.Tensor):
+                self.seen.append(value.device.type)
+                assert value.device.type == "meta", f"a {value.device} tensor reached the model"
+        return self.inner(*args, **kwargs)

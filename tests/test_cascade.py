@@ -11,6 +11,8 @@ from ivref import configs, guidance, superres, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
+from .conftest import DeviceSpy
+
 
 @pytest.fixture(scope="module")
 def ci_cascade():
@@ -202,21 +204,6 @@ def test_oscillating_guidance_is_used_where_the_stage_asks(full_cascade):
     assert not torch.allclose(oscillating, plain)
 
 
-class _DeviceSpy(torch.nn.Module):
-    """Wraps a U-Net that lives on the meta device and checks every tensor it is given."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.cfg, self.seen = model, model.cfg, []
-
-    def forward(self, *args, **kwargs):
-        for value in [*args, *kwargs.values()]:
-            if isinstance(value, torch.Tensor):
-                self.seen.append(value.device.type)
-                assert value.device.type == "meta", f"a {value.device} tensor reached the model"
-        return self.inner(*args, **kwargs)
-
-
 def test_every_tensor_reaching_the_model_is_on_the_models_device():
     """CI has no GPU: put the models on the meta device, where mixing devices fails as on CUDA.
 
@@ -228,7 +215,7 @@ def test_every_tensor_reaching_the_model_is_on_the_models_device():
     stages = {s.name: dataclasses.replace(s, oscillating_guidance=False) for s in cfg.stages}
     cfg = dataclasses.replace(cfg, stages=tuple(stages.values()))
     with torch.device("meta"):
-        models = {n: _DeviceSpy(VideoUNet(s.unet)) for n, s in stages.items()}
+        models = {n: DeviceSpy(VideoUNet(s.unet)) for n, s in stages.items()}
     encoder = text.build_encoder(cfg.text)
     emb, mask = encoder.encode(["a red circle moving left"])
     video = None

@@ -7,6 +7,8 @@ import torch
 
 from ivref import cascade, configs, objectives, schedules, superres, text, train
 
+from .conftest import DeviceSpy
+
 
 @pytest.fixture(scope="module")
 def encoder():
@@ -112,23 +114,11 @@ def test_fully_convolutional_stage_runs_larger_than_it_trained(encoder):
         assert v.shape == z.shape and torch.isfinite(v).all()
 
 
-class _MetaSpy(torch.nn.Module):
-    """A U-Net on the meta device that fails if any tensor it is given lives elsewhere."""
+def _meta_unet(stage):
+    from ivref.unet3d import VideoUNet
 
-    def __init__(self, stage):
-        super().__init__()
-        from ivref.unet3d import VideoUNet
-
-        with torch.device("meta"):
-            self.inner = VideoUNet(stage.unet)
-        self.seen = []
-
-    def forward(self, *args, **kwargs):
-        for value in [*args, *kwargs.values()]:
-            if isinstance(value, torch.Tensor):
-                self.seen.append(value.device.type)
-                assert value.device.type == "meta", f"a {value.device} tensor reached the model"
-        return self.inner(*args, **kwargs)
+    with torch.device("meta"):
+        return VideoUNet(stage.unet)
 
 
 @pytest.mark.parametrize("name", ["base", "tsr", "ssr1", "ssr2"])
@@ -144,11 +134,11 @@ def test_batches_painted_on_the_models_device_never_meet_a_cpu_tensor(name, kind
     batch = obj.sample(3)
     assert batch.x.device.type == "meta"
     assert batch.x.shape == (3, 3, stage.num_frames, stage.height, stage.width)
-    model = _MetaSpy(stage)
+    model = DeviceSpy(_meta_unet(stage))
     if kind == "distill":
         from ivref import distill
 
-        teacher = _MetaSpy(stage)
+        teacher = DeviceSpy(_meta_unet(stage))
         obj = distill.DistillObjective(obj, teacher, "guided", 4, cfg.distill)
         model.inner = distill.with_guidance_embedding(model.inner)
     loss = obj.loss(model, batch, torch.Generator().manual_seed(0), device="meta")
