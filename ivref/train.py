@@ -145,6 +145,7 @@ class Trainer:
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.evaluate, self.evaluate_every = evaluate, evaluate_every
         self.on_nonfinite, self.progress = on_nonfinite, progress
+        self.compiled = compile is not False
         if objective is None:
             if text_encoder is None:
                 from ivref import text
@@ -152,7 +153,7 @@ class Trainer:
                 text_encoder = text.build_encoder(config.text)
             dataset = dataset or objectives.toy_dataset(self.stage, seed, self.device)
             # compiled: every batch padded to max_length tokens (captions never exceed it)
-            multiple = config.text.max_length if compile is not False else 1
+            multiple = config.text.max_length if self.compiled else 1
             cache = objectives.TextCache(text_encoder, pad_multiple=multiple)
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         self.objective = objective
@@ -164,7 +165,6 @@ class Trainer:
                 model = VideoUNet(self.stage.unet)
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.compiled = compile is not False
         if self.compiled:  # after the EMA copy, which stays eager
             self.model.compile(
                 **(compile if isinstance(compile, dict) else _compile_options(self.device))
