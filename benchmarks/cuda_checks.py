@@ -220,7 +220,7 @@ class _Timed:
             self.seconds += time.perf_counter() - start
 
 
-def train_timed(trainer: train.Trainer, steps: int, seconds: float, evaluator=None) -> dict:
+def train_timed(trainer: train.Trainer, steps: int, seconds: float) -> dict:
     """``trainer.fit(steps)``, stopped by SIGTERM ``seconds`` after its first step: steps
     done and the seconds of the first step (compilation, for a compiled model), of the other
     training steps, and of evaluation apart."""
@@ -236,7 +236,7 @@ def train_timed(trainer: train.Trainer, steps: int, seconds: float, evaluator=No
     finally:
         timer.cancel()
     wall = time.perf_counter() - start
-    eval_s = evaluator.seconds if evaluator is not None else 0.0
+    eval_s = trainer.evaluate.seconds if isinstance(trainer.evaluate, _Timed) else 0.0
     train_s = wall - first - eval_s
     rate = (trainer.step - 1) / train_s if trainer.step > 1 and train_s > 0 else None
     return {
@@ -251,13 +251,12 @@ def part_train(args) -> dict:
     """The toy base from scratch; ``--compile``: as ``ivref train --compile`` runs it."""
     cfg = configs.ci() if args.tiny else configs.toy()
     out = Path(tempfile.mkdtemp(prefix="cuda-train-"))
-    evaluator = _Timed(evaluate.stage_evaluator())
     trainer = train.Trainer(
         cfg, "base", out, text_encoder=encoder_for(cfg, args.text_cache), device=args.device,
-        checkpoint_every=10**6, evaluate=evaluator, evaluate_every=args.eval_every,
-        progress=False, compile=args.compile,
+        checkpoint_every=10**6, evaluate=_Timed(evaluate.stage_evaluator()),
+        evaluate_every=args.eval_every, progress=False, compile=args.compile,
     )  # fmt: skip
-    result = train_timed(trainer, args.train_steps, args.train_seconds, evaluator)
+    result = train_timed(trainer, args.train_steps, args.train_seconds)
     rows = train.read_log(out / train.LOG)
     result["evals"] = [r for r in rows if any(k.startswith("eval_") for k in r)]
     print(f"train base on {args.device}: {json.dumps(result)}")

@@ -44,7 +44,6 @@ from ivref import (
     parameterization,
     samplers,
     schedules,
-    superres,
     train,
 )
 from ivref.unet3d import VideoUNet
@@ -158,19 +157,14 @@ class DistillObjective:
         """Every random draw of one step, from the CPU generator: x, cond, w, t, eps,
         augmentation (the tensors on the device the clips were painted on)."""
         x, cond = self.base.conditioning(batch.x, g)
-        b, d = x.shape[0], self.base.diffusion
+        b = x.shape[0]
         w = torch.rand(b, generator=g) * self.w_max
         if self.phase == "guided":
             t = torch.rand(b, generator=g, dtype=torch.float64)
         else:
             t = torch.randint(1, self.steps + 1, (b,), generator=g).double() / self.steps
         eps = torch.randn(x.shape, generator=g).to(x.device)  # x: where the data painted it
-        extra: dict[str, torch.Tensor] = {}
-        if cond is not None:
-            aug = superres.train_aug_logsnr(b, self.base.stage, d, g).to(x.device)
-            noise = torch.randn(x.shape, generator=g).to(x.device)
-            extra = {"cond_video": superres.augment(cond, aug, noise), "aug_logsnr": aug}
-        return dict(x=x, w=w, t=t, eps=eps, extra=extra)
+        return dict(x=x, w=w, t=t, eps=eps, extra=self.base.augmented(x, cond, g))
 
     @torch.no_grad()
     def target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:

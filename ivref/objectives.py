@@ -153,6 +153,19 @@ class DiffusionObjective:
             x, cond = superres.random_crop([x, cond], size, align, generator)
         return x, cond
 
+    def augmented(
+        self, x: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The SR inputs of one step: {cond_video: c~, aug_logsnr: lambda'} (none for a base
+        stage), lambda' and noise shaped like ``x`` drawn from ``generator``, moved to x's
+        device."""
+        if cond is None:
+            return {}
+        aug = superres.train_aug_logsnr(x.shape[0], self.stage, self.diffusion, generator)
+        aug = aug.to(x.device)
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        return {"cond_video": superres.augment(cond, aug, noise), "aug_logsnr": aug}
+
     def loss(
         self,
         model: torch.nn.Module,
@@ -174,11 +187,7 @@ class DiffusionObjective:
         d = self.diffusion
         logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float().to(device)
         eps = torch.randn(x.shape, generator=g).to(device)
-        extra: dict[str, torch.Tensor] = {}
-        if cond is not None:
-            aug = superres.train_aug_logsnr(b, self.stage, d, g).to(device)
-            aug_noise = torch.randn(x.shape, generator=g).to(device)
-            extra = {"cond_video": superres.augment(cond, aug, aug_noise), "aug_logsnr": aug}
+        extra = self.augmented(x, cond, g)
         z_t = schedules.q_sample(x, logsnr, eps)
         with bf16_autocast(device, bf16):
             v_hat = model(
