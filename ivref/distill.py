@@ -104,12 +104,18 @@ def x_loss(
     return torch.exp(log_factor) * mse
 
 
-def with_guidance_embedding(teacher: VideoUNet) -> VideoUNet:
-    """A student equal to ``teacher`` plus a w embedding whose output starts at zero [GD]."""
+def with_guidance_embedding(teacher: VideoUNet, seed: int = 0) -> VideoUNet:
+    """A student equal to ``teacher`` plus a w embedding whose output starts at zero [GD].
+
+    The embedding's first layer is drawn from ``seed`` (the global RNG is left as it was), so
+    one seed gives one student.
+    """
     if teacher.cfg.use_guidance_embedding:
         return copy.deepcopy(teacher).requires_grad_(True).train()
     cfg = dataclasses.replace(teacher.cfg, use_guidance_embedding=True)
-    student = VideoUNet(cfg).to(next(teacher.parameters()).device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = VideoUNet(cfg).to(next(teacher.parameters()).device)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("w_emb.") for k in missing), (missing, unexpected)
     last = student.w_emb.mlp[-1]
@@ -345,6 +351,7 @@ def distill_stage(
     checkpoint_every: int = 100,
     seed: int = 0,
     progress: bool = True,
+    compile: bool | dict[str, Any] = False,
 ) -> Distilled:
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
@@ -352,8 +359,12 @@ def distill_stage(
     finished phase is loaded and an unfinished one continues from its checkpoint.
     ``halving_steps``: training steps of every halving, or one count per halving in order
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
-    training setting).
+    training setting). ``compile``: ``torch.compile`` the student's step (``train.Trainer``'s
+    option: CUDA graphs on a GPU) and the teacher's forward with the same options; text is
+    padded to the encoder's ``max_length`` so every batch has one shape.
     """
+    if not isinstance(compile, bool | dict):
+        raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill
@@ -387,15 +398,16 @@ def distill_stage(
         teacher = with_guidance_embedding(teacher).eval()
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
         cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
-        student = with_guidance_embedding(teacher)
-        text = objectives.TextCache(teacher_cascade.encoder)
+        student = with_guidance_embedding(teacher, seed)
+        pad = config.text.max_length if compile is not False else 1  # one shape if compiled
+        text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed, device), text
         )
-        objective = DistillObjective(base, teacher, phase, steps, d)
+        objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
         trainer = train.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
-            checkpoint_every=checkpoint_every, seed=seed, progress=progress,
+            checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
         )  # fmt: skip
         if checkpoint.latest(out / folder) is not None:
             trainer.resume()
@@ -404,6 +416,17 @@ def distill_stage(
             return Distilled(cfg, trainer.ema, trainer.signal)
         teacher = trainer.ema.eval()
     return Distilled(cfg, teacher)
+
+
+def _compiled(
+    teacher: VideoUNet, compile: bool | dict[str, Any], device: str | torch.device
+) -> torch.nn.Module:
+    """The teacher as the objective calls it: itself, or compiled with the student's options
+    (a wrapper that shares its parameters; the eager module goes on to seed the next phase)."""
+    if compile is False:
+        return teacher
+    options = compile if isinstance(compile, dict) else train.compile_options(torch.device(device))
+    return torch.compile(teacher, **options)
 
 
 # -- the ``ivref distill`` command -------------------------------------------------------------
@@ -433,6 +456,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-every", type=train.positive_int, default=100)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile student and teacher (CUDA graphs on a GPU); each phase compiles",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=train.positive_int, help="torch CPU threads")
 
@@ -461,8 +489,7 @@ def run(args: argparse.Namespace) -> int:
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
             halving_steps=args.halving_steps, bf16=args.bf16,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
+            checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
         )  # fmt: skip
     if result.signal is not None:
         raise errors.Interrupted(

@@ -48,7 +48,7 @@ TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
 
 
-def _compile_options(device: torch.device) -> dict[str, Any]:
+def compile_options(device: torch.device) -> dict[str, Any]:
     """``torch.compile`` options of ``Trainer(compile=True)``: static shapes, and CUDA graphs
     on a GPU (one replay per forward and per backward instead of ~1,000 kernel launches)."""
     mode = "reduce-overhead" if device.type == "cuda" else "default"
@@ -167,7 +167,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         if self.compiled:  # after the EMA copy, which stays eager
             self.model.compile(
-                **(compile if isinstance(compile, dict) else _compile_options(self.device))
+                **(compile if isinstance(compile, dict) else compile_options(self.device))
             )
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],

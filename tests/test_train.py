@@ -276,7 +276,7 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_names(tmp_path, e
     later = resumed.fit(4)
     for a, b in zip(eager[2:], later, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)
-    assert train._compile_options(torch.device("cuda")) == {
+    assert train.compile_options(torch.device("cuda")) == {
         "mode": "reduce-overhead",  # CUDA graphs: the toy step is launch-bound on a GPU
         "dynamic": False,
     }
