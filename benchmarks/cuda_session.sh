@@ -7,7 +7,8 @@
 #
 # ONLY picks parts by name, in this order: cli (the CLI on the device at ci scale), checks
 # (cuda_checks equivalence, attention, evaluate), peers (unet_step), throughput (the toy
-# base's step eager and compiled, paper base MFU), distill, compiled (the toy base
+# base's step eager and compiled, paper base MFU), distill (the toy base's phases eager;
+# `ivref distill --compile` at ci scale), compiled (the toy base
 # trained 3,000 steps with --compile: the 60 s target), cascade (the whole toy cascade trained
 # from scratch, compiled, then scored), eager (the toy base trained without --compile, 120 s).
 # What no GPU has run yet fits two calls: ONLY="cli throughput compiled" (~8 min), then
@@ -78,8 +79,18 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, report the exit stat
     want throughput && step 180 "train_throughput, base eager and compiled" \
         $py benchmarks/train_throughput.py --device $dev --matmul-size 8192 --paper-base 16 \
         --stages base --compile "${tiny[@]}" --json "$OUT/train_throughput_cuda.json"
-    want distill && step 75 "cuda_checks distill" "${checks[@]}" --parts distill \
-        --distill-steps 100
+    if want distill; then  # the toy base, eager; then the CLI's --compile at ci scale
+        step 75 "cuda_checks distill" "${checks[@]}" --parts distill --distill-steps 100
+        step 60 "ivref train (ci, a teacher)" $py -m ivref.cli train --scale ci \
+            --stage base --steps 2 --device $dev --out "$tmp/teacher"
+        step 30 "ivref export" $py -m ivref.cli export "$tmp/teacher" --out "$tmp/teachers"
+        step 300 "ivref distill --compile --device $dev" $py -m ivref.cli distill --stage base \
+            --from "$tmp/teachers" --out "$tmp/distill-compiled" --to-steps 8 --guided-steps 50 \
+            --halving-steps 50 --device $dev --compile
+        for phase in guided halve-0016-0008; do  # steps/s per phase, the first one compiled
+            cp "$tmp/distill-compiled/$phase/log.jsonl" "$OUT/distill_compiled_$phase.jsonl"
+        done
+    fi
     want compiled && step 330 "cuda_checks train, compiled, 3000 steps" "${checks[@]}" \
         --parts train --compile --train-steps 3000 --train-seconds 180 --eval-every 3000
     want cascade && step 580 "cuda_checks cascade, compiled" "${checks[@]}" --parts cascade \

@@ -229,14 +229,17 @@ class Trainer:
         # a second copy of the gradients are never held at once
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch.x, batch.captions, batch.is_image)
-        row = {"loss": loss.item(), "lr": lr}
-        if not math.isfinite(row["loss"]):
-            self._nonfinite("loss", row["loss"])
-            self.step += 1
-            return row | {"skipped": 1}
         loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
+        # one wait for the device a step (both numbers at once), not one per number
+        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        row = {"loss": loss_value, "lr": lr}
+        if not math.isfinite(loss_value):  # its gradients are not used either
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite("loss", loss_value)
+            self.step += 1
+            return row | {"skipped": 1}
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             self._nonfinite("gradient norm", grad_norm)

@@ -159,8 +159,13 @@ def test_skip_mode_skips_non_finite_steps_then_gives_up(tmp_path, encoder):
 
     trainer.objective.loss = sometimes_nan
     before = [p.detach().clone() for p in trainer.ema.parameters()]
+    rows = trainer.fit(1)
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.warns(UserWarning, match="non-finite loss .* at step 2.*skipped"):
-        rows = trainer.fit(3)
+        rows += trainer.fit(2)
+    assert all(map(torch.equal, weights, trainer.model.parameters()))  # the step left no trace
+    assert all(p.grad is None for p in trainer.model.parameters())
+    rows += trainer.fit(3)
     assert [r.get("skipped", 0) for r in rows] == [0, 1, 0]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.ema.parameters(), strict=True))
