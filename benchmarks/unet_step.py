@@ -18,7 +18,9 @@ level after imports on CPU, ``torch.cuda.max_memory_allocated`` on CUDA). After 
 processes take turns, one repeat each (interleaved), and the medians are reported with the
 ratios peer / ivref. The train step is forward + v-style MSE + backward + AdamW (fused, the
 same for all), under bf16 autocast as ivref trains (``--precision fp32`` to switch off); the
-sampling forward is one no-grad forward in eval mode.
+sampling forward is one no-grad forward in eval mode. After the timed repeats each model
+counts the ATen operators of one more train step (all of them, and those that launch a
+kernel), a measure of per-step overhead that does not depend on the machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 import types
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SIZES = ("base", "tsr", "ssr32", "45m")
 PEERS = ("diffusers", "vdp")
@@ -252,7 +255,39 @@ def serve(conn, kind: str, case: Case, width: int, extra: int, device: str, bf16
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_start) * 1024
     else:
         peak = torch.cuda.max_memory_allocated(dev) - mem_start
-    conn.send({"peak_bytes": peak})
+    with OpCounter() as ops:  # after the peak: one more step, counted
+        train_step()
+        sync()
+    conn.send({"peak_bytes": peak, "ops": ops.total, "kernel_ops": ops.kernels})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators a region runs after autograd and autocast (forward, backward
+    and optimizer alike): ``total``, and ``kernels``, those that compute or copy data rather
+    than only make a view. Where a step is bound by launching kernels (small models on a
+    GPU), its time follows this count more than the arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.total += 1
+        self.kernels += not _is_view_or_metadata(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _is_view_or_metadata(func) -> bool:
+    """An operator that launches no kernel: a view, an alias, or a fresh uninitialised buffer."""
+    schema = func._schema
+    returns_alias = any(r.alias_info is not None for r in schema.returns)
+    return (returns_alias and not schema.is_mutable) or func.overloadpacket.__name__ in _METADATA
+
+
+_METADATA = {  # no alias in their schemas, yet no data is computed or copied
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
+    "_unsafe_view", "lift_fresh",
+}  # fmt: skip
 
 
 def measure(case: Case, models: dict, device: str, bf16: bool, warmup: int, repeats: int) -> dict:
@@ -303,6 +338,8 @@ def measure(case: Case, models: dict, device: str, bf16: bool, warmup: int, repe
             "train_ms": 1e3 * statistics.median(r["train_s"] for r in runs[kind]),
             "sample_ms": 1e3 * statistics.median(r["sample_s"] for r in runs[kind]),
             "peak_mib": reply["peak_bytes"] / 2**20,
+            "train_ops": reply["ops"],
+            "train_kernel_ops": reply["kernel_ops"],
         }
     return result | {kind: {"error": error} for kind, error in failed.items()}
 
@@ -356,9 +393,11 @@ def run_case(case: Case, peers: list[str], args) -> dict:
             t["train_ratio"] = t["train_ms"] / ref["train_ms"]  # > 1: ivref is faster
             t["sample_ratio"] = t["sample_ms"] / ref["sample_ms"]
             t["memory_ratio"] = ref["peak_mib"] / t["peak_mib"] if t["peak_mib"] > 0 else None
+            t["kernel_ops_ratio"] = t["train_kernel_ops"] / ref["train_kernel_ops"]
         print(
             f"  {kind:9s} train {t['train_ms']:8.1f} ms  sample {t['sample_ms']:8.1f} ms  "
-            f"peak {t['peak_mib']:8.0f} MiB"
+            f"peak {t['peak_mib']:8.0f} MiB  ops {t['train_kernel_ops']:5d} kernels of "
+            f"{t['train_ops']:5d}"
             + (
                 f"  | {kind}/ivref: train {t['train_ratio']:.2f}x, sample "
                 f"{t['sample_ratio']:.2f}x; ivref memory {t['memory_ratio']:.2f}x of it"

@@ -41,6 +41,9 @@ def test_unet_step_tiny_writes_ratios(repo_root, tmp_path):
             assert row["params"] == row["config"]["params"]
             for key in ("train_ratio", "sample_ratio", "memory_ratio"):
                 assert row[key] > 0
+            ratio = row["train_kernel_ops"] / models["ivref"]["train_kernel_ops"]
+            assert row["kernel_ops_ratio"] == pytest.approx(ratio)
+        assert 0 < row["train_kernel_ops"] < row["train_ops"]  # a step makes views too
     assert "parameters ivref" in stdout
     args = ("--tiny", "--device", "cpu", "--peers", "vdp", "--input", "2", "8", "8")
     _run(repo_root, "unet_step.py", *args, "--json", str(out))
@@ -191,3 +194,21 @@ def test_compare_logs_averages_the_common_steps_per_window(repo_root, monkeypatc
     assert json.loads(out.read_text())["windows"] == result["windows"]
     with pytest.raises(SystemExit):
         compare_logs.main([*args[:2], "--windows", "40", "20"])
+
+
+def test_the_op_counter_tells_kernels_from_views(repo_root, monkeypatch):
+    """unet_step's OpCounter: every ATen operator counts; views, aliases and uninitialised
+    buffers are not kernels, in-place and out-of-place arithmetic are."""
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    import unet_step
+
+    a, b = torch.ones(2, 3), torch.ones(2, 3)
+    with unet_step.OpCounter() as ops:
+        c = a + b  # kernel
+        v = c.view(-1)  # view
+        _ = v.t(), c.transpose(0, 1), c.detach()  # views
+        _ = torch.empty(4), torch.ops.aten._unsafe_view(c, (6,))  # no data written
+        d = v * 2  # kernel
+        c.add_(1)  # kernel, in place
+        _ = d.sum()  # kernel
+    assert (ops.total, ops.kernels) == (10, 4)
