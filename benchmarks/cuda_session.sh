@@ -11,8 +11,11 @@
 # `ivref distill --compile` at ci scale), compiled (the toy base
 # trained 3,000 steps with --compile: the 60 s target), cascade (the whole toy cascade trained
 # from scratch, compiled, then scored), eager (the toy base trained without --compile, 120 s).
-# What no GPU has run yet fits two calls: ONLY="cli throughput compiled" (~8 min), then
-# ONLY=cascade (~10 min: four compilations of ~1 min, 290 s of training, scoring).
+# What no GPU has run yet: ONLY="cli throughput compiled" (~8 min) and ONLY=cascade (~10 min:
+# four compilations of ~1 min, 290 s of training, scoring). A session's 15 device-minutes,
+# start-up included (2-4 min), hold one of them: ONLY="cli compiled" (~7 min) answers the
+# 3,000-step target and the CLI on the device; ONLY=cascade also times every stage's
+# compiled steps (the base's rate gives its 3,000-step time) and scores the cascade.
 # Run from the repository root on a CUDA machine whose python3 has torch. The toy
 # text encoder's embeddings come from TEXT_CACHE (made beforehand with
 # `python benchmarks/cuda_checks.py --prepare-text-cache DIR`) where the MiniLM package is
