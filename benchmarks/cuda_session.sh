@@ -6,7 +6,8 @@
 #   DEVICE=cpu TINY=1 bash benchmarks/cuda_session.sh   # a dry run at ci sizes, any machine
 #
 # ONLY picks parts by name, in this order: cli (the CLI on the device at ci scale), checks
-# (cuda_checks equivalence, attention, evaluate), peers (unet_step), throughput (the toy
+# (cuda_checks equivalence, attention, evaluate), peers (unet_step), peers-compiled (the same at
+# the toy base and TSR with every model compiled: CUDA graphs for all), throughput (the toy
 # base's step eager and compiled, paper base MFU), distill (the toy base's phases eager;
 # `ivref distill --compile` at ci scale), compiled (the toy base
 # trained 3,000 steps with --compile: the 60 s target), cascade (the whole toy cascade trained
@@ -79,6 +80,9 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, report the exit stat
         --parts equivalence attention evaluate
     want peers && step 120 "unet_step" $py benchmarks/unet_step.py --device $dev "${tiny[@]}" \
         --json "$OUT/unet_step_cuda.json"
+    want peers-compiled && step 300 "unet_step, every model compiled" $py benchmarks/unet_step.py \
+        --device $dev --sizes base tsr --compile "${tiny[@]}" \
+        --json "$OUT/unet_step_cuda_compiled.json"
     want throughput && step 180 "train_throughput, base eager and compiled" \
         $py benchmarks/train_throughput.py --device $dev --matmul-size 8192 --paper-base 16 \
         --stages base --compile "${tiny[@]}" --json "$OUT/train_throughput_cuda.json"

@@ -5,6 +5,7 @@
     python benchmarks/unet_step.py --device cuda                  # the same on a GPU
     python benchmarks/unet_step.py --tiny                         # seconds, for CI
     python benchmarks/unet_step.py --sizes 45m --input 16 64 64   # another input size
+    python benchmarks/unet_step.py --device cuda --compile        # every model compiled
 
 Peers: diffusers' ``UNet3DConditionModel`` and lucidrains' video-diffusion-pytorch ``Unet3D``
 (``pip install -e .[bench]``; a missing peer is skipped and said so). For each size the peers'
@@ -206,8 +207,13 @@ def worker(conn, *args) -> None:
         conn.close()
 
 
-def serve(conn, kind: str, case: Case, width: int, extra: int, device: str, bf16: bool) -> None:
-    """Build one model, then run one timed repeat per request; report peak memory at the end."""
+def serve(
+    conn, kind: str, case: Case, width: int, extra: int, device: str, bf16: bool,
+    compile_options: dict | None = None,
+) -> None:  # fmt: skip
+    """Build one model, then run one timed repeat per request; report peak memory at the end.
+
+    ``compile_options``: ``torch.compile`` the model with them (every model alike)."""
     torch.manual_seed(0)
     dev = torch.device(device)
     available(kind)  # imports first: peak memory counts the model's work, not its library
@@ -219,8 +225,14 @@ def serve(conn, kind: str, case: Case, width: int, extra: int, device: str, bf16
     model = build(kind, case, width, extra).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     args, kwargs, target = inputs(kind, case, dev)
+    if compile_options is not None:
+        # a peer's graph breaks compile its blocks' shared forward once per shape and mode
+        torch._dynamo.config.recompile_limit = 64
+        model.compile(**compile_options)  # in place: the optimizer keeps the same parameters
 
     def forward():
+        if compile_options is not None:  # a new step: CUDA-graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(*args, **kwargs)
         return out.sample if hasattr(out, "sample") else out
@@ -255,6 +267,9 @@ def serve(conn, kind: str, case: Case, width: int, extra: int, device: str, bf16
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_start) * 1024
     else:
         peak = torch.cuda.max_memory_allocated(dev) - mem_start
+    if compile_options is not None:  # a compiled step's operators are not ATen calls
+        conn.send({"peak_bytes": peak, "ops": None, "kernel_ops": None})
+        return
     with OpCounter() as ops:  # after the peak: one more step, counted
         train_step()
         sync()
@@ -290,13 +305,17 @@ _METADATA = {  # no alias in their schemas, yet no data is computed or copied
 }  # fmt: skip
 
 
-def measure(case: Case, models: dict, device: str, bf16: bool, warmup: int, repeats: int) -> dict:
+def measure(
+    case: Case, models: dict, device: str, bf16: bool, warmup: int, repeats: int,
+    compile_options: dict | None = None,
+) -> dict:  # fmt: skip
     """One process per model; warm-up, then ``repeats`` rounds, each model once per round."""
     ctx = mp.get_context("spawn")
     procs = {}
     for kind, (width, extra) in models.items():
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=worker, args=(child, kind, case, width, extra, device, bf16))
+        worker_args = (child, kind, case, width, extra, device, bf16, compile_options)
+        p = ctx.Process(target=worker, args=worker_args)
         p.start()
         child.close()  # so a dead worker reads as EOF here, not as a hang
         procs[kind] = (p, parent)
@@ -382,22 +401,29 @@ def run_case(case: Case, peers: list[str], args) -> dict:
         )
     )
     timings = measure(
-        case, models, args.device, args.precision == "bf16", args.warmup, args.repeats
-    )
+        case, models, args.device, args.precision == "bf16", args.warmup, args.repeats,
+        compile_options(args),
+    )  # fmt: skip
     ref = timings["ivref"]
     for kind, t in timings.items():
         t["config"] = config[kind]
         if "error" in t:
             continue
+        counted = t["train_kernel_ops"] is not None
         if kind != "ivref":
             t["train_ratio"] = t["train_ms"] / ref["train_ms"]  # > 1: ivref is faster
             t["sample_ratio"] = t["sample_ms"] / ref["sample_ms"]
             t["memory_ratio"] = ref["peak_mib"] / t["peak_mib"] if t["peak_mib"] > 0 else None
-            t["kernel_ops_ratio"] = t["train_kernel_ops"] / ref["train_kernel_ops"]
+            if counted:
+                t["kernel_ops_ratio"] = t["train_kernel_ops"] / ref["train_kernel_ops"]
         print(
             f"  {kind:9s} train {t['train_ms']:8.1f} ms  sample {t['sample_ms']:8.1f} ms  "
-            f"peak {t['peak_mib']:8.0f} MiB  ops {t['train_kernel_ops']:5d} kernels of "
-            f"{t['train_ops']:5d}"
+            f"peak {t['peak_mib']:8.0f} MiB"
+            + (
+                f"  ops {t['train_kernel_ops']:5d} kernels of {t['train_ops']:5d}"
+                if counted
+                else ""
+            )
             + (
                 f"  | {kind}/ivref: train {t['train_ratio']:.2f}x, sample "
                 f"{t['sample_ratio']:.2f}x; ivref memory {t['memory_ratio']:.2f}x of it"
@@ -422,6 +448,14 @@ def parse(argv):
         metavar=("F", "H", "W"),
         help="override every size's frames, height and width",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every model alike (CUDA graphs on a GPU); warm-up compiles",
+    )
+    p.add_argument(
+        "--compile-backend", help="a torch.compile backend instead of inductor (e.g. aot_eager)"
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="ci-size U-Nets, 1 repeat (for CI)")
@@ -433,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.tiny:
         args.warmup, args.repeats = 1, 1
+    if args.compile:  # compile, then (CUDA graphs) record, before the timed rounds
+        args.warmup = max(args.warmup, 3)
     all_cases = cases(args.tiny, args.device)
     overrides = {"batch": args.batch} if args.batch else {}
     if args.input:
@@ -446,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": args.precision,
+        "compile": compile_options(args),
         "repeats": args.repeats,
         "sizes": {},
     }
@@ -456,6 +493,18 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.json, "w") as f:
                     json.dump(result, f, indent=2)
     return 0
+
+
+def compile_options(args) -> dict | None:
+    """``torch.compile`` options of ``--compile``: static shapes; CUDA graphs on a GPU, as
+    ivref's own ``Trainer(compile=True)`` uses them."""
+    if not args.compile:
+        return None
+    options = {"dynamic": False}
+    if args.compile_backend:
+        return options | {"backend": args.compile_backend}
+    mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
+    return options | {"mode": mode}
 
 
 def device_name(device: str) -> str:

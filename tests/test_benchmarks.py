@@ -51,6 +51,22 @@ def test_unet_step_tiny_writes_ratios(repo_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_unet_step_compiles_every_model_alike(repo_root, tmp_path):
+    """--compile: each model is compiled with the same options (``aot_eager`` here, for CI's
+    speed), timed after the compiling warm-up, and has ratios but no operator count."""
+    out = tmp_path / "unet_step.json"
+    args = ("--tiny", "--device", "cpu", "--peers", "vdp", "--compile")
+    _run(repo_root, "unet_step.py", *args, "--compile-backend", "aot_eager", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["compile"] == {"dynamic": False, "backend": "aot_eager"}
+    models = result["sizes"]["base"]["models"]
+    assert set(models) == {"ivref", "vdp"}
+    for row in models.values():
+        assert row["train_ms"] > 0 and row["train_kernel_ops"] is None
+    assert models["vdp"]["train_ratio"] > 0 and "kernel_ops_ratio" not in models["vdp"]
+
+
+@pytest.mark.slow
 def test_train_throughput_tiny_and_plot(repo_root, tmp_path):
     out = tmp_path / "throughput.json"
     args = ("--tiny", "--device", "cpu", "--paper-base", "2", "--json", str(out))
