@@ -48,6 +48,10 @@ cache=()
 [ -n "$CACHE" ] && cache=(--text-cache "$CACHE")
 tiny=()
 [ -n "${TINY:-}" ] && tiny=(--tiny)
+parts="cli checks peers peers-compiled throughput distill compiled cascade eager"
+for part in ${ONLY:-}; do  # a misspelt part would run nothing and waste the device's time
+    [[ " $parts " == *" $part "* ]] || { echo "unknown part '$part'; allowed: $parts" >&2; exit 2; }
+done
 want() {  # want PART: is PART in ONLY (or ONLY unset)?
     [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]
 }

@@ -8,6 +8,7 @@ expected key is there, with positive numbers.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -228,3 +229,35 @@ def test_the_op_counter_tells_kernels_from_views(repo_root, monkeypatch):
         c.add_(1)  # kernel, in place
         _ = d.sum()  # kernel
     assert (ops.total, ops.kernels) == (10, 4)
+
+
+@pytest.mark.slow
+def test_the_cuda_session_script_runs_its_cli_and_checks_parts_dry(repo_root, tmp_path):
+    """cuda_session.sh on the CPU at ci sizes (its dry run): every step of the parts asked for
+    exits 0 and writes its results, so a lent GPU's minutes go to measuring, not to a broken
+    script; a misspelt part is refused before anything runs."""
+    script = str(repo_root / "benchmarks" / "cuda_session.sh")
+    env = os.environ | {"PYTHON": sys.executable, "DEVICE": "cpu", "TINY": "1"}
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", script], cwd=repo_root, env=env | {"ONLY": "cli checks", "OUT": str(out)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    exits = re.findall(r"^== (.+): exit (\d+) after", done.stdout, flags=re.MULTILINE)
+    assert [name for name, _ in exits] == [
+        "ivref train --device cpu", "ivref export", "ivref evaluate --device cpu",
+        "ivref generate --device cpu", "ivref distill --device cpu",
+        "cuda_checks equivalence attention evaluate",
+    ], done.stdout[-3000:]  # fmt: skip
+    assert all(code == "0" for _, code in exits), done.stdout[-3000:]
+    checks = json.loads((out / "cuda_checks.json").read_text())
+    assert {"equivalence", "attention", "evaluate"} <= set(checks)
+    assert all(checks[part]["ok"] for part in ("equivalence", "attention", "evaluate"))
+    assert (out / "generate_ci.gif").stat().st_size > 0 and (out / "log.txt").is_file()
+    refused = subprocess.run(
+        ["bash", script], cwd=repo_root, env=env | {"ONLY": "cli chekcs", "OUT": str(out)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "unknown part 'chekcs'; allowed: cli checks" in (
+        refused.stderr
+    )
