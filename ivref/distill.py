@@ -454,14 +454,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="bf16 autocast for the student (default: the stage's training setting)",
     )
-    p.add_argument("--checkpoint-every", type=train.positive_int, default=100)
+    p.add_argument(
+        "--checkpoint-every", type=train.positive_int, default=100, help="steps (default: 100)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile student and teacher (CUDA graphs on a GPU); each phase compiles",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=train.seed_int,
+        default=0,
+        help="data, noise and the w embedding's initial weights",
+    )
     p.add_argument("--threads", type=train.positive_int, help="torch CPU threads")
 
 

@@ -483,6 +483,24 @@ CLI_CASES = [
         "truncated entries: each is encoded again and rewritten",
     ),
     Case(
+        "distill --seed 2**70",
+        ("distill", "--stage", "base", "--out", "{X}/d", "--seed", str(2**70)),
+        2,
+        SEED_MSG,
+    ),
+    Case(
+        "distill --stage that the cascade has not trained",
+        ("distill", "--stage", "nope", "--out", "{X}/d"),
+        2,
+        "--stage 'nope': the cascade's trained stages are ['base', 'tsr', 'ssr1', 'ssr2']",
+    ),
+    Case(
+        "distill --from a folder that holds no cascade",
+        ("distill", "--stage", "base", "--from", "{X}", "--out", "{X}/d"),
+        2,
+        "cascade.json not found: a cascade folder holds cascade.json",
+    ),
+    Case(
         "train --seed 2**70",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--seed", str(2**70)),
         2,
