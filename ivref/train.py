@@ -43,6 +43,7 @@ Evaluator = Callable[["Trainer"], dict[str, float]]
 OnNonFinite = Literal["stop", "skip"]
 MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"
 MAX_SEED = cascade.MAX_SEED
+MAX_COUNT = 2**31 - 1  # counts, sizes and thread numbers: beyond it torch cannot take them
 
 TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
@@ -138,6 +139,15 @@ class Trainer:
             raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        if batch_size is not None and (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= MAX_COUNT
+        ):
+            raise ValueError(
+                f"batch_size={batch_size!r} must be None (the stage's) or an integer from 1 to "
+                "2**31 - 1"
+            )
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), torch.device(device)
@@ -427,24 +437,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer from 1 to 2**31 - 1."""
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if n > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to 2**31 - 1, got {n}")
     return n
 
 
 def count(value: str) -> int:
-    """argparse type: an integer >= 0."""
+    """argparse type: an integer from 0 to 2**31 - 1."""
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    if n > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected an integer up to 2**31 - 1, got {n}")
     return n
 
 

@@ -501,6 +501,18 @@ CLI_CASES = [
         "cascade.json not found: a cascade folder holds cascade.json",
     ),
     Case(
+        "train --batch-size 2**70",
+        (*TRAIN[:-2], "--steps", "1", "--out", "{X}/r", "--batch-size", str(2**70)),
+        2,
+        f"expected a positive integer up to 2**31 - 1, got {2**70}",
+    ),
+    Case(
+        "train --threads 2**70",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--threads", str(2**70)),
+        2,
+        "argument --threads: expected a positive integer up to 2**31 - 1",
+    ),
+    Case(
         "train --seed 2**70",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--seed", str(2**70)),
         2,
@@ -715,6 +727,14 @@ def _trainer_seed(ctx: Ctx):
     train.Trainer(cfg, "base", ctx.tmp, text_encoder=encoder, seed=2**64, progress=False)
 
 
+def _trainer_batch(ctx: Ctx):
+    from ivref import configs, text, train
+
+    cfg = configs.preset("ci")
+    encoder = text.build_encoder(cfg.text)
+    train.Trainer(cfg, "base", ctx.tmp, text_encoder=encoder, batch_size=-2, progress=False)
+
+
 def _sample_steps(ctx: Ctx):
     from ivref import samplers
 
@@ -807,6 +827,13 @@ LIBRARY_CASES = [
         ValueError,
         "must be an integer from 0 to 2**63 - 1",
         _trainer_seed,
+    ),
+    LibCase(
+        "a negative batch size for training",
+        "train.Trainer(cfg, 'base', out, batch_size=-2)",
+        ValueError,
+        "batch_size=-2 must be None (the stage's) or an integer from 1 to 2**31 - 1",
+        _trainer_batch,
     ),
     LibCase(
         "one prompt as a string",
