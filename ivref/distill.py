@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ivref import (
+    cascade,
     checkpoint,
     configs,
     errors,
@@ -365,6 +366,13 @@ def distill_stage(
     """
     if not isinstance(compile, bool | dict):
         raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
+    train.check_count("to_steps", to_steps, none="the distill config's")
+    train.check_count("guided_steps", guided_steps, none="the distill config's")
+    if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
+        train.check_count("halving_steps", halving_steps, none="the distill config's")
+    train.check_count("batch_size", batch_size, none="the stage's")
+    train.check_count("checkpoint_every", checkpoint_every)
+    device = cascade.parse_device(device)
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill
@@ -379,11 +387,10 @@ def distill_stage(
             f"{stage!r} samples at: its student could not be sampled at its own default; "
             f"allowed: w_max >= {sampled:g}"
         )
-    phases = plan(stage_cfg.sample_steps, to_steps or d.to_steps, guided)
+    phases = plan(stage_cfg.sample_steps, d.to_steps if to_steps is None else to_steps, guided)
     halvings = iter(halving_lengths(phases, halving_steps or d.halving_steps))
-    lengths = [
-        guided_steps or d.guided_steps if p == "guided" else next(halvings) for _, p, _ in phases
-    ]
+    guided_steps = d.guided_steps if guided_steps is None else guided_steps
+    lengths = [guided_steps if p == "guided" else next(halvings) for _, p, _ in phases]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
     bf16 = stage_cfg.train.bf16 if bf16 is None else bf16
     record |= {"w_max": w_max, "bf16": bf16}
@@ -480,8 +487,6 @@ def step_counts(value: str) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal."""
-    from ivref import cascade
-
     device = cascade.parse_device(args.device)
     teacher = cascade.Cascade.from_pretrained(args.source)
     names = [s.name for s in teacher.trained_stages]

@@ -56,6 +56,17 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     return {"mode": mode, "dynamic": False}
 
 
+def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> None:
+    """``value`` must be an integer from ``minimum`` to 2**31 - 1 (or None, where ``none``
+    says what None means); else a ValueError naming it and what is allowed."""
+    if value is None and none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        allowed = f"an integer from {minimum} to 2**31 - 1"
+        allowed = f"None ({none}) or {allowed}" if none is not None else allowed
+        raise ValueError(f"{name}={value!r} must be {allowed}")
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
 
@@ -139,15 +150,11 @@ class Trainer:
             raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
-        if batch_size is not None and (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or not 1 <= batch_size <= MAX_COUNT
-        ):
-            raise ValueError(
-                f"batch_size={batch_size!r} must be None (the stage's) or an integer from 1 to "
-                "2**31 - 1"
-            )
+        check_count("batch_size", batch_size, none="the stage's")
+        check_count("checkpoint_every", checkpoint_every)
+        check_count("keep_checkpoints", keep_checkpoints)
+        check_count("evaluate_every", evaluate_every, minimum=0)
+        device = cascade.parse_device(device)
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), torch.device(device)
@@ -333,6 +340,7 @@ class Trainer:
         Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
         Ctrl-C raises KeyboardInterrupt at once).
         """
+        check_count("steps", steps, minimum=0)
         rows: list[dict[str, Any]] = []
         self._total = steps
         with contextlib.ExitStack() as stack:

@@ -395,3 +395,23 @@ def test_compiled_distillation_matches_eager(tmp_path, monkeypatch):
     for flag in (["--compile"], []):
         assert cli.main([*argv, "--out", str(tmp_path / f"cli{len(seen)}"), *flag]) == 0
     assert seen == [True, False]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(to_steps=0), r"to_steps=0 must be None \(the distill config's\) or an integer"),
+        (dict(guided_steps=-1), r"guided_steps=-1 must be None"),
+        (dict(halving_steps=0), r"halving_steps=0 must be None"),
+        (dict(batch_size=0), r"batch_size=0 must be None \(the stage's\)"),
+        (dict(checkpoint_every=0), r"checkpoint_every=0 must be an integer from 1"),
+        (dict(device="bogus"), r"device 'bogus' is not a device name"),
+    ],
+)
+def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, message):
+    """A zero or negative count was read as "the default" or trained nothing, silently."""
+    cfg = configs.preset("ci")
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:1]})
+    with pytest.raises(ValueError, match=message):
+        distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, **kwargs)
+    assert not (tmp_path / "d").exists()

@@ -320,3 +320,31 @@ def test_the_compile_flag_reaches_the_trainer(tmp_path, monkeypatch):
     assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert seen == [True, False]
     assert train.read_log(tmp_path / "a")[0]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(batch_size=0), r"batch_size=0 must be None \(the stage's\) or an integer from 1"),
+        (dict(batch_size=2.0), r"batch_size=2.0 must be None"),
+        (dict(checkpoint_every=0), r"checkpoint_every=0 must be an integer from 1 to 2\*\*31 - 1"),
+        (dict(keep_checkpoints=0), r"keep_checkpoints=0 must be an integer from 1"),
+        (dict(evaluate_every=-1), r"evaluate_every=-1 must be an integer from 0"),
+        (dict(device="bogus"), r"device 'bogus' is not a device name; use cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_trainer_arguments_are_refused_before_anything_is_written(
+    tmp_path, encoder, kwargs, message
+):
+    """Each bad argument fails in the constructor, naming itself and what is allowed (a zero
+    ``checkpoint_every`` used to fail mid-run with a ZeroDivisionError)."""
+    with pytest.raises(ValueError, match=message):
+        _trainer(tmp_path / "run", encoder, **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_refuses_a_negative_step_count(tmp_path, encoder):
+    trainer = _trainer(tmp_path, encoder)
+    with pytest.raises(ValueError, match=r"steps=-1 must be an integer from 0 to 2\*\*31 - 1"):
+        trainer.fit(-1)
+    assert trainer.fit(0) == [] and trainer.step == 0
