@@ -415,7 +415,15 @@ def _read_index(index_file: Path) -> list[tuple[str, str]]:
     if not index_file.is_file():
         raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
     if index_file.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in index_file.read_text().splitlines() if line.strip()]
+        rows = []
+        for n, line in enumerate(index_file.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(
+                        f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
+                    ) from None
     elif index_file.suffix.lower() == ".csv":
         with open(index_file, newline="") as fh:
             rows = list(csv.DictReader(fh))

@@ -40,8 +40,18 @@ def time_factor(stage: configs.StageConfig, previous: configs.StageConfig) -> in
     return stage.num_frames // previous.num_frames
 
 
+def _check_factor(factor: int, size: int | None = None, what: str = "") -> None:
+    """``factor`` must be an integer >= 1 (that divides ``size``, where given)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor={factor!r} must be an integer >= 1")
+    if size is not None and size % factor:
+        raise ValueError(f"factor {factor} does not divide the {what} {size}")
+
+
 def downsample_space(video: torch.Tensor, factor: int) -> torch.Tensor:
     """Area downsampling: each output pixel is the mean of a factor x factor block."""
+    _check_factor(factor, video.shape[-2], "height")
+    _check_factor(factor, video.shape[-1], "width")
     b = video.shape[0]
     frames = rearrange(video, "b c f h w -> (b f) c h w")
     small = F.avg_pool2d(frames, factor)
@@ -58,11 +68,13 @@ def upsample_space(video: torch.Tensor, height: int, width: int) -> torch.Tensor
 
 def skip_frames(video: torch.Tensor, factor: int) -> torch.Tensor:
     """Keep every ``factor``-th frame, starting with the first: frames 0, k, 2k, ..."""
+    _check_factor(factor)
     return video[:, :, ::factor]
 
 
 def repeat_frames(video: torch.Tensor, factor: int) -> torch.Tensor:
     """Each frame ``factor`` times in a row: [a, b] -> [a, a, b, b] for factor 2."""
+    _check_factor(factor)
     return video.repeat_interleave(factor, dim=2)
 
 
@@ -71,6 +83,7 @@ def blank_frames(video: torch.Tensor, factor: int) -> torch.Tensor:
 
     The mask is 1 on kept frames and 0 on blanks, so the model can tell a blank from black.
     """
+    _check_factor(factor)
     b, c, f, h, w = video.shape
     out = video.new_zeros(b, c + 1, f * factor, h, w)
     out[:, :c, ::factor] = video

@@ -59,6 +59,9 @@ def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
         frames = frames.expand(-1, -1, -1, 3)
     if frames.shape[-1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got {frames.shape[-1]}")
+    bad = int((~torch.isfinite(frames)).sum())
+    if bad:  # NaN has no pixel value; writing it would show black and hide the fault
+        raise ValueError(f"the video holds {bad} non-finite values (NaN or inf)")
     pixels = ((frames.clamp(-1, 1) + 1) * 127.5).round()
     return pixels.to(torch.uint8).cpu().numpy()
 
@@ -76,6 +79,12 @@ def grid(videos: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.
     """
     videos = _as_batch(videos)
     b = videos.shape[0]
+    if b == 0:
+        raise ValueError("grid() got an empty batch; give at least one video")
+    if ncols is not None and (not isinstance(ncols, int) or ncols < 1):
+        raise ValueError(f"ncols={ncols!r} must be None (square-ish) or an integer >= 1")
+    if not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad={pad!r} must be an integer >= 0")
     ncols = ncols or int(np.ceil(np.sqrt(b)))
     nrows = -(-b // ncols)
     empty = nrows * ncols - b
@@ -160,7 +169,12 @@ def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {str(path)!r}")
-    frames = mediapy.read_video(path)
+    try:
+        frames = mediapy.read_video(path)
+    except Exception as err:  # ffmpeg's many ways to reject a file; its last line says why
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(err).__name__
+        raise ValueError(f"{str(path)!r} is not a readable video (ffmpeg: {reason})") from None
     fps = float(frames.metadata.fps) if frames.metadata is not None else float("nan")
     frames = np.asarray(frames)
     if frames.ndim == 3:  # grayscale

@@ -147,3 +147,6 @@ def test_video_text_folder_reads_csv_and_rejects_bad_index(tmp_path):
         data.VideoTextFolder(tmp_path, tmp_path / "bad.csv", 2, 16, 16, fps=6.0)
     with pytest.raises(FileNotFoundError):
         data.VideoTextFolder(tmp_path, tmp_path / "nope.csv", 2, 16, 16, fps=6.0)
+    (tmp_path / "bad.jsonl").write_text('{"path": "a.mp4", "caption": "hello"}\n{"path": a.mp4\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl' line 2 is not JSON \(Expecting value\)"):
+        data.VideoTextFolder(tmp_path, tmp_path / "bad.jsonl", 2, 16, 16, fps=6.0)

@@ -778,7 +778,34 @@ def _overwrite(ctx: Ctx):
     c.save_pretrained(ctx.tmp / "c")
 
 
+def _unreadable_video(ctx: Ctx):
+    from ivref import video
+
+    (ctx.tmp / "broken.mp4").write_bytes(b"not a video")
+    video.read_video(ctx.tmp / "broken.mp4")
+
+
+def _nan_video(ctx: Ctx):
+    from ivref import video
+
+    video.write_video(ctx.tmp / "v.mp4", torch.full((3, 2, 8, 8), float("nan")), fps=6)
+
+
 LIBRARY_CASES = [
+    LibCase(
+        "a file ffmpeg cannot read",
+        "video.read_video('broken.mp4')",
+        ValueError,
+        "is not a readable video (ffmpeg: ",
+        _unreadable_video,
+    ),
+    LibCase(
+        "a video with NaN in it",
+        "video.write_video('v.mp4', video_with_nan, fps=6)",
+        ValueError,
+        "the video holds 384 non-finite values (NaN or inf)",
+        _nan_video,
+    ),
     LibCase(
         "distilling below the stage's own guidance",
         "distill.distill_stage(...) with DistillConfig.w_max = 1 for a stage sampled at w = 2",

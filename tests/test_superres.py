@@ -121,3 +121,15 @@ def test_random_crop_takes_the_same_aligned_window_from_every_tensor():
         assert torch.equal(cx[i, 0, 0], x[i, 0, 0, row : row + 8, col : col + 8])
     with pytest.raises(ValueError, match="exceeds the frame"):
         superres.random_crop([x], 32)
+
+
+def test_resampling_factors_are_checked():
+    """A factor below 1 (a zero step, an empty video) or one that does not divide the frame
+    (area averaging would drop the last rows silently) is refused, naming what was wrong."""
+    clip = torch.zeros(1, 3, 4, 8, 8)
+    with pytest.raises(ValueError, match="factor 3 does not divide the height 8"):
+        superres.downsample_space(clip, 3)
+    for op in (superres.skip_frames, superres.repeat_frames, superres.blank_frames):
+        with pytest.raises(ValueError, match=r"factor=0 must be an integer >= 1"):
+            op(clip, 0)
+    assert superres.downsample_space(clip, 4).shape == (1, 3, 4, 2, 2)

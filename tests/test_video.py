@@ -78,3 +78,23 @@ def test_upscale_and_stage_grid_repeat_pixels_and_frames_exactly():
     assert torch.equal(tiled[:, :, 17:33, 34:50], ssr[1])  # row 1, column 2
     with pytest.raises(ValueError, match="does not divide"):
         video.stage_grid([torch.zeros(1, 3, 3, 8, 8), ssr[:1]])
+
+
+def test_bad_videos_and_grids_get_a_clear_error(tmp_path):
+    """A NaN video is refused, not written black; an empty batch or bad layout is named; a
+    file ffmpeg cannot read says so in one line."""
+    nan = torch.zeros(1, 3, 2, 4, 4)
+    nan[0, 0, 1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"holds 1 non-finite values \(NaN or inf\)"):
+        video.write_video(tmp_path / "v.mp4", nan, fps=6)
+    assert not (tmp_path / "v.mp4").exists()
+    with pytest.raises(ValueError, match="grid\\(\\) got an empty batch"):
+        video.grid(torch.zeros(0, 3, 2, 4, 4))
+    with pytest.raises(ValueError, match="ncols=0 must be None"):
+        video.grid(torch.zeros(2, 3, 2, 4, 4), ncols=0)
+    with pytest.raises(ValueError, match="pad=-1 must be an integer >= 0"):
+        video.grid(torch.zeros(2, 3, 2, 4, 4), pad=-1)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(ValueError, match=r"'.*broken.mp4' is not a readable video \(ffmpeg: "):
+        video.read_video(broken)
