@@ -56,15 +56,16 @@ def test_unet_step_compiles_every_model_alike(repo_root, tmp_path):
     """--compile: each model is compiled with the same options (``aot_eager`` here, for CI's
     speed), timed after the compiling warm-up, and has ratios but no operator count."""
     out = tmp_path / "unet_step.json"
-    args = ("--tiny", "--device", "cpu", "--peers", "vdp", "--compile")
+    args = ("--tiny", "--device", "cpu", "--peers", "diffusers", "--compile")  # a dev extra
     _run(repo_root, "unet_step.py", *args, "--compile-backend", "aot_eager", "--json", str(out))
     result = json.loads(out.read_text())
     assert result["compile"] == {"dynamic": False, "backend": "aot_eager"}
     models = result["sizes"]["base"]["models"]
-    assert set(models) == {"ivref", "vdp"}
+    assert set(models) == {"ivref", "diffusers"}
     for row in models.values():
         assert row["train_ms"] > 0 and row["train_kernel_ops"] is None
-    assert models["vdp"]["train_ratio"] > 0 and "kernel_ops_ratio" not in models["vdp"]
+    peer = models["diffusers"]
+    assert peer["train_ratio"] > 0 and "kernel_ops_ratio" not in peer
 
 
 @pytest.mark.slow
