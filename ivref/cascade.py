@@ -427,6 +427,10 @@ class Cascade(nn.Module):
         non-finite weights. The manifest, written last, records each file's size and sha256.
         """
         directory = Path(dir)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(
+                f"{str(directory)!r} is a file; save_pretrained writes a folder: give its path"
+            )
         if (directory / MANIFEST).exists() and not overwrite:
             raise FileExistsError(
                 f"{str(directory)!r} already holds a cascade ({MANIFEST}); pass overwrite=True "

@@ -143,6 +143,10 @@ def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
     with pytest.raises(FileExistsError, match="already holds a cascade"):
         ci_cascade.save_pretrained(tmp_path)
     ci_cascade.save_pretrained(tmp_path, overwrite=True)
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(FileExistsError, match="'.*a_file' is a file; save_pretrained writes a"):
+        ci_cascade.save_pretrained(tmp_path / "a_file", overwrite=True)
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 @pytest.fixture(scope="module")
