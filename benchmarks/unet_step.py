@@ -500,11 +500,11 @@ def compile_options(args) -> dict | None:
     ivref's own ``Trainer(compile=True)`` uses them."""
     if not args.compile:
         return None
-    options = {"dynamic": False}
     if args.compile_backend:
-        return options | {"backend": args.compile_backend}
-    mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
-    return options | {"mode": mode}
+        return {"dynamic": False, "backend": args.compile_backend}
+    from ivref import train
+
+    return train.compile_options(torch.device(args.device))
 
 
 def device_name(device: str) -> str:

@@ -364,8 +364,7 @@ def distill_stage(
     option: CUDA graphs on a GPU) and the teacher's forward with the same options; text is
     padded to the encoder's ``max_length`` so every batch has one shape.
     """
-    if not isinstance(compile, bool | dict):
-        raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
+    train.check_compile(compile)
     train.check_count("to_steps", to_steps, none="the distill config's")
     train.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths

@@ -56,6 +56,12 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     return {"mode": mode, "dynamic": False}
 
 
+def check_compile(compile: Any) -> None:
+    """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
+    if not isinstance(compile, bool | dict):
+        raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
+
+
 def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> None:
     """``value`` must be an integer from ``minimum`` to 2**31 - 1 (or None, where ``none``
     says what None means); else a ValueError naming it and what is allowed."""
@@ -146,8 +152,7 @@ class Trainer:
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
-        if not isinstance(compile, bool | dict):
-            raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
+        check_compile(compile)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
         check_count("batch_size", batch_size, none="the stage's")
