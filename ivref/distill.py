@@ -387,7 +387,9 @@ def distill_stage(
             f"allowed: w_max >= {sampled:g}"
         )
     phases = plan(stage_cfg.sample_steps, d.to_steps if to_steps is None else to_steps, guided)
-    halvings = iter(halving_lengths(phases, halving_steps or d.halving_steps))
+    halvings = iter(
+        halving_lengths(phases, d.halving_steps if halving_steps is None else halving_steps)
+    )
     guided_steps = d.guided_steps if guided_steps is None else guided_steps
     lengths = [guided_steps if p == "guided" else next(halvings) for _, p, _ in phases]
     record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
@@ -405,7 +407,7 @@ def distill_stage(
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
         cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
         student = with_guidance_embedding(teacher, seed)
-        pad = config.text.max_length if compile is not False else 1  # one shape if compiled
+        pad = train.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed, device), text

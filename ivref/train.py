@@ -56,6 +56,12 @@ def compile_options(device: torch.device) -> dict[str, Any]:
     return {"mode": mode, "dynamic": False}
 
 
+def text_padding(config: configs.CascadeConfig, compile: bool | dict[str, Any]) -> int:
+    """``TextCache(pad_multiple=...)`` for a step compiled or not: compiled, every batch is
+    padded to the encoder's ``max_length`` tokens (captions never exceed it), one shape."""
+    return config.text.max_length if compile is not False else 1
+
+
 def check_compile(compile: Any) -> None:
     """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
     if not isinstance(compile, bool | dict):
@@ -162,7 +168,7 @@ class Trainer:
         device = cascade.parse_device(device)
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
-        self.out, self.device = Path(out), torch.device(device)
+        self.out, self.device = Path(out), device
         self.batch_size = batch_size or self.train_cfg.batch_size
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.evaluate, self.evaluate_every = evaluate, evaluate_every
@@ -174,9 +180,7 @@ class Trainer:
 
                 text_encoder = text.build_encoder(config.text)
             dataset = dataset or objectives.toy_dataset(self.stage, seed, self.device)
-            # compiled: every batch padded to max_length tokens (captions never exceed it)
-            multiple = config.text.max_length if self.compiled else 1
-            cache = objectives.TextCache(text_encoder, pad_multiple=multiple)
+            cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         self.objective = objective
         if model is None:
