@@ -37,6 +37,7 @@ from ivref import (
     cascade,
     checkpoint,
     configs,
+    distributed,
     errors,
     files,
     guidance,
@@ -365,6 +366,11 @@ def distill_stage(
     padded to the encoder's ``max_length`` so every batch has one shape.
     """
     train.check_compile(compile)
+    if distributed.current().world_size > 1 or distributed.launched_by_torchrun():
+        raise ValueError(
+            "distillation runs in one process (its data-parallel form is not built); run "
+            "ivref distill without torchrun, with --device cuda for a GPU"
+        )
     train.check_count("to_steps", to_steps, none="the distill config's")
     train.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
@@ -488,6 +494,10 @@ def step_counts(value: str) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal."""
+    if distributed.launched_by_torchrun():
+        raise errors.CLIError(
+            "ivref distill runs in one process, not under torchrun; use --device cuda for a GPU"
+        )
     device = cascade.parse_device(args.device)
     teacher = cascade.Cascade.from_pretrained(args.source)
     names = [s.name for s in teacher.trained_stages]

@@ -12,9 +12,9 @@ checkpoint (or skips the step, ``on_nonfinite="skip"``) and non-finite weights a
 saved; Ctrl-C or SIGTERM saves at the end of the current step.
 
 Run: ``ivref train --scale toy --stage tsr --steps 3000 --out runs/tsr`` (``--resume`` to
-continue), or ``python -m ivref.train ...`` with the same arguments. One process, one device:
-multi-GPU training (DDP or FSDP under torchrun) is not implemented yet, and launching this
-module under torchrun would train independent copies.
+continue), or ``python -m ivref.train ...`` with the same arguments. Data-parallel over N
+processes (GPUs, or CPU processes with gloo): ``torchrun --nproc_per_node=N -m ivref.train
+...``; ``--batch-size`` stays the global batch (distributed.py says what each process does).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from ivref import cascade, checkpoint, configs, errors, evaluate, files, objectives
+from ivref import cascade, checkpoint, configs, distributed, errors, evaluate, files, objectives
 
 LOG = "log.jsonl"
 Evaluator = Callable[["Trainer"], dict[str, float]]
@@ -133,6 +133,12 @@ class Trainer:
     ``max_length`` tokens and every batch has one shape; a custom objective whose
     shapes vary compiles once per shape. The first step includes the compilation. On a CPU
     it does not pay for the toy stages (docs/benchmarks.md).
+
+    In a process group of N (``torchrun``, see distributed.py) the trainer is data-parallel:
+    ``batch_size`` is the global batch, each process draws ``batch_size / N`` samples from
+    its own streams (seeded by ``distributed.stream_seed(seed, rank)``; a ``dataset`` you
+    pass is used as it is, so seed it per rank), the model is wrapped in
+    ``DistributedDataParallel``, and rank 0 alone writes the log and the checkpoints.
     """
 
     def __init__(
@@ -166,10 +172,18 @@ class Trainer:
         check_count("keep_checkpoints", keep_checkpoints)
         check_count("evaluate_every", evaluate_every, minimum=0)
         device = cascade.parse_device(device)
+        self.context = context = distributed.current()
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
         self.batch_size = batch_size or self.train_cfg.batch_size
+        if self.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of the {context.world_size} "
+                f"processes: it is the global batch, split evenly between them"
+            )
+        self.local_batch_size = self.batch_size // context.world_size
+        stream = distributed.stream_seed(seed, context.rank)  # this rank's data and noise
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.evaluate, self.evaluate_every = evaluate, evaluate_every
         self.on_nonfinite, self.progress = on_nonfinite, progress
@@ -179,7 +193,7 @@ class Trainer:
                 from ivref import text
 
                 text_encoder = text.build_encoder(config.text)
-            dataset = dataset or objectives.toy_dataset(self.stage, seed, self.device)
+            dataset = dataset or objectives.toy_dataset(self.stage, stream, self.device)
             cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         self.objective = objective
@@ -195,15 +209,20 @@ class Trainer:
             self.model.compile(
                 **(compile if isinstance(compile, dict) else compile_options(self.device))
             )
+        # several processes: DDP around the model (it broadcasts rank 0's weights)
+        self._ddp = distributed.wrap(self.model, context, self.device)
+        if context.world_size > 1:  # the EMA starts from the broadcast weights on every rank
+            self.ema.load_state_dict(self.model.state_dict())
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=self.train_cfg.lr,
             weight_decay=self.train_cfg.weight_decay,
             fused=True,  # one kernel for all parameters: ~3x cheaper than the per-tensor loop
         )
-        self.generator = torch.Generator().manual_seed(seed + 1)  # t, eps, dropout, crops
+        self.generator = torch.Generator().manual_seed(stream + 1)  # t, eps, dropout, crops
         self.step = 0
         self.signal: int | None = None  # set by Ctrl-C / SIGTERM during ``fit``
+        self._stop_agreed = False  # several processes: a signal reached one of them
         self._skipped = 0
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
@@ -219,6 +238,18 @@ class Trainer:
         return self.objective.data
 
     @property
+    def step_model(self) -> torch.nn.Module:
+        """What a training step calls: the model, or (several processes) DDP around it."""
+        if self.context.world_size == 1:
+            return self.model
+        if self._ddp.module is self.model:
+            return self._ddp
+        raise RuntimeError(
+            "Trainer.model was replaced after the trainer wrapped it in "
+            "DistributedDataParallel; pass the model as Trainer(model=...) instead"
+        )
+
+    @property
     def interrupted(self) -> bool:
         return self.signal is not None
 
@@ -228,7 +259,7 @@ class Trainer:
         """The objective's mean loss of one batch, drawing from the loop's generator."""
         batch = objectives.Batch(x, list(captions), is_image)
         return self.objective.loss(
-            self.model, batch, self.generator, self.device, self.train_cfg.bf16
+            self.step_model, batch, self.generator, self.device, self.train_cfg.bf16
         )
 
     def _nonfinite(self, what: str, value: float) -> None:
@@ -244,7 +275,7 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """Sample a batch, one AdamW step with warm-up and clipping, then the EMA update."""
-        batch = self.objective.sample(self.batch_size)
+        batch = self.objective.sample(self.local_batch_size)
         lr = learning_rate(self.step, self.train_cfg, self._total)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -259,7 +290,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
         # one wait for the device a step (both numbers at once), not one per number
-        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        loss_value, grad_norm = self._agree(loss.detach().float(), norm.float())
         row = {"loss": loss_value, "lr": lr}
         if not math.isfinite(loss_value):  # its gradients are not used either
             self.optimizer.zero_grad(set_to_none=True)
@@ -277,29 +308,54 @@ class Trainer:
         self.step += 1
         return row | {"grad_norm": grad_norm}
 
+    def _agree(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
+        """(loss, gradient norm) as numbers; with several processes the loss is their mean
+        and ``_stop_agreed`` says whether any was signalled, from one all-reduce (the norm,
+        of the averaged gradients, is the same on every rank)."""
+        world = self.context.world_size
+        if world == 1:
+            loss_value, grad_norm = torch.stack([loss, norm]).tolist()
+            return loss_value, grad_norm
+        signalled = torch.tensor(float(self.signal is not None), device=loss.device)
+        total = distributed.sum_over_ranks(torch.stack([loss, signalled]), self.context)
+        loss_value, grad_norm, signals = torch.stack([total[0] / world, norm, total[1]]).tolist()
+        if signals > 0:  # every rank stops after this step, signalled itself or not
+            self._stop_agreed = True
+            self.signal = self.signal or signal.SIGTERM
+        return loss_value, grad_norm
+
+    def _stopping(self) -> bool:
+        """Stop after this step: this process was signalled (several: all of them agreed)."""
+        return self._stop_agreed if self.context.world_size > 1 else self.signal is not None
+
     # -- checkpoints and the log ------------------------------------------------------
 
     def save(self) -> Path:
         """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go.
 
-        What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first.
+        What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first. With
+        several processes every rank calls it; rank 0 writes every rank's random states.
         """
         rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
         rng |= self.objective.rng_state()
-        with files.RunLock(self.out):
-            checkpoint.remove_stale(self.out)
+        states = distributed.gather(rng, self.context)
         self._saved_step = self.step
-        return checkpoint.save_run(
-            self.out,
-            step=self.step,
-            keep=self.keep_checkpoints,
-            config=self.config,
-            stage=self.stage.name,
-            model=self.model,
-            ema=self.ema,
-            optimizer=self.optimizer,
-            rng=rng,
-        )
+        if self.context.is_main:
+            with files.RunLock(self.out):
+                checkpoint.remove_stale(self.out)
+            path = checkpoint.save_run(
+                self.out,
+                step=self.step,
+                keep=self.keep_checkpoints,
+                config=self.config,
+                stage=self.stage.name,
+                model=self.model,
+                ema=self.ema,
+                optimizer=self.optimizer,
+                rng=distributed.pack_rng(states),
+            )
+        distributed.barrier(self.context)  # the checkpoint is on disk for every rank
+        return path if self.context.is_main else checkpoint.latest(self.out)
 
     def resume(self) -> int:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
@@ -324,18 +380,23 @@ class Trainer:
             except checkpoint.CheckpointError as err:
                 if path == found[0]:
                     raise
-                print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["train"])
-        self.objective.set_rng_state(state["rng"])
+                if self.context.is_main:
+                    print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+        rng = distributed.unpack_rng(state["rng"], self.context)
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["train"])
+        self.objective.set_rng_state(rng)
         self.step = state["step"]
         log = self.out / LOG
-        if log.is_file():
+        if self.context.is_main and log.is_file():
             files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
         self._log_open = True
+        distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
 
     def _log(self, row: dict[str, Any]) -> None:
+        if not self.context.is_main:
+            return
         if not self._log_open:  # a fresh run: a log left in the folder is not ours
             files.write_log(self.out / LOG, [])
             self._log_open = True
@@ -352,19 +413,21 @@ class Trainer:
         check_count("steps", steps, minimum=0)
         rows: list[dict[str, Any]] = []
         self._total = steps
+        main = self.context.is_main  # the one process that locks, evaluates, logs, prints
         with contextlib.ExitStack() as stack:
-            stack.enter_context(files.RunLock(self.out))
+            stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
             stack.enter_context(_save_on_signal(self))
             stack.enter_context(self._name_last_good())
             bar = stack.enter_context(
-                tqdm(total=steps, initial=self.step, disable=not self.progress)
+                tqdm(total=steps, initial=self.step, disable=not (self.progress and main))
             )  # closed before an error is reported, so the message is not lost in the bar
             bar.set_description(self.stage.name)
             start, start_step = time.perf_counter(), self.step
-            while self.step < steps and self.signal is None:
+            while self.step < steps and not self._stopping():
                 row = {"step": self.step + 1, **self.train_step()}
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
-                if self.evaluate and self.evaluate_every and self.step % self.evaluate_every == 0:
+                due = self.evaluate_every and self.step % self.evaluate_every == 0
+                if self.evaluate and due and main:
                     row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
                 self._log(row)
                 rows.append(row)
@@ -377,7 +440,8 @@ class Trainer:
                     self.save()
                 path = checkpoint.latest(self.out)
                 name = signal.Signals(self.signal).name
-                bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
+                if main:
+                    bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
         return rows
 
     @contextlib.contextmanager
@@ -430,7 +494,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: log + checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty OUT")
-    p.add_argument("--batch-size", type=positive_int, help="override the stage's TrainConfig")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        help="override the stage's TrainConfig; the global batch under torchrun",
+    )
     p.add_argument("--lr", type=positive_float, help="override the stage's TrainConfig")
     p.add_argument("--image-ratio", type=fraction, help="fraction of image samples (joint)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
@@ -597,17 +665,27 @@ def _newest_config(run: Path) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
-def _prepare_out(out: Path, resume: bool, force: bool) -> None:
-    """A fresh run needs an empty (or new) folder; --force clears a previous run from it."""
-    ours = [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
-    if resume or not out.is_dir() or not any(p.exists() for p in ours):
+def _ours(out: Path) -> list[Path]:
+    """What a run writes into its folder (what --force deletes)."""
+    return [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
+
+
+def _check_out(out: Path, resume: bool, force: bool) -> None:
+    """A fresh run needs an empty (or new) folder, or --force to clear a previous run."""
+    if resume or force or not out.is_dir() or not any(p.exists() for p in _ours(out)):
         return
-    if not force:
-        raise errors.CLIError(
-            f"{str(out)!r} already holds a run; pass --resume to continue it, --force to "
-            "start afresh there (deleting its log and checkpoints), or a new --out"
-        )
-    for path in ours:
+    raise errors.CLIError(
+        f"{str(out)!r} already holds a run; pass --resume to continue it, --force to "
+        "start afresh there (deleting its log and checkpoints), or a new --out"
+    )
+
+
+def _prepare_out(out: Path, resume: bool, force: bool) -> None:
+    """--force on a fresh run: delete a previous run's log and checkpoints from ``out``."""
+    _check_out(out, resume, force)
+    if resume or not force:
+        return
+    for path in _ours(out):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
@@ -615,17 +693,32 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ivref train``: build or resume the run, train to --steps, exit 128 + N on a signal."""
-    from ivref import text
+    """``ivref train``: build or resume the run, train to --steps, exit 128 + N on a signal.
 
+    Under ``torchrun`` every process runs this: each joins the process group and checks the
+    arguments; rank 0 alone locks and prepares the folder, and prints.
+    """
     device = cascade.parse_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")
-    with files.RunLock(args.out):
-        _prepare_out(args.out, args.resume, args.force)
+    try:
+        device = distributed.init_from_env(device)
+        return _train(args, device, distributed.current())
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
+    from ivref import text
+
+    with distributed.main_only(context, files.RunLock(args.out)):
+        _check_out(args.out, args.resume, args.force)  # on every rank: all fail alike
+        if context.is_main:
+            _prepare_out(args.out, args.resume, args.force)
+        distributed.barrier(context)  # the folder is ready before any rank reads it
         cfg, stage, notes = build_config(args)
-        for note in notes:
+        for note in notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -651,7 +744,9 @@ def run(args: argparse.Namespace) -> int:
             compile=args.compile,
         )
         if args.resume:
-            print(f"resuming {stage} from step {trainer.resume()}", file=sys.stderr)
+            step = trainer.resume()
+            if context.is_main:
+                print(f"resuming {stage} from step {step}", file=sys.stderr)
         trainer.fit(args.steps)
     where = f"{args.out}/{checkpoint.CHECKPOINTS}"
     if trainer.signal is not None:
@@ -659,7 +754,9 @@ def run(args: argparse.Namespace) -> int:
         raise errors.Interrupted(
             trainer.signal, f"stopped by {name} at step {trainer.step}; saved in {where}"
         )
-    print(f"step {trainer.step}: checkpoint in {where}, log in {args.out / LOG}", file=sys.stderr)
+    if context.is_main:
+        log = args.out / LOG
+        print(f"step {trainer.step}: checkpoint in {where}, log in {log}", file=sys.stderr)
     return 0
 
 

@@ -495,6 +495,14 @@ CLI_CASES = [
         "--stage 'nope': the cascade's trained stages are ['base', 'tsr', 'ssr1', 'ssr2']",
     ),
     Case(
+        "distill under torchrun",
+        ("distill", "--stage", "base", "--out", "{X}/d"),
+        2,
+        "ivref distill runs in one process, not under torchrun",
+        lambda ctx: ctx.monkeypatch.setenv("WORLD_SIZE", "2"),
+        "WORLD_SIZE=2 in the environment, as torchrun sets it",
+    ),
+    Case(
         "distill --from a folder that holds no cascade",
         ("distill", "--stage", "base", "--from", "{X}", "--out", "{X}/d"),
         2,
@@ -778,6 +786,26 @@ def _overwrite(ctx: Ctx):
     c.save_pretrained(ctx.tmp / "c")
 
 
+def _two_processes(ctx: Ctx) -> None:
+    from ivref import distributed
+
+    ctx.monkeypatch.setattr(distributed, "current", lambda: distributed.Context(0, 2, 0))
+
+
+def _odd_global_batch(ctx: Ctx):
+    from ivref import configs, train
+
+    _two_processes(ctx)
+    train.Trainer(configs.preset("ci"), "base", ctx.tmp / "r", batch_size=3, text_encoder=object())
+
+
+def _resume_by_another_world(ctx: Ctx):
+    from ivref import distributed
+
+    saved = distributed.pack_rng([{"train": torch.zeros(2, dtype=torch.uint8)}] * 2)
+    distributed.unpack_rng(saved, distributed.Context(0, 1, 0))
+
+
 def _unreadable_video(ctx: Ctx):
     from ivref import video
 
@@ -792,6 +820,20 @@ def _nan_video(ctx: Ctx):
 
 
 LIBRARY_CASES = [
+    LibCase(
+        "a global batch that does not split between the processes",
+        "train.Trainer(cfg, 'base', out, batch_size=3) in each of 2 torchrun processes",
+        ValueError,
+        "batch_size=3 must be a multiple of the 2 processes: it is the global batch",
+        _odd_global_batch,
+    ),
+    LibCase(
+        "resuming with another number of processes",
+        "Trainer.resume() (ivref train --resume) by 1 process, of a run 2 processes trained",
+        ValueError,
+        "this run was trained by 2 process(es) and is resumed by 1: each process has its own",
+        _resume_by_another_world,
+    ),
     LibCase(
         "a file ffmpeg cannot read",
         "video.read_video('broken.mp4')",

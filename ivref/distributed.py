@@ -1,0 +1,169 @@
+"""Several processes, one run: data-parallel training under ``torchrun`` [DDP].
+
+``torchrun --nproc_per_node=N -m ivref.train ...`` starts N copies of ``ivref train``. Each
+finds its rank in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK), joins the
+process group (NCCL between GPUs, gloo between CPU processes) and trains a replica of the
+model wrapped in ``DistributedDataParallel``, which averages the gradients over the
+processes during the backward pass:
+
+    batch      ``batch_size`` is the global batch: each of N processes draws B / N samples
+    streams    rank r draws its data and noise from its own generators, seeded by
+               stream_seed(seed, r); rank 0's are those of a single-process run, so a run of
+               one process is exactly the run it always was
+    weights    initialised from ``seed`` on every rank, so the replicas and their EMAs start
+               equal; AdamW steps on the same averaged gradient keep them equal
+    agreement  the loss and "a signal arrived" are summed over the processes in one
+               all-reduce a step, so every rank logs the mean loss and skips, stops and
+               saves at the same step
+    files      rank 0 alone holds the run lock and writes the log and the checkpoints; a
+               checkpoint holds every rank's random states, so ``--resume`` with the same
+               number of processes continues exactly (another number is refused)
+
+On a single process every function here is a no-op or returns the trivial answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+WORLD_SIZE_KEY = "world_size"  # in a checkpoint's RNG states: the processes that wrote it
+_STREAM_STRIDE = 0x9E3779B97F4A7C15  # an odd 64-bit constant: distinct seeds per rank
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run: ``rank`` of ``world_size``, GPU ``local_rank``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+
+def current() -> Context:
+    """The context of this process (rank 0 of 1 unless a process group is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return Context()
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return Context(dist.get_rank(), dist.get_world_size(), local)
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment says this process is one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes, if any; returns this process's device.
+
+    A CUDA run gives every process its own GPU, ``cuda:LOCAL_RANK`` (so ``--device cuda``,
+    not ``cuda:N``); a CPU run uses gloo. Without torchrun: nothing happens, ``device`` back.
+    """
+    if not launched_by_torchrun():
+        return device
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(
+                f"device {str(device)!r} under torchrun: give --device cuda, and each process "
+                "takes the GPU of its LOCAL_RANK"
+            )
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK {local}, but only {torch.cuda.device_count()} CUDA device(s): "
+                "start at most one process per GPU (--nproc_per_node)"
+            )
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ValueError(f"device {str(device)!r} under torchrun; allowed: cpu or cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a command that joined it)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def stream_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s data and noise generators: ``seed`` itself on rank 0,
+    else (seed + rank * 0x9E3779B97F4A7C15) mod 2**63, distinct for each rank."""
+    return seed if rank == 0 else (seed + rank * _STREAM_STRIDE) % 2**63
+
+
+def wrap(model: torch.nn.Module, context: Context, device: torch.device) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` when there are several processes, else itself.
+    DDP broadcasts rank 0's parameters and buffers, then averages gradients in backward."""
+    if context.world_size == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def sum_over_ranks(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """The elementwise sum of ``values`` over every process (one all-reduce)."""
+    if context.world_size > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather(obj: Any, context: Context) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if context.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * context.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(context: Context) -> None:
+    """Wait until every process gets here."""
+    if context.world_size > 1:
+        dist.barrier()
+
+
+def main_only(context: Context, manager: contextlib.AbstractContextManager):
+    """``manager`` on rank 0; a context that does nothing on the others (e.g. the run lock)."""
+    return manager if context.is_main else contextlib.nullcontext()
+
+
+def pack_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One checkpoint's RNG tensors from every rank's: rank 0's under their own names (what a
+    single process saves), rank r's as ``rank<r>/<name>``, and the number of ranks."""
+    packed = dict(states[0])
+    for r, state in enumerate(states[1:], start=1):
+        packed |= {f"rank{r}/{k}": v for k, v in state.items()}
+    if len(states) > 1:
+        packed[WORLD_SIZE_KEY] = torch.tensor([len(states)], dtype=torch.int64)
+    return packed
+
+
+def unpack_rng(packed: dict[str, torch.Tensor], context: Context) -> dict[str, torch.Tensor]:
+    """This rank's RNG states from a checkpoint's; a ValueError if another number of processes
+    wrote it (their random streams cannot be split or merged exactly)."""
+    saved = int(packed[WORLD_SIZE_KEY]) if WORLD_SIZE_KEY in packed else 1
+    if saved != context.world_size:
+        how = "one process" if saved == 1 else f"torchrun --nproc_per_node={saved}"
+        raise ValueError(
+            f"this run was trained by {saved} process(es) and is resumed by "
+            f"{context.world_size}: each process has its own data and noise streams, so "
+            f"resume it with {how}, or start a new run"
+        )
+    if context.rank == 0:
+        return {k: v for k, v in packed.items() if "/" not in k and k != WORLD_SIZE_KEY}
+    prefix = f"rank{context.rank}/"
+    return {k.removeprefix(prefix): v for k, v in packed.items() if k.startswith(prefix)}

@@ -1,0 +1,236 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) against a re-derivation.
+
+The two-process runs are real ``torchrun`` launches of ``ivref train`` at ci scale (~10 s
+each). What they must equal is worked out here in one process, from the library's parts:
+each rank's batch and noise from its own streams, the gradients averaged, clipped, one AdamW
+step, the EMA.
+"""
+
+import argparse
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ivref import checkpoint, cli, configs, distill, distributed, text, train
+
+STEPS, BATCH, WORLD = 3, 4, 2
+ARGS = ["--scale", "ci", "--stage", "base", "--batch-size", str(BATCH), "--no-bf16"]
+
+
+def _torchrun(*args, timeout=180, wait=True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={WORLD}", "-m", "ivref.train", *ARGS, *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-process run of STEPS steps, a checkpoint after every step."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    _torchrun("--steps", str(STEPS), "--out", str(out), "--checkpoint-every", "1",
+              "--keep-checkpoints", str(STEPS))  # fmt: skip
+    return out
+
+
+def _state(run_dir, step, part):
+    return load_file(run_dir / checkpoint.CHECKPOINTS / f"step-{step:08d}" / f"{part}.safetensors")
+
+
+def _config():
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    cfg, stage, _ = train.build_config(parser.parse_args([*ARGS, "--steps", "1", "--out", "x"]))
+    return cfg, stage
+
+
+def test_two_processes_take_the_averaged_gradient_step(run, tmp_path):
+    """Rank r's loss on its own B/2 samples; the mean of both ranks' gradients, clipped;
+    AdamW; EMA: the checkpoints of the 2-process run, step by step."""
+    cfg, stage = _config()
+    train_cfg = cfg.stage(stage).train
+    encoder = text.build_encoder(cfg.text)
+    ranks = [
+        train.Trainer(
+            cfg,
+            stage,
+            tmp_path / f"rank{r}",
+            text_encoder=encoder,
+            progress=False,
+            batch_size=BATCH // WORLD,
+            seed=distributed.stream_seed(0, r),
+        )
+        for r in range(WORLD)
+    ]  # fmt: skip; their objectives and generators are rank r's streams
+    model = train.Trainer(cfg, stage, tmp_path / "m", text_encoder=encoder, progress=False).model
+    ema = copy.deepcopy(model)
+    params = list(model.parameters())
+    adamw = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    log = train.read_log(run)
+    captions = []
+    for step in range(STEPS):
+        for group in adamw.param_groups:
+            group["lr"] = train.learning_rate(step, train_cfg, STEPS)
+        losses, grads = [], []
+        for r in ranks:
+            batch = r.objective.sample(BATCH // WORLD)
+            captions.append(batch.captions)
+            loss = r.objective.loss(model.train(), batch, r.generator, torch.device("cpu"))
+            grads.append(torch.autograd.grad(loss, params))
+            losses.append(loss.item())
+        for p, *g in zip(params, *grads, strict=True):
+            p.grad = sum(g) / WORLD
+        norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+        adamw.step()
+        train.ema_update(ema, model, train.ema_decay_at(step, train_cfg.ema_decay))
+        assert log[step]["loss"] == pytest.approx(sum(losses) / WORLD, rel=1e-5)
+        assert log[step]["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
+        for part, module in (("model", model), ("ema", ema)):
+            saved = _state(run, step + 1, part)
+            for name, value in module.state_dict().items():
+                torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-6)
+    assert captions[0] != captions[1]  # the ranks drew different samples
+
+
+def test_resume_with_two_processes_continues_exactly(run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
+    _torchrun("--steps", str(STEPS), "--out", str(again), "--resume")
+    for part in ("model", "ema", "optimizer"):
+        straight, resumed = _state(run, STEPS, part), _state(again, STEPS, part)
+        assert straight.keys() == resumed.keys()
+        for name, value in straight.items():
+            assert torch.equal(value, resumed[name]), (part, name)
+    assert train.read_log(again) == train.read_log(run)[:-1] + train.read_log(again)[-1:]
+    assert train.read_log(again)[-1]["loss"] == train.read_log(run)[-1]["loss"]
+
+
+def test_one_process_refuses_to_resume_a_two_process_run(run, tmp_path, capsys):
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    status = train.main([*ARGS, "--steps", str(STEPS + 1), "--out", str(again), "--resume"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "trained by 2 process(es) and is resumed by 1" in err
+    assert "torchrun --nproc_per_node=2" in err
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    launcher = _torchrun("--steps", "100000", "--out", str(out), "--checkpoint-every", "1000",
+                         wait=False)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(train.read_log(out) if (out / train.LOG).is_file() else []) < 3:
+            assert time.monotonic() < deadline and launcher.poll() is None, "no steps logged"
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                  text=True).stdout.split()  # fmt: skip
+        assert len(children) == WORLD
+        os.kill(int(children[-1]), signal.SIGTERM)  # one worker only
+        output = launcher.communicate(timeout=120)[0].decode()
+    finally:
+        launcher.kill()
+    assert "SIGTERM: checkpoint saved at step" in output, output[-3000:]
+    last = checkpoint.latest(out)
+    log = train.read_log(out)
+    assert int(last.name.removeprefix("step-")) == log[-1]["step"] < 100000
+    assert checkpoint.verify(last)["step"] == log[-1]["step"]
+
+
+COMPILED_WORKER = """
+import argparse, sys, torch
+from ivref import distributed, train
+
+parser = argparse.ArgumentParser()
+train.add_arguments(parser)
+args = parser.parse_args(sys.argv[1:])
+cfg, stage, _ = train.build_config(args)
+distributed.init_from_env(torch.device("cpu"))
+trainer = train.Trainer(cfg, stage, args.out, progress=False, checkpoint_every=args.steps,
+                        compile={"backend": "aot_eager", "dynamic": False})
+trainer.fit(args.steps)
+distributed.shutdown()
+"""
+
+
+def test_a_compiled_step_under_ddp_matches_the_eager_run(run, tmp_path):
+    """The model compiled in place (aot_eager: the graph capture, no code generation), then
+    wrapped in DDP: the same losses and weights as the eager 2-process run."""
+    script = tmp_path / "worker.py"
+    script.write_text(COMPILED_WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={WORLD}", str(script), *ARGS, "--steps", str(STEPS)]
+    command += ["--out", str(tmp_path / "run")]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager, compiled = train.read_log(run), train.read_log(tmp_path / "run")
+    for a, b in zip(eager, compiled, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    for name, value in _state(run, STEPS, "model").items():
+        torch.testing.assert_close(_state(tmp_path / "run", STEPS, "model")[name], value)
+
+
+def test_pack_and_unpack_rng_states():
+    states = [{"torch": torch.tensor([r, 1], dtype=torch.uint8), "data": torch.ones(2) * r}
+              for r in range(3)]  # fmt: skip
+    packed = distributed.pack_rng(states)
+    ranks = [f"rank{r}/{k}" for r in (1, 2) for k in ("torch", "data")]
+    assert sorted(packed) == sorted(["torch", "data", *ranks, distributed.WORLD_SIZE_KEY])
+    for r in range(3):
+        unpacked = distributed.unpack_rng(packed, distributed.Context(r, 3, r))
+        assert unpacked.keys() == states[r].keys()
+        for k, v in states[r].items():
+            assert torch.equal(unpacked[k], v)
+    assert distributed.pack_rng(states[:1]) == states[0]  # one process: as it always was
+    with pytest.raises(ValueError, match="trained by 3 process.*resumed by 2"):
+        distributed.unpack_rng(packed, distributed.Context(0, 2, 0))
+
+
+def test_stream_seeds_are_distinct_and_rank_zero_keeps_the_seed():
+    for seed in (0, 7, 2**63 - 1):
+        seeds = [distributed.stream_seed(seed, r) for r in range(64)]
+        assert seeds[0] == seed
+        assert len(set(seeds)) == 64
+        assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_the_global_batch_must_split_evenly(monkeypatch, tmp_path):
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Context(0, 2, 0))
+    cfg = configs.preset("ci")
+    with pytest.raises(ValueError, match="batch_size=3 must be a multiple of the 2 processes"):
+        train.Trainer(cfg, "base", tmp_path, batch_size=3, text_encoder=object())
+
+
+def test_single_process_context_and_no_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.current() == distributed.Context(0, 1, 0)
+    assert not distributed.launched_by_torchrun()
+    assert distributed.init_from_env(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched_by_torchrun()
+    with pytest.raises(ValueError, match="under torchrun; allowed: cpu or cuda"):
+        distributed.init_from_env(torch.device("meta"))
+
+
+def test_distillation_refuses_torchrun(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status = cli.main(["distill", "--stage", "base", "--from", "data/toy", "--out", str(tmp_path)])
+    assert status == 2
+    assert "not under torchrun" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="distillation runs in one process"):
+        distill.distill_stage(None, "base", tmp_path)
