@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,15 +153,19 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 # ---------------------------------------------------------------------------------------
 
 
+def _state_dict(obj: Any) -> Mapping[str, Any]:
+    return obj if isinstance(obj, Mapping) else obj.state_dict()
+
+
 def save(
     directory: str | os.PathLike,
     *,
     config: configs.CascadeConfig,
     stage: str,
     step: int,
-    model: torch.nn.Module,
-    ema: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
+    ema: torch.nn.Module | Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     rng: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -170,17 +175,18 @@ def save(
     renamed to ``directory`` (an existing one is moved aside first and removed after). On
     any error the temporary folder is removed and ``directory`` is as it was. ``rng`` maps
     names to RNG states; ``extra`` is JSON-able trainer state. Non-finite weights raise
-    ``NonFiniteError`` before anything is written.
+    ``NonFiniteError`` before anything is written. ``model``, ``ema`` and ``optimizer`` may
+    be given as their state dicts (a sharded model's, gathered whole).
     """
     directory = Path(directory)
-    model_state, ema_state = model.state_dict(), ema.state_dict()
+    model_state, ema_state = _state_dict(model), _state_dict(ema)
     check_finite(model_state, f"model weights at step {step}")
     check_finite(ema_state, f"EMA weights at step {step}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        opt_tensors, opt_meta = _optimizer_split(optimizer.state_dict())
+        opt_tensors, opt_meta = _optimizer_split(_state_dict(optimizer))
         _write_tensors(tmp / "model.safetensors", model_state)
         _write_tensors(tmp / "ema.safetensors", ema_state)
         _write_tensors(tmp / "optimizer.safetensors", opt_tensors)
@@ -370,10 +376,9 @@ def check_compatible(
     return _diff(saved.to_dict(), current.to_dict())
 
 
-def load_state_dict_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], where: str
-) -> None:
-    """module.load_state_dict, but a key or shape mismatch names the file and the tensors."""
+def check_fits(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """A CheckpointError naming the file and the tensors unless ``state`` has exactly the keys
+    and shapes of ``module.state_dict()`` (a sharded module's: their whole shapes)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -391,7 +396,49 @@ def load_state_dict_strict(
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise CheckpointError(f"{where} does not fit the model: " + ", ".join(parts))
+
+
+def load_state_dict_strict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], where: str
+) -> None:
+    """module.load_state_dict, but a key or shape mismatch names the file and the tensors."""
+    check_fits(module, state, where)
+    own = module.state_dict()
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def read(
+    directory: str | os.PathLike,
+    *,
+    config: configs.CascadeConfig | None = None,
+    stage: str | None = None,
+) -> dict[str, Any]:
+    """A verified checkpoint's contents: {model, ema, optimizer (state dicts), step, rng,
+    extra, config, stage, diff}. With ``config``, the saved stage's U-Net and text encoder
+    must match (``diff`` lists any other differences, e.g. a changed learning rate)."""
+    directory = Path(directory)
+    meta = verify(directory)
+    stage = stage or meta["stage"]
+    if stage != meta["stage"]:
+        raise CheckpointError(f"{str(directory)!r} holds stage {meta['stage']!r}, not {stage!r}")
+    diff = check_compatible(meta["config"], config, stage, str(directory)) if config else []
+    opt_meta = json.loads((directory / "optimizer.json").read_text())
+    return {
+        "model": _read_tensors(directory / "model.safetensors"),
+        "ema": _read_tensors(directory / "ema.safetensors"),
+        "optimizer": _optimizer_join(_read_tensors(directory / "optimizer.safetensors"), opt_meta),
+        "step": meta["step"],
+        "rng": read_rng(directory),
+        "extra": meta["extra"],
+        "config": meta["config"],
+        "stage": stage,
+        "diff": diff,
+    }
+
+
+def read_rng(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A checkpoint's RNG states (every rank's, for a run of several processes)."""
+    return _read_tensors(Path(directory) / "rng.safetensors")
 
 
 def load(
@@ -409,33 +456,16 @@ def load(
     must match (``diff`` lists any other differences, e.g. a changed learning rate).
     """
     directory = Path(directory)
-    meta = verify(directory)
-    stage = stage or meta["stage"]
-    if stage != meta["stage"]:
-        raise CheckpointError(f"{str(directory)!r} holds stage {meta['stage']!r}, not {stage!r}")
-    diff = check_compatible(meta["config"], config, stage, str(directory)) if config else []
-    load_state_dict_strict(
-        model, _read_tensors(directory / "model.safetensors"), str(directory / "model.safetensors")
-    )
-    load_state_dict_strict(
-        ema, _read_tensors(directory / "ema.safetensors"), str(directory / "ema.safetensors")
-    )
-    opt_meta = json.loads((directory / "optimizer.json").read_text())
-    opt_state = _optimizer_join(_read_tensors(directory / "optimizer.safetensors"), opt_meta)
+    state = read(directory, config=config, stage=stage)
+    load_state_dict_strict(model, state.pop("model"), str(directory / "model.safetensors"))
+    load_state_dict_strict(ema, state.pop("ema"), str(directory / "ema.safetensors"))
     try:
-        optimizer.load_state_dict(opt_state)
+        optimizer.load_state_dict(state.pop("optimizer"))
     except (ValueError, KeyError) as err:
         raise CheckpointError(
             f"{str(directory / 'optimizer.json')!r} does not fit: {err}"
         ) from None
-    return {
-        "step": meta["step"],
-        "rng": _read_tensors(directory / "rng.safetensors"),
-        "extra": meta["extra"],
-        "config": meta["config"],
-        "stage": stage,
-        "diff": diff,
-    }
+    return state
 
 
 # ---------------------------------------------------------------------------------------

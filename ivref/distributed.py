@@ -19,6 +19,12 @@ processes during the backward pass:
                checkpoint holds every rank's random states, so ``--resume`` with the same
                number of processes continues exactly (another number is refused)
 
+With ``--fsdp`` the model, its gradients, the AdamW state and the EMA are sharded between the
+processes instead of copied (FSDP2, ``torch.distributed.fsdp.fully_shard``, one unit per
+U-Net block) [FSDP]: each holds 1/N of them and gathers a block's weights only while it
+runs. The step computes the same numbers as DDP's; checkpoints are gathered whole on rank 0
+and written in the single-process format, so they load anywhere.
+
 On a single process every function here is a no-op or returns the trivial answer.
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,3 +174,92 @@ def unpack_rng(packed: dict[str, torch.Tensor], context: Context) -> dict[str, t
         return {k: v for k, v in packed.items() if "/" not in k and k != WORLD_SIZE_KEY}
     prefix = f"rank{context.rank}/"
     return {k.removeprefix(prefix): v for k, v in packed.items() if k.startswith(prefix)}
+
+
+def broadcast(obj: Any, context: Context) -> Any:
+    """Rank 0's ``obj`` (picklable), on every rank."""
+    if context.world_size == 1:
+        return obj
+    box = [obj if context.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def scalar(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from one that may be a DTensor (a sharded model's gradient norm)."""
+    full = getattr(value, "full_tensor", None)
+    return full() if full is not None else value
+
+
+# -- FSDP: sharded model, gradients, optimizer state and EMA ------------------------------------
+
+
+def broadcast_module(module: torch.nn.Module, context: Context) -> None:
+    """Every rank's parameters and buffers become rank 0's (before sharding, which assumes
+    equal weights everywhere; DDP does this itself)."""
+    if context.world_size > 1:
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+
+def shard(module: torch.nn.Module, units: tuple[type[torch.nn.Module], ...]) -> None:
+    """FSDP2 in place: each submodule of a ``units`` type is one unit (its weights gathered
+    while it runs, then freed), the rest of ``module`` the root unit [FSDP]."""
+    from torch.distributed.fsdp import fully_shard
+
+    for sub in module.modules():
+        if sub is not module and isinstance(sub, units):
+            fully_shard(sub)
+    fully_shard(module)
+
+
+def _dcp():
+    """torch's state-dict helpers for sharded modules (imported when first needed)."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _whole(**kwargs: bool):
+    return _dcp().StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _trainable_names(module: torch.nn.Module) -> list[str]:
+    """Parameter names in the optimizer's order (``Trainer`` passes the trainable ones)."""
+    return [name for name, p in module.named_parameters() if p.requires_grad]
+
+
+def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded module's whole state dict, on rank 0's CPU ({} on other ranks); every rank
+    must call it."""
+    return _dcp().get_model_state_dict(module, options=_whole(cpu_offload=True))
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state of a sharded module, whole, on rank 0 ({} on other ranks), keyed
+    like ``optimizer.state_dict()`` of one process (parameter index, not name)."""
+    state = _dcp().get_optimizer_state_dict(module, optimizer, options=_whole(cpu_offload=True))
+    if not state:
+        return {}
+    index = {name: i for i, name in enumerate(_trainable_names(module))}
+    groups = [g | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Shard rank 0's whole ``state`` into a sharded module (the others pass {})."""
+    _dcp().set_model_state_dict(module, dict(state), options=_whole(broadcast_from_rank0=True))
+
+
+def load_full_optimizer_state(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
+) -> None:
+    """Shard rank 0's whole optimizer ``state`` (one process's layout) into ``optimizer``."""
+    if state:
+        names = _trainable_names(module)
+        groups = [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+        state = {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+    _dcp().set_optimizer_state_dict(
+        module, optimizer, dict(state), options=_whole(broadcast_from_rank0=True)
+    )

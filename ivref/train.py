@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import shutil
 import signal
@@ -161,6 +162,7 @@ class Trainer:
         on_nonfinite: OnNonFinite = "stop",
         progress: bool = True,
         compile: bool | dict[str, Any] = False,
+        fsdp: bool = False,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
@@ -173,6 +175,14 @@ class Trainer:
         check_count("evaluate_every", evaluate_every, minimum=0)
         device = cascade.parse_device(device)
         self.context = context = distributed.current()
+        if not isinstance(fsdp, bool):
+            raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
+        if fsdp and context.world_size == 1:
+            raise ValueError(
+                "fsdp=True shards the model between processes, and this is the only one: "
+                "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
+            )
+        self.fsdp = fsdp
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
@@ -203,16 +213,7 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the
                 torch.manual_seed(seed)  # global RNG is restored afterwards
                 model = VideoUNet(self.stage.unet)
-        self.model = model.to(self.device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        if self.compiled:  # after the EMA copy, which stays eager
-            self.model.compile(
-                **(compile if isinstance(compile, dict) else compile_options(self.device))
-            )
-        # several processes: DDP around the model (it broadcasts rank 0's weights)
-        self._ddp = distributed.wrap(self.model, context, self.device)
-        if context.world_size > 1:  # the EMA starts from the broadcast weights on every rank
-            self.ema.load_state_dict(self.model.state_dict())
+        self._place(model.to(self.device), compile)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=self.train_cfg.lr,
@@ -228,6 +229,27 @@ class Trainer:
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
         self._saved_step: int | None = None  # the step of the last checkpoint written
 
+    def _place(self, model: torch.nn.Module, compile: bool | dict[str, Any]) -> None:
+        """``self.model`` and ``self.ema``: sharded (FSDP), compiled, DDP-wrapped as asked."""
+        context = self.context
+        if self.fsdp:  # sharding assumes equal weights everywhere: rank 0's
+            distributed.broadcast_module(model, context)
+        self.model = model
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        if self.fsdp:  # the EMA is sharded like the model: each rank averages its shard
+            from ivref.unet3d import SpaceTimeBlock
+
+            for module in (self.model, self.ema):
+                distributed.shard(module, (SpaceTimeBlock,))
+        if self.compiled:  # after the EMA copy, which stays eager
+            self.model.compile(
+                **(compile if isinstance(compile, dict) else compile_options(self.device))
+            )
+        # several processes, no FSDP: DDP around the model (it broadcasts rank 0's weights)
+        self._ddp = self.model if self.fsdp else distributed.wrap(model, context, self.device)
+        if context.world_size > 1 and not self.fsdp:  # the EMA from the broadcast weights
+            self.ema.load_state_dict(self.model.state_dict())
+
     # The default objective's parts, where notebooks and evaluators look for them.
     @property
     def text(self) -> objectives.TextCache:
@@ -242,7 +264,7 @@ class Trainer:
         """What a training step calls: the model, or (several processes) DDP around it."""
         if self.context.world_size == 1:
             return self.model
-        if self._ddp.module is self.model:
+        if self._ddp is self.model or self._ddp.module is self.model:  # FSDP, DDP
             return self._ddp
         raise RuntimeError(
             "Trainer.model was replaced after the trainer wrapped it in "
@@ -290,7 +312,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
         # one wait for the device a step (both numbers at once), not one per number
-        loss_value, grad_norm = self._agree(loss.detach().float(), norm.float())
+        loss_value, grad_norm = self._agree(loss.detach().float(), distributed.scalar(norm))
         row = {"loss": loss_value, "lr": lr}
         if not math.isfinite(loss_value):  # its gradients are not used either
             self.optimizer.zero_grad(set_to_none=True)
@@ -314,11 +336,12 @@ class Trainer:
         of the averaged gradients, is the same on every rank)."""
         world = self.context.world_size
         if world == 1:
-            loss_value, grad_norm = torch.stack([loss, norm]).tolist()
+            loss_value, grad_norm = torch.stack([loss, norm.float()]).tolist()
             return loss_value, grad_norm
         signalled = torch.tensor(float(self.signal is not None), device=loss.device)
         total = distributed.sum_over_ranks(torch.stack([loss, signalled]), self.context)
-        loss_value, grad_norm, signals = torch.stack([total[0] / world, norm, total[1]]).tolist()
+        numbers = torch.stack([total[0] / world, norm.float(), total[1]])
+        loss_value, grad_norm, signals = numbers.tolist()
         if signals > 0:  # every rank stops after this step, signalled itself or not
             self._stop_agreed = True
             self.signal = self.signal or signal.SIGTERM
@@ -340,6 +363,10 @@ class Trainer:
         rng |= self.objective.rng_state()
         states = distributed.gather(rng, self.context)
         self._saved_step = self.step
+        model, ema, optimizer = self.model, self.ema, self.optimizer
+        if self.fsdp:  # gathered whole on rank 0, in one process's layout
+            model, ema = distributed.full_state(model), distributed.full_state(ema)
+            optimizer = distributed.full_optimizer_state(self.model, self.optimizer)
         if self.context.is_main:
             with files.RunLock(self.out):
                 checkpoint.remove_stale(self.out)
@@ -349,9 +376,9 @@ class Trainer:
                 keep=self.keep_checkpoints,
                 config=self.config,
                 stage=self.stage.name,
-                model=self.model,
-                ema=self.ema,
-                optimizer=self.optimizer,
+                model=model,
+                ema=ema,
+                optimizer=optimizer,
                 rng=distributed.pack_rng(states),
             )
         distributed.barrier(self.context)  # the checkpoint is on disk for every rank
@@ -361,27 +388,12 @@ class Trainer:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
 
         A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
-        before it is used.
+        before it is used. With FSDP, rank 0 reads it and shards it to the others.
         """
         found = checkpoint.run_checkpoints(self.out)
         if not found:
             raise checkpoint.CheckpointError(f"no checkpoint in {str(self.out)!r} to resume from")
-        for path in reversed(found):
-            try:
-                state = checkpoint.load(
-                    path,
-                    model=self.model,
-                    ema=self.ema,
-                    optimizer=self.optimizer,
-                    config=self.config,
-                    stage=self.stage.name,
-                )
-                break
-            except checkpoint.CheckpointError as err:
-                if path == found[0]:
-                    raise
-                if self.context.is_main:
-                    print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+        state = self._load_sharded(found) if self.fsdp else self._load(found)
         rng = distributed.unpack_rng(state["rng"], self.context)
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["train"])
@@ -393,6 +405,52 @@ class Trainer:
         self._log_open = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
+
+    def _newest(self, found: list[Path], read: Callable[[Path], Any]) -> tuple[Path, Any]:
+        """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
+        for path in reversed(found):
+            try:
+                return path, read(path)
+            except checkpoint.CheckpointError as err:
+                if path == found[0]:
+                    raise
+                if self.context.is_main:
+                    print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def _load(self, found: list[Path]) -> dict[str, Any]:
+        """Every rank loads the newest good checkpoint into its model, EMA and optimizer."""
+        parts = {"model": self.model, "ema": self.ema, "optimizer": self.optimizer}
+        read = functools.partial(
+            checkpoint.load, **parts, config=self.config, stage=self.stage.name
+        )
+        return self._newest(found, read)[1]
+
+    def _load_sharded(self, found: list[Path]) -> dict[str, Any]:
+        """FSDP: rank 0 reads and checks the newest good checkpoint, every rank takes its
+        shards of it, and reads the step and the RNG states itself."""
+        path, state, failure = None, {}, None
+        if self.context.is_main:
+            read = functools.partial(checkpoint.read, config=self.config, stage=self.stage.name)
+            try:
+                path, state = self._newest(found, read)
+                for part in ("model", "ema"):
+                    checkpoint.check_fits(
+                        self.model, state[part], str(path / f"{part}.safetensors")
+                    )
+            except checkpoint.CheckpointError as err:
+                failure = err
+        path, failure = distributed.broadcast((path, failure), self.context)
+        if failure is not None:  # on every rank alike
+            raise failure
+        distributed.load_full_state(self.model, state.get("model", {}))
+        distributed.load_full_state(self.ema, state.get("ema", {}))
+        distributed.load_full_optimizer_state(
+            self.model, self.optimizer, state.get("optimizer", {})
+        )
+        if not self.context.is_main:
+            state = {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
+        return state
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.context.is_main:
@@ -427,7 +485,7 @@ class Trainer:
                 row = {"step": self.step + 1, **self.train_step()}
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
-                if self.evaluate and due and main:
+                if self.evaluate and due and (main or self.fsdp):  # FSDP: every rank samples
                     row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
                 self._log(row)
                 rows.append(row)
@@ -514,6 +572,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard model, gradients, AdamW state and EMA between processes",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -742,6 +805,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             evaluate_every=args.eval_every,
             on_nonfinite=args.on_nan,
             compile=args.compile,
+            fsdp=args.fsdp,
         )
         if args.resume:
             step = trainer.resume()

@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun: two CPU processes (gloo) against a re-derivation.
+"""Data-parallel training under torchrun: two CPU processes (gloo) against a re-derivation,
+and sharded (FSDP) training against data-parallel.
 
 The two-process runs are real ``torchrun`` launches of ``ivref train`` at ci scale (~10 s
 each). What they must equal is worked out here in one process, from the library's parts:
@@ -8,6 +9,7 @@ step, the EMA.
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import signal
@@ -149,6 +151,66 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
     log = train.read_log(out)
     assert int(last.name.removeprefix("step-")) == log[-1]["step"] < 100000
     assert checkpoint.verify(last)["step"] == log[-1]["step"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """The run of ``run``, with the model, gradients, AdamW state and EMA sharded (FSDP2)."""
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    _torchrun("--steps", str(STEPS), "--out", str(out), "--checkpoint-every", "1",
+              "--keep-checkpoints", str(STEPS), "--fsdp")  # fmt: skip
+    return out
+
+
+def _assert_close_states(a, b, parts=("model", "ema", "optimizer"), step=STEPS):
+    for part in parts:
+        sa, sb = _state(a, step, part), _state(b, step, part)
+        assert sa.keys() == sb.keys()
+        for name, value in sa.items():
+            torch.testing.assert_close(sb[name], value, rtol=1e-5, atol=1e-6, msg=part + name)
+
+
+def test_sharded_training_takes_the_same_steps_as_ddp(run, fsdp_run):
+    """FSDP reduce-scatters what DDP all-reduces: the same losses, norms, weights, EMA and
+    AdamW moments, to float rounding; its checkpoints have one process's layout."""
+    for a, b in zip(train.read_log(run), train.read_log(fsdp_run), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    for step in range(1, STEPS + 1):
+        _assert_close_states(run, fsdp_run, step=step)
+    meta = checkpoint.read_config(checkpoint.latest(fsdp_run))
+    assert json.loads((checkpoint.latest(fsdp_run) / "optimizer.json").read_text()) == json.loads(
+        (checkpoint.latest(run) / "optimizer.json").read_text()
+    )
+    assert meta["step"] == STEPS
+
+
+def test_sharded_resume_continues_exactly(fsdp_run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(fsdp_run, again)
+    shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
+    _torchrun("--steps", str(STEPS), "--out", str(again), "--resume", "--fsdp")
+    for part in ("model", "ema", "optimizer"):
+        straight, resumed = _state(fsdp_run, STEPS, part), _state(again, STEPS, part)
+        for name, value in straight.items():
+            assert torch.equal(value, resumed[name]), (part, name)
+
+
+def test_a_ddp_run_resumes_sharded(run, tmp_path):
+    """A checkpoint is a checkpoint: DDP's step 2 resumed with --fsdp reaches DDP's step 3."""
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
+    _torchrun("--steps", str(STEPS), "--out", str(again), "--resume", "--fsdp")
+    _assert_close_states(run, again)
+
+
+def test_fsdp_needs_several_processes(tmp_path, capsys):
+    with pytest.raises(ValueError, match="fsdp=True shards the model between processes"):
+        train.Trainer(configs.preset("ci"), "base", tmp_path, fsdp=True, text_encoder=object())
+    status = train.main([*ARGS, "--steps", "1", "--out", str(tmp_path / "r"), "--fsdp"])
+    assert status == 2
+    assert "start it with torchrun --nproc_per_node=N" in capsys.readouterr().err
 
 
 COMPILED_WORKER = """

@@ -495,6 +495,12 @@ CLI_CASES = [
         "--stage 'nope': the cascade's trained stages are ['base', 'tsr', 'ssr1', 'ssr2']",
     ),
     Case(
+        "train --fsdp in one process",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--fsdp"),
+        2,
+        "fsdp=True shards the model between processes, and this is the only one",
+    ),
+    Case(
         "distill under torchrun",
         ("distill", "--stage", "base", "--out", "{X}/d"),
         2,
