@@ -1,5 +1,5 @@
-"""benchmarks/unet_step.py, train_throughput.py, train_step_variants.py, cuda_checks.py and
-plot.py at --tiny size.
+"""benchmarks/unet_step.py, train_throughput.py, train_step_variants.py, cuda_checks.py,
+data_parallel.py and plot.py at --tiny size.
 
 Each runs in a subprocess as a user runs it (~20 s of CPU for both; the generous timeout is
 for a busy machine). No wall-clock assertions: only that every
@@ -262,3 +262,30 @@ def test_the_cuda_session_script_runs_its_cli_and_checks_parts_dry(repo_root, tm
     assert refused.returncode == 2 and "unknown part 'chekcs'; allowed: cli checks" in (
         refused.stderr
     )
+
+
+@pytest.mark.slow
+def test_data_parallel_tiny_runs_every_mode(repo_root, tmp_path):
+    """One process, DDP and FSDP, each launched as a user would; FSDP's processes each hold
+    their shard of every parameter: ceil(rows / 2) of its first dimension on rank 0."""
+    out = tmp_path / "data_parallel.json"
+    _run(repo_root, "data_parallel.py", "--tiny", "--json", str(out))
+    result = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert list(rows) == ["one", "ddp", "fsdp"]
+    model = unet3d.VideoUNet(configs.preset("ci").stage("base").unet)
+    total = sum(p.numel() for p in model.parameters())
+    shard = sum(-(-p.shape[0] // 2) * p[0].numel() for p in model.parameters())
+    assert [r["processes"] for r in rows.values()] == [1, 2, 2]
+    assert all(r["params"] == total for r in rows.values())
+    assert rows["one"]["held_params_per_process"] == rows["ddp"]["held_params_per_process"]
+    assert rows["ddp"]["held_params_per_process"] == total
+    assert rows["fsdp"]["held_params_per_process"] == shard
+    for row in rows.values():
+        assert row["step_ms"] > 0 and row["peak_mib_per_process"] > 0
+    assert set(result["ratios"]) == {
+        "ddp_memory_per_process_over_one",
+        "fsdp_memory_per_process_over_ddp",
+        "fsdp_step_over_ddp",
+        "ddp_step_over_one",
+    }
