@@ -203,15 +203,20 @@ def broadcast_module(module: torch.nn.Module, context: Context) -> None:
                 dist.broadcast(tensor.data, src=0)
 
 
-def shard(module: torch.nn.Module, units: tuple[type[torch.nn.Module], ...]) -> None:
+def shard(
+    module: torch.nn.Module, units: tuple[type[torch.nn.Module], ...], device: torch.device
+) -> None:
     """FSDP2 in place: each submodule of a ``units`` type is one unit (its weights gathered
-    while it runs, then freed), the rest of ``module`` the root unit [FSDP]."""
+    while it runs, then freed), the rest of ``module`` the root unit [FSDP]. The mesh is
+    ``device``'s type, so CPU processes shard over gloo on a machine with GPUs too."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for sub in module.modules():
         if sub is not module and isinstance(sub, units):
-            fully_shard(sub)
-    fully_shard(module)
+            fully_shard(sub, mesh=mesh)
+    fully_shard(module, mesh=mesh)
 
 
 def _dcp():

@@ -140,6 +140,8 @@ class Trainer:
     its own streams (seeded by ``distributed.stream_seed(seed, rank)``; a ``dataset`` you
     pass is used as it is, so seed it per rank), the model is wrapped in
     ``DistributedDataParallel``, and rank 0 alone writes the log and the checkpoints.
+    ``fsdp=True`` shards the model, gradients, AdamW state and EMA between the processes
+    instead (FSDP2, one unit per ``SpaceTimeBlock``); evaluation then runs on every rank.
     """
 
     def __init__(
@@ -183,6 +185,8 @@ class Trainer:
                 "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
             )
         self.fsdp = fsdp
+        if context.world_size > 1 and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", context.local_rank)  # one GPU per process
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
@@ -240,7 +244,7 @@ class Trainer:
             from ivref.unet3d import SpaceTimeBlock
 
             for module in (self.model, self.ema):
-                distributed.shard(module, (SpaceTimeBlock,))
+                distributed.shard(module, (SpaceTimeBlock,), self.device)
         if self.compiled:  # after the EMA copy, which stays eager
             self.model.compile(
                 **(compile if isinstance(compile, dict) else compile_options(self.device))
