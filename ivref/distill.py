@@ -363,14 +363,12 @@ def distill_stage(
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
     training setting). ``compile``: ``torch.compile`` the student's step (``train.Trainer``'s
     option: CUDA graphs on a GPU) and the teacher's forward with the same options; text is
-    padded to the encoder's ``max_length`` so every batch has one shape.
+    padded to the encoder's ``max_length`` so every batch has one shape. In a process group
+    of N (``torchrun ... ivref distill``) every process calls it: each phase trains
+    data-parallel (``train.Trainer``'s DDP, ``batch_size`` the global batch), the teacher is
+    replicated, rank 0 writes the files.
     """
     train.check_compile(compile)
-    if distributed.current().world_size > 1 or distributed.launched_by_torchrun():
-        raise ValueError(
-            "distillation runs in one process (its data-parallel form is not built); run "
-            "ivref distill without torchrun, with --device cuda for a GPU"
-        )
     train.check_count("to_steps", to_steps, none="the distill config's")
     train.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
@@ -406,7 +404,11 @@ def distill_stage(
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
         )
-    files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
+    context = distributed.current()  # several processes: each phase's trainer is DDP
+    distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
+    if context.is_main:
+        files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
+    stream = distributed.stream_seed(seed, context.rank)  # this rank's data
     teacher = teacher_cascade.models[stage].to(device).eval()
     if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
         teacher = with_guidance_embedding(teacher).eval()
@@ -416,7 +418,7 @@ def distill_stage(
         pad = train.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
         base = objectives.DiffusionObjective(
-            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), seed, device), text
+            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), stream, device), text
         )
         objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
         trainer = train.Trainer(
@@ -493,12 +495,17 @@ def step_counts(value: str) -> int | list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal."""
-    if distributed.launched_by_torchrun():
-        raise errors.CLIError(
-            "ivref distill runs in one process, not under torchrun; use --device cuda for a GPU"
-        )
+    """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal.
+    Under torchrun every process runs it, data-parallel (``train.Trainer`` with DDP)."""
     device = cascade.parse_device(args.device)
+    try:
+        device = distributed.init_from_env(device)
+        return _distill(args, device, distributed.current())
+    finally:
+        distributed.shutdown()
+
+
+def _distill(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
     teacher = cascade.Cascade.from_pretrained(args.source)
     names = [s.name for s in teacher.trained_stages]
     if args.stage not in names:
@@ -507,7 +514,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.CLIError(f"stage {args.stage!r} of {args.source} is already distilled")
     if args.threads:
         torch.set_num_threads(args.threads)
-    with files.RunLock(args.out):
+    with distributed.main_only(context, files.RunLock(args.out)):
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
@@ -519,6 +526,8 @@ def run(args: argparse.Namespace) -> int:
             result.signal, f"stopped early; continue with --resume (out: {args.out})"
         )
     steps = result.config.stage(args.stage).sample_steps
+    if not context.is_main:
+        return 0
     print(
         f"distilled {args.stage} to {steps} steps in {args.out}; export it with: ivref export "
         f"{args.out} --base {args.source or 'data/toy'} --out DIR",

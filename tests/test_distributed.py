@@ -21,7 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ivref import checkpoint, cli, configs, distill, distributed, text, train
+from ivref import checkpoint, configs, distill, distributed, objectives, text, train
+from ivref.cascade import Cascade
+from ivref.unet3d import VideoUNet
 
 STEPS, BATCH, WORLD = 3, 4, 2
 ARGS = ["--scale", "ci", "--stage", "base", "--batch-size", str(BATCH), "--no-bf16"]
@@ -289,10 +291,51 @@ def test_single_process_context_and_no_torchrun(monkeypatch):
         distributed.init_from_env(torch.device("meta"))
 
 
-def test_distillation_refuses_torchrun(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    status = cli.main(["distill", "--stage", "base", "--from", "data/toy", "--out", str(tmp_path)])
-    assert status == 2
-    assert "not under torchrun" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="distillation runs in one process"):
-        distill.distill_stage(None, "base", tmp_path)
+@pytest.fixture(scope="module")
+def ci_teacher(tmp_path_factory):
+    """A ci cascade with a base stage of random weights, saved as a teacher folder."""
+    cfg = configs.preset("ci")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        teacher = Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()})
+    path = tmp_path_factory.mktemp("teacher") / "cascade"
+    teacher.save_pretrained(path)
+    return path
+
+
+def test_two_processes_distil_every_phase_on_their_own_streams(ci_teacher, tmp_path):
+    """``torchrun ... ivref distill``: every phase trains, and the first step's logged loss is
+    the mean of each rank's distillation loss on its own data and draws."""
+    out = tmp_path / "d"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={WORLD}", "-m", "ivref.cli", "distill", "--stage", "base"]
+    command += ["--from", str(ci_teacher), "--out", str(out), "--batch-size", str(BATCH)]
+    command += ["--guided-steps", "2", "--halving-steps", "1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / distill.PLAN).read_text())
+    for folder, length in zip(record["phases"], record["phase_steps"], strict=True):
+        assert [r["step"] for r in train.read_log(out / folder)] == list(range(1, length + 1))
+        assert checkpoint.read_config(checkpoint.latest(out / folder))["step"] == length
+    teacher = Cascade.from_pretrained(ci_teacher)
+    steps, phase = record["teacher_steps"], record["phases"][0]
+    assert phase == "guided"
+    cfg = distill.student_config(teacher.cfg, "base", steps, BATCH, record["w_max"], record["bf16"])
+    stage = cfg.stage("base")
+    student = distill.with_guidance_embedding(teacher.models["base"], 0)
+    losses = []
+    for r in range(WORLD):
+        stream = distributed.stream_seed(0, r)
+        data = objectives.toy_dataset(stage, stream)
+        base = objectives.DiffusionObjective(
+            cfg, stage, data, objectives.TextCache(teacher.encoder)
+        )
+        objective = distill.DistillObjective(
+            base, teacher.models["base"], phase, steps, cfg.distill
+        )
+        generator = torch.Generator().manual_seed(stream + 1)
+        batch = objective.sample(BATCH // WORLD)
+        losses.append(objective.loss(student.train(), batch, generator, "cpu", record["bf16"]))
+    logged = train.read_log(out / phase)[0]["loss"]
+    assert logged == pytest.approx((sum(losses) / WORLD).item(), rel=1e-5)

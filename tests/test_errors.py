@@ -501,14 +501,6 @@ CLI_CASES = [
         "fsdp=True shards the model between processes, and this is the only one",
     ),
     Case(
-        "distill under torchrun",
-        ("distill", "--stage", "base", "--out", "{X}/d"),
-        2,
-        "ivref distill runs in one process, not under torchrun",
-        lambda ctx: ctx.monkeypatch.setenv("WORLD_SIZE", "2"),
-        "WORLD_SIZE=2 in the environment, as torchrun sets it",
-    ),
-    Case(
         "distill --from a folder that holds no cascade",
         ("distill", "--stage", "base", "--from", "{X}", "--out", "{X}/d"),
         2,
