@@ -498,11 +498,7 @@ def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal.
     Under torchrun every process runs it, data-parallel (``train.Trainer`` with DDP)."""
     device = cascade.parse_device(args.device)
-    try:
-        device = distributed.init_from_env(device)
-        return _distill(args, device, distributed.current())
-    finally:
-        distributed.shutdown()
+    return distributed.run_in_group(device, lambda device, context: _distill(args, device, context))
 
 
 def _distill(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,18 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command that joined it)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_group(device: torch.device, work: Callable[[torch.device, Context], int]) -> int:
+    """A command's ``work(device, context)`` in the process group torchrun describes (none
+    without torchrun); a group joined here is left at the end, whatever happens."""
+    joined = not (dist.is_available() and dist.is_initialized())
+    try:
+        device = init_from_env(device)
+        return work(device, current())
+    finally:
+        if joined:
+            shutdown()
 
 
 def stream_seed(seed: int, rank: int) -> int:

@@ -769,11 +769,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")
-    try:
-        device = distributed.init_from_env(device)
-        return _train(args, device, distributed.current())
-    finally:
-        distributed.shutdown()
+    return distributed.run_in_group(device, lambda device, context: _train(args, device, context))
 
 
 def _train(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
