@@ -22,13 +22,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivref import configs, distill, errors, train, video
+from ivref import arguments, configs, distill, errors, train, video
 
 CLIError = errors.CLIError  # where earlier code found it
 MAX_DISPLAY_SIZE = 4096  # --display-size: larger is a typo (100000 asked for ~30 GB of frames)
 
 
-_seed, _weight, _steps = train.seed_int, train.guidance_weight, train.sampler_steps
+_seed, _weight, _steps = arguments.seed_int, arguments.guidance_weight, arguments.sampler_steps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--display-size", type=int, default=256, help="upscale (nearest) to this; 0: off"
     )
-    g.add_argument("--batch-size", type=train.positive_int, help="prompts sampled together")
+    g.add_argument("--batch-size", type=arguments.positive_int, help="prompts sampled together")
     g.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
     e = sub.add_parser("export", help="write train runs' EMA weights as a cascade folder (fp16)")
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="caption alignment of a cascade per guidance weight")
     v.add_argument("--checkpoint", type=Path, help="cascade folder or base-stage train run")
     v.add_argument("--split", default="all", help="toy captions to sample: train, heldout, all")
-    v.add_argument("--repeats", type=train.positive_int, default=1, help="samples per caption")
+    v.add_argument("--repeats", type=arguments.positive_int, default=1, help="samples per caption")
     v.add_argument("--guidance", type=_weight, nargs="+", help="weights w to sweep")
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0)

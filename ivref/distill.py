@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ivref import (
+    arguments,
     cascade,
     checkpoint,
     configs,
@@ -369,12 +370,12 @@ def distill_stage(
     replicated, rank 0 writes the files.
     """
     train.check_compile(compile)
-    train.check_count("to_steps", to_steps, none="the distill config's")
-    train.check_count("guided_steps", guided_steps, none="the distill config's")
+    arguments.check_count("to_steps", to_steps, none="the distill config's")
+    arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
-        train.check_count("halving_steps", halving_steps, none="the distill config's")
-    train.check_count("batch_size", batch_size, none="the stage's")
-    train.check_count("checkpoint_every", checkpoint_every)
+        arguments.check_count("halving_steps", halving_steps, none="the distill config's")
+    arguments.check_count("batch_size", batch_size, none="the stage's")
+    arguments.check_count("checkpoint_every", checkpoint_every)
     device = cascade.parse_device(device)
     out = Path(out)
     config = teacher_cascade.cfg
@@ -454,11 +455,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--from", dest="source", type=Path, help="teacher cascade folder (default: shipped)"
     )
-    p.add_argument("--to-steps", type=train.positive_int, help="student steps (default: preset's)")
+    p.add_argument(
+        "--to-steps", type=arguments.positive_int, help="student steps (default: preset's)"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder: one run folder per phase")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
-    p.add_argument("--batch-size", type=train.positive_int, help="default: the stage's")
-    p.add_argument("--guided-steps", type=train.positive_int, help="training steps, phase 1")
+    p.add_argument("--batch-size", type=arguments.positive_int, help="default: the stage's")
+    p.add_argument("--guided-steps", type=arguments.positive_int, help="training steps, phase 1")
     p.add_argument(
         "--halving-steps",
         type=step_counts,
@@ -471,7 +474,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bf16 autocast for the student (default: the stage's training setting)",
     )
     p.add_argument(
-        "--checkpoint-every", type=train.positive_int, default=100, help="steps (default: 100)"
+        "--checkpoint-every", type=arguments.positive_int, default=100, help="steps (default: 100)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
@@ -481,16 +484,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=train.seed_int,
+        type=arguments.seed_int,
         default=0,
         help="data, noise and the w embedding's initial weights",
     )
-    p.add_argument("--threads", type=train.positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
 
 
 def step_counts(value: str) -> int | list[int]:
     """argparse type: a positive integer, or positive integers separated by commas."""
-    counts = [train.positive_int(part) for part in value.split(",")]
+    counts = [arguments.positive_int(part) for part in value.split(",")]
     return counts[0] if len(counts) == 1 else counts
 
 

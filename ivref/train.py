@@ -37,14 +37,32 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from ivref import cascade, checkpoint, configs, distributed, errors, evaluate, files, objectives
+from ivref import (
+    arguments,
+    cascade,
+    checkpoint,
+    configs,
+    distributed,
+    errors,
+    evaluate,
+    files,
+    objectives,
+)
+from ivref.arguments import MAX_COUNT as MAX_COUNT  # re-exported: other code imports these
+from ivref.arguments import check_count as check_count  # from here
+from ivref.arguments import count as count
+from ivref.arguments import fraction as fraction
+from ivref.arguments import guidance_weight as guidance_weight
+from ivref.arguments import positive_float as positive_float
+from ivref.arguments import positive_int as positive_int
+from ivref.arguments import sampler_steps as sampler_steps
+from ivref.arguments import seed_int as seed_int
 
 LOG = "log.jsonl"
 Evaluator = Callable[["Trainer"], dict[str, float]]
 OnNonFinite = Literal["stop", "skip"]
 MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"
 MAX_SEED = cascade.MAX_SEED
-MAX_COUNT = 2**31 - 1  # counts, sizes and thread numbers: beyond it torch cannot take them
 
 TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
@@ -67,17 +85,6 @@ def check_compile(compile: Any) -> None:
     """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
     if not isinstance(compile, bool | dict):
         raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
-
-
-def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> None:
-    """``value`` must be an integer from ``minimum`` to 2**31 - 1 (or None, where ``none``
-    says what None means); else a ValueError naming it and what is allowed."""
-    if value is None and none is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
-        allowed = f"an integer from {minimum} to 2**31 - 1"
-        allowed = f"None ({none}) or {allowed}" if none is not None else allowed
-        raise ValueError(f"{name}={value!r} must be {allowed}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -552,30 +559,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``ivref train`` (also ``python -m ivref.train``)."""
     p.add_argument("--scale", choices=configs.PRESETS, help="preset (default toy; resume: saved)")
     p.add_argument("--stage", help="stage name in the preset (default base; resume: saved)")
-    p.add_argument("--steps", type=positive_int, required=True, help="train until this step")
+    p.add_argument(
+        "--steps", type=arguments.positive_int, required=True, help="train until this step"
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder: log + checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty OUT")
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=arguments.positive_int,
         help="override the stage's TrainConfig; the global batch under torchrun",
     )
-    p.add_argument("--lr", type=positive_float, help="override the stage's TrainConfig")
-    p.add_argument("--image-ratio", type=fraction, help="fraction of image samples (joint)")
+    p.add_argument("--lr", type=arguments.positive_float, help="override the stage's TrainConfig")
+    p.add_argument(
+        "--image-ratio", type=arguments.fraction, help="fraction of image samples (joint)"
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=seed_int, default=0, help="initial weights and data (fresh)")
+    p.add_argument(
+        "--seed", type=arguments.seed_int, default=0, help="initial weights and data (fresh)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--checkpoint-every", type=positive_int, default=500)
-    p.add_argument("--keep-checkpoints", type=positive_int, default=2)
-    p.add_argument("--eval-every", type=count, default=0, help="caption alignment every K steps")
-    p.add_argument("--eval-steps", type=sampler_steps, help="sampler steps for evaluation")
-    p.add_argument("--eval-guidance", type=guidance_weight, help="guidance w for evaluation")
-    p.add_argument("--eval-samples", type=positive_int, help="captions to evaluate (default all)")
+    p.add_argument("--checkpoint-every", type=arguments.positive_int, default=500)
+    p.add_argument("--keep-checkpoints", type=arguments.positive_int, default=2)
+    p.add_argument(
+        "--eval-every", type=arguments.count, default=0, help="caption alignment every K steps"
+    )
+    p.add_argument(
+        "--eval-steps", type=arguments.sampler_steps, help="sampler steps for evaluation"
+    )
+    p.add_argument(
+        "--eval-guidance", type=arguments.guidance_weight, help="guidance w for evaluation"
+    )
+    p.add_argument(
+        "--eval-samples", type=arguments.positive_int, help="captions to evaluate (default all)"
+    )
     p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
     p.add_argument(
         "--fsdp",
         action="store_true",
@@ -586,85 +607,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the model (CUDA graphs on a GPU); the first step compiles",
     )
-
-
-def positive_int(value: str) -> int:
-    """argparse type: an integer from 1 to 2**31 - 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    if n > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"expected a positive integer up to 2**31 - 1, got {n}")
-    return n
-
-
-def count(value: str) -> int:
-    """argparse type: an integer from 0 to 2**31 - 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    if n > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"expected an integer up to 2**31 - 1, got {n}")
-    return n
-
-
-def seed_int(value: str) -> int:
-    """argparse type: a seed, an integer from 0 to 2**63 - 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
-    if not 0 <= n <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"seed {value} must be from 0 to 2**63 - 1")
-    return n
-
-
-def sampler_steps(value: str) -> int:
-    """argparse type: sampler steps, an integer from 1 to cascade.MAX_STEPS."""
-    try:
-        return cascade.check_steps(positive_int(value), "steps")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def guidance_weight(value: str) -> float:
-    """argparse type: a guidance weight w, a finite number >= 0."""
-    try:
-        w = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    try:
-        return cascade.check_guidance(w, "w")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def fraction(value: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0 <= x <= 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return x
-
-
-def positive_float(value: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
-    return x
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

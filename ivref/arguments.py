@@ -1,0 +1,105 @@
+"""Checks of counts and seeds, and the argparse types of ivref's commands.
+
+Library calls (``Trainer(batch_size=...)``, ``distill_stage(to_steps=...)``) check their
+counts with ``check_count``; command lines parse theirs with the types below, so both refuse
+the same values with one clear line: counts from 1 (or 0) to 2**31 - 1, beyond which torch
+cannot take them, and seeds from 0 to 2**63 - 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from ivref import cascade
+
+MAX_COUNT = 2**31 - 1  # counts, sizes and thread numbers: beyond it torch cannot take them
+MAX_SEED = cascade.MAX_SEED
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> None:
+    """``value`` must be an integer from ``minimum`` to 2**31 - 1 (or None, where ``none``
+    says what None means); else a ValueError naming it and what is allowed."""
+    if value is None and none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        allowed = f"an integer from {minimum} to 2**31 - 1"
+        allowed = f"None ({none}) or {allowed}" if none is not None else allowed
+        raise ValueError(f"{name}={value!r} must be {allowed}")
+
+
+def _integer(value: str, minimum: int, what: str, up_to: str) -> int:
+    """``value`` as an integer from ``minimum`` to 2**31 - 1, or an ArgumentTypeError."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    if n > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected {up_to} up to 2**31 - 1, got {n}")
+    return n
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer from 1 to 2**31 - 1."""
+    return _integer(value, 1, "a positive integer", "a positive integer")
+
+
+def count(value: str) -> int:
+    """argparse type: an integer from 0 to 2**31 - 1."""
+    return _integer(value, 0, "an integer >= 0", "an integer")
+
+
+def seed_int(value: str) -> int:
+    """argparse type: a seed, an integer from 0 to 2**63 - 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= n <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {value} must be from 0 to 2**63 - 1")
+    return n
+
+
+def sampler_steps(value: str) -> int:
+    """argparse type: sampler steps, an integer from 1 to cascade.MAX_STEPS."""
+    try:
+        return cascade.check_steps(positive_int(value), "steps")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def guidance_weight(value: str) -> float:
+    """argparse type: a guidance weight w, a finite number >= 0."""
+    try:
+        w = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    try:
+        return cascade.check_guidance(w, "w")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def fraction(value: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0 <= x <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return x
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return x
