@@ -118,9 +118,11 @@ def run_in_group(device: torch.device, work: Callable[[torch.device, Context], i
 
 
 def stream_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s data and noise generators: ``seed`` itself on rank 0,
-    else (seed + rank * 0x9E3779B97F4A7C15) mod 2**63, distinct for each rank."""
-    return seed if rank == 0 else (seed + rank * _STREAM_STRIDE) % 2**63
+    """The seed of rank ``rank``'s data and noise generators: (seed + rank * S) mod 2**63.
+
+    ``seed`` itself on rank 0 (seeds are below 2**63). S is odd, so multiplying by it is a
+    bijection mod 2**63 and no two ranks share a seed."""
+    return (seed + rank * _STREAM_STRIDE) % 2**63
 
 
 def wrap(model: torch.nn.Module, context: Context, device: torch.device) -> torch.nn.Module:
