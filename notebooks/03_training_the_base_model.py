@@ -135,14 +135,14 @@ assert ceiling["color"] > 0.95 and ceiling["motion"] > 0.95
 ENCODER = text.build_encoder(CFG.text)
 
 
-def v_mse(model, x, text_emb, text_mask, is_image, t, eps):
+def v_mse(model, x, text_emb, text_mask, is_image, t, eps, bf16=BASE.train.bf16):
     """Per-sample v-MSE (B,) at given t and eps (the deterministic part of a step)."""
     d = CFG.diffusion
     logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float()
     alpha, sigma = (schedules.expand_to(c, x) for c in schedules.alpha_sigma(logsnr))
     z_t = alpha * x + sigma * eps
     v = alpha * eps - sigma * x
-    with torch.autocast("cpu", torch.bfloat16, enabled=BASE.train.bf16):
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         v_hat = model(z_t, logsnr, text_emb, text_mask, is_image=is_image)
     return (v_hat.float() - v).pow(2).flatten(1).mean(1)
 
@@ -434,13 +434,6 @@ plt.show()
 
 
 # %%
-def v_mse_fp32(x, emb, mask, is_image, t, eps):
-    logsnr = schedules.logsnr_cosine(t, CFG.diffusion.logsnr_min, CFG.diffusion.logsnr_max)
-    alpha, sigma = (schedules.expand_to(c, x) for c in schedules.alpha_sigma(logsnr.float()))
-    v_hat = trainer.model(alpha * x + sigma * eps, logsnr.float(), emb, mask, is_image=is_image)
-    return (v_hat - (alpha * eps - sigma * x)).pow(2).mean()
-
-
 x, captions, is_image = trainer.data.sample(BATCH)
 emb, mask = trainer.text.encode(captions)
 t = torch.rand(BATCH, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -449,7 +442,8 @@ params = [p for p in trainer.model.parameters() if p.requires_grad]
 
 
 def gradients(part):  # the gradient of the mean loss over the samples of `part`
-    loss = v_mse_fp32(x[part], emb[part], mask[part], is_image[part], t[part], eps[part])
+    args = (x[part], emb[part], mask[part], is_image[part], t[part], eps[part])
+    loss = v_mse(trainer.model, *args, bf16=False).mean()  # section 2's loss, in float32
     return torch.autograd.grad(loss, params)
 
 
