@@ -376,9 +376,11 @@ def check_compatible(
     return _diff(saved.to_dict(), current.to_dict())
 
 
-def check_fits(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """A CheckpointError naming the file and the tensors unless ``state`` has exactly the keys
-    and shapes of ``module.state_dict()`` (a sharded module's: their whole shapes)."""
+def check_fits(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """``module.state_dict()``, or a CheckpointError naming the file and the tensors unless
+    ``state`` has exactly its keys and shapes (a sharded module's: their whole shapes)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -396,14 +398,14 @@ def check_fits(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise CheckpointError(f"{where} does not fit the model: " + ", ".join(parts))
+    return own
 
 
 def load_state_dict_strict(
     module: torch.nn.Module, state: dict[str, torch.Tensor], where: str
 ) -> None:
     """module.load_state_dict, but a key or shape mismatch names the file and the tensors."""
-    check_fits(module, state, where)
-    own = module.state_dict()
+    own = check_fits(module, state, where)
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
