@@ -118,7 +118,8 @@ def run_in_group(device: torch.device, work: Callable[[torch.device, Context], i
 
 
 def stream_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s data and noise generators: (seed + rank * S) mod 2**63.
+    """The seed of stream ``rank`` of ``seed``: (seed + rank * S) mod 2**63. A rank's data
+    and noise generators use it, and so does each video of an evaluation (its row for rank).
 
     ``seed`` itself on rank 0 (seeds are below 2**63). S is odd, so multiplying by it is a
     bijection mod 2**63 and no two ranks share a seed."""
@@ -149,6 +150,40 @@ def gather(obj: Any, context: Context) -> list[Any]:
     out: list[Any] = [None] * context.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def share(n: int, context: Context) -> tuple[list[int], int]:
+    """This rank's part of n rows, for work every rank does side by side (evaluation).
+
+    Every rank gets ceil(n / N) consecutive rows, so all run the same number of equal-size
+    forwards (FSDP needs that: a sharded forward is collective); a part the rows run out
+    for is padded with row n - 1. Returns the row indices and how many are real (not
+    padding). One process: every row, all real.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} rows to share; give at least one")
+    per = -(-n // context.world_size)
+    real = list(range(min(context.rank * per, n), min((context.rank + 1) * per, n)))
+    return real + [n - 1] * (per - len(real)), len(real)
+
+
+def gather_rows(rows: torch.Tensor, real: int, context: Context) -> torch.Tensor:
+    """Every rank's first ``real`` rows of ``rows`` (a tensor), concatenated in rank order, on
+    every rank: what each rank computed for its ``share``, put back together."""
+    parts = gather((rows.cpu(), real), context)
+    return torch.cat([part[:count] for part, count in parts])
+
+
+def on_every_rank(function: Callable) -> Callable:
+    """Mark ``function`` (a ``Trainer`` evaluator) as collective: with several processes the
+    trainer calls it on every rank, and it shares the work between them (``share``)."""
+    function.on_every_rank = True
+    return function
+
+
+def runs_on_every_rank(function: Callable | None) -> bool:
+    """Whether ``function`` was marked by ``on_every_rank``."""
+    return bool(getattr(function, "on_every_rank", False))
 
 
 def barrier(context: Context) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ivref import cascade, data, metrics, objectives, superres
+from ivref import cascade, data, distributed, metrics, objectives, superres
 from ivref.cascade import Cascade
 
 ATTRIBUTES = ("color", "shape", "motion", "all")
@@ -113,6 +113,54 @@ def render_eval_clips(stage: Any, prompts: Sequence[str], seed: int = 0) -> torc
     )
 
 
+def video_generators(seed: int, rows: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per video: row i's noise comes from stream i of ``seed``
+    (``distributed.stream_seed(seed, i)``), whatever batch or process samples it."""
+    return [torch.Generator().manual_seed(distributed.stream_seed(seed, i)) for i in rows]
+
+
+def stage_samples(
+    trainer: Any,
+    prompts: Sequence[str],
+    *,
+    steps: int | None = None,
+    guidance_w: float | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Samples of ``trainer``'s EMA model for ``prompts``, and the truth SR stages refine.
+
+    Base stages sample from text. SR stages refine the low-res view of ground-truth clips
+    (``render_eval_clips``, then ``superres.low_res``), which are returned beside the samples
+    (None for a base stage). Video i draws all its noise from its own generator
+    (``video_generators``), so a video does not depend on how the prompts are split. With
+    several processes (torchrun) every rank must call this: each samples its
+    ``distributed.share`` of the prompts, and every rank gets all the videos back, on the
+    CPU, (len(prompts), C, F, H, W) in [-1, 1].
+    """
+    prompts = list(prompts)
+    stage, device, context = trainer.stage, trainer.device, trainer.context
+    rows, real = distributed.share(len(prompts), context)
+    emb, mask = trainer.text.encode([prompts[i] for i in rows])
+    cond, truth = None, None
+    previous = objectives.previous_stage(trainer.config, stage)
+    if previous is not None:
+        truth = render_eval_clips(stage, prompts, seed)
+        cond = superres.low_res(truth[rows], stage, previous)
+    with torch.autocast(device.type, torch.bfloat16, enabled=trainer.train_cfg.bf16):
+        videos = cascade.sample_stage(
+            trainer.ema,
+            stage,
+            trainer.diffusion,
+            emb,
+            mask,
+            cond_video=cond,
+            steps=steps,
+            guidance_w=guidance_w,
+            generator=video_generators(seed, rows),
+        )
+    return distributed.gather_rows(videos.float().cpu(), real, context), truth
+
+
 def stage_evaluator(
     prompts: Sequence[str] | None = None,
     steps: int | None = None,
@@ -121,35 +169,22 @@ def stage_evaluator(
 ) -> Callable[[Any], dict[str, float]]:
     """An evaluator for ``train.Trainer``: sample its EMA model and score the samples.
 
-    Base stages sample from text. SR stages refine the low-res view of ground-truth clips
-    (``superres.low_res``), so they are judged alone: caption alignment plus the PSNR of
-    the samples against the truth (``psnr``). Defaults: every caption once, the stage's
-    sampler settings. The loss curve cannot show a model that ignores time's direction;
-    caption alignment can.
+    Base stages are scored by caption alignment; SR stages, which refine the low-res view of
+    ground-truth clips and so are judged alone, also by the PSNR of their samples against
+    the truth (``psnr``). Defaults: every caption once, the stage's sampler settings. The
+    loss curve cannot show a model that ignores time's direction; caption alignment can.
+
+    It is marked ``distributed.on_every_rank``: with several processes every rank samples its
+    share of the prompts (``stage_samples``), so N processes evaluate about N times faster
+    and none waits idle for the others; the scores are those of one process.
     """
 
+    @distributed.on_every_rank
     def evaluate(trainer: Any) -> dict[str, float]:
         chosen = list(prompts) if prompts is not None else list(data.CAPTIONS)
-        stage, device = trainer.stage, trainer.device
-        emb, mask = trainer.text.encode(chosen)
-        cond, truth = None, None
-        previous = objectives.previous_stage(trainer.config, stage)
-        if previous is not None:
-            truth = render_eval_clips(stage, chosen, seed)
-            cond = superres.low_res(truth, stage, previous)
-        with torch.autocast(device.type, torch.bfloat16, enabled=trainer.train_cfg.bf16):
-            videos = cascade.sample_stage(
-                trainer.ema,
-                stage,
-                trainer.diffusion,
-                emb,
-                mask,
-                cond_video=cond,
-                steps=steps,
-                guidance_w=guidance_w,
-                generator=torch.Generator().manual_seed(seed),
-            )
-        videos = videos.float().cpu()
+        videos, truth = stage_samples(
+            trainer, chosen, steps=steps, guidance_w=guidance_w, seed=seed
+        )
         result = metrics.caption_alignment(videos, chosen)
         scores = {k: result[k] for k in ATTRIBUTES if not math.isnan(result[k])}
         if truth is not None:

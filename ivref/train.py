@@ -5,11 +5,12 @@ clipping, an EMA of the weights [EMA] (what gets sampled and shipped), the log, 
 checkpoints, exact resume, and clean stops. What a step optimises comes from an *objective*
 (objectives.py): base, TSR and SSR stages by default, distillation (distill.py) by plug-in.
 
-Safety: every random draw (data, t, eps, dropout, crops, augmentation) comes from generators
-saved in the checkpoint, so ``resume`` continues exactly; the run folder is locked while a
-trainer writes it; a non-finite loss or gradient stops the run naming the last good
-checkpoint (or skips the step, ``on_nonfinite="skip"``) and non-finite weights are never
-saved; Ctrl-C or SIGTERM saves at the end of the current step.
+Safety: every random draw (data, t, eps, text and model dropout, crops, augmentation) comes
+from generators saved in the checkpoint (model_rng.py for the model's dropout), so
+``resume`` continues exactly; the run folder is locked while a trainer writes it; a
+non-finite loss or gradient stops the run naming the last good checkpoint (or skips the
+step, ``on_nonfinite="skip"``) and non-finite weights are never saved; Ctrl-C or SIGTERM
+saves at the end of the current step.
 
 Run: ``ivref train --scale toy --stage tsr --steps 3000 --out runs/tsr`` (``--resume`` to
 continue), or ``python -m ivref.train ...`` with the same arguments. Data-parallel over N
@@ -57,6 +58,7 @@ from ivref.arguments import positive_float as positive_float
 from ivref.arguments import positive_int as positive_int
 from ivref.arguments import sampler_steps as sampler_steps
 from ivref.arguments import seed_int as seed_int
+from ivref.model_rng import ModelRNG
 
 LOG = "log.jsonl"
 Evaluator = Callable[["Trainer"], dict[str, float]]
@@ -148,7 +150,9 @@ class Trainer:
     pass is used as it is, so seed it per rank), the model is wrapped in
     ``DistributedDataParallel``, and rank 0 alone writes the log and the checkpoints.
     ``fsdp=True`` shards the model, gradients, AdamW state and EMA between the processes
-    instead (FSDP2, one unit per ``SpaceTimeBlock``); evaluation then runs on every rank.
+    instead (FSDP2, one unit per ``SpaceTimeBlock``). ``evaluate`` runs on rank 0 alone,
+    unless it is marked ``distributed.on_every_rank`` (``evaluate.stage_evaluator`` is: the
+    ranks share its prompts) or the model is sharded: then every rank calls it.
     """
 
     def __init__(
@@ -231,7 +235,8 @@ class Trainer:
             weight_decay=self.train_cfg.weight_decay,
             fused=True,  # one kernel for all parameters: ~3x cheaper than the per-tensor loop
         )
-        self.generator = torch.Generator().manual_seed(stream + 1)  # t, eps, dropout, crops
+        self.generator = torch.Generator().manual_seed(stream + 1)  # t, eps, text drop, crops
+        self.model_rng = ModelRNG(self.model, stream + 2, self.device)  # the model's dropout
         self.step = 0
         self.signal: int | None = None  # set by Ctrl-C / SIGTERM during ``fit``
         self._stop_agreed = False  # several processes: a signal reached one of them
@@ -318,8 +323,9 @@ class Trainer:
         # the last step's gradients go before the forward, not after it: its activations and
         # a second copy of the gradients are never held at once
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(batch.x, batch.captions, batch.is_image)
-        loss.backward()
+        with self.model_rng.scope():  # dropout masks from this run's stream
+            loss = self.loss(batch.x, batch.captions, batch.is_image)
+            loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
         # one wait for the device a step (both numbers at once), not one per number
@@ -371,7 +377,7 @@ class Trainer:
         several processes every rank calls it; rank 0 writes every rank's random states.
         """
         rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
-        rng |= self.objective.rng_state()
+        rng |= self.objective.rng_state() | self.model_rng.state_dict()
         states = distributed.gather(rng, self.context)
         self._saved_step = self.step
         model, ema, optimizer = self.model, self.ema, self.optimizer
@@ -409,6 +415,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["train"])
         self.objective.set_rng_state(rng)
+        self.model_rng.load_state_dict(rng)
         self.step = state["step"]
         log = self.out / LOG
         if self.context.is_main and log.is_file():
@@ -463,6 +470,13 @@ class Trainer:
             state = {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
         return state
 
+    @property
+    def _evaluate_everywhere(self) -> bool:
+        """Whether every rank calls ``evaluate``: a collective evaluator (one that shares its
+        work between the ranks, ``distributed.on_every_rank``), or any evaluator under FSDP,
+        where sampling the sharded EMA takes every rank; otherwise rank 0 alone."""
+        return self.fsdp or distributed.runs_on_every_rank(self.evaluate)
+
     def _log(self, row: dict[str, Any]) -> None:
         if not self.context.is_main:
             return
@@ -482,7 +496,7 @@ class Trainer:
         check_count("steps", steps, minimum=0)
         rows: list[dict[str, Any]] = []
         self._total = steps
-        main = self.context.is_main  # the one process that locks, evaluates, logs, prints
+        main = self.context.is_main  # the one process that locks, logs, prints
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
             stack.enter_context(_save_on_signal(self))
@@ -496,7 +510,7 @@ class Trainer:
                 row = {"step": self.step + 1, **self.train_step()}
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
-                if self.evaluate and due and (main or self.fsdp):  # FSDP: every rank samples
+                if self.evaluate and due and (main or self._evaluate_everywhere):
                     row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
                 self._log(row)
                 rows.append(row)

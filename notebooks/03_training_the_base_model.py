@@ -458,24 +458,28 @@ print(
 # %% [markdown]
 # `ivref train` does this under `torchrun`, which starts $N$ copies of the command and tells
 # each its rank. `--batch-size` stays the global batch, and each process draws its own $B / N$
-# samples and noise. The model is wrapped in PyTorch's `DistributedDataParallel`, which
-# averages the gradients during the backward pass. Rank 0 alone writes the log and the
-# checkpoints, and a checkpoint holds every rank's random state, so `--resume` continues
-# exactly. Two CPU processes train the `ci` base stage below (gloo moves the gradients; on
-# GPUs it is `--device cuda` and NCCL); the test suite checks this very run against a
-# one-process re-derivation of each step:
+# samples, noise and dropout masks. The model is wrapped in PyTorch's
+# `DistributedDataParallel`, which averages the gradients during the backward pass. Rank 0
+# alone writes the log and the checkpoints, and a checkpoint holds every rank's random state,
+# so `--resume` continues exactly. Evaluation is shared too: with `--eval-every`, each
+# process samples its half of the captions, and the scores are gathered (every video has its
+# own noise, so they are the scores one process would get). Two CPU processes train the `ci`
+# base stage below (gloo moves the gradients; on GPUs it is `--device cuda` and NCCL); the
+# test suite checks this very run against a one-process re-derivation of each step:
 
 # %%
 two = os.path.join(RUNS.name, "two-processes")
 command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 command += ["-m", "ivref.train", "--scale", "ci", "--stage", "base", "--steps", "4"]
 command += ["--batch-size", "4", "--out", two]
+command += ["--eval-every", "4", "--eval-samples", "6", "--eval-steps", "4"]  # 3 captions each
 done = subprocess.run(
     command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}
 )
 assert done.returncode == 0, done.stderr[-2000:]
 for row in train.read_log(two):
     print(f"step {row['step']}: loss {row['loss']:.4f} (the mean of both processes' losses)")
+print("evaluated at step 4:", {k: v for k, v in row.items() if k.startswith("eval_")})
 
 # %% [markdown]
 # Every process above keeps a whole copy of the weights, their gradients, AdamW's two moments

@@ -21,12 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ivref import checkpoint, configs, distill, distributed, objectives, text, train
+from ivref import checkpoint, configs, distill, distributed, evaluate, objectives, text, train
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
 STEPS, BATCH, WORLD = 3, 4, 2
 ARGS = ["--scale", "ci", "--stage", "base", "--batch-size", str(BATCH), "--no-bf16"]
+EVAL = ["--eval-every", str(STEPS), "--eval-samples", "5", "--eval-steps", "2"]  # 3 + 2 prompts
 
 
 def _torchrun(*args, timeout=180, wait=True):
@@ -45,7 +46,7 @@ def run(tmp_path_factory):
     """A 2-process run of STEPS steps, a checkpoint after every step."""
     out = tmp_path_factory.mktemp("ddp") / "run"
     _torchrun("--steps", str(STEPS), "--out", str(out), "--checkpoint-every", "1",
-              "--keep-checkpoints", str(STEPS))  # fmt: skip
+              "--keep-checkpoints", str(STEPS), *EVAL)  # fmt: skip
     return out
 
 
@@ -160,7 +161,7 @@ def fsdp_run(tmp_path_factory):
     """The run of ``run``, with the model, gradients, AdamW state and EMA sharded (FSDP2)."""
     out = tmp_path_factory.mktemp("fsdp") / "run"
     _torchrun("--steps", str(STEPS), "--out", str(out), "--checkpoint-every", "1",
-              "--keep-checkpoints", str(STEPS), "--fsdp")  # fmt: skip
+              "--keep-checkpoints", str(STEPS), "--fsdp", *EVAL)  # fmt: skip
     return out
 
 
@@ -205,6 +206,22 @@ def test_a_ddp_run_resumes_sharded(run, tmp_path):
     shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
     _torchrun("--steps", str(STEPS), "--out", str(again), "--resume", "--fsdp")
     _assert_close_states(run, again)
+
+
+@pytest.mark.parametrize("fixture", ["run", "fsdp_run"])
+def test_the_ranks_share_the_evaluation_and_score_like_one_process(fixture, request, tmp_path):
+    """Both ranks sampled their share of the 5 prompts (rank 0 alone would wait for rank 1
+    forever in the gather); the logged scores are one process's of the same EMA."""
+    run_dir = request.getfixturevalue(fixture)
+    cfg, stage = _config()
+    trainer = train.Trainer(cfg, stage, tmp_path, progress=False)
+    trainer.ema.load_state_dict(_state(run_dir, STEPS, "ema"))
+    prompts = evaluate.spread_prompts(5)
+    scores = evaluate.stage_evaluator(prompts=prompts, steps=2)(trainer)
+    logged = train.read_log(run_dir)
+    assert not any(k.startswith("eval_") for row in logged[:-1] for k in row)
+    assert {k.removeprefix("eval_"): v for k, v in logged[-1].items() if "eval_" in k} == scores
+    assert set(scores) >= {"color", "shape", "all"}
 
 
 def test_fsdp_needs_several_processes(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ivref import configs, data, evaluate
+from ivref import configs, data, distributed, evaluate, train
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -82,3 +82,36 @@ def test_cascade_report_scores_given_outputs_without_sampling_again():
     assert given["stages"]["base"]["all"] == 1.0
     with pytest.raises(ValueError, match="one .* batch per trained stage"):
         evaluate.cascade_report(fake, prompts, outputs=outputs * 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 7])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_share_gives_every_row_once_in_equal_parts(n, world):
+    parts = [distributed.share(n, distributed.Context(r, world)) for r in range(world)]
+    assert {len(rows) for rows, _ in parts} == {-(-n // world)}  # equal forwards on every rank
+    assert [i for rows, real in parts for i in rows[:real]] == list(range(n))
+    assert all(i == n - 1 for rows, real in parts for i in rows[real:])  # padding
+    with pytest.raises(ValueError, match="n=0 rows"):
+        distributed.share(0, distributed.Context(0, world))
+
+
+@pytest.mark.parametrize("stage", ["base", "ssr1"])  # ssr1: the ancestral sampler draws per step
+def test_stage_samples_are_the_same_split_between_two_ranks(stage, tmp_path, monkeypatch):
+    """Each rank's share, sampled alone, equals its rows of one process's samples: every
+    video has its own noise. The gather is simulated: each rank keeps its own part."""
+    cfg = configs.preset("ci")
+    trainer = train.Trainer(cfg, stage, tmp_path, batch_size=2, progress=False)
+    prompts = evaluate.split_prompts("train")[:5]
+    whole, truth = evaluate.stage_samples(trainer, prompts, steps=3, seed=4)
+    s = cfg.stage(stage)
+    assert whole.shape == (5, 3, s.num_frames, s.height, s.width)
+    assert (truth is None) == (stage == "base")
+    monkeypatch.setattr(distributed, "gather", lambda obj, context: [obj])
+    parts = []
+    for rank in range(2):
+        trainer.context = distributed.Context(rank, 2)
+        parts.append(evaluate.stage_samples(trainer, prompts, steps=3, seed=4)[0])
+    assert [len(p) for p in parts] == [3, 2]  # rank 1 sampled a padding row and dropped it
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-5)
+    again = evaluate.stage_samples(trainer, prompts, steps=3, seed=5)[0]
+    assert not torch.allclose(again, parts[1])  # the seed matters
