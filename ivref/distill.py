@@ -355,6 +355,7 @@ def distill_stage(
     seed: int = 0,
     progress: bool = True,
     compile: bool | dict[str, Any] = False,
+    fsdp: bool = False,
 ) -> Distilled:
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
@@ -367,7 +368,11 @@ def distill_stage(
     padded to the encoder's ``max_length`` so every batch has one shape. In a process group
     of N (``torchrun ... ivref distill``) every process calls it: each phase trains
     data-parallel (``train.Trainer``'s DDP, ``batch_size`` the global batch), the teacher is
-    replicated, rank 0 writes the files.
+    replicated, rank 0 writes the files. ``fsdp=True`` shards each phase's student, its
+    gradients, AdamW state and EMA instead (``train.Trainer(fsdp=True)``); the teacher stays
+    whole on every rank (it has no gradients nor optimizer state, a quarter of a student's
+    memory), so a phase's sharded EMA is gathered whole on every rank to teach the next one.
+    The returned model is whole on every rank.
     """
     train.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
@@ -377,6 +382,14 @@ def distill_stage(
     arguments.check_count("batch_size", batch_size, none="the stage's")
     arguments.check_count("checkpoint_every", checkpoint_every)
     device = cascade.parse_device(device)
+    context = distributed.current()  # several processes: each phase's trainer is DDP or FSDP
+    if not isinstance(fsdp, bool):
+        raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
+    if fsdp and context.world_size == 1:
+        raise ValueError(
+            "fsdp=True shards each student between processes, and this is the only one: "
+            "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
+        )
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill
@@ -405,7 +418,6 @@ def distill_stage(
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
         )
-    context = distributed.current()  # several processes: each phase's trainer is DDP
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
     if context.is_main:
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
@@ -425,14 +437,23 @@ def distill_stage(
         trainer = train.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
             checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
+            fsdp=fsdp,
         )  # fmt: skip
         if checkpoint.latest(out / folder) is not None:
             trainer.resume()
         trainer.fit(length)
+        ema = _whole(trainer.ema, cfg.stage(stage).unet, device) if fsdp else trainer.ema
         if trainer.interrupted:
-            return Distilled(cfg, trainer.ema, trainer.signal)
-        teacher = trainer.ema.eval()
+            return Distilled(cfg, ema, trainer.signal)
+        teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
+    """A sharded EMA's weights, whole, in a plain ``VideoUNet`` on every rank."""
+    with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten anyway
+        plain = VideoUNet(unet).to(device)
+    return distributed.unsharded(sharded, plain).requires_grad_(False)
 
 
 def _compiled(
@@ -489,6 +510,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="data, noise and the w embedding's initial weights",
     )
     p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard each student, its AdamW state and EMA between processes",
+    )
 
 
 def step_counts(value: str) -> int | list[int]:
@@ -499,7 +525,8 @@ def step_counts(value: str) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal.
-    Under torchrun every process runs it, data-parallel (``train.Trainer`` with DDP)."""
+    Under torchrun every process runs it, data-parallel (``train.Trainer`` with DDP, or
+    with FSDP under ``--fsdp``)."""
     device = cascade.parse_device(args.device)
     return distributed.run_in_group(device, lambda device, context: _distill(args, device, context))
 
@@ -519,6 +546,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
             halving_steps=args.halving_steps, bf16=args.bf16,
             checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
+            fsdp=args.fsdp,
         )  # fmt: skip
     if result.signal is not None:
         raise errors.Interrupted(

@@ -301,6 +301,13 @@ def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimiz
     return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
 
 
+def unsharded(module: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
+    """``plain``, an unsharded module of sharded ``module``'s architecture, holding its whole
+    weights on every rank (each all-gathers them); every rank must call it."""
+    plain.load_state_dict(_dcp().get_model_state_dict(module, options=_whole()))
+    return plain
+
+
 def load_full_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Shard rank 0's whole ``state`` into a sharded module (the others pass {})."""
     _dcp().set_model_state_dict(module, dict(state), options=_whole(broadcast_from_rank0=True))

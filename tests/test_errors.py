@@ -501,6 +501,12 @@ CLI_CASES = [
         "fsdp=True shards the model between processes, and this is the only one",
     ),
     Case(
+        "distill --fsdp in one process",
+        ("distill", "--stage", "base", "--out", "{X}/d", "--fsdp"),
+        2,
+        "fsdp=True shards each student between processes, and this is the only one",
+    ),
+    Case(
         "distill --from a folder that holds no cascade",
         ("distill", "--stage", "base", "--from", "{X}", "--out", "{X}/d"),
         2,
