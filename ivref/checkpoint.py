@@ -21,18 +21,21 @@ safetensors, the rest is JSON. Non-finite weights are refused on save and on loa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ivref import configs
@@ -72,9 +75,102 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """Tensors written one at a time: state too large to hold whole in one process (a
+    sharded model's, gathered one tensor at a time).
+
+    ``specs`` gives each tensor's dtype and whole shape, in writing order; ``take(name)``
+    makes the tensor when its turn comes, and it is dropped once written. When ``take`` is
+    collective (it all-gathers), the processes that do not write call ``drain`` in step.
+    ``json`` is the non-tensor state written beside (an optimizer's param groups). ``save``
+    checks no NaN in them: ``take`` does (``distributed.streamed_state``).
+    """
+
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+    take: Callable[[str], torch.Tensor]
+    json: dict[str, Any] | None = None
+
+    def drain(self) -> None:
+        """Take every tensor, in order, and drop it."""
+        for name in self.specs:
+            self.take(name)
+
+
+# safetensors' names of torch dtypes (its format: an 8-byte little-endian header length, the
+# JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then the bytes)
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+
+
+def _write_streamed(tmp: str, streamed: Streamed, meta: dict | None) -> None:
+    """A safetensors file from ``streamed``, one tensor in memory at a time."""
+    header: dict[str, Any] = {"__metadata__": meta} if meta else {}
+    offset = 0
+    for name, (dtype, shape) in streamed.specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)) + raw)
+        for name, (dtype, shape) in streamed.specs.items():
+            tensor = streamed.take(name).detach()
+            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(
+                    f"tensor {name!r} came as {tensor.dtype} {tuple(tensor.shape)}; "
+                    f"its spec says {dtype} {tuple(shape)}"
+                )
+            fh.write(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            del tensor  # freed before the next is made: one whole tensor at a time
+
+
+def _write_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor] | Streamed, meta: dict | None = None
+) -> None:
+    if isinstance(tensors, Streamed):
+        atomic_write(path, lambda tmp: _write_streamed(tmp, tensors, meta))
+        return
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+class TensorFile:
+    """A checkpoint's safetensors file, read one tensor at a time: ``shapes`` and ``dtypes``
+    from its header, ``get(name)`` loads one tensor (a sharded resume hands them out so)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"checkpoint file {str(self.path)!r} is missing")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            keys = list(self._file.keys())
+            slices = {k: self._file.get_slice(k) for k in keys}
+            self.shapes = {k: tuple(v.get_shape()) for k, v in slices.items()}
+            self.dtypes = {k: _TORCH_DTYPES[v.get_dtype()] for k, v in slices.items()}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint file {str(self.path)!r} is corrupted: {err}"
+            ) from None
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+    def meta_tensors(self) -> dict[str, torch.Tensor]:
+        """{name: a tensor of its shape on the meta device}: shapes without the data."""
+        return {k: torch.empty(s, device="meta") for k, s in self.shapes.items()}
 
 
 def _sha256(path: Path) -> str:
@@ -125,7 +221,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------
 
 
-def _optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """optimizer.state_dict() -> (tensors "state.{i}.{key}", JSON-able remainder)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -138,7 +234,7 @@ def _optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, i, key = name.split(".", 2)
@@ -153,8 +249,8 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 # ---------------------------------------------------------------------------------------
 
 
-def _state_dict(obj: Any) -> Mapping[str, Any]:
-    return obj if isinstance(obj, Mapping) else obj.state_dict()
+def _state_dict(obj: Any) -> Mapping[str, Any] | Streamed:
+    return obj if isinstance(obj, (Mapping, Streamed)) else obj.state_dict()
 
 
 def save(
@@ -163,9 +259,9 @@ def save(
     config: configs.CascadeConfig,
     stage: str,
     step: int,
-    model: torch.nn.Module | Mapping[str, torch.Tensor],
-    ema: torch.nn.Module | Mapping[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer | Mapping[str, Any],
+    model: torch.nn.Module | Mapping[str, torch.Tensor] | Streamed,
+    ema: torch.nn.Module | Mapping[str, torch.Tensor] | Streamed,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any] | Streamed,
     rng: dict[str, torch.Tensor],
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -176,17 +272,22 @@ def save(
     any error the temporary folder is removed and ``directory`` is as it was. ``rng`` maps
     names to RNG states; ``extra`` is JSON-able trainer state. Non-finite weights raise
     ``NonFiniteError`` before anything is written. ``model``, ``ema`` and ``optimizer`` may
-    be given as their state dicts (a sharded model's, gathered whole).
+    be given as their state dicts, or as ``Streamed`` tensors written one at a time (a
+    sharded model's: the optimizer's param groups in its ``json``), checked as they come.
     """
     directory = Path(directory)
     model_state, ema_state = _state_dict(model), _state_dict(ema)
-    check_finite(model_state, f"model weights at step {step}")
-    check_finite(ema_state, f"EMA weights at step {step}")
+    for state, what in ((model_state, "model weights"), (ema_state, "EMA weights")):
+        if not isinstance(state, Streamed):
+            check_finite(state, f"{what} at step {step}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        opt_tensors, opt_meta = _optimizer_split(_state_dict(optimizer))
+        if isinstance(optimizer, Streamed):
+            opt_tensors, opt_meta = optimizer, optimizer.json
+        else:
+            opt_tensors, opt_meta = optimizer_split(_state_dict(optimizer))
         _write_tensors(tmp / "model.safetensors", model_state)
         _write_tensors(tmp / "ema.safetensors", ema_state)
         _write_tensors(tmp / "optimizer.safetensors", opt_tensors)
@@ -418,17 +519,35 @@ def read(
     """A verified checkpoint's contents: {model, ema, optimizer (state dicts), step, rng,
     extra, config, stage, diff}. With ``config``, the saved stage's U-Net and text encoder
     must match (``diff`` lists any other differences, e.g. a changed learning rate)."""
+    state = open_checkpoint(directory, config=config, stage=stage)
+    optimizer = state.pop("optimizer")
+    return state | {
+        "model": _read_tensors(state["model"].path),
+        "ema": _read_tensors(state["ema"].path),
+        "optimizer": optimizer_join(_read_tensors(optimizer.path), state.pop("optimizer_json")),
+    }
+
+
+def open_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    config: configs.CascadeConfig | None = None,
+    stage: str | None = None,
+) -> dict[str, Any]:
+    """``read``, with the tensors left on disk: model, EMA and optimizer tensors as
+    ``TensorFile`` (shapes known, tensors loaded one at a time), the optimizer's non-tensor
+    state as ``optimizer_json``. Verified and checked like ``read``."""
     directory = Path(directory)
     meta = verify(directory)
     stage = stage or meta["stage"]
     if stage != meta["stage"]:
         raise CheckpointError(f"{str(directory)!r} holds stage {meta['stage']!r}, not {stage!r}")
     diff = check_compatible(meta["config"], config, stage, str(directory)) if config else []
-    opt_meta = json.loads((directory / "optimizer.json").read_text())
     return {
-        "model": _read_tensors(directory / "model.safetensors"),
-        "ema": _read_tensors(directory / "ema.safetensors"),
-        "optimizer": _optimizer_join(_read_tensors(directory / "optimizer.safetensors"), opt_meta),
+        "model": TensorFile(directory / "model.safetensors"),
+        "ema": TensorFile(directory / "ema.safetensors"),
+        "optimizer": TensorFile(directory / "optimizer.safetensors"),
+        "optimizer_json": json.loads((directory / "optimizer.json").read_text()),
         "step": meta["step"],
         "rng": read_rng(directory),
         "extra": meta["extra"],

@@ -47,6 +47,7 @@ from ivref import (
     parameterization,
     samplers,
     schedules,
+    sharded_state,
     train,
 )
 from ivref.unet3d import VideoUNet
@@ -453,7 +454,7 @@ def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.dev
     """A sharded EMA's weights, whole, in a plain ``VideoUNet`` on every rank."""
     with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten anyway
         plain = VideoUNet(unet).to(device)
-    return distributed.unsharded(sharded, plain).requires_grad_(False)
+    return sharded_state.unsharded(sharded, plain).requires_grad_(False)
 
 
 def _compiled(

@@ -22,8 +22,8 @@ processes during the backward pass:
 With ``--fsdp`` the model, its gradients, the AdamW state and the EMA are sharded between the
 processes instead of copied (FSDP2, ``torch.distributed.fsdp.fully_shard``, one unit per
 U-Net block) [FSDP]: each holds 1/N of them and gathers a block's weights only while it
-runs. The step computes the same numbers as DDP's; checkpoints are gathered whole on rank 0
-and written in the single-process format, so they load anywhere.
+runs. The step computes the same numbers as DDP's; checkpoints are written in the
+single-process format, so they load anywhere, one whole tensor at a time (sharded_state.py).
 
 On a single process every function here is a no-op or returns the trivial answer.
 """
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,61 +266,3 @@ def shard(
         if sub is not module and isinstance(sub, units):
             fully_shard(sub, mesh=mesh)
     fully_shard(module, mesh=mesh)
-
-
-def _dcp():
-    """torch's state-dict helpers for sharded modules (imported when first needed)."""
-    from torch.distributed.checkpoint import state_dict
-
-    return state_dict
-
-
-def _whole(**kwargs: bool):
-    return _dcp().StateDictOptions(full_state_dict=True, **kwargs)
-
-
-def _trainable_names(module: torch.nn.Module) -> list[str]:
-    """Parameter names in the optimizer's order (``Trainer`` passes the trainable ones)."""
-    return [name for name, p in module.named_parameters() if p.requires_grad]
-
-
-def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A sharded module's whole state dict, on rank 0's CPU ({} on other ranks); every rank
-    must call it."""
-    return _dcp().get_model_state_dict(module, options=_whole(cpu_offload=True))
-
-
-def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer state of a sharded module, whole, on rank 0 ({} on other ranks), keyed
-    like ``optimizer.state_dict()`` of one process (parameter index, not name)."""
-    state = _dcp().get_optimizer_state_dict(module, optimizer, options=_whole(cpu_offload=True))
-    if not state:
-        return {}
-    index = {name: i for i, name in enumerate(_trainable_names(module))}
-    groups = [g | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
-    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
-
-
-def unsharded(module: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Module:
-    """``plain``, an unsharded module of sharded ``module``'s architecture, holding its whole
-    weights on every rank (each all-gathers them); every rank must call it."""
-    plain.load_state_dict(_dcp().get_model_state_dict(module, options=_whole()))
-    return plain
-
-
-def load_full_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Shard rank 0's whole ``state`` into a sharded module (the others pass {})."""
-    _dcp().set_model_state_dict(module, dict(state), options=_whole(broadcast_from_rank0=True))
-
-
-def load_full_optimizer_state(
-    module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any]
-) -> None:
-    """Shard rank 0's whole optimizer ``state`` (one process's layout) into ``optimizer``."""
-    if state:
-        names = _trainable_names(module)
-        groups = [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
-        state = {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
-    _dcp().set_optimizer_state_dict(
-        module, optimizer, dict(state), options=_whole(broadcast_from_rank0=True)
-    )

@@ -48,6 +48,7 @@ from ivref import (
     evaluate,
     files,
     objectives,
+    sharded_state,
 )
 from ivref.arguments import MAX_COUNT as MAX_COUNT  # re-exported: other code imports these
 from ivref.arguments import check_count as check_count  # from here
@@ -381,9 +382,13 @@ class Trainer:
         states = distributed.gather(rng, self.context)
         self._saved_step = self.step
         model, ema, optimizer = self.model, self.ema, self.optimizer
-        if self.fsdp:  # gathered whole on rank 0, in one process's layout
-            model, ema = distributed.full_state(model), distributed.full_state(ema)
-            optimizer = distributed.full_optimizer_state(self.model, self.optimizer)
+        if self.fsdp:  # one process's layout, gathered and written one tensor at a time
+            model = sharded_state.streamed_state(model, f"model weights at step {self.step}")
+            ema = sharded_state.streamed_state(ema, f"EMA weights at step {self.step}")
+            optimizer = sharded_state.streamed_optimizer_state(optimizer)
+            if not self.context.is_main:  # in step with rank 0's writes
+                for streamed in (model, ema, optimizer):
+                    streamed.drain()
         if self.context.is_main:
             with files.RunLock(self.out):
                 checkpoint.remove_stale(self.out)
@@ -445,30 +450,34 @@ class Trainer:
         return self._newest(found, read)[1]
 
     def _load_sharded(self, found: list[Path]) -> dict[str, Any]:
-        """FSDP: rank 0 reads and checks the newest good checkpoint, every rank takes its
-        shards of it, and reads the step and the RNG states itself."""
-        path, state, failure = None, {}, None
+        """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
+        each rank keeping its shards (sharded_state.py); every rank reads the step and the
+        RNG states itself."""
+        path, opened, failure = None, {}, None
         if self.context.is_main:
-            read = functools.partial(checkpoint.read, config=self.config, stage=self.stage.name)
+            open_checkpoint = functools.partial(
+                checkpoint.open_checkpoint, config=self.config, stage=self.stage.name
+            )
             try:
-                path, state = self._newest(found, read)
+                path, opened = self._newest(found, open_checkpoint)
                 for part in ("model", "ema"):
-                    checkpoint.check_fits(
-                        self.model, state[part], str(path / f"{part}.safetensors")
-                    )
+                    where = str(opened[part].path)
+                    checkpoint.check_fits(self.model, opened[part].meta_tensors(), where)
+                sharded_state.check_optimizer_fits(
+                    self.optimizer, opened["optimizer"], opened["optimizer_json"],
+                    str(path / "optimizer.safetensors"),
+                )  # fmt: skip
             except checkpoint.CheckpointError as err:
                 failure = err
         path, failure = distributed.broadcast((path, failure), self.context)
         if failure is not None:  # on every rank alike
             raise failure
-        distributed.load_full_state(self.model, state.get("model", {}))
-        distributed.load_full_state(self.ema, state.get("ema", {}))
-        distributed.load_full_optimizer_state(
-            self.model, self.optimizer, state.get("optimizer", {})
+        sharded_state.load_state(self.model, opened.get("model"))
+        sharded_state.load_state(self.ema, opened.get("ema"))
+        sharded_state.load_optimizer_state(
+            self.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), self.context
         )
-        if not self.context.is_main:
-            state = {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
-        return state
+        return {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
 
     @property
     def _evaluate_everywhere(self) -> bool:

@@ -220,3 +220,92 @@ def test_what_a_killed_save_leaves_is_named_and_cleared(tmp_path):
     assert checkpoint.remove_stale(tmp_path) == [tmp]
     assert checkpoint.verify(folder / "step-00000002")["step"] == 2  # moved back
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
+
+
+def _streamed(tensors: dict, json=None):
+    """``tensors`` as a Streamed source whose every take makes a fresh copy, asserting that
+    the memory of every tensor taken before is freed (the writer holds one at a time)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    refs = []
+
+    def take(name):
+        assert all(ref.expired() for ref in refs), "an earlier tensor is still held"
+        value = tensors[name].clone()
+        refs.append(StorageWeakRef(value.untyped_storage()))
+        return value
+
+    specs = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+    return checkpoint.Streamed(specs, take, json)
+
+
+def test_streamed_tensors_write_what_safetensors_reads_one_at_a_time(tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = {
+        "f32": torch.randn(3, 5), "f16": torch.randn(7).half(),
+        "bf16": torch.randn(2, 2, 3).bfloat16(), "i64": torch.arange(5),
+        "u8": torch.arange(9, dtype=torch.uint8), "bool": torch.rand(4) > 0.5,
+        "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
+    }  # fmt: skip
+    checkpoint._write_tensors(tmp_path / "t.safetensors", _streamed(tensors), {"k": "v"})
+    loaded = load_file(tmp_path / "t.safetensors")
+    assert loaded.keys() == tensors.keys()
+    for name, value in tensors.items():
+        assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], value), name
+    opened = checkpoint.TensorFile(tmp_path / "t.safetensors")
+    assert opened.shapes == {k: tuple(v.shape) for k, v in tensors.items()}
+    assert opened.dtypes == {k: v.dtype for k, v in tensors.items()}
+    assert torch.equal(opened.get("bf16"), tensors["bf16"])
+    wrong = checkpoint.Streamed({"f32": (torch.float32, (3, 4))}, lambda name: tensors[name])
+    with pytest.raises(ValueError, match=r"'f32' came as torch.float32 \(3, 5\); its spec says"):
+        checkpoint._write_tensors(tmp_path / "w.safetensors", wrong)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]  # nothing left
+
+
+def test_a_streamed_checkpoint_is_the_same_checkpoint(tmp_path):
+    """A plain model and optimizer saved through sharded_state's streams (one whole tensor
+    at a time) read back exactly as saved directly; a NaN stops the save before it lands."""
+    from ivref import sharded_state
+
+    model, ema, opt = _trained()
+    direct = _save(tmp_path / "a", model, ema, opt)
+    streamed = _save(
+        tmp_path / "b",
+        sharded_state.streamed_state(model, "model weights"),
+        sharded_state.streamed_state(ema, "EMA weights"),
+        sharded_state.streamed_optimizer_state(opt),
+    )
+    a, b = checkpoint.read(direct), checkpoint.read(streamed)
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    for i, entry in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in entry.items())
+    with torch.no_grad():
+        model[1].bias[0] = float("nan")
+    with pytest.raises(checkpoint.NonFiniteError, match=r"model weights: .* \['1.bias'\]"):
+        _save(tmp_path / "c", sharded_state.streamed_state(model, "model weights"), ema, opt)
+    assert not (tmp_path / "c" / "ckpt").exists() and list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_saved_optimizer_state_that_does_not_fit_is_named(tmp_path):
+    """What a sharded resume checks on rank 0 before any tensor moves."""
+    from ivref import sharded_state
+
+    model, ema, opt = _trained()
+    opened = checkpoint.open_checkpoint(_save(tmp_path, model, ema, opt))
+    where = "optimizer.safetensors"
+    sharded_state.check_optimizer_fits(opt, opened["optimizer"], opened["optimizer_json"], where)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 2))
+    wider = torch.optim.AdamW(other.parameters())
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit: state.0.exp_avg: file"):
+        sharded_state.check_optimizer_fits(
+            wider, opened["optimizer"], opened["optimizer_json"], where
+        )
+    fewer = torch.optim.AdamW(other[0].parameters())
+    with pytest.raises(checkpoint.CheckpointError, match="4 parameters saved, 2 in the optimizer"):
+        sharded_state.check_optimizer_fits(
+            fewer, opened["optimizer"], opened["optimizer_json"], where
+        )
