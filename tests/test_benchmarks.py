@@ -1,5 +1,5 @@
 """benchmarks/unet_step.py, train_throughput.py, train_step_variants.py, cuda_checks.py,
-data_parallel.py and plot.py at --tiny size.
+data_parallel.py, sharded_save.py and plot.py at --tiny size.
 
 Each runs in a subprocess as a user runs it (~20 s of CPU for both; the generous timeout is
 for a busy machine). No wall-clock assertions: only that every
@@ -289,3 +289,18 @@ def test_data_parallel_tiny_runs_every_mode(repo_root, tmp_path):
         "fsdp_step_over_ddp",
         "ddp_step_over_one",
     }
+
+
+@pytest.mark.slow
+def test_sharded_save_tiny_writes_the_same_tensors_both_ways(repo_root, tmp_path):
+    """Streamed and gathered-whole saves of the same 2-process FSDP run: the same tensors in
+    the model, EMA and optimizer files, byte for byte."""
+    out = tmp_path / "sharded_save.json"
+    _run(repo_root, "sharded_save.py", "--tiny", "--json", str(out))
+    result = json.loads(out.read_text())
+    streamed, whole = result["rows"]
+    assert (streamed["mode"], whole["mode"]) == ("streamed", "gather-whole")
+    model = unet3d.VideoUNet(configs.preset("ci").stage("base").unet)
+    assert streamed["params"] == whole["params"] == sum(p.numel() for p in model.parameters())
+    assert streamed["digests"] == whole["digests"]
+    assert all(row["rank0_extra_mib"] >= 0 and row["save_s"] > 0 for row in (streamed, whole))
