@@ -357,6 +357,7 @@ def distill_stage(
     progress: bool = True,
     compile: bool | dict[str, Any] = False,
     fsdp: bool = False,
+    new_streams: bool = False,
 ) -> Distilled:
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
@@ -373,7 +374,9 @@ def distill_stage(
     gradients, AdamW state and EMA instead (``train.Trainer(fsdp=True)``); the teacher stays
     whole on every rank (it has no gradients nor optimizer state, a quarter of a student's
     memory), so a phase's sharded EMA is gathered whole on every rank to teach the next one.
-    The returned model is whole on every rank.
+    The returned model is whole on every rank. ``new_streams``: a resumed phase starts new
+    random streams (``train.Trainer.resume``), e.g. to resume with another number of
+    processes.
     """
     train.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
@@ -441,7 +444,7 @@ def distill_stage(
             fsdp=fsdp,
         )  # fmt: skip
         if checkpoint.latest(out / folder) is not None:
-            trainer.resume()
+            trainer.resume(new_streams=new_streams)
         trainer.fit(length)
         ema = _whole(trainer.ema, cfg.stage(stage).unet, device) if fsdp else trainer.ema
         if trainer.interrupted:
@@ -482,6 +485,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="folder: one run folder per phase")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
+    p.add_argument(
+        "--new-streams",
+        action="store_true",
+        help="with --resume: new data and noise streams (to resume with another process count)",
+    )
     p.add_argument("--batch-size", type=arguments.positive_int, help="default: the stage's")
     p.add_argument("--guided-steps", type=arguments.positive_int, help="training steps, phase 1")
     p.add_argument(
@@ -539,6 +547,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         raise errors.CLIError(f"--stage {args.stage!r}: the cascade's trained stages are {names}")
     if teacher.models[args.stage].cfg.use_guidance_embedding:
         raise errors.CLIError(f"stage {args.stage!r} of {args.source} is already distilled")
+    if args.new_streams and not args.resume:
+        raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
     with distributed.main_only(context, files.RunLock(args.out)):
@@ -547,7 +557,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
             halving_steps=args.halving_steps, bf16=args.bf16,
             checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
-            fsdp=args.fsdp,
+            fsdp=args.fsdp, new_streams=args.new_streams,
         )  # fmt: skip
     if result.signal is not None:
         raise errors.Interrupted(

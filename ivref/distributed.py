@@ -208,16 +208,22 @@ def pack_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return packed
 
 
+def saved_world_size(packed: dict[str, torch.Tensor]) -> int:
+    """The number of processes whose RNG states a checkpoint holds (``pack_rng``)."""
+    return int(packed[WORLD_SIZE_KEY]) if WORLD_SIZE_KEY in packed else 1
+
+
 def unpack_rng(packed: dict[str, torch.Tensor], context: Context) -> dict[str, torch.Tensor]:
     """This rank's RNG states from a checkpoint's; a ValueError if another number of processes
     wrote it (their random streams cannot be split or merged exactly)."""
-    saved = int(packed[WORLD_SIZE_KEY]) if WORLD_SIZE_KEY in packed else 1
+    saved = saved_world_size(packed)
     if saved != context.world_size:
         how = "one process" if saved == 1 else f"torchrun --nproc_per_node={saved}"
         raise ValueError(
             f"this run was trained by {saved} process(es) and is resumed by "
             f"{context.world_size}: each process has its own data and noise streams, so "
-            f"resume it with {how}, or start a new run"
+            f"resume it with {how} to continue them exactly, or add --new-streams "
+            "(Trainer.resume(new_streams=True)) to go on with new ones"
         )
     if context.rank == 0:
         return {k: v for k, v in packed.items() if "/" not in k and k != WORLD_SIZE_KEY}

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import math
 import shutil
 import signal
@@ -406,21 +407,32 @@ class Trainer:
         distributed.barrier(self.context)  # the checkpoint is on disk for every rank
         return path if self.context.is_main else checkpoint.latest(self.out)
 
-    def resume(self) -> int:
+    def resume(self, new_streams: bool = False) -> int:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
 
         A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
         before it is used. With FSDP, rank 0 reads it and shards it to the others.
+
+        The random streams (data, noise, dropout) continue exactly when as many processes
+        resume the run as trained it; another number is refused. ``new_streams=True``
+        restores the weights, EMA, optimizer state and step alike, but starts new streams,
+        seeded from the checkpoint (``_new_streams``): for any number of processes, and the
+        same run whenever it is resumed so.
         """
+        if not isinstance(new_streams, bool):
+            raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
         found = checkpoint.run_checkpoints(self.out)
         if not found:
             raise checkpoint.CheckpointError(f"no checkpoint in {str(self.out)!r} to resume from")
         state = self._load_sharded(found) if self.fsdp else self._load(found)
-        rng = distributed.unpack_rng(state["rng"], self.context)
-        torch.set_rng_state(rng["torch"])
-        self.generator.set_state(rng["train"])
-        self.objective.set_rng_state(rng)
-        self.model_rng.load_state_dict(rng)
+        if new_streams:
+            self._new_streams(state["rng"], state["step"])
+        else:
+            rng = distributed.unpack_rng(state["rng"], self.context)
+            torch.set_rng_state(rng["torch"])
+            self.generator.set_state(rng["train"])
+            self.objective.set_rng_state(rng)
+            self.model_rng.load_state_dict(rng)
         self.step = state["step"]
         log = self.out / LOG
         if self.context.is_main and log.is_file():
@@ -428,6 +440,31 @@ class Trainer:
         self._log_open = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
+
+    def _new_streams(self, saved: dict[str, torch.Tensor], step: int) -> None:
+        """Seed this rank's data, noise and dropout streams anew, as ``__init__`` does but from
+        seed = sha256(rank 0's saved noise-generator state, step) instead of ``seed``: the
+        same for every resume of this checkpoint, and no stream the run has drawn from."""
+        data = getattr(self.objective, "data", None)
+        if not isinstance(getattr(data, "generator", None), torch.Generator):
+            raise ValueError(
+                "new_streams=True seeds the objective's data generator (objective.data."
+                "generator) anew, and this objective has none: resume with the number of "
+                "processes that trained the run"
+            )
+        key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
+        stream = distributed.stream_seed(seed, self.context.rank)
+        data.generator.manual_seed(stream)
+        self.generator.manual_seed(stream + 1)
+        self.model_rng = ModelRNG(self.model, stream + 2, self.device)
+        if self.context.is_main:
+            print(
+                f"resume: new data, noise and dropout streams for {self.context.world_size} "
+                f"process(es) (the run was trained by {distributed.saved_world_size(saved)}); "
+                "weights, EMA and optimizer state continue exactly",
+                file=sys.stderr,
+            )
 
     def _newest(self, found: list[Path], read: Callable[[Path], Any]) -> tuple[Path, Any]:
         """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
@@ -587,6 +624,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="run folder: log + checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from OUT's newest checkpoint")
+    p.add_argument(
+        "--new-streams",
+        action="store_true",
+        help="with --resume: new data and noise streams (to resume with another process count)",
+    )
     p.add_argument("--force", action="store_true", help="start afresh in a non-empty OUT")
     p.add_argument(
         "--batch-size",
@@ -734,6 +776,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")
+    if args.new_streams and not args.resume:
+        raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     return distributed.run_in_group(device, lambda device, context: _train(args, device, context))
 
 
@@ -773,7 +817,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             fsdp=args.fsdp,
         )
         if args.resume:
-            step = trainer.resume()
+            step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:
                 print(f"resuming {stage} from step {step}", file=sys.stderr)
         trainer.fit(args.steps)

@@ -130,7 +130,48 @@ def test_one_process_refuses_to_resume_a_two_process_run(run, tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "trained by 2 process(es) and is resumed by 1" in err
-    assert "torchrun --nproc_per_node=2" in err
+    assert "torchrun --nproc_per_node=2" in err and "add --new-streams" in err
+
+
+def test_new_streams_resume_the_weights_exactly_with_another_process_count(run, tmp_path):
+    """One process resumes the 2-process run with new streams: weights, EMA, optimizer and
+    step are the checkpoint's; the streams are seeded from the checkpoint, alike on every
+    resume and unlike the run's own."""
+    cfg, stage = _config()
+    resumed = []
+    for name in ("a", "b"):
+        shutil.copytree(run, tmp_path / name)
+        trainer = train.Trainer(cfg, stage, tmp_path / name, progress=False)
+        assert trainer.resume(new_streams=True) == STEPS
+        resumed.append(trainer)
+    fresh = train.Trainer(cfg, stage, tmp_path / "fresh", progress=False)
+    for part, module in (("model", resumed[0].model), ("ema", resumed[0].ema)):
+        saved = _state(run, STEPS, part)
+        assert all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    moments = _state(run, STEPS, "optimizer")
+    state = resumed[0].optimizer.state_dict()["state"]
+    assert all(torch.equal(state[int(k.split(".")[1])][k.split(".")[2]], v)
+               for k, v in moments.items())  # fmt: skip
+    a, b = resumed
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert torch.equal(a.data.generator.get_state(), b.data.generator.get_state())
+    assert not torch.equal(a.generator.get_state(), fresh.generator.get_state())
+    assert not torch.equal(a.data.generator.get_state(), fresh.data.generator.get_state())
+    rows = a.fit(STEPS + 1)
+    assert [r["step"] for r in rows] == [STEPS + 1]
+    assert [r["step"] for r in train.read_log(tmp_path / "a")] == list(range(1, STEPS + 2))
+
+
+def test_two_processes_resume_a_one_process_run_with_new_streams(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*ARGS, "--steps", "1", "--out", str(out)]) == 0
+    done = _torchrun("--steps", "2", "--out", str(out), "--resume", "--new-streams")
+    assert "new data, noise and dropout streams for 2 process(es) (the run was trained by 1)" in (
+        done.stderr
+    )
+    assert [r["step"] for r in train.read_log(out)] == [1, 2]
+    rng = checkpoint.read_rng(checkpoint.latest(out))
+    assert distributed.saved_world_size(rng) == 2 and "rank1/train" in rng
 
 
 def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):

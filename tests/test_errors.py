@@ -495,6 +495,12 @@ CLI_CASES = [
         "--stage 'nope': the cascade's trained stages are ['base', 'tsr', 'ssr1', 'ssr2']",
     ),
     Case(
+        "train --new-streams without --resume",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--new-streams"),
+        2,
+        "--new-streams starts new random streams for --resume; add --resume",
+    ),
+    Case(
         "train --fsdp in one process",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--fsdp"),
         2,
