@@ -11,7 +11,7 @@ A stage whose teacher samples unguided (w = 0, no oscillation; the toy SR stages
 phase 1: its student keeps the zero-initialised w embedding, learns w = 0 only, and says
 so in its config (``guidance_w_max = 0``), so a guided call fails instead of being ignored.
 Both phases minimise max(SNR_t, 1) ||x~ - x_hat||^2 (truncated SNR weighting, [PD §4]) with
-lr annealed linearly to 0 and no EMA [PD]; every phase is an objective in ``train.Trainer``,
+lr annealed linearly to 0 and no EMA [PD]; every phase is an objective in ``trainer.Trainer``,
 so it checkpoints, resumes and stops on Ctrl-C like training. Targets use no dynamic
 thresholding: clipping inside the targets biases every student's brightness.
 
@@ -48,7 +48,7 @@ from ivref import (
     samplers,
     schedules,
     sharded_state,
-    train,
+    trainer,
 )
 from ivref.unet3d import VideoUNet
 
@@ -129,7 +129,7 @@ def with_guidance_embedding(teacher: VideoUNet, seed: int = 0) -> VideoUNet:
 
 
 class DistillObjective:
-    """One distillation phase as a ``train.Trainer`` objective (see the module docstring).
+    """One distillation phase as a ``trainer.Trainer`` objective (see the module docstring).
 
     ``phase="guided"``: the teacher is undistilled; its guided prediction is the target.
     ``phase="progressive"``: the teacher embeds w; ``steps`` is the student's N.
@@ -365,20 +365,20 @@ def distill_stage(
     finished phase is loaded and an unfinished one continues from its checkpoint.
     ``halving_steps``: training steps of every halving, or one count per halving in order
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
-    training setting). ``compile``: ``torch.compile`` the student's step (``train.Trainer``'s
+    training setting). ``compile``: ``torch.compile`` the student's step (``trainer.Trainer``'s
     option: CUDA graphs on a GPU) and the teacher's forward with the same options; text is
     padded to the encoder's ``max_length`` so every batch has one shape. In a process group
     of N (``torchrun ... ivref distill``) every process calls it: each phase trains
-    data-parallel (``train.Trainer``'s DDP, ``batch_size`` the global batch), the teacher is
+    data-parallel (``trainer.Trainer``'s DDP, ``batch_size`` the global batch), the teacher is
     replicated, rank 0 writes the files. ``fsdp=True`` shards each phase's student, its
-    gradients, AdamW state and EMA instead (``train.Trainer(fsdp=True)``); the teacher stays
+    gradients, AdamW state and EMA instead (``trainer.Trainer(fsdp=True)``); the teacher stays
     whole on every rank (it has no gradients nor optimizer state, a quarter of a student's
     memory), so a phase's sharded EMA is gathered whole on every rank to teach the next one.
     The returned model is whole on every rank. ``new_streams``: a resumed phase starts new
-    random streams (``train.Trainer.resume``), e.g. to resume with another number of
+    random streams (``trainer.Trainer.resume``), e.g. to resume with another number of
     processes.
     """
-    train.check_compile(compile)
+    trainer.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
     arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
@@ -432,23 +432,23 @@ def distill_stage(
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
         cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
         student = with_guidance_embedding(teacher, seed)
-        pad = train.text_padding(config, compile)
+        pad = trainer.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), stream, device), text
         )
         objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
-        trainer = train.Trainer(
+        loop = trainer.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
             checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
             fsdp=fsdp,
         )  # fmt: skip
         if checkpoint.latest(out / folder) is not None:
-            trainer.resume(new_streams=new_streams)
-        trainer.fit(length)
-        ema = _whole(trainer.ema, cfg.stage(stage).unet, device) if fsdp else trainer.ema
-        if trainer.interrupted:
-            return Distilled(cfg, ema, trainer.signal)
+            loop.resume(new_streams=new_streams)
+        loop.fit(length)
+        ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
+        if loop.interrupted:
+            return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
 
@@ -467,7 +467,9 @@ def _compiled(
     (a wrapper that shares its parameters; the eager module goes on to seed the next phase)."""
     if compile is False:
         return teacher
-    options = compile if isinstance(compile, dict) else train.compile_options(torch.device(device))
+    options = (
+        compile if isinstance(compile, dict) else trainer.compile_options(torch.device(device))
+    )
     return torch.compile(teacher, **options)
 
 
@@ -534,7 +536,7 @@ def step_counts(value: str) -> int | list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal.
-    Under torchrun every process runs it, data-parallel (``train.Trainer`` with DDP, or
+    Under torchrun every process runs it, data-parallel (``trainer.Trainer`` with DDP, or
     with FSDP under ``--fsdp``)."""
     device = cascade.parse_device(args.device)
     return distributed.run_in_group(device, lambda device, context: _distill(args, device, context))

@@ -167,7 +167,7 @@ def stage_evaluator(
     guidance_w: float | None = None,
     seed: int = 0,
 ) -> Callable[[Any], dict[str, float]]:
-    """An evaluator for ``train.Trainer``: sample its EMA model and score the samples.
+    """An evaluator for ``trainer.Trainer``: sample its EMA model and score the samples.
 
     Base stages are scored by caption alignment; SR stages, which refine the low-res view of
     ground-truth clips and so are judged alone, also by the PSNR of their samples against

@@ -1,6 +1,6 @@
-"""What one training step optimises: a stage's batch and its loss, plugged into ``train.Trainer``.
+"""What one training step optimises: a stage's batch and its loss, plugged into ``trainer.Trainer``.
 
-The loop (optimizer, EMA, checkpoints, resume, Ctrl-C) lives in train.py and knows nothing
+The loop (optimizer, EMA, checkpoints, resume, Ctrl-C) lives in trainer.py and knows nothing
 about diffusion; an *objective* turns a batch into a scalar loss for a model:
 
     objective.sample(batch_size) -> Batch(x, captions, is_image)    # data, own generator

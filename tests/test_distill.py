@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ivref import cascade, cli, configs, distill, objectives, samplers, schedules, text
+from ivref import cascade, cli, configs, distill, objectives, samplers, schedules, text, train
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -370,7 +370,7 @@ def test_compiled_distillation_matches_eager(tmp_path, monkeypatch):
     assert phases[0] == "guided" and len(phases) >= 2
     assert compiled_teachers == [False] * len(phases) + [True] * len(phases)
     for phase in phases:
-        a, b = (distill.train.read_log(tmp_path / run / phase) for run in "ab")
+        a, b = (train.read_log(tmp_path / run / phase) for run in "ab")
         assert len(a) == len(b) == 2
         for row_a, row_b in zip(a, b, strict=True):
             # the loss is a small difference (student - teacher ~ 3e-2 at init): the rounding

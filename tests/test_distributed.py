@@ -158,7 +158,7 @@ def test_new_streams_resume_the_weights_exactly_with_another_process_count(run, 
     assert not torch.equal(a.generator.get_state(), fresh.generator.get_state())
     assert not torch.equal(a.data.generator.get_state(), fresh.data.generator.get_state())
     rows = a.fit(STEPS + 1)
-    assert [r["step"] for r in rows] == [STEPS + 1]
+    assert len(rows) == 1 and rows[0]["step"] == STEPS + 1
     assert [r["step"] for r in train.read_log(tmp_path / "a")] == list(range(1, STEPS + 2))
 
 

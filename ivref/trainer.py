@@ -1,0 +1,596 @@
+"""One readable training loop for any stage of the cascade: ``Trainer``.
+
+The loop owns what every run needs: AdamW [ADAMW] with linear warm-up and gradient
+clipping, an EMA of the weights [EMA] (what gets sampled and shipped), the log, whole-folder
+checkpoints, exact resume, and clean stops. What a step optimises comes from an *objective*
+(objectives.py): base, TSR and SSR stages by default, distillation (distill.py) by plug-in.
+The ``ivref train`` command around it is train.py, which re-exports everything here.
+
+Safety: every random draw (data, t, eps, text and model dropout, crops, augmentation) comes
+from generators saved in the checkpoint (model_rng.py for the model's dropout), so
+``resume`` continues exactly; the run folder is locked while a trainer writes it; a
+non-finite loss or gradient stops the run naming the last good checkpoint (or skips the
+step, ``on_nonfinite="skip"``) and non-finite weights are never saved; Ctrl-C or SIGTERM
+saves at the end of the current step. Data-parallel over N processes under ``torchrun``:
+distributed.py says what each process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import math
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from ivref import (
+    cascade,
+    checkpoint,
+    configs,
+    distributed,
+    evaluate,
+    files,
+    objectives,
+    sharded_state,
+)
+from ivref.arguments import check_count
+from ivref.model_rng import ModelRNG
+
+LOG = "log.jsonl"
+Evaluator = Callable[["Trainer"], dict[str, float]]
+OnNonFinite = Literal["stop", "skip"]
+MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"
+MAX_SEED = cascade.MAX_SEED
+
+TextCache = objectives.TextCache  # where earlier code found it
+caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
+
+
+def compile_options(device: torch.device) -> dict[str, Any]:
+    """``torch.compile`` options of ``Trainer(compile=True)``: static shapes, and CUDA graphs
+    on a GPU (one replay per forward and per backward instead of ~1,000 kernel launches)."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return {"mode": mode, "dynamic": False}
+
+
+def text_padding(config: configs.CascadeConfig, compile: bool | dict[str, Any]) -> int:
+    """``TextCache(pad_multiple=...)`` for a step compiled or not: compiled, every batch is
+    padded to the encoder's ``max_length`` tokens (captions never exceed it), one shape."""
+    return config.text.max_length if compile is not False else 1
+
+
+def check_compile(compile: Any) -> None:
+    """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
+    if not isinstance(compile, bool | dict):
+        raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warm-up: lr * min(1, (step + 1) / warmup_steps)."""
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+
+
+def learning_rate(step: int, cfg: configs.TrainConfig, total: int | None = None) -> float:
+    """Warm-up, then constant or (``lr_decay="linear"``) lr * (1 - step / total) [PD]."""
+    lr = warmup_lr(step, cfg.lr, cfg.warmup_steps)
+    if cfg.lr_decay == "linear" and total:
+        lr *= max(0.0, 1.0 - step / total)
+    return lr
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta [EMA]; buffers are copied."""
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"EMA has {len(ema_params)} parameters, the model {len(params)}")
+    torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)  # one kernel
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """CHOICE: min(decay, (1 + step) / (10 + step)), so short runs' EMA is not stuck at init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a training log (a run folder or its log.jsonl); a torn last line is dropped."""
+    return files.read_log(path, name=LOG)
+
+
+class Trainer:
+    """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoints/``.
+
+    By default the model is a fresh ``VideoUNet`` (seeded by ``seed``) and the objective the
+    stage's diffusion loss on the toy world, painted on ``device`` (``dataset`` and
+    ``text_encoder`` replace its parts); pass ``model`` and ``objective`` to train anything
+    else with the same loop.
+
+    ``compile=True`` compiles the model's forward and backward in place with
+    ``torch.compile`` (``nn.Module.compile``: state dicts keep their names), with CUDA graphs
+    on a GPU (``mode="reduce-overhead"``), where a small model's step is otherwise bound by
+    kernel launches; a dict is passed to ``nn.Module.compile`` as its options instead. Shapes
+    are static (``dynamic=False``), so the default objective pads text to the encoder's
+    ``max_length`` tokens and every batch has one shape; a custom objective whose
+    shapes vary compiles once per shape. The first step includes the compilation. On a CPU
+    it does not pay for the toy stages (docs/benchmarks.md).
+
+    In a process group of N (``torchrun``, see distributed.py) the trainer is data-parallel:
+    ``batch_size`` is the global batch, each process draws ``batch_size / N`` samples from
+    its own streams (seeded by ``distributed.stream_seed(seed, rank)``; a ``dataset`` you
+    pass is used as it is, so seed it per rank), the model is wrapped in
+    ``DistributedDataParallel``, and rank 0 alone writes the log and the checkpoints.
+    ``fsdp=True`` shards the model, gradients, AdamW state and EMA between the processes
+    instead (FSDP2, one unit per ``SpaceTimeBlock``). ``evaluate`` runs on rank 0 alone,
+    unless it is marked ``distributed.on_every_rank`` (``evaluate.stage_evaluator`` is: the
+    ranks share its prompts) or the model is sharded: then every rank calls it.
+    """
+
+    def __init__(
+        self,
+        config: configs.CascadeConfig,
+        stage: str,
+        out: str | Path,
+        *,
+        objective: objectives.Objective | None = None,
+        model: torch.nn.Module | None = None,
+        dataset: objectives.Dataset | None = None,
+        text_encoder: Any = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        checkpoint_every: int = 500,
+        keep_checkpoints: int = 2,
+        evaluate: Evaluator | None = None,
+        evaluate_every: int = 0,
+        on_nonfinite: OnNonFinite = "stop",
+        progress: bool = True,
+        compile: bool | dict[str, Any] = False,
+        fsdp: bool = False,
+    ) -> None:
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
+        check_compile(compile)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        check_count("batch_size", batch_size, none="the stage's")
+        check_count("checkpoint_every", checkpoint_every)
+        check_count("keep_checkpoints", keep_checkpoints)
+        check_count("evaluate_every", evaluate_every, minimum=0)
+        device = cascade.parse_device(device)
+        self.context = context = distributed.current()
+        if not isinstance(fsdp, bool):
+            raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
+        if fsdp and context.world_size == 1:
+            raise ValueError(
+                "fsdp=True shards the model between processes, and this is the only one: "
+                "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
+            )
+        self.fsdp = fsdp
+        if context.world_size > 1 and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", context.local_rank)  # one GPU per process
+        self.config, self.stage = config, config.stage(stage)
+        self.train_cfg, self.diffusion = self.stage.train, config.diffusion
+        self.out, self.device = Path(out), device
+        self.batch_size = batch_size or self.train_cfg.batch_size
+        if self.batch_size % context.world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of the {context.world_size} "
+                f"processes: it is the global batch, split evenly between them"
+            )
+        self.local_batch_size = self.batch_size // context.world_size
+        stream = distributed.stream_seed(seed, context.rank)  # this rank's data and noise
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
+        self.evaluate, self.evaluate_every = evaluate, evaluate_every
+        self.on_nonfinite, self.progress = on_nonfinite, progress
+        self.compiled = compile is not False
+        if objective is None:
+            if text_encoder is None:
+                from ivref import text
+
+                text_encoder = text.build_encoder(config.text)
+            dataset = dataset or objectives.toy_dataset(self.stage, stream, self.device)
+            cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))
+            objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
+        self.objective = objective
+        if model is None:
+            from ivref.unet3d import VideoUNet
+
+            with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the
+                torch.manual_seed(seed)  # global RNG is restored afterwards
+                model = VideoUNet(self.stage.unet)
+        self._place(model.to(self.device), compile)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.train_cfg.lr,
+            weight_decay=self.train_cfg.weight_decay,
+            fused=True,  # one kernel for all parameters: ~3x cheaper than the per-tensor loop
+        )
+        self.generator = torch.Generator().manual_seed(stream + 1)  # t, eps, text drop, crops
+        self.model_rng = ModelRNG(self.model, stream + 2, self.device)  # the model's dropout
+        self.step = 0
+        self.signal: int | None = None  # set by Ctrl-C / SIGTERM during ``fit``
+        self._stop_agreed = False  # several processes: a signal reached one of them
+        self._skipped = 0
+        self._log_open = False  # the first ``fit`` of a fresh run starts a new log
+        self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
+        self._saved_step: int | None = None  # the step of the last checkpoint written
+
+    def _place(self, model: torch.nn.Module, compile: bool | dict[str, Any]) -> None:
+        """``self.model`` and ``self.ema``: sharded (FSDP), compiled, DDP-wrapped as asked."""
+        context = self.context
+        if self.fsdp:  # sharding assumes equal weights everywhere: rank 0's
+            distributed.broadcast_module(model, context)
+        self.model = model
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        if self.fsdp:  # the EMA is sharded like the model: each rank averages its shard
+            from ivref.unet3d import SpaceTimeBlock
+
+            for module in (self.model, self.ema):
+                distributed.shard(module, (SpaceTimeBlock,), self.device)
+        if self.compiled:  # after the EMA copy, which stays eager
+            self.model.compile(
+                **(compile if isinstance(compile, dict) else compile_options(self.device))
+            )
+        # several processes, no FSDP: DDP around the model (it broadcasts rank 0's weights)
+        self._ddp = self.model if self.fsdp else distributed.wrap(model, context, self.device)
+        if context.world_size > 1 and not self.fsdp:  # the EMA from the broadcast weights
+            self.ema.load_state_dict(self.model.state_dict())
+
+    # The default objective's parts, where notebooks and evaluators look for them.
+    @property
+    def text(self) -> objectives.TextCache:
+        return self.objective.text
+
+    @property
+    def data(self) -> objectives.Dataset:
+        return self.objective.data
+
+    @property
+    def step_model(self) -> torch.nn.Module:
+        """What a training step calls: the model, or (several processes) DDP around it."""
+        if self.context.world_size == 1:
+            return self.model
+        if self._ddp is self.model or self._ddp.module is self.model:  # FSDP, DDP
+            return self._ddp
+        raise RuntimeError(
+            "Trainer.model was replaced after the trainer wrapped it in "
+            "DistributedDataParallel; pass the model as Trainer(model=...) instead"
+        )
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+    # -- one step ---------------------------------------------------------------------
+
+    def loss(self, x: torch.Tensor, captions: list[str], is_image: torch.Tensor) -> torch.Tensor:
+        """The objective's mean loss of one batch, drawing from the loop's generator."""
+        batch = objectives.Batch(x, list(captions), is_image)
+        return self.objective.loss(
+            self.step_model, batch, self.generator, self.device, self.train_cfg.bf16
+        )
+
+    def _nonfinite(self, what: str, value: float) -> None:
+        last = checkpoint.latest(self.out)
+        where = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint yet"
+        message = f"non-finite {what} ({value}) at step {self.step + 1}; {where}"
+        self._skipped += 1
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(message + " (lower --lr, or --on-nan skip to skip steps)")
+        if self._skipped >= MAX_SKIPPED:
+            raise NonFiniteLossError(f"{message}: {self._skipped} non-finite steps in a row")
+        warnings.warn(message + ": step skipped", stacklevel=3)
+
+    def train_step(self) -> dict[str, float]:
+        """Sample a batch, one AdamW step with warm-up and clipping, then the EMA update."""
+        batch = self.objective.sample(self.local_batch_size)
+        lr = learning_rate(self.step, self.train_cfg, self._total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        if self.compiled:  # a new step: CUDA-graph outputs of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
+        # the last step's gradients go before the forward, not after it: its activations and
+        # a second copy of the gradients are never held at once
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.model_rng.scope():  # dropout masks from this run's stream
+            loss = self.loss(batch.x, batch.captions, batch.is_image)
+            loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
+        # one wait for the device a step (both numbers at once), not one per number
+        loss_value, grad_norm = self._agree(loss.detach().float(), distributed.scalar(norm))
+        row = {"loss": loss_value, "lr": lr}
+        if not math.isfinite(loss_value):  # its gradients are not used either
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite("loss", loss_value)
+            self.step += 1
+            return row | {"skipped": 1}
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._nonfinite("gradient norm", grad_norm)
+            self.step += 1
+            return row | {"grad_norm": grad_norm, "skipped": 1}
+        self._skipped = 0
+        self.optimizer.step()
+        ema_update(self.ema, self.model, ema_decay_at(self.step, self.train_cfg.ema_decay))
+        self.step += 1
+        return row | {"grad_norm": grad_norm}
+
+    def _agree(self, loss: torch.Tensor, norm: torch.Tensor) -> tuple[float, float]:
+        """(loss, gradient norm) as numbers; with several processes the loss is their mean
+        and ``_stop_agreed`` says whether any was signalled, from one all-reduce (the norm,
+        of the averaged gradients, is the same on every rank)."""
+        world = self.context.world_size
+        if world == 1:
+            loss_value, grad_norm = torch.stack([loss, norm.float()]).tolist()
+            return loss_value, grad_norm
+        signalled = torch.tensor(float(self.signal is not None), device=loss.device)
+        total = distributed.sum_over_ranks(torch.stack([loss, signalled]), self.context)
+        numbers = torch.stack([total[0] / world, norm.float(), total[1]])
+        loss_value, grad_norm, signals = numbers.tolist()
+        if signals > 0:  # every rank stops after this step, signalled itself or not
+            self._stop_agreed = True
+            self.signal = self.signal or signal.SIGTERM
+        return loss_value, grad_norm
+
+    def _stopping(self) -> bool:
+        """Stop after this step: this process was signalled (several: all of them agreed)."""
+        return self._stop_agreed if self.context.world_size > 1 else self.signal is not None
+
+    # -- checkpoints and the log ------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go.
+
+        What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first. With
+        several processes every rank calls it; rank 0 writes every rank's random states.
+        """
+        rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
+        rng |= self.objective.rng_state() | self.model_rng.state_dict()
+        states = distributed.gather(rng, self.context)
+        self._saved_step = self.step
+        model, ema, optimizer = self.model, self.ema, self.optimizer
+        if self.fsdp:  # one process's layout, gathered and written one tensor at a time
+            model = sharded_state.streamed_state(model, f"model weights at step {self.step}")
+            ema = sharded_state.streamed_state(ema, f"EMA weights at step {self.step}")
+            optimizer = sharded_state.streamed_optimizer_state(optimizer)
+            if not self.context.is_main:  # in step with rank 0's writes
+                for streamed in (model, ema, optimizer):
+                    streamed.drain()
+        if self.context.is_main:
+            with files.RunLock(self.out):
+                checkpoint.remove_stale(self.out)
+            path = checkpoint.save_run(
+                self.out,
+                step=self.step,
+                keep=self.keep_checkpoints,
+                config=self.config,
+                stage=self.stage.name,
+                model=model,
+                ema=ema,
+                optimizer=optimizer,
+                rng=distributed.pack_rng(states),
+            )
+        distributed.barrier(self.context)  # the checkpoint is on disk for every rank
+        return path if self.context.is_main else checkpoint.latest(self.out)
+
+    def resume(self, new_streams: bool = False) -> int:
+        """Restore everything from the newest checkpoint that verifies; cut the log to its step.
+
+        A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
+        before it is used. With FSDP, rank 0 reads it and shards it to the others.
+
+        The random streams (data, noise, dropout) continue exactly when as many processes
+        resume the run as trained it; another number is refused. ``new_streams=True``
+        restores the weights, EMA, optimizer state and step alike, but starts new streams,
+        seeded from the checkpoint (``_new_streams``): for any number of processes, and the
+        same run whenever it is resumed so.
+        """
+        if not isinstance(new_streams, bool):
+            raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
+        found = checkpoint.run_checkpoints(self.out)
+        if not found:
+            raise checkpoint.CheckpointError(f"no checkpoint in {str(self.out)!r} to resume from")
+        state = self._load_sharded(found) if self.fsdp else self._load(found)
+        if new_streams:
+            self._new_streams(state["rng"], state["step"])
+        else:
+            rng = distributed.unpack_rng(state["rng"], self.context)
+            torch.set_rng_state(rng["torch"])
+            self.generator.set_state(rng["train"])
+            self.objective.set_rng_state(rng)
+            self.model_rng.load_state_dict(rng)
+        self.step = state["step"]
+        log = self.out / LOG
+        if self.context.is_main and log.is_file():
+            files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
+        self._log_open = True
+        distributed.barrier(self.context)  # nobody trains on before every rank has loaded
+        return self.step
+
+    def _new_streams(self, saved: dict[str, torch.Tensor], step: int) -> None:
+        """Seed this rank's data, noise and dropout streams anew, as ``__init__`` does but from
+        seed = sha256(rank 0's saved noise-generator state, step) instead of ``seed``: the
+        same for every resume of this checkpoint, and no stream the run has drawn from."""
+        data = getattr(self.objective, "data", None)
+        if not isinstance(getattr(data, "generator", None), torch.Generator):
+            raise ValueError(
+                "new_streams=True seeds the objective's data generator (objective.data."
+                "generator) anew, and this objective has none: resume with the number of "
+                "processes that trained the run"
+            )
+        key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
+        stream = distributed.stream_seed(seed, self.context.rank)
+        data.generator.manual_seed(stream)
+        self.generator.manual_seed(stream + 1)
+        self.model_rng = ModelRNG(self.model, stream + 2, self.device)
+        if self.context.is_main:
+            print(
+                f"resume: new data, noise and dropout streams for {self.context.world_size} "
+                f"process(es) (the run was trained by {distributed.saved_world_size(saved)}); "
+                "weights, EMA and optimizer state continue exactly",
+                file=sys.stderr,
+            )
+
+    def _newest(self, found: list[Path], read: Callable[[Path], Any]) -> tuple[Path, Any]:
+        """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
+        for path in reversed(found):
+            try:
+                return path, read(path)
+            except checkpoint.CheckpointError as err:
+                if path == found[0]:
+                    raise
+                if self.context.is_main:
+                    print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+        raise AssertionError("unreachable")
+
+    def _load(self, found: list[Path]) -> dict[str, Any]:
+        """Every rank loads the newest good checkpoint into its model, EMA and optimizer."""
+        parts = {"model": self.model, "ema": self.ema, "optimizer": self.optimizer}
+        read = functools.partial(
+            checkpoint.load, **parts, config=self.config, stage=self.stage.name
+        )
+        return self._newest(found, read)[1]
+
+    def _load_sharded(self, found: list[Path]) -> dict[str, Any]:
+        """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
+        each rank keeping its shards (sharded_state.py); every rank reads the step and the
+        RNG states itself."""
+        path, opened, failure = None, {}, None
+        if self.context.is_main:
+            open_checkpoint = functools.partial(
+                checkpoint.open_checkpoint, config=self.config, stage=self.stage.name
+            )
+            try:
+                path, opened = self._newest(found, open_checkpoint)
+                for part in ("model", "ema"):
+                    where = str(opened[part].path)
+                    checkpoint.check_fits(self.model, opened[part].meta_tensors(), where)
+                sharded_state.check_optimizer_fits(
+                    self.optimizer, opened["optimizer"], opened["optimizer_json"],
+                    str(path / "optimizer.safetensors"),
+                )  # fmt: skip
+            except checkpoint.CheckpointError as err:
+                failure = err
+        path, failure = distributed.broadcast((path, failure), self.context)
+        if failure is not None:  # on every rank alike
+            raise failure
+        sharded_state.load_state(self.model, opened.get("model"))
+        sharded_state.load_state(self.ema, opened.get("ema"))
+        sharded_state.load_optimizer_state(
+            self.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), self.context
+        )
+        return {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
+
+    @property
+    def _evaluate_everywhere(self) -> bool:
+        """Whether every rank calls ``evaluate``: a collective evaluator (one that shares its
+        work between the ranks, ``distributed.on_every_rank``), or any evaluator under FSDP,
+        where sampling the sharded EMA takes every rank; otherwise rank 0 alone."""
+        return self.fsdp or distributed.runs_on_every_rank(self.evaluate)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.context.is_main:
+            return
+        if not self._log_open:  # a fresh run: a log left in the folder is not ours
+            files.write_log(self.out / LOG, [])
+            self._log_open = True
+        files.append_log(self.out / LOG, row)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def fit(self, steps: int) -> list[dict[str, Any]]:
+        """Train until ``self.step == steps``; returns this call's log rows.
+
+        Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
+        Ctrl-C raises KeyboardInterrupt at once).
+        """
+        check_count("steps", steps, minimum=0)
+        rows: list[dict[str, Any]] = []
+        self._total = steps
+        main = self.context.is_main  # the one process that locks, logs, prints
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
+            stack.enter_context(_save_on_signal(self))
+            stack.enter_context(self._name_last_good())
+            bar = stack.enter_context(
+                tqdm(total=steps, initial=self.step, disable=not (self.progress and main))
+            )  # closed before an error is reported, so the message is not lost in the bar
+            bar.set_description(self.stage.name)
+            start, start_step = time.perf_counter(), self.step
+            while self.step < steps and not self._stopping():
+                row = {"step": self.step + 1, **self.train_step()}
+                row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
+                due = self.evaluate_every and self.step % self.evaluate_every == 0
+                if self.evaluate and due and (main or self._evaluate_everywhere):
+                    row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
+                self._log(row)
+                rows.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['steps_per_s']:.2f}")
+                if self.step % self.checkpoint_every == 0 or self.step == steps:
+                    self.save()
+            if self.signal is not None:
+                if self._saved_step != self.step:  # not saved at this step already
+                    self.save()
+                path = checkpoint.latest(self.out)
+                name = signal.Signals(self.signal).name
+                if main:
+                    bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
+        return rows
+
+    @contextlib.contextmanager
+    def _name_last_good(self):
+        """An OSError while training (a full disk) also says which checkpoint is intact."""
+        try:
+            yield
+        except OSError as err:
+            last = checkpoint.latest(self.out)
+            if last is None:
+                keep = "before the first checkpoint: free some space and run it again"
+            else:
+                keep = (
+                    f"the last good checkpoint {str(last)!r} is intact: free some space, "
+                    "then --resume continues from it"
+                )
+            detail = f"{err.strerror or err} at step {self.step}; {keep}"
+            raise OSError(err.errno, detail, err.filename) from err  # the same subclass
+
+
+@contextlib.contextmanager
+def _save_on_signal(trainer: Trainer):
+    """First SIGINT/SIGTERM: finish the step, save, stop. A second SIGINT: KeyboardInterrupt."""
+
+    def handler(signum, frame):
+        if trainer.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.signal = signum
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
