@@ -172,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "ratios": ratios,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, report)
     return 0
+
+
+def write_report(path: Path | None, report: dict) -> None:
+    """``report`` as indented JSON at ``path`` (its folder made), or nothing without one."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
+    sys.path.insert(0, str(Path(__file__).parent))
+    from data_parallel import write_report
+
     with tempfile.TemporaryDirectory() as tmp:
         rows = [launch(mode, args, Path(tmp) / f"{mode}.json") for mode in MODES]
     for row in rows:
@@ -175,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"size": "tiny" if args.tiny else "45m", "processes": args.processes,
               "torch": torch.__version__, "rows": rows,
               "rank0_extra_memory_streamed_over_whole": ratio}  # fmt: skip
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, report)
     return 0
 
 

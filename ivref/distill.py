@@ -387,13 +387,7 @@ def distill_stage(
     arguments.check_count("checkpoint_every", checkpoint_every)
     device = cascade.parse_device(device)
     context = distributed.current()  # several processes: each phase's trainer is DDP or FSDP
-    if not isinstance(fsdp, bool):
-        raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
-    if fsdp and context.world_size == 1:
-        raise ValueError(
-            "fsdp=True shards each student between processes, and this is the only one: "
-            "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
-        )
+    distributed.check_fsdp(fsdp, context, "each student")
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill

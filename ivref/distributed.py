@@ -99,6 +99,19 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+def check_fsdp(fsdp: object, context: Context, what: str) -> bool:
+    """``fsdp`` checked: a bool, True only with several processes (it shards ``what``
+    between them)."""
+    if not isinstance(fsdp, bool):
+        raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
+    if fsdp and context.world_size == 1:
+        raise ValueError(
+            f"fsdp=True shards {what} between processes, and this is the only one: "
+            "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
+        )
+    return fsdp
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a command that joined it)."""
     if dist.is_available() and dist.is_initialized():

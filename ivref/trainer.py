@@ -174,14 +174,7 @@ class Trainer:
         check_count("evaluate_every", evaluate_every, minimum=0)
         device = cascade.parse_device(device)
         self.context = context = distributed.current()
-        if not isinstance(fsdp, bool):
-            raise TypeError(f"fsdp={fsdp!r}; allowed: True or False")
-        if fsdp and context.world_size == 1:
-            raise ValueError(
-                "fsdp=True shards the model between processes, and this is the only one: "
-                "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
-            )
-        self.fsdp = fsdp
+        self.fsdp = distributed.check_fsdp(fsdp, context, "the model")
         if context.world_size > 1 and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", context.local_rank)  # one GPU per process
         self.config, self.stage = config, config.stage(stage)
