@@ -84,7 +84,7 @@ class Streamed:
     makes the tensor when its turn comes, and it is dropped once written. When ``take`` is
     collective (it all-gathers), the processes that do not write call ``drain`` in step.
     ``json`` is the non-tensor state written beside (an optimizer's param groups). ``save``
-    checks no NaN in them: ``take`` does (``distributed.streamed_state``).
+    checks no NaN in them: ``take`` does (``sharded_state.streamed_state``).
     """
 
     specs: dict[str, tuple[torch.dtype, tuple[int, ...]]]
@@ -519,12 +519,14 @@ def read(
     """A verified checkpoint's contents: {model, ema, optimizer (state dicts), step, rng,
     extra, config, stage, diff}. With ``config``, the saved stage's U-Net and text encoder
     must match (``diff`` lists any other differences, e.g. a changed learning rate)."""
-    state = open_checkpoint(directory, config=config, stage=stage)
-    optimizer = state.pop("optimizer")
+    directory = Path(directory)
+    state = _checked(directory, config, stage)
     return state | {
-        "model": _read_tensors(state["model"].path),
-        "ema": _read_tensors(state["ema"].path),
-        "optimizer": optimizer_join(_read_tensors(optimizer.path), state.pop("optimizer_json")),
+        "model": _read_tensors(directory / "model.safetensors"),
+        "ema": _read_tensors(directory / "ema.safetensors"),
+        "optimizer": optimizer_join(
+            _read_tensors(directory / "optimizer.safetensors"), _optimizer_json(directory)
+        ),
     }
 
 
@@ -538,16 +540,25 @@ def open_checkpoint(
     ``TensorFile`` (shapes known, tensors loaded one at a time), the optimizer's non-tensor
     state as ``optimizer_json``. Verified and checked like ``read``."""
     directory = Path(directory)
+    return _checked(directory, config, stage) | {
+        "model": TensorFile(directory / "model.safetensors"),
+        "ema": TensorFile(directory / "ema.safetensors"),
+        "optimizer": TensorFile(directory / "optimizer.safetensors"),
+        "optimizer_json": _optimizer_json(directory),
+    }
+
+
+def _checked(
+    directory: Path, config: configs.CascadeConfig | None, stage: str | None
+) -> dict[str, Any]:
+    """What ``read`` and ``open_checkpoint`` share: the manifest verified, the stage and (with
+    ``config``) the architecture checked; {step, rng, extra, config, stage, diff}."""
     meta = verify(directory)
     stage = stage or meta["stage"]
     if stage != meta["stage"]:
         raise CheckpointError(f"{str(directory)!r} holds stage {meta['stage']!r}, not {stage!r}")
     diff = check_compatible(meta["config"], config, stage, str(directory)) if config else []
     return {
-        "model": TensorFile(directory / "model.safetensors"),
-        "ema": TensorFile(directory / "ema.safetensors"),
-        "optimizer": TensorFile(directory / "optimizer.safetensors"),
-        "optimizer_json": json.loads((directory / "optimizer.json").read_text()),
         "step": meta["step"],
         "rng": read_rng(directory),
         "extra": meta["extra"],
@@ -555,6 +566,10 @@ def open_checkpoint(
         "stage": stage,
         "diff": diff,
     }
+
+
+def _optimizer_json(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "optimizer.json").read_text())
 
 
 def read_rng(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
