@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, files, guidance, samplers, superres, text
+from ivref import checkpoint, configs, files, guidance, samplers, superres, tensor_files, text
 from ivref.unet3d import VideoUNet
 
 FORMAT = 2
@@ -447,7 +447,7 @@ class Cascade(nn.Module):
             "format": FORMAT,
             "config": self.cfg.to_dict(),
             "stages": stages,
-            "files": checkpoint.file_manifest(directory, names),
+            "files": tensor_files.file_manifest(directory, names),
         }
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return directory
@@ -491,7 +491,7 @@ class Cascade(nn.Module):
                 f"{manifest_path}: format 1 has no checksums; files are not verified", stacklevel=2
             )
         else:
-            checkpoint.verify_files(directory, manifest["files"], str(manifest_path))
+            tensor_files.verify_files(directory, manifest["files"], str(manifest_path))
         models = {}
         for name in stages:
             model = VideoUNet(cfg.stage(name).unet)

@@ -7,8 +7,8 @@ host memory, about 90 GB for the paper's 5.6B base stage; here no process ever h
 than one whole tensor of it:
 
     save    every rank all-gathers tensor k (``DTensor.full_tensor``); rank 0 writes its
-            bytes to the file (``checkpoint.Streamed``) and drops it; then tensor k + 1
-    resume  rank 0 reads tensor k from the file (``checkpoint.TensorFile``); it is scattered
+            bytes to the file (``tensor_files.Streamed``) and drops it; then tensor k + 1
+    resume  rank 0 reads tensor k from the file (``tensor_files.TensorFile``); it is scattered
             so that each rank keeps its own shard (``distribute_tensor``); then k + 1
 
 Every rank goes through the tensors in the same order, so the collectives pair up.
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ivref import checkpoint
+from ivref import tensor_files
 from ivref.distributed import Context, broadcast
 
 
@@ -43,27 +43,27 @@ def unsharded(module: torch.nn.Module, plain: torch.nn.Module) -> torch.nn.Modul
     return plain
 
 
-def streamed_state(module: torch.nn.Module, what: str) -> checkpoint.Streamed:
+def streamed_state(module: torch.nn.Module, what: str) -> tensor_files.Streamed:
     """``module``'s state dict, whole tensor by whole tensor, for ``checkpoint.save``.
 
     Each tensor is checked for NaN and inf as it is gathered, on every rank alike, so all
-    raise ``checkpoint.NonFiniteError`` (naming ``what``) at the same tensor."""
+    raise ``tensor_files.NonFiniteError`` (naming ``what``) at the same tensor."""
     local = module.state_dict()
 
     def take(name: str) -> torch.Tensor:
         value = _whole(local[name])
-        checkpoint.check_finite({name: value}, what)
+        tensor_files.check_finite({name: value}, what)
         return value
 
-    return checkpoint.Streamed(_specs(local), take)
+    return tensor_files.Streamed(_specs(local), take)
 
 
-def streamed_optimizer_state(optimizer: torch.optim.Optimizer) -> checkpoint.Streamed:
+def streamed_optimizer_state(optimizer: torch.optim.Optimizer) -> tensor_files.Streamed:
     """An optimizer's state over sharded parameters, whole tensor by whole tensor, in the
     one-process layout (``state.<index>.<key>`` tensors; param groups and other values in
     ``json``)."""
-    tensors, meta = checkpoint.optimizer_split(optimizer.state_dict())
-    return checkpoint.Streamed(_specs(tensors), lambda name: _whole(tensors[name]), meta)
+    tensors, meta = tensor_files.optimizer_split(optimizer.state_dict())
+    return tensor_files.Streamed(_specs(tensors), lambda name: _whole(tensors[name]), meta)
 
 
 def _scatter(
@@ -85,7 +85,7 @@ def _scatter(
 
 
 @torch.no_grad()
-def load_state(module: torch.nn.Module, source: checkpoint.TensorFile | None) -> None:
+def load_state(module: torch.nn.Module, source: tensor_files.TensorFile | None) -> None:
     """Rank 0's tensors (``source``, checked to fit; None on the other ranks) into a sharded
     ``module``: each rank keeps its shard of every parameter, and every buffer whole."""
     for name, local in module.state_dict().items():
@@ -96,11 +96,11 @@ def load_state(module: torch.nn.Module, source: checkpoint.TensorFile | None) ->
 
 def check_optimizer_fits(
     optimizer: torch.optim.Optimizer,
-    source: checkpoint.TensorFile,
+    source: tensor_files.TensorFile,
     meta: dict[str, Any],
     where: str,
 ) -> None:
-    """A ``checkpoint.CheckpointError`` unless the saved optimizer state (``source`` and its
+    """A ``tensor_files.CheckpointError`` unless the saved optimizer state (``source`` and its
     json ``meta``) has this optimizer's parameter count and each moment its parameter's shape."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     saved = sum(len(group["params"]) for group in meta["param_groups"])
@@ -114,12 +114,12 @@ def check_optimizer_fits(
         if index >= len(params) or (shape and shape != tuple(params[index].shape)):
             bad.append(f"{name}: file {shape}")
     if bad:
-        raise checkpoint.CheckpointError(f"{where} does not fit: " + "; ".join(bad[:5]))
+        raise tensor_files.CheckpointError(f"{where} does not fit: " + "; ".join(bad[:5]))
 
 
 def load_optimizer_state(
     optimizer: torch.optim.Optimizer,
-    source: checkpoint.TensorFile | None,
+    source: tensor_files.TensorFile | None,
     meta: dict[str, Any] | None,
     context: Context,
 ) -> None:
@@ -136,4 +136,4 @@ def load_optimizer_state(
         like = param if shape == tuple(param.shape) else torch.empty(shape, device=device)
         full = source.get(name) if source is not None else None
         tensors[name] = _scatter(full, like, dtype)
-    optimizer.load_state_dict(checkpoint.optimizer_join(tensors, meta))
+    optimizer.load_state_dict(tensor_files.optimizer_join(tensors, meta))

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from ivref import checkpoint, configs
+from ivref import checkpoint, configs, tensor_files
 
 
 def _trained(seed=0):
@@ -149,7 +149,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
     model, ema, opt = _trained()
     good = checkpoint.save(tmp_path / "ckpt", step=3, **_ckpt_state(model, ema, opt))
     before = {p.name: p.read_bytes() for p in good.iterdir()}
-    real = checkpoint._write_tensors
+    real = checkpoint.write_tensors
     calls = []
 
     def full_disk(path, tensors, meta=None):
@@ -158,7 +158,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, tensors, meta)
 
-    monkeypatch.setattr(checkpoint, "_write_tensors", full_disk)
+    monkeypatch.setattr(checkpoint, "write_tensors", full_disk)
     with pytest.raises(OSError, match="No space"):
         checkpoint.save(tmp_path / "ckpt", step=4, **_ckpt_state(model, ema, opt))
     assert {p.name: p.read_bytes() for p in good.iterdir()} == before
@@ -248,7 +248,7 @@ def test_streamed_tensors_write_what_safetensors_reads_one_at_a_time(tmp_path):
         "u8": torch.arange(9, dtype=torch.uint8), "bool": torch.rand(4) > 0.5,
         "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
     }  # fmt: skip
-    checkpoint._write_tensors(tmp_path / "t.safetensors", _streamed(tensors), {"k": "v"})
+    tensor_files.write_tensors(tmp_path / "t.safetensors", _streamed(tensors), {"k": "v"})
     loaded = load_file(tmp_path / "t.safetensors")
     assert loaded.keys() == tensors.keys()
     for name, value in tensors.items():
@@ -259,7 +259,7 @@ def test_streamed_tensors_write_what_safetensors_reads_one_at_a_time(tmp_path):
     assert torch.equal(opened.get("bf16"), tensors["bf16"])
     wrong = checkpoint.Streamed({"f32": (torch.float32, (3, 4))}, lambda name: tensors[name])
     with pytest.raises(ValueError, match=r"'f32' came as torch.float32 \(3, 5\); its spec says"):
-        checkpoint._write_tensors(tmp_path / "w.safetensors", wrong)
+        tensor_files.write_tensors(tmp_path / "w.safetensors", wrong)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]  # nothing left
 
 

@@ -170,14 +170,14 @@ def _video_writer_full(ctx: Ctx) -> None:
 def _safetensors_full(ctx: Ctx) -> None:
     from safetensors import SafetensorError
 
-    from ivref import checkpoint
+    from ivref import tensor_files
 
     def full(*args, **kwargs):
         raise SafetensorError(
             "Error while serializing: I/O error: No space left on device (os error 28)"
         )
 
-    ctx.monkeypatch.setattr(checkpoint, "save_file", full)
+    ctx.monkeypatch.setattr(tensor_files, "save_file", full)
 
 
 def _damaged_text_cache(ctx: Ctx) -> None:

@@ -37,12 +37,12 @@ ENV = os.environ | {
 SLOW_SAVE = """
 import sys, time
 from ivref import checkpoint, cli
-real = checkpoint._write_tensors
+real = checkpoint.write_tensors
 def slow(path, tensors, meta=None):
     real(path, tensors, meta)
     if ".step-00000002." in str(path):
         time.sleep(0.4)
-checkpoint._write_tensors = slow
+checkpoint.write_tensors = slow
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -229,14 +229,14 @@ def test_a_full_disk_names_the_last_good_checkpoint_which_resumes_exactly(
     trainer.fit(1)
     stale = tmp_path / "b" / "checkpoints" / ".step-00000009.tmp-0123abcd"  # a killed save's
     stale.mkdir()
-    real = checkpoint._write_tensors
+    real = checkpoint.write_tensors
 
     def full(path, tensors, meta=None):
         real(path, tensors, meta)
         if path.name == "ema.safetensors":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(checkpoint, "_write_tensors", full)
+    monkeypatch.setattr(checkpoint, "write_tensors", full)
     with pytest.raises(OSError, match=r"at step 2; the last good checkpoint .*step-00000001' is"):
         trainer.fit(3)
     assert not stale.exists()  # cleared before the save began
