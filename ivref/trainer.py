@@ -2,8 +2,9 @@
 
 The loop owns what every run needs: AdamW [ADAMW] with linear warm-up and gradient
 clipping, an EMA of the weights [EMA] (what gets sampled and shipped), the log, whole-folder
-checkpoints, exact resume, and clean stops. What a step optimises comes from an *objective*
-(objectives.py): base, TSR and SSR stages by default, distillation (distill.py) by plug-in.
+checkpoints and exact resume (trainer_checkpoints.py), and clean stops. What a step
+optimises comes from an *objective* (objectives.py): base, TSR and SSR stages by default,
+distillation (distill.py) by plug-in.
 The ``ivref train`` command around it is train.py, which re-exports everything here.
 
 Safety: every random draw (data, t, eps, text and model dropout, crops, augmentation) comes
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import hashlib
 import math
 import signal
 import sys
@@ -41,7 +40,7 @@ from ivref import (
     evaluate,
     files,
     objectives,
-    sharded_state,
+    trainer_checkpoints,
 )
 from ivref.arguments import check_count
 from ivref.model_rng import ModelRNG
@@ -355,34 +354,8 @@ class Trainer:
         What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first. With
         several processes every rank calls it; rank 0 writes every rank's random states.
         """
-        rng = {"torch": torch.get_rng_state(), "train": self.generator.get_state()}
-        rng |= self.objective.rng_state() | self.model_rng.state_dict()
-        states = distributed.gather(rng, self.context)
         self._saved_step = self.step
-        model, ema, optimizer = self.model, self.ema, self.optimizer
-        if self.fsdp:  # one process's layout, gathered and written one tensor at a time
-            model = sharded_state.streamed_state(model, f"model weights at step {self.step}")
-            ema = sharded_state.streamed_state(ema, f"EMA weights at step {self.step}")
-            optimizer = sharded_state.streamed_optimizer_state(optimizer)
-            if not self.context.is_main:  # in step with rank 0's writes
-                for streamed in (model, ema, optimizer):
-                    streamed.drain()
-        if self.context.is_main:
-            with files.RunLock(self.out):
-                checkpoint.remove_stale(self.out)
-            path = checkpoint.save_run(
-                self.out,
-                step=self.step,
-                keep=self.keep_checkpoints,
-                config=self.config,
-                stage=self.stage.name,
-                model=model,
-                ema=ema,
-                optimizer=optimizer,
-                rng=distributed.pack_rng(states),
-            )
-        distributed.barrier(self.context)  # the checkpoint is on disk for every rank
-        return path if self.context.is_main else checkpoint.latest(self.out)
+        return trainer_checkpoints.save(self)
 
     def resume(self, new_streams: bool = False) -> int:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
@@ -393,105 +366,18 @@ class Trainer:
         The random streams (data, noise, dropout) continue exactly when as many processes
         resume the run as trained it; another number is refused. ``new_streams=True``
         restores the weights, EMA, optimizer state and step alike, but starts new streams,
-        seeded from the checkpoint (``_new_streams``): for any number of processes, and the
-        same run whenever it is resumed so.
+        seeded from the checkpoint (``trainer_checkpoints.seed_new_streams``): for any number of
+        processes, and the same run whenever it is resumed so.
         """
         if not isinstance(new_streams, bool):
             raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
-        found = checkpoint.run_checkpoints(self.out)
-        if not found:
-            raise checkpoint.CheckpointError(f"no checkpoint in {str(self.out)!r} to resume from")
-        state = self._load_sharded(found) if self.fsdp else self._load(found)
-        if new_streams:
-            self._new_streams(state["rng"], state["step"])
-        else:
-            rng = distributed.unpack_rng(state["rng"], self.context)
-            torch.set_rng_state(rng["torch"])
-            self.generator.set_state(rng["train"])
-            self.objective.set_rng_state(rng)
-            self.model_rng.load_state_dict(rng)
-        self.step = state["step"]
+        self.step = trainer_checkpoints.restore(self, new_streams)
         log = self.out / LOG
         if self.context.is_main and log.is_file():
             files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
         self._log_open = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
-
-    def _new_streams(self, saved: dict[str, torch.Tensor], step: int) -> None:
-        """Seed this rank's data, noise and dropout streams anew, as ``__init__`` does but from
-        seed = sha256(rank 0's saved noise-generator state, step) instead of ``seed``: the
-        same for every resume of this checkpoint, and no stream the run has drawn from."""
-        data = getattr(self.objective, "data", None)
-        if not isinstance(getattr(data, "generator", None), torch.Generator):
-            raise ValueError(
-                "new_streams=True seeds the objective's data generator (objective.data."
-                "generator) anew, and this objective has none: resume with the number of "
-                "processes that trained the run"
-            )
-        key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
-        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
-        stream = distributed.stream_seed(seed, self.context.rank)
-        data.generator.manual_seed(stream)
-        self.generator.manual_seed(stream + 1)
-        self.model_rng = ModelRNG(self.model, stream + 2, self.device)
-        if self.context.is_main:
-            print(
-                f"resume: new data, noise and dropout streams for {self.context.world_size} "
-                f"process(es) (the run was trained by {distributed.saved_world_size(saved)}); "
-                "weights, EMA and optimizer state continue exactly",
-                file=sys.stderr,
-            )
-
-    def _newest(self, found: list[Path], read: Callable[[Path], Any]) -> tuple[Path, Any]:
-        """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
-        for path in reversed(found):
-            try:
-                return path, read(path)
-            except checkpoint.CheckpointError as err:
-                if path == found[0]:
-                    raise
-                if self.context.is_main:
-                    print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
-        raise AssertionError("unreachable")
-
-    def _load(self, found: list[Path]) -> dict[str, Any]:
-        """Every rank loads the newest good checkpoint into its model, EMA and optimizer."""
-        parts = {"model": self.model, "ema": self.ema, "optimizer": self.optimizer}
-        read = functools.partial(
-            checkpoint.load, **parts, config=self.config, stage=self.stage.name
-        )
-        return self._newest(found, read)[1]
-
-    def _load_sharded(self, found: list[Path]) -> dict[str, Any]:
-        """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
-        each rank keeping its shards (sharded_state.py); every rank reads the step and the
-        RNG states itself."""
-        path, opened, failure = None, {}, None
-        if self.context.is_main:
-            open_checkpoint = functools.partial(
-                checkpoint.open_checkpoint, config=self.config, stage=self.stage.name
-            )
-            try:
-                path, opened = self._newest(found, open_checkpoint)
-                for part in ("model", "ema"):
-                    where = str(opened[part].path)
-                    checkpoint.check_fits(self.model, opened[part].meta_tensors(), where)
-                sharded_state.check_optimizer_fits(
-                    self.optimizer, opened["optimizer"], opened["optimizer_json"],
-                    str(path / "optimizer.safetensors"),
-                )  # fmt: skip
-            except checkpoint.CheckpointError as err:
-                failure = err
-        path, failure = distributed.broadcast((path, failure), self.context)
-        if failure is not None:  # on every rank alike
-            raise failure
-        sharded_state.load_state(self.model, opened.get("model"))
-        sharded_state.load_state(self.ema, opened.get("ema"))
-        sharded_state.load_optimizer_state(
-            self.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), self.context
-        )
-        return {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
 
     @property
     def _evaluate_everywhere(self) -> bool:

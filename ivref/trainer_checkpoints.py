@@ -1,0 +1,156 @@
+"""A ``Trainer``'s checkpoints: saved whole or sharded, resumed exactly or with new streams.
+
+``save`` writes the trainer's model, EMA, AdamW state and every rank's random states as one
+checkpoint folder (checkpoint.py); under FSDP each tensor is gathered and written one at a
+time (sharded_state.py). ``restore`` loads the newest checkpoint that verifies (a damaged
+newest one is reported and skipped) and continues the random streams exactly, or, with
+``new_streams``, seeds new ones from the checkpoint so that a run can go on with another
+number of processes. ``Trainer.save`` and ``Trainer.resume`` call them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ivref import checkpoint, distributed, files, sharded_state
+from ivref.model_rng import ModelRNG
+
+# ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
+
+
+def save(trainer: Any) -> Path:
+    """Every rank calls it; rank 0 writes the folder (see ``Trainer.save``)."""
+    step, context = trainer.step, trainer.context
+    rng = {"torch": torch.get_rng_state(), "train": trainer.generator.get_state()}
+    rng |= trainer.objective.rng_state() | trainer.model_rng.state_dict()
+    states = distributed.gather(rng, context)
+    model, ema, optimizer = trainer.model, trainer.ema, trainer.optimizer
+    if trainer.fsdp:  # one process's layout, gathered and written one tensor at a time
+        model = sharded_state.streamed_state(model, f"model weights at step {step}")
+        ema = sharded_state.streamed_state(ema, f"EMA weights at step {step}")
+        optimizer = sharded_state.streamed_optimizer_state(optimizer)
+        if not context.is_main:  # in step with rank 0's writes
+            for streamed in (model, ema, optimizer):
+                streamed.drain()
+    if context.is_main:
+        with files.RunLock(trainer.out):
+            checkpoint.remove_stale(trainer.out)
+        path = checkpoint.save_run(
+            trainer.out,
+            step=step,
+            keep=trainer.keep_checkpoints,
+            config=trainer.config,
+            stage=trainer.stage.name,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            rng=distributed.pack_rng(states),
+        )
+    distributed.barrier(context)  # the checkpoint is on disk for every rank
+    return path if context.is_main else checkpoint.latest(trainer.out)
+
+
+def restore(trainer: Any, new_streams: bool) -> int:
+    """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
+    the checkpoint's step (see ``Trainer.resume``)."""
+    found = checkpoint.run_checkpoints(trainer.out)
+    if not found:
+        raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
+    state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
+    if new_streams:
+        seed_new_streams(trainer, state["rng"], state["step"])
+    else:
+        rng = distributed.unpack_rng(state["rng"], trainer.context)
+        torch.set_rng_state(rng["torch"])
+        trainer.generator.set_state(rng["train"])
+        trainer.objective.set_rng_state(rng)
+        trainer.model_rng.load_state_dict(rng)
+    return state["step"]
+
+
+def seed_new_streams(trainer: Any, saved: dict[str, torch.Tensor], step: int) -> None:
+    """Seed this rank's data, noise and dropout streams anew, as ``Trainer.__init__`` does but from
+    seed = sha256(rank 0's saved noise-generator state, step) instead of ``seed``: the
+    same for every resume of this checkpoint, and no stream the run has drawn from."""
+    data = getattr(trainer.objective, "data", None)
+    if not isinstance(getattr(data, "generator", None), torch.Generator):
+        raise ValueError(
+            "new_streams=True seeds the objective's data generator (objective.data."
+            "generator) anew, and this objective has none: resume with the number of "
+            "processes that trained the run"
+        )
+    key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
+    stream = distributed.stream_seed(seed, trainer.context.rank)
+    data.generator.manual_seed(stream)
+    trainer.generator.manual_seed(stream + 1)
+    trainer.model_rng = ModelRNG(trainer.model, stream + 2, trainer.device)
+    if trainer.context.is_main:
+        print(
+            f"resume: new data, noise and dropout streams for {trainer.context.world_size} "
+            f"process(es) (the run was trained by {distributed.saved_world_size(saved)}); "
+            "weights, EMA and optimizer state continue exactly",
+            file=sys.stderr,
+        )
+
+
+def _newest(
+    context: distributed.Context, found: list[Path], read: Callable[[Path], Any]
+) -> tuple[Path, Any]:
+    """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
+    for path in reversed(found):
+        try:
+            return path, read(path)
+        except checkpoint.CheckpointError as err:
+            if path == found[0]:
+                raise
+            if context.is_main:
+                print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def _load(trainer: Any, found: list[Path]) -> dict[str, Any]:
+    """Every rank loads the newest good checkpoint into its model, EMA and optimizer."""
+    parts = {"model": trainer.model, "ema": trainer.ema, "optimizer": trainer.optimizer}
+    read = functools.partial(
+        checkpoint.load, **parts, config=trainer.config, stage=trainer.stage.name
+    )
+    return _newest(trainer.context, found, read)[1]
+
+
+def _load_sharded(trainer: Any, found: list[Path]) -> dict[str, Any]:
+    """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
+    each rank keeping its shards (sharded_state.py); every rank reads the step and the
+    RNG states itself."""
+    path, opened, failure = None, {}, None
+    if trainer.context.is_main:
+        open_checkpoint = functools.partial(
+            checkpoint.open_checkpoint, config=trainer.config, stage=trainer.stage.name
+        )
+        try:
+            path, opened = _newest(trainer.context, found, open_checkpoint)
+            for part in ("model", "ema"):
+                where = str(opened[part].path)
+                checkpoint.check_fits(trainer.model, opened[part].meta_tensors(), where)
+            sharded_state.check_optimizer_fits(
+                trainer.optimizer, opened["optimizer"], opened["optimizer_json"],
+                str(path / "optimizer.safetensors"),
+            )  # fmt: skip
+        except checkpoint.CheckpointError as err:
+            failure = err
+    path, failure = distributed.broadcast((path, failure), trainer.context)
+    if failure is not None:  # on every rank alike
+        raise failure
+    sharded_state.load_state(trainer.model, opened.get("model"))
+    sharded_state.load_state(trainer.ema, opened.get("ema"))
+    sharded_state.load_optimizer_state(
+        trainer.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), trainer.context
+    )
+    return {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
