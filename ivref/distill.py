@@ -163,6 +163,9 @@ class DistillObjective:
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         self.base.set_rng_state(state)
 
+    def reseed(self, seed: int) -> None:
+        self.base.reseed(seed)
+
     def _draws(self, batch: objectives.Batch, g: torch.Generator) -> dict[str, Any]:
         """Every random draw of one step, from the CPU generator: x, cond, w, t, eps,
         augmentation (the tensors on the device the clips were painted on)."""

@@ -6,6 +6,8 @@ about diffusion; an *objective* turns a batch into a scalar loss for a model:
     objective.sample(batch_size) -> Batch(x, captions, is_image)    # data, own generator
     objective.loss(model, batch, generator, device, bf16) -> loss   # every other draw from
                                                                      # the loop's generator
+    objective.rng_state() / set_rng_state(state) / reseed(seed)     # its own streams, saved
+                                                                     # and resumed
 ``DiffusionObjective`` serves every stage kind [VDM §2, IV §2]:
 
     text dropped with probability p (all-False mask row: the learned null) [CFG]
@@ -64,6 +66,11 @@ class Objective(Protocol):
     def rng_state(self) -> dict[str, torch.Tensor]: ...
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def reseed(self, seed: int) -> None:
+        """Start the objective's own streams (its data) anew from ``seed``: a run resumed with
+        another number of processes (``Trainer.resume(new_streams=True)``). Optional: without
+        it the trainer reseeds ``objective.data.generator``, or refuses new streams."""
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -208,6 +215,9 @@ class DiffusionObjective:
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         self.data.generator.set_state(state["data"])
+
+    def reseed(self, seed: int) -> None:
+        self.data.generator.manual_seed(seed)
 
 
 def toy_dataset(

@@ -60,12 +60,13 @@ def save(trainer: Any) -> Path:
 def restore(trainer: Any, new_streams: bool) -> int:
     """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
     the checkpoint's step (see ``Trainer.resume``)."""
+    reseed = _reseeder(trainer.objective) if new_streams else None  # refused before loading
     found = checkpoint.run_checkpoints(trainer.out)
     if not found:
         raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
     state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
-    if new_streams:
-        seed_new_streams(trainer, state["rng"], state["step"])
+    if reseed is not None:
+        seed_new_streams(trainer, reseed, state["rng"], state["step"])
     else:
         rng = distributed.unpack_rng(state["rng"], trainer.context)
         torch.set_rng_state(rng["torch"])
@@ -75,21 +76,17 @@ def restore(trainer: Any, new_streams: bool) -> int:
     return state["step"]
 
 
-def seed_new_streams(trainer: Any, saved: dict[str, torch.Tensor], step: int) -> None:
-    """Seed this rank's data, noise and dropout streams anew, as ``Trainer.__init__`` does but from
-    seed = sha256(rank 0's saved noise-generator state, step) instead of ``seed``: the
-    same for every resume of this checkpoint, and no stream the run has drawn from."""
-    data = getattr(trainer.objective, "data", None)
-    if not isinstance(getattr(data, "generator", None), torch.Generator):
-        raise ValueError(
-            "new_streams=True seeds the objective's data generator (objective.data."
-            "generator) anew, and this objective has none: resume with the number of "
-            "processes that trained the run"
-        )
+def seed_new_streams(
+    trainer: Any, reseed: Callable[[int], None], saved: dict[str, torch.Tensor], step: int
+) -> None:
+    """Seed this rank's data (``reseed``), noise and dropout streams anew, as
+    ``Trainer.__init__`` does but from seed = sha256(rank 0's saved noise-generator state,
+    step) instead of ``seed``: the same for every resume of this checkpoint, and no stream
+    the run has drawn from."""
     key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
     seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
     stream = distributed.stream_seed(seed, trainer.context.rank)
-    data.generator.manual_seed(stream)
+    reseed(stream)
     trainer.generator.manual_seed(stream + 1)
     trainer.model_rng = ModelRNG(trainer.model, stream + 2, trainer.device)
     if trainer.context.is_main:
@@ -99,6 +96,21 @@ def seed_new_streams(trainer: Any, saved: dict[str, torch.Tensor], step: int) ->
             "weights, EMA and optimizer state continue exactly",
             file=sys.stderr,
         )
+
+
+def _reseeder(objective: Any) -> Callable[[int], None]:
+    """How to seed ``objective``'s own streams anew: its ``reseed``, else its data generator's
+    ``manual_seed``; an objective with neither cannot take new streams."""
+    if callable(getattr(objective, "reseed", None)):
+        return objective.reseed
+    generator = getattr(getattr(objective, "data", None), "generator", None)
+    if isinstance(generator, torch.Generator):
+        return generator.manual_seed
+    raise ValueError(
+        f"new_streams=True seeds the objective's own random streams anew, and "
+        f"{type(objective).__name__} has no reseed(seed) method nor a data.generator: give it "
+        "one, or resume with the number of processes that trained the run"
+    )
 
 
 def _newest(

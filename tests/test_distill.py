@@ -250,6 +250,21 @@ def test_the_objective_leaves_the_callers_teacher_as_it_was():
     assert all(m.training for m in teacher.modules())
 
 
+def test_reseeding_a_distillation_objective_reseeds_its_stages_data():
+    """``--resume --new-streams`` of a distillation: the stage's data stream starts anew."""
+    cfg = configs.preset("ci")
+    stage = cfg.stage("base")
+    cache = objectives.TextCache(text.build_encoder(cfg.text))
+    base = objectives.DiffusionObjective(cfg, stage, objectives.toy_dataset(stage, 1), cache)
+    obj = distill.DistillObjective(base, VideoUNet(stage.unet), "guided", 16, cfg.distill)
+    obj.sample(2)
+    obj.reseed(5)
+    assert torch.equal(
+        base.data.generator.get_state(), torch.Generator().manual_seed(5).get_state()
+    )
+    assert torch.equal(obj.rng_state()["data"], torch.Generator().manual_seed(5).get_state())
+
+
 @pytest.mark.slow
 def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path):
     """A teacher sampled at w = 0 distils by halvings only; its student learnt w = 0 alone and

@@ -348,3 +348,42 @@ def test_fit_refuses_a_negative_step_count(tmp_path, encoder):
     with pytest.raises(ValueError, match=r"steps=-1 must be an integer from 0 to 2\*\*31 - 1"):
         trainer.fit(-1)
     assert trainer.fit(0) == [] and trainer.step == 0
+
+
+class _OwnStreams:
+    """A custom objective with no ``data`` attribute: the default one's parts, delegated."""
+
+    def __init__(self, inner, reseed=None):
+        self.sample, self.loss = inner.sample, inner.loss
+        self.rng_state, self.set_rng_state = inner.rng_state, inner.set_rng_state
+        if reseed is not None:
+            self.reseed = reseed
+
+
+def test_new_streams_reseed_an_objective_through_its_reseed_method(tmp_path, encoder):
+    _trainer(tmp_path, encoder).fit(2)
+    seeds, states = [], []
+    for _ in range(2):  # the same checkpoint resumed twice: the same new streams
+        trainer = _trainer(tmp_path, encoder)
+        inner = trainer.objective
+        trainer.objective = _OwnStreams(
+            inner, lambda s, inner=inner: (seeds.append(s), inner.reseed(s))
+        )
+        assert trainer.resume(new_streams=True) == 2
+        states.append(inner.data.generator.get_state())
+    assert len(seeds) == 2 and seeds[0] == seeds[1]
+    assert torch.equal(states[0], torch.Generator().manual_seed(seeds[0]).get_state())
+    saved = checkpoint.read_rng(checkpoint.latest(tmp_path))["train"]
+    assert not torch.equal(trainer.generator.get_state(), saved)  # the noise stream is new too
+    assert trainer.fit(3)[0]["step"] == 3
+
+
+def test_new_streams_are_refused_before_loading_for_an_objective_without_streams(tmp_path, encoder):
+    _trainer(tmp_path, encoder).fit(1)
+    trainer = _trainer(tmp_path, encoder)
+    trainer.objective = _OwnStreams(trainer.objective)
+    before = [p.clone() for p in trainer.model.parameters()]
+    with pytest.raises(ValueError, match=r"_OwnStreams has no reseed\(seed\) method nor a data"):
+        trainer.resume(new_streams=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert trainer.step == 0
