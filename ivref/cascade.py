@@ -208,37 +208,8 @@ def sample_stage(
     w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
     b = text_emb.shape[0]
     shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
-    kwargs: dict[str, object] = {}
-    if stage.kind != "base":
-        if cond_video is None:
-            raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
-        if cond_video.shape[0] != b:
-            raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
-        cond = superres.upsample(cond_video.float().to(device), stage)
-        level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
-        if aug_noise is None:
-            aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
-        level_b = torch.full((b,), level, device=device)
-        kwargs["cond_video"] = superres.augment(cond, level_b, aug_noise.to(device))
-        # The model embeds lambda' only inside the range training drew it from (at most
-        # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
-        kwargs["aug_logsnr"] = level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max)
-    elif cond_video is not None:
-        raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
-    weights = stage_guidance(stage, w, steps)
-    top = max(weights) if isinstance(weights, list) else weights
-    if stage.guidance_w_max is not None and top > stage.guidance_w_max:
-        raise ValueError(
-            f"guidance w={top} for stage {stage.name!r}: this distilled student learnt guidance "
-            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
-            f"w = {stage.guidance_w}); pass a w in that range or use the undistilled stage"
-        )
-    any_guidance = top > 0
-    threshold = {
-        "dynamic": diffusion.threshold_percentile if any_guidance else None,
-        "static": "static",
-        "none": None,
-    }[stage.thresholding]
+    kwargs = _sr_inputs(stage, diffusion, cond_video, b, aug_logsnr, aug_noise, generator, device)
+    weights, threshold = _bounded_guidance(stage, diffusion, w, steps)
     x_hat_fn = guidance.guided_x_hat_fn(
         model,
         text_emb.to(device),
@@ -266,6 +237,60 @@ def sample_stage(
         progress=progress,
     )
     return x.clamp(-1.0, 1.0)
+
+
+def _sr_inputs(
+    stage: configs.StageConfig,
+    diffusion: configs.DiffusionConfig,
+    cond_video: torch.Tensor | None,
+    b: int,
+    aug_logsnr: float | None,
+    aug_noise: torch.Tensor | None,
+    generator: samplers.Generators,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """An SR stage's extra model inputs, {cond_video: c~, aug_logsnr: lambda'}, on ``device``
+    (none for a base stage): c upsampled to the stage's size, c~ = alpha' c + sigma' eps'."""
+    if stage.kind == "base":
+        if cond_video is not None:
+            raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
+        return {}
+    if cond_video is None:
+        raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
+    if cond_video.shape[0] != b:
+        raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
+    cond = superres.upsample(cond_video.float().to(device), stage)
+    level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
+    if aug_noise is None:
+        aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
+    level_b = torch.full((b,), level, device=device)
+    # The model embeds lambda' only inside the range training drew it from (at most
+    # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
+    return {
+        "cond_video": superres.augment(cond, level_b, aug_noise.to(device)),
+        "aug_logsnr": level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max),
+    }
+
+
+def _bounded_guidance(
+    stage: configs.StageConfig, diffusion: configs.DiffusionConfig, w: float, steps: int
+) -> tuple[float | list[float], float | str | None]:
+    """(the guidance weight, or one per step, and the thresholding of x~) for ``stage``; a
+    distilled student refuses a w above the range it learnt."""
+    weights = stage_guidance(stage, w, steps)
+    top = max(weights) if isinstance(weights, list) else weights
+    if stage.guidance_w_max is not None and top > stage.guidance_w_max:
+        raise ValueError(
+            f"guidance w={top} for stage {stage.name!r}: this distilled student learnt guidance "
+            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
+            f"w = {stage.guidance_w}); pass a w in that range or use the undistilled stage"
+        )
+    threshold = {
+        "dynamic": diffusion.threshold_percentile if top > 0 else None,
+        "static": "static",
+        "none": None,
+    }[stage.thresholding]
+    return weights, threshold
 
 
 def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) -> dict:

@@ -394,27 +394,11 @@ def distill_stage(
     out = Path(out)
     config = teacher_cascade.cfg
     stage_cfg, d = config.stage(stage), config.distill
-    guided = stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
-    w_max = d.w_max if guided else 0.0
-    # The largest weight the stage samples at: oscillation's low weight is capped at w
-    # (``cascade.stage_guidance``), so it is w.
-    sampled = stage_cfg.guidance_w
-    if sampled > w_max:
-        raise ValueError(
-            f"DistillConfig.w_max={w_max:g} is below the guidance weight {sampled:g} that stage "
-            f"{stage!r} samples at: its student could not be sampled at its own default; "
-            f"allowed: w_max >= {sampled:g}"
-        )
-    phases = plan(stage_cfg.sample_steps, d.to_steps if to_steps is None else to_steps, guided)
-    halvings = iter(
-        halving_lengths(phases, d.halving_steps if halving_steps is None else halving_steps)
+    guided = _is_guided(stage_cfg)
+    phases, lengths, record = _phase_plan(
+        config, stage, to_steps, guided_steps, halving_steps, bf16
     )
-    guided_steps = d.guided_steps if guided_steps is None else guided_steps
-    lengths = [guided_steps if p == "guided" else next(halvings) for _, p, _ in phases]
-    record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
-    bf16 = stage_cfg.train.bf16 if bf16 is None else bf16
-    record |= {"w_max": w_max, "bf16": bf16}
-    record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
+    w_max, bf16 = record["w_max"], record["bf16"]
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
@@ -448,6 +432,45 @@ def distill_stage(
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def _is_guided(stage_cfg: configs.StageConfig) -> bool:
+    """Whether a stage samples with guidance, so that its distillation starts guided."""
+    return stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
+
+
+def _phase_plan(
+    config: configs.CascadeConfig,
+    stage: str,
+    to_steps: int | None,
+    guided_steps: int | None,
+    halving_steps: int | Sequence[int] | None,
+    bf16: bool | None,
+) -> tuple[list[tuple[str, str, int]], list[int], dict[str, Any]]:
+    """(phases as ``plan`` gives them, training steps per phase, the distill.json record) of
+    ``distill_stage``, its defaults filled from the distill and stage configs."""
+    stage_cfg, d = config.stage(stage), config.distill
+    guided = _is_guided(stage_cfg)
+    w_max = d.w_max if guided else 0.0
+    # The largest weight the stage samples at: oscillation's low weight is capped at w
+    # (``cascade.stage_guidance``), so it is w.
+    sampled = stage_cfg.guidance_w
+    if sampled > w_max:
+        raise ValueError(
+            f"DistillConfig.w_max={w_max:g} is below the guidance weight {sampled:g} that stage "
+            f"{stage!r} samples at: its student could not be sampled at its own default; "
+            f"allowed: w_max >= {sampled:g}"
+        )
+    phases = plan(stage_cfg.sample_steps, d.to_steps if to_steps is None else to_steps, guided)
+    halvings = iter(
+        halving_lengths(phases, d.halving_steps if halving_steps is None else halving_steps)
+    )
+    guided_steps = d.guided_steps if guided_steps is None else guided_steps
+    lengths = [guided_steps if p == "guided" else next(halvings) for _, p, _ in phases]
+    record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
+    record |= {"w_max": w_max, "bf16": stage_cfg.train.bf16 if bf16 is None else bf16}
+    record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
+    return phases, lengths, record
 
 
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
