@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from ivref import checkpoint, configs, tensor_files
+from ivref import checkpoint, configs
 
 
 def _trained(seed=0):
@@ -220,47 +220,6 @@ def test_what_a_killed_save_leaves_is_named_and_cleared(tmp_path):
     assert checkpoint.remove_stale(tmp_path) == [tmp]
     assert checkpoint.verify(folder / "step-00000002")["step"] == 2  # moved back
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
-
-
-def _streamed(tensors: dict, json=None):
-    """``tensors`` as a Streamed source whose every take makes a fresh copy, asserting that
-    the memory of every tensor taken before is freed (the writer holds one at a time)."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    refs = []
-
-    def take(name):
-        assert all(ref.expired() for ref in refs), "an earlier tensor is still held"
-        value = tensors[name].clone()
-        refs.append(StorageWeakRef(value.untyped_storage()))
-        return value
-
-    specs = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
-    return checkpoint.Streamed(specs, take, json)
-
-
-def test_streamed_tensors_write_what_safetensors_reads_one_at_a_time(tmp_path):
-    from safetensors.torch import load_file
-
-    tensors = {
-        "f32": torch.randn(3, 5), "f16": torch.randn(7).half(),
-        "bf16": torch.randn(2, 2, 3).bfloat16(), "i64": torch.arange(5),
-        "u8": torch.arange(9, dtype=torch.uint8), "bool": torch.rand(4) > 0.5,
-        "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
-    }  # fmt: skip
-    tensor_files.write_tensors(tmp_path / "t.safetensors", _streamed(tensors), {"k": "v"})
-    loaded = load_file(tmp_path / "t.safetensors")
-    assert loaded.keys() == tensors.keys()
-    for name, value in tensors.items():
-        assert loaded[name].dtype == value.dtype and torch.equal(loaded[name], value), name
-    opened = checkpoint.TensorFile(tmp_path / "t.safetensors")
-    assert opened.shapes == {k: tuple(v.shape) for k, v in tensors.items()}
-    assert opened.dtypes == {k: v.dtype for k, v in tensors.items()}
-    assert torch.equal(opened.get("bf16"), tensors["bf16"])
-    wrong = checkpoint.Streamed({"f32": (torch.float32, (3, 4))}, lambda name: tensors[name])
-    with pytest.raises(ValueError, match=r"'f32' came as torch.float32 \(3, 5\); its spec says"):
-        tensor_files.write_tensors(tmp_path / "w.safetensors", wrong)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]  # nothing left
 
 
 def test_a_streamed_checkpoint_is_the_same_checkpoint(tmp_path):
