@@ -72,9 +72,10 @@ print("z_t", tuple(z_t.shape), "(B, C, F, H, W)")
 # | `paper` | the seven-stage cascade of [IV Fig. 6] | built and counted on PyTorch's meta device |
 #
 # What exists for the `paper` preset today: its configs, U-Nets of the paper's parameter counts
-# (built without memory on the meta device), and single-device training with bf16 autocast and
-# activation checkpointing. Multi-GPU training (DDP or FSDP under `torchrun`) is not
-# implemented yet, so training a paper-size stage is out of reach of this package for now.
+# (built without memory on the meta device), training with bf16 autocast and activation
+# checkpointing, and training on several processes under `torchrun`, data-parallel (DDP) or
+# sharded (FSDP; notebook 03 runs two processes on the CPU). What has not run yet: a
+# paper-size stage trained on several GPUs.
 #
 # Each preset is a function returning a frozen `CascadeConfig`: its stages run base first.
 

@@ -201,7 +201,8 @@ ipywidgets.interact(
     max_distance=ipywidgets.IntSlider(value=2, min=0, max=11),
     frames=ipywidgets.IntSlider(value=12, min=2, max=16),
 )
-#
+
+# %% [markdown]
 # ## 3. The direction of time
 #
 # If the bias were symmetric (e.g. initialised to zero) and every other op worked per frame,

@@ -302,7 +302,10 @@ assert share[0.8] > 0.5 and rel[t < 0.8].abs().mean() < rel[t >= 0.8].mean()
 # and greys the background; the toy preset therefore samples with
 # `stage.thresholding = "none"` (measured in docs/design.md). The paper uses large $w$; at
 # this model size large $w$ distorted shapes (docs/field-notes.md), so the default is chosen
-# by measurement. Same prompts and the same noise for every $w$:
+# by measurement: this sweep gives caption alignment per $w$; the shipped $w = 0.25$ is then
+# the largest weight whose final cascade videos stay within 25% of the renders' fine detail,
+# since guidance hardens edges that the SR stages sharpen (docs/design.md). Same prompts and
+# the same noise for every $w$:
 
 # %%
 W_GRID = (0.0, 1.0, 3.0) if SMALL else (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)
@@ -465,7 +468,8 @@ print(
 # process samples its half of the captions, and the scores are gathered (every video has its
 # own noise, so they are the scores one process would get). Two CPU processes train the `ci`
 # base stage below (gloo moves the gradients; on GPUs it is `--device cuda` and NCCL); the
-# test suite checks this very run against a one-process re-derivation of each step:
+# test suite checks a run like this one (3 steps, 5 evaluation captions) against a
+# one-process re-derivation of each step:
 
 # %%
 two = os.path.join(RUNS.name, "two-processes")
@@ -501,7 +505,7 @@ print("evaluated at step 4:", {k: v for k, v in row.items() if k.startswith("eva
 #   backwards costs the trained model almost nothing at low noise and a lot at high noise,
 #   where the caption must set the trajectory: direction lives in a small, noisy slice of $t$.
 # - The shipped base weights (`cascade.Cascade.from_pretrained()`) are measured, not assumed:
-#   caption alignment per attribute, held-out prompts, and a guidance weight chosen by a sweep.
+#   caption alignment per attribute, held-out prompts, and a measured guidance weight.
 # - Joint image-video training trades videos for images at a fixed budget; in the toy world it
 #   cannot add new concepts, so measure before believing it helps.
 # - The gradient of a batch is the mean of its equal parts' gradients, so $N$ processes that

@@ -278,12 +278,13 @@ video.show(video.stage_grid([low_t, tsr_out, truth_t])[None], fps=TSR.fps, width
 # %% [markdown]
 # The last frame has no right neighbour, so the blend only repeats it there; a TSR stage
 # must also extrapolate it. Repetition fails the motion check by construction (it stands
-# still every other frame). The check asks each frame to advance >= 0.4 px, so at `ci`'s
-# 8 x 8 frames, where a step is a fraction of a pixel, even the truth can fail it.
+# still every other frame). The check asks at least 80% of the frame steps to advance
+# >= 0.4 px, and none to step back more than 1 px, so at `ci`'s 8 x 8 frames, where a step
+# is a fraction of a pixel, even the truth can fail it.
 #
 # ## 4. The fully convolutional last stage: trained on crops, sampled at any size
 #
-# The highest-resolution SSR stages of Imagen Video have no spatial attention, only
+# Imagen Video's last SSR stage (1280 x 768) has no spatial attention, only
 # convolutions and temporal mixing, so they can train on random crops and sample at full
 # size [IV §2.3]. Here the last SSR trains on `crop_size` windows (the training objective
 # crops the clip and its conditioning video at the same corner, aligned to whole low-res
@@ -319,7 +320,7 @@ video.show(torch.stack([out[0], truth[0]]), captions=["ssr2 at 2x its size", "tr
 # Two honest limits: its receptive field is fixed in pixels, so at 2x the shape covers more
 # pixels than anything it trained on (compare the PSNRs); and the frame-position embedding
 # and temporal layers still fix what it can do in *time* (the number of frames is the
-# stage's). The paper trains its 1280 x 768 stages this way because whole frames do not fit
+# stage's). The paper trains its 1280 x 768 stage this way because whole frames do not fit
 # in memory for training.
 
 # %% [markdown]

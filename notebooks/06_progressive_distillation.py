@@ -72,7 +72,7 @@ print(f"{SCALE}: teacher = base stage, {BASE.sample_steps} DDIM steps at w = {BA
 # A guided sampler runs the U-Net twice per step (conditional and unconditional), so the
 # base stage above costs 2 x its steps per video, and the cascade adds up such costs over
 # every stage (notebook 05). Imagen Video distils every stage to 8 steps of one pass each
-# and reports 618 s -> 35 s per video [IV §2.7]. Two phases do it [GD]:
+# [IV §2.7]; one batch took 618 s before and 35 s after [IV Table 1]. Two phases do it [GD]:
 #
 # 1. **Guided distillation**: a student learns, in one pass, the guided prediction of the
 #    teacher, for any $w$ it is told.
@@ -335,7 +335,7 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # students keep 4.2-4.7 dB more of the reference than their teacher does at 8 steps when both
 # run DDIM (the SR students were distilled in float32: under bf16 autocast SSR 64 kept 1.9 dB
 # less), the base student 5.5 dB more at its default w = 0.25 (27.8 against 22.3 dB) and
-# 6.6 dB at w = 1 (28.2 against 21.7). For the base, the guided phase decides: right after
+# 6.6 dB at w = 1 (28.24 against 21.65). For the base, the guided phase decides: right after
 # it, the student at the teacher's 64 steps keeps 31.1 dB where the
 # teacher keeps 41.9, and the three halvings lose only ~3 dB more. What it must learn matters
 # more than how long it trains: asked for every $w$ up to 4 instead of 2, the same phase kept
