@@ -82,6 +82,23 @@ def test_twice_distilled_oracle_keeps_the_data_distribution():
     assert (plain.std(0) / s - 1).abs().max() > 0.08  # DDIM alone shrinks the narrow dimension
 
 
+@pytest.mark.parametrize("weighting", ["snr_trunc", "v", "x"])
+def test_x_loss_is_the_weighted_x_error_computed_in_v_space(weighting):
+    """x_loss = w(lambda) ||x~ - x_hat||^2 with x_hat = alpha z_t - sigma v_hat [PD §4]:
+    checked against the x-space error in float64, w = max(SNR, 1), 1 + SNR or 1."""
+    g = torch.Generator().manual_seed(0)
+    z_t, v_hat, x_target = (torch.randn(4, 3, 2, 5, 5, generator=g, dtype=torch.float64)
+                            for _ in range(3))  # fmt: skip
+    logsnr = torch.tensor([-6.0, -0.5, 0.7, 9.0], dtype=torch.float64)
+    alpha, sigma = logsnr.sigmoid().sqrt(), (-logsnr).sigmoid().sqrt()
+    x_hat = alpha.view(-1, 1, 1, 1, 1) * z_t - sigma.view(-1, 1, 1, 1, 1) * v_hat
+    snr = logsnr.exp()
+    w = {"snr_trunc": snr.clamp(min=1.0), "v": 1.0 + snr, "x": torch.ones_like(snr)}[weighting]
+    expected = w * (x_target - x_hat).pow(2).flatten(1).mean(1)
+    got = distill.x_loss(v_hat, z_t, x_target, logsnr, weighting)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)  # v_hat is taken in float32
+
+
 def test_noise_back_has_the_stated_variance():
     ls, lt = torch.tensor(3.0, dtype=torch.float64), torch.tensor(-1.0, dtype=torch.float64)
     z_s = torch.full((200000, 1), 0.7, dtype=torch.float64)
