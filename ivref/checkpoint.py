@@ -51,40 +51,14 @@ from ivref.tensor_files import (
 )
 
 __all__ = [  # with the file helpers of tensor_files.py that callers know from here
-    "FORMAT",
-    "CONFIG",
-    "TENSOR_FILES",
-    "CHECKPOINTS",
-    "LEGACY",
-    "CheckpointError",
-    "NonFiniteError",
-    "Streamed",
-    "TensorFile",
-    "check_finite",
-    "file_manifest",
-    "optimizer_join",
-    "optimizer_split",
-    "verify_files",
-    "save",
-    "run_checkpoints",
-    "incomplete_checkpoints",
-    "no_checkpoint_message",
-    "remove_stale",
-    "latest",
-    "save_run",
-    "is_checkpoint",
-    "read_config",
-    "verify",
-    "check_compatible",
-    "check_fits",
-    "load_state_dict_strict",
-    "read",
-    "open_checkpoint",
-    "read_rng",
-    "load",
-    "save_weights",
+    "FORMAT", "CONFIG", "TENSOR_FILES", "CHECKPOINTS", "LEGACY", "CheckpointError",
+    "NonFiniteError", "Streamed", "TensorFile", "check_finite", "file_manifest",
+    "optimizer_join", "optimizer_split", "verify_files", "save", "run_checkpoints",
+    "incomplete_checkpoints", "no_checkpoint_message", "remove_stale", "latest", "save_run",
+    "is_checkpoint", "read_config", "verify", "check_compatible", "check_fits",
+    "load_state_dict_strict", "read", "open_checkpoint", "read_rng", "load", "save_weights",
     "load_weights",
-]
+]  # fmt: skip
 
 FORMAT = 1
 CONFIG = "config.json"
