@@ -50,7 +50,13 @@ class Dataset(Protocol):
 
 
 class Objective(Protocol):
-    """The stage-specific half of a training step (see the module docstring)."""
+    """The stage-specific half of a training step (see the module docstring).
+
+    Optional, and so not a method of this protocol (a subclass would inherit a no-op):
+    ``reseed(seed)`` starts the objective's own streams (its data) anew from ``seed``, for a
+    run resumed with another number of processes (``Trainer.resume(new_streams=True)``).
+    Without it the trainer reseeds ``objective.data.generator``, or refuses new streams.
+    """
 
     def sample(self, batch_size: int) -> Batch: ...
 
@@ -66,11 +72,6 @@ class Objective(Protocol):
     def rng_state(self) -> dict[str, torch.Tensor]: ...
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def reseed(self, seed: int) -> None:
-        """Start the objective's own streams (its data) anew from ``seed``: a run resumed with
-        another number of processes (``Trainer.resume(new_streams=True)``). Optional: without
-        it the trainer reseeds ``objective.data.generator``, or refuses new streams."""
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

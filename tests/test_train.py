@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from ivref import checkpoint, configs, schedules, text, train
+from ivref import checkpoint, configs, objectives, schedules, text, train
 
 
 @pytest.fixture(scope="module")
@@ -350,8 +350,9 @@ def test_fit_refuses_a_negative_step_count(tmp_path, encoder):
     assert trainer.fit(0) == [] and trainer.step == 0
 
 
-class _OwnStreams:
-    """A custom objective with no ``data`` attribute: the default one's parts, delegated."""
+class _OwnStreams(objectives.Objective):
+    """A custom objective with no ``data`` attribute: the default one's parts, delegated; it
+    subclasses the protocol, which must not lend it a no-op ``reseed``."""
 
     def __init__(self, inner, reseed=None):
         self.sample, self.loss = inner.sample, inner.loss
