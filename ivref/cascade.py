@@ -3,7 +3,8 @@
 A ``Cascade`` holds the ``CascadeConfig``, the text encoder and one ``VideoUNet`` per
 *trained* stage. ``generate`` encodes the prompts once, samples the base stage from text,
 then hands each stage's output to the next SR stage (upsampled and noise-augmented by
-``superres``), on whatever device the models are on.
+``superres``), on whatever device the models are on. One stage is sampled by
+``sample_stage`` (stage_sampling.py, re-exported here).
 
 On disk (``save_pretrained`` / ``from_pretrained``) a cascade is a folder::
 
@@ -17,7 +18,6 @@ Loading checks every file against the manifest and refuses damaged or non-finite
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 import time
@@ -29,14 +29,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, files, guidance, samplers, superres, tensor_files, text
+from ivref import checkpoint, configs, files, samplers, tensor_files, text
+from ivref.stage_sampling import (  # re-exported: cascade.sample_stage etc. stay
+    MAX_STEPS,
+    check_guidance,
+    check_steps,
+    model_device,
+    parse_device,
+    sample_stage,
+    stage_guidance,
+)
 from ivref.unet3d import VideoUNet
+
+__all__ = [  # with stage_sampling.py's names, which callers know from here
+    "FORMAT", "MANIFEST", "DISTILLED", "SHIPPED_DIR", "MAX_STEPS", "MAX_SEED", "shipped_dir",
+    "TOY_TRAIN_STEPS", "TOY_DISTILL_ARGS", "remake_commands", "load_shipped", "check_prompts",
+    "check_steps", "check_guidance", "parse_device", "model_device", "stage_guidance",
+    "sample_stage", "Cascade",
+]  # fmt: skip
 
 FORMAT = 2
 MANIFEST = "cascade.json"
 DISTILLED = "distilled"  # subfolder of a cascade folder holding its distilled variant
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
-MAX_STEPS = samplers.MAX_STEPS  # more is almost surely a typo (each step is a forward pass)
 MAX_SEED = 2**63 - 1
 
 
@@ -113,184 +128,6 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompts[{i}]={prompt!r} must be a non-empty string")
     return prompts
-
-
-def check_steps(steps: object, name: str = "steps") -> int:
-    """A sampler step count: an integer in [1, MAX_STEPS]."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"{name}={steps!r} must be an integer from 1 to {MAX_STEPS}")
-    return steps
-
-
-def check_guidance(w: object, name: str = "guidance") -> float:
-    """A guidance weight: a finite number >= 0 (0 = the plain conditional model)."""
-    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-        raise ValueError(f"{name}={w!r} must be a finite number >= 0 (0 = no guidance)")
-    return float(w)
-
-
-def parse_device(name: str | torch.device) -> torch.device:
-    """A usable torch device from a name ("cpu", "cuda", "cuda:1", "mps"), or a clear error."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r}: CUDA is not available here (torch "
-                f"{torch.__version__}); use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps", "meta"):
-        raise ValueError(f"device {name!r}: supported devices are cpu, cuda[:N] and mps")
-    return device
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (where its inputs must be)."""
-    return next(model.parameters()).device
-
-
-def stage_guidance(stage: configs.StageConfig, w: float, steps: int) -> float | list[float]:
-    """The guidance of one stage: w, or with ``oscillating_guidance`` one weight per step.
-
-    Oscillating [IV §2.6.2]: constant w for the first 10% of steps, then alternating
-    low, w, low, ... with low = min(stage.guidance_low_w, w), so w = 0 is no guidance at all.
-    """
-    if not stage.oscillating_guidance:
-        return w
-    return guidance.oscillating_schedule(steps, high=w, low=min(stage.guidance_low_w, w))
-
-
-@torch.no_grad()
-def sample_stage(
-    model: VideoUNet,
-    stage: configs.StageConfig,
-    diffusion: configs.DiffusionConfig,
-    text_emb: torch.Tensor,
-    text_mask: torch.Tensor,
-    *,
-    cond_video: torch.Tensor | None = None,
-    steps: int | None = None,
-    guidance_w: float | None = None,
-    aug_logsnr: float | None = None,
-    generator: samplers.Generators = None,
-    noise: torch.Tensor | None = None,
-    aug_noise: torch.Tensor | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Sample one stage of the cascade: z_1 ~ N(0, I), then ``steps`` sampler steps to x.
-
-    Base stages take only text. SR stages also take ``cond_video``, the video they refine
-    (the previous stage's output, (B, 3, F', H', W')): it is upsampled to the stage's size
-    (``superres.upsample``) and noise-augmented at lambda' = ``aug_logsnr`` (default
-    ``stage.aug_sample_logsnr``; +inf for none) [IV §2.5]. Guidance is
-    x~ = (1 + w) x_hat(z_t, c) - w x_hat(z_t) [CFG] (per step with oscillating guidance),
-    bounded as ``stage.thresholding`` says [IMG §2.3]: "dynamic" rescales x~ when any w > 0,
-    "static" clips it to [-1, 1] at every step, "none" leaves it; a distilled student (its U-Net
-    embeds w) makes x~ in one pass [GD]. The sampler is ``stage.sampler`` or
-    ``diffusion.sampler``; the ancestral sampler's gamma is ``stage.gamma`` or
-    ``diffusion.gamma``; the log-SNR bounds come from ``diffusion``.
-
-    Everything runs on the model's device. ``noise`` (B, C, F, H, W) and ``aug_noise`` are
-    drawn from ``generator`` on the CPU when not given, then moved, so a seed gives the same
-    video on every device up to float error. ``generator`` may be one per video
-    (``samplers.Generators``): a stochastic sampler's noise for video i then comes from
-    generator i, so a video does not depend on the others in its batch. Returns
-    (B, C, F, H, W) in [-1, 1], on the model's device.
-    """
-    device = model_device(model)
-    steps = check_steps(stage.sample_steps if steps is None else steps)
-    w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
-    b = text_emb.shape[0]
-    shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
-    kwargs = _sr_inputs(stage, diffusion, cond_video, b, aug_logsnr, aug_noise, generator, device)
-    weights, threshold = _bounded_guidance(stage, diffusion, w, steps)
-    x_hat_fn = guidance.guided_x_hat_fn(
-        model,
-        text_emb.to(device),
-        text_mask.to(device),
-        weights,
-        threshold=threshold,
-        distilled=model.cfg.use_guidance_embedding,  # a student embeds w: one pass [GD]
-        logsnr_min=diffusion.logsnr_min,
-        logsnr_max=diffusion.logsnr_max,
-        **kwargs,
-    )
-    if noise is None:
-        noise = samplers.randn(shape, generator, torch.float32, "cpu")
-    x = samplers.sample(
-        x_hat_fn,
-        shape,
-        steps=steps,
-        sampler=stage.sampler or diffusion.sampler,
-        gamma=diffusion.gamma if stage.gamma is None else stage.gamma,
-        generator=generator,
-        device=device,
-        noise=noise.to(device),
-        logsnr_min=diffusion.logsnr_min,
-        logsnr_max=diffusion.logsnr_max,
-        progress=progress,
-    )
-    return x.clamp(-1.0, 1.0)
-
-
-def _sr_inputs(
-    stage: configs.StageConfig,
-    diffusion: configs.DiffusionConfig,
-    cond_video: torch.Tensor | None,
-    b: int,
-    aug_logsnr: float | None,
-    aug_noise: torch.Tensor | None,
-    generator: samplers.Generators,
-    device: torch.device,
-) -> dict[str, torch.Tensor]:
-    """An SR stage's extra model inputs, {cond_video: c~, aug_logsnr: lambda'}, on ``device``
-    (none for a base stage): c upsampled to the stage's size, c~ = alpha' c + sigma' eps'."""
-    if stage.kind == "base":
-        if cond_video is not None:
-            raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
-        return {}
-    if cond_video is None:
-        raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
-    if cond_video.shape[0] != b:
-        raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
-    cond = superres.upsample(cond_video.float().to(device), stage)
-    level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
-    if aug_noise is None:
-        aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
-    level_b = torch.full((b,), level, device=device)
-    # The model embeds lambda' only inside the range training drew it from (at most
-    # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
-    return {
-        "cond_video": superres.augment(cond, level_b, aug_noise.to(device)),
-        "aug_logsnr": level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max),
-    }
-
-
-def _bounded_guidance(
-    stage: configs.StageConfig, diffusion: configs.DiffusionConfig, w: float, steps: int
-) -> tuple[float | list[float], float | str | None]:
-    """(the guidance weight, or one per step, and the thresholding of x~) for ``stage``; a
-    distilled student refuses a w above the range it learnt."""
-    weights = stage_guidance(stage, w, steps)
-    top = max(weights) if isinstance(weights, list) else weights
-    if stage.guidance_w_max is not None and top > stage.guidance_w_max:
-        raise ValueError(
-            f"guidance w={top} for stage {stage.name!r}: this distilled student learnt guidance "
-            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
-            f"w = {stage.guidance_w}); pass a w in that range or use the undistilled stage"
-        )
-    threshold = {
-        "dynamic": diffusion.threshold_percentile if top > 0 else None,
-        "static": "static",
-        "none": None,
-    }[stage.thresholding]
-    return weights, threshold
 
 
 def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) -> dict:
