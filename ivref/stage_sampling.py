@@ -4,7 +4,7 @@ Its inputs checked (steps, guidance weight, device), an SR stage's conditioning 
 upsampled to the stage's size and noise-augmented at lambda' (``superres``), the guidance
 weights (per step with oscillating guidance) and their bound for a distilled student, then
 the stage's sampler on the model's device. ``cascade.Cascade.generate`` chains the stages;
-cascade.py re-exports every name here.
+cascade.py re-exports every public name here.
 """
 
 from __future__ import annotations
