@@ -4,7 +4,17 @@ import dataclasses
 
 import pytest
 
-from ivref import configs
+from ivref import config_types, configs
+
+
+def test_configs_re_exports_the_config_classes_as_the_same_objects():
+    """configs.X (the documented name) is config_types.X, so isinstance checks agree."""
+    classes = [n for n in dir(config_types) if n.endswith("Config")]
+    assert len(classes) == 7, classes
+    for name in classes:
+        assert getattr(configs, name) is getattr(config_types, name), name
+    assert [n for n in configs.__all__ if not hasattr(configs, n)] == []
+    assert isinstance(configs.preset("ci").stages[0], config_types.StageConfig)
 
 
 @pytest.mark.parametrize("name", ["ci", "toy", "paper"])
