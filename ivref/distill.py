@@ -220,12 +220,12 @@ def distill_stage(
     distributed.check_fsdp(fsdp, context, "each student")
     out = Path(out)
     config = teacher_cascade.cfg
-    stage_cfg, d = config.stage(stage), config.distill
-    guided = _is_guided(stage_cfg)
     phases, lengths, record = _phase_plan(
         config, stage, to_steps, guided_steps, halving_steps, bf16
     )
     w_max, bf16 = record["w_max"], record["bf16"]
+    guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
+    d = config.distill
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"

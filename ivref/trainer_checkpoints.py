@@ -139,15 +139,16 @@ def _load(trainer: Any, found: list[Path]) -> dict[str, Any]:
 
 def _load_sharded(trainer: Any, found: list[Path]) -> dict[str, Any]:
     """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
-    each rank keeping its shards (sharded_state.py); every rank reads the step and the
-    RNG states itself."""
+    each rank keeping its shards (sharded_state.py); the other ranks read the step and the
+    RNG states themselves."""
+    context = trainer.context
     path, opened, failure = None, {}, None
-    if trainer.context.is_main:
+    if context.is_main:
         open_checkpoint = functools.partial(
             checkpoint.open_checkpoint, config=trainer.config, stage=trainer.stage.name
         )
         try:
-            path, opened = _newest(trainer.context, found, open_checkpoint)
+            path, opened = _newest(context, found, open_checkpoint)
             for part in ("model", "ema"):
                 where = str(opened[part].path)
                 checkpoint.check_fits(trainer.model, opened[part].meta_tensors(), where)
@@ -157,12 +158,14 @@ def _load_sharded(trainer: Any, found: list[Path]) -> dict[str, Any]:
             )  # fmt: skip
         except checkpoint.CheckpointError as err:
             failure = err
-    path, failure = distributed.broadcast((path, failure), trainer.context)
+    path, failure = distributed.broadcast((path, failure), context)
     if failure is not None:  # on every rank alike
         raise failure
     sharded_state.load_state(trainer.model, opened.get("model"))
     sharded_state.load_state(trainer.ema, opened.get("ema"))
     sharded_state.load_optimizer_state(
-        trainer.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), trainer.context
+        trainer.optimizer, opened.get("optimizer"), opened.get("optimizer_json"), context
     )
-    return {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
+    if not context.is_main:  # rank 0 read the step and the RNG states while checking
+        opened = {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
+    return {"step": opened["step"], "rng": opened["rng"]}
