@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 StageKind = Literal["base", "tsr", "ssr"]
 TemporalMixing = Literal["attention", "conv"]
@@ -26,6 +27,7 @@ Thresholding = Literal["dynamic", "static", "none"]
 TextEncoderName = Literal["tiny-t5", "minilm", "t5"]
 
 STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forward pass)
 
 
 def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
@@ -42,6 +44,50 @@ def _check_literal(owner: str, name: str, value: Any, literal: Any) -> None:
     allowed = get_args(literal)
     if value not in allowed:
         _fail(owner, name, value, f"allowed values are {list(allowed)}")
+
+
+def _check_finite(owner: str, **fields: float) -> None:
+    """Each value must be finite: no NaN, no +-inf."""
+    for name, value in fields.items():
+        if not math.isfinite(value):
+            _fail(owner, name, value, "must be a finite number")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}  # each config class's field annotations, resolved once
+_WORDS = {bool: "true or false (a bool)", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_types(config: Any, owner: str) -> None:
+    """Every field of a config dataclass against its annotation, before any value check."""
+    cls = type(config)
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        _check_type(owner, f.name, getattr(config, f.name), _HINTS[cls][f.name], "")
+
+
+def _check_type(owner: str, name: str, value: Any, hint: Any, or_null: str) -> None:
+    """bool: a bool; int: an int, not a bool; float: an int or float, not a bool; str; X | None;
+    tuple[T, ...] (each element, named by index); a config class. Literals: _check_literal's."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return
+    if origin in (Union, types.UnionType):  # X | None
+        if value is not None:
+            (inner,) = (a for a in args if a is not type(None))
+            _check_type(owner, name, value, inner, " (or null)")
+        return
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            what = f"a tuple (a list in JSON){or_null}"
+            _fail(owner, name, value, f"must be {what}, not {type(value).__name__}")
+        for i, item in enumerate(value):
+            _check_type(owner, f"{name}[{i}]", item, args[0], "")
+        return
+    numeric = (int, float) if hint is float else hint
+    if not isinstance(value, numeric) or (hint in (int, float) and isinstance(value, bool)):
+        what = _WORDS.get(hint, f"a {hint.__name__}")
+        _fail(owner, name, value, f"must be {what}{or_null}, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +115,7 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         o = "UNetConfig"
+        _check_types(self, o)
         _check_positive(
             o,
             in_channels=self.in_channels,
@@ -127,6 +174,7 @@ class TextConfig:
     path: str | None = None  # local checkpoint directory (encoder="t5")
 
     def __post_init__(self) -> None:
+        _check_types(self, "TextConfig")
         _check_literal("TextConfig", "encoder", self.encoder, TextEncoderName)
         _check_positive("TextConfig", dim=self.dim, max_length=self.max_length)
 
@@ -145,6 +193,8 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         o = "DiffusionConfig"
+        _check_types(self, o)
+        _check_finite(o, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
         if not self.logsnr_min < self.logsnr_max:
             _fail(o, "logsnr_min", self.logsnr_min, f"must be < logsnr_max ({self.logsnr_max})")
         _check_literal(o, "loss", self.loss, LossWeighting)
@@ -174,9 +224,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
+        _check_types(self, o)
         _check_positive(o, batch_size=self.batch_size)
+        _check_finite(o, lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
         if not self.lr > 0:
             _fail(o, "lr", self.lr, "must be > 0")
+        if self.weight_decay < 0:
+            _fail(o, "weight_decay", self.weight_decay, "must be >= 0")
         if self.warmup_steps < 0:
             _fail(o, "warmup_steps", self.warmup_steps, "must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -204,6 +258,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         o = "DistillConfig"
+        _check_types(self, o)
         _check_positive(
             o,
             to_steps=self.to_steps,
@@ -212,6 +267,7 @@ class DistillConfig:
         )
         if not (math.isfinite(self.w_max) and self.w_max >= 0):
             _fail(o, "w_max", self.w_max, "must be a finite number >= 0")
+        _check_finite(o, lr=self.lr)
         if not self.lr > 0:
             _fail(o, "lr", self.lr, "must be > 0")
         _check_literal(o, "loss", self.loss, LossWeighting)
@@ -251,8 +307,9 @@ class StageConfig:
 
     def _check_values(self) -> None:
         """Each field on its own: names, literals, counts and weights."""
-        o = f"StageConfig({self.name!r})"
-        if not isinstance(self.name, str) or not STAGE_NAME.fullmatch(self.name):
+        o = f"StageConfig({self.name!r})" if isinstance(self.name, str) else "StageConfig"
+        _check_types(self, o)
+        if not STAGE_NAME.fullmatch(self.name):
             _fail(
                 "StageConfig",
                 "name",
@@ -278,8 +335,11 @@ class StageConfig:
             height=self.height,
             sample_steps=self.sample_steps,
         )
+        _check_finite(o, fps=self.fps)
         if not self.fps > 0:
             _fail(o, "fps", self.fps, "must be > 0")
+        if self.sample_steps > MAX_STEPS:
+            _fail(o, "sample_steps", self.sample_steps, f"must be at most {MAX_STEPS}")
         for name in ("guidance_w", "guidance_low_w", "guidance_w_max"):
             value = getattr(self, name)
             if name == "guidance_w_max" and value is None:
@@ -385,6 +445,7 @@ class CascadeConfig:
 
     def __post_init__(self) -> None:
         o = "CascadeConfig"
+        _check_types(self, o)
         if not self.stages:
             _fail(o, "stages", self.stages, "needs at least the base stage")
         if self.stages[0].kind != "base":
@@ -442,7 +503,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         if name in nested:
             kwargs[name] = _build(nested[name], value, f"{where}.{name}")
-        elif name == "stages":
+        elif name == "stages" and isinstance(value, (list, tuple)):
             kwargs[name] = tuple(
                 _build(StageConfig, s, f"{where}.stages[{i}]") for i, s in enumerate(value)
             )

@@ -15,8 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ivref import schedules
-
-MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forward pass)
+from ivref.config_types import MAX_STEPS  # re-exported: samplers.MAX_STEPS
 
 XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")

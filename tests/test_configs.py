@@ -1,10 +1,11 @@
 """Presets build and validate; every bad value names its field."""
 
 import dataclasses
+import math
 
 import pytest
 
-from ivref import config_types, configs
+from ivref import config_types, configs, samplers
 
 
 def test_configs_re_exports_the_config_classes_as_the_same_objects():
@@ -152,6 +153,138 @@ def test_sr_stage_needs_condition_channels():
     sr = configs.preset("ci").stages[1]
     with pytest.raises(ValueError, match=r"unet\.cond_channels="):
         dataclasses.replace(sr, unet=dataclasses.replace(sr.unet, cond_channels=0))
+
+
+BOOL_FIELDS = [
+    (configs.TrainConfig, "bf16"),
+    (configs.UNetConfig, "use_guidance_embedding"),
+    (configs.UNetConfig, "use_aug_embedding"),
+    (configs.UNetConfig, "checkpointing"),
+    (configs.UNetConfig, "fully_convolutional"),
+]
+
+
+@pytest.mark.parametrize("cls, field", BOOL_FIELDS)
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None])
+def test_bool_fields_take_only_bools(cls, field, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field}=.*must be true or false"):
+        cls(**{field: value})
+
+
+@pytest.mark.parametrize("value", ["false", 0])
+def test_stage_bool_field_takes_only_bools(value):
+    with pytest.raises(ValueError, match=r"StageConfig\('base'\)\.oscillating_guidance="):
+        _stage(oscillating_guidance=value)
+
+
+def test_from_dict_refuses_a_string_for_a_bool():
+    """A string "false" in a hand-edited config.json counted as true: guidance oscillated."""
+    data = configs.preset("toy").to_dict()
+    data["stages"][0]["oscillating_guidance"] = "false"
+    with pytest.raises(
+        ValueError,
+        match=r"StageConfig\('base'\)\.oscillating_guidance='false' is invalid: "
+        r"must be true or false \(a bool\), not str",
+    ):
+        configs.CascadeConfig.from_dict(data)
+    data["stages"][0]["oscillating_guidance"] = False
+    assert configs.CascadeConfig.from_dict(data) == configs.preset("toy")
+
+
+@pytest.mark.parametrize(
+    "cls, changes, field",
+    [
+        (configs.TrainConfig, {"lr": "1e-3"}, "lr"),
+        (configs.TrainConfig, {"batch_size": 8.0}, "batch_size"),
+        (configs.TrainConfig, {"batch_size": True}, "batch_size"),
+        (configs.TrainConfig, {"warmup_steps": "20"}, "warmup_steps"),
+        (configs.TrainConfig, {"weight_decay": True}, "weight_decay"),
+        (configs.TrainConfig, {"crop_size": "64"}, "crop_size"),
+        (configs.DiffusionConfig, {"gamma": "0.3"}, "gamma"),
+        (configs.DiffusionConfig, {"logsnr_min": None}, "logsnr_min"),
+        (configs.DistillConfig, {"w_max": "4"}, "w_max"),
+        (configs.TextConfig, {"path": 5}, "path"),
+        (configs.TextConfig, {"dim": 32.0}, "dim"),
+        (configs.UNetConfig, {"dropout": "0.1"}, "dropout"),
+        (configs.UNetConfig, {"channel_mults": [1, 2, 4]}, "channel_mults"),
+    ],
+)
+def test_wrong_types_name_the_field(cls, changes, field):
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{field}=.*, not "):
+        cls(**changes)
+
+
+def test_wrong_typed_number_from_dict_names_the_field():
+    data = configs.preset("toy").to_dict()
+    data["stages"][0]["train"]["lr"] = "1e-3"
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr='1e-3' is invalid: must be a number"):
+        configs.CascadeConfig.from_dict(data)
+
+
+def test_wrong_typed_stage_fields_name_the_field():
+    with pytest.raises(ValueError, match=r"StageConfig\('base'\)\.fps='3' .*a number, not str"):
+        _stage(fps="3")
+    with pytest.raises(ValueError, match=r"StageConfig\('base'\)\.unet=\{\} .*a UNetConfig"):
+        _stage(unet={})
+    with pytest.raises(ValueError, match=r"StageConfig\.name=5 .*a string, not int"):
+        _stage(name=5)
+    cfg = configs.preset("ci")
+    with pytest.raises(ValueError, match=r"CascadeConfig\.stages\[1\]=.*a StageConfig, not dict"):
+        dataclasses.replace(cfg, stages=(cfg.stages[0], {}))
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"channel_mults": (1, "2", 4)}, r"channel_mults\[1\]"),
+        ({"channel_mults": (1, 2, 4.0)}, r"channel_mults\[2\]"),
+        ({"spatial_attention": ("false", False, True)}, r"spatial_attention\[0\]"),
+    ],
+)
+def test_tuple_elements_are_named_by_index(changes, field):
+    with pytest.raises(ValueError, match=rf"UNetConfig\.{field}="):
+        configs.UNetConfig(**changes)
+
+
+def test_none_is_accepted_where_the_annotation_allows_it():
+    assert configs.TrainConfig(crop_size=None).crop_size is None
+    assert configs.TextConfig(path=None).path is None
+    stage = _stage(sampler=None, gamma=None, guidance_w_max=None)
+    assert (stage.sampler, stage.gamma, stage.guidance_w_max) == (None, None, None)
+    with pytest.raises(ValueError, match=r"UNetConfig\.dropout=None"):
+        configs.UNetConfig(dropout=None)
+
+
+@pytest.mark.parametrize(
+    "cls, changes, field",
+    [
+        (configs.TrainConfig, {"weight_decay": math.nan}, "weight_decay"),
+        (configs.TrainConfig, {"weight_decay": math.inf}, "weight_decay"),
+        (configs.TrainConfig, {"weight_decay": -1}, "weight_decay"),
+        (configs.TrainConfig, {"lr": math.inf}, "lr"),
+        (configs.TrainConfig, {"grad_clip": math.inf}, "grad_clip"),
+        (configs.DistillConfig, {"lr": math.inf}, "lr"),
+        (configs.DiffusionConfig, {"logsnr_max": math.inf}, "logsnr_max"),
+        (configs.DiffusionConfig, {"logsnr_min": -math.inf}, "logsnr_min"),
+        (configs.DiffusionConfig, {"logsnr_max": math.nan}, "logsnr_max"),
+    ],
+)
+def test_non_finite_and_negative_values_name_the_field(cls, changes, field):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field}="):
+        cls(**changes)
+
+
+@pytest.mark.parametrize("fps", [math.inf, math.nan])
+def test_stage_fps_must_be_finite(fps):
+    with pytest.raises(ValueError, match=r"StageConfig\('base'\)\.fps=.*finite"):
+        _stage(fps=fps)
+
+
+def test_sample_steps_are_capped_at_the_samplers_max_steps():
+    assert samplers.MAX_STEPS is config_types.MAX_STEPS
+    assert _stage(sample_steps=config_types.MAX_STEPS).sample_steps == config_types.MAX_STEPS
+    with pytest.raises(ValueError, match=r"\.sample_steps=10001 is invalid: must be at most 10000"):
+        _stage(sample_steps=config_types.MAX_STEPS + 1)
 
 
 def test_from_dict_rejects_unknown_fields():
