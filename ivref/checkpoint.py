@@ -54,7 +54,8 @@ __all__ = [  # with the file helpers of tensor_files.py that callers know from h
     "FORMAT", "CONFIG", "TENSOR_FILES", "CHECKPOINTS", "LEGACY", "CheckpointError",
     "NonFiniteError", "Streamed", "TensorFile", "check_finite", "file_manifest",
     "optimizer_join", "optimizer_split", "verify_files", "save", "run_checkpoints",
-    "incomplete_checkpoints", "no_checkpoint_message", "remove_stale", "latest", "save_run",
+    "incomplete_checkpoints", "no_checkpoint_message", "remove_stale", "set_aside", "latest",
+    "save_run",
     "is_checkpoint", "read_config", "verify", "check_compatible", "check_fits",
     "load_state_dict_strict", "read", "open_checkpoint", "read_rng", "load", "save_weights",
     "load_weights",
@@ -218,6 +219,19 @@ def remove_stale(run: str | os.PathLike) -> list[Path]:
         shutil.rmtree(child, ignore_errors=True)
         removed.append(child)
     return removed
+
+
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged checkpoint ``step-N`` to ``step-N.damaged-<hex>`` beside it; returns
+    the new path. Nothing is deleted, and the run no longer counts it as a checkpoint: it is
+    neither resumed from nor kept in place of a good one when ``save_run`` prunes."""
+    path = Path(path)
+    if not _STEP_DIR.match(path.name):
+        raise ValueError(f"{str(path)!r} is not a step-N checkpoint folder")
+    target = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:8]}")
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    return target
 
 
 def latest(run: str | os.PathLike) -> Path | None:

@@ -56,6 +56,8 @@ class Objective(Protocol):
     ``reseed(seed)`` starts the objective's own streams (its data) anew from ``seed``, for a
     run resumed with another number of processes (``Trainer.resume(new_streams=True)``).
     Without it the trainer reseeds ``objective.data.generator``, or refuses new streams.
+    ``rng_state()`` names are the objective's own: the loop saves its states beside them
+    under ``trainer_checkpoints.LOOP_RNG_NAMES`` and ``rank<r>/...``, which it refuses.
     """
 
     def sample(self, batch_size: int) -> Batch: ...

@@ -199,6 +199,7 @@ class Trainer:
             dataset = dataset or objectives.toy_dataset(self.stage, stream, self.device)
             cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
+        trainer_checkpoints.check_objective_rng(objective)
         self.objective = objective
         if model is None:
             from ivref.unet3d import VideoUNet
@@ -361,7 +362,9 @@ class Trainer:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
 
         A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
-        before it is used. With FSDP, rank 0 reads it and shards it to the others.
+        before it is used; the damaged one is renamed ``step-N.damaged-<hex>`` (kept, but no
+        longer taken for the run's newest). With FSDP, rank 0 reads it and shards it to the
+        others.
 
         The random streams (data, noise, dropout) continue exactly when as many processes
         resume the run as trained it; another number is refused. ``new_streams=True``

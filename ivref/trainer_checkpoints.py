@@ -3,15 +3,16 @@
 ``save`` writes the trainer's model, EMA, AdamW state and every rank's random states as one
 checkpoint folder (checkpoint.py); under FSDP each tensor is gathered and written one at a
 time (sharded_state.py). ``restore`` loads the newest checkpoint that verifies (a damaged
-newest one is reported and skipped) and continues the random streams exactly, or, with
-``new_streams``, seeds new ones from the checkpoint so that a run can go on with another
-number of processes. ``Trainer.save`` and ``Trainer.resume`` call them.
+newer one is reported and renamed aside, never deleted) and continues the random streams
+exactly, or, with ``new_streams``, seeds new ones from the checkpoint so that a run can go on
+with another number of processes. ``Trainer.save`` and ``Trainer.resume`` call them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,25 @@ from typing import Any
 import torch
 
 from ivref import checkpoint, distributed, files, sharded_state
-from ivref.model_rng import ModelRNG
+from ivref.model_rng import STATE_KEY, ModelRNG
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
+
+# The names the loop saves its own random states under, beside the objective's (rng.safetensors)
+LOOP_RNG_NAMES = ("torch", "train", STATE_KEY, distributed.WORLD_SIZE_KEY)
+_RANK_NAME = re.compile(r"rank\d+/")  # rank r's states in a run of several processes
+
+
+def check_objective_rng(objective: Any) -> None:
+    """Refuse an objective whose ``rng_state()`` uses a name the loop saves its own state
+    under: one would overwrite the other in the checkpoint, and resume would not be exact."""
+    taken = [k for k in objective.rng_state() if k in LOOP_RNG_NAMES or _RANK_NAME.match(k)]
+    if taken:
+        raise ValueError(
+            f"{type(objective).__name__}.rng_state() names {taken}, which the training loop "
+            f"saves its own random states under; allowed: any other names (not "
+            f"{list(LOOP_RNG_NAMES)} nor 'rank<r>/...')"
+        )
 
 
 def save(trainer: Any) -> Path:
@@ -64,7 +81,8 @@ def restore(trainer: Any, new_streams: bool) -> int:
     found = checkpoint.run_checkpoints(trainer.out)
     if not found:
         raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
-    state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
+    path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
+    _set_aside_newer(trainer.context, found[found.index(path) + 1 :])
     if reseed is not None:
         seed_new_streams(trainer, reseed, state["rng"], state["step"])
     else:
@@ -74,6 +92,19 @@ def restore(trainer: Any, new_streams: bool) -> int:
         trainer.objective.set_rng_state(rng)
         trainer.model_rng.load_state_dict(rng)
     return state["step"]
+
+
+def _set_aside_newer(context: distributed.Context, damaged: list[Path]) -> None:
+    """Rename the damaged checkpoints newer than the one resumed (``checkpoint.set_aside``):
+    kept on disk, but no longer the run's newest, which the next save would keep while it
+    pruned good ones, and a later resume would try first."""
+    if not damaged:
+        return
+    distributed.barrier(context)  # every rank has finished reading before rank 0 renames
+    if context.is_main:
+        for path in damaged:
+            moved = checkpoint.set_aside(path)
+            print(f"resume: kept the damaged {path.name} as {moved.name}", file=sys.stderr)
 
 
 def seed_new_streams(
@@ -128,16 +159,17 @@ def _newest(
     raise AssertionError("unreachable")
 
 
-def _load(trainer: Any, found: list[Path]) -> dict[str, Any]:
-    """Every rank loads the newest good checkpoint into its model, EMA and optimizer."""
+def _load(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
+    """Every rank loads the newest good checkpoint into its model, EMA and optimizer;
+    returns (its path, its state)."""
     parts = {"model": trainer.model, "ema": trainer.ema, "optimizer": trainer.optimizer}
     read = functools.partial(
         checkpoint.load, **parts, config=trainer.config, stage=trainer.stage.name
     )
-    return _newest(trainer.context, found, read)[1]
+    return _newest(trainer.context, found, read)
 
 
-def _load_sharded(trainer: Any, found: list[Path]) -> dict[str, Any]:
+def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
     """FSDP: rank 0 checks the newest good checkpoint and reads it a tensor at a time,
     each rank keeping its shards (sharded_state.py); the other ranks read the step and the
     RNG states themselves."""
@@ -168,4 +200,4 @@ def _load_sharded(trainer: Any, found: list[Path]) -> dict[str, Any]:
     )
     if not context.is_main:  # rank 0 read the step and the RNG states while checking
         opened = {"step": checkpoint.read_config(path)["step"], "rng": checkpoint.read_rng(path)}
-    return {"step": opened["step"], "rng": opened["rng"]}
+    return path, {"step": opened["step"], "rng": opened["rng"]}

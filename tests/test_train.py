@@ -181,16 +181,28 @@ def test_a_fresh_run_starts_a_new_log(tmp_path, encoder):
     assert [r["loss"] != 9.0 for r in train.read_log(tmp_path)] == [True]
 
 
-def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, encoder, capsys):
+def test_resume_skips_a_damaged_newest_checkpoint_and_sets_it_aside(tmp_path, encoder, capsys):
     _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
     newest = checkpoint.latest(tmp_path)
     ema = newest / "ema.safetensors"
     data = bytearray(ema.read_bytes())
     data[-5] ^= 0xFF  # a flipped bit in the weights
     ema.write_bytes(bytes(data))
-    resumed = _trainer(tmp_path, encoder)
+    damaged = ema.read_bytes()
+    resumed = _trainer(tmp_path, encoder, checkpoint_every=1, keep_checkpoints=1)
     assert resumed.resume() == 1
-    assert "skipping step-00000002" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipping step-00000002" in err and "kept the damaged step-00000002" in err
+    # Set aside whole, under a name the run no longer counts: the next save writes a good
+    # step 2 and prunes down to it, instead of keeping the damaged one and deleting step 1.
+    (aside,) = (tmp_path / "checkpoints").glob("step-00000002.damaged-*")
+    assert (aside / "ema.safetensors").read_bytes() == damaged
+    resumed.fit(2)
+    assert [p.name for p in checkpoint.run_checkpoints(tmp_path)] == ["step-00000002"]
+    assert checkpoint.verify(checkpoint.latest(tmp_path))["step"] == 2
+    assert _trainer(tmp_path, encoder).resume() == 2
+    with pytest.raises(ValueError, match="not a step-N checkpoint"):
+        checkpoint.set_aside(aside)
 
 
 def test_caption_evaluator_samples_the_ema_and_scores_it(tmp_path, encoder):
@@ -388,3 +400,16 @@ def test_new_streams_are_refused_before_loading_for_an_objective_without_streams
         trainer.resume(new_streams=True)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
     assert trainer.step == 0
+
+
+@pytest.mark.parametrize("name", ["train", "torch", "model_rng", "world_size", "rank1/data"])
+def test_an_objective_may_not_save_its_streams_under_the_loops_names(tmp_path, encoder, name):
+    """Saved side by side in rng.safetensors, one would overwrite the other: an inexact resume."""
+    inner = _trainer(tmp_path / "a", encoder).objective
+    taken = _OwnStreams(inner)
+    taken.rng_state = lambda: {name: inner.data.generator.get_state()}
+    with pytest.raises(ValueError, match=rf"_OwnStreams.rng_state\(\) names \['{name}'\]"):
+        _trainer(tmp_path / "b", encoder, objective=taken)
+    mine = _OwnStreams(inner)
+    mine.rng_state = lambda: {"mine": inner.data.generator.get_state()}
+    assert _trainer(tmp_path / "c", encoder, objective=mine).objective is mine
