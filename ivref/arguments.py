@@ -83,6 +83,22 @@ def guidance_weight(value: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def guidance_setting(value: str) -> float | dict[str, float]:
+    """argparse type: a guidance weight for every stage (``W``), or per stage
+    (``NAME=W[,NAME=W...]``: those stages; the others sample at their own)."""
+    if "=" not in value:
+        return guidance_weight(value)
+    setting: dict[str, float] = {}
+    for pair in value.split(","):
+        name, _, w = pair.partition("=")
+        if not name or name in setting:
+            raise argparse.ArgumentTypeError(
+                f"expected W or NAME=W[,NAME=W...] with each stage NAME once, got {value!r}"
+            )
+        setting[name] = guidance_weight(w)
+    return setting
+
+
 def fraction(value: str) -> float:
     """argparse type: a number in [0, 1]."""
     try:

@@ -33,6 +33,7 @@ from ivref import checkpoint, configs, files, samplers, tensor_files, text
 from ivref.stage_sampling import (  # re-exported: cascade.sample_stage etc. stay
     MAX_STEPS,
     check_guidance,
+    check_learnt_guidance,
     check_steps,
     model_device,
     parse_device,
@@ -44,8 +45,8 @@ from ivref.unet3d import VideoUNet
 __all__ = [  # with stage_sampling.py's names, which callers know from here
     "FORMAT", "MANIFEST", "DISTILLED", "SHIPPED_DIR", "MAX_STEPS", "MAX_SEED", "shipped_dir",
     "TOY_TRAIN_STEPS", "TOY_DISTILL_ARGS", "remake_commands", "load_shipped", "check_prompts",
-    "check_steps", "check_guidance", "parse_device", "model_device", "stage_guidance",
-    "sample_stage", "Cascade",
+    "check_steps", "check_guidance", "check_learnt_guidance", "parse_device", "model_device",
+    "stage_guidance", "sample_stage", "Cascade",
 ]  # fmt: skip
 
 FORMAT = 2
@@ -206,11 +207,12 @@ class Cascade(nn.Module):
         stages = self.trained_stages
         steps_of = _per_stage(steps, stages, "steps")
         w_of = _per_stage(guidance, stages, "guidance")
-        for s in stages:
+        for s in stages:  # every stage's settings checked before any is sampled
             if steps_of[s.name] is not None:
                 check_steps(steps_of[s.name])
             if w_of[s.name] is not None:
                 check_guidance(w_of[s.name])
+            check_learnt_guidance(s, s.guidance_w if w_of[s.name] is None else w_of[s.name])
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

@@ -28,7 +28,7 @@ CLIError = errors.CLIError  # where earlier code found it
 MAX_DISPLAY_SIZE = 4096  # --display-size: larger is a typo (100000 asked for ~30 GB of frames)
 
 
-_seed, _weight, _steps = arguments.seed_int, arguments.guidance_weight, arguments.sampler_steps
+_seed, _steps = arguments.seed_int, arguments.sampler_steps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
     g.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
     g.add_argument("--steps", type=_steps, help="sampler steps (default: each stage's)")
-    g.add_argument("--guidance", type=_weight, help="guidance weight w (default: each stage's)")
+    g.add_argument(
+        "--guidance",
+        type=arguments.guidance_setting,
+        metavar="W | NAME=W[,NAME=W...]",
+        help="guidance weight w for every stage, or per stage (default: each stage's own)",
+    )
     g.add_argument("--distilled", action="store_true", help="use distilled weights")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument("--stages", action="store_true", help="write every stage side by side")
@@ -71,7 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--checkpoint", type=Path, help="cascade folder or base-stage train run")
     v.add_argument("--split", default="all", help="toy captions to sample: train, heldout, all")
     v.add_argument("--repeats", type=arguments.positive_int, default=1, help="samples per caption")
-    v.add_argument("--guidance", type=_weight, nargs="+", help="weights w to sweep")
+    v.add_argument(
+        "--guidance",
+        type=arguments.guidance_setting,
+        nargs="+",
+        metavar="W | NAME=W[,NAME=W...]",
+        help="guidance settings to sweep: w for every stage, or per stage (e.g. base=0 base=1; "
+        "the other stages at their own); default: each stage's own, once",
+    )
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0)
     v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
@@ -312,7 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = {"cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
-        guidances = args.guidance or [model.trained_stages[-1].guidance_w]
+        guidances = args.guidance or [None]  # None: every stage at its own w
         rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
         print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
         print(evaluate.format_table(rows))

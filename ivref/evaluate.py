@@ -9,7 +9,7 @@ stage's default guidance weight by measurement (docs/field-notes.md: large w dis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,23 +45,23 @@ def alignment(
     cascade: Cascade,
     prompts: Sequence[str],
     *,
-    guidance: float | None = None,
+    guidance: float | Mapping[str, float] | None = None,
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Caption alignment of ``cascade.generate(prompts)``: accuracies in [0, 1] and ``n``.
 
-    Batches of ``batch_size`` prompts are sampled with seeds ``seed``, ``seed + 1``, ... so a
-    sweep over ``guidance`` sees the same starting noise at every w.
+    Video i is drawn from seed ``seed + i``, as one ``generate`` call draws it, whatever
+    ``batch_size`` (prompts sampled together): so every video has its own noise, and a sweep
+    over ``guidance`` sees the same starting noise at every w. ``guidance`` is one weight for
+    every stage, a {stage name: w} mapping, or None (each stage's own).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     prompts = list(prompts)
     videos = [
-        cascade.generate(
-            prompts[i : i + batch_size], seed=seed + i // batch_size, steps=steps, guidance=guidance
-        )
+        cascade.generate(prompts[i : i + batch_size], seed=seed + i, steps=steps, guidance=guidance)
         for i in range(0, len(prompts), batch_size)
     ]
     result = metrics.caption_alignment(torch.cat(videos), prompts)
@@ -71,20 +71,25 @@ def alignment(
 def guidance_sweep(
     cascade: Cascade,
     prompts: Sequence[str],
-    guidances: Sequence[float],
+    guidances: Sequence[float | Mapping[str, float] | None],
     *,
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
-) -> list[dict[str, float]]:
-    """``alignment`` at each guidance weight w, one row per w (with key ``"w"``)."""
+) -> list[dict[str, Any]]:
+    """``alignment`` at each guidance setting, one row each, labelled by ``"w"``: a weight for
+    every stage (w), {stage name: w} (w for those stages, the others at their own), or None
+    (every stage at its own; ``"w"`` is then None)."""
     if not guidances:
         raise ValueError("guidances is empty; give at least one weight w >= 0")
-    return [
-        {"w": float(w)}
-        | alignment(cascade, prompts, guidance=w, steps=steps, seed=seed, batch_size=batch_size)
-        for w in guidances
-    ]
+    rows = []
+    for w in guidances:
+        label = dict(w) if isinstance(w, Mapping) else None if w is None else float(w)
+        scores = alignment(
+            cascade, prompts, guidance=w, steps=steps, seed=seed, batch_size=batch_size
+        )
+        rows.append({"w": label} | scores)
+    return rows
 
 
 def format_table(rows: Sequence[dict[str, float]], first: str = "w") -> str:
@@ -92,8 +97,15 @@ def format_table(rows: Sequence[dict[str, float]], first: str = "w") -> str:
     lines = [f"{first:>8} " + " ".join(f"{a:>7}" for a in ATTRIBUTES) + "       n"]
     for row in rows:
         cells = " ".join(f"{100 * row[a]:>6.1f}%" for a in ATTRIBUTES)
-        lines.append(f"{row[first]!s:>8} {cells} {int(row['n']):>7}")
+        lines.append(f"{_label(row[first]):>8} {cells} {int(row['n']):>7}")
     return "\n".join(lines)
+
+
+def _label(value: Any) -> str:
+    """A table's first cell: a {stage: w} setting as ``stage=w``, None as ``default``."""
+    if isinstance(value, Mapping):
+        return " ".join(f"{name}={w:g}" for name, w in value.items())
+    return "default" if value is None else str(value)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

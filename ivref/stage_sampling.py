@@ -177,6 +177,18 @@ def _sr_inputs(
     }
 
 
+def check_learnt_guidance(stage: configs.StageConfig, w: float) -> None:
+    """A distilled student refuses a w above the range its guidance embedding learnt (the
+    largest weight a stage samples at is its w: oscillation's low weight is at most w)."""
+    if stage.guidance_w_max is not None and w > stage.guidance_w_max:
+        raise ValueError(
+            f"guidance w={w} for stage {stage.name!r}: this distilled student learnt guidance "
+            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
+            f"w = {stage.guidance_w}); pass a w in that range (per stage: a {{stage name: w}} "
+            f"mapping, or --guidance NAME=W) or use the undistilled stage"
+        )
+
+
 def _bounded_guidance(
     stage: configs.StageConfig, diffusion: configs.DiffusionConfig, w: float, steps: int
 ) -> tuple[float | list[float], float | str | None]:
@@ -184,12 +196,7 @@ def _bounded_guidance(
     distilled student refuses a w above the range it learnt."""
     weights = stage_guidance(stage, w, steps)
     top = max(weights) if isinstance(weights, list) else weights
-    if stage.guidance_w_max is not None and top > stage.guidance_w_max:
-        raise ValueError(
-            f"guidance w={top} for stage {stage.name!r}: this distilled student learnt guidance "
-            f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
-            f"w = {stage.guidance_w}); pass a w in that range or use the undistilled stage"
-        )
+    check_learnt_guidance(stage, top)
     threshold = {
         "dynamic": diffusion.threshold_percentile if top > 0 else None,
         "static": "static",

@@ -40,3 +40,18 @@ def test_each_argparse_type_takes_its_range_and_refuses_the_rest(parse, good, ba
     for text in bad:
         with pytest.raises(argparse.ArgumentTypeError, match=r"\S"):
             parse(text)
+
+
+def test_guidance_setting_is_one_weight_or_one_per_named_stage():
+    assert arguments.guidance_setting("1.5") == 1.5
+    assert arguments.guidance_setting("base=1,ssr1=0") == {"base": 1.0, "ssr1": 0.0}
+    for bad, says in [
+        ("base=1,base=2", "each stage NAME once"),
+        ("=1", "each stage NAME once"),
+        ("base=nan", "finite number >= 0"),
+        ("base=-1", "finite number >= 0"),
+        ("base=", "expected a number"),
+        ("x", "expected a number"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            arguments.guidance_setting(bad)

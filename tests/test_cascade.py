@@ -160,6 +160,29 @@ def full_cascade():
     return Cascade(cfg, models)
 
 
+def test_a_weight_a_student_never_learnt_is_refused_before_any_stage_samples(full_cascade):
+    """A distilled SR student that learnt only w = 0 (its teacher sampled unguided): one w for
+    every stage fails up front, naming the per-stage form; w for the base alone samples."""
+    cfg = full_cascade.cfg
+    tsr = dataclasses.replace(cfg.stages[1], guidance_w=0.0, guidance_w_max=0.0)
+    cfg = dataclasses.replace(cfg, stages=(cfg.stages[0], tsr))
+    models = {s.name: full_cascade.models[s.name] for s in cfg.stages}
+    student = Cascade(cfg, models, full_cascade.encoder)
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in models.values()]
+    try:
+        with pytest.raises(ValueError, match=r"stage 'tsr'.*0 <= w <= 0.0.*mapping"):
+            student.generate(["a red circle moving left"], seed=0, steps=2, guidance=1.0)
+        assert calls == []  # refused before the base stage ran
+        video = student.generate(
+            ["a red circle moving left"], seed=0, steps=2, guidance={"base": 1}
+        )
+        assert video.shape[2] == tsr.num_frames and calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def test_the_whole_cascade_runs_every_stage_in_order(full_cascade):
     prompts = ["a red circle moving left", "a blue square moving up"]
     final, stages = full_cascade.generate(prompts, seed=0, steps=2, return_stages=True)

@@ -190,6 +190,14 @@ def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
     assert all(r["n"] == 8 and 0.0 <= r["all"] <= 1.0 for r in rows)
     assert "split 'heldout'" in capsys.readouterr().out
     assert cli.main([*argv, "--split", "test"]) == 2
+    # per stage (NAME=W), and without --guidance every stage at its own w once
+    assert cli.main([*argv, "--guidance", "base=1", "--json", str(report)]) == 0
+    assert [r["w"] for r in json.loads(report.read_text())] == [{"base": 1.0}]
+    assert cli.main([*argv, "--json", str(report)]) == 0
+    assert [r["w"] for r in json.loads(report.read_text())] == [None]
+    assert "default" in capsys.readouterr().out
+    assert cli.main([*argv, "--guidance", "tsr9=1"]) == 2
+    assert "unknown stages ['tsr9']" in capsys.readouterr().err
 
 
 def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch, capsys):

@@ -337,6 +337,12 @@ CLI_CASES = [
     Case("--guidance inf", (*GEN, "--out", "{X}/v.mp4", "--guidance", "inf"), 2, W_MSG),
     Case("--guidance -1", (*GEN, "--out", "{X}/v.mp4", "--guidance", "-1"), 2, W_MSG),
     Case(
+        "--guidance naming a stage twice",
+        (*GEN, "--out", "{X}/v.mp4", "--guidance", "base=1,base=2"),
+        2,
+        "with each stage NAME once",
+    ),
+    Case(
         "--steps 1000000000",
         (*GEN, "--out", "{X}/v.mp4", "--steps", "1000000000"),
         2,
@@ -753,6 +759,24 @@ def _trainer_batch(ctx: Ctx):
     train.Trainer(cfg, "base", ctx.tmp, text_encoder=encoder, batch_size=-2, progress=False)
 
 
+def _bool_from_a_string(ctx: Ctx):
+    from ivref import configs
+
+    data = configs.preset("ci").to_dict()
+    data["stages"][0]["oscillating_guidance"] = "false"
+    configs.CascadeConfig.from_dict(data)
+
+
+def _objective_rng_named_train(ctx: Ctx):
+    from ivref import configs, text, train
+
+    cfg = configs.preset("ci")
+    encoder = text.build_encoder(cfg.text)
+    objective = train.Trainer(cfg, "base", ctx.tmp / "a", text_encoder=encoder).objective
+    objective.rng_state = lambda: {"train": torch.Generator().get_state()}
+    train.Trainer(cfg, "base", ctx.tmp / "b", objective=objective)
+
+
 def _sample_steps(ctx: Ctx):
     from ivref import samplers
 
@@ -913,6 +937,20 @@ LIBRARY_CASES = [
         ValueError,
         "batch_size=-2 must be None (the stage's) or an integer from 1 to 2**31 - 1",
         _trainer_batch,
+    ),
+    LibCase(
+        "a bool config field given as a string (an edited config.json)",
+        "CascadeConfig.from_dict(data) with stages[0].oscillating_guidance = 'false'",
+        ValueError,
+        "oscillating_guidance='false' is invalid: must be true or false (a bool), not str",
+        _bool_from_a_string,
+    ),
+    LibCase(
+        "an objective that saves its streams under the loop's names",
+        "train.Trainer(cfg, 'base', out, objective=obj) where obj.rng_state() has 'train'",
+        ValueError,
+        "rng_state() names ['train'], which the training loop saves its own random states under",
+        _objective_rng_named_train,
     ),
     LibCase(
         "one prompt as a string",

@@ -35,7 +35,26 @@ def test_alignment_of_ground_truth_is_perfect_and_batched_with_distinct_seeds():
     prompts = evaluate.split_prompts("train")[:10]
     result = evaluate.alignment(fake, prompts, guidance=2.0, seed=5, batch_size=4)
     assert result == {"color": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0, "n": 10}
-    assert fake.calls == [(4, 5, 2.0), (4, 6, 2.0), (2, 7, 2.0)]
+    # generate draws video j of a call from seed + j: batches start at seed + their first index
+    assert fake.calls == [(4, 5, 2.0), (4, 9, 2.0), (2, 13, 2.0)]
+
+
+def test_alignment_samples_what_one_generate_call_does_whatever_the_batch(monkeypatch):
+    """Every video its own seed (seed + i): identical prompts give distinct videos, and the
+    scored videos are those of one generate call."""
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    model = Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet).eval()})
+    scored = []
+    real = evaluate.metrics.caption_alignment
+    monkeypatch.setattr(
+        evaluate.metrics, "caption_alignment", lambda v, p: scored.append(v) or real(v, p)
+    )
+    prompts = ["a red circle moving left"] * 4
+    evaluate.alignment(model, prompts, steps=2, seed=3, batch_size=2)
+    (videos,) = scored
+    assert all(not torch.equal(videos[i], videos[i + 1]) for i in range(3))
+    torch.testing.assert_close(videos, model.generate(prompts, seed=3, steps=2), atol=1e-5, rtol=0)
 
 
 def test_sweep_rows_and_a_wrong_pairing_scores_lower():
@@ -47,6 +66,17 @@ def test_sweep_rows_and_a_wrong_pairing_scores_lower():
     assert table.splitlines()[0].split()[:5] == ["w", "color", "shape", "motion", "all"]
     with pytest.raises(ValueError, match="guidances is empty"):
         evaluate.guidance_sweep(RenderingCascade(), prompts, [])
+
+
+def test_sweep_rows_label_per_stage_and_default_settings():
+    fake = RenderingCascade()
+    rows = evaluate.guidance_sweep(fake, ["a red circle"], [{"base": 2.0}, None])
+    assert [r["w"] for r in rows] == [{"base": 2.0}, None]
+    assert [c[2] for c in fake.calls] == [{"base": 2.0}, None]
+    assert [line.split()[0] for line in evaluate.format_table(rows).splitlines()[1:]] == [
+        "base=2",
+        "default",
+    ]
 
 
 def test_spread_prompts_cover_every_word_from_twelve_on():
