@@ -230,6 +230,8 @@ def distill_stage(
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
         )
+    if (out / PLAN).is_file():
+        _check_same_plan(out / PLAN, record)
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
     if context.is_main:
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
@@ -259,6 +261,22 @@ def distill_stage(
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def _check_same_plan(path: Path, record: dict[str, Any]) -> None:
+    """A resumed distillation must keep its plan: its finished phases were trained to it,
+    and a phase trained to other lengths would teach the next from another student."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise errors.CLIError(f"{str(path)!r} does not read back as a plan: {err}") from None
+    changed = {k: (saved.get(k), v) for k, v in record.items() if saved.get(k) != v}
+    if changed:
+        listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())
+        raise errors.CLIError(
+            f"{str(path.parent)!r} was distilled with another plan ({listed}); resume it with "
+            "the settings it started with, or distil into a new --out"
+        )
 
 
 def _is_guided(stage_cfg: configs.StageConfig) -> bool:

@@ -214,7 +214,7 @@ def test_plan_halves_down_to_the_target_or_explains():
 
 
 @pytest.mark.slow
-def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
+def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     phases = ["guided", "halve-0008-0004"]
     cfg = configs.preset("ci")
     torch.manual_seed(0)
@@ -241,6 +241,11 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path):
     ]
     assert cli.main(argv) == 2  # a second run into the same folder needs --resume
     assert cli.main([*argv, "--resume"]) == 0  # finished phases are loaded, not retrained
+    plan = (tmp_path / "d" / "distill.json").read_text()
+    longer = [*argv, "--resume", "--guided-steps", "4"]  # would retrain one phase, not the next
+    assert cli.main(longer) == 2
+    assert "phase_steps: saved [3, 2], now [4, 2]" in capsys.readouterr().err
+    assert (tmp_path / "d" / "distill.json").read_text() == plan  # the plan is left as it was
     argv = ["export", str(tmp_path / "d"), "--base", str(tmp_path / "cascade")]
     assert cli.main([*argv, "--out", str(tmp_path / "cascade" / "distilled")]) == 0
     student = Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")
