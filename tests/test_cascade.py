@@ -88,12 +88,31 @@ def test_missing_folder_and_corrupted_files_say_what_is_wrong(ci_cascade, tmp_pa
 
 
 @pytest.mark.parametrize(
+    "files", [None, "x", {}, {"base.safetensors": "x"}, {"base.safetensors": {"bytes": 1}}]
+)
+def test_a_hand_edited_manifest_without_the_file_list_is_named(ci_cascade, tmp_path, files):
+    """No stage file may load unverified; the error names the manifest, not an internal bug."""
+    ci_cascade.save_pretrained(tmp_path)
+    manifest = json.loads((tmp_path / "cascade.json").read_text())
+    if files is None:
+        del manifest["files"]
+    else:
+        manifest["files"] = files
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"'files' must give the bytes and sha256 of every stage"):
+        Cascade.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
     "prompts, message",
     [
         ("a red circle", "one string"),
         ([], "empty"),
         (["ok", ""], r"prompts\[1\]"),
         ([3], r"prompts\[0\]"),
+        (None, "got NoneType"),
+        ({"a red circle": 1}, "got dict"),
+        ({"a red circle"}, "got set"),
     ],
 )
 def test_bad_prompts(prompts, message):
@@ -118,6 +137,18 @@ def test_bad_prompts(prompts, message):
 def test_bad_generate_arguments(ci_cascade, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ci_cascade.generate(["a red circle moving left"], **kwargs)
+
+
+def test_numpy_steps_and_weights_are_taken_as_python_numbers(ci_cascade):
+    import numpy as np  # installed with ivref's dependencies (matplotlib, mediapy)
+
+    prompt = ["a red circle moving left"]
+    want = ci_cascade.generate(prompt, seed=0, steps=2, guidance=0.5)
+    for steps, w in [(np.int64(2), np.float32(0.5)), (np.int32(2), np.float64(0.5))]:
+        got = ci_cascade.generate(prompt, seed=0, steps=steps, guidance=w)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"steps=.*2\.0\)? must be an integer"):
+        ci_cascade.generate(prompt, steps=np.float64(2.0))
 
 
 def test_models_must_be_a_prefix_of_the_stages():
@@ -370,6 +401,32 @@ def test_sample_stage_bounds_x_hat_as_the_stage_asks(full_cascade, monkeypatch, 
         cascade_lib.sample_stage(model, stage, diffusion, emb, mask, guidance_w=0.0, steps=2)
         cond = guidance.guided_x_hat_fn(model, emb, mask, 0.0, threshold=None)(z, logsnr)
         torch.testing.assert_close(seen["fn"](z, logsnr), cond, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c: c.masked_fill(c > 0.5, float("nan")), r"spans \[.*nan"),
+        (lambda c: ((c + 1) * 127.5).to(torch.uint8), "is torch.uint8; allowed: floats"),
+        (lambda c: (c + 1) * 127.5, r"spans \[0, 255\]; allowed: values in \[-1, 1\]"),
+    ],
+)
+def test_sample_stage_refuses_a_cond_video_outside_minus_one_to_one(full_cascade, change, says):
+    """NaN, 8-bit or 0..255 input would come out as a NaN or washed-out video, not an error."""
+    stage = full_cascade.cfg.stage("tsr")
+    base = full_cascade.cfg.stages[0]
+    emb, mask = full_cascade.encoder.encode(["a red circle moving left"])
+    cond = torch.linspace(-1, 1, 3 * base.num_frames * base.height * base.width)
+    cond = cond.reshape(1, 3, base.num_frames, base.height, base.width)
+    model, diffusion = full_cascade.models["tsr"], full_cascade.cfg.diffusion
+    with pytest.raises(ValueError, match=says):
+        cascade_lib.sample_stage(model, stage, diffusion, emb, mask, cond_video=change(cond))
+    with pytest.raises(ValueError, match="aug_logsnr=nan"):
+        cascade_lib.sample_stage(
+            model, stage, diffusion, emb, mask, cond_video=cond, aug_logsnr=float("nan"), steps=1
+        )
+    out = cascade_lib.sample_stage(model, stage, diffusion, emb, mask, cond_video=cond, steps=1)
+    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize(

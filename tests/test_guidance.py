@@ -189,6 +189,22 @@ def test_guided_rejects_bad_arguments():
         guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, threshold=2.0)
     with pytest.raises(ValueError, match="w is an empty"):
         guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, [])
+    for w in (float("nan"), -1.0, [1.0, float("inf")]):
+        with pytest.raises(ValueError, match=r"must be a finite number >= 0"):
+            guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w)
+    for w in ("1", True, None, {"base": 1.0}):
+        with pytest.raises(ValueError, match="allowed: a number >= 0, or one per sampling step"):
+            guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w)
+
+
+def test_guided_takes_numpy_and_0d_tensor_weights_as_floats():
+    import numpy as np  # installed with ivref's dependencies (matplotlib, mediapy)
+
+    z_t, emb, mask, logsnr_t = _inputs()
+    want = guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.5)(z_t, logsnr_t)
+    for w in (np.float32(1.5), np.float64(1.5), torch.tensor(1.5)):
+        got = guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w)(z_t, logsnr_t)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_static_threshold_moves_only_the_overshoot_where_dynamic_moves_everything():

