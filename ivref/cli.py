@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ivref import arguments, configs, distill, errors, train, video
 
@@ -87,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0)
     v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
+    v.add_argument(
+        "--until", metavar="STAGE", help="sample the stages up to STAGE only (e.g. base)"
+    )
     v.add_argument("--distilled", action="store_true", help="use distilled weights")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -319,6 +323,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         files.check_writable(args.json, "--json")
     device = cascade_lib.parse_device(args.device)
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
+    if args.until is not None:
+        model = _until(model, args.until)
     report: dict | list = {}
     if args.cascade:  # every stage at its own settings, sampled once
         report = {"cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
@@ -332,6 +338,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _until(model: Any, name: str) -> Any:
+    """The cascade's trained stages up to ``name``, as a cascade of their own."""
+    from ivref.cascade import Cascade
+
+    names = [s.name for s in model.trained_stages]
+    if name not in names:
+        raise CLIError(f"--until {name!r}: the trained stages are {names}")
+    kept = {n: model.models[n] for n in names[: names.index(name) + 1]}
+    return Cascade(model.cfg, kept, model.encoder)
 
 
 # -- info -------------------------------------------------------------------------------------

@@ -224,6 +224,12 @@ def run(args: argparse.Namespace) -> int:
     files.check_writable(args.out, "--out")
     if args.new_streams and not args.resume:
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
+    if args.resume and not args.out.is_dir():  # before the lock would make the folder
+        raise errors.CLIError(
+            f"--resume: {str(args.out)!r} does not exist; drop --resume to start a run there"
+        )
+    if not args.resume:
+        build_config(args)  # a bad stage or override fails before the folder is made
     return distributed.run_in_group(device, lambda device, context: _train(args, device, context))
 
 

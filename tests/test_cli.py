@@ -198,6 +198,8 @@ def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
     assert "default" in capsys.readouterr().out
     assert cli.main([*argv, "--guidance", "tsr9=1"]) == 2
     assert "unknown stages ['tsr9']" in capsys.readouterr().err
+    assert cli.main([*argv, "--until", "tsr"]) == 2  # a base run has no tsr to stop at
+    assert "--until 'tsr': the trained stages are ['base']" in capsys.readouterr().err
 
 
 def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch, capsys):
@@ -374,3 +376,24 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     argv = ["generate", "a red circle", "--out", str(out), "--distilled", "--checkpoint", str(run)]
     assert cli.main(argv) == 2
     assert "--distilled takes a cascade folder" in capsys.readouterr().err
+
+
+def test_a_train_command_refused_up_front_makes_no_folder(tmp_path, capsys):
+    """A typo must not leave an empty run folder (with its lock) that later commands misread."""
+    out = tmp_path / "r"
+    train = ["train", "--scale", "ci", "--steps", "1", "--out", str(out)]
+    assert cli.main([*train, "--stage", "nope"]) == 2
+    assert cli.main([*train, "--resume"]) == 2
+    assert "does not exist; drop --resume" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_until_keeps_the_trained_stages_up_to_the_one_named():
+    from ivref.cascade import Cascade
+
+    cfg = configs.preset("ci")
+    models = {s.name: unet3d.VideoUNet(s.unet) for s in cfg.stages[:3]}
+    whole = Cascade(cfg, models)
+    upto = cli._until(whole, "tsr")
+    assert [s.name for s in upto.trained_stages] == ["base", "tsr"]
+    assert upto.models["tsr"] is models["tsr"] and upto.encoder is whole.encoder

@@ -415,8 +415,14 @@ CLI_CASES = [
         lambda ctx: ctx.run(),
     ),
     Case(
-        "train --resume with no checkpoint",
+        "train --resume of a folder that does not exist",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--resume"),
+        2,
+        "does not exist; drop --resume to start a run there",
+    ),
+    Case(
+        "train --resume with no checkpoint",
+        (*TRAIN, "--steps", "1", "--out", "{X}", "--resume"),
         2,
         "has no checkpoint",
     ),
