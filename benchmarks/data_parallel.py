@@ -99,6 +99,7 @@ def worker(args: argparse.Namespace) -> None:
             "threads_per_process": torch.get_num_threads(),
         }
         Path(args.result).write_text(json.dumps(result))
+    del trainer  # collected before the group goes (distributed.shutdown)
     distributed.shutdown()
 
 

@@ -138,6 +138,7 @@ def worker(args: argparse.Namespace) -> None:
                             for part in ("model", "ema", "optimizer")},
             }  # fmt: skip
             Path(args.result).write_text(json.dumps(result))
+    del trainer  # collected before the group goes (distributed.shutdown)
     distributed.shutdown()
 
 

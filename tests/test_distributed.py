@@ -285,6 +285,7 @@ distributed.init_from_env(torch.device("cpu"))
 trainer = train.Trainer(cfg, stage, args.out, progress=False, checkpoint_every=args.steps,
                         compile={"backend": "aot_eager", "dynamic": False})
 trainer.fit(args.steps)
+del trainer  # collected before the group goes (distributed.shutdown)
 distributed.shutdown()
 """
 
@@ -433,3 +434,27 @@ def test_sharded_distillation_needs_several_processes(ci_teacher, tmp_path, caps
     assert cli.main([*argv, "--fsdp"]) == 2
     assert "start it with torchrun --nproc_per_node=N" in capsys.readouterr().err
     assert not (tmp_path / "d" / distill.PLAN).exists()  # refused before anything was written
+
+
+def test_shutdown_collects_cycles_before_the_group_goes(monkeypatch):
+    """What holds the group's threads (DDP, FSDP state), left in a reference cycle, is freed
+    while the group and the interpreter still stand: at exit its destructor aborted runs."""
+    import gc
+    import weakref
+
+    class Holder:
+        pass
+
+    held = Holder()
+    held.me = held  # a cycle: only the garbage collector frees it
+    alive = weakref.ref(held)
+    del held
+    seen = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: seen.append(alive()))
+    gc.disable()  # no automatic collection may free it first
+    try:
+        distributed.shutdown()
+    finally:
+        gc.enable()
+    assert seen == [None]
