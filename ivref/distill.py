@@ -418,6 +418,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
+    # a step count that cannot be planned fails before the lock makes --out
+    _phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
     with distributed.main_only(context, files.RunLock(args.out)):
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,

@@ -403,6 +403,16 @@ def test_sample_stage_bounds_x_hat_as_the_stage_asks(full_cascade, monkeypatch, 
         torch.testing.assert_close(seen["fn"](z, logsnr), cond, atol=1e-5, rtol=0)
 
 
+def test_sample_stage_names_text_of_another_batch_in_the_callers_terms(full_cascade):
+    """Not the U-Net's doubled guided batch: the caller's B, before anything runs."""
+    base = full_cascade.cfg.stages[0]
+    emb, mask = full_cascade.encoder.encode(["a red circle moving left", "a blue square"])
+    with pytest.raises(ValueError, match=r"text_emb \(2, \d+, 32\) and text_mask \(1, \d+\)"):
+        cascade_lib.sample_stage(
+            full_cascade.models["base"], base, full_cascade.cfg.diffusion, emb, mask[:1]
+        )
+
+
 @pytest.mark.parametrize(
     "change, says",
     [

@@ -378,13 +378,14 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     assert "--distilled takes a cascade folder" in capsys.readouterr().err
 
 
-def test_a_train_command_refused_up_front_makes_no_folder(tmp_path, capsys):
+def test_a_command_refused_up_front_makes_no_folder(tmp_path, capsys):
     """A typo must not leave an empty run folder (with its lock) that later commands misread."""
     out = tmp_path / "r"
     train = ["train", "--scale", "ci", "--steps", "1", "--out", str(out)]
     assert cli.main([*train, "--stage", "nope"]) == 2
     assert cli.main([*train, "--resume"]) == 2
     assert "does not exist; drop --resume" in capsys.readouterr().err
+    assert cli.main(["distill", "--stage", "base", "--out", str(out), "--to-steps", "6"]) == 2
     assert not out.exists()
 
 

@@ -501,6 +501,12 @@ CLI_CASES = [
         SEED_MSG,
     ),
     Case(
+        "distill --to-steps that halvings cannot reach",
+        ("distill", "--stage", "base", "--out", "{X}/d", "--to-steps", "6"),
+        2,
+        "to_steps=6: distillation halves the teacher's 64 steps; allowed:",
+    ),
+    Case(
         "distill --stage that the cascade has not trained",
         ("distill", "--stage", "nope", "--out", "{X}/d"),
         2,
