@@ -312,10 +312,13 @@ class ToyVideos:
 class VideoTextFolder:
     """Real captioned videos: ``root`` plus an index (CSV with columns path,caption, or JSONL).
 
-    Each file is decoded with mediapy, frame-skipped to ``fps`` (frame k is the source frame
-    nearest to t_k = k / fps) and resized to (height, width) with antialiasing. Files that are
-    missing, unreadable or shorter than num_frames / fps seconds are reported with a warning,
-    listed in ``self.skipped`` as (path, reason), and skipped: they never stop a run.
+    A clip is the first num_frames / fps seconds of its file, decoded with mediapy up to the
+    last frame it needs, frame-skipped to ``fps`` (frame k is the source frame nearest to
+    t_k = k / fps) and resized to (height, width) with antialiasing. Files that are missing,
+    unreadable, shorter than num_frames / fps seconds or of a lower frame rate than ``fps``
+    (their frames would repeat), and rows whose caption is not a non-empty string, are
+    reported with a warning, listed in ``self.skipped`` as (path, reason), and skipped: they
+    never stop a run. A folder with no usable video is a ValueError.
     """
 
     def __init__(
@@ -333,12 +336,19 @@ class VideoTextFolder:
         self.skipped: list[tuple[str, str]] = []
         self.items: list[tuple[Path, str, float]] = []  # (path, caption, source fps)
         for rel, text in _read_index(Path(index_file)):
-            path = self.root / rel
+            path = self.root / str(rel)
             reason, src_fps = self._probe(path)
+            if not isinstance(text, str) or not text.strip():
+                reason = f"caption {text!r}: give a non-empty string"
             if reason:
                 self._skip(rel, reason)
             else:
                 self.items.append((path, text, src_fps))
+        if not self.items:
+            raise ValueError(
+                f"no usable videos in {str(index_file)!r} under {str(self.root)!r} for "
+                f"{num_frames} frames @ {fps:g} fps: {self.skipped or 'the index is empty'}"
+            )
         self.generator = torch.Generator().manual_seed(seed)
 
     def _skip(self, rel: str | Path, reason: str) -> None:
@@ -359,9 +369,14 @@ class VideoTextFolder:
                 n, src_fps = reader.num_images, float(reader.fps)
         except Exception as err:  # ffmpeg's many ways to reject a file
             return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0
-        need = self._source_indices(src_fps)[-1] + 1
-        if n < need:
-            return f"too short: {n} frames @ {src_fps:g} fps, need {need}", src_fps
+        indices = self._source_indices(src_fps)
+        if n < indices[-1] + 1:
+            return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps
+        if len(set(indices)) < len(indices):
+            return (
+                f"{src_fps:g} fps is below the clip's {self.fps:g} fps: frames would repeat",
+                src_fps,
+            )
         return None, src_fps
 
     def _source_indices(self, src_fps: float) -> list[int]:
@@ -375,8 +390,17 @@ class VideoTextFolder:
         import mediapy
 
         path, text, src_fps = self.items[i]
-        try:
-            frames = np.asarray(mediapy.read_video(path))[self._source_indices(src_fps)]
+        wanted = self._source_indices(src_fps)
+        try:  # decoded up to the last frame it needs, and only those frames kept
+            kept = []
+            with mediapy.VideoReader(path) as reader:
+                for k, frame in enumerate(reader):
+                    kept += [frame] * wanted.count(k)
+                    if k == wanted[-1]:
+                        break
+            if len(kept) < len(wanted):
+                raise EOFError(f"ended after {k + 1} frames")
+            frames = np.stack(kept)
         except Exception as err:
             self._skip(path.name, f"decode failed ({type(err).__name__})")
             return None
@@ -425,7 +449,7 @@ def _read_index(index_file: Path) -> list[tuple[str, str]]:
                         f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
                     ) from None
     elif index_file.suffix.lower() == ".csv":
-        with open(index_file, newline="") as fh:
+        with open(index_file, newline="", encoding="utf-8-sig") as fh:  # with or without a BOM
             rows = list(csv.DictReader(fh))
     else:
         raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")

@@ -196,7 +196,8 @@ class Trainer:
                 from ivref import text
 
                 text_encoder = text.build_encoder(config.text)
-            dataset = dataset or objectives.toy_dataset(self.stage, stream, self.device)
+            if dataset is None:  # not ``or``: an empty dataset must not become the toy world
+                dataset = objectives.toy_dataset(self.stage, stream, self.device)
             cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))
             objective = objectives.DiffusionObjective(config, self.stage, dataset, cache)
         trainer_checkpoints.check_objective_rng(objective)

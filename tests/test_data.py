@@ -150,3 +150,58 @@ def test_video_text_folder_reads_csv_and_rejects_bad_index(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"path": "a.mp4", "caption": "hello"}\n{"path": a.mp4\n')
     with pytest.raises(ValueError, match=r"bad.jsonl' line 2 is not JSON \(Expecting value\)"):
         data.VideoTextFolder(tmp_path, tmp_path / "bad.jsonl", 2, 16, 16, fps=6.0)
+
+
+def test_video_text_folder_skips_low_frame_rates_and_bad_captions_and_reads_a_bom(tmp_path):
+    """A 2 fps source for a 4 fps clip would repeat frames (a TSR stage would learn to repeat);
+    captions must be non-empty strings; Excel writes CSV with a byte-order mark."""
+    _write_counting_clip(tmp_path / "good.mp4", 12)
+    _write_counting_clip(tmp_path / "slow.mp4", 12, fps=2.0)
+    rows = [("good.mp4", "a gray square"), ("slow.mp4", "slow"), ("good.mp4", " "),
+            ("good.mp4", 5), ("good.mp4", None)]  # fmt: skip
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps({"path": p, "caption": c}) for p, c in rows))
+    with pytest.warns(UserWarning, match="skipping"):
+        ds = data.VideoTextFolder(tmp_path, index, num_frames=4, width=8, height=8, fps=4.0)
+    assert len(ds) == 1
+    assert "2 fps is below the clip's 4 fps: frames would repeat" in ds.skipped[0][1]
+    assert [r.split(":")[0] for _, r in ds.skipped[1:]] == [
+        "caption ' '",
+        "caption 5",
+        "caption None",
+    ]
+    (tmp_path / "bom.csv").write_bytes("path,caption\ngood.mp4,hello\n".encode("utf-8-sig"))
+    assert len(data.VideoTextFolder(tmp_path, tmp_path / "bom.csv", 4, 8, 8, fps=4.0)) == 1
+
+
+def test_a_folder_with_no_usable_video_is_an_error_not_an_empty_dataset(tmp_path):
+    """Empty, a Trainer given it trained on the toy world instead (``dataset or toy``)."""
+    (tmp_path / "index.csv").write_text("path,caption\nmissing.mp4,hello\n")
+    with pytest.warns(UserWarning, match="skipping"):
+        with pytest.raises(ValueError, match=r"no usable videos .* \[\('missing.mp4', 'file not"):
+            data.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    (tmp_path / "empty.csv").write_text("path,caption\n")
+    with pytest.raises(ValueError, match="no usable videos .*the index is empty"):
+        data.VideoTextFolder(tmp_path, tmp_path / "empty.csv", 4, 8, 8, fps=4.0)
+
+
+def test_a_clip_is_decoded_only_up_to_its_last_frame(tmp_path, monkeypatch):
+    """A long source is not read whole for a short clip (a 1080p minute: gigabytes a sample)."""
+    import mediapy
+
+    _write_counting_clip(tmp_path / "long.mp4", 60)
+    (tmp_path / "index.csv").write_text("path,caption\nlong.mp4,hello\n")
+    ds = data.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    decoded = []
+    real = mediapy.VideoReader.__iter__
+
+    def counting(reader):
+        for frame in real(reader):
+            decoded.append(1)
+            yield frame
+
+    monkeypatch.setattr(mediapy.VideoReader, "__iter__", counting)
+    clip, _ = ds.load(0)
+    assert len(decoded) == 10  # source frames 0, 3, 6, 9 of 60
+    levels = (clip.mean((0, 2, 3)) + 1) * 127.5
+    torch.testing.assert_close(levels, torch.tensor([0.0, 60, 120, 180]), atol=6, rtol=0)

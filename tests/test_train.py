@@ -413,3 +413,22 @@ def test_an_objective_may_not_save_its_streams_under_the_loops_names(tmp_path, e
     mine = _OwnStreams(inner)
     mine.rng_state = lambda: {"mine": inner.data.generator.get_state()}
     assert _trainer(tmp_path / "c", encoder, objective=mine).objective is mine
+
+
+def test_a_dataset_that_is_falsy_is_used_not_replaced_by_the_toy_world(tmp_path, encoder):
+    """``dataset or toy`` swapped an empty (len 0) dataset for the toy world without a word."""
+
+    class Falsy:
+        generator = torch.Generator()
+
+        def __len__(self):
+            return 0
+
+        def sample(self, batch_size, generator=None):
+            raise RuntimeError("no usable videos")
+
+    mine = Falsy()
+    trainer = _trainer(tmp_path, encoder, dataset=mine)
+    assert trainer.data is mine
+    with pytest.raises(RuntimeError, match="no usable videos"):
+        trainer.fit(1)
