@@ -404,11 +404,19 @@ class Trainer:
         """Train until ``self.step == steps``; returns this call's log rows.
 
         Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
-        Ctrl-C raises KeyboardInterrupt at once).
+        Ctrl-C raises KeyboardInterrupt at once); the next ``fit`` trains on. A trainer at
+        step 0 refuses a folder that holds checkpoints: ``resume()`` first.
         """
         check_count("steps", steps, minimum=0)
+        if self.step == 0 and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
+            raise ValueError(
+                f"{str(self.out)!r} holds another run's checkpoints (newest: {found[-1].name}); "
+                "call resume() first to continue it, or train into a new folder (ivref train "
+                "--force replaces a run)"
+            )
         rows: list[dict[str, Any]] = []
         self._total = steps
+        self.signal, self._stop_agreed = None, False  # a Ctrl-C of an earlier fit is handled
         main = self.context.is_main  # the one process that locks, logs, prints
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))

@@ -432,3 +432,25 @@ def test_a_dataset_that_is_falsy_is_used_not_replaced_by_the_toy_world(tmp_path,
     assert trainer.data is mine
     with pytest.raises(RuntimeError, match="no usable videos"):
         trainer.fit(1)
+
+
+def test_fit_after_a_signal_trains_on(tmp_path, encoder):
+    """In a notebook, Ctrl-C then fit() again: before, the old signal made it return at once."""
+    trainer = _trainer(tmp_path, encoder, checkpoint_every=10, evaluate_every=1)
+    trainer.evaluate = lambda t: (setattr(t, "signal", signal.SIGINT) if t.step == 2 else 0) or {}
+    assert [r["step"] for r in trainer.fit(4)] == [1, 2] and trainer.interrupted
+    assert [r["step"] for r in trainer.fit(4)] == [3, 4] and not trainer.interrupted
+
+
+def test_a_fresh_trainer_refuses_a_folder_with_another_runs_checkpoints(tmp_path, encoder):
+    """Its lower-step checkpoints would be pruned at once and its log cut the other run's."""
+    _trainer(tmp_path, encoder, checkpoint_every=2).fit(4)
+    log = (tmp_path / "log.jsonl").read_text()
+    fresh = _trainer(tmp_path, encoder)
+    with pytest.raises(
+        ValueError, match=r"holds another run's checkpoints \(newest: step-00000004"
+    ):
+        fresh.fit(2)
+    assert (tmp_path / "log.jsonl").read_text() == log
+    assert fresh.fit(0) == []  # nothing to train: nothing refused
+    assert fresh.resume() == 4 and len(fresh.fit(5)) == 1
