@@ -147,6 +147,15 @@ def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) 
     return {s.name: value for s in stages}
 
 
+def _stage_files(directory: Path) -> list[str]:
+    """The weight files and manifest of the cascade in ``directory`` (what a new one replaces)."""
+    try:
+        stages = json.loads((directory / MANIFEST).read_text())["stages"]
+        return [MANIFEST, *(f"{name}.safetensors" for name in stages)]
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: replace the manifest only
+        return [MANIFEST]
+
+
 def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) -> None:
     """A format-2 manifest's ``files`` gives the size and sha256 of every stage's file."""
     wanted = sorted(f"{name}.safetensors" for name in stages)
@@ -309,6 +318,9 @@ class Cascade(nn.Module):
 
         Refuses a folder that already holds a cascade unless ``overwrite``; refuses
         non-finite weights. The manifest, written last, records each file's size and sha256.
+        ``overwrite`` builds the new cascade beside the old one, keeping what else the folder
+        holds (logs, ``distilled/``) but the old stage files, and swaps the two
+        (``files.replace_folder``): interrupted, the old cascade stays whole.
         """
         directory = Path(dir)
         if directory.exists() and not directory.is_dir():
@@ -320,7 +332,13 @@ class Cascade(nn.Module):
                 f"{str(directory)!r} already holds a cascade ({MANIFEST}); pass overwrite=True "
                 "(--force) to replace it, or choose another folder"
             )
+        if (directory / MANIFEST).exists():  # beside it, then swapped: never half replaced
+            return files.replace_folder(directory, self._write, _stage_files(directory))
         directory.mkdir(parents=True, exist_ok=True)
+        self._write(directory)
+        return directory
+
+    def _write(self, directory: Path) -> None:
         stages = [s.name for s in self.trained_stages]
         for name in stages:
             checkpoint.save_weights(
@@ -334,7 +352,6 @@ class Cascade(nn.Module):
             "files": tensor_files.file_manifest(directory, names),
         }
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        return directory
 
     @classmethod
     def from_pretrained(

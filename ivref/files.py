@@ -20,9 +20,10 @@ import functools
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,42 @@ _OS_ERRORS = (  # how writers that are not Python file objects report an OS erro
     (re.compile(r"Read-only file system"), errno.EROFS),
     (re.compile(r"Permission denied"), errno.EACCES),
 )
+
+
+def replace_folder(
+    directory: str | os.PathLike, write: Callable[[Path], Any], drop: Iterable[str] = ()
+) -> Path:
+    """Replace ``directory``'s contents as one step: ``write(new)`` fills a sibling folder
+    that first gets hard links (copies where links fail) of everything the old folder holds
+    but the top-level names in ``drop``; then two renames swap the folders and the old one
+    is removed. Interrupted before the swap, the old folder is untouched; between the two
+    renames, both stand beside it as ``.<name>.old-*`` and ``.<name>.new-*``."""
+    directory = Path(directory)
+    tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+    new = directory.with_name(f".{directory.name}.new-{tag}")
+    old = directory.with_name(f".{directory.name}.old-{tag}")
+    dropped = set(drop)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    try:
+        shutil.copytree(
+            directory, new, copy_function=link,
+            ignore=lambda d, names: [n for n in names if Path(d) == directory and n in dropped],
+        )  # fmt: skip
+        write(new)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    os.replace(directory, old)
+    os.replace(new, directory)
+    fsync_dir(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
 
 
 def as_os_error(err: BaseException, path: str | os.PathLike) -> OSError | None:

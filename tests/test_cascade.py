@@ -169,6 +169,45 @@ def test_trained_stage_names_are_plain_identifiers(tmp_path, ci_cascade):
         Cascade.from_pretrained(tmp_path)
 
 
+def test_overwriting_keeps_the_folders_other_files_and_drops_the_old_stages(full_cascade, tmp_path):
+    folder = tmp_path / "c"
+    full_cascade.save_pretrained(folder)  # four stages
+    (folder / "base_log.jsonl").write_text('{"step": 1}\n')
+    full_cascade.save_pretrained(folder / "distilled")
+    base_only = Cascade(full_cascade.cfg, {"base": full_cascade.models["base"]})
+    base_only.save_pretrained(folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "base.safetensors", "base_log.jsonl", "cascade.json", "distilled",
+    ]  # fmt: skip
+    assert [s.name for s in Cascade.from_pretrained(folder).trained_stages] == ["base"]
+    assert len(Cascade.from_pretrained(folder, variant="distilled").trained_stages) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # no folder left beside it
+
+
+def test_an_interrupted_overwrite_leaves_the_old_cascade_whole(full_cascade, tmp_path, monkeypatch):
+    """export --force onto data/toy (the remake flow), killed halfway: before, the stage files
+    written so far no longer matched the old manifest and the old weights were gone."""
+    folder = tmp_path / "c"
+    full_cascade.save_pretrained(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real, written = cascade_lib.checkpoint.save_weights, []
+
+    def dies_on_the_second(path, state):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        real(path, state)
+
+    monkeypatch.setattr(cascade_lib.checkpoint, "save_weights", dies_on_the_second)
+    torch.manual_seed(1)  # other weights than the saved ones
+    other = Cascade(full_cascade.cfg, {s.name: VideoUNet(s.unet) for s in full_cascade.cfg.stages})
+    with pytest.raises(KeyboardInterrupt):
+        other.save_pretrained(folder, overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+    Cascade.from_pretrained(folder)  # verifies every file against the manifest
+
+
 def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
     ci_cascade.save_pretrained(tmp_path)
     with pytest.raises(FileExistsError, match="already holds a cascade"):
