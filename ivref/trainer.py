@@ -68,6 +68,26 @@ def text_padding(config: configs.CascadeConfig, compile: bool | dict[str, Any]) 
     return config.text.max_length if compile is not False else 1
 
 
+def _scores(scores: Any) -> dict[str, float]:
+    """An evaluator's {name: number} as log fields ``eval_<name>`` (0-d tensors and NumPy
+    scalars as floats); anything else is refused before the row is written."""
+    if not isinstance(scores, dict):
+        raise TypeError(f"the evaluator returned {type(scores).__name__}; allowed: {{name: value}}")
+    fields: dict[str, float] = {}
+    for name, value in scores.items():
+        if isinstance(value, int) and not isinstance(value, bool):  # counts stay integers
+            fields[f"eval_{name}"] = value
+            continue
+        try:
+            fields[f"eval_{name}"] = float(value)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+            raise TypeError(
+                f"the evaluator's {name!r} is {type(value).__name__} {str(value)[:40]!r}; "
+                "allowed: a number (a float, int, NumPy scalar or one-value tensor)"
+            ) from None
+    return fields
+
+
 def check_compile(compile: Any) -> None:
     """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
     if not isinstance(compile, bool | dict):
@@ -432,7 +452,7 @@ class Trainer:
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
                 if self.evaluate and due and (main or self._evaluate_everywhere):
-                    row.update({f"eval_{k}": v for k, v in self.evaluate(self).items()})
+                    row.update(_scores(self.evaluate(self)))
                 self._log(row)
                 rows.append(row)
                 bar.update(1)

@@ -454,3 +454,17 @@ def test_a_fresh_trainer_refuses_a_folder_with_another_runs_checkpoints(tmp_path
     assert (tmp_path / "log.jsonl").read_text() == log
     assert fresh.fit(0) == []  # nothing to train: nothing refused
     assert fresh.resume() == 4 and len(fresh.fit(5)) == 1
+
+
+def test_evaluator_scores_are_logged_as_numbers_or_refused_by_name(tmp_path, encoder):
+    """A 0-d tensor killed the run at json.dumps, after the step and before its checkpoint."""
+    trainer = _trainer(tmp_path, encoder, evaluate_every=1)
+    trainer.evaluate = lambda t: {"psnr": torch.tensor(21.5), "n": 8}
+    (row,) = trainer.fit(1)
+    assert (row["eval_psnr"], row["eval_n"]) == (21.5, 8) and type(row["eval_n"]) is int
+    assert train.read_log(tmp_path)[-1]["eval_psnr"] == 21.5
+    trainer.evaluate = lambda t: {"per_video": torch.ones(3)}
+    with pytest.raises(
+        TypeError, match="the evaluator's 'per_video' is Tensor .* allowed: a number"
+    ):
+        trainer.fit(2)
