@@ -149,11 +149,13 @@ def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) 
 
 def _stage_files(directory: Path) -> list[str]:
     """The weight files and manifest of the cascade in ``directory`` (what a new one replaces)."""
+    names = {MANIFEST}
     try:
         stages = json.loads((directory / MANIFEST).read_text())["stages"]
-        return [MANIFEST, *(f"{name}.safetensors" for name in stages)]
+        names.update(f"{name}.safetensors" for name in stages)
     except (OSError, ValueError, KeyError, TypeError):  # unreadable: replace the manifest only
-        return [MANIFEST]
+        pass
+    return sorted(names)
 
 
 def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) -> None:
