@@ -18,6 +18,7 @@ from ivref import cascade, data, distributed, metrics, objectives, superres
 from ivref.cascade import Cascade
 
 ATTRIBUTES = ("color", "shape", "motion", "all")
+MAX_SEED = cascade.MAX_SEED  # video i's seed wraps past it, as in Cascade.generate
 
 
 def spread_prompts(n: int | None) -> list[str] | None:
@@ -61,7 +62,12 @@ def alignment(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     prompts = list(prompts)
     videos = [
-        cascade.generate(prompts[i : i + batch_size], seed=seed + i, steps=steps, guidance=guidance)
+        cascade.generate(
+            prompts[i : i + batch_size],
+            seed=(seed + i) % (MAX_SEED + 1),
+            steps=steps,
+            guidance=guidance,
+        )
         for i in range(0, len(prompts), batch_size)
     ]
     result = metrics.caption_alignment(torch.cat(videos), prompts)

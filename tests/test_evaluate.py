@@ -37,6 +37,9 @@ def test_alignment_of_ground_truth_is_perfect_and_batched_with_distinct_seeds():
     assert result == {"color": 1.0, "shape": 1.0, "motion": 1.0, "all": 1.0, "n": 10}
     # generate draws video j of a call from seed + j: batches start at seed + their first index
     assert fake.calls == [(4, 5, 2.0), (4, 9, 2.0), (2, 13, 2.0)]
+    fake.calls.clear()  # the largest seed wraps, as generate wraps seed + i
+    evaluate.alignment(fake, prompts, seed=evaluate.MAX_SEED, batch_size=4)
+    assert [c[1] for c in fake.calls] == [evaluate.MAX_SEED, 3, 7]
 
 
 def test_alignment_samples_what_one_generate_call_does_whatever_the_batch(monkeypatch):
