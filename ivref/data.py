@@ -399,10 +399,10 @@ class VideoTextFolder:
                     if k == wanted[-1]:
                         break
             if len(kept) < len(wanted):
-                raise EOFError(f"ended after {k + 1} frames")
+                raise EOFError(f"ended with {len(kept)} of the {len(wanted)} frames needed")
             frames = np.stack(kept)
         except Exception as err:
-            self._skip(path.name, f"decode failed ({type(err).__name__})")
+            self._skip(path.name, f"decode failed ({type(err).__name__}: {str(err)[:80]})")
             return None
         if frames.ndim == 3:
             frames = np.repeat(frames[..., None], 3, axis=-1)
