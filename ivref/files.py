@@ -18,6 +18,7 @@ import errno
 import fcntl
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -205,16 +206,24 @@ def read_log(path: str | os.PathLike, *, name: str = "log.jsonl") -> list[dict[s
     return rows
 
 
+def _json_row(row: dict[str, Any]) -> str:
+    """One log line, strict JSON: a non-finite number (a skipped step's loss) is null."""
+    finite = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+    }
+    return json.dumps(finite, allow_nan=False) + "\n"
+
+
 def append_log(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one row to a JSONL log, flushed to the OS before returning."""
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+        fh.write(_json_row(row))
         fh.flush()
 
 
 def write_log(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """Replace a JSONL log with ``rows``, atomically."""
-    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return atomic_write_text(path, "".join(_json_row(r) for r in rows))
 
 
 class RunLockedError(RuntimeError):

@@ -1,5 +1,6 @@
 """Crash-safe files: atomic writes, a log that survives a torn line, one trainer per folder."""
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,18 @@ def test_a_writers_os_error_is_raised_as_oserror(tmp_path, raised, code):
     if code:
         assert info.value.errno == code and info.value.filename == str(tmp_path / "f.bin")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_log_lines_are_strict_json_with_null_for_a_non_finite_number(tmp_path):
+    """A skipped step's NaN loss was written as the token NaN, which strict readers refuse."""
+    log = tmp_path / "log.jsonl"
+    files.append_log(log, {"step": 1, "loss": float("nan"), "skipped": 1})
+    files.write_log(tmp_path / "all.jsonl", [{"step": 2, "grad_norm": float("inf")}])
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    for path in (log, tmp_path / "all.jsonl"):
+        for line in path.read_text().splitlines():
+            json.loads(line, parse_constant=strict)
+    assert files.read_log(log) == [{"step": 1, "loss": None, "skipped": 1}]
