@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -90,23 +91,29 @@ class TextCache:
     Rows are padded to the longest in the batch, rounded up to a multiple of
     ``pad_multiple`` (a compiled model then sees one text length); padding is masked out, so
     it changes no output. The toy vocabulary has 105 captions, so after the first few steps
-    the encoder never runs again.
+    the encoder never runs again. A real caption set may not fit: beyond ``max_bytes`` of
+    rows the least recently used captions are dropped (encoded again when they return).
     """
 
-    def __init__(self, encoder: Any, pad_multiple: int = 1) -> None:
-        if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
-            raise ValueError(f"pad_multiple={pad_multiple!r} must be a positive integer")
-        self.encoder, self.pad_multiple = encoder, pad_multiple
-        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, encoder: Any, pad_multiple: int = 1, max_bytes: int = 2**30) -> None:
+        for name, value in (("pad_multiple", pad_multiple), ("max_bytes", max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        self.encoder, self.pad_multiple, self.max_bytes = encoder, pad_multiple, max_bytes
+        self.rows: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.bytes = 0  # held by ``rows``
 
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         new = sorted(set(captions) - set(self.rows))
+        for c in set(captions) - set(new):
+            self.rows.move_to_end(c)  # recently used
         if new:
             emb, mask = self.encoder.encode(new)
             for i, c in enumerate(new):
                 n = max(int(mask[i].nonzero().max()) + 1, 1) if mask[i].any() else 1
                 self.rows[c] = (emb[i, :n].float().cpu(), mask[i, :n].cpu())
+                self.bytes += self.rows[c][0].nbytes + self.rows[c][1].nbytes
         length = max(self.rows[c][0].shape[0] for c in captions)
         length = -(-length // self.pad_multiple) * self.pad_multiple
         dim = self.rows[captions[0]][0].shape[1]
@@ -115,6 +122,9 @@ class TextCache:
         for i, c in enumerate(captions):
             e, m = self.rows[c]
             emb[i, : len(e)], mask[i, : len(m)] = e, m
+        while self.bytes > self.max_bytes and len(self.rows) > len(set(captions)):
+            _, (e, m) = self.rows.popitem(last=False)  # the least recently used
+            self.bytes -= e.nbytes + m.nbytes
         return emb, mask
 
 

@@ -189,3 +189,21 @@ def test_a_dataset_of_another_clip_size_is_refused_naming_both_shapes(encoder):
         tsr.height,
         tsr.width,
     )
+
+
+def test_the_text_cache_keeps_the_recently_used_rows_within_its_bytes(encoder):
+    """A real caption set grew the in-memory cache without bound (2 MiB a caption at T5-XXL)."""
+    unbounded, small = objectives.TextCache(encoder), objectives.TextCache(encoder, max_bytes=1)
+    batches = [["a red circle", "a blue square"], ["a green triangle"], ["a red circle"] * 2]
+    for batch in batches:
+        for got, want in zip(small.encode(batch), unbounded.encode(batch), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert list(small.rows) == sorted(set(batch))  # the batch's rows only: over max_bytes
+    assert small.bytes == sum(e.nbytes + m.nbytes for e, m in small.rows.values())
+    assert len(unbounded.rows) == 3
+    roomy = objectives.TextCache(encoder, max_bytes=2**20)
+    for batch in batches:
+        roomy.encode(batch)
+    assert list(roomy.rows) == ["a blue square", "a green triangle", "a red circle"]  # by use
+    with pytest.raises(ValueError, match="max_bytes=0 must be a positive integer"):
+        objectives.TextCache(encoder, max_bytes=0)
