@@ -111,13 +111,13 @@ def run_stage(path: Path):
     A run's newest checkpoint that verifies is used; a damaged newer one is reported.
     """
     from ivref import checkpoint
-    from ivref.unet3d import VideoUNet
 
     if not path.is_dir():
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no such folder)")
     if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
         path = distill.final_phase(path)
-    found = [path] if checkpoint.is_checkpoint(path) else checkpoint.run_checkpoints(path)
+    single = checkpoint.is_checkpoint(path)
+    found = [path] if single else checkpoint.run_checkpoints(path)
     if not found and checkpoint.incomplete_checkpoints(path):
         raise CLIError(checkpoint.no_checkpoint_message(path))
     if not found and path.parent.name == checkpoint.CHECKPOINTS:
@@ -128,6 +128,21 @@ def run_stage(path: Path):
         )
     if not found:
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
+    for attempt in range(3):  # a run still training may prune the checkpoint being read
+        try:
+            return _newest_ema(found)
+        except checkpoint.CheckpointError:
+            if single or attempt == 2 or all(p.is_dir() for p in found):
+                raise
+            found = checkpoint.run_checkpoints(path) or found  # pruned meanwhile: list again
+    raise AssertionError("unreachable")
+
+
+def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any]:
+    """(config, stage, EMA model) of the newest checkpoint in ``found`` that verifies."""
+    from ivref import checkpoint
+    from ivref.unet3d import VideoUNet
+
     for ckpt in reversed(found):
         try:
             meta = checkpoint.verify(ckpt)
@@ -135,7 +150,8 @@ def run_stage(path: Path):
         except checkpoint.CheckpointError as err:
             if ckpt == found[0]:
                 raise
-            print(f"skipping damaged {ckpt.name}: {err}", file=sys.stderr)
+            if ckpt.is_dir():  # a vanished one was pruned, not damaged
+                print(f"skipping damaged {ckpt.name}: {err}", file=sys.stderr)
     cfg, stage = meta["config"], meta["stage"]
     model = VideoUNet(cfg.stage(stage).unet)
     checkpoint.load_weights(ckpt / "ema.safetensors", model)

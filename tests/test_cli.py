@@ -398,3 +398,30 @@ def test_until_keeps_the_trained_stages_up_to_the_one_named():
     upto = cli._until(whole, "tsr")
     assert [s.name for s in upto.trained_stages] == ["base", "tsr"]
     assert upto.models["tsr"] is models["tsr"] and upto.encoder is whole.encoder
+
+
+def test_a_checkpoint_pruned_while_it_is_read_is_read_again_from_the_new_list(
+    tmp_path, monkeypatch, capsys
+):
+    """Exporting a run that is still training: its trainer may prune the checkpoint between
+    verify and load. That read is retried on the checkpoints there are now, not reported as
+    damage."""
+    import shutil
+
+    from ivref import checkpoint
+
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "2"]
+    assert cli.main([*argv, "--checkpoint-every", "1"]) == 0
+    real, pruned = checkpoint.load_weights, []
+
+    def pruned_first(path, model):
+        if not pruned:  # the trainer removes it now
+            pruned.append(path.parent.name)
+            shutil.rmtree(path.parent)
+        return real(path, model)
+
+    monkeypatch.setattr(checkpoint, "load_weights", pruned_first)
+    cfg, stage, model = cli.run_stage(run)
+    assert pruned == ["step-00000002"] and stage == "base"
+    assert "damaged" not in capsys.readouterr().err
