@@ -175,15 +175,19 @@ def _fingerprint(path: Path) -> str:
     """A short digest of a checkpoint folder's files, cheap even for T5-XXL's 40 GB of weights.
 
     Each file counts by name and size; files up to 2 MiB (config, tokenizer) whole, larger
-    ones (weights) by their first and last MiB.
+    ones (weights) by their first and last MiB and their modification time, so weights
+    rewritten in the middle alone (a fine-tuned tensor) still change it; a copy that does not
+    keep the time changes it too, which costs only a cache miss.
     """
     h = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.is_file()):
-        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        stat = f.stat()
+        h.update(f"{f.name}\0{stat.st_size}\0".encode())
         with open(f, "rb") as fh:
-            if f.stat().st_size <= 2 << 20:
+            if stat.st_size <= 2 << 20:
                 h.update(fh.read())
             else:
+                h.update(f"{stat.st_mtime_ns}\0".encode())
                 h.update(fh.read(1 << 20))
                 fh.seek(-(1 << 20), os.SEEK_END)
                 h.update(fh.read())
@@ -197,8 +201,9 @@ class T5Encoder(HFEncoder):
     def from_pretrained(cls, path: str | os.PathLike, max_length: int = 128) -> T5Encoder:
         """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline.
 
-        The name is ``t5-<folder>-<fingerprint of its files>``, so the text cache never mixes
-        embeddings of two checkpoints.
+        The name is ``t5-<folder>-<fingerprint of its files>`` (``_fingerprint``: contents,
+        and for large files their ends and modification time), so the text cache does not
+        mix embeddings of two checkpoints.
         """
         from transformers import AutoTokenizer, T5EncoderModel
 

@@ -223,3 +223,19 @@ def test_a_cache_that_cannot_be_written_warns_once_and_encodes_anyway(tmp_path, 
     (tmp_path / "file").touch()
     with pytest.raises(ValueError, match="is a file; give a folder"):
         text.CachedEncoder(tiny, tmp_path / "file")
+
+
+def test_t5_fingerprint_changes_when_large_weights_change_in_the_middle_only(tmp_path):
+    """A fine-tuned tensor between the first and last MiB kept the name, and the text cache
+    served the old model's embeddings."""
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(range(256)) * (3 * 2**20 // 256)  # 3 MiB: hashed by its ends and time
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(10**18, 10**18))
+    before = text._fingerprint(tmp_path)
+    data[3 * 2**19] ^= 0xFF  # one byte in the middle MiB
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(10**18 + 1, 10**18 + 1))  # a rewrite moves the time
+    assert text._fingerprint(tmp_path) != before
+    os.utime(weights, ns=(10**18, 10**18))
+    assert text._fingerprint(tmp_path) == before  # the ends and time alone: cheap at 40 GB
