@@ -199,7 +199,8 @@ class T5Encoder(HFEncoder):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, max_length: int = 128) -> T5Encoder:
-        """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline.
+        """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline; an fp16
+        checkpoint runs in float32 (T5's activations overflow fp16; bf16 stays bf16).
 
         The name is ``t5-<folder>-<fingerprint of its files>`` (``_fingerprint``: contents,
         and for large files their ends and modification time), so the text cache does not
@@ -220,6 +221,8 @@ class T5Encoder(HFEncoder):
             raise ValueError(
                 f"cannot load a T5 encoder from {str(path)!r} ({first}); {T5_HINT}"
             ) from None
+        if next(model.parameters()).dtype == torch.float16:  # T5's activations overflow fp16
+            model = model.float()
         encoder = cls(model, tokenizer, f"t5-{path.name}-{_fingerprint(path)}", max_length)
         encoder.dim = model.config.d_model
         return encoder
@@ -347,6 +350,7 @@ def build_encoder(text_cfg: TextConfig, cache_dir: str | os.PathLike | None = No
     if encoder.dim != text_cfg.dim:
         raise ValueError(
             f"text encoder {encoder.name!r} returns {encoder.dim}-d embeddings but "
-            f"TextConfig.dim={text_cfg.dim}; set dim to {encoder.dim}"
+            f"TextConfig.dim={text_cfg.dim}: use an encoder of width {text_cfg.dim}, or a "
+            f"cascade config with text.dim = {encoder.dim} (and every stage's unet.text_dim)"
         )
     return encoder if cache_dir is None else CachedEncoder(encoder, cache_dir)

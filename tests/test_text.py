@@ -60,6 +60,19 @@ def test_t5_from_pretrained_round_trip(tmp_path, tiny):
     assert text.build_encoder(cfg).name == loaded.name
 
 
+def test_an_fp16_t5_checkpoint_runs_in_float32(tmp_path, tiny):
+    """In fp16 on the CPU it ran slowly and, at T5's sizes, overflows: inf/NaN embeddings."""
+    import copy
+
+    copy.deepcopy(tiny.model).half().save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = text.T5Encoder.from_pretrained(tmp_path, max_length=CI_TEXT.max_length)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    rounded = copy.deepcopy(tiny.model).half().float()  # the same weights, computed in fp32
+    want = text.HFEncoder(rounded, tiny.tokenizer, "x", CI_TEXT.max_length).encode(PROMPTS)[0]
+    torch.testing.assert_close(loaded.encode(PROMPTS)[0], want, rtol=0, atol=0)
+
+
 def test_build_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"TextConfig.path"):
         text.build_encoder(dataclasses.replace(CI_TEXT, encoder="t5"))
