@@ -390,12 +390,14 @@ class VideoTextFolder:
         import mediapy
 
         path, text, src_fps = self.items[i]
-        wanted = self._source_indices(src_fps)
+        wanted = self._source_indices(src_fps)  # increasing: a repeat was skipped in _probe
+        needed = set(wanted)
         try:  # decoded up to the last frame it needs, and only those frames kept
             kept = []
             with mediapy.VideoReader(path) as reader:
                 for k, frame in enumerate(reader):
-                    kept += [frame] * wanted.count(k)
+                    if k in needed:
+                        kept.append(frame)
                     if k == wanted[-1]:
                         break
             if len(kept) < len(wanted):
