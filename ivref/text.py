@@ -156,14 +156,18 @@ class MiniLMEncoder(HFEncoder):
         super().__init__(model, tokenizer, MINILM_NAME, text_cfg.max_length)
 
 
+LOADING_BAR_FROM = 1 << 30  # bytes of checkpoint files from which a T5 load shows a bar
+
+
 @contextlib.contextmanager
-def _no_loading_bar() -> Iterator[None]:
+def _no_loading_bar(quiet: bool = True) -> Iterator[None]:
     """transformers' progress bar off while a small local model loads (it would print a bar
-    on every ``Cascade.from_pretrained``), then as it was."""
+    on every ``Cascade.from_pretrained``), then as it was; ``quiet=False`` leaves it alone."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
@@ -201,6 +205,8 @@ class T5Encoder(HFEncoder):
     def from_pretrained(cls, path: str | os.PathLike, max_length: int = 128) -> T5Encoder:
         """Load ``T5EncoderModel`` and its tokenizer from directory ``path``, offline; an fp16
         checkpoint runs in float32 (T5's activations overflow fp16; bf16 stays bf16).
+        transformers' loading bar shows only for a checkpoint of ``LOADING_BAR_FROM`` bytes or
+        more (T5-XXL's minute-long load), not on every load of a small one.
 
         The name is ``t5-<folder>-<fingerprint of its files>`` (``_fingerprint``: contents,
         and for large files their ends and modification time), so the text cache does not
@@ -213,9 +219,11 @@ class T5Encoder(HFEncoder):
             raise ValueError(f"T5 checkpoint folder {str(path)!r} does not exist; {T5_HINT}")
         if not (path / "config.json").is_file():
             raise ValueError(f"T5 checkpoint folder {str(path)!r} has no config.json; {T5_HINT}")
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
         try:
-            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            with _no_loading_bar(quiet=size < LOADING_BAR_FROM):
+                model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(

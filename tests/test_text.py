@@ -147,6 +147,33 @@ def test_minilm_is_quiet_but_for_our_own_warning(repo_root):
     assert "sequence length is longer" not in done.stderr  # transformers' own, on top of ours
 
 
+def test_a_small_t5_loads_without_a_bar_and_a_large_one_with_it(tmp_path, tiny, repo_root):
+    """Fresh processes with transformers' bars on (conftest.py turns them off here)."""
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    code = (
+        "import sys\n"
+        "from transformers.utils import logging as L\n"
+        "from ivref import text\n"
+        "text.LOADING_BAR_FROM = int(sys.argv[2])\n"
+        "text.T5Encoder.from_pretrained(sys.argv[1])\n"
+        "print('enabled after:', L.is_progress_bar_enabled())\n"
+    )
+    quiet = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    said = {}
+    for threshold in (1 << 30, 0):  # the default, then "every checkpoint is large"
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path), str(threshold)],
+            env=env | {"PYTHONPATH": str(repo_root)}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "enabled after: True" in done.stdout
+        said[threshold] = done.stderr
+    assert "Loading weights" not in said[1 << 30]
+    assert "Loading weights" in said[0]
+
+
 def test_cache_hits_and_misses(tmp_path, tiny):
     cached = text.CachedEncoder(tiny, tmp_path)
     emb, mask = cached.encode(PROMPTS + [PROMPTS[0]])
