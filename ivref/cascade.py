@@ -324,7 +324,7 @@ class Cascade(nn.Module):
         holds (logs, ``distilled/``) but the old stage files, and swaps the two
         (``files.replace_folder``): interrupted, the old cascade stays whole.
         """
-        directory = Path(dir)
+        directory = files.finish_replace(dir)  # an earlier overwrite killed mid-swap
         if directory.exists() and not directory.is_dir():
             raise FileExistsError(
                 f"{str(directory)!r} is a file; save_pretrained writes a folder: give its path"
@@ -374,6 +374,8 @@ class Cascade(nn.Module):
         if variant == "distilled":
             directory = directory / DISTILLED
         manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            files.finish_replace(directory)  # an overwrite killed between its two renames
         if not manifest_path.is_file():
             raise FileNotFoundError(
                 f"{manifest_path} not found: a cascade folder holds {MANIFEST} and "

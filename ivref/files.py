@@ -100,8 +100,9 @@ def replace_folder(
     that first gets hard links (copies where links fail) of everything the old folder holds
     but the top-level names in ``drop``; then two renames swap the folders and the old one
     is removed. Interrupted before the swap, the old folder is untouched; between the two
-    renames, both stand beside it as ``.<name>.old-*`` and ``.<name>.new-*``."""
-    directory = Path(directory)
+    renames, both stand beside it as ``.<name>.old-*`` and ``.<name>.new-*``, and the next
+    ``replace_folder`` or ``finish_replace`` of ``directory`` completes the swap."""
+    directory = finish_replace(directory)
     tag = f"{os.getpid()}-{os.urandom(4).hex()}"
     new = directory.with_name(f".{directory.name}.new-{tag}")
     old = directory.with_name(f".{directory.name}.old-{tag}")
@@ -126,6 +127,35 @@ def replace_folder(
     os.replace(new, directory)
     fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def finish_replace(directory: str | os.PathLike) -> Path:
+    """Complete a ``replace_folder`` of ``directory`` that was killed part-way; returns it.
+
+    Killed between its two renames, ``directory`` is missing and its finished new copy and
+    the old folder stand beside it under one tag: the new one is renamed into place, then
+    the old one removed. An old folder whose swap finished (killed while removing it) is
+    removed. A lone ``.new-*`` (killed while writing, or another process writing now) is
+    left alone; so is anything when the picture is not one of these.
+    """
+    directory = Path(directory)
+    prefix = f".{directory.name}."
+    try:
+        names = [p.name for p in directory.parent.iterdir()]
+    except OSError:
+        return directory
+    olds = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "old-")}
+    news = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "new-")}
+    swapped = olds & news
+    if not directory.exists() and len(swapped) == 1:
+        tag = swapped.pop()
+        os.replace(directory.with_name(f"{prefix}new-{tag}"), directory)
+        fsync_dir(directory.parent)
+        news.discard(tag)
+    if directory.is_dir():
+        for tag in olds - news:
+            shutil.rmtree(directory.with_name(f"{prefix}old-{tag}"), ignore_errors=True)
     return directory
 
 

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +208,41 @@ def test_an_interrupted_overwrite_leaves_the_old_cascade_whole(full_cascade, tmp
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
     Cascade.from_pretrained(folder)  # verifies every file against the manifest
+
+
+def test_an_overwrite_killed_between_its_renames_is_finished_on_load(
+    full_cascade, tmp_path, monkeypatch
+):
+    """Killed after the old folder moved aside but before the new one moved in: the folder
+    was missing, with both copies beside it, until someone renamed them back by hand."""
+    folder = tmp_path / "c"
+    Cascade(full_cascade.cfg, {"base": full_cascade.models["base"]}).save_pretrained(folder)
+    real = os.replace
+
+    def dies_moving_the_new_one_in(src, dst):
+        if Path(src).name.startswith(".c.new-"):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(cascade_lib.files.os, "replace", dies_moving_the_new_one_in)
+    with pytest.raises(KeyboardInterrupt):
+        full_cascade.save_pretrained(folder, overwrite=True)
+    monkeypatch.undo()
+    assert not folder.exists()
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [".c.new", ".c.old"]
+    loaded = Cascade.from_pretrained(folder)  # finishes the swap, then verifies every file
+    assert len(loaded.trained_stages) == 4  # the new cascade, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_a_later_overwrite_finishes_a_swap_and_clears_an_old_copy(full_cascade, tmp_path):
+    folder, old = tmp_path / "c", tmp_path / ".c.old-1-0a1b2c3d"
+    full_cascade.save_pretrained(folder)
+    full_cascade.save_pretrained(old)  # killed while removing the old copy, swap done
+    writing = tmp_path / ".c.new-2-0a1b2c3d"  # another process, still writing: not ours
+    writing.mkdir()
+    full_cascade.save_pretrained(folder, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "c"]
 
 
 def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
