@@ -312,9 +312,12 @@ class ToyVideos:
 class VideoTextFolder:
     """Real captioned videos: ``root`` plus an index (CSV with columns path,caption, or JSONL).
 
-    A clip is the first num_frames / fps seconds of its file, decoded with mediapy up to the
-    last frame it needs, frame-skipped to ``fps`` (frame k is the source frame nearest to
-    t_k = k / fps) and resized to (height, width) with antialiasing. Files that are missing,
+    A clip is num_frames / fps seconds of its file from a start frame s drawn uniformly over
+    every start that fits (``random_start=False``: always the file's beginning), decoded
+    with mediapy up to the last frame it needs, frame-skipped to ``fps`` (frame k is source
+    frame s + round(k * src_fps / fps)) and resized to (height, width) with antialiasing.
+    mediapy cannot seek, so a late start decodes (and drops) the frames before it: cut long
+    sources into short files. Files that are missing,
     unreadable, shorter than num_frames / fps seconds or of a lower frame rate than ``fps``
     (their frames would repeat), and rows whose caption is not a non-empty string, are
     reported with a warning, listed in ``self.skipped`` as (path, reason), and skipped: they
@@ -330,20 +333,22 @@ class VideoTextFolder:
         height: int,
         fps: float,
         seed: int = 0,
+        random_start: bool = True,
     ) -> None:
         self.root = Path(root)
         self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
+        self.random_start = random_start
         self.skipped: list[tuple[str, str]] = []
-        self.items: list[tuple[Path, str, float]] = []  # (path, caption, source fps)
+        self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
         for rel, text in _read_index(Path(index_file)):
             path = self.root / str(rel)
-            reason, src_fps = self._probe(path)
+            reason, src_fps, n = self._probe(path)
             if not isinstance(text, str) or not text.strip():
                 reason = f"caption {text!r}: give a non-empty string"
             if reason:
                 self._skip(rel, reason)
             else:
-                self.items.append((path, text, src_fps))
+                self.items.append((path, text, src_fps, n))
         if not self.items:
             raise ValueError(
                 f"no usable videos in {str(index_file)!r} under {str(self.root)!r} for "
@@ -355,29 +360,30 @@ class VideoTextFolder:
         warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=3)
         self.skipped.append((str(rel), reason))
 
-    def _probe(self, path: Path) -> tuple[str | None, float]:
-        """Why the file cannot be used (None if it can), and its frame rate."""
+    def _probe(self, path: Path) -> tuple[str | None, float, int]:
+        """Why the file cannot be used (None if it can), its frame rate and frame count."""
         import mediapy
 
         from ivref import video
 
         video.ensure_ffmpeg()
         if not path.is_file():
-            return "file not found", 0.0
+            return "file not found", 0.0, 0
         try:
             with mediapy.VideoReader(path) as reader:
                 n, src_fps = reader.num_images, float(reader.fps)
         except Exception as err:  # ffmpeg's many ways to reject a file
-            return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0
+            return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0, 0
         indices = self._source_indices(src_fps)
         if n < indices[-1] + 1:
-            return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps
+            return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps, n
         if len(set(indices)) < len(indices):
             return (
                 f"{src_fps:g} fps is below the clip's {self.fps:g} fps: frames would repeat",
                 src_fps,
+                n,
             )
-        return None, src_fps
+        return None, src_fps, n
 
     def _source_indices(self, src_fps: float) -> list[int]:
         return [round(k * src_fps / self.fps) for k in range(self.num_frames)]
@@ -385,12 +391,23 @@ class VideoTextFolder:
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, i: int) -> tuple[torch.Tensor, str] | None:
-        """Clip i as ((3, F, H, W) in [-1, 1], caption), or None (and skipped) if it fails."""
+    def starts(self, i: int) -> int:
+        """How many start frames clip i can have: 0 .. starts(i) - 1 keep it inside its file."""
+        _, _, src_fps, n = self.items[i]
+        return n - self._source_indices(src_fps)[-1]
+
+    def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
+        """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None
+        (and skipped) if it fails to decode."""
         import mediapy
 
-        path, text, src_fps = self.items[i]
-        wanted = self._source_indices(src_fps)  # increasing: a repeat was skipped in _probe
+        path, text, src_fps, _ = self.items[i]
+        if not 0 <= start < self.starts(i):
+            raise ValueError(
+                f"start={start} for {path.name}: allowed 0 to {self.starts(i) - 1} (the clip "
+                "must end inside the file)"
+            )
+        wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
         needed = set(wanted)
         try:  # decoded up to the last frame it needs, and only those frames kept
             kept = []
@@ -427,7 +444,10 @@ class VideoTextFolder:
             if not self.items:
                 raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
             i = int(torch.randint(len(self.items), (1,), generator=g))
-            got = self.load(i)
+            start = 0
+            if self.random_start:
+                start = int(torch.randint(self.starts(i), (1,), generator=g))
+            got = self.load(i, start)
             if got is None:
                 del self.items[i]
                 continue

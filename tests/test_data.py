@@ -124,7 +124,9 @@ def test_video_text_folder_decodes_resamples_and_skips_bad_files(tmp_path):
     index = tmp_path / "index.jsonl"
     index.write_text("\n".join(json.dumps({"path": p, "caption": c}) for p, c in rows))
     with pytest.warns(UserWarning, match="skipping"):
-        ds = data.VideoTextFolder(tmp_path, index, num_frames=4, width=8, height=8, fps=4.0)
+        ds = data.VideoTextFolder(
+            tmp_path, index, num_frames=4, width=8, height=8, fps=4.0, random_start=False
+        )
     assert len(ds) == 1
     reasons = dict(ds.skipped)
     assert set(reasons) == {"short.mp4", "broken.mp4", "missing.mp4"}
@@ -205,3 +207,24 @@ def test_a_clip_is_decoded_only_up_to_its_last_frame(tmp_path, monkeypatch):
     assert len(decoded) == 10  # source frames 0, 3, 6, 9 of 60
     levels = (clip.mean((0, 2, 3)) + 1) * 127.5
     torch.testing.assert_close(levels, torch.tensor([0.0, 60, 120, 180]), atol=6, rtol=0)
+
+
+def test_clips_start_anywhere_that_fits_and_each_start_is_drawn(tmp_path):
+    """Before, every clip was its file's first seconds: a long source taught only its opening."""
+    _write_counting_clip(tmp_path / "a.mp4", 13)  # 4 frames @ 4 fps span 10 of 12 fps: 4 starts
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = data.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    assert ds.starts(0) == 4
+    videos, _, _ = ds.sample(24, torch.Generator().manual_seed(0))
+    levels = (videos.mean((1, 3, 4)) + 1) * 127.5 / 20  # frame index of each clip frame
+    starts = levels[:, 0].round()
+    torch.testing.assert_close(
+        levels, starts[:, None] + torch.tensor([0.0, 3, 6, 9]), atol=0.3, rtol=0
+    )
+    assert set(starts.tolist()) == {0.0, 1.0, 2.0, 3.0}
+    again, _, _ = ds.sample(24, torch.Generator().manual_seed(0))
+    assert torch.equal(again, videos)  # the start comes from the generator: resumable
+    clip, _ = ds.load(0, start=3)
+    assert (clip.mean((0, 2, 3))[-1] + 1) * 127.5 / 20 == pytest.approx(12, abs=0.3)
+    with pytest.raises(ValueError, match="start=4 for a.mp4: allowed 0 to 3"):
+        ds.load(0, start=4)
