@@ -174,13 +174,21 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
 
 
 class Cascade(nn.Module):
-    """Text encoder + trained stage models of one ``CascadeConfig``; ``generate`` runs them."""
+    """Text encoder + trained stage models of one ``CascadeConfig``; ``generate`` runs them.
+
+    ``text_probe`` (``text.probe`` of the encoder the stages were trained with, recorded in
+    cascade.json) is checked against the encoder when it is first used: another encoder of
+    the same width (another T5 at the configured path) is an error, not silently wrong
+    videos. ``None`` (a cascade saved before it was recorded) checks nothing.
+    """
 
     def __init__(
         self,
         cfg: configs.CascadeConfig,
         models: dict[str, VideoUNet],
         encoder: text.TextEncoder | None = None,
+        *,
+        text_probe: list[float] | None = None,
     ) -> None:
         super().__init__()
         names = [s.name for s in cfg.stages]
@@ -194,7 +202,14 @@ class Cascade(nn.Module):
             raise ValueError("a Cascade needs at least the base stage's model")
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
+        if text_probe is not None and not text.is_probe(text_probe):
+            raise ValueError(
+                f"text_probe={text_probe!r}: give text.probe(encoder), a list of at most "
+                f"{text.PROBE_DIMS} finite numbers, or None"
+            )
         self._encoder = encoder
+        self.text_probe = text_probe
+        self._probed: object = None  # the encoder that passed the probe check
         self.timings: dict[str, float] = {}  # seconds per stage of the last ``generate``
         self.last_seed: int | None = None  # the seed of the last ``generate`` (drawn if None)
 
@@ -204,8 +219,14 @@ class Cascade(nn.Module):
 
     @property
     def encoder(self) -> text.TextEncoder:
+        """The text encoder, built from ``cfg.text`` on first use and checked once against
+        ``text_probe``."""
         if self._encoder is None:
             self._encoder = text.build_encoder(self.cfg.text)
+        if self.text_probe is not None and self._probed is not self._encoder:
+            now = text.probe(self._encoder)
+            text.check_probe(self.text_probe, now, self._encoder.name, "this cascade")
+            self._probed = self._encoder
         return self._encoder
 
     def default_batch_size(self) -> int:
@@ -353,6 +374,11 @@ class Cascade(nn.Module):
             "stages": stages,
             "files": tensor_files.file_manifest(directory, names),
         }
+        probe = self.text_probe
+        if probe is None and self._encoder is not None:  # built already: cheap to record
+            probe = text.probe(self._encoder)
+        if probe is not None:
+            manifest["text_probe"] = probe
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
@@ -385,6 +411,9 @@ class Cascade(nn.Module):
             manifest = json.loads(manifest_path.read_text())
             cfg = configs.CascadeConfig.from_dict(manifest["config"])
             stages = [cfg.stage(name).name for name in manifest["stages"]]
+            probe = manifest.get("text_probe")
+            if probe is not None and not text.is_probe(probe):
+                raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{manifest_path} is not a valid cascade manifest: {err}") from None
         if manifest.get("format") not in (1, FORMAT):
@@ -403,4 +432,4 @@ class Cascade(nn.Module):
             model = VideoUNet(cfg.stage(name).unet)
             checkpoint.load_weights(directory / f"{name}.safetensors", model)
             models[name] = model.eval()
-        return cls(cfg, models, encoder)
+        return cls(cfg, models, encoder, text_probe=probe)

@@ -110,6 +110,12 @@ def run_stage(path: Path):
 
     A run's newest checkpoint that verifies is used; a damaged newer one is reported.
     """
+    return run_checkpoint(path)[:3]
+
+
+def run_checkpoint(path: Path):
+    """``run_stage``'s (config, stage, EMA model) and the checkpoint's ``extra`` (its
+    ``text_probe``, written by the Trainer)."""
     from ivref import checkpoint
 
     if not path.is_dir():
@@ -138,8 +144,8 @@ def run_stage(path: Path):
     raise AssertionError("unreachable")
 
 
-def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any]:
-    """(config, stage, EMA model) of the newest checkpoint in ``found`` that verifies."""
+def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any, dict[str, Any]]:
+    """(config, stage, EMA model, extra) of the newest checkpoint in ``found`` that verifies."""
     from ivref import checkpoint
     from ivref.unet3d import VideoUNet
 
@@ -155,7 +161,7 @@ def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any]:
     cfg, stage = meta["config"], meta["stage"]
     model = VideoUNet(cfg.stage(stage).unet)
     checkpoint.load_weights(ckpt / "ema.safetensors", model)
-    return cfg, stage, model.eval()
+    return cfg, stage, model.eval(), meta.get("extra", {})
 
 
 def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str | None = None):
@@ -189,13 +195,13 @@ def _load_cascade(path: Path | None, distilled: bool):
         return cascade.Cascade.from_pretrained(path, variant="distilled")
     if path is None or (path / cascade.MANIFEST).is_file():
         return cascade.Cascade.from_pretrained(path)
-    cfg, stage, model = run_stage(path)
+    cfg, stage, model, extra = run_checkpoint(path)
     if stage != cfg.stages[0].name:
         raise CLIError(
             f"{str(path)!r} trains stage {stage!r}, which needs the stages before it: "
             f"`ivref export {path} --base CASCADE --out DIR`, then --checkpoint DIR"
         )
-    return cascade.Cascade(cfg, {stage: model})
+    return cascade.Cascade(cfg, {stage: model}, text_probe=_probe(extra, path))
 
 
 # -- generate ---------------------------------------------------------------------------------
@@ -265,14 +271,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             "--force to replace it, or choose another folder"
         )
     files.check_writable(args.out, "--out")
-    models, cfg, base_cfg = {}, None, None
+    models, cfg, base_cfg, probes = {}, None, None, {}
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
         cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
+        probes[f"--base {str(args.base)!r}"] = base.text_probe
     elif args.sampling == "base":
         raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
     for run in args.runs:
-        run_cfg, stage, model = run_stage(run)
+        run_cfg, stage, model, extra = run_checkpoint(run)
+        probes[repr(str(run))] = _probe(extra, run)
         if cfg is None:
             cfg = run_cfg
         for part in ("text", "diffusion"):
@@ -283,10 +291,40 @@ def cmd_export(args: argparse.Namespace) -> int:
         stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
-    folder = cascade_lib.Cascade(cfg, models).save_pretrained(args.out, overwrite=args.force)
+    probe = _same_text(probes)
+    joined = cascade_lib.Cascade(cfg, models, text_probe=probe)
+    folder = joined.save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     return 0
+
+
+def _probe(extra: dict[str, Any], run: Path) -> list[float] | None:
+    """A checkpoint's recorded ``text.probe`` (None if it has none: saved before it was)."""
+    from ivref import text
+
+    probe = extra.get("text_probe")
+    if probe is not None and not text.is_probe(probe):
+        raise CLIError(f"{str(run)!r}: its checkpoint's text_probe {probe!r} is damaged")
+    return probe
+
+
+def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:
+    """The one text probe of every part of an export; parts trained with different text
+    encoders are refused (their stages would each get text the others never saw)."""
+    from ivref import text
+
+    known = {where: p for where, p in probes.items() if p is not None}
+    if not known:
+        return None
+    (first, probe), *rest = known.items()
+    for where, other in rest:
+        if text.probe_distance(probe, other) > text.PROBE_TOLERANCE:
+            raise CLIError(
+                f"{where} was trained with another text encoder than {first} (their text "
+                "probes differ): a cascade's stages must share one encoder"
+            )
+    return probe
 
 
 def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
@@ -364,7 +402,7 @@ def _until(model: Any, name: str) -> Any:
     if name not in names:
         raise CLIError(f"--until {name!r}: the trained stages are {names}")
     kept = {n: model.models[n] for n in names[: names.index(name) + 1]}
-    return Cascade(model.cfg, kept, model.encoder)
+    return Cascade(model.cfg, kept, model.encoder, text_probe=model.text_probe)
 
 
 # -- info -------------------------------------------------------------------------------------

@@ -236,6 +236,57 @@ class T5Encoder(HFEncoder):
         return encoder
 
 
+PROBE_PROMPT = "a red circle moving left"  # any fixed text; this one is also a toy caption
+PROBE_DIMS = 16
+PROBE_TOLERANCE = 0.01  # relative L2 distance: float error passes, another encoder does not
+
+
+def probe(encoder: TextEncoder) -> list[float]:
+    """What an encoder computes, in a few numbers: the first ``PROBE_DIMS`` entries of
+    ``PROBE_PROMPT``'s embedding averaged over its tokens, 6 significant digits.
+
+    Checkpoints and cascade.json record it, so text from another encoder of the same width
+    (another T5 at the configured path, say) is caught, where the config alone cannot: the
+    path is the same. Unlike ``T5Encoder``'s name it does not depend on file times.
+    """
+    emb, mask = encoder.encode([PROBE_PROMPT])
+    keep = mask[0].to(emb.dtype)[:, None]
+    pooled = (emb[0] * keep).sum(0) / keep.sum().clamp(min=1)
+    return [float(f"{v:.6g}") for v in pooled[:PROBE_DIMS].double().tolist()]
+
+
+def probe_distance(saved: list[float], now: list[float]) -> float:
+    """||now - saved|| / ||saved||, inf when their lengths differ (another width)."""
+    if len(saved) != len(now):
+        return float("inf")
+    a, b = torch.tensor(saved, dtype=torch.float64), torch.tensor(now, dtype=torch.float64)
+    return float((b - a).norm() / a.norm().clamp(min=1e-12))
+
+
+def check_probe(saved: list[float], now: list[float], name: str, what: str) -> None:
+    """Raise ValueError unless ``now`` (the ``probe`` of encoder ``name``) is within
+    ``PROBE_TOLERANCE`` of ``saved``, the probe of the encoder ``what`` (a cascade, a run)
+    was trained with."""
+    distance = probe_distance(saved, now)
+    if distance > PROBE_TOLERANCE:
+        raise ValueError(
+            f"text encoder {name!r} is not the one {what} was trained with: its "
+            f"embedding of {PROBE_PROMPT!r} differs by {distance:.0%} (float error stays under "
+            f"{PROBE_TOLERANCE:.0%}), so the models would get text they never learnt; for "
+            f"encoder 't5', {T5_HINT}, the same checkpoint the models were trained with"
+        )
+
+
+def is_probe(value: object) -> bool:
+    """Whether ``value`` reads as a recorded ``probe``: a short list of finite numbers."""
+    return (
+        isinstance(value, list)
+        and 0 < len(value) <= PROBE_DIMS
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and all(abs(v) < float("inf") for v in value)
+    )
+
+
 CACHE_FORMAT = 2  # 1: keyed by encoder name and text only (ignored max_length)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ivref import checkpoint, distributed, files, sharded_state
+from ivref import checkpoint, distributed, files, sharded_state, text
 from ivref.model_rng import STATE_KEY, ModelRNG
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
@@ -42,6 +42,17 @@ def check_objective_rng(objective: Any) -> None:
         )
 
 
+def text_probe(trainer: Any) -> list[float] | None:
+    """``text.probe`` of the objective's text encoder, computed once; None if it has none.
+
+    Saved in each checkpoint's ``extra``; ``ivref export`` copies it into cascade.json, and
+    ``restore`` checks it, so no run or cascade silently gets another encoder's text."""
+    if not hasattr(trainer, "_text_probe"):
+        encoder = getattr(trainer.objective, "text", None)
+        trainer._text_probe = text.probe(encoder) if hasattr(encoder, "encode") else None
+    return trainer._text_probe
+
+
 def save(trainer: Any) -> Path:
     """Every rank calls it; rank 0 writes the folder (see ``Trainer.save``)."""
     step, context = trainer.step, trainer.context
@@ -59,8 +70,10 @@ def save(trainer: Any) -> Path:
     if context.is_main:
         with files.RunLock(trainer.out):
             checkpoint.remove_stale(trainer.out)
+        probe = text_probe(trainer)
         path = checkpoint.save_run(
             trainer.out,
+            extra={} if probe is None else {"text_probe": probe},
             step=step,
             keep=trainer.keep_checkpoints,
             config=trainer.config,
@@ -82,6 +95,17 @@ def restore(trainer: Any, new_streams: bool) -> int:
     if not found:
         raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
     path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
+    saved = checkpoint.read_config(path).get("extra", {}).get("text_probe")
+    if saved is not None and not text.is_probe(saved):
+        raise checkpoint.CheckpointError(
+            f"{str(path / checkpoint.CONFIG)!r}: extra.text_probe {saved!r} is not a list of "
+            "finite numbers (an edited or damaged file)"
+        )
+    now = text_probe(trainer)
+    if saved is not None and now is not None:
+        encoder = getattr(trainer.objective.text, "encoder", trainer.objective.text)
+        name = getattr(encoder, "name", type(encoder).__name__)
+        text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
     _set_aside_newer(trainer.context, found[found.index(path) + 1 :])
     if reseed is not None:
         seed_new_streams(trainer, reseed, state["rng"], state["step"])

@@ -71,6 +71,52 @@ def test_save_and_load_round_trip(ci_cascade, tmp_path):
     assert torch.allclose(a, b, atol=2e-2)
 
 
+def test_another_t5_at_the_trained_path_is_an_error_not_wrong_videos(ci_cascade, tmp_path):
+    """cascade.json names the T5 by its path only: another checkpoint of the same width
+    there (v1.1 and Flan T5-XXL are both 4096-d) ran silently on text the stages never saw."""
+    tiny = text.build_encoder(ci_cascade.cfg.text)
+    t5 = tmp_path / "t5"
+    tiny.model.save_pretrained(t5)
+    tiny.tokenizer.save_pretrained(t5)
+    t5_text = dataclasses.replace(ci_cascade.cfg.text, encoder="t5", path=str(t5))
+    cfg = dataclasses.replace(ci_cascade.cfg, text=t5_text)
+    trained = Cascade(cfg, dict(ci_cascade.models.items()))
+    prompts = ["a red circle moving left"]
+    video = trained.generate(prompts, seed=0, steps=2)  # builds the encoder: its probe is saved
+    trained.save_pretrained(tmp_path / "c")
+    recorded = json.loads((tmp_path / "c" / "cascade.json").read_text())["text_probe"]
+    assert recorded == text.probe(tiny)
+    same = Cascade.from_pretrained(tmp_path / "c")
+    assert same.text_probe == recorded
+    torch.testing.assert_close(same.generate(prompts, seed=0, steps=2), video, atol=2e-2, rtol=0)
+    with torch.no_grad():  # another checkpoint, same config and width
+        tiny.model.encoder.final_layer_norm.weight.mul_(2.0)
+    tiny.model.save_pretrained(t5)
+    swapped = Cascade.from_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match=r"^text encoder 't5-t5-\w+' is not the one this cascade"):
+        swapped.generate(prompts, seed=0, steps=2)
+    other = text.TinyT5Encoder(ci_cascade.cfg.text, seed=1)  # given explicitly: checked too
+    with pytest.raises(ValueError, match="is not the one this cascade was trained with"):
+        Cascade.from_pretrained(tmp_path / "c", encoder=other).generate(prompts, seed=0, steps=2)
+    manifest = json.loads((tmp_path / "c" / "cascade.json").read_text())
+    manifest["text_probe"] = ["x"]
+    (tmp_path / "c" / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"not a valid cascade manifest: text_probe \['x'\]"):
+        Cascade.from_pretrained(tmp_path / "c")
+
+
+def test_a_cascade_without_a_recorded_probe_checks_nothing(ci_cascade, tmp_path):
+    plain = Cascade(ci_cascade.cfg, dict(ci_cascade.models.items()))  # encoder never built
+    plain.save_pretrained(tmp_path)
+    assert "text_probe" not in json.loads((tmp_path / "cascade.json").read_text())
+    other = text.TinyT5Encoder(ci_cascade.cfg.text, seed=1)
+    loaded = Cascade.from_pretrained(tmp_path, encoder=other)
+    assert loaded.text_probe is None
+    loaded.generate(["a red circle moving left"], seed=0, steps=1)  # nothing to check against
+    with pytest.raises(ValueError, match="text_probe=\\['x'\\]: give text.probe"):
+        Cascade(ci_cascade.cfg, dict(ci_cascade.models.items()), text_probe=["x"])
+
+
 def test_missing_folder_and_corrupted_files_say_what_is_wrong(ci_cascade, tmp_path):
     with pytest.raises(FileNotFoundError, match="cascade.json"):
         Cascade.from_pretrained(tmp_path / "nowhere")

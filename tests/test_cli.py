@@ -140,6 +140,34 @@ def _base_and_tsr_runs_and_base_cascade(tmp_path):
     return runs
 
 
+def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp_path, capsys):
+    from ivref import text
+
+    runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
+    probe = text.probe(text.build_encoder(configs.preset("ci").text))
+    assert json.loads((tmp_path / "c1" / "cascade.json").read_text())["text_probe"] == probe
+    meta_path = runs["tsr"] / "checkpoints" / "step-00000001" / "config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"]["text_probe"] = [-v for v in probe]  # as if trained with another encoder
+    meta_path.write_text(json.dumps(meta))
+    argv = [
+        "export",
+        str(runs["tsr"]),
+        "--base",
+        str(tmp_path / "c1"),
+        "--out",
+        str(tmp_path / "c2"),
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "/tsr' was trained with another text encoder than --base" in err
+    assert not (tmp_path / "c2").exists()
+    meta["extra"]["text_probe"] = "damaged"
+    meta_path.write_text(json.dumps(meta))
+    assert cli.main(argv) == 2
+    assert "its checkpoint's text_probe 'damaged' is damaged" in capsys.readouterr().err
+
+
 def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):
     runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
     argv = [

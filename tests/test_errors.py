@@ -742,6 +742,16 @@ def _ci_cascade(ctx: Ctx):
     return cascade.Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet)})
 
 
+def _another_text_encoder(ctx: Ctx):
+    from ivref import text
+
+    model = _ci_cascade(ctx)
+    probe = text.probe(model.encoder)  # as cascade.json records it
+    other = text.TinyT5Encoder(model.cfg.text, seed=1)  # as if another T5 were at the path
+    swapped = type(model)(model.cfg, dict(model.models.items()), other, text_probe=probe)
+    swapped.generate([PROMPT])
+
+
 def _locked_by_another(ctx: Ctx):
     from ivref import files
 
@@ -914,6 +924,13 @@ LIBRARY_CASES = [
         ValueError,
         "guidance=nan must be a finite number >= 0",
         lambda ctx: _ci_cascade(ctx).generate([PROMPT], guidance=float("nan")),
+    ),
+    LibCase(
+        "another text encoder of the same width than the cascade was trained with",
+        "Cascade.from_pretrained(dir).generate(prompts) with another T5 at the cascade's path",
+        ValueError,
+        "is not the one this cascade was trained with: its embedding of 'a red circle moving",
+        _another_text_encoder,
     ),
     LibCase(
         "a billion sampler steps",

@@ -279,3 +279,32 @@ def test_t5_fingerprint_changes_when_large_weights_change_in_the_middle_only(tmp
     assert text._fingerprint(tmp_path) != before
     os.utime(weights, ns=(10**18, 10**18))
     assert text._fingerprint(tmp_path) == before  # the ends and time alone: cheap at 40 GB
+
+
+def test_the_probe_tells_encoders_of_one_width_apart_and_ignores_file_times(tmp_path, tiny):
+    same = text.probe(text.build_encoder(CI_TEXT))
+    assert same == text.probe(tiny) and len(same) == text.PROBE_DIMS
+    emb, mask = tiny.encode([text.PROBE_PROMPT])  # the mean over its tokens, by hand
+    want = emb[0, mask[0]].mean(0)[: text.PROBE_DIMS].double()
+    torch.testing.assert_close(torch.tensor(same, dtype=torch.float64), want, rtol=1e-5, atol=0)
+    other = text.probe(text.TinyT5Encoder(CI_TEXT, seed=1))  # same width, other weights
+    assert text.probe_distance(same, other) > 0.5
+    assert text.probe_distance(same, same[:8]) == float("inf")
+    text.check_probe(same, [v * 1.001 for v in same], "t5-x", "this cascade")  # float error
+    with pytest.raises(ValueError, match=r"'t5-x' is not the one this cascade was trained with"):
+        text.check_probe(same, other, "t5-x", "this cascade")
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = text.T5Encoder.from_pretrained(tmp_path, CI_TEXT.max_length)
+    os.utime(tmp_path / "model.safetensors", (1, 1))  # a copy that did not keep the time
+    again = text.T5Encoder.from_pretrained(tmp_path, CI_TEXT.max_length)
+    assert text.probe(again) == text.probe(loaded) == same
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [([0.5, -1], True), ([], False), ([1.0] * 17, False), (["1"], False), ([True], False),
+     ([float("nan")], False), ([float("inf")], False), ((1.0,), False), (None, False)],
+)  # fmt: skip
+def test_is_probe(value, ok):
+    assert text.is_probe(value) is ok

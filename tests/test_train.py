@@ -468,3 +468,15 @@ def test_evaluator_scores_are_logged_as_numbers_or_refused_by_name(tmp_path, enc
         TypeError, match="the evaluator's 'per_video' is Tensor .* allowed: a number"
     ):
         trainer.fit(2)
+
+
+def test_a_run_records_its_text_probe_and_resume_refuses_another_encoder(tmp_path, encoder):
+    """The config names the encoder, not its weights: a resume on another T5 at the same
+    path trained the model on text unlike its first steps', silently."""
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(1)
+    meta = checkpoint.read_config(tmp_path / "checkpoints" / "step-00000001")
+    assert meta["extra"]["text_probe"] == text.probe(encoder)
+    other = text.TinyT5Encoder(configs.preset("ci").text, seed=1)  # same width
+    with pytest.raises(ValueError, match=r"'tiny-t5-d32-seed1' is not the one run '.*' was"):
+        _trainer(tmp_path, other).resume()
+    assert _trainer(tmp_path, encoder).resume() == 1
