@@ -42,6 +42,13 @@ JOINT_STEPS = 100 if SMALL else 300  # section 6, per run
 SAMPLE_STEPS = 16 if SMALL else None  # None: the shipped stage's default
 torch.set_num_threads(min(2, torch.get_num_threads()))  # honours OMP_NUM_THREADS on busy machines
 RUNS = tempfile.TemporaryDirectory(prefix="ivref-nb03-")  # removed when the kernel exits
+
+
+def run_folder(name):
+    """A new folder for one run: a cell run again trains afresh, not into the last run."""
+    return tempfile.mkdtemp(prefix=f"{name}-", dir=RUNS.name)
+
+
 print(f"{SCALE}: base stage {BASE.num_frames} x {BASE.width} x {BASE.height} @ {BASE.fps:g} fps")
 
 # %% [markdown]
@@ -158,7 +165,7 @@ def my_loss(trainer, x, captions, is_image):
 
 # %%
 trainer = train.Trainer(
-    CFG, "base", os.path.join(RUNS.name, "base"), text_encoder=ENCODER, batch_size=BATCH,
+    CFG, "base", run_folder("base"), text_encoder=ENCODER, batch_size=BATCH,
     seed=0, progress=False, checkpoint_every=10**9,
     evaluate=train.caption_evaluator(prompts=SHOW, steps=8), evaluate_every=TRAIN_STEPS // 4,
 )  # fmt: skip
@@ -352,7 +359,7 @@ def joint_run(image_ratio, seed=0):
         BASE.num_frames, BASE.width, BASE.height, BASE.fps, image_ratio=image_ratio, seed=0
     )
     run = train.Trainer(
-        CFG, "base", os.path.join(RUNS.name, f"joint{image_ratio}"), dataset=dataset,
+        CFG, "base", run_folder(f"joint{image_ratio}"), dataset=dataset,
         text_encoder=ENCODER, batch_size=BATCH, seed=seed, progress=False, checkpoint_every=10**9,
     )  # fmt: skip
     run.fit(JOINT_STEPS)
@@ -472,7 +479,7 @@ print(
 # one-process re-derivation of each step:
 
 # %%
-two = os.path.join(RUNS.name, "two-processes")
+two = run_folder("two-processes")
 command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 command += ["-m", "ivref.train", "--scale", "ci", "--stage", "base", "--steps", "4"]
 command += ["--batch-size", "4", "--out", two]
