@@ -1,4 +1,4 @@
-"""Captioned training videos: the procedural moving-shapes world, and folders of real videos.
+"""Captioned training videos: the procedural moving-shapes world (real videos: video_folder.py).
 
 The toy world (docs/design.md "Toy data"): one anti-aliased shape (7 colors x 3 shapes) on a dark
 background, moving in a straight line (4 motions), captioned "a red circle moving left".
@@ -15,20 +15,15 @@ caption without motion ("a red circle") and differ in position and size; the U-N
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
-import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F_nn
 from einops import rearrange
+
+from ivref.video_folder import VideoTextFolder as VideoTextFolder  # data.VideoTextFolder stays
 
 COLORS: dict[str, tuple[float, float, float]] = {  # RGB in [0, 1]
     "red": (1.0, 0.0, 0.0),
@@ -307,175 +302,3 @@ class ToyVideos:
         sizes = torch.tensor([s for _, s in frames], dtype=torch.float64)
         videos = render_batch(texts, centers, sizes, self.width, self.height, self.device)
         return videos, texts, is_image
-
-
-class VideoTextFolder:
-    """Real captioned videos: ``root`` plus an index (CSV with columns path,caption, or JSONL).
-
-    A clip is num_frames / fps seconds of its file from a start frame s drawn uniformly over
-    every start that fits (``random_start=False``: always the file's beginning), decoded
-    with mediapy up to the last frame it needs, frame-skipped to ``fps`` (frame k is source
-    frame s + round(k * src_fps / fps)) and resized to (height, width) with antialiasing.
-    mediapy cannot seek, so a late start decodes (and drops) the frames before it: cut long
-    sources into short files. Files that are missing,
-    unreadable, shorter than num_frames / fps seconds or of a lower frame rate than ``fps``
-    (their frames would repeat), and rows whose caption is not a non-empty string, are
-    reported with a warning, listed in ``self.skipped`` as (path, reason), and skipped: they
-    never stop a run. A folder with no usable video is a ValueError.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        index_file: str | os.PathLike,
-        num_frames: int,
-        width: int,
-        height: int,
-        fps: float,
-        seed: int = 0,
-        random_start: bool = True,
-    ) -> None:
-        self.root = Path(root)
-        self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
-        self.random_start = random_start
-        self.skipped: list[tuple[str, str]] = []
-        self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
-        for rel, text in _read_index(Path(index_file)):
-            path = self.root / str(rel)
-            reason, src_fps, n = self._probe(path)
-            if not isinstance(text, str) or not text.strip():
-                reason = f"caption {text!r}: give a non-empty string"
-            if reason:
-                self._skip(rel, reason)
-            else:
-                self.items.append((path, text, src_fps, n))
-        if not self.items:
-            raise ValueError(
-                f"no usable videos in {str(index_file)!r} under {str(self.root)!r} for "
-                f"{num_frames} frames @ {fps:g} fps: {self.skipped or 'the index is empty'}"
-            )
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def _skip(self, rel: str | Path, reason: str) -> None:
-        warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=3)
-        self.skipped.append((str(rel), reason))
-
-    def _probe(self, path: Path) -> tuple[str | None, float, int]:
-        """Why the file cannot be used (None if it can), its frame rate and frame count."""
-        import mediapy
-
-        from ivref import video
-
-        video.ensure_ffmpeg()
-        if not path.is_file():
-            return "file not found", 0.0, 0
-        try:
-            with mediapy.VideoReader(path) as reader:
-                n, src_fps = reader.num_images, float(reader.fps)
-        except Exception as err:  # ffmpeg's many ways to reject a file
-            return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0, 0
-        indices = self._source_indices(src_fps)
-        if n < indices[-1] + 1:
-            return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps, n
-        if len(set(indices)) < len(indices):
-            return (
-                f"{src_fps:g} fps is below the clip's {self.fps:g} fps: frames would repeat",
-                src_fps,
-                n,
-            )
-        return None, src_fps, n
-
-    def _source_indices(self, src_fps: float) -> list[int]:
-        return [round(k * src_fps / self.fps) for k in range(self.num_frames)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def starts(self, i: int) -> int:
-        """How many start frames clip i can have: 0 .. starts(i) - 1 keep it inside its file."""
-        _, _, src_fps, n = self.items[i]
-        return n - self._source_indices(src_fps)[-1]
-
-    def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
-        """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None
-        (and skipped) if it fails to decode."""
-        import mediapy
-
-        path, text, src_fps, _ = self.items[i]
-        if not 0 <= start < self.starts(i):
-            raise ValueError(
-                f"start={start} for {path.name}: allowed 0 to {self.starts(i) - 1} (the clip "
-                "must end inside the file)"
-            )
-        wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
-        needed = set(wanted)
-        try:  # decoded up to the last frame it needs, and only those frames kept
-            kept = []
-            with mediapy.VideoReader(path) as reader:
-                for k, frame in enumerate(reader):
-                    if k in needed:
-                        kept.append(frame)
-                    if k == wanted[-1]:
-                        break
-            if len(kept) < len(wanted):
-                raise EOFError(f"ended with {len(kept)} of the {len(wanted)} frames needed")
-            frames = np.stack(kept)
-        except Exception as err:
-            self._skip(path.name, f"decode failed ({type(err).__name__}: {str(err)[:80]})")
-            return None
-        if frames.ndim == 3:
-            frames = np.repeat(frames[..., None], 3, axis=-1)
-        clip = rearrange(
-            torch.from_numpy(frames[..., :3]).float() / 127.5 - 1, "f h w c -> f c h w"
-        )
-        clip = F_nn.interpolate(
-            clip, size=(self.height, self.width), mode="bilinear", antialias=True
-        ).clamp(-1, 1)
-        return rearrange(clip, "f c h w -> c f h w"), text
-
-    def sample(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        """Same contract as ``ToyVideos.sample``; is_image is all False."""
-        g = generator if generator is not None else self.generator
-        clips: list[torch.Tensor] = []
-        texts: list[str] = []
-        while len(clips) < batch_size:
-            if not self.items:
-                raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
-            i = int(torch.randint(len(self.items), (1,), generator=g))
-            start = 0
-            if self.random_start:
-                start = int(torch.randint(self.starts(i), (1,), generator=g))
-            got = self.load(i, start)
-            if got is None:
-                del self.items[i]
-                continue
-            clips.append(got[0])
-            texts.append(got[1])
-        return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
-
-
-def _read_index(index_file: Path) -> list[tuple[str, str]]:
-    """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects."""
-    if not index_file.is_file():
-        raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
-    if index_file.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(index_file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
-                    ) from None
-    elif index_file.suffix.lower() == ".csv":
-        with open(index_file, newline="", encoding="utf-8-sig") as fh:  # with or without a BOM
-            rows = list(csv.DictReader(fh))
-    else:
-        raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")
-    for n, row in enumerate(rows):
-        if not isinstance(row, dict) or "path" not in row or "caption" not in row:
-            raise ValueError(f"{str(index_file)!r} row {n}: needs fields 'path' and 'caption'")
-    return [(row["path"], row["caption"]) for row in rows]

@@ -1,0 +1,189 @@
+"""Folders of real captioned videos: decoding, frame rates, starts, bad files and indexes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ivref import data, video, video_folder
+
+
+def test_the_folder_class_is_also_reachable_from_data():
+    assert data.VideoTextFolder is video_folder.VideoTextFolder
+
+
+def _write_counting_clip(path, n, fps=12.0):
+    """n frames of 16x16 gray whose level encodes the frame index: 20 * k."""
+    frames = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None] * 20, 16, 1)
+    video.write_video(path, np.broadcast_to(frames, (n, 16, 16, 3)).copy(), fps=fps)
+
+
+def test_video_text_folder_decodes_resamples_and_skips_bad_files(tmp_path):
+    _write_counting_clip(tmp_path / "good.mp4", 12)
+    _write_counting_clip(tmp_path / "short.mp4", 3)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    rows = [
+        ("good.mp4", "a gray square"),
+        ("short.mp4", "too short"),
+        ("broken.mp4", "unreadable"),
+        ("missing.mp4", "missing"),
+    ]
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps({"path": p, "caption": c}) for p, c in rows))
+    with pytest.warns(UserWarning, match="skipping"):
+        ds = video_folder.VideoTextFolder(
+            tmp_path, index, num_frames=4, width=8, height=8, fps=4.0, random_start=False
+        )
+    assert len(ds) == 1
+    reasons = dict(ds.skipped)
+    assert set(reasons) == {"short.mp4", "broken.mp4", "missing.mp4"}
+    assert "too short" in reasons["short.mp4"] and "unreadable" in reasons["broken.mp4"]
+    videos, captions, is_image = ds.sample(2, torch.Generator().manual_seed(0))
+    assert videos.shape == (2, 3, 4, 8, 8) and captions == ["a gray square"] * 2
+    assert not is_image.any()
+    # 12 fps -> 4 fps keeps source frames 0, 3, 6, 9: levels 0, 60, 120, 180
+    levels = (videos[0].mean((0, 2, 3)) + 1) * 127.5
+    torch.testing.assert_close(levels, torch.tensor([0.0, 60, 120, 180]), atol=6, rtol=0)
+
+
+def test_video_text_folder_reads_csv_and_rejects_bad_index(tmp_path):
+    _write_counting_clip(tmp_path / "a.mp4", 8)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 2, 16, 16, fps=6.0)
+    assert len(ds) == 1 and not ds.skipped
+    (tmp_path / "bad.csv").write_text("file,text\na.mp4,hello\n")
+    with pytest.raises(ValueError, match="'path' and 'caption'"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "bad.csv", 2, 16, 16, fps=6.0)
+    with pytest.raises(FileNotFoundError):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "nope.csv", 2, 16, 16, fps=6.0)
+    (tmp_path / "bad.jsonl").write_text('{"path": "a.mp4", "caption": "hello"}\n{"path": a.mp4\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl' line 2 is not JSON \(Expecting value\)"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "bad.jsonl", 2, 16, 16, fps=6.0)
+
+
+def test_video_text_folder_skips_low_frame_rates_and_bad_captions_and_reads_a_bom(tmp_path):
+    """A 2 fps source for a 4 fps clip would repeat frames (a TSR stage would learn to repeat);
+    captions must be non-empty strings; Excel writes CSV with a byte-order mark."""
+    _write_counting_clip(tmp_path / "good.mp4", 12)
+    _write_counting_clip(tmp_path / "slow.mp4", 12, fps=2.0)
+    rows = [("good.mp4", "a gray square"), ("slow.mp4", "slow"), ("good.mp4", " "),
+            ("good.mp4", 5), ("good.mp4", None)]  # fmt: skip
+    index = tmp_path / "index.jsonl"
+    index.write_text("\n".join(json.dumps({"path": p, "caption": c}) for p, c in rows))
+    with pytest.warns(UserWarning, match="skipping"):
+        ds = video_folder.VideoTextFolder(tmp_path, index, num_frames=4, width=8, height=8, fps=4.0)
+    assert len(ds) == 1
+    assert "2 fps is below the clip's 4 fps: frames would repeat" in ds.skipped[0][1]
+    assert [r.split(":")[0] for _, r in ds.skipped[1:]] == [
+        "caption ' '",
+        "caption 5",
+        "caption None",
+    ]
+    (tmp_path / "bom.csv").write_bytes("path,caption\ngood.mp4,hello\n".encode("utf-8-sig"))
+    assert len(video_folder.VideoTextFolder(tmp_path, tmp_path / "bom.csv", 4, 8, 8, fps=4.0)) == 1
+
+
+def test_a_folder_with_no_usable_video_is_an_error_not_an_empty_dataset(tmp_path):
+    """Empty, a Trainer given it trained on the toy world instead (``dataset or toy``)."""
+    (tmp_path / "index.csv").write_text("path,caption\nmissing.mp4,hello\n")
+    with pytest.warns(UserWarning, match="skipping"):
+        with pytest.raises(ValueError, match=r"no usable videos .* \[\('missing.mp4', 'file not"):
+            video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    (tmp_path / "empty.csv").write_text("path,caption\n")
+    with pytest.raises(ValueError, match="no usable videos .*the index is empty"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "empty.csv", 4, 8, 8, fps=4.0)
+
+
+def test_a_clip_is_decoded_only_up_to_its_last_frame(tmp_path, monkeypatch):
+    """A long source is not read whole for a short clip (a 1080p minute: gigabytes a sample)."""
+    import mediapy
+
+    _write_counting_clip(tmp_path / "long.mp4", 60)
+    (tmp_path / "index.csv").write_text("path,caption\nlong.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    decoded = []
+    real = mediapy.VideoReader.__iter__
+
+    def counting(reader):
+        for frame in real(reader):
+            decoded.append(1)
+            yield frame
+
+    monkeypatch.setattr(mediapy.VideoReader, "__iter__", counting)
+    clip, _ = ds.load(0)
+    assert len(decoded) == 10  # source frames 0, 3, 6, 9 of 60
+    levels = (clip.mean((0, 2, 3)) + 1) * 127.5
+    torch.testing.assert_close(levels, torch.tensor([0.0, 60, 120, 180]), atol=6, rtol=0)
+
+
+def test_clips_start_anywhere_that_fits_and_each_start_is_drawn(tmp_path):
+    """Before, every clip was its file's first seconds: a long source taught only its opening."""
+    _write_counting_clip(tmp_path / "a.mp4", 13)  # 4 frames @ 4 fps span 10 of 12 fps: 4 starts
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    assert ds.starts(0) == 4
+    videos, _, _ = ds.sample(24, torch.Generator().manual_seed(0))
+    levels = (videos.mean((1, 3, 4)) + 1) * 127.5 / 20  # frame index of each clip frame
+    starts = levels[:, 0].round()
+    torch.testing.assert_close(
+        levels, starts[:, None] + torch.tensor([0.0, 3, 6, 9]), atol=0.3, rtol=0
+    )
+    assert set(starts.tolist()) == {0.0, 1.0, 2.0, 3.0}
+    again, _, _ = ds.sample(24, torch.Generator().manual_seed(0))
+    assert torch.equal(again, videos)  # the start comes from the generator: resumable
+    clip, _ = ds.load(0, start=3)
+    assert (clip.mean((0, 2, 3))[-1] + 1) * 127.5 / 20 == pytest.approx(12, abs=0.3)
+    with pytest.raises(ValueError, match="start=4 for a.mp4: allowed 0 to 3"):
+        ds.load(0, start=4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "aspect", "kept"),
+    [((2, 4, 8, 3), 1.0, (slice(None), slice(2, 6))),  # wide: the middle columns
+     ((2, 8, 4, 3), 1.0, (slice(2, 6), slice(None))),  # tall: the middle rows
+     ((2, 4, 8, 3), 2.0, (slice(None), slice(None))),  # already 2:1
+     ((2, 9, 16, 3), 0.5, (slice(None), slice(6, 10)))],  # 16:9 to 1:2 (4.5 rounds to 4)
+)  # fmt: skip
+def test_center_crop_keeps_the_largest_centred_window(shape, aspect, kept):
+    frames = np.arange(np.prod(shape)).reshape(shape)
+    rows, cols = kept
+    np.testing.assert_array_equal(video_folder.center_crop(frames, aspect), frames[:, rows, cols])
+
+
+def test_a_wide_source_is_cropped_not_stretched_for_a_square_clip(tmp_path):
+    """Squashed, a 2:1 source made every circle an ellipse half as wide."""
+    frames = np.zeros((8, 16, 32, 3), np.uint8)
+    frames[:, :, :8] = frames[:, :, 24:] = 255  # white outer quarters, black centre half
+    video.write_video(tmp_path / "wide.mp4", frames, fps=12.0)
+    (tmp_path / "index.csv").write_text("path,caption\nwide.mp4,hello\n")
+    index = tmp_path / "index.csv"
+    crop = video_folder.VideoTextFolder(tmp_path, index, 2, 8, 8, fps=4.0, random_start=False)
+    squash = video_folder.VideoTextFolder(tmp_path, index, 2, 8, 8, fps=4.0, fit="squash")
+    level = {
+        name: (ds.load(0)[0].mean() + 1) / 2 for name, ds in [("crop", crop), ("squash", squash)]
+    }
+    assert level["crop"] < 0.05  # the black centre only
+    assert level["squash"] == pytest.approx(0.5, abs=0.05)  # all of it, narrowed
+    with pytest.raises(ValueError, match="fit='stretch'; allowed: 'crop'"):
+        video_folder.VideoTextFolder(tmp_path, index, 2, 8, 8, fps=4.0, fit="stretch")
+
+
+def test_a_trainer_trains_on_a_folder_of_videos(tmp_path):
+    """The README's recipe at ci size: the folder is the dataset, any captions."""
+    from ivref import configs, train
+
+    for name in ("a.mp4", "b.mp4"):
+        _write_counting_clip(tmp_path / name, 24)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,a gray fade\nb.mp4,another fade\n")
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    clips = video_folder.VideoTextFolder(
+        tmp_path, tmp_path / "index.csv", base.num_frames, base.width, base.height, base.fps
+    )
+    trainer = train.Trainer(cfg, "base", tmp_path / "run", dataset=clips, batch_size=2,
+                            progress=False)  # fmt: skip
+    rows = trainer.fit(2)
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+    assert set(trainer.text.rows) <= {"a gray fade", "another fade", "a red circle moving left"}
