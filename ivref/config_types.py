@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
+
+from ivref import config_checks as checks
 
 StageKind = Literal["base", "tsr", "ssr"]
 TemporalMixing = Literal["attention", "conv"]
@@ -28,66 +29,6 @@ TextEncoderName = Literal["tiny-t5", "minilm", "t5"]
 
 STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forward pass)
-
-
-def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{owner}.{name}={value!r} is invalid: {allowed}")
-
-
-def _check_positive(owner: str, **fields: Any) -> None:
-    for name, value in fields.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            _fail(owner, name, value, "must be a positive integer")
-
-
-def _check_literal(owner: str, name: str, value: Any, literal: Any) -> None:
-    allowed = get_args(literal)
-    if value not in allowed:
-        _fail(owner, name, value, f"allowed values are {list(allowed)}")
-
-
-def _check_finite(owner: str, **fields: float) -> None:
-    """Each value must be finite: no NaN, no +-inf."""
-    for name, value in fields.items():
-        if not math.isfinite(value):
-            _fail(owner, name, value, "must be a finite number")
-
-
-_HINTS: dict[type, dict[str, Any]] = {}  # each config class's field annotations, resolved once
-_WORDS = {bool: "true or false (a bool)", int: "an integer", float: "a number", str: "a string"}
-
-
-def _check_types(config: Any, owner: str) -> None:
-    """Every field of a config dataclass against its annotation, before any value check."""
-    cls = type(config)
-    if cls not in _HINTS:
-        _HINTS[cls] = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        _check_type(owner, f.name, getattr(config, f.name), _HINTS[cls][f.name], "")
-
-
-def _check_type(owner: str, name: str, value: Any, hint: Any, or_null: str) -> None:
-    """bool: a bool; int: an int, not a bool; float: an int or float, not a bool; str; X | None;
-    tuple[T, ...] (each element, named by index); a config class. Literals: _check_literal's."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Literal:
-        return
-    if origin in (Union, types.UnionType):  # X | None
-        if value is not None:
-            (inner,) = (a for a in args if a is not type(None))
-            _check_type(owner, name, value, inner, " (or null)")
-        return
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            what = f"a tuple (a list in JSON){or_null}"
-            _fail(owner, name, value, f"must be {what}, not {type(value).__name__}")
-        for i, item in enumerate(value):
-            _check_type(owner, f"{name}[{i}]", item, args[0], "")
-        return
-    numeric = (int, float) if hint is float else hint
-    if not isinstance(value, numeric) or (hint in (int, float) and isinstance(value, bool)):
-        what = _WORDS.get(hint, f"a {hint.__name__}")
-        _fail(owner, name, value, f"must be {what}{or_null}, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -115,8 +56,8 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         o = "UNetConfig"
-        _check_types(self, o)
-        _check_positive(
+        checks.annotated_types(self, o)
+        checks.positive(
             o,
             in_channels=self.in_channels,
             out_channels=self.out_channels,
@@ -129,18 +70,22 @@ class UNetConfig:
             norm_groups=self.norm_groups,
         )
         if not isinstance(self.cond_channels, int) or self.cond_channels < 0:
-            _fail(o, "cond_channels", self.cond_channels, "must be an integer >= 0")
+            checks.fail(o, "cond_channels", self.cond_channels, "must be an integer >= 0")
         levels = len(self.channel_mults)
         if levels < 1 or any(not isinstance(m, int) or m < 1 for m in self.channel_mults):
-            _fail(o, "channel_mults", self.channel_mults, "must be a non-empty tuple of ints >= 1")
+            checks.fail(
+                o, "channel_mults", self.channel_mults, "must be a non-empty tuple of ints >= 1"
+            )
         for name in ("spatial_attention", "temporal_mixing"):
             value = getattr(self, name)
             if len(value) != levels:
-                _fail(o, name, value, f"needs one entry per level ({levels}, as channel_mults)")
+                checks.fail(
+                    o, name, value, f"needs one entry per level ({levels}, as channel_mults)"
+                )
         for mixing in self.temporal_mixing:
-            _check_literal(o, "temporal_mixing", mixing, TemporalMixing)
+            checks.literal(o, "temporal_mixing", mixing, TemporalMixing)
         if self.fully_convolutional and any(self.spatial_attention):
-            _fail(
+            checks.fail(
                 o,
                 "spatial_attention",
                 self.spatial_attention,
@@ -150,13 +95,15 @@ class UNetConfig:
         for mult in self.channel_mults:
             width = self.base_channels * mult
             if width % self.norm_groups:
-                _fail(o, "norm_groups", self.norm_groups, f"must divide every width ({width})")
+                checks.fail(
+                    o, "norm_groups", self.norm_groups, f"must divide every width ({width})"
+                )
             if (any(self.spatial_attention) or "attention" in self.temporal_mixing) and (
                 width % self.head_dim
             ):
-                _fail(o, "head_dim", self.head_dim, f"must divide every width ({width})")
+                checks.fail(o, "head_dim", self.head_dim, f"must divide every width ({width})")
         if not 0.0 <= self.dropout < 1.0:
-            _fail(o, "dropout", self.dropout, "must be in [0, 1)")
+            checks.fail(o, "dropout", self.dropout, "must be in [0, 1)")
 
     @property
     def downsample_factor(self) -> int:
@@ -174,9 +121,9 @@ class TextConfig:
     path: str | None = None  # local checkpoint directory (encoder="t5")
 
     def __post_init__(self) -> None:
-        _check_types(self, "TextConfig")
-        _check_literal("TextConfig", "encoder", self.encoder, TextEncoderName)
-        _check_positive("TextConfig", dim=self.dim, max_length=self.max_length)
+        checks.annotated_types(self, "TextConfig")
+        checks.literal("TextConfig", "encoder", self.encoder, TextEncoderName)
+        checks.positive("TextConfig", dim=self.dim, max_length=self.max_length)
 
 
 @dataclass(frozen=True)
@@ -193,18 +140,20 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         o = "DiffusionConfig"
-        _check_types(self, o)
-        _check_finite(o, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
+        checks.annotated_types(self, o)
+        checks.finite(o, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max)
         if not self.logsnr_min < self.logsnr_max:
-            _fail(o, "logsnr_min", self.logsnr_min, f"must be < logsnr_max ({self.logsnr_max})")
-        _check_literal(o, "loss", self.loss, LossWeighting)
-        _check_literal(o, "sampler", self.sampler, SamplerName)
+            checks.fail(
+                o, "logsnr_min", self.logsnr_min, f"must be < logsnr_max ({self.logsnr_max})"
+            )
+        checks.literal(o, "loss", self.loss, LossWeighting)
+        checks.literal(o, "sampler", self.sampler, SamplerName)
         if not 0.0 <= self.gamma <= 1.0:
-            _fail(o, "gamma", self.gamma, "must be in [0, 1]")
+            checks.fail(o, "gamma", self.gamma, "must be in [0, 1]")
         if not 0.0 <= self.text_dropout < 1.0:
-            _fail(o, "text_dropout", self.text_dropout, "must be in [0, 1)")
+            checks.fail(o, "text_dropout", self.text_dropout, "must be in [0, 1)")
         if not 0.0 < self.threshold_percentile <= 1.0:
-            _fail(o, "threshold_percentile", self.threshold_percentile, "must be in (0, 1]")
+            checks.fail(o, "threshold_percentile", self.threshold_percentile, "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -224,24 +173,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
-        _check_types(self, o)
-        _check_positive(o, batch_size=self.batch_size)
-        _check_finite(o, lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        checks.annotated_types(self, o)
+        checks.positive(o, batch_size=self.batch_size)
+        checks.finite(o, lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
         if not self.lr > 0:
-            _fail(o, "lr", self.lr, "must be > 0")
+            checks.fail(o, "lr", self.lr, "must be > 0")
         if self.weight_decay < 0:
-            _fail(o, "weight_decay", self.weight_decay, "must be >= 0")
+            checks.fail(o, "weight_decay", self.weight_decay, "must be >= 0")
         if self.warmup_steps < 0:
-            _fail(o, "warmup_steps", self.warmup_steps, "must be >= 0")
+            checks.fail(o, "warmup_steps", self.warmup_steps, "must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
-            _fail(o, "ema_decay", self.ema_decay, "must be in [0, 1)")
+            checks.fail(o, "ema_decay", self.ema_decay, "must be in [0, 1)")
         if not self.grad_clip > 0:
-            _fail(o, "grad_clip", self.grad_clip, "must be > 0")
+            checks.fail(o, "grad_clip", self.grad_clip, "must be > 0")
         if not 0.0 <= self.image_ratio <= 1.0:
-            _fail(o, "image_ratio", self.image_ratio, "must be in [0, 1]")
+            checks.fail(o, "image_ratio", self.image_ratio, "must be in [0, 1]")
         if self.crop_size is not None:
-            _check_positive(o, crop_size=self.crop_size)
-        _check_literal(o, "lr_decay", self.lr_decay, LRDecay)
+            checks.positive(o, crop_size=self.crop_size)
+        checks.literal(o, "lr_decay", self.lr_decay, LRDecay)
 
 
 @dataclass(frozen=True)
@@ -258,19 +207,19 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         o = "DistillConfig"
-        _check_types(self, o)
-        _check_positive(
+        checks.annotated_types(self, o)
+        checks.positive(
             o,
             to_steps=self.to_steps,
             guided_steps=self.guided_steps,
             halving_steps=self.halving_steps,
         )
         if not (math.isfinite(self.w_max) and self.w_max >= 0):
-            _fail(o, "w_max", self.w_max, "must be a finite number >= 0")
-        _check_finite(o, lr=self.lr)
+            checks.fail(o, "w_max", self.w_max, "must be a finite number >= 0")
+        checks.finite(o, lr=self.lr)
         if not self.lr > 0:
-            _fail(o, "lr", self.lr, "must be > 0")
-        _check_literal(o, "loss", self.loss, LossWeighting)
+            checks.fail(o, "lr", self.lr, "must be > 0")
+        checks.literal(o, "loss", self.loss, LossWeighting)
 
 
 @dataclass(frozen=True)
@@ -308,48 +257,50 @@ class StageConfig:
     def _check_values(self) -> None:
         """Each field on its own: names, literals, counts and weights."""
         o = f"StageConfig({self.name!r})" if isinstance(self.name, str) else "StageConfig"
-        _check_types(self, o)
+        checks.annotated_types(self, o)
         if not STAGE_NAME.fullmatch(self.name):
-            _fail(
+            checks.fail(
                 "StageConfig",
                 "name",
                 self.name,
                 "must be a plain identifier (letters, digits, _; not starting with a digit): "
                 "it names files in cascade folders",
             )
-        _check_literal(o, "kind", self.kind, StageKind)
-        _check_literal(o, "temporal_cond", self.temporal_cond, TemporalCond)
-        _check_literal(o, "thresholding", self.thresholding, Thresholding)
+        checks.literal(o, "kind", self.kind, StageKind)
+        checks.literal(o, "temporal_cond", self.temporal_cond, TemporalCond)
+        checks.literal(o, "thresholding", self.thresholding, Thresholding)
         if self.sampler is not None:
-            _check_literal(o, "sampler", self.sampler, SamplerName)
+            checks.literal(o, "sampler", self.sampler, SamplerName)
         if self.gamma is not None and not (
             isinstance(self.gamma, int | float)
             and not isinstance(self.gamma, bool)
             and 0.0 <= self.gamma <= 1.0
         ):
-            _fail(o, "gamma", self.gamma, "must be in [0, 1] (or null: the diffusion config's)")
-        _check_positive(
+            checks.fail(
+                o, "gamma", self.gamma, "must be in [0, 1] (or null: the diffusion config's)"
+            )
+        checks.positive(
             o,
             num_frames=self.num_frames,
             width=self.width,
             height=self.height,
             sample_steps=self.sample_steps,
         )
-        _check_finite(o, fps=self.fps)
+        checks.finite(o, fps=self.fps)
         if not self.fps > 0:
-            _fail(o, "fps", self.fps, "must be > 0")
+            checks.fail(o, "fps", self.fps, "must be > 0")
         if self.sample_steps > MAX_STEPS:
-            _fail(o, "sample_steps", self.sample_steps, f"must be at most {MAX_STEPS}")
+            checks.fail(o, "sample_steps", self.sample_steps, f"must be at most {MAX_STEPS}")
         for name in ("guidance_w", "guidance_low_w", "guidance_w_max"):
             value = getattr(self, name)
             if name == "guidance_w_max" and value is None:
                 continue
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                _fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
+                checks.fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
         if not (isinstance(self.aug_sample_logsnr, int | float) and self.aug_sample_logsnr > -50):
-            _fail(o, "aug_sample_logsnr", self.aug_sample_logsnr, "must be a number > -50")
+            checks.fail(o, "aug_sample_logsnr", self.aug_sample_logsnr, "must be a number > -50")
         if not 0.0 < self.aug_train_max_t <= 1.0:
-            _fail(o, "aug_train_max_t", self.aug_train_max_t, "must be in (0, 1]")
+            checks.fail(o, "aug_train_max_t", self.aug_train_max_t, "must be in (0, 1]")
 
     def _check_against_unet(self) -> None:
         """The stage's sizes and kind against its U-Net's levels, frames and inputs."""
@@ -358,7 +309,7 @@ class StageConfig:
         size = self.train.crop_size
         for name, value in (("width", self.width), ("height", self.height), ("crop_size", size)):
             if value is not None and value % factor:
-                _fail(
+                checks.fail(
                     o,
                     name,
                     value,
@@ -366,7 +317,7 @@ class StageConfig:
                     f"(2 ** (len(channel_mults) - 1))",
                 )
         if self.num_frames > self.unet.max_frames:
-            _fail(
+            checks.fail(
                 o,
                 "num_frames",
                 self.num_frames,
@@ -375,7 +326,7 @@ class StageConfig:
         blank = self.kind == "tsr" and self.temporal_cond == "blank"
         want_cond = 0 if self.kind == "base" else self.unet.in_channels + blank
         if self.unet.cond_channels != want_cond:
-            _fail(
+            checks.fail(
                 o,
                 "unet.cond_channels",
                 self.unet.cond_channels,
@@ -383,13 +334,15 @@ class StageConfig:
                 + (" (RGB + the blank-frame mask)" if blank else ""),
             )
         if self.temporal_cond == "blank" and self.kind != "tsr":
-            _fail(o, "temporal_cond", self.temporal_cond, "'blank' is for TSR stages only")
+            checks.fail(o, "temporal_cond", self.temporal_cond, "'blank' is for TSR stages only")
         if self.kind != "base" and not self.unet.use_aug_embedding:
-            _fail(o, "unet.use_aug_embedding", False, "SR stages need the augmentation embedding")
+            checks.fail(
+                o, "unet.use_aug_embedding", False, "SR stages need the augmentation embedding"
+            )
         if self.train.crop_size is not None and (
             self.kind != "ssr" or self.train.crop_size > min(self.width, self.height)
         ):
-            _fail(
+            checks.fail(
                 o,
                 "train.crop_size",
                 self.train.crop_size,
@@ -403,14 +356,14 @@ def _check_stage_chain(previous: StageConfig, stage: StageConfig) -> None:
     same_space = (stage.width, stage.height) == (previous.width, previous.height)
     if stage.kind == "tsr":
         if not same_space:
-            _fail(
+            checks.fail(
                 o,
                 "width/height",
                 (stage.width, stage.height),
                 f"a TSR stage keeps the previous stage's size {(previous.width, previous.height)}",
             )
         if stage.num_frames % previous.num_frames or stage.num_frames == previous.num_frames:
-            _fail(
+            checks.fail(
                 o,
                 "num_frames",
                 stage.num_frames,
@@ -418,14 +371,14 @@ def _check_stage_chain(previous: StageConfig, stage: StageConfig) -> None:
             )
     elif stage.kind == "ssr":
         if stage.num_frames != previous.num_frames:
-            _fail(
+            checks.fail(
                 o,
                 "num_frames",
                 stage.num_frames,
                 f"an SSR stage keeps the previous stage's {previous.num_frames} frames",
             )
         if same_space or stage.width % previous.width or stage.height % previous.height:
-            _fail(
+            checks.fail(
                 o,
                 "width/height",
                 (stage.width, stage.height),
@@ -445,19 +398,19 @@ class CascadeConfig:
 
     def __post_init__(self) -> None:
         o = "CascadeConfig"
-        _check_types(self, o)
+        checks.annotated_types(self, o)
         if not self.stages:
-            _fail(o, "stages", self.stages, "needs at least the base stage")
+            checks.fail(o, "stages", self.stages, "needs at least the base stage")
         if self.stages[0].kind != "base":
-            _fail(o, "stages[0].kind", self.stages[0].kind, "the first stage must be 'base'")
+            checks.fail(o, "stages[0].kind", self.stages[0].kind, "the first stage must be 'base'")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
-            _fail(o, "stages", names, "stage names must be unique")
+            checks.fail(o, "stages", names, "stage names must be unique")
         for i, stage in enumerate(self.stages):
             if i > 0 and stage.kind == "base":
-                _fail(o, f"stages[{i}].kind", "base", "only the first stage is 'base'")
+                checks.fail(o, f"stages[{i}].kind", "base", "only the first stage is 'base'")
             if stage.unet.text_dim != self.text.dim:
-                _fail(
+                checks.fail(
                     o,
                     f"stages[{i}].unet.text_dim",
                     stage.unet.text_dim,
