@@ -192,7 +192,8 @@ def distill_stage(
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
     Writes ``out/distill.json`` and one ``train`` run folder per phase; with ``resume`` a
-    finished phase is loaded and an unfinished one continues from its checkpoint.
+    finished phase is loaded and an unfinished one continues from its checkpoint (an ``out``
+    without ``distill.json`` is an error: there is nothing to resume).
     ``halving_steps``: training steps of every halving, or one count per halving in order
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
     training setting). ``compile``: ``torch.compile`` the student's step (``trainer.Trainer``'s
@@ -230,6 +231,8 @@ def distill_stage(
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
         )
+    if resume:
+        check_resumable(out)
     if (out / PLAN).is_file():
         _check_same_plan(out / PLAN, record)
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
@@ -261,6 +264,15 @@ def distill_stage(
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def check_resumable(out: Path) -> None:
+    """A resume needs a distillation to continue: its plan, written first, is in ``out``."""
+    if not (Path(out) / PLAN).is_file():  # nothing was started there: a mistyped --out?
+        raise errors.CLIError(
+            f"--resume: {str(out)!r} holds no distillation ({PLAN} is missing); give the --out "
+            "of the distillation to continue, or drop --resume to start one"
+        )
 
 
 def _check_same_plan(path: Path, record: dict[str, Any]) -> None:
@@ -418,7 +430,9 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
-    # a step count that cannot be planned fails before the lock makes --out
+    # a step count that cannot be planned, or nothing to resume, fails before the lock makes --out
+    if args.resume:
+        check_resumable(args.out)
     _phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
     with distributed.main_only(context, files.RunLock(args.out)):
         result = distill_stage(

@@ -246,6 +246,10 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert cli.main(longer) == 2
     assert "phase_steps: saved [3, 2], now [4, 2]" in capsys.readouterr().err
     assert (tmp_path / "d" / "distill.json").read_text() == plan  # the plan is left as it was
+    typo = [a if a != str(tmp_path / "d") else str(tmp_path / "dd") for a in argv]
+    assert cli.main([*typo, "--resume"]) == 2  # before, it started a new distillation there
+    assert "holds no distillation (distill.json is missing)" in capsys.readouterr().err
+    assert not (tmp_path / "dd").exists()
     argv = ["export", str(tmp_path / "d"), "--base", str(tmp_path / "cascade")]
     assert cli.main([*argv, "--out", str(tmp_path / "cascade" / "distilled")]) == 0
     student = Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")

@@ -507,6 +507,12 @@ CLI_CASES = [
         "to_steps=6: distillation halves the teacher's 64 steps; allowed:",
     ),
     Case(
+        "distill --resume where nothing was distilled (a mistyped --out)",
+        ("distill", "--stage", "base", "--out", "{X}/d", "--resume"),
+        2,
+        "holds no distillation (distill.json is missing); give the --out of the distillation",
+    ),
+    Case(
         "distill --stage that the cascade has not trained",
         ("distill", "--stage", "nope", "--out", "{X}/d"),
         2,
