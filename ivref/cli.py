@@ -182,7 +182,10 @@ def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str |
 
 
 def _load_cascade(path: Path | None, distilled: bool):
-    from ivref import cascade
+    from ivref import cascade, files
+
+    if path is not None:
+        files.finish_replace(path)  # an `export --force` killed between its two renames
 
     if path is not None and not path.is_dir():
         raise CLIError(f"--checkpoint {str(path)!r} is not a directory")

@@ -124,7 +124,11 @@ def replace_folder(
         shutil.rmtree(new, ignore_errors=True)
         raise
     os.replace(directory, old)
-    os.replace(new, directory)
+    try:
+        os.replace(new, directory)
+    except FileNotFoundError:  # another machine's finish_replace moved it in for us
+        if not directory.is_dir():
+            raise
     fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
@@ -136,8 +140,11 @@ def finish_replace(directory: str | os.PathLike) -> Path:
     Killed between its two renames, ``directory`` is missing and its finished new copy and
     the old folder stand beside it under one tag: the new one is renamed into place, then
     the old one removed. An old folder whose swap finished (killed while removing it) is
-    removed. A lone ``.new-*`` (killed while writing, or another process writing now) is
-    left alone; so is anything when the picture is not one of these.
+    removed. A tag starts with its writer's pid: while that process runs on this machine its
+    swap is in progress, not killed, and is left alone, as is a lone ``.new-*`` (killed
+    while writing, or being written) and anything that fits none of these pictures. Best
+    effort: a repair that cannot be made (a read-only place, another process repairing at
+    the same moment) leaves everything as it was.
     """
     directory = Path(directory)
     prefix = f".{directory.name}."
@@ -146,17 +153,39 @@ def finish_replace(directory: str | os.PathLike) -> Path:
     except OSError:
         return directory
     olds = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "old-")}
+    olds = {tag for tag in olds if not _writer_running(tag)}
     news = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "new-")}
     swapped = olds & news
     if not directory.exists() and len(swapped) == 1:
         tag = swapped.pop()
-        os.replace(directory.with_name(f"{prefix}new-{tag}"), directory)
-        fsync_dir(directory.parent)
+        try:
+            os.replace(directory.with_name(f"{prefix}new-{tag}"), directory)
+            fsync_dir(directory.parent)
+        except OSError:
+            return directory
         news.discard(tag)
     if directory.is_dir():
         for tag in olds - news:
             shutil.rmtree(directory.with_name(f"{prefix}old-{tag}"), ignore_errors=True)
     return directory
+
+
+def _writer_running(tag: str) -> bool:
+    """Whether the process that made a ``replace_folder`` tag (``<pid>-<hex>``) still runs
+    here; a tag of another form is treated as running (not ours: left alone)."""
+    pid_text = tag.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():  # this process is not in a swap while it repairs
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def as_os_error(err: BaseException, path: str | os.PathLike) -> OSError | None:

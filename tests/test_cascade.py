@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,14 +283,46 @@ def test_an_overwrite_killed_between_its_renames_is_finished_on_load(
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
 
+def _pid(alive: bool):
+    """(pid, process): a process still running (kill it after), or the pid of one that ended."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    if not alive:
+        child.kill()
+        child.wait()
+    return child.pid, child
+
+
 def test_a_later_overwrite_finishes_a_swap_and_clears_an_old_copy(full_cascade, tmp_path):
-    folder, old = tmp_path / "c", tmp_path / ".c.old-1-0a1b2c3d"
+    folder, (dead, _) = tmp_path / "c", _pid(alive=False)
+    old = tmp_path / f".c.old-{dead}-0a1b2c3d"
     full_cascade.save_pretrained(folder)
     full_cascade.save_pretrained(old)  # killed while removing the old copy, swap done
-    writing = tmp_path / ".c.new-2-0a1b2c3d"  # another process, still writing: not ours
+    writing = tmp_path / f".c.new-{dead}-1a1b2c3d"  # killed while writing, or being written
     writing.mkdir()
     full_cascade.save_pretrained(folder, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "c"]
+
+
+def test_a_swap_in_progress_is_left_to_its_writer_and_the_cli_finishes_a_killed_one(
+    full_cascade, tmp_path, capsys
+):
+    """A reader that completed a running writer's swap made the writer's own rename fail."""
+    from ivref import cli
+
+    folder, (pid, writer) = tmp_path / "c", _pid(alive=True)
+    full_cascade.save_pretrained(tmp_path / f".c.old-{pid}-0a1b2c3d")
+    full_cascade.save_pretrained(tmp_path / f".c.new-{pid}-0a1b2c3d")
+    try:
+        with pytest.raises(FileNotFoundError, match="cascade.json not found"):
+            Cascade.from_pretrained(folder)  # between its renames: not ours to finish
+        assert not folder.exists() and len(list(tmp_path.iterdir())) == 2
+    finally:
+        writer.kill()
+        writer.wait()
+    argv = ["generate", "a red circle moving left", "--checkpoint", str(folder)]
+    argv += ["--out", str(tmp_path / "v.gif"), "--steps", "1"]
+    assert cli.main(argv) == 0, capsys.readouterr().err  # killed: generate finishes the swap
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "v.gif"]
 
 
 def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
