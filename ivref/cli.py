@@ -320,6 +320,12 @@ def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:
     known = {where: p for where, p in probes.items() if p is not None}
     if not known:
         return None
+    for where in (w for w, p in probes.items() if p is None):
+        print(
+            f"note: {where} records no text probe (saved before ivref recorded one): nothing "
+            "checks that it was trained with the same text encoder as the rest",
+            file=sys.stderr,
+        )
     (first, probe), *rest = known.items()
     for where, other in rest:
         if text.probe_distance(probe, other) > text.PROBE_TOLERANCE:

@@ -238,7 +238,9 @@ class T5Encoder(HFEncoder):
 
 PROBE_PROMPT = "a red circle moving left"  # any fixed text; this one is also a toy caption
 PROBE_DIMS = 16
-PROBE_TOLERANCE = 0.01  # relative L2 distance: float error passes, another encoder does not
+# Relative L2 distance allowed: the same weights in bf16 against float32 measure 0.9% (MiniLM),
+# two encoders of one width tens of percent (tiny T5s of two seeds: over 50%)
+PROBE_TOLERANCE = 0.05
 
 
 def probe(encoder: TextEncoder) -> list[float]:
@@ -271,9 +273,10 @@ def check_probe(saved: list[float], now: list[float], name: str, what: str) -> N
     if distance > PROBE_TOLERANCE:
         raise ValueError(
             f"text encoder {name!r} is not the one {what} was trained with: its "
-            f"embedding of {PROBE_PROMPT!r} differs by {distance:.0%} (float error stays under "
-            f"{PROBE_TOLERANCE:.0%}), so the models would get text they never learnt; for "
-            f"encoder 't5', {T5_HINT}, the same checkpoint the models were trained with"
+            f"embedding of {PROBE_PROMPT!r} differs by {distance:.0%} (rounding, even bf16, "
+            f"stays under {PROBE_TOLERANCE:.0%}), so the models would get text they never "
+            f"learnt; for encoder 't5', {T5_HINT}, the same checkpoint the models were trained "
+            "with"
         )
 
 

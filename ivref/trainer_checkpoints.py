@@ -14,6 +14,7 @@ import functools
 import hashlib
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,19 @@ def text_probe(trainer: Any) -> list[float] | None:
     Saved in each checkpoint's ``extra``; ``ivref export`` copies it into cascade.json, and
     ``restore`` checks it, so no run or cascade silently gets another encoder's text."""
     if not hasattr(trainer, "_text_probe"):
-        encoder = getattr(trainer.objective, "text", None)
-        trainer._text_probe = text.probe(encoder) if hasattr(encoder, "encode") else None
+        trainer._text_probe = None
+        cache = getattr(trainer.objective, "text", None)
+        encoder = getattr(cache, "encoder", cache)  # past the trainer's cache: not a caption
+        if hasattr(encoder, "encode"):
+            try:
+                trainer._text_probe = text.probe(encoder)
+            except Exception as err:  # a custom encoder may know its own captions only
+                warnings.warn(
+                    f"the text encoder could not encode {text.PROBE_PROMPT!r} ({err!r}): "
+                    "checkpoints do not record its probe, and nothing checks that a resume "
+                    "or an export uses the same encoder",
+                    stacklevel=2,
+                )
     return trainer._text_probe
 
 
@@ -103,8 +115,8 @@ def restore(trainer: Any, new_streams: bool) -> int:
         )
     now = text_probe(trainer)
     if saved is not None and now is not None:
-        encoder = getattr(trainer.objective.text, "encoder", trainer.objective.text)
-        name = getattr(encoder, "name", type(encoder).__name__)
+        cache = trainer.objective.text
+        name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
     _set_aside_newer(trainer.context, found[found.index(path) + 1 :])
     if reseed is not None:

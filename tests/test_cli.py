@@ -166,6 +166,14 @@ def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp
     meta_path.write_text(json.dumps(meta))
     assert cli.main(argv) == 2
     assert "its checkpoint's text_probe 'damaged' is damaged" in capsys.readouterr().err
+    meta["extra"]["text_probe"] = probe
+    meta_path.write_text(json.dumps(meta))
+    base = json.loads((tmp_path / "c1" / "cascade.json").read_text())
+    del base["text_probe"]  # a cascade saved before probes were recorded
+    (tmp_path / "c1" / "cascade.json").write_text(json.dumps(base))
+    assert cli.main(argv) == 0
+    assert "note: --base '" in capsys.readouterr().err  # unchecked, and said so
+    assert json.loads((tmp_path / "c2" / "cascade.json").read_text())["text_probe"] == probe
 
 
 def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):

@@ -480,3 +480,29 @@ def test_a_run_records_its_text_probe_and_resume_refuses_another_encoder(tmp_pat
     with pytest.raises(ValueError, match=r"'tiny-t5-d32-seed1' is not the one run '.*' was"):
         _trainer(tmp_path, other).resume()
     assert _trainer(tmp_path, encoder).resume() == 1
+
+
+def test_an_encoder_that_cannot_encode_the_probe_warns_and_the_run_trains_on(tmp_path, encoder):
+    """A custom encoder may serve its own captions only; the probe must not end the run."""
+    from ivref import data
+
+    base = configs.preset("ci").stage("base")
+    heldout = data.ToyVideos(base.num_frames, base.width, base.height, base.fps, split="heldout")
+
+    class OwnCaptionsOnly:
+        name, dim, max_length = "own", encoder.dim, encoder.max_length
+
+        def encode(self, prompts):
+            unknown = set(prompts) - set(heldout.captions)
+            if unknown:
+                raise KeyError(f"no embedding for {sorted(unknown)}")
+            return encoder.encode(prompts)
+
+    run = _trainer(tmp_path, OwnCaptionsOnly(), dataset=heldout, checkpoint_every=1)
+    with pytest.warns(UserWarning, match="could not encode 'a red circle moving left'"):
+        run.fit(1)
+    assert (
+        "text_probe"
+        not in checkpoint.read_config(tmp_path / "checkpoints" / "step-00000001")["extra"]
+    )
+    assert set(run.text.rows) <= set(heldout.captions)  # the probe skipped the trainer's cache
