@@ -109,16 +109,24 @@ class VideoTextFolder:
         return len(self.items)
 
     def starts(self, i: int) -> int:
-        """How many start frames clip i can have: 0 .. starts(i) - 1 keep it inside its file."""
+        """How many start frames clip i can have: 0 .. starts(i) - 1 keep it inside its file
+        (0 or less: it holds no clip)."""
         _, _, src_fps, n = self.items[i]
         return n - self._source_indices(src_fps)[-1]
 
     def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
-        """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None
-        (and skipped) if it fails to decode."""
+        """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None.
+
+        None when it fails to decode. A file that ends before the frame count its header
+        gave (a variable frame rate, a cut tail) keeps the frames it has: later clips start
+        where they fit in those (``starts(i)`` shrinks); a file that cannot hold a clip any
+        more, or fails otherwise, is skipped (``starts(i)`` becomes 0, and ``sample`` drops
+        it)."""
         import mediapy
 
-        path, text, src_fps, _ = self.items[i]
+        path, text, src_fps, n = self.items[i]
+        if self.starts(i) < 1:
+            raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
         if not 0 <= start < self.starts(i):
             raise ValueError(
                 f"start={start} for {path.name}: allowed 0 to {self.starts(i) - 1} (the clip "
@@ -126,10 +134,11 @@ class VideoTextFolder:
             )
         wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
         needed = set(wanted)
+        kept, decoded = [], 0
         try:  # decoded up to the last frame it needs, and only those frames kept
-            kept = []
             with mediapy.VideoReader(path) as reader:
                 for k, frame in enumerate(reader):
+                    decoded = k + 1
                     if k in needed:
                         kept.append(frame)
                     if k == wanted[-1]:
@@ -138,7 +147,16 @@ class VideoTextFolder:
                 raise EOFError(f"ended with {len(kept)} of the {len(wanted)} frames needed")
             frames = np.stack(kept)
         except Exception as err:
-            self._skip(path.name, f"decode failed ({type(err).__name__}: {str(err)[:80]})")
+            ended = isinstance(err, EOFError)
+            self.items[i] = (path, text, src_fps, decoded if ended else 0)
+            if self.starts(i) > 0:  # shorter than its header said; clips still fit
+                warnings.warn(
+                    f"VideoTextFolder: {path.name} ends after {decoded} of the {n} frames its "
+                    "header gives; its clips now start where they fit in those",
+                    stacklevel=2,
+                )
+            else:
+                self._skip(path.name, f"decode failed ({type(err).__name__}: {str(err)[:80]})")
             return None
         if frames.ndim == 3:
             frames = np.repeat(frames[..., None], 3, axis=-1)
@@ -168,7 +186,8 @@ class VideoTextFolder:
                 start = int(torch.randint(self.starts(i), (1,), generator=g))
             got = self.load(i, start)
             if got is None:
-                del self.items[i]
+                if self.starts(i) < 1:  # skipped: it holds no clip any more
+                    del self.items[i]
                 continue
             clips.append(got[0])
             texts.append(got[1])

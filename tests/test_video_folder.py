@@ -186,4 +186,29 @@ def test_a_trainer_trains_on_a_folder_of_videos(tmp_path):
                             progress=False)  # fmt: skip
     rows = trainer.fit(2)
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
-    assert set(trainer.text.rows) <= {"a gray fade", "another fade", "a red circle moving left"}
+    assert set(trainer.text.rows) <= {"a gray fade", "another fade"}
+
+
+def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dropped(
+    tmp_path, monkeypatch
+):
+    """Before, the first start past the real end dropped the whole file for the run."""
+    _write_counting_clip(tmp_path / "a.mp4", 13)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    path, caption, fps, n = ds.items[0]
+    ds.items[0] = (path, caption, fps, 20)  # as a variable-frame-rate header may claim
+    with pytest.warns(UserWarning, match="a.mp4 ends after 13 of the 20 frames its header"):
+        assert ds.load(0, start=8) is None
+    assert ds.starts(0) == 4 and not ds.skipped  # kept, with the starts that fit
+    videos, _, _ = ds.sample(8, torch.Generator().manual_seed(0))
+    assert videos.shape[0] == 8
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ffmpeg exited with code 1")
+
+    monkeypatch.setattr("mediapy.VideoReader", broken)
+    with pytest.warns(UserWarning, match="skipping 'a.mp4': decode failed"):
+        with pytest.raises(RuntimeError, match="no usable videos"):
+            ds.sample(1, torch.Generator().manual_seed(0))
+    assert ds.items == [] and ds.skipped[-1][0] == "a.mp4"
