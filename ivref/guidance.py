@@ -130,6 +130,22 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
     return (values[0], None) if scalar else (None, values)
 
 
+def _check_text(
+    text_emb: torch.Tensor, text_mask: torch.Tensor, cond_video: torch.Tensor | None
+) -> None:
+    """text_emb (B, L, D), text_mask (B, L) and cond_video (B, ...) must agree."""
+    if text_emb.ndim != 3 or text_mask.shape != text_emb.shape[:2]:
+        raise ValueError(
+            f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)}: "
+            "give (B, L, D) and (B, L), as a text encoder's encode() returns"
+        )
+    if cond_video is not None and cond_video.shape[0] != text_emb.shape[0]:
+        raise ValueError(
+            f"cond_video holds {cond_video.shape[0]} videos but text_emb {text_emb.shape[0]} "
+            "rows: give one text row per video"
+        )
+
+
 def guided_x_hat_fn(
     model: torch.nn.Module,
     text_emb: torch.Tensor,
@@ -159,6 +175,7 @@ def guided_x_hat_fn(
     embeds w [GD]: a single conditional forward with guidance_w=w and no combination.
     """
     one_w, weights = _guidance_weights(w)
+    _check_text(text_emb, text_mask, cond_video)
     if threshold not in (None, "static") and not (
         isinstance(threshold, int | float) and 0.0 < threshold <= 1.0
     ):
@@ -172,6 +189,11 @@ def guided_x_hat_fn(
         else:
             w_t = weights[_step_index(logsnr_t, len(weights), logsnr_min, logsnr_max)]
         batch = z_t.shape[0]
+        if batch != text_emb.shape[0]:
+            raise ValueError(
+                f"z_t holds {batch} videos but text_emb {text_emb.shape[0]} rows: give one "
+                "text row per video (guidance doubles the batch itself)"
+            )
         if distilled or w_t == 0.0:
             kwargs = dict(cond_video=cond_video, aug_logsnr=_per_sample(aug_logsnr, batch, z_t))
             if distilled:

@@ -197,6 +197,18 @@ def test_guided_rejects_bad_arguments():
             guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w)
 
 
+def test_guided_names_text_of_another_batch_by_the_callers_count():
+    """Before, the model's own shape error counted the doubled guided batch (2B)."""
+    z_t, emb, mask, logsnr = _inputs(batch=2)
+    fn = guidance.guided_x_hat_fn(FakeVideoUNet(), emb[:1], mask[:1], 1.0)
+    with pytest.raises(ValueError, match="z_t holds 2 videos but text_emb 1 rows"):
+        fn(z_t, logsnr)
+    with pytest.raises(ValueError, match=r"text_emb \(2, 5, 8\) and text_mask \(2, 4\)"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask[:, :4], 1.0)
+    with pytest.raises(ValueError, match="cond_video holds 3 videos but text_emb 2 rows"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, cond_video=z_t.new_zeros(3, 3))
+
+
 def test_guided_takes_numpy_and_0d_tensor_weights_as_floats():
     import numpy as np  # installed with ivref's dependencies (matplotlib, mediapy)
 
