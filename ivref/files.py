@@ -140,9 +140,11 @@ def finish_replace(directory: str | os.PathLike) -> Path:
     Killed between its two renames, ``directory`` is missing and its finished new copy and
     the old folder stand beside it under one tag: the new one is renamed into place, then
     the old one removed. An old folder whose swap finished (killed while removing it) is
-    removed. A tag starts with its writer's pid: while that process runs on this machine its
-    swap is in progress, not killed, and is left alone, as is a lone ``.new-*`` (killed
-    while writing, or being written) and anything that fits none of these pictures. Best
+    removed, and so is a lone ``.new-*`` whose writer was killed while writing (the folder
+    it was to replace is whole). A tag starts with its writer's pid: while that process runs
+    on this machine its swap is in progress, not killed, and is left alone, as is anything
+    that fits none of these pictures (a writer on another machine sharing the folder is not
+    seen: do not overwrite one cascade folder from two machines at once). Best
     effort: a repair that cannot be made (a read-only place, another process repairing at
     the same moment) leaves everything as it was.
     """
@@ -167,6 +169,9 @@ def finish_replace(directory: str | os.PathLike) -> Path:
     if directory.is_dir():
         for tag in olds - news:
             shutil.rmtree(directory.with_name(f"{prefix}old-{tag}"), ignore_errors=True)
+        for tag in news - olds:
+            if not _writer_running(tag):
+                shutil.rmtree(directory.with_name(f"{prefix}new-{tag}"), ignore_errors=True)
     return directory
 
 

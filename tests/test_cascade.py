@@ -292,14 +292,18 @@ def _pid(alive: bool):
     return child.pid, child
 
 
-def test_a_later_overwrite_finishes_a_swap_and_clears_an_old_copy(full_cascade, tmp_path):
-    folder, (dead, _) = tmp_path / "c", _pid(alive=False)
-    old = tmp_path / f".c.old-{dead}-0a1b2c3d"
+def test_a_later_overwrite_clears_what_killed_writers_left(full_cascade, tmp_path):
+    folder, (dead, _), (pid, writer) = tmp_path / "c", _pid(alive=False), _pid(alive=True)
     full_cascade.save_pretrained(folder)
-    full_cascade.save_pretrained(old)  # killed while removing the old copy, swap done
-    writing = tmp_path / f".c.new-{dead}-1a1b2c3d"  # killed while writing, or being written
+    full_cascade.save_pretrained(tmp_path / f".c.old-{dead}-0a1b2c3d")  # killed removing it
+    (tmp_path / f".c.new-{dead}-1a1b2c3d").mkdir()  # killed while writing
+    writing = tmp_path / f".c.new-{pid}-2a1b2c3d"  # another process, writing now
     writing.mkdir()
-    full_cascade.save_pretrained(folder, overwrite=True)
+    try:
+        full_cascade.save_pretrained(folder, overwrite=True)
+    finally:
+        writer.kill()
+        writer.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "c"]
 
 
