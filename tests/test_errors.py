@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -673,16 +674,31 @@ CLI_CASES = [
 ]
 
 
+CASE_SECONDS = 120  # a refusal takes seconds; a bad input let through starts real work
+
+
+def _out_of_time(signum, frame):
+    raise TimeoutError(
+        f"ran past {CASE_SECONDS} s: a bad input that is not refused starts real work (a "
+        "toy-scale training or distillation), so this case fails here instead of hanging CI"
+    )
+
+
 def _cli(case: Case, ctx: Ctx) -> tuple[int, str]:
     from ivref import cli
 
     if case.setup:
         case.setup(ctx)
     argv = [a.format(**ctx.paths) for a in case.argv]
+    before = signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(CASE_SECONDS)
     try:
         status = cli.main(argv)
     except SystemExit as exit:  # argparse: usage line + one error line, status 2
         status = exit.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
     return status, argv
 
 
