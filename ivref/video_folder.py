@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -49,6 +50,11 @@ class VideoTextFolder:
         random_start: bool = True,
         fit: Literal["crop", "squash"] = "crop",
     ) -> None:
+        for name, value in (("num_frames", num_frames), ("width", width), ("height", height)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer (the stage's)")
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf:
+            raise ValueError(f"fps={fps!r} must be a positive finite number (the stage's)")
         if fit not in ("crop", "squash"):
             raise ValueError(f"fit={fit!r}; allowed: 'crop' (centred window) or 'squash'")
         self.fit = fit

@@ -212,3 +212,19 @@ def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dro
         with pytest.raises(RuntimeError, match="no usable videos"):
             ds.sample(1, torch.Generator().manual_seed(0))
     assert ds.items == [] and ds.skipped[-1][0] == "a.mp4"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(num_frames=0), "num_frames=0 must be a positive integer"),
+     (dict(width=8.0), "width=8.0 must be a positive integer"),
+     (dict(fps=0.0), "fps=0.0 must be a positive finite number"),
+     (dict(fps=float("nan")), "fps=nan must be a positive finite number")],
+)  # fmt: skip
+def test_clip_sizes_are_checked_before_any_file_is_read(tmp_path, kwargs, message):
+    """num_frames=0 failed with an IndexError inside the first file's probe, fps=0 divided."""
+    _write_counting_clip(tmp_path / "a.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    sizes = dict(num_frames=4, width=8, height=8, fps=4.0) | kwargs
+    with pytest.raises(ValueError, match=message):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", **sizes)
