@@ -891,6 +891,21 @@ def _unreadable_video(ctx: Ctx):
     video.read_video(ctx.tmp / "broken.mp4")
 
 
+def _folder_without_videos(ctx: Ctx):
+    from ivref import video_folder
+
+    (ctx.tmp / "index.csv").write_text("path,caption\nmissing.mp4,a red circle\n")
+    with pytest.warns(UserWarning, match="skipping 'missing.mp4': file not found"):
+        video_folder.VideoTextFolder(ctx.tmp, ctx.tmp / "index.csv", 8, 16, 16, fps=3.0)
+
+
+def _folder_for_no_frames(ctx: Ctx):
+    from ivref import video_folder
+
+    (ctx.tmp / "index.csv").write_text("path,caption\n")
+    video_folder.VideoTextFolder(ctx.tmp, ctx.tmp / "index.csv", 0, 16, 16, fps=3.0)
+
+
 def _nan_video(ctx: Ctx):
     from ivref import video
 
@@ -918,6 +933,21 @@ LIBRARY_CASES = [
         ValueError,
         "is not a readable video (ffmpeg: ",
         _unreadable_video,
+    ),
+    LibCase(
+        "a folder of training videos where none can be used",
+        "video_folder.VideoTextFolder(root, 'index.csv', 8, 16, 16, fps=3) (files missing, "
+        "unreadable, too short or too slow)",
+        ValueError,
+        "no usable videos in '",
+        _folder_without_videos,
+    ),
+    LibCase(
+        "a folder of training videos for clips of 0 frames",
+        "video_folder.VideoTextFolder(root, 'index.csv', 0, 16, 16, fps=3)",
+        ValueError,
+        "num_frames=0 must be a positive integer (the stage's)",
+        _folder_for_no_frames,
     ),
     LibCase(
         "a video with NaN in it",
