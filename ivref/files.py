@@ -101,8 +101,11 @@ def replace_folder(
     but the top-level names in ``drop``; then two renames swap the folders and the old one
     is removed. Interrupted before the swap, the old folder is untouched; between the two
     renames, both stand beside it as ``.<name>.old-*`` and ``.<name>.new-*``, and the next
-    ``replace_folder`` or ``finish_replace`` of ``directory`` completes the swap."""
-    directory = finish_replace(directory)
+    ``replace_folder`` or ``finish_replace`` of ``directory`` completes the swap. A symbolic
+    link is followed: the folder it points to is replaced, and the link kept."""
+    given = Path(directory)
+    directory = Path(os.path.realpath(given))  # also gives "." and ".." a name and a parent
+    finish_replace(directory)
     tag = f"{os.getpid()}-{os.urandom(4).hex()}"
     new = directory.with_name(f".{directory.name}.new-{tag}")
     old = directory.with_name(f".{directory.name}.old-{tag}")
@@ -131,7 +134,7 @@ def replace_folder(
             raise
     fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return given
 
 
 def finish_replace(directory: str | os.PathLike) -> Path:
@@ -148,15 +151,15 @@ def finish_replace(directory: str | os.PathLike) -> Path:
     effort: a repair that cannot be made (a read-only place, another process repairing at
     the same moment) leaves everything as it was.
     """
-    directory = Path(directory)
+    given = Path(directory)
+    directory = Path(os.path.realpath(given))
     prefix = f".{directory.name}."
     try:
         names = [p.name for p in directory.parent.iterdir()]
     except OSError:
-        return directory
-    olds = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "old-")}
-    olds = {tag for tag in olds if not _writer_running(tag)}
-    news = {n[len(prefix) + 4 :] for n in names if n.startswith(prefix + "new-")}
+        return given
+    olds = {tag for tag in _tags(names, prefix + "old-") if not _writer_running(tag)}
+    news = _tags(names, prefix + "new-")
     swapped = olds & news
     if not directory.exists() and len(swapped) == 1:
         tag = swapped.pop()
@@ -164,7 +167,7 @@ def finish_replace(directory: str | os.PathLike) -> Path:
             os.replace(directory.with_name(f"{prefix}new-{tag}"), directory)
             fsync_dir(directory.parent)
         except OSError:
-            return directory
+            return given
         news.discard(tag)
     if directory.is_dir():
         for tag in olds - news:
@@ -172,16 +175,24 @@ def finish_replace(directory: str | os.PathLike) -> Path:
         for tag in news - olds:
             if not _writer_running(tag):
                 shutil.rmtree(directory.with_name(f"{prefix}new-{tag}"), ignore_errors=True)
-    return directory
+    return given
+
+
+_TAG = re.compile(r"([0-9]+)-[0-9a-f]{8}")  # replace_folder's: <pid>-<4 random bytes in hex>
+
+
+def _tags(names: Iterable[str], start: str) -> set[str]:
+    """The tags of the names ``<start><tag>``; a name whose rest is not exactly a tag (the
+    leftovers of a folder ``c.old-2024`` beside ``c``, say) belongs to another folder."""
+    return {
+        n[len(start) :] for n in names if n.startswith(start) and _TAG.fullmatch(n[len(start) :])
+    }
 
 
 def _writer_running(tag: str) -> bool:
     """Whether the process that made a ``replace_folder`` tag (``<pid>-<hex>``) still runs
-    here; a tag of another form is treated as running (not ours: left alone)."""
-    pid_text = tag.split("-", 1)[0]
-    if not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
+    on this machine."""
+    pid = int(tag.split("-", 1)[0])
     if pid == os.getpid():  # this process is not in a swap while it repairs
         return False
     try:

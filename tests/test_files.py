@@ -116,3 +116,51 @@ def test_log_lines_are_strict_json_with_null_for_a_non_finite_number(tmp_path):
         for line in path.read_text().splitlines():
             json.loads(line, parse_constant=strict)
     assert files.read_log(log) == [{"step": 1, "loss": None, "skipped": 1}]
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _fill(folder, text):
+    folder.mkdir(parents=True)
+    (folder / "f.txt").write_text(text)
+
+
+def test_finish_replace_leaves_another_folders_leftovers_alone(tmp_path):
+    """Beside `run`, the killed swap of a folder named `run.old-2024-01` left its only copies;
+    read as `run`'s, they were deleted (pid "2024" taken from the other folder's name)."""
+    dead = _dead_pid()
+    _fill(tmp_path / "run", "run")
+    for kind in ("old", "new"):
+        _fill(tmp_path / f".run.old-2024-01.{kind}-{dead}-deadbeef", kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    files.finish_replace(tmp_path / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    files.finish_replace(tmp_path / "run.old-2024-01")  # its own repair still works
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.old-2024-01"]
+    assert (tmp_path / "run.old-2024-01" / "f.txt").read_text() == "new"
+
+
+def test_replace_folder_replaces_what_a_link_points_to_and_keeps_the_link(tmp_path):
+    """Before, the link itself was swapped: the target kept the old files and the link was
+    left as a `.c.old-*` that rmtree refused to remove."""
+    _fill(tmp_path / "disk" / "real", "old")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "c").symlink_to(tmp_path / "disk" / "real")
+    files.replace_folder(tmp_path / "proj" / "c", lambda new: (new / "f.txt").write_text("new"))
+    assert (tmp_path / "proj" / "c").is_symlink()
+    assert (tmp_path / "disk" / "real" / "f.txt").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["c"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["real"]
+
+
+def test_replace_folder_of_dot_replaces_the_current_folder(tmp_path, monkeypatch):
+    """`ivref export --out . --force` failed: Path('.') has an empty name."""
+    _fill(tmp_path / "c", "old")
+    monkeypatch.chdir(tmp_path / "c")
+    files.replace_folder(".", lambda new: (new / "f.txt").write_text("new"))
+    assert (tmp_path / "c" / "f.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
