@@ -187,13 +187,14 @@ class VideoTextFolder:
             if not self.items:
                 raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
             i = int(torch.randint(len(self.items), (1,), generator=g))
+            if self.starts(i) < 1:  # skipped by an earlier load (of the caller's, say)
+                del self.items[i]
+                continue
             start = 0
             if self.random_start:
                 start = int(torch.randint(self.starts(i), (1,), generator=g))
             got = self.load(i, start)
-            if got is None:
-                if self.starts(i) < 1:  # skipped: it holds no clip any more
-                    del self.items[i]
+            if got is None:  # skipped (dropped on the next draw), or shorter than said
                 continue
             clips.append(got[0])
             texts.append(got[1])

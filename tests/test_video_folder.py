@@ -228,3 +228,26 @@ def test_clip_sizes_are_checked_before_any_file_is_read(tmp_path, kwargs, messag
     sizes = dict(num_frames=4, width=8, height=8, fps=4.0) | kwargs
     with pytest.raises(ValueError, match=message):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", **sizes)
+
+
+def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monkeypatch):
+    """A load that skipped a file left it in the list; sample then failed on it every time."""
+    import mediapy
+
+    for name in ("a.mp4", "b.mp4"):
+        _write_counting_clip(tmp_path / name, 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,first\nb.mp4,second\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    real = mediapy.VideoReader
+
+    def broken_a(path, *args, **kwargs):
+        if str(path).endswith("a.mp4"):
+            raise RuntimeError("ffmpeg exited with code 1")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(mediapy, "VideoReader", broken_a)
+    with pytest.warns(UserWarning, match="skipping 'a.mp4'"):
+        assert ds.load(0) is None  # the caller checks its files one by one
+    monkeypatch.undo()
+    _, captions, _ = ds.sample(6, torch.Generator().manual_seed(0))
+    assert captions == ["second"] * 6 and len(ds) == 1
