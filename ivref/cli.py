@@ -322,8 +322,9 @@ def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:
         return None
     for where in (w for w, p in probes.items() if p is None):
         print(
-            f"note: {where} records no text probe (saved before ivref recorded one): nothing "
-            "checks that it was trained with the same text encoder as the rest",
+            f"note: {where} records no text probe (saved before ivref recorded one, or its "
+            "encoder could not encode the probe prompt): nothing checks that it was trained "
+            "with the same text encoder as the rest",
             file=sys.stderr,
         )
     (first, probe), *rest = known.items()

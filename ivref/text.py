@@ -273,7 +273,7 @@ def check_probe(saved: list[float], now: list[float], name: str, what: str) -> N
     if distance > PROBE_TOLERANCE:
         raise ValueError(
             f"text encoder {name!r} is not the one {what} was trained with: its "
-            f"embedding of {PROBE_PROMPT!r} differs by {distance:.0%} (rounding, even bf16, "
+            f"embedding of {PROBE_PROMPT!r} differs by {distance:.1%} (rounding, even bf16, "
             f"stays under {PROBE_TOLERANCE:.0%}), so the models would get text they never "
             f"learnt; for encoder 't5', {T5_HINT}, the same checkpoint the models were trained "
             "with"
