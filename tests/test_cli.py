@@ -140,6 +140,18 @@ def _base_and_tsr_runs_and_base_cascade(tmp_path):
     return runs
 
 
+def _export_tsr_onto_c1(runs, tmp_path):
+    """`ivref export` of the TSR run with the base cascade c1, into c2."""
+    return [
+        "export",
+        str(runs["tsr"]),
+        "--base",
+        str(tmp_path / "c1"),
+        "--out",
+        str(tmp_path / "c2"),
+    ]
+
+
 def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp_path, capsys):
     from ivref import text
 
@@ -150,14 +162,7 @@ def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp
     meta = json.loads(meta_path.read_text())
     meta["extra"]["text_probe"] = [-v for v in probe]  # as if trained with another encoder
     meta_path.write_text(json.dumps(meta))
-    argv = [
-        "export",
-        str(runs["tsr"]),
-        "--base",
-        str(tmp_path / "c1"),
-        "--out",
-        str(tmp_path / "c2"),
-    ]
+    argv = _export_tsr_onto_c1(runs, tmp_path)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "/tsr' was trained with another text encoder than --base" in err
@@ -178,14 +183,7 @@ def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp
 
 def test_export_joins_sr_runs_to_a_cascade_and_generate_shows_every_stage(tmp_path):
     runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
-    argv = [
-        "export",
-        str(runs["tsr"]),
-        "--base",
-        str(tmp_path / "c1"),
-        "--out",
-        str(tmp_path / "c2"),
-    ]
+    argv = _export_tsr_onto_c1(runs, tmp_path)
     assert cli.main(argv) == 0
     from ivref.cascade import Cascade
 

