@@ -29,13 +29,14 @@ class VideoTextFolder:
     frame s + round(k * src_fps / fps)) and resized to (height, width) with antialiasing:
     ``fit="crop"`` first cuts the largest centred window of the clip's aspect ratio (a 16:9
     source for a square stage loses its sides), ``fit="squash"`` resizes the whole frame
-    (shapes are stretched).
-    mediapy cannot seek, so a late start decodes (and drops) the frames before it: cut long
-    sources into short files. Files that are missing,
-    unreadable, shorter than num_frames / fps seconds or of a lower frame rate than ``fps``
-    (their frames would repeat), and rows whose caption is not a non-empty string, are
-    reported with a warning, listed in ``self.skipped`` as (path, reason), and skipped: they
-    never stop a run. A folder with no usable video is a ValueError.
+    (shapes are stretched). mediapy cannot seek, so a late start decodes (and drops) the
+    frames before it: cut long sources into short files.
+
+    Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
+    frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
+    non-empty string, are reported with a warning, listed in ``self.skipped`` as (path,
+    reason), and skipped: they never stop a run. A folder with no usable video is a
+    ValueError.
     """
 
     def __init__(
