@@ -130,14 +130,14 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
     return (values[0], None) if scalar else (None, values)
 
 
-def _check_text(
-    text_emb: torch.Tensor, text_mask: torch.Tensor, cond_video: torch.Tensor | None
+def check_text(
+    text_emb: torch.Tensor, text_mask: torch.Tensor, cond_video: torch.Tensor | None = None
 ) -> None:
     """text_emb (B, L, D), text_mask (B, L) and cond_video (B, ...) must agree."""
-    if text_emb.ndim != 3 or text_mask.shape != text_emb.shape[:2]:
+    if text_emb.ndim != 3 or tuple(text_mask.shape) != tuple(text_emb.shape[:2]):
         raise ValueError(
-            f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)}: "
-            "give (B, L, D) and (B, L), as a text encoder's encode() returns"
+            f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)} must be "
+            "(B, L, D) and (B, L) for the same B prompts and L tokens (TextEncoder.encode)"
         )
     if cond_video is not None and cond_video.shape[0] != text_emb.shape[0]:
         raise ValueError(
@@ -175,7 +175,7 @@ def guided_x_hat_fn(
     embeds w [GD]: a single conditional forward with guidance_w=w and no combination.
     """
     one_w, weights = _guidance_weights(w)
-    _check_text(text_emb, text_mask, cond_video)
+    check_text(text_emb, text_mask, cond_video)
     if threshold not in (None, "static") and not (
         isinstance(threshold, int | float) and 0.0 < threshold <= 1.0
     ):

@@ -114,12 +114,8 @@ def sample_stage(
     device = model_device(model)
     steps = check_steps(stage.sample_steps if steps is None else steps)
     w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
+    guidance.check_text(text_emb, text_mask)  # before B is read from it
     b = text_emb.shape[0]
-    if text_emb.ndim != 3 or tuple(text_mask.shape) != tuple(text_emb.shape[:2]):
-        raise ValueError(
-            f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)} must be "
-            "(B, L, D) and (B, L) for the same B prompts and L tokens (TextEncoder.encode)"
-        )
     shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
     kwargs = _sr_inputs(stage, diffusion, cond_video, b, aug_logsnr, aug_noise, generator, device)
     weights, threshold = _bounded_guidance(stage, diffusion, w, steps)
