@@ -179,9 +179,11 @@ def _fingerprint(path: Path) -> str:
     """A short digest of a checkpoint folder's files, cheap even for T5-XXL's 40 GB of weights.
 
     Each file counts by name and size; files up to 2 MiB (config, tokenizer) whole, larger
-    ones (weights) by their first and last MiB and their modification time, so weights
-    rewritten in the middle alone (a fine-tuned tensor) still change it; a copy that does not
-    keep the time changes it too, which costs only a cache miss.
+    ones (weights) by their first and last MiB and their modification and status-change
+    times. Weights rewritten in the middle alone (a fine-tuned tensor) change it even where
+    the modification time was set back (``touch -d``, ``cp -p``, ``os.utime``): the kernel
+    moves the status-change time on every write, and no call sets it back. A copy, move or
+    ``chmod`` changes it too, which costs only a cache miss.
     """
     h = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.is_file()):
@@ -191,7 +193,7 @@ def _fingerprint(path: Path) -> str:
             if stat.st_size <= 2 << 20:
                 h.update(fh.read())
             else:
-                h.update(f"{stat.st_mtime_ns}\0".encode())
+                h.update(f"{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0".encode())
                 h.update(fh.read(1 << 20))
                 fh.seek(-(1 << 20), os.SEEK_END)
                 h.update(fh.read())
@@ -209,8 +211,8 @@ class T5Encoder(HFEncoder):
         more (T5-XXL's minute-long load), not on every load of a small one.
 
         The name is ``t5-<folder>-<fingerprint of its files>`` (``_fingerprint``: contents,
-        and for large files their ends and modification time), so the text cache does not
-        mix embeddings of two checkpoints.
+        and for large files their ends and file times), so the text cache does not mix
+        embeddings of two checkpoints.
         """
         from transformers import AutoTokenizer, T5EncoderModel
 

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -268,18 +269,21 @@ def test_a_cache_that_cannot_be_written_warns_once_and_encodes_anyway(tmp_path, 
 
 def test_t5_fingerprint_changes_when_large_weights_change_in_the_middle_only(tmp_path):
     """A fine-tuned tensor between the first and last MiB kept the name, and the text cache
-    served the old model's embeddings."""
+    served the old model's embeddings; setting the modification time back hid the edit too."""
     weights = tmp_path / "model.safetensors"
-    data = bytearray(range(256)) * (3 * 2**20 // 256)  # 3 MiB: hashed by its ends and time
+    data = bytearray(range(256)) * (3 * 2**20 // 256)  # 3 MiB: hashed by its ends and times
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(10**18, 10**18))
     before = text._fingerprint(tmp_path)
+    assert text._fingerprint(tmp_path) == before  # nothing changed: the cache hits
+    changed_at = weights.stat().st_ctime_ns
     data[3 * 2**19] ^= 0xFF  # one byte in the middle MiB
-    weights.write_bytes(bytes(data))
-    os.utime(weights, ns=(10**18 + 1, 10**18 + 1))  # a rewrite moves the time
+    while weights.stat().st_ctime_ns == changed_at:  # the kernel's clock ticks in ms
+        time.sleep(0.01)
+        weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(10**18, 10**18))  # the modification time set back
+    assert weights.stat().st_mtime_ns == 10**18 and weights.stat().st_size == 3 * 2**20
     assert text._fingerprint(tmp_path) != before
-    os.utime(weights, ns=(10**18, 10**18))
-    assert text._fingerprint(tmp_path) == before  # the ends and time alone: cheap at 40 GB
 
 
 def test_the_probe_tells_encoders_of_one_width_apart_and_ignores_file_times(tmp_path, tiny):
