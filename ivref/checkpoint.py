@@ -8,7 +8,8 @@ A training checkpoint is a folder:
     ema.safetensors       EMA weights [EMA]
     optimizer.safetensors optimizer tensors (AdamW moments [ADAMW]); its non-tensor state
     optimizer.json        (param groups, hyper-parameters) as JSON
-    rng.safetensors       RNG states (torch CPU, the data generator, ...) as uint8 tensors
+    rng.safetensors       RNG states (torch CPU, the data generator, ...) as uint8 tensors;
+                          a dataset's own state (``data.*``: a video folder's files in use)
 
 ``save`` writes the whole folder under a temporary name beside its target and renames it
 into place only when every file is on disk, so a folder under its final name is always

@@ -233,10 +233,18 @@ class DiffusionObjective:
         return per_sample.mean()
 
     def rng_state(self) -> dict[str, torch.Tensor]:
-        return {"data": self.data.generator.get_state()}
+        """The data's generator, and a dataset's own ``state_dict()`` where it has one
+        (``VideoTextFolder``: the files still in use) as ``data.<name>``."""
+        state = {"data": self.data.generator.get_state()}
+        if callable(getattr(self.data, "state_dict", None)):
+            state |= {f"data.{k}": v for k, v in self.data.state_dict().items()}
+        return state
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         self.data.generator.set_state(state["data"])
+        own = {k.removeprefix("data."): v for k, v in state.items() if k.startswith("data.")}
+        if own and callable(getattr(self.data, "load_state_dict", None)):
+            self.data.load_state_dict(own)
 
     def reseed(self, seed: int) -> None:
         self.data.generator.manual_seed(seed)

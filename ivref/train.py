@@ -30,6 +30,7 @@ from ivref import (
     errors,
     evaluate,
     files,
+    train_videos,
 )
 from ivref.arguments import MAX_COUNT as MAX_COUNT  # re-exported: other code imports these
 from ivref.arguments import check_count as check_count  # from here
@@ -104,6 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-samples", type=arguments.positive_int, help="captions to evaluate (default all)"
     )
+    train_videos.add_arguments(p)
     p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
@@ -187,7 +189,12 @@ def _newest_config(run: Path) -> dict[str, Any]:
 
 def _ours(out: Path) -> list[Path]:
     """What a run writes into its folder (what --force deletes)."""
-    return [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
+    return [
+        out / LOG,
+        out / checkpoint.CHECKPOINTS,
+        out / checkpoint.LEGACY,
+        out / train_videos.DATA,
+    ]
 
 
 def _check_out(out: Path, resume: bool, force: bool) -> None:
@@ -230,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.resume:
         build_config(args)  # a bad stage or override fails before the folder is made
+        train_videos.record(args)
     return distributed.run_in_group(device, lambda device, context: _train(args, device, context))
 
 
@@ -238,10 +246,15 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
 
     with distributed.main_only(context, files.RunLock(args.out)):
         _check_out(args.out, args.resume, args.force)  # on every rank: all fail alike
-        if context.is_main:
-            _prepare_out(args.out, args.resume, args.force)
-        distributed.barrier(context)  # the folder is ready before any rank reads it
+        videos, moved = (
+            train_videos.resumed(args) if args.resume else (train_videos.record(args), False)
+        )
         cfg, stage, notes = build_config(args)
+        stream = distributed.stream_seed(args.seed, context.rank)  # this process's data
+        dataset = train_videos.dataset(videos, cfg.stage(stage), stream)  # before --force
+        if context.is_main:  # deletes anything: a bad folder of videos fails first
+            _prepare_out(args.out, args.resume, args.force)
+        distributed.barrier(context)  # the folder is ready before any rank writes in it
         for note in notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
         if args.threads:
@@ -258,6 +271,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             stage,
             args.out,
             text_encoder=text.build_encoder(cfg.text, cache_dir=args.text_cache),
+            dataset=dataset,
             seed=args.seed,
             device=device,
             checkpoint_every=args.checkpoint_every,
@@ -272,6 +286,10 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:
                 print(f"resuming {stage} from step {step}", file=sys.stderr)
+        if context.is_main and videos is not None and (moved or not args.resume):
+            train_videos.write(args.out, videos)  # once its files probed (and resumed) fine
+            if moved:
+                print(f"resume: the videos are now in {videos['videos']!r}", file=sys.stderr)
         trainer.fit(args.steps)
     where = f"{args.out}/{checkpoint.CHECKPOINTS}"
     if trainer.signal is not None:

@@ -7,6 +7,7 @@ either as its ``dataset``. Decoding is mediapy's (ffmpeg); nothing is downloaded
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -64,6 +65,7 @@ class VideoTextFolder:
         self.random_start = random_start
         self.skipped: list[tuple[str, str]] = []
         self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
+        usable: list[list] = []  # as the index names them: the folder may move
         for rel, text in _read_index(Path(index_file)):
             path = self.root / str(rel)
             reason, src_fps, n = self._probe(path)
@@ -73,12 +75,17 @@ class VideoTextFolder:
                 self._skip(rel, reason)
             else:
                 self.items.append((path, text, src_fps, n))
+                usable.append([str(rel), text, src_fps, n])
         if not self.items:
             raise ValueError(
                 f"no usable videos in {str(index_file)!r} under {str(self.root)!r} for "
                 f"{num_frames} frames @ {fps:g} fps: {self.skipped or 'the index is empty'}"
             )
         self.generator = torch.Generator().manual_seed(seed)
+        self._usable = list(self.items)  # as probed: what ``state_dict`` numbers items by
+        self._numbers = list(range(len(self.items)))  # each item's place in ``_usable``
+        digest = hashlib.sha256(json.dumps(usable).encode()).digest()
+        self._digest = int.from_bytes(digest[:8], "big", signed=True)
 
     def _skip(self, rel: str | Path, reason: str) -> None:
         warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=3)
@@ -190,6 +197,8 @@ class VideoTextFolder:
             i = int(torch.randint(len(self.items), (1,), generator=g))
             if self.starts(i) < 1:  # skipped by an earlier load (of the caller's, say)
                 del self.items[i]
+                if len(self._numbers) > i:
+                    del self._numbers[i]
                 continue
             start = 0
             if self.random_start:
@@ -200,6 +209,50 @@ class VideoTextFolder:
             clips.append(got[0])
             texts.append(got[1])
         return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a resumed run needs besides ``generator`` to draw the clips an uninterrupted
+        run would: the files still in use (one dropped mid-run stays dropped) and their frame
+        counts (one found shorter stays so), and a digest of the folder as probed.
+
+        ``items``: (k, 2) int64 rows (the file's place among the usable files, its frames);
+        ``digest``: one int64 from every usable file's path in the index, caption, frame rate
+        and frame count as probed (the folder itself may move).
+        A ``Trainer`` saves it in each checkpoint (``DiffusionObjective.rng_state``).
+        """
+        if len(self._numbers) != len(self.items):
+            raise RuntimeError(
+                f"VideoTextFolder.items holds {len(self.items)} files but the folder tracks "
+                f"{len(self._numbers)}: items was resized by hand, so its state cannot be saved"
+            )
+        rows = [[number, item[3]] for number, item in zip(self._numbers, self.items, strict=True)]
+        return {
+            "items": torch.tensor(rows, dtype=torch.int64).reshape(-1, 2),
+            "digest": torch.tensor([self._digest], dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Go back to a ``state_dict()``; a ValueError if the folder (its index, files or
+        captions) changed since, or if ``state`` is not one."""
+        items, digest = state.get("items"), state.get("digest")
+        ok = isinstance(items, torch.Tensor) and isinstance(digest, torch.Tensor)
+        if not ok or items.dtype != torch.int64 or items.ndim != 2 or items.shape[1] != 2:
+            raise ValueError(
+                "a VideoTextFolder state holds 'items' ((k, 2) int64) and 'digest'; got "
+                f"{ {k: getattr(v, 'shape', type(v).__name__) for k, v in state.items()} }"
+            )
+        numbers = items[:, 0].tolist()
+        in_range = all(0 <= n < len(self._usable) for n in numbers)
+        if digest.numel() != 1 or int(digest) != self._digest or not in_range:
+            raise ValueError(
+                f"the saved data state is of another folder: the videos under "
+                f"{str(self.root)!r} or their index changed since it was saved (files added, "
+                "removed, re-encoded or re-captioned), so its clips cannot go on exactly; resume "
+                "with new streams (Trainer.resume(new_streams=True), ivref train --resume "
+                "--new-streams) to go on with the folder as it is now"
+            )
+        self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
+        self._numbers = numbers
 
 
 def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:

@@ -123,6 +123,18 @@ def test_resume_with_two_processes_continues_exactly(run, tmp_path):
     assert train.read_log(again)[-1]["loss"] == train.read_log(run)[-1]["loss"]
 
 
+def test_two_processes_draw_their_own_clips_from_a_folder_of_videos(tmp_path):
+    """Every rank seeded its folder alike would train on the same clips, N times over."""
+    from tests.test_train_videos import _folder
+
+    videos, out = _folder(tmp_path / "videos"), tmp_path / "run"
+    _torchrun("--steps", "1", "--out", str(out), "--videos", str(videos))
+    rng = _state(out, 1, "rng")
+    assert not torch.equal(rng["data"], rng["rank1/data"])  # two streams
+    assert torch.equal(rng["data.digest"], rng["rank1/data.digest"])  # of one folder
+    assert rng["data.items"].shape == rng["rank1/data.items"].shape == (3, 2)
+
+
 def test_one_process_refuses_to_resume_a_two_process_run(run, tmp_path, capsys):
     again = tmp_path / "again"
     shutil.copytree(run, again)

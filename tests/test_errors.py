@@ -100,6 +100,14 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _unusable_videos(ctx: Ctx) -> None:
+    """A folder of videos whose only file is not a video, beside a trained run at {RUN}."""
+    ctx.run()
+    (ctx.tmp / "videos").mkdir()
+    (ctx.tmp / "videos" / "a.mp4").write_text("not a video")
+    (ctx.tmp / "videos" / "index.csv").write_text("path,caption\na.mp4,a clip\n")
+
+
 def _damaged_newest(ctx: Ctx) -> None:
     _flip_byte(ctx.run() / "checkpoints" / "step-00000002" / "ema.safetensors")
 
@@ -455,6 +463,20 @@ CLI_CASES = [
         2,
         "log.jsonl: line 1 is not a JSON object",
         _torn_log_line,
+    ),
+    Case(
+        "train --videos of a folder with no index",
+        (*TRAIN, "--steps", "1", "--out", "{X}/r", "--videos", "{X}"),
+        2,
+        "holds neither of index.csv and index.jsonl: give its index with --index FILE",
+    ),
+    Case(
+        "train --force --videos where no video is usable",
+        (*TRAIN, "--steps", "3", "--out", "{RUN}", "--force", "--videos", "{X}/videos"),
+        2,
+        "no usable videos in",
+        _unusable_videos,
+        "an index whose only file is not a video",
     ),
     Case(
         "a second trainer on one run folder",
