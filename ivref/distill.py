@@ -36,6 +36,7 @@ from ivref import (
     arguments,
     cascade,
     checkpoint,
+    compiling,
     configs,
     distributed,
     errors,
@@ -209,7 +210,7 @@ def distill_stage(
     random streams (``trainer.Trainer.resume``), e.g. to resume with another number of
     processes.
     """
-    trainer.check_compile(compile)
+    compiling.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
     arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
@@ -245,7 +246,7 @@ def distill_stage(
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
         cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
         student = with_guidance_embedding(teacher, seed)
-        pad = trainer.text_padding(config, compile)
+        pad = compiling.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
         base = objectives.DiffusionObjective(
             cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), stream, device), text
@@ -345,7 +346,7 @@ def _compiled(
     if compile is False:
         return teacher
     options = (
-        compile if isinstance(compile, dict) else trainer.compile_options(torch.device(device))
+        compile if isinstance(compile, dict) else compiling.compile_options(torch.device(device))
     )
     return torch.compile(teacher, **options)
 

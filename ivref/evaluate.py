@@ -4,6 +4,7 @@ The toy stand-in for the CLIP-score-vs-guidance curves of [IMG §4] and [IV Tabl
 every prompt of a split with the same seeds, read the videos back with
 ``metrics.caption_alignment``, and report per-attribute and all-three accuracy. Used to pick a
 stage's default guidance weight by measurement (docs/field-notes.md: large w distorts shapes here).
+``score_fields`` turns an evaluator's scores into a training log's ``eval_*`` fields.
 """
 
 from __future__ import annotations
@@ -280,3 +281,23 @@ def format_cascade_report(report: dict) -> str:
         f"{100 * f['laplacian_ratio_trilinear']:.0f}%)"
     )
     return "\n".join(lines)
+
+
+def score_fields(scores: Any) -> dict[str, float]:
+    """An evaluator's {name: number} as log fields ``eval_<name>`` (0-d tensors and NumPy
+    scalars as floats); anything else is refused before the row is written."""
+    if not isinstance(scores, dict):
+        raise TypeError(f"the evaluator returned {type(scores).__name__}; allowed: {{name: value}}")
+    fields: dict[str, float] = {}
+    for name, value in scores.items():
+        if isinstance(value, int) and not isinstance(value, bool):  # counts stay integers
+            fields[f"eval_{name}"] = value
+            continue
+        try:
+            fields[f"eval_{name}"] = float(value)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+            raise TypeError(
+                f"the evaluator's {name!r} is {type(value).__name__} {str(value)[:40]!r}; "
+                "allowed: a number (a float, int, NumPy scalar or one-value tensor)"
+            ) from None
+    return fields

@@ -1,8 +1,9 @@
 """One readable training loop for any stage of the cascade: ``Trainer``.
 
 The loop owns what every run needs: AdamW [ADAMW] with linear warm-up and gradient
-clipping, an EMA of the weights [EMA] (what gets sampled and shipped), the log, whole-folder
-checkpoints and exact resume (trainer_checkpoints.py), and clean stops. What a step
+clipping, an EMA of the weights [EMA] (what gets sampled and shipped; both schedules in
+optimization.py), the log, whole-folder checkpoints and exact resume
+(trainer_checkpoints.py), and clean stops (clean_stops.py). What a step
 optimises comes from an *objective* (objectives.py): base, TSR and SSR stages by default,
 distillation (distill.py) by plug-in.
 The ``ivref train`` command around it is train.py, which re-exports everything here.
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from ivref import (
     cascade,
     checkpoint,
+    clean_stops,
     configs,
     distributed,
     evaluate,
@@ -43,7 +45,14 @@ from ivref import (
     trainer_checkpoints,
 )
 from ivref.arguments import check_count
+from ivref.compiling import check_compile as check_compile  # re-exported: train.py and
+from ivref.compiling import compile_options as compile_options  # earlier code find them here
+from ivref.compiling import text_padding as text_padding
 from ivref.model_rng import ModelRNG
+from ivref.optimization import ema_decay_at as ema_decay_at
+from ivref.optimization import ema_update as ema_update
+from ivref.optimization import learning_rate as learning_rate
+from ivref.optimization import warmup_lr as warmup_lr
 
 LOG = "log.jsonl"
 Evaluator = Callable[["Trainer"], dict[str, float]]
@@ -55,76 +64,8 @@ TextCache = objectives.TextCache  # where earlier code found it
 caption_evaluator = evaluate.stage_evaluator  # base and SR stages alike
 
 
-def compile_options(device: torch.device) -> dict[str, Any]:
-    """``torch.compile`` options of ``Trainer(compile=True)``: static shapes, and CUDA graphs
-    on a GPU (one replay per forward and per backward instead of ~1,000 kernel launches)."""
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
-    return {"mode": mode, "dynamic": False}
-
-
-def text_padding(config: configs.CascadeConfig, compile: bool | dict[str, Any]) -> int:
-    """``TextCache(pad_multiple=...)`` for a step compiled or not: compiled, every batch is
-    padded to the encoder's ``max_length`` tokens (captions never exceed it), one shape."""
-    return config.text.max_length if compile is not False else 1
-
-
-def _scores(scores: Any) -> dict[str, float]:
-    """An evaluator's {name: number} as log fields ``eval_<name>`` (0-d tensors and NumPy
-    scalars as floats); anything else is refused before the row is written."""
-    if not isinstance(scores, dict):
-        raise TypeError(f"the evaluator returned {type(scores).__name__}; allowed: {{name: value}}")
-    fields: dict[str, float] = {}
-    for name, value in scores.items():
-        if isinstance(value, int) and not isinstance(value, bool):  # counts stay integers
-            fields[f"eval_{name}"] = value
-            continue
-        try:
-            fields[f"eval_{name}"] = float(value)
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
-            raise TypeError(
-                f"the evaluator's {name!r} is {type(value).__name__} {str(value)[:40]!r}; "
-                "allowed: a number (a float, int, NumPy scalar or one-value tensor)"
-            ) from None
-    return fields
-
-
-def check_compile(compile: Any) -> None:
-    """The ``compile=`` option: True, False or a dict of ``torch.compile`` options."""
-    if not isinstance(compile, bool | dict):
-        raise TypeError(f"compile={compile!r}; allowed: True, False or a dict of options")
-
-
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
-
-
-def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up: lr * min(1, (step + 1) / warmup_steps)."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
-
-
-def learning_rate(step: int, cfg: configs.TrainConfig, total: int | None = None) -> float:
-    """Warm-up, then constant or (``lr_decay="linear"``) lr * (1 - step / total) [PD]."""
-    lr = warmup_lr(step, cfg.lr, cfg.warmup_steps)
-    if cfg.lr_decay == "linear" and total:
-        lr *= max(0.0, 1.0 - step / total)
-    return lr
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta [EMA]; buffers are copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
-    if len(ema_params) != len(params):
-        raise ValueError(f"EMA has {len(ema_params)} parameters, the model {len(params)}")
-    torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)  # one kernel
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """CHOICE: min(decay, (1 + step) / (10 + step)), so short runs' EMA is not stuck at init."""
-    return min(decay, (1 + step) / (10 + step))
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -440,8 +381,8 @@ class Trainer:
         main = self.context.is_main  # the one process that locks, logs, prints
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
-            stack.enter_context(_save_on_signal(self))
-            stack.enter_context(self._name_last_good())
+            stack.enter_context(clean_stops.save_on_signal(self))
+            stack.enter_context(clean_stops.name_last_good(self))
             bar = stack.enter_context(
                 tqdm(total=steps, initial=self.step, disable=not (self.progress and main))
             )  # closed before an error is reported, so the message is not lost in the bar
@@ -452,7 +393,7 @@ class Trainer:
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
                 if self.evaluate and due and (main or self._evaluate_everywhere):
-                    row.update(_scores(self.evaluate(self)))
+                    row.update(evaluate.score_fields(self.evaluate(self)))
                 self._log(row)
                 rows.append(row)
                 bar.update(1)
@@ -467,41 +408,3 @@ class Trainer:
                 if main:
                     bar.write(f"{name}: checkpoint saved at step {self.step} in {path}", sys.stderr)
         return rows
-
-    @contextlib.contextmanager
-    def _name_last_good(self):
-        """An OSError while training (a full disk) also says which checkpoint is intact."""
-        try:
-            yield
-        except OSError as err:
-            last = checkpoint.latest(self.out)
-            if last is None:
-                keep = "before the first checkpoint: free some space and run it again"
-            else:
-                keep = (
-                    f"the last good checkpoint {str(last)!r} is intact: free some space, "
-                    "then --resume continues from it"
-                )
-            detail = f"{err.strerror or err} at step {self.step}; {keep}"
-            raise OSError(err.errno, detail, err.filename) from err  # the same subclass
-
-
-@contextlib.contextmanager
-def _save_on_signal(trainer: Trainer):
-    """First SIGINT/SIGTERM: finish the step, save, stop. A second SIGINT: KeyboardInterrupt."""
-
-    def handler(signum, frame):
-        if trainer.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        trainer.signal = signum
-
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
