@@ -36,6 +36,7 @@ import torch
 
 from ivref import configs
 from ivref.files import fsync_dir
+from ivref.state_checks import check_compatible, check_fits, load_state_dict_strict
 from ivref.tensor_files import (
     CheckpointError,
     NonFiniteError,
@@ -283,71 +284,6 @@ def verify(directory: str | os.PathLike) -> dict[str, Any]:
     meta = read_config(directory)
     verify_files(directory, meta["manifest"], CONFIG)
     return meta
-
-
-def _diff(a: Any, b: Any, where: str = "") -> list[str]:
-    """Paths where nested dicts / lists differ, e.g. 'stages[0].unet.base_channels: 16 != 32'."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        return [
-            d
-            for i, (x, y) in enumerate(zip(a, b, strict=True))
-            for d in _diff(x, y, f"{where}[{i}]")
-        ]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
-
-
-def check_compatible(
-    saved: configs.CascadeConfig, current: configs.CascadeConfig, stage: str, where: str
-) -> list[str]:
-    """Raise if the stage's U-Net or the text encoder differ; return the other differences."""
-    s_stage, c_stage = saved.stage(stage), current.stage(stage)
-    hard = _diff(
-        {"unet": s_stage.unet.__dict__, "text": saved.text.__dict__},
-        {"unet": c_stage.unet.__dict__, "text": current.text.__dict__},
-    )
-    if hard:
-        raise CheckpointError(
-            f"{where} was saved with a different model for stage {stage!r}: " + "; ".join(hard)
-        )
-    return _diff(saved.to_dict(), current.to_dict())
-
-
-def check_fits(
-    module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str
-) -> dict[str, torch.Tensor]:
-    """``module.state_dict()``, or a CheckpointError naming the file and the tensors unless
-    ``state`` has exactly its keys and shapes (a sharded module's: their whole shapes)."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:5]))
-        raise CheckpointError(f"{where} does not fit the model: " + ", ".join(parts))
-    return own
-
-
-def load_state_dict_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], where: str
-) -> None:
-    """module.load_state_dict, but a key or shape mismatch names the file and the tensors."""
-    own = check_fits(module, state, where)
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def read(
