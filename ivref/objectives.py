@@ -43,6 +43,12 @@ class Batch:
 
 
 class Dataset(Protocol):
+    """What a ``DiffusionObjective`` trains on: the toy world (data.py) or a folder of videos
+    (video_folder.py). ``generator`` is saved in every checkpoint. Optional, and so not a
+    method here: ``state_dict()`` -> {name: tensor} (names without '/') and
+    ``load_state_dict(state)``, what else a resume needs (``VideoTextFolder``: the files
+    still in use), saved beside the generator as ``data.<name>``."""
+
     generator: torch.Generator
 
     def sample(
@@ -58,7 +64,8 @@ class Objective(Protocol):
     run resumed with another number of processes (``Trainer.resume(new_streams=True)``).
     Without it the trainer reseeds ``objective.data.generator``, or refuses new streams.
     ``rng_state()`` names are the objective's own: the loop saves its states beside them
-    under ``trainer_checkpoints.LOOP_RNG_NAMES`` and ``rank<r>/...``, which it refuses.
+    under ``trainer_checkpoints.LOOP_RNG_NAMES``, and names with '/' (other processes'
+    ``rank<r>/...``), which it refuses; the values are tensors.
     """
 
     def sample(self, batch_size: int) -> Batch: ...
@@ -241,13 +248,41 @@ class DiffusionObjective:
         return state
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = check_data_state(self.data, state)
         self.data.generator.set_state(state["data"])
-        own = {k.removeprefix("data."): v for k, v in state.items() if k.startswith("data.")}
-        if own and callable(getattr(self.data, "load_state_dict", None)):
+        if own:
             self.data.load_state_dict(own)
 
     def reseed(self, seed: int) -> None:
         self.data.generator.manual_seed(seed)
+
+
+def check_data_state(
+    data: Any, state: dict[str, torch.Tensor], new_streams: bool = False
+) -> dict[str, torch.Tensor]:
+    """The dataset's own part of a checkpoint's ``state`` (its ``data.<name>`` entries),
+    or a ValueError where the checkpoint and ``data`` are of different kinds: a run on a
+    folder of videos resumed on the toy world, or the other way round, would continue on
+    other data without a word. ``new_streams``: a run may go on from the toy world onto
+    videos (new data is what it asks for), but not from videos onto the toy world."""
+    own = {k.removeprefix("data."): v for k, v in state.items() if k.startswith("data.")}
+    stateful = callable(getattr(data, "load_state_dict", None))
+    if own and not stateful:
+        raise ValueError(
+            f"the checkpoint holds the state of a dataset with its own state (a folder of "
+            f"videos: {sorted(own)}), but this run's dataset is {type(data).__name__}: give "
+            "the run its videos (ivref train --resume --videos FOLDER; in Python, "
+            "Trainer(dataset=VideoTextFolder(...)))"
+        )
+    if stateful and not own and not new_streams:
+        raise ValueError(
+            f"the checkpoint holds no state of a dataset like this run's "
+            f"{type(data).__name__}: the run was trained on other data (the toy world, or "
+            "by an earlier ivref, which did not save it); resume it on its own data, or with "
+            "new streams "
+            "(Trainer.resume(new_streams=True), ivref train --resume --new-streams)"
+        )
+    return own
 
 
 def toy_dataset(

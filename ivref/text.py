@@ -182,8 +182,11 @@ def _fingerprint(path: Path) -> str:
     ones (weights) by their first and last MiB and their modification and status-change
     times. Weights rewritten in the middle alone (a fine-tuned tensor) change it even where
     the modification time was set back (``touch -d``, ``cp -p``, ``os.utime``): the kernel
-    moves the status-change time on every write, and no call sets it back. A copy, move or
-    ``chmod`` changes it too, which costs only a cache miss.
+    moves the status-change time on every write, and no call sets it back. A copy (even
+    ``cp -p`` or ``rsync -a``: machines with their own copy of T5 sharing one text cache
+    each fill their own entries), ``chmod`` or a new hard link changes it too, which costs
+    only cache misses; old entries stay on disk. On Windows ``st_ctime`` is the creation
+    time, so there the edit above still keeps the name.
     """
     h = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.is_file()):

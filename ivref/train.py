@@ -189,28 +189,29 @@ def _newest_config(run: Path) -> dict[str, Any]:
 
 def _ours(out: Path) -> list[Path]:
     """What a run writes into its folder (what --force deletes)."""
-    return [
-        out / LOG,
-        out / checkpoint.CHECKPOINTS,
-        out / checkpoint.LEGACY,
-        out / train_videos.DATA,
-    ]
+    return [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
 
 
 def _check_out(out: Path, resume: bool, force: bool) -> None:
-    """A fresh run needs an empty (or new) folder, or --force to clear a previous run."""
+    """A fresh run needs an empty (or new) folder, or --force to clear a previous run; a
+    record of videos alone (a run that failed before its first step) holds no run."""
     if resume or force or not out.is_dir() or not any(p.exists() for p in _ours(out)):
         return
     raise errors.CLIError(
         f"{str(out)!r} already holds a run; pass --resume to continue it, --force to "
-        "start afresh there (deleting its log and checkpoints), or a new --out"
+        f"start afresh there (deleting its log, checkpoints and {train_videos.VIDEOS}), or "
+        "a new --out"
     )
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
-    """--force on a fresh run: delete a previous run's log and checkpoints from ``out``."""
+    """A fresh run: the record of an earlier run's videos goes; with --force, its log and
+    checkpoints too."""
     _check_out(out, resume, force)
-    if resume or not force:
+    if resume:
+        return
+    (out / train_videos.VIDEOS).unlink(missing_ok=True)
+    if not force:
         return
     for path in _ours(out):
         if path.is_dir():

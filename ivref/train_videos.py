@@ -3,9 +3,10 @@
 The folder is a ``video_folder.VideoTextFolder`` (files plus an index, CSV ``path,caption``
 or JSONL) at the stage's size and frame rate; each process draws from its own stream
 (``distributed.stream_seed``), as it does in the toy world. The run folder records which
-videos it trains on in ``data.json``, so ``--resume`` needs no flags: a folder that moved is
-given again with ``--videos`` (the checkpoint's data state, keyed by the index's relative
-paths, checks that its videos are the same).
+videos it trains on in ``ivref-videos.json``, so ``--resume`` needs no flags. A folder that
+moved, or a record that was lost, is given again with ``--videos``: the checkpoint's data
+state (which files are in use, and a digest of the index's relative paths, captions and
+frame counts) checks that they are the same videos.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from ivref import configs, errors, files
 
-DATA = "data.json"  # in a run folder: the videos it trains on (absent: the toy world)
+VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
 
 
@@ -39,9 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def record(args: argparse.Namespace) -> dict[str, Any] | None:
-    """A fresh run's videos (absolute paths, so a resume works from any directory), checked
-    before any folder is made; None: the toy world."""
+def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[str, Any] | None:
+    """The videos the flags name (absolute paths, so a resume works from any directory),
+    checked before any folder is made; None: the toy world. ``saved_index``: the index to
+    keep where --videos names a folder without one of its own (a resume)."""
     if args.videos is None:
         for flag, given in (("--index", args.index), ("--fit", args.fit)):
             if given is not None:
@@ -52,23 +54,21 @@ def record(args: argparse.Namespace) -> dict[str, Any] | None:
             "--eval-every scores toy-world captions, not a folder of videos: drop it with "
             "--videos (sample the run with ivref generate --checkpoint instead)"
         )
+    if not args.videos.is_dir():
+        raise errors.CLIError(f"--videos {str(args.videos)!r} is not a folder of videos")
     return {
-        "videos": str(_folder(args.videos).resolve()),
-        "index": str(_index(args.videos, args.index).resolve()),
+        "videos": str(args.videos.resolve()),
+        "index": str(_index(args.videos, args.index, saved_index).resolve()),
         "fit": args.fit or "crop",
     }
 
 
-def _folder(videos: Path) -> Path:
-    if not videos.is_dir():
-        raise errors.CLIError(f"--videos {str(videos)!r} is not a folder of videos")
-    return videos
-
-
-def _index(videos: Path, index: Path | None) -> Path:
-    """--index, else the folder's own index.csv or index.jsonl (one of them)."""
+def _index(videos: Path, index: Path | None, saved: Path | None = None) -> Path:
+    """--index, else the folder's own index.csv or index.jsonl (one of them), else ``saved``."""
     if index is None:
         found = [videos / n for n in ("index.csv", "index.jsonl") if (videos / n).is_file()]
+        if not found and saved is not None and saved.is_file():
+            return saved
         if len(found) != 1:
             what = "neither" if not found else "both"
             raise errors.CLIError(
@@ -76,14 +76,16 @@ def _index(videos: Path, index: Path | None) -> Path:
                 "give its index with --index FILE (columns path,caption)"
             )
         index = found[0]
+    if index.suffix.lower() not in (".csv", ".jsonl"):
+        raise errors.CLIError(f"--index {str(index)!r}: give a .csv (path,caption) or .jsonl")
     if not index.is_file():
         raise errors.CLIError(f"--index {str(index)!r} does not exist")
     return index
 
 
 def read(out: Path) -> dict[str, Any] | None:
-    """The videos a run folder trains on (its data.json), or None: the toy world."""
-    path = out / DATA
+    """The videos a run folder trains on (its ivref-videos.json), or None: none recorded."""
+    path = out / VIDEOS
     if not path.is_file():
         return None
     try:
@@ -92,25 +94,24 @@ def read(out: Path) -> dict[str, Any] | None:
             raise ValueError(f"not an object of strings {list(FIELDS)}")
     except (ValueError, UnicodeDecodeError) as err:
         raise errors.CLIError(
-            f"--resume: {str(path)!r} is damaged ({err}); it names the run's videos: restore "
-            "it, or start afresh with --force"
+            f"--resume: {str(path)!r} is damaged ({err}); it names the run's videos: give "
+            "them again with --videos FOLDER (the checkpoint checks that they are the same)"
         ) from None
     return saved
 
 
 def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
-    """--resume: (the run's videos, whether --videos / --index moved them). A folder that
-    moved is given anew; another --fit, or videos for a toy-world run, is refused."""
-    saved = read(args.out)
-    given = {"--videos": args.videos, "--index": args.index, "--fit": args.fit}
-    if saved is None:
-        named = [flag for flag, value in given.items() if value is not None]
-        if named:
-            raise errors.CLIError(
-                f"--resume: {', '.join(named)} given, but this run trains on the toy world; "
-                "drop them, or start a new run on the videos"
-            )
-        return None, False
+    """--resume: (the run's videos, whether to record them anew). --videos / --index give a
+    folder that moved, or a lost record; another --fit is refused. Which data the checkpoint
+    was trained on is checked when it loads (``objectives.check_data_state``)."""
+    try:
+        saved = read(args.out)
+    except errors.CLIError:
+        if args.videos is None:
+            raise
+        saved = None  # replaced by the folder --videos names
+    if saved is None:  # a toy-world run, or a lost record that --videos gives anew
+        return record(args), args.videos is not None
     if args.eval_every:
         raise errors.CLIError(
             f"--eval-every scores toy-world captions; this run trains on {saved['videos']!r}"
@@ -121,21 +122,21 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
             "drop --fit, or start a new run"
         )
     now = dict(saved)
-    if args.videos is not None:  # the folder moved: its index there, or --index
-        now["videos"] = str(_folder(args.videos).resolve())
-        now["index"] = str(_index(args.videos, args.index).resolve())
+    if args.videos is not None:  # the folder moved: its own index, --index, or the saved one
+        now |= record(args, Path(saved["index"])) | {"fit": saved["fit"]}
     elif args.index is not None:
         now["index"] = str(_index(Path(saved["videos"]), args.index).resolve())
-    elif not Path(saved["index"]).is_file():
+    elif not (Path(saved["index"]).is_file() and Path(saved["videos"]).is_dir()):
         raise errors.CLIError(
-            f"--resume: the run's videos index {saved['index']!r} is gone; if the folder "
-            "moved, give its new place with --videos FOLDER (and --index FILE if needed)"
+            f"--resume: the run's videos ({saved['videos']!r}, index {saved['index']!r}) are "
+            "gone; if they moved, give their new place with --videos FOLDER (and --index "
+            "FILE if the index moved on its own)"
         )
     return now, now != saved
 
 
 def write(out: Path, videos: dict[str, Any]) -> None:
-    files.atomic_write_text(out / DATA, json.dumps(videos, indent=1) + "\n")
+    files.atomic_write_text(out / VIDEOS, json.dumps(videos, indent=1) + "\n")
 
 
 def dataset(videos: dict[str, Any] | None, stage: configs.StageConfig, stream: int):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -21,25 +20,31 @@ from typing import Any
 
 import torch
 
-from ivref import checkpoint, distributed, files, sharded_state, text
+from ivref import checkpoint, distributed, files, objectives, sharded_state, text
 from ivref.model_rng import STATE_KEY, ModelRNG
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
 
 # The names the loop saves its own random states under, beside the objective's (rng.safetensors)
 LOOP_RNG_NAMES = ("torch", "train", STATE_KEY, distributed.WORLD_SIZE_KEY)
-_RANK_NAME = re.compile(r"rank\d+/")  # rank r's states in a run of several processes
 
 
 def check_objective_rng(objective: Any) -> None:
     """Refuse an objective whose ``rng_state()`` uses a name the loop saves its own state
     under: one would overwrite the other in the checkpoint, and resume would not be exact."""
-    taken = [k for k in objective.rng_state() if k in LOOP_RNG_NAMES or _RANK_NAME.match(k)]
+    state = objective.rng_state()
+    taken = [k for k in state if k in LOOP_RNG_NAMES or "/" in k]
     if taken:
         raise ValueError(
             f"{type(objective).__name__}.rng_state() names {taken}, which the training loop "
-            f"saves its own random states under; allowed: any other names (not "
-            f"{list(LOOP_RNG_NAMES)} nor 'rank<r>/...')"
+            f"saves its own random states under (or other processes' states, 'rank<r>/...'); "
+            f"allowed: any other names without '/' (not {list(LOOP_RNG_NAMES)})"
+        )
+    loose = {k: type(v).__name__ for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    if loose:
+        raise TypeError(
+            f"{type(objective).__name__}.rng_state() gives {loose}: a checkpoint saves "
+            "tensors only (a dataset's state_dict() too); turn them into tensors"
         )
 
 
@@ -119,6 +124,9 @@ def restore(trainer: Any, new_streams: bool) -> int:
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
     _set_aside_newer(trainer.context, found[found.index(path) + 1 :])
+    data = getattr(trainer.objective, "data", None)
+    if reseed is not None and data is not None:  # rank 0's names (others': rank<r>/...)
+        objectives.check_data_state(data, state["rng"], new_streams=True)
     if reseed is not None:
         seed_new_streams(trainer, reseed, state["rng"], state["step"])
     else:

@@ -108,6 +108,13 @@ def _unusable_videos(ctx: Ctx) -> None:
     (ctx.tmp / "videos" / "index.csv").write_text("path,caption\na.mp4,a clip\n")
 
 
+def _videos_beside_a_toy_run(ctx: Ctx) -> None:
+    from tests.test_train_videos import _folder
+
+    ctx.run()
+    _folder(ctx.tmp / "videos")
+
+
 def _damaged_newest(ctx: Ctx) -> None:
     _flip_byte(ctx.run() / "checkpoints" / "step-00000002" / "ema.safetensors")
 
@@ -477,6 +484,14 @@ CLI_CASES = [
         "no usable videos in",
         _unusable_videos,
         "an index whose only file is not a video",
+    ),
+    Case(
+        "train --resume --videos of a run trained on the toy world",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume", "--videos", "{X}/videos"),
+        2,
+        "holds no state of a dataset like this run's VideoTextFolder",
+        _videos_beside_a_toy_run,
+        "a folder of three 16-frame videos beside a trained toy-world run",
     ),
     Case(
         "a second trainer on one run folder",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ivref import cli, configs, text, train, video, video_folder
+from ivref import cli, configs, objectives, text, train, train_videos, video, video_folder
 
 
 def _clip(path, n=16, fps=12.0, level=0):
@@ -41,7 +41,7 @@ def test_a_run_on_videos_records_them_and_resumes_exactly_without_flags(tmp_path
     assert _train(tmp_path / "straight", "--videos", str(videos), "--steps", "3") == 0
     out = tmp_path / "run"
     assert _train(out, "--videos", str(videos), "--steps", "2") == 0
-    assert json.loads((out / "data.json").read_text()) == {
+    assert json.loads((out / train_videos.VIDEOS).read_text()) == {
         "videos": str(videos.resolve()),
         "index": str((videos / "index.csv").resolve()),
         "fit": "crop",
@@ -51,10 +51,10 @@ def test_a_run_on_videos_records_them_and_resumes_exactly_without_flags(tmp_path
     moved = videos.rename(tmp_path / "moved")
     capsys.readouterr()
     assert _train(out, "--resume", "--steps", "4") == 2
-    assert "give its new place with --videos" in capsys.readouterr().err
+    assert "are gone; if they moved, give their new place with --videos" in capsys.readouterr().err
     assert _train(out, "--resume", "--steps", "4", "--videos", str(moved)) == 0
     assert "the videos are now in" in capsys.readouterr().err
-    assert json.loads((out / "data.json").read_text())["videos"] == str(moved.resolve())
+    assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(moved.resolve())
     assert [row["step"] for row in train.read_log(out)] == [1, 2, 3, 4]
 
 
@@ -69,9 +69,9 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
     with pytest.warns(UserWarning, match="skipping 'missing.mp4'"):
         assert _train(out, "--steps", "1", "--force", "--videos", str(broken)) == 2
     assert "no usable videos" in capsys.readouterr().err
-    assert (out / "data.json").exists() and train.read_log(out)  # --force deleted nothing
+    assert (out / train_videos.VIDEOS).exists() and train.read_log(out)  # --force deleted nothing
     assert _train(out, "--steps", "1", "--force") == 0  # now on the toy world
-    assert not (out / "data.json").exists()
+    assert not (out / train_videos.VIDEOS).exists()
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,8 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
      (["--videos", "missing"], "--videos 'missing' is not a folder of videos"),
      (["--videos", "{videos}", "--eval-every", "1"], "--eval-every scores toy-world captions"),
      (["--videos", "{empty}"], "holds neither of index.csv and index.jsonl"),
-     (["--videos", "{videos}", "--index", "none.csv"], "--index 'none.csv' does not exist")],
+     (["--videos", "{videos}", "--index", "none.csv"], "--index 'none.csv' does not exist"),
+     (["--videos", "{videos}", "--index", "list.txt"], "give a .csv (path,caption) or .jsonl")],
 )  # fmt: skip
 def test_bad_video_flags_are_refused_before_the_run_folder_is_made(
     tmp_path, monkeypatch, capsys, flags, message
@@ -102,14 +103,96 @@ def test_resume_refuses_flags_that_name_other_videos(tmp_path, capsys):
     assert _train(on_videos, "--videos", str(videos), "--steps", "1") == 0
     capsys.readouterr()
     assert _train(toy, "--resume", "--steps", "2", "--videos", str(videos)) == 2
-    assert "this run trains on the toy world" in capsys.readouterr().err
+    assert "holds no state of a dataset like this run's VideoTextFolder" in capsys.readouterr().err
+    assert not (toy / train_videos.VIDEOS).exists()  # nothing recorded for a refused resume
     assert _train(on_videos, "--resume", "--steps", "2", "--fit", "squash") == 2
     assert "the run trains with --fit crop" in capsys.readouterr().err
     assert _train(on_videos, "--resume", "--steps", "2", "--eval-every", "1") == 2
     assert "--eval-every scores toy-world captions" in capsys.readouterr().err
-    (on_videos / "data.json").write_text('{"videos": 3}')
+    (on_videos / train_videos.VIDEOS).write_text('{"videos": 3}')
     assert _train(on_videos, "--resume", "--steps", "2") == 2
-    assert "data.json' is damaged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is damaged (not an object of strings" in err
+    assert "give them again with --videos FOLDER" in err and "--force" not in err
+    assert _train(on_videos, "--resume", "--steps", "2", "--videos", str(videos)) == 0
+    assert json.loads((on_videos / train_videos.VIDEOS).read_text())["fit"] == "crop"
+
+
+def test_a_lost_record_refuses_the_toy_world_and_takes_the_videos_again(tmp_path, capsys):
+    """Before, a video run whose record was lost resumed on the toy world without a word."""
+    videos = _folder(tmp_path / "videos")
+    assert _train(tmp_path / "straight", "--videos", str(videos), "--steps", "3") == 0
+    out = tmp_path / "run"
+    assert _train(out, "--videos", str(videos), "--steps", "2") == 0
+    (out / train_videos.VIDEOS).unlink()
+    capsys.readouterr()
+    assert _train(out, "--resume", "--steps", "3") == 2
+    assert "give the run its videos (ivref train --resume --videos FOLDER" in (
+        capsys.readouterr().err
+    )
+    assert _train(out, "--resume", "--steps", "3", "--videos", str(videos)) == 0
+    assert _losses(out) == _losses(tmp_path / "straight")
+    assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(videos.resolve())
+    assert _train(out, "--resume", "--steps", "4", "--new-streams") == 0  # the record is back
+
+
+def test_new_streams_go_from_the_toy_world_onto_videos_but_not_back(tmp_path, capsys):
+    videos, toy = _folder(tmp_path / "videos"), tmp_path / "toy"
+    assert _train(toy, "--steps", "1") == 0
+    flags = ["--resume", "--new-streams", "--steps", "2"]
+    assert _train(toy, *flags, "--videos", str(videos)) == 0  # a toy-world start, then videos
+    (toy / train_videos.VIDEOS).unlink()
+    capsys.readouterr()
+    assert _train(toy, *flags[:-1], "3") == 2
+    assert "but this run's dataset is ToyVideos" in capsys.readouterr().err
+
+
+def test_a_record_left_by_a_run_that_never_stepped_does_not_hold_the_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    train_videos.write(out, {"videos": "x", "index": "x/index.csv", "fit": "crop"})
+    assert _train(out, "--steps", "1") == 0  # a toy-world run: the stale record goes
+    assert not (out / train_videos.VIDEOS).exists()
+
+
+def test_a_moved_folder_keeps_an_index_that_lives_elsewhere(tmp_path):
+    videos = _folder(tmp_path / "videos")
+    index = (videos / "index.csv").rename(tmp_path / "index.csv")
+    out = tmp_path / "run"
+    assert _train(out, "--videos", str(videos), "--index", str(index), "--steps", "1") == 0
+    moved = videos.rename(tmp_path / "moved")
+    assert _train(out, "--resume", "--steps", "2", "--videos", str(moved)) == 0
+    saved = json.loads((out / train_videos.VIDEOS).read_text())
+    assert saved["videos"] == str(moved.resolve()) and saved["index"] == str(index.resolve())
+
+
+class _StatefulToy:
+    """The toy world with a state of its own, to check what a checkpoint may hold."""
+
+    def __init__(self, state):
+        self.toy, self.state = objectives.toy_dataset(configs.preset("ci").stage("base")), state
+        self.generator = self.toy.generator
+
+    def sample(self, batch_size, generator=None):
+        return self.toy.sample(batch_size, generator)
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "message"),
+    [({"a/b": torch.zeros(1)}, ValueError, "allowed: any other names without '/'"),
+     ({"n": 3}, TypeError, "gives {'data.n': 'int'}: a checkpoint saves tensors only")],
+)  # fmt: skip
+def test_a_datasets_state_is_checked_when_the_trainer_is_built(tmp_path, state, error, message):
+    """A name with '/' was dropped on resume (read as another process's); an int failed
+    only when the first checkpoint was written, after training had begun."""
+    with pytest.raises(error, match=message):
+        train.Trainer(configs.preset("ci"), "base", tmp_path, dataset=_StatefulToy(state))
 
 
 def _decode_fails_for(monkeypatch, name):
