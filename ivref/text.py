@@ -295,6 +295,18 @@ def is_probe(value: object) -> bool:
     )
 
 
+def recorded_probe(extra: dict, where: str) -> list[float] | None:
+    """The ``text_probe`` a checkpoint recorded in its ``extra`` (None: saved before ivref
+    recorded one), or a ValueError naming ``where`` if it does not read as a probe."""
+    probe = extra.get("text_probe")
+    if probe is not None and not is_probe(probe):
+        raise ValueError(
+            f"{where}: its recorded text_probe {probe!r} is damaged (not a list of finite "
+            "numbers: an edited or damaged file)"
+        )
+    return probe
+
+
 CACHE_FORMAT = 2  # 1: keyed by encoder name and text only (ignored max_length)
 
 

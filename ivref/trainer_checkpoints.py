@@ -112,12 +112,11 @@ def restore(trainer: Any, new_streams: bool) -> int:
     if not found:
         raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
     path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
-    saved = checkpoint.read_config(path).get("extra", {}).get("text_probe")
-    if saved is not None and not text.is_probe(saved):
-        raise checkpoint.CheckpointError(
-            f"{str(path / checkpoint.CONFIG)!r}: extra.text_probe {saved!r} is not a list of "
-            "finite numbers (an edited or damaged file)"
-        )
+    where = repr(str(path / checkpoint.CONFIG))
+    try:
+        saved = text.recorded_probe(checkpoint.read_config(path).get("extra", {}), where)
+    except ValueError as err:
+        raise checkpoint.CheckpointError(str(err)) from None
     now = text_probe(trainer)
     if saved is not None and now is not None:
         cache = trainer.objective.text

@@ -170,7 +170,7 @@ def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp
     meta["extra"]["text_probe"] = "damaged"
     meta_path.write_text(json.dumps(meta))
     assert cli.main(argv) == 2
-    assert "its checkpoint's text_probe 'damaged' is damaged" in capsys.readouterr().err
+    assert "its recorded text_probe 'damaged' is damaged" in capsys.readouterr().err
     meta["extra"]["text_probe"] = probe
     meta_path.write_text(json.dumps(meta))
     base = json.loads((tmp_path / "c1" / "cascade.json").read_text())

@@ -1,6 +1,7 @@
 """The training loop: exact resume, text dropout, the loss, EMA, warm-up, signals, NaN, logs."""
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -480,6 +481,12 @@ def test_a_run_records_its_text_probe_and_resume_refuses_another_encoder(tmp_pat
     with pytest.raises(ValueError, match=r"'tiny-t5-d32-seed1' is not the one run '.*' was"):
         _trainer(tmp_path, other).resume()
     assert _trainer(tmp_path, encoder).resume() == 1
+    config = tmp_path / "checkpoints" / "step-00000001" / "config.json"
+    saved = json.loads(config.read_text())
+    saved["extra"]["text_probe"] = [float("nan")]  # JSON's NaN: an edited file
+    config.write_text(json.dumps(saved))
+    with pytest.raises(checkpoint.CheckpointError, match=r"text_probe \[nan\] is damaged"):
+        _trainer(tmp_path, encoder).resume()
 
 
 def test_an_encoder_that_cannot_encode_the_probe_warns_and_the_run_trains_on(tmp_path, encoder):

@@ -1,0 +1,135 @@
+"""``ivref export``: train runs' EMA weights written as a cascade folder (fp16), joined with
+the stages of a ``--base`` cascade; refused where the parts were trained with another text
+encoder (their recorded ``text.probe`` differ) or other text or diffusion configs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ivref import configs, errors, text
+from ivref.run_loading import run_checkpoint
+
+CLIError = errors.CLIError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``ivref export``."""
+    p.add_argument("runs", type=Path, nargs="+", help="`ivref train` run folders")
+    p.add_argument("--out", type=Path, required=True, help="cascade folder to write")
+    p.add_argument("--base", type=Path, help="a cascade folder whose other stages to keep")
+    p.add_argument("--force", action="store_true", help="replace a cascade already in --out")
+    p.add_argument(
+        "--sampling",
+        choices=("run", "base", "preset"),
+        default="run",
+        help="a train run's sampling settings (steps, guidance, thresholding, ...): the run's "
+        "own (default), the --base cascade's for that stage, or its preset's as of today",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ivref export RUN... --out DIR [--base CASCADE] [--force] [--sampling ...]``."""
+    from ivref import cascade as cascade_lib
+    from ivref import files
+
+    for run in args.runs:  # the cheap checks first: inputs, then the output
+        if not run.is_dir():
+            raise CLIError(f"{str(run)!r} is not an `ivref train` run folder (no such folder)")
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} is a file; give a folder for the cascade")
+    if (args.out / cascade_lib.MANIFEST).exists() and not args.force:
+        raise CLIError(
+            f"--out {str(args.out)!r} already holds a cascade ({cascade_lib.MANIFEST}); pass "
+            "--force to replace it, or choose another folder"
+        )
+    files.check_writable(args.out, "--out")
+    models, cfg, base_cfg, probes = {}, None, None, {}
+    if args.base is not None:
+        base = cascade_lib.Cascade.from_pretrained(args.base)
+        cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
+        probes[f"--base {str(args.base)!r}"] = base.text_probe
+    elif args.sampling == "base":
+        raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
+    for run in args.runs:
+        run_cfg, stage, model, extra = run_checkpoint(run)
+        probes[repr(str(run))] = text.recorded_probe(extra, repr(str(run)))
+        if cfg is None:
+            cfg = run_cfg
+        for part in ("text", "diffusion"):
+            if getattr(run_cfg, part) != getattr(cfg, part):
+                raise CLIError(
+                    f"{str(run)!r} was trained with another {part} config than the cascade it joins"
+                )
+        stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
+        stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
+        cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
+    probe = _same_text(probes)
+    joined = cascade_lib.Cascade(cfg, models, text_probe=probe)
+    folder = joined.save_pretrained(args.out, overwrite=args.force)
+    names = [s.name for s in cfg.stages if s.name in models]
+    print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
+    return 0
+
+
+def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:
+    """The one text probe of every part of an export; parts trained with different text
+    encoders are refused (their stages would each get text the others never saw)."""
+    from ivref import text
+
+    known = {where: p for where, p in probes.items() if p is not None}
+    if not known:
+        return None
+    for where in (w for w, p in probes.items() if p is None):
+        print(
+            f"note: {where} records no text probe (saved before ivref recorded one, or its "
+            "encoder could not encode the probe prompt): nothing checks that it was trained "
+            "with the same text encoder as the rest",
+            file=sys.stderr,
+        )
+    (first, probe), *rest = known.items()
+    for where, other in rest:
+        if text.probe_distance(probe, other) > text.PROBE_TOLERANCE:
+            raise CLIError(
+                f"{where} was trained with another text encoder than {first} (their text "
+                "probes differ): a cascade's stages must share one encoder"
+            )
+    return probe
+
+
+def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
+    """The stage config a train run exports with: its sampling settings from ``source``.
+
+    A run keeps the sampling settings of the preset it started from; a preset or a --base
+    cascade tuned since then differs silently. Every difference is reported (stderr), naming
+    the value kept. A distilled student keeps its own (its steps and sampler are its training).
+    """
+    own = run_cfg.stage(stage)
+    if own.guidance_w_max is not None:  # a distilled student
+        return own
+    preset = configs.preset(run_cfg.name) if run_cfg.name in configs.PRESETS else None
+    others = {
+        label: cfg.stage(stage)
+        for label, cfg in (("base", base_cfg), ("preset", preset))
+        if cfg is not None and stage in {s.name for s in cfg.stages}
+    }
+    if source != "run" and source not in others:
+        where = "the --base cascade" if source == "base" else f"preset {run_cfg.name!r}"
+        raise CLIError(f"--sampling {source}: {where} has no stage {stage!r} to take them from")
+    chosen = own if source == "run" else configs.with_sampling(own, others[source])
+    for label, other in others.items():
+        if label == source:
+            continue
+        diff = configs.sampling_differences(chosen, other)
+        if diff:
+            fields = ", ".join(
+                f"{f} {mine!r} (vs {theirs!r})" for f, (mine, theirs) in diff.items()
+            )
+            print(
+                f"note: {str(run)!r} exports stage {stage!r} with sampling settings that differ "
+                f"from the {label}'s: {fields}; --sampling {label} takes the {label}'s",
+                file=sys.stderr,
+            )
+    return chosen

@@ -1,0 +1,118 @@
+"""Loading what a user points a command at: a train run's newest good checkpoint (its EMA
+weights), or a cascade folder, as a ``Cascade`` (``ivref generate / evaluate --checkpoint``,
+``ivref export``). Every refusal is a ``CLIError`` that says what the folder lacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from ivref import configs, distill, errors, text
+
+CLIError = errors.CLIError
+
+
+def run_stage(path: Path):
+    """(config, stage name, EMA model) from a train run folder or one checkpoint folder.
+
+    A run's newest checkpoint that verifies is used; a damaged newer one is reported.
+    """
+    return run_checkpoint(path)[:3]
+
+
+def run_checkpoint(path: Path):
+    """``run_stage``'s (config, stage, EMA model) and the checkpoint's ``extra`` (its
+    ``text_probe``, written by the Trainer)."""
+    from ivref import checkpoint
+
+    if not path.is_dir():
+        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no such folder)")
+    if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
+        path = distill.final_phase(path)
+    single = checkpoint.is_checkpoint(path)
+    found = [path] if single else checkpoint.run_checkpoints(path)
+    if not found and checkpoint.incomplete_checkpoints(path):
+        raise CLIError(checkpoint.no_checkpoint_message(path))
+    if not found and path.parent.name == checkpoint.CHECKPOINTS:
+        raise CLIError(
+            f"checkpoint folder {str(path)!r} has no {checkpoint.CONFIG} (the manifest written "
+            "last): it was never finished or was damaged; give its run folder to use the last "
+            "complete one"
+        )
+    if not found:
+        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
+    for attempt in range(3):  # a run still training may prune the checkpoint being read
+        try:
+            return _newest_ema(found)
+        except checkpoint.CheckpointError:
+            if single or attempt == 2 or all(p.is_dir() for p in found):
+                raise
+            found = checkpoint.run_checkpoints(path) or found  # pruned meanwhile: list again
+    raise AssertionError("unreachable")
+
+
+def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any, dict[str, Any]]:
+    """(config, stage, EMA model, extra) of the newest checkpoint in ``found`` that verifies."""
+    from ivref import checkpoint
+    from ivref.unet3d import VideoUNet
+
+    for ckpt in reversed(found):
+        try:
+            meta = checkpoint.verify(ckpt)
+            break
+        except checkpoint.CheckpointError as err:
+            if ckpt == found[0]:
+                raise
+            if ckpt.is_dir():  # a vanished one was pruned, not damaged
+                print(f"skipping damaged {ckpt.name}: {err}", file=sys.stderr)
+    cfg, stage = meta["config"], meta["stage"]
+    model = VideoUNet(cfg.stage(stage).unet)
+    checkpoint.load_weights(ckpt / "ema.safetensors", model)
+    return cfg, stage, model.eval(), meta.get("extra", {})
+
+
+def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str | None = None):
+    """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped).
+
+    ``text_encoder`` is the local folder of a T5 checkpoint for a cascade on encoder "t5".
+    """
+    model = _load_cascade(path, distilled)
+    if text_encoder is not None:
+        if model.cfg.text.encoder != "t5":
+            raise CLIError(
+                f"--text-encoder is for encoder 't5'; this cascade's text encoder is "
+                f"{model.cfg.text.encoder!r} (built in, no path needed): drop --text-encoder"
+            )
+        text_cfg = dataclasses.replace(model.cfg.text, path=text_encoder)
+        model.cfg = dataclasses.replace(model.cfg, text=text_cfg)
+    return model
+
+
+def _load_cascade(path: Path | None, distilled: bool):
+    from ivref import cascade, files
+
+    if path is not None:
+        files.finish_replace(path)  # an `export --force` killed between its two renames
+
+    if path is not None and not path.is_dir():
+        raise CLIError(f"--checkpoint {str(path)!r} is not a directory")
+    if distilled:  # the cascade folder's distilled/ subfolder [IV §2.7]
+        if path is not None and not (path / cascade.MANIFEST).is_file():
+            raise CLIError(
+                f"--distilled takes a cascade folder (with {cascade.MANIFEST}); "
+                f"{str(path)!r} is not one"
+            )
+        return cascade.Cascade.from_pretrained(path, variant="distilled")
+    if path is None or (path / cascade.MANIFEST).is_file():
+        return cascade.Cascade.from_pretrained(path)
+    cfg, stage, model, extra = run_checkpoint(path)
+    if stage != cfg.stages[0].name:
+        raise CLIError(
+            f"{str(path)!r} trains stage {stage!r}, which needs the stages before it: "
+            f"`ivref export {path} --base CASCADE --out DIR`, then --checkpoint DIR"
+        )
+    return cascade.Cascade(
+        cfg, {stage: model}, text_probe=text.recorded_probe(extra, repr(str(path)))
+    )
