@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from ivref import configs, text
+from ivref import configs, text, text_cache
 
 CI_TEXT = configs.preset("ci").text
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
@@ -255,7 +255,7 @@ def test_a_cache_that_cannot_be_written_warns_once_and_encodes_anyway(tmp_path, 
     def full_disk(tensors, path, metadata=None):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(text, "save_file", full_disk)
+    monkeypatch.setattr(text_cache, "save_file", full_disk)
     cached = text.CachedEncoder(tiny, tmp_path)
     with pytest.warns(UserWarning, match="cannot be written .*No space left") as record:
         emb, _ = cached.encode(PROMPTS)
