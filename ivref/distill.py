@@ -52,6 +52,7 @@ from ivref.distill_objective import (  # the phases' math, re-exported: distill.
     with_guidance_embedding,
     x_loss,
 )
+from ivref.distill_plan import halving_lengths, phase_plan, plan, student_config
 from ivref.unet3d import VideoUNet
 
 __all__ = [
@@ -64,86 +65,6 @@ PLAN = "distill.json"
 
 
 # -- the phases of one stage -------------------------------------------------------------------
-
-
-def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[str, str, int]]:
-    """[(folder, phase, student steps)]: guided at the teacher's steps, then halvings to_steps.
-
-    ``to_steps`` must be the teacher's steps halved k >= 0 times (k >= 1 without the guided
-    phase, ``guided=False``, which a teacher that samples unguided needs not).
-    """
-    allowed, n = [teacher_steps], teacher_steps
-    while n % 2 == 0:
-        n //= 2
-        allowed.append(n)
-    if to_steps not in allowed:
-        raise ValueError(
-            f"to_steps={to_steps}: distillation halves the teacher's {teacher_steps} steps; "
-            f"allowed: {allowed}"
-        )
-    chain = allowed[: allowed.index(to_steps) + 1]
-    if not guided and len(chain) == 1:
-        raise ValueError(
-            f"to_steps={to_steps} equals the teacher's steps and the teacher samples unguided: "
-            f"nothing to distil; allowed: {allowed[1:]}"
-        )
-    phases = [("guided", "guided", teacher_steps)] if guided else []
-    phases += [(f"halve-{n:04d}-{n // 2:04d}", "progressive", n // 2) for n in chain[:-1]]
-    return phases
-
-
-def halving_lengths(
-    phases: list[tuple[str, str, int]], halving_steps: int | Sequence[int]
-) -> list[int]:
-    """Training steps of each halving in ``phases``: one count for all, or one count each."""
-    names = [folder for folder, phase, _ in phases if phase == "progressive"]
-    if isinstance(halving_steps, int):
-        return [halving_steps] * len(names)
-    counts = list(halving_steps)
-    if len(counts) != len(names) or not all(isinstance(n, int) and n >= 1 for n in counts):
-        raise ValueError(
-            f"halving_steps={counts}: give one positive count for all halvings or one for each "
-            f"of the {len(names)} halving{'s' * (len(names) != 1)} ({', '.join(names)})"
-        )
-    return counts
-
-
-def student_config(
-    config: configs.CascadeConfig,
-    stage: str,
-    steps: int,
-    batch_size: int | None = None,
-    w_max: float | None = None,
-    bf16: bool | None = None,
-) -> configs.CascadeConfig:
-    """The cascade config with ``stage`` as a distilled student of ``steps`` steps.
-
-    Its U-Net embeds w (learnt for 0 <= w <= ``w_max``, default the distill config's), it
-    samples with the stochastic N-step sampler [IV §2.7], and its training recipe is the
-    distillation one (lr annealed to 0, no EMA, no warm-up) [PD]; ``bf16`` (autocast)
-    replaces the stage's training setting.
-    """
-    d, old = config.distill, config.stage(stage)
-    recipe = dataclasses.replace(
-        old.train,
-        lr=d.lr,
-        lr_decay="linear",
-        warmup_steps=0,
-        ema_decay=0.0,
-        batch_size=batch_size or old.train.batch_size,
-        bf16=old.train.bf16 if bf16 is None else bf16,
-    )
-    new = dataclasses.replace(
-        old,
-        unet=dataclasses.replace(old.unet, use_guidance_embedding=True),
-        train=recipe,
-        sample_steps=steps,
-        sampler="stochastic",
-        guidance_w_max=d.w_max if w_max is None else w_max,
-    )
-    return dataclasses.replace(
-        config, stages=tuple(new if s.name == stage else s for s in config.stages)
-    )
 
 
 def final_phase(out: str | Path) -> Path:
@@ -222,9 +143,7 @@ def distill_stage(
     distributed.check_fsdp(fsdp, context, "each student")
     out = Path(out)
     config = teacher_cascade.cfg
-    phases, lengths, record = _phase_plan(
-        config, stage, to_steps, guided_steps, halving_steps, bf16
-    )
+    phases, lengths, record = phase_plan(config, stage, to_steps, guided_steps, halving_steps, bf16)
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
     d = config.distill
@@ -290,45 +209,6 @@ def _check_same_plan(path: Path, record: dict[str, Any]) -> None:
             f"{str(path.parent)!r} was distilled with another plan ({listed}); resume it with "
             "the settings it started with, or distil into a new --out"
         )
-
-
-def _is_guided(stage_cfg: configs.StageConfig) -> bool:
-    """Whether a stage samples with guidance, so that its distillation starts guided."""
-    return stage_cfg.guidance_w > 0 or stage_cfg.oscillating_guidance
-
-
-def _phase_plan(
-    config: configs.CascadeConfig,
-    stage: str,
-    to_steps: int | None,
-    guided_steps: int | None,
-    halving_steps: int | Sequence[int] | None,
-    bf16: bool | None,
-) -> tuple[list[tuple[str, str, int]], list[int], dict[str, Any]]:
-    """(phases as ``plan`` gives them, training steps per phase, the distill.json record) of
-    ``distill_stage``, its defaults filled from the distill and stage configs."""
-    stage_cfg, d = config.stage(stage), config.distill
-    guided = _is_guided(stage_cfg)
-    w_max = d.w_max if guided else 0.0
-    # The largest weight the stage samples at: oscillation's low weight is capped at w
-    # (``cascade.stage_guidance``), so it is w.
-    sampled = stage_cfg.guidance_w
-    if sampled > w_max:
-        raise ValueError(
-            f"DistillConfig.w_max={w_max:g} is below the guidance weight {sampled:g} that stage "
-            f"{stage!r} samples at: its student could not be sampled at its own default; "
-            f"allowed: w_max >= {sampled:g}"
-        )
-    phases = plan(stage_cfg.sample_steps, d.to_steps if to_steps is None else to_steps, guided)
-    halvings = iter(
-        halving_lengths(phases, d.halving_steps if halving_steps is None else halving_steps)
-    )
-    guided_steps = d.guided_steps if guided_steps is None else guided_steps
-    lengths = [guided_steps if p == "guided" else next(halvings) for _, p, _ in phases]
-    record = {"stage": stage, "teacher_steps": stage_cfg.sample_steps, "to_steps": phases[-1][2]}
-    record |= {"w_max": w_max, "bf16": stage_cfg.train.bf16 if bf16 is None else bf16}
-    record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
-    return phases, lengths, record
 
 
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
@@ -434,7 +314,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     # a step count that cannot be planned, or nothing to resume, fails before the lock makes --out
     if args.resume:
         check_resumable(args.out)
-    _phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
+    phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
     with distributed.main_only(context, files.RunLock(args.out)):
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
