@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ivref import config_checks as checks
+from ivref import stage_checks
 
 StageKind = Literal["base", "tsr", "ssr"]
 TemporalMixing = Literal["attention", "conv"]
@@ -252,7 +253,7 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         self._check_values()
-        self._check_against_unet()
+        stage_checks.check_against_unet(self)
 
     def _check_values(self) -> None:
         """Each field on its own: names, literals, counts and weights."""
@@ -302,89 +303,6 @@ class StageConfig:
         if not 0.0 < self.aug_train_max_t <= 1.0:
             checks.fail(o, "aug_train_max_t", self.aug_train_max_t, "must be in (0, 1]")
 
-    def _check_against_unet(self) -> None:
-        """The stage's sizes and kind against its U-Net's levels, frames and inputs."""
-        o = f"StageConfig({self.name!r})"
-        factor = self.unet.downsample_factor
-        size = self.train.crop_size
-        for name, value in (("width", self.width), ("height", self.height), ("crop_size", size)):
-            if value is not None and value % factor:
-                checks.fail(
-                    o,
-                    name,
-                    value,
-                    f"must be divisible by the U-Net's downsampling {factor} "
-                    f"(2 ** (len(channel_mults) - 1))",
-                )
-        if self.num_frames > self.unet.max_frames:
-            checks.fail(
-                o,
-                "num_frames",
-                self.num_frames,
-                f"must be <= unet.max_frames ({self.unet.max_frames})",
-            )
-        blank = self.kind == "tsr" and self.temporal_cond == "blank"
-        want_cond = 0 if self.kind == "base" else self.unet.in_channels + blank
-        if self.unet.cond_channels != want_cond:
-            checks.fail(
-                o,
-                "unet.cond_channels",
-                self.unet.cond_channels,
-                f"must be {want_cond} for a {self.kind} stage"
-                + (" (RGB + the blank-frame mask)" if blank else ""),
-            )
-        if self.temporal_cond == "blank" and self.kind != "tsr":
-            checks.fail(o, "temporal_cond", self.temporal_cond, "'blank' is for TSR stages only")
-        if self.kind != "base" and not self.unet.use_aug_embedding:
-            checks.fail(
-                o, "unet.use_aug_embedding", False, "SR stages need the augmentation embedding"
-            )
-        if self.train.crop_size is not None and (
-            self.kind != "ssr" or self.train.crop_size > min(self.width, self.height)
-        ):
-            checks.fail(
-                o,
-                "train.crop_size",
-                self.train.crop_size,
-                "only SSR stages crop, to at most min(width, height)",
-            )
-
-
-def _check_stage_chain(previous: StageConfig, stage: StageConfig) -> None:
-    """An SR stage's input is the previous stage's output, changed only along its own axis."""
-    o = f"StageConfig({stage.name!r})"
-    same_space = (stage.width, stage.height) == (previous.width, previous.height)
-    if stage.kind == "tsr":
-        if not same_space:
-            checks.fail(
-                o,
-                "width/height",
-                (stage.width, stage.height),
-                f"a TSR stage keeps the previous stage's size {(previous.width, previous.height)}",
-            )
-        if stage.num_frames % previous.num_frames or stage.num_frames == previous.num_frames:
-            checks.fail(
-                o,
-                "num_frames",
-                stage.num_frames,
-                f"a TSR stage multiplies the previous stage's {previous.num_frames} frames",
-            )
-    elif stage.kind == "ssr":
-        if stage.num_frames != previous.num_frames:
-            checks.fail(
-                o,
-                "num_frames",
-                stage.num_frames,
-                f"an SSR stage keeps the previous stage's {previous.num_frames} frames",
-            )
-        if same_space or stage.width % previous.width or stage.height % previous.height:
-            checks.fail(
-                o,
-                "width/height",
-                (stage.width, stage.height),
-                f"an SSR stage multiplies the previous size {(previous.width, previous.height)}",
-            )
-
 
 @dataclass(frozen=True)
 class CascadeConfig:
@@ -417,7 +335,7 @@ class CascadeConfig:
                     f"must equal text.dim ({self.text.dim})",
                 )
             if i > 0:
-                _check_stage_chain(self.stages[i - 1], stage)
+                stage_checks.check_stage_chain(self.stages[i - 1], stage)
 
     def stage(self, name: str) -> StageConfig:
         """The stage called ``name``; raises ValueError listing the stage names."""

@@ -1,0 +1,91 @@
+"""Checks of a stage's fields against each other: its sizes and kind against its U-Net, and an
+SR stage against the stage before it. ``StageConfig`` and ``CascadeConfig`` run them when
+built (config_types.py); each failure names the field, its value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ivref import config_checks as checks
+
+
+def check_against_unet(stage: Any) -> None:
+    """A ``StageConfig``'s sizes and kind against its U-Net's levels, frames and inputs."""
+    o = f"StageConfig({stage.name!r})"
+    factor = stage.unet.downsample_factor
+    size = stage.train.crop_size
+    for name, value in (("width", stage.width), ("height", stage.height), ("crop_size", size)):
+        if value is not None and value % factor:
+            checks.fail(
+                o,
+                name,
+                value,
+                f"must be divisible by the U-Net's downsampling {factor} "
+                f"(2 ** (len(channel_mults) - 1))",
+            )
+    if stage.num_frames > stage.unet.max_frames:
+        checks.fail(
+            o,
+            "num_frames",
+            stage.num_frames,
+            f"must be <= unet.max_frames ({stage.unet.max_frames})",
+        )
+    blank = stage.kind == "tsr" and stage.temporal_cond == "blank"
+    want_cond = 0 if stage.kind == "base" else stage.unet.in_channels + blank
+    if stage.unet.cond_channels != want_cond:
+        checks.fail(
+            o,
+            "unet.cond_channels",
+            stage.unet.cond_channels,
+            f"must be {want_cond} for a {stage.kind} stage"
+            + (" (RGB + the blank-frame mask)" if blank else ""),
+        )
+    if stage.temporal_cond == "blank" and stage.kind != "tsr":
+        checks.fail(o, "temporal_cond", stage.temporal_cond, "'blank' is for TSR stages only")
+    if stage.kind != "base" and not stage.unet.use_aug_embedding:
+        checks.fail(o, "unet.use_aug_embedding", False, "SR stages need the augmentation embedding")
+    if stage.train.crop_size is not None and (
+        stage.kind != "ssr" or stage.train.crop_size > min(stage.width, stage.height)
+    ):
+        checks.fail(
+            o,
+            "train.crop_size",
+            stage.train.crop_size,
+            "only SSR stages crop, to at most min(width, height)",
+        )
+
+
+def check_stage_chain(previous: Any, stage: Any) -> None:
+    """An SR stage's input is the previous stage's output, changed only along its own axis."""
+    o = f"StageConfig({stage.name!r})"
+    same_space = (stage.width, stage.height) == (previous.width, previous.height)
+    if stage.kind == "tsr":
+        if not same_space:
+            checks.fail(
+                o,
+                "width/height",
+                (stage.width, stage.height),
+                f"a TSR stage keeps the previous stage's size {(previous.width, previous.height)}",
+            )
+        if stage.num_frames % previous.num_frames or stage.num_frames == previous.num_frames:
+            checks.fail(
+                o,
+                "num_frames",
+                stage.num_frames,
+                f"a TSR stage multiplies the previous stage's {previous.num_frames} frames",
+            )
+    elif stage.kind == "ssr":
+        if stage.num_frames != previous.num_frames:
+            checks.fail(
+                o,
+                "num_frames",
+                stage.num_frames,
+                f"an SSR stage keeps the previous stage's {previous.num_frames} frames",
+            )
+        if same_space or stage.width % previous.width or stage.height % previous.height:
+            checks.fail(
+                o,
+                "width/height",
+                (stage.width, stage.height),
+                f"an SSR stage multiplies the previous size {(previous.width, previous.height)}",
+            )
