@@ -30,6 +30,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ivref import checkpoint, configs, files, samplers, tensor_files, text
+from ivref.shipped import DISTILLED as DISTILLED  # re-exported: cascade.shipped_dir etc.
+from ivref.shipped import SHIPPED_DIR as SHIPPED_DIR  # stay where code finds them
+from ivref.shipped import TOY_DISTILL_ARGS as TOY_DISTILL_ARGS
+from ivref.shipped import TOY_TRAIN_STEPS as TOY_TRAIN_STEPS
+from ivref.shipped import remake_commands as remake_commands
+from ivref.shipped import shipped_dir as shipped_dir
 from ivref.stage_sampling import (  # re-exported: cascade.sample_stage etc. stay
     MAX_STEPS,
     check_guidance,
@@ -51,47 +57,7 @@ __all__ = [  # with stage_sampling.py's names, which callers know from here
 
 FORMAT = 2
 MANIFEST = "cascade.json"
-DISTILLED = "distilled"  # subfolder of a cascade folder holding its distilled variant
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
 MAX_SEED = 2**63 - 1
-
-
-def shipped_dir() -> Path:
-    """The folder of the shipped toy cascade: ``$IVREF_WEIGHTS`` if set, else ``data/toy``."""
-    return Path(os.environ.get("IVREF_WEIGHTS", SHIPPED_DIR))
-
-
-# Training steps of the shipped toy stages (data/README.md gives each run's cost).
-TOY_TRAIN_STEPS = {"base": 3000, "tsr": 2000, "ssr1": 2271, "ssr2": 12168}
-# The options of the shipped toy distillations (batch and phase lengths, CPU-sized; the SR
-# students in float32: under bf16 autocast SSR 64 kept 1.9 dB less, docs/benchmarks.md).
-TOY_DISTILL_ARGS = {
-    "base": "--batch-size 16 --guided-steps 1200 --halving-steps 300",
-    "tsr": "--batch-size 8 --halving-steps 400",
-    "ssr1": "--batch-size 8 --halving-steps 600,1000 --no-bf16",
-    "ssr2": "--batch-size 8 --halving-steps 600 --no-bf16",
-}
-
-
-def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
-    """The ``ivref`` commands that make the toy ``stages`` and fold them into ``data/toy``."""
-    if distilled:
-        runs = [f"runs/distill-{name}" for name in stages]
-        make = [
-            f"ivref distill --stage {n} --from data/toy --out runs/distill-{n} "
-            f"{TOY_DISTILL_ARGS.get(n, '')}".rstrip()
-            for n in stages
-        ]
-        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy/{DISTILLED}"
-    else:
-        runs = [f"runs/{name}" for name in stages]
-        make = [
-            f"ivref train --scale toy --stage {n} --steps {TOY_TRAIN_STEPS.get(n, 2000)} "
-            f"--out runs/{n}"
-            for n in stages
-        ]
-        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy --force"
-    return "\n".join(f"  {line}" for line in [*make, fold])
 
 
 def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
