@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ivref import configs, errors, files
+from ivref import arguments, configs, errors, files
 
 VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("crop", "squash"),
         help="with --videos: frames to the stage's shape by centre crop (default) or squash",
     )
+    p.add_argument(
+        "--decode-workers",
+        type=arguments.positive_int,
+        default=1,
+        help="with --videos: clips decoded at once (speed only: the clips stay the same)",
+    )
 
 
 def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[str, Any] | None:
@@ -45,7 +51,12 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
     checked before any folder is made; None: the toy world. ``saved_index``: the index to
     keep where --videos names a folder without one of its own (a resume)."""
     if args.videos is None:
-        for flag, given in (("--index", args.index), ("--fit", args.fit)):
+        decode = None if args.decode_workers == 1 else args.decode_workers
+        for flag, given in (
+            ("--index", args.index),
+            ("--fit", args.fit),
+            ("--decode-workers", decode),
+        ):
             if given is not None:
                 raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
         return None
@@ -139,9 +150,11 @@ def write(out: Path, videos: dict[str, Any]) -> None:
     files.atomic_write_text(out / VIDEOS, json.dumps(videos, indent=1) + "\n")
 
 
-def dataset(videos: dict[str, Any] | None, stage: configs.StageConfig, stream: int):
+def dataset(
+    videos: dict[str, Any] | None, stage: configs.StageConfig, stream: int, workers: int = 1
+):
     """The run's dataset: None (the trainer's toy world) or its folder of videos, drawing
-    from ``stream`` (this process's)."""
+    from ``stream`` (this process's), decoding ``workers`` clips at once."""
     if videos is None:
         return None
     from ivref import video_folder
@@ -155,4 +168,5 @@ def dataset(videos: dict[str, Any] | None, stage: configs.StageConfig, stream: i
         stage.fps,
         seed=stream,
         fit=videos["fit"],
+        workers=workers,
     )

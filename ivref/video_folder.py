@@ -12,6 +12,7 @@ import json
 import math
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +32,8 @@ class VideoTextFolder:
     ``fit="crop"`` first cuts the largest centred window of the clip's aspect ratio (a 16:9
     source for a square stage loses its sides), ``fit="squash"`` resizes the whole frame
     (shapes are stretched). mediapy cannot seek, so a late start decodes (and drops) the
-    frames before it: cut long sources into short files.
+    frames before it: cut long sources into short files. ``workers`` clips of a batch are
+    decoded at once (threads, each driving an ffmpeg process); the clips do not depend on it.
 
     Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
     frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
@@ -51,6 +53,7 @@ class VideoTextFolder:
         seed: int = 0,
         random_start: bool = True,
         fit: Literal["crop", "squash"] = "crop",
+        workers: int = 1,
     ) -> None:
         for name, value in (("num_frames", num_frames), ("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -59,6 +62,9 @@ class VideoTextFolder:
             raise ValueError(f"fps={fps!r} must be a positive finite number (the stage's)")
         if fit not in ("crop", "squash"):
             raise ValueError(f"fit={fit!r}; allowed: 'crop' (centred window) or 'squash'")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers={workers!r} must be a positive integer (decoders at once)")
+        self.workers = workers
         self.fit = fit
         self.root = Path(root)
         self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
@@ -187,28 +193,65 @@ class VideoTextFolder:
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        """Same contract as ``ToyVideos.sample``; is_image is all False."""
+        """Same contract as ``ToyVideos.sample``; is_image is all False.
+
+        In rounds: draw a (file, start) for every clip still missing, decode them
+        (``workers`` at once: ffmpeg runs in its own process, so threads decode in
+        parallel), keep those that decoded, and drop the files that failed for good. The
+        draws depend on the generator and the files alone, so ``workers`` changes the speed,
+        never the clips.
+        """
         g = generator if generator is not None else self.generator
         clips: list[torch.Tensor] = []
         texts: list[str] = []
         while len(clips) < batch_size:
+            draws = self._draw(batch_size - len(clips), g)
+            for got in self._decode(draws):
+                if got is not None:  # None: skipped (dropped below), or shorter than said
+                    clips.append(got[0])
+                    texts.append(got[1])
+            self._drop_skipped()
+        return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
+
+    def _draw(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
+        """n (item, start) pairs; a file that an earlier load skipped is drawn again (it is
+        dropped after the round, so that no index drawn in it moves)."""
+        self._drop_skipped()
+        draws: list[tuple[int, int]] = []
+        while len(draws) < n:
             if not self.items:
                 raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
             i = int(torch.randint(len(self.items), (1,), generator=g))
-            if self.starts(i) < 1:  # skipped by an earlier load (of the caller's, say)
-                del self.items[i]
-                if len(self._numbers) > i:
-                    del self._numbers[i]
+            if self.starts(i) < 1:  # skipped by a load of this round's, or of the caller's
+                if not any(self.starts(k) > 0 for k in range(len(self.items))):
+                    self._drop_skipped()
                 continue
             start = 0
             if self.random_start:
                 start = int(torch.randint(self.starts(i), (1,), generator=g))
-            got = self.load(i, start)
-            if got is None:  # skipped (dropped on the next draw), or shorter than said
-                continue
-            clips.append(got[0])
-            texts.append(got[1])
-        return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
+            draws.append((i, start))
+        return draws
+
+    def _decode(self, draws: list[tuple[int, int]]) -> list[tuple[torch.Tensor, str] | None]:
+        """``load`` of every draw, in order; a start that no longer fits its file (the file
+        turned out shorter earlier in the round) counts as a failed draw."""
+
+        def one(draw: tuple[int, int]) -> tuple[torch.Tensor, str] | None:
+            i, start = draw
+            return self.load(i, start) if start < self.starts(i) else None
+
+        if self.workers == 1 or len(draws) == 1:
+            return [one(d) for d in draws]
+        with ThreadPoolExecutor(min(self.workers, len(draws))) as pool:
+            return list(pool.map(one, draws))
+
+    def _drop_skipped(self) -> None:
+        """Remove the files that hold no clip any more (``starts`` < 1) from ``items``."""
+        for i in reversed(range(len(self.items))):
+            if self.starts(i) < 1:
+                del self.items[i]
+                if len(self._numbers) > i:
+                    del self._numbers[i]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a resumed run needs besides ``generator`` to draw the clips an uninterrupted

@@ -304,3 +304,13 @@ def test_sharded_save_tiny_writes_the_same_tensors_both_ways(repo_root, tmp_path
     assert streamed["params"] == whole["params"] == sum(p.numel() for p in model.parameters())
     assert streamed["digests"] == whole["digests"]
     assert all(row["rank0_extra_mib"] >= 0 and row["save_s"] > 0 for row in (streamed, whole))
+
+
+def test_video_decode_tiny_draws_the_same_clips_with_every_worker_count(repo_root, tmp_path):
+    out = tmp_path / "video_decode.json"
+    _run(repo_root, "video_decode.py", "--tiny", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["same_clips"] is True
+    assert set(result["seconds_per_batch"]) == {"1", "2"}
+    assert all(s > 0 for s in result["seconds_per_batch"].values())
+    assert result["speedup_vs_1"]["1"] == 1.0

@@ -2,6 +2,7 @@
 exactly (a file dropped mid-run stays dropped)."""
 
 import json
+import math
 import shutil
 
 import mediapy
@@ -58,6 +59,18 @@ def test_a_run_on_videos_records_them_and_resumes_exactly_without_flags(tmp_path
     assert [row["step"] for row in train.read_log(out)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("stage", ["tsr", "ssr2"])
+def test_super_resolution_stages_train_on_videos_too(tmp_path, stage):
+    """SR stages make their low-resolution input from the clip itself (frames skipped, or
+    downsampled), so any folder of videos trains every stage; ssr2 on random crops."""
+    videos = _folder(tmp_path / "videos")
+    out = tmp_path / "run"
+    flags = ["--stage", stage, "--videos", str(videos), "--decode-workers", "2"]
+    assert _train(out, *flags, "--steps", "2") == 0
+    assert [row["step"] for row in train.read_log(out)] == [1, 2]
+    assert all(math.isfinite(loss) for loss in _losses(out))
+
+
 def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_videos(
     tmp_path, capsys
 ):
@@ -78,6 +91,7 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
     ("flags", "message"),
     [(["--index", "x.csv"], "--index is for --videos"),
      (["--fit", "squash"], "--fit is for --videos"),
+     (["--decode-workers", "2"], "--decode-workers is for --videos"),
      (["--videos", "missing"], "--videos 'missing' is not a folder of videos"),
      (["--videos", "{videos}", "--eval-every", "1"], "--eval-every scores toy-world captions"),
      (["--videos", "{empty}"], "holds neither of index.csv and index.jsonl"),

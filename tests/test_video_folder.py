@@ -251,3 +251,31 @@ def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monk
     monkeypatch.undo()
     _, captions, _ = ds.sample(6, torch.Generator().manual_seed(0))
     assert captions == ["second"] * 6 and len(ds) == 1
+
+
+def test_parallel_decoding_draws_the_same_clips_and_drops_the_same_files(tmp_path, monkeypatch):
+    """workers is speed only: the clips follow from the generator and the files alone."""
+    from tests.test_train_videos import _decode_fails_for
+
+    for k, name in enumerate("abcd"):
+        frames = (10 * k + 4 * np.arange(24, dtype=np.uint8))[:, None, None, None]
+        frames = np.broadcast_to(frames, (24, 16, 16, 3)).copy()
+        video.write_video(tmp_path / f"{name}.mp4", frames, fps=12.0)
+    (tmp_path / "index.csv").write_text(
+        "path,caption\n" + "".join(f"{n}.mp4,clip {n}\n" for n in "abcd")
+    )
+    _decode_fails_for(monkeypatch, "c.mp4")  # its header reads, its frames do not
+    batches = {}
+    for workers in (1, 3):
+        ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
+                                          workers=workers)  # fmt: skip
+        g = torch.Generator().manual_seed(7)
+        with pytest.warns(UserWarning, match="skipping 'c.mp4'"):
+            batches[workers] = [ds.sample(6, g) for _ in range(3)]
+        assert [item[1] for item in ds.items] == ["clip a", "clip b", "clip d"]
+        assert ds.state_dict()["items"][:, 0].tolist() == [0, 1, 3]
+    for (v1, t1, _), (v3, t3, _) in zip(batches[1], batches[3], strict=True):
+        assert torch.equal(v1, v3) and t1 == t3
+    assert len({c for _, texts, _ in batches[1] for c in texts}) == 3  # every good file drawn
+    with pytest.raises(ValueError, match="workers=0 must be a positive integer"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0, workers=0)
