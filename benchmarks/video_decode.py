@@ -1,76 +1,110 @@
 """How fast a folder of videos gives training batches: ``VideoTextFolder.sample`` with one
-decoder against several at once (``workers``, ``ivref train --decode-workers``).
+decoder against several at once (``workers``, ``ivref train --decode-workers``), and ffmpeg's
+seek to a clip's start against decoding every frame before it (ivref before the seek).
 
     python benchmarks/video_decode.py --json docs/bench/video_decode.json   # the toy SSR 64 size
     python benchmarks/video_decode.py --tiny                                # seconds, for CI
 
 The script writes its own clips (moving gradients, ``--files`` of ``--seconds`` at 24 fps,
-``--size`` pixels square, H.264 by mediapy) to a temporary folder, then draws batches of
-``--batch`` clips at the toy SSR 64 stage's shape (16 frames x 64 x 64 @ 6 fps: 2.7 s of
-source each) with every worker count, in interleaved rounds after one warm-up batch each;
-medians. Every worker count draws the same clips (checked: ``same_clips``), so the times
-compare the same work. ffmpeg decodes in its own process, so threads decode in parallel.
+``--size`` pixels square, H.264 by mediapy with a keyframe every second, ``-g 24``) to a
+temporary folder, then draws batches of ``--batch`` clips at the toy SSR 64 stage's shape
+(16 frames x 64 x 64 @ 6 fps: 2.7 s of source each) with every worker count and with the
+decode-from-the-first-frame peer (one worker), in interleaved rounds after one warm-up batch
+each; medians. Every configuration draws the same clips (checked: ``same_clips``), so the
+times compare the same work. ffmpeg decodes in its own process, so threads decode in
+parallel.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import mediapy
 import numpy as np
 import torch
 
-from ivref import video
+from ivref import video, video_folder
 from ivref.video_folder import VideoTextFolder
+
+FROM_FIRST = "from-first"  # the peer: every frame before the start decoded and dropped
 
 
 def write_clips(folder: Path, files: int, seconds: float, size: int) -> Path:
     """``files`` videos of a gradient drifting across the frame, and their index.csv."""
+    video.ensure_ffmpeg()
     frames = round(seconds * 24)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
     rows = ["path,caption"]
     for k in range(files):
         shift = (np.arange(frames)[:, None] * (3 + k) + ramp[None, :]) % 256
         gray = np.broadcast_to(shift[:, None, :, None], (frames, size, size, 3))
-        video.write_video(folder / f"clip{k}.mp4", gray.astype(np.uint8).copy(), fps=24.0)
+        path, frames_u8 = folder / f"clip{k}.mp4", gray.astype(np.uint8).copy()
+        mediapy.write_video(path, frames_u8, fps=24.0, ffmpeg_args=["-g", "24"])
         rows.append(f"clip{k}.mp4,a gradient drifting at speed {3 + k}")
     (folder / "index.csv").write_text("\n".join(rows) + "\n")
     return folder / "index.csv"
 
 
+def _from_first(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
+    """The peer: decode from the first frame and drop the frames before ``start``."""
+    for k, frame in enumerate(_SEEKING(path, 0, src_fps)):
+        if k >= start:
+            yield frame
+
+
+_SEEKING = video_folder.decode_from
+
+
+@contextlib.contextmanager
+def _decoder(name: str) -> Iterator[None]:
+    """``VideoTextFolder`` decoding as ``name`` says while inside."""
+    video_folder.decode_from = _from_first if name == FROM_FIRST else _SEEKING
+    try:
+        yield
+    finally:
+        video_folder.decode_from = _SEEKING
+
+
 def time_batches(args: argparse.Namespace, index: Path) -> dict:
-    """Seconds per batch for each worker count, and whether they drew the same clips."""
+    """Seconds per batch for each configuration (a worker count, or the peer), and whether
+    they all drew the same clips."""
+    configs = {str(w): w for w in args.workers} | {FROM_FIRST: 1}
     folders = {
-        w: VideoTextFolder(index.parent, index, 16, args.clip, args.clip, 6.0, workers=w)
-        for w in args.workers
+        name: VideoTextFolder(index.parent, index, 16, args.clip, args.clip, 6.0, workers=w)
+        for name, w in configs.items()
     }
-    times: dict[int, list[float]] = {w: [] for w in args.workers}
-    batches: dict[int, list[torch.Tensor]] = {w: [] for w in args.workers}
-    generators = {w: torch.Generator().manual_seed(0) for w in args.workers}
-    for w, folder in folders.items():  # warm-up: ffmpeg and the page cache
-        batches[w].append(folder.sample(args.batch, generators[w])[0])
-    for _ in range(args.repeats):
-        for w, folder in folders.items():
-            began = time.perf_counter()
-            clips = folder.sample(args.batch, generators[w])[0]
-            times[w].append(time.perf_counter() - began)
-            batches[w].append(clips)
-    first = args.workers[0]
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    batches: dict[str, list[torch.Tensor]] = {name: [] for name in configs}
+    generators = {name: torch.Generator().manual_seed(0) for name in configs}
+    for round_ in range(args.repeats + 1):  # round 0 warms up ffmpeg and the page cache
+        for name, folder in folders.items():
+            with _decoder(name):
+                began = time.perf_counter()
+                clips = folder.sample(args.batch, generators[name])[0]
+                seconds = time.perf_counter() - began
+            times[name] += [seconds] if round_ else []
+            batches[name].append(clips)
+    one = str(args.workers[0])
     same = all(
         torch.equal(a, b)
-        for w in args.workers[1:]
-        for a, b in zip(batches[first], batches[w], strict=True)
+        for name in configs
+        for a, b in zip(batches[one], batches[name], strict=True)
     )
-    medians = {w: statistics.median(t) for w, t in times.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
     return {
-        "seconds_per_batch": {str(w): round(m, 4) for w, m in medians.items()},
-        "speedup_vs_1": {str(w): round(medians[first] / m, 2) for w, m in medians.items()},
+        "seconds_per_batch": {name: round(m, 4) for name, m in medians.items()},
+        "speedup_vs_from_first": {
+            name: round(medians[FROM_FIRST] / m, 2) for name, m in medians.items()
+        },
         "same_clips": same,
     }
 
@@ -94,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         index = write_clips(Path(tmp), args.files, args.seconds, args.size)
         result = time_batches(args, index)
     report = {
-        "what": "VideoTextFolder.sample: seconds per batch by decode workers",
+        "what": "VideoTextFolder.sample: seconds per batch by decode workers (seeking), "
+        "and decoding from the first frame (one worker)",
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "cpus": os.cpu_count(),
         "torch": torch.__version__,

@@ -1,7 +1,8 @@
 """Real captioned videos for training: a folder of files and an index of their captions.
 
 ``VideoTextFolder`` has the toy world's ``sample`` contract (data.py), so a ``Trainer`` takes
-either as its ``dataset``. Decoding is mediapy's (ffmpeg); nothing is downloaded.
+either as its ``dataset``. Decoding is ffmpeg's (imageio-ffmpeg's bundled binary; mediapy
+reads the headers); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -27,13 +29,14 @@ class VideoTextFolder:
 
     A clip is num_frames / fps seconds of its file from a start frame s drawn uniformly over
     every start that fits (``random_start=False``: always the file's beginning), decoded
-    with mediapy up to the last frame it needs, frame-skipped to ``fps`` (frame k is source
-    frame s + round(k * src_fps / fps)) and resized to (height, width) with antialiasing:
-    ``fit="crop"`` first cuts the largest centred window of the clip's aspect ratio (a 16:9
-    source for a square stage loses its sides), ``fit="squash"`` resizes the whole frame
-    (shapes are stretched). mediapy cannot seek, so a late start decodes (and drops) the
-    frames before it: cut long sources into short files. ``workers`` clips of a batch are
-    decoded at once (threads, each driving an ffmpeg process); the clips do not depend on it.
+    from s (``decode_from``) up to the last frame it needs, frame-skipped to ``fps`` (frame
+    k is source frame s + round(k * src_fps / fps)) and resized to (height, width) with
+    antialiasing: ``fit="crop"`` first cuts the largest centred window of the clip's aspect
+    ratio (a 16:9 source for a square stage loses its sides), ``fit="squash"`` resizes the
+    whole frame (shapes are stretched). ffmpeg seeks to the keyframe before s and decodes on
+    from there, so a late start in a long file costs up to one keyframe interval more than
+    the clip. ``workers`` clips of a batch are decoded at once (threads, each driving an
+    ffmpeg process); the clips do not depend on it.
 
     Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
     frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
@@ -142,8 +145,6 @@ class VideoTextFolder:
         where they fit in those (``starts(i)`` shrinks); a file that cannot hold a clip any
         more, or fails otherwise, is skipped (``starts(i)`` becomes 0, and ``sample`` drops
         it)."""
-        import mediapy
-
         path, text, src_fps, n = self.items[i]
         if self.starts(i) < 1:
             raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
@@ -155,14 +156,14 @@ class VideoTextFolder:
         wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
         needed = set(wanted)
         kept, decoded = [], 0
-        try:  # decoded up to the last frame it needs, and only those frames kept
-            with mediapy.VideoReader(path) as reader:
-                for k, frame in enumerate(reader):
-                    decoded = k + 1
-                    if k in needed:
-                        kept.append(frame)
-                    if k == wanted[-1]:
-                        break
+        decoded = start  # frames before the start count as there (the seek found them)
+        try:  # decoded from the start up to the last frame it needs, only those kept
+            for k, frame in enumerate(decode_from(path, start, src_fps), start=start):
+                decoded = k + 1
+                if k in needed:
+                    kept.append(frame)
+                if k == wanted[-1]:
+                    break
             if len(kept) < len(wanted):
                 raise EOFError(f"ended with {len(kept)} of the {len(wanted)} frames needed")
             frames = np.stack(kept)
@@ -296,6 +297,29 @@ class VideoTextFolder:
             )
         self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
         self._numbers = numbers
+
+
+def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
+    """The RGB frames (H, W, 3) uint8 of the video at ``path`` from frame ``start`` on.
+
+    ffmpeg seeks with ``-ss`` before its input, half a frame before frame ``start``'s time,
+    (start - 0.5) / src_fps: it jumps to the keyframe before and decodes, dropping the
+    frames before that time, so the first frame out is frame ``start``. Frame-exact at a
+    constant frame rate (checked on H.264 files at 12, 24, 25 and 29.97 fps for every
+    start: the same pixels as decoding from the first frame). At a variable frame rate,
+    ``start`` is a time (``start / src_fps`` seconds) rather than a frame count. Stopping
+    early (closing the generator) ends ffmpeg.
+    """
+    import imageio_ffmpeg
+
+    seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
+    reader = imageio_ffmpeg.read_frames(str(path), input_params=seek)
+    try:
+        width, height = next(reader)["size"]
+        for buffer in reader:
+            yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
+    finally:
+        reader.close()
 
 
 def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ivref import data, video, video_folder
+from tests.test_train_videos import _decode_fails_for
 
 
 def test_the_folder_class_is_also_reachable_from_data():
@@ -98,20 +99,18 @@ def test_a_folder_with_no_usable_video_is_an_error_not_an_empty_dataset(tmp_path
 
 def test_a_clip_is_decoded_only_up_to_its_last_frame(tmp_path, monkeypatch):
     """A long source is not read whole for a short clip (a 1080p minute: gigabytes a sample)."""
-    import mediapy
-
     _write_counting_clip(tmp_path / "long.mp4", 60)
     (tmp_path / "index.csv").write_text("path,caption\nlong.mp4,hello\n")
     ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
     decoded = []
-    real = mediapy.VideoReader.__iter__
+    real = video_folder.decode_from
 
-    def counting(reader):
-        for frame in real(reader):
+    def counting(*args):
+        for frame in real(*args):
             decoded.append(1)
             yield frame
 
-    monkeypatch.setattr(mediapy.VideoReader, "__iter__", counting)
+    monkeypatch.setattr(video_folder, "decode_from", counting)
     clip, _ = ds.load(0)
     assert len(decoded) == 10  # source frames 0, 3, 6, 9 of 60
     levels = (clip.mean((0, 2, 3)) + 1) * 127.5
@@ -207,7 +206,7 @@ def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dro
     def broken(*args, **kwargs):
         raise RuntimeError("ffmpeg exited with code 1")
 
-    monkeypatch.setattr("mediapy.VideoReader", broken)
+    monkeypatch.setattr(video_folder, "decode_from", broken)
     with pytest.warns(UserWarning, match="skipping 'a.mp4': decode failed"):
         with pytest.raises(RuntimeError, match="no usable videos"):
             ds.sample(1, torch.Generator().manual_seed(0))
@@ -232,20 +231,11 @@ def test_clip_sizes_are_checked_before_any_file_is_read(tmp_path, kwargs, messag
 
 def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monkeypatch):
     """A load that skipped a file left it in the list; sample then failed on it every time."""
-    import mediapy
-
     for name in ("a.mp4", "b.mp4"):
         _write_counting_clip(tmp_path / name, 12)
     (tmp_path / "index.csv").write_text("path,caption\na.mp4,first\nb.mp4,second\n")
     ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
-    real = mediapy.VideoReader
-
-    def broken_a(path, *args, **kwargs):
-        if str(path).endswith("a.mp4"):
-            raise RuntimeError("ffmpeg exited with code 1")
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(mediapy, "VideoReader", broken_a)
+    _decode_fails_for(monkeypatch, "a.mp4")
     with pytest.warns(UserWarning, match="skipping 'a.mp4'"):
         assert ds.load(0) is None  # the caller checks its files one by one
     monkeypatch.undo()
@@ -255,8 +245,6 @@ def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monk
 
 def test_parallel_decoding_draws_the_same_clips_and_drops_the_same_files(tmp_path, monkeypatch):
     """workers is speed only: the clips follow from the generator and the files alone."""
-    from tests.test_train_videos import _decode_fails_for
-
     for k, name in enumerate("abcd"):
         frames = (10 * k + 4 * np.arange(24, dtype=np.uint8))[:, None, None, None]
         frames = np.broadcast_to(frames, (24, 16, 16, 3)).copy()
@@ -279,3 +267,22 @@ def test_parallel_decoding_draws_the_same_clips_and_drops_the_same_files(tmp_pat
     assert len({c for _, texts, _ in batches[1] for c in texts}) == 3  # every good file drawn
     with pytest.raises(ValueError, match="workers=0 must be a positive integer"):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0, workers=0)
+
+
+@pytest.mark.parametrize("fps", [12.0, 29.97])
+def test_a_seek_gives_the_same_frames_as_decoding_from_the_first(tmp_path, fps):
+    """Starting late used to decode every frame before the start; ffmpeg now seeks to the
+    keyframe before it (here one every 5 frames), frame-exact."""
+    import mediapy
+
+    frames = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "noise.mp4"
+    video.ensure_ffmpeg()
+    mediapy.write_video(path, frames, fps=fps, ffmpeg_args=["-g", "5"])
+    with mediapy.VideoReader(path) as reader:
+        every = np.stack(list(reader))
+        src_fps = float(reader.fps)
+    for start in range(0, 40, 3):
+        got = np.stack(list(video_folder.decode_from(path, start, src_fps)))
+        assert got.shape == (40 - start, 16, 16, 3)
+        np.testing.assert_array_equal(got, every[start:])
