@@ -1,6 +1,7 @@
 """Loading what a user points a command at: a train run's newest good checkpoint (its EMA
 weights), or a cascade folder, as a ``Cascade`` (``ivref generate / evaluate --checkpoint``,
-``ivref export``). Every refusal is a ``CLIError`` that says what the folder lacks."""
+``ivref export``). A folder that lacks what is needed is a ``CLIError`` saying what; a damaged
+checkpoint a ``CheckpointError``, a damaged text probe a ``ValueError``."""
 
 from __future__ import annotations
 

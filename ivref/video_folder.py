@@ -7,6 +7,7 @@ reads the headers); nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -145,7 +146,7 @@ class VideoTextFolder:
         where they fit in those (``starts(i)`` shrinks); a file that cannot hold a clip any
         more, or fails otherwise, is skipped (``starts(i)`` becomes 0, and ``sample`` drops
         it)."""
-        path, text, src_fps, n = self.items[i]
+        path, _, _, n = self.items[i]
         if self.starts(i) < 1:
             raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
         if not 0 <= start < self.starts(i):
@@ -153,32 +154,34 @@ class VideoTextFolder:
                 f"start={start} for {path.name}: allowed 0 to {self.starts(i) - 1} (the clip "
                 "must end inside the file)"
             )
+        return self._apply(i, self._read(self.items[i], start))
+
+    def _read(self, item: tuple[Path, str, float, int], start: int) -> tuple[str, object]:
+        """Decode ``item``'s clip from ``start`` and change nothing (threads call it):
+        ("clip", (clip, caption)), ("ended", (frames the file holds, why)) when it ends
+        before the clip does, or ("failed", why)."""
+        path, text, src_fps, _ = item
         wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
         needed = set(wanted)
-        kept, decoded = [], 0
+        kept: list[np.ndarray] = []
         decoded = start  # frames before the start count as there (the seek found them)
         try:  # decoded from the start up to the last frame it needs, only those kept
-            for k, frame in enumerate(decode_from(path, start, src_fps), start=start):
-                decoded = k + 1
-                if k in needed:
-                    kept.append(frame)
-                if k == wanted[-1]:
-                    break
-            if len(kept) < len(wanted):
-                raise EOFError(f"ended with {len(kept)} of the {len(wanted)} frames needed")
-            frames = np.stack(kept)
-        except Exception as err:
-            ended = isinstance(err, EOFError)
-            self.items[i] = (path, text, src_fps, decoded if ended else 0)
-            if self.starts(i) > 0:  # shorter than its header said; clips still fit
-                warnings.warn(
-                    f"VideoTextFolder: {path.name} ends after {decoded} of the {n} frames its "
-                    "header gives; its clips now start where they fit in those",
-                    stacklevel=2,
-                )
-            else:
-                self._skip(path.name, f"decode failed ({type(err).__name__}: {str(err)[:80]})")
-            return None
+            with contextlib.closing(decode_from(path, start, src_fps)) as frames_out:
+                for k, frame in enumerate(frames_out, start=start):
+                    decoded = k + 1
+                    if k in needed:
+                        kept.append(frame)
+                    if k == wanted[-1]:
+                        break
+            if not kept and start > 0:  # the seek passed the end: count the frames it has
+                with contextlib.closing(decode_from(path, 0, src_fps)) as frames_out:
+                    decoded = sum(1 for _ in frames_out)
+        except Exception as err:  # ffmpeg's many ways to fail on a damaged file
+            return "failed", f"{type(err).__name__}: {str(err)[:80]}"
+        if len(kept) < len(wanted):
+            why = f"EOFError: ended with {len(kept)} of the {len(wanted)} frames needed"
+            return "ended", (decoded, why)
+        frames = np.stack(kept)
         if frames.ndim == 3:
             frames = np.repeat(frames[..., None], 3, axis=-1)
         if self.fit == "crop":
@@ -189,7 +192,26 @@ class VideoTextFolder:
         clip = F_nn.interpolate(
             clip, size=(self.height, self.width), mode="bilinear", antialias=True
         ).clamp(-1, 1)
-        return rearrange(clip, "f c h w -> c f h w"), text
+        return "clip", (rearrange(clip, "f c h w -> c f h w"), text)
+
+    def _apply(self, i: int, outcome: tuple[str, object]) -> tuple[torch.Tensor, str] | None:
+        """What a ``_read`` of item i means for the folder: a clip, or None after shrinking
+        the file to the frames it holds (a warning) or skipping it (``starts(i)`` < 1)."""
+        kind, value = outcome
+        if kind == "clip":
+            return value
+        path, text, src_fps, n = self.items[i]
+        frames, why = value if kind == "ended" else (0, value)
+        self.items[i] = (path, text, src_fps, frames)
+        if self.starts(i) > 0:  # shorter than its header said; clips still fit
+            warnings.warn(
+                f"VideoTextFolder: {path.name} ends after {frames} of the {n} frames its "
+                "header gives; its clips now start where they fit in those",
+                stacklevel=3,
+            )
+        else:
+            self._skip(path.name, f"decode failed ({why})")
+        return None
 
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -215,18 +237,14 @@ class VideoTextFolder:
         return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
 
     def _draw(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
-        """n (item, start) pairs; a file that an earlier load skipped is drawn again (it is
-        dropped after the round, so that no index drawn in it moves)."""
+        """n (item, start) pairs. Files skipped by an earlier load go first; nothing drops
+        a file until the round is decoded, so no index drawn here moves."""
         self._drop_skipped()
         draws: list[tuple[int, int]] = []
         while len(draws) < n:
             if not self.items:
                 raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
             i = int(torch.randint(len(self.items), (1,), generator=g))
-            if self.starts(i) < 1:  # skipped by a load of this round's, or of the caller's
-                if not any(self.starts(k) > 0 for k in range(len(self.items))):
-                    self._drop_skipped()
-                continue
             start = 0
             if self.random_start:
                 start = int(torch.randint(self.starts(i), (1,), generator=g))
@@ -234,17 +252,24 @@ class VideoTextFolder:
         return draws
 
     def _decode(self, draws: list[tuple[int, int]]) -> list[tuple[torch.Tensor, str] | None]:
-        """``load`` of every draw, in order; a start that no longer fits its file (the file
-        turned out shorter earlier in the round) counts as a failed draw."""
+        """The clips of ``draws``, in order, None for a failed draw, and the same whatever
+        ``workers`` is. One by one: a draw whose start no longer fits its file (it turned
+        out shorter, or failed, earlier in the round) is not decoded. Several at once: every
+        draw is decoded from the files as they were (threads, changing nothing), then the
+        outcomes are applied in draw order, skipping those one by one would not have
+        decoded; a file's warning comes once, as one by one."""
 
-        def one(draw: tuple[int, int]) -> tuple[torch.Tensor, str] | None:
-            i, start = draw
-            return self.load(i, start) if start < self.starts(i) else None
+        def fits(i: int, start: int) -> bool:
+            return start < self.starts(i)
 
         if self.workers == 1 or len(draws) == 1:
-            return [one(d) for d in draws]
+            return [self._apply(i, self._read(self.items[i], s)) if fits(i, s) else None
+                    for i, s in draws]  # fmt: skip
+        items = [self.items[i] for i, _ in draws]
         with ThreadPoolExecutor(min(self.workers, len(draws))) as pool:
-            return list(pool.map(one, draws))
+            outcomes = list(pool.map(self._read, items, [s for _, s in draws]))
+        return [self._apply(i, outcome) if fits(i, s) else None
+                for (i, s), outcome in zip(draws, outcomes, strict=True)]  # fmt: skip
 
     def _drop_skipped(self) -> None:
         """Remove the files that hold no clip any more (``starts`` < 1) from ``items``."""

@@ -1,7 +1,9 @@
 """Folders of real captioned videos: decoding, frame rates, starts, bad files and indexes."""
 
+import contextlib
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -286,3 +288,43 @@ def test_a_seek_gives_the_same_frames_as_decoding_from_the_first(tmp_path, fps):
         got = np.stack(list(video_folder.decode_from(path, start, src_fps)))
         assert got.shape == (40 - start, 16, 16, 3)
         np.testing.assert_array_equal(got, every[start:])
+
+
+def test_files_damaged_part_way_or_shorter_than_said_give_the_same_clips_at_any_worker_count(
+    tmp_path, monkeypatch
+):
+    """Decoded at once, the draws of one file used to race: which outcome was written last,
+    and whether a later draw still ran, depended on the worker count and thread timing."""
+    for name in "abc":
+        frames = np.broadcast_to(np.arange(48, dtype=np.uint8)[:, None, None, None] * 5,
+                                 (48, 16, 16, 3)).copy()  # fmt: skip
+        video.write_video(tmp_path / f"{name}.mp4", frames, fps=12.0)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,a\nb.mp4,b\nc.mp4,c\n")
+    real = video_folder.decode_from
+
+    def damaged(path, start, src_fps):  # b fails from frame 30 on
+        with contextlib.closing(real(path, start, src_fps)) as frames:
+            for k, frame in enumerate(frames, start=start):
+                if "b.mp4" in str(path) and k >= 30:
+                    raise RuntimeError("ffmpeg exited with code 1")
+                yield frame
+
+    monkeypatch.setattr(video_folder, "decode_from", damaged)
+    runs = {}
+    for workers in (1, 4):
+        ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
+                                          workers=workers)  # fmt: skip
+        path, caption, fps, _ = ds.items[2]
+        ds.items[2] = (path, caption, fps, 200)  # c's header claims more than its 48 frames
+        g = torch.Generator().manual_seed(3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = [ds.sample(8, g) for _ in range(4)]
+        warned = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        runs[workers] = (batches, list(ds.skipped), ds.items, warned)
+    (b1, skipped1, items1, warned1), (b4, skipped4, items4, warned4) = runs[1], runs[4]
+    for (v1, t1, _), (v4, t4, _) in zip(b1, b4, strict=True):
+        assert torch.equal(v1, v4) and t1 == t4
+    assert skipped1 == skipped4 and items1 == items4 and warned1 == warned4
+    assert [p for p, _ in skipped1] == ["b.mp4"] and items1[-1][3] == 48  # c shrank to its frames
+    assert sum("ends after 48 of the 200" in w for w in warned1) == 1  # once, as one by one
