@@ -252,7 +252,9 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         )
         cfg, stage, notes = build_config(args)
         stream = distributed.stream_seed(args.seed, context.rank)  # this process's data
-        dataset = train_videos.dataset(videos, cfg.stage(stage), stream, args.decode_workers)
+        dataset = train_videos.dataset(
+            videos, cfg.stage(stage), stream, args.decode_workers, args.prefetch
+        )
         if context.is_main:  # --force deletes: a bad folder of videos failed before it
             _prepare_out(args.out, args.resume, args.force)
         distributed.barrier(context)  # the folder is ready before any rank writes in it

@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="with --videos: clips decoded at once (speed only: the clips stay the same)",
     )
+    p.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="with --videos: decode the next batch while a step trains (the same clips)",
+    )
 
 
 def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[str, Any] | None:
@@ -56,6 +61,7 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
             ("--index", args.index),
             ("--fit", args.fit),
             ("--decode-workers", decode),
+            ("--prefetch", args.prefetch or None),
         ):
             if given is not None:
                 raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
@@ -151,10 +157,15 @@ def write(out: Path, videos: dict[str, Any]) -> None:
 
 
 def dataset(
-    videos: dict[str, Any] | None, stage: configs.StageConfig, stream: int, workers: int = 1
+    videos: dict[str, Any] | None,
+    stage: configs.StageConfig,
+    stream: int,
+    workers: int = 1,
+    prefetch: bool = False,
 ):
     """The run's dataset: None (the trainer's toy world) or its folder of videos, drawing
-    from ``stream`` (this process's), decoding ``workers`` clips at once."""
+    from ``stream`` (this process's), decoding ``workers`` clips at once, and the next
+    batch during a step if ``prefetch``."""
     if videos is None:
         return None
     from ivref import video_folder
@@ -169,4 +180,5 @@ def dataset(
         seed=stream,
         fit=videos["fit"],
         workers=workers,
+        prefetch=prefetch,
     )

@@ -8,13 +8,12 @@ reads the headers); nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
 import os
+import threading
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F_nn
 from einops import rearrange
+
+from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
+from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
+from ivref.video_files import read_index
 
 
 class VideoTextFolder:
@@ -37,7 +40,8 @@ class VideoTextFolder:
     whole frame (shapes are stretched). ffmpeg seeks to the keyframe before s and decodes on
     from there, so a late start in a long file costs up to one keyframe interval more than
     the clip. ``workers`` clips of a batch are decoded at once (threads, each driving an
-    ffmpeg process); the clips do not depend on it.
+    ffmpeg process), and ``prefetch=True`` decodes the next batch in the background after
+    each ``sample``; the clips depend on neither, nor does ``state_dict``.
 
     Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
     frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
@@ -58,6 +62,7 @@ class VideoTextFolder:
         random_start: bool = True,
         fit: Literal["crop", "squash"] = "crop",
         workers: int = 1,
+        prefetch: bool = False,
     ) -> None:
         for name, value in (("num_frames", num_frames), ("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -69,6 +74,10 @@ class VideoTextFolder:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers={workers!r} must be a positive integer (decoders at once)")
         self.workers = workers
+        if not isinstance(prefetch, bool):
+            raise ValueError(f"prefetch={prefetch!r}; allowed: True or False")
+        self.prefetch = prefetch
+        self._ahead: _Ahead | None = None  # the next batch's first round, decoding
         self.fit = fit
         self.root = Path(root)
         self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
@@ -76,7 +85,7 @@ class VideoTextFolder:
         self.skipped: list[tuple[str, str]] = []
         self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
         usable: list[list] = []  # as the index names them: the folder may move
-        for rel, text in _read_index(Path(index_file)):
+        for rel, text in read_index(Path(index_file)):
             path = self.root / str(rel)
             reason, src_fps, n = self._probe(path)
             if not isinstance(text, str) or not text.strip():
@@ -227,23 +236,44 @@ class VideoTextFolder:
         g = generator if generator is not None else self.generator
         clips: list[torch.Tensor] = []
         texts: list[str] = []
+        ahead, self._ahead = self._ahead, None
         while len(clips) < batch_size:
             draws = self._draw(batch_size - len(clips), g)
-            for got in self._decode(draws):
+            outcomes = ahead.outcomes_for(draws, self.items) if ahead is not None else None
+            ahead = None  # the first round only
+            for got in self._decode(draws, outcomes):
                 if got is not None:  # None: skipped (dropped below), or shorter than said
                     clips.append(got[0])
                     texts.append(got[1])
             self._drop_skipped()
+        if self.prefetch:
+            self._prefetch(batch_size, g)
         return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)
+
+    def _prefetch(self, batch_size: int, g: torch.Generator) -> None:
+        """Start decoding the next batch's first round in the background: its draws made on
+        a copy of ``g``, so the folder and ``g`` stay as they are (a checkpoint saved now is
+        exact). The next ``sample`` draws for real and uses these decodes where its draws
+        and files are the same (``_Ahead.outcomes_for``), else decodes anew."""
+        if not self.items:
+            return
+        copy = torch.Generator().set_state(g.get_state())
+        draws = self._pairs(batch_size, copy)
+        items = [self.items[i] for i, _ in draws]
+        self._ahead = _Ahead(draws, items, lambda: self._read_all(items, draws))
 
     def _draw(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
         """n (item, start) pairs. Files skipped by an earlier load go first; nothing drops
         a file until the round is decoded, so no index drawn here moves."""
         self._drop_skipped()
+        if not self.items:
+            raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
+        return self._pairs(n, g)
+
+    def _pairs(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
+        """n (item, start) pairs drawn from ``g``, changing nothing else."""
         draws: list[tuple[int, int]] = []
-        while len(draws) < n:
-            if not self.items:
-                raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
+        for _ in range(n):
             i = int(torch.randint(len(self.items), (1,), generator=g))
             start = 0
             if self.random_start:
@@ -251,25 +281,37 @@ class VideoTextFolder:
             draws.append((i, start))
         return draws
 
-    def _decode(self, draws: list[tuple[int, int]]) -> list[tuple[torch.Tensor, str] | None]:
+    def _decode(
+        self, draws: list[tuple[int, int]], outcomes: list[tuple[str, object]] | None = None
+    ) -> list[tuple[torch.Tensor, str] | None]:
         """The clips of ``draws``, in order, None for a failed draw, and the same whatever
-        ``workers`` is. One by one: a draw whose start no longer fits its file (it turned
-        out shorter, or failed, earlier in the round) is not decoded. Several at once: every
-        draw is decoded from the files as they were (threads, changing nothing), then the
-        outcomes are applied in draw order, skipping those one by one would not have
-        decoded; a file's warning comes once, as one by one."""
+        ``workers`` and ``prefetch`` are. One by one: a draw whose start no longer fits its
+        file (it turned out shorter, or failed, earlier in the round) is not decoded.
+        Several at once (or ``outcomes`` decoded ahead): every draw is decoded from the files
+        as they were (threads, changing nothing), then the outcomes are applied in draw
+        order, skipping those one by one would not have decoded; a file's warning comes
+        once, as one by one."""
 
         def fits(i: int, start: int) -> bool:
             return start < self.starts(i)
 
-        if self.workers == 1 or len(draws) == 1:
+        if outcomes is None and (self.workers == 1 or len(draws) == 1):
             return [self._apply(i, self._read(self.items[i], s)) if fits(i, s) else None
                     for i, s in draws]  # fmt: skip
-        items = [self.items[i] for i, _ in draws]
-        with ThreadPoolExecutor(min(self.workers, len(draws))) as pool:
-            outcomes = list(pool.map(self._read, items, [s for _, s in draws]))
+        if outcomes is None:
+            outcomes = self._read_all([self.items[i] for i, _ in draws], draws)
         return [self._apply(i, outcome) if fits(i, s) else None
                 for (i, s), outcome in zip(draws, outcomes, strict=True)]  # fmt: skip
+
+    def _read_all(
+        self, items: list[tuple[Path, str, float, int]], draws: list[tuple[int, int]]
+    ) -> list[tuple[str, object]]:
+        """``_read`` of every draw (``workers`` at once), changing nothing."""
+        starts = [s for _, s in draws]
+        if self.workers == 1 or len(draws) == 1:
+            return [self._read(item, s) for item, s in zip(items, starts, strict=True)]
+        with ThreadPoolExecutor(min(self.workers, len(draws))) as pool:
+            return list(pool.map(self._read, items, starts))
 
     def _drop_skipped(self) -> None:
         """Remove the files that hold no clip any more (``starts`` < 1) from ``items``."""
@@ -322,64 +364,30 @@ class VideoTextFolder:
             )
         self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
         self._numbers = numbers
+        self._ahead = None  # decoded for the folder as it was
 
 
-def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
-    """The RGB frames (H, W, 3) uint8 of the video at ``path`` from frame ``start`` on.
+class _Ahead:
+    """A batch's first round decoding in a background thread (``VideoTextFolder.prefetch``):
+    the draws it was made for, the files as they were, and the outcomes once ready."""
 
-    ffmpeg seeks with ``-ss`` before its input, half a frame before frame ``start``'s time,
-    (start - 0.5) / src_fps: it jumps to the keyframe before and decodes, dropping the
-    frames before that time, so the first frame out is frame ``start``. Frame-exact at a
-    constant frame rate (checked on H.264 files at 12, 24, 25 and 29.97 fps for every
-    start: the same pixels as decoding from the first frame). At a variable frame rate,
-    ``start`` is a time (``start / src_fps`` seconds) rather than a frame count. Stopping
-    early (closing the generator) ends ffmpeg.
-    """
-    import imageio_ffmpeg
+    def __init__(self, draws: list[tuple[int, int]], items: list, read) -> None:
+        self.draws, self.items = draws, items
+        self._outcomes: list[tuple[str, object]] | None = None
+        self._thread = threading.Thread(target=self._run, args=(read,), daemon=True)
+        self._thread.start()
 
-    seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=seek)
-    try:
-        width, height = next(reader)["size"]
-        for buffer in reader:
-            yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
-    finally:
-        reader.close()
+    def _run(self, read) -> None:
+        try:
+            self._outcomes = read()
+        except Exception:  # a bug or an interpreter shutting down: the batch decodes anew
+            self._outcomes = None
 
-
-def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:
-    """The largest centred window of ``frames`` (F, H, W, C) whose width / height is
-    ``aspect`` (to the nearest pixel)."""
-    h, w = frames.shape[1:3]
-    if w > h * aspect:  # too wide: cut the sides
-        keep = max(1, round(h * aspect))
-        left = (w - keep) // 2
-        return frames[:, :, left : left + keep]
-    keep = max(1, round(w / aspect))  # too tall (or exact): cut top and bottom
-    top = (h - keep) // 2
-    return frames[:, top : top + keep]
-
-
-def _read_index(index_file: Path) -> list[tuple[str, str]]:
-    """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects."""
-    if not index_file.is_file():
-        raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
-    if index_file.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(index_file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
-                    ) from None
-    elif index_file.suffix.lower() == ".csv":
-        with open(index_file, newline="", encoding="utf-8-sig") as fh:  # with or without a BOM
-            rows = list(csv.DictReader(fh))
-    else:
-        raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")
-    for n, row in enumerate(rows):
-        if not isinstance(row, dict) or "path" not in row or "caption" not in row:
-            raise ValueError(f"{str(index_file)!r} row {n}: needs fields 'path' and 'caption'")
-    return [(row["path"], row["caption"]) for row in rows]
+    def outcomes_for(
+        self, draws: list[tuple[int, int]], items: list
+    ) -> list[tuple[str, object]] | None:
+        """The outcomes, if made for these draws of these files (else None: decode anew)."""
+        if draws != self.draws or [items[i] for i, _ in draws] != self.items:
+            return None
+        self._thread.join()
+        return self._outcomes

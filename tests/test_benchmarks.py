@@ -314,3 +314,5 @@ def test_video_decode_tiny_draws_the_same_clips_with_every_worker_count(repo_roo
     assert set(result["seconds_per_batch"]) == {"1", "2", "from-first"}
     assert all(s > 0 for s in result["seconds_per_batch"].values())
     assert result["speedup_vs_from_first"]["from-first"] == 1.0
+    assert result["prefetch"]["same_clips"] is True
+    assert set(result["prefetch"]["seconds_per_iteration"]) == {"no prefetch", "prefetch"}

@@ -70,6 +70,16 @@ def test_super_resolution_stages_train_on_videos_too(tmp_path, stage):
     assert all(math.isfinite(loss) for loss in _losses(out))
 
 
+def test_a_prefetching_run_resumes_on_the_clips_of_a_plain_one(tmp_path):
+    """--prefetch and --decode-workers change when clips are decoded, never which."""
+    videos = _folder(tmp_path / "videos")
+    assert _train(tmp_path / "plain", "--videos", str(videos), "--steps", "3") == 0
+    out, fast = tmp_path / "run", ["--prefetch", "--decode-workers", "2"]
+    assert _train(out, "--videos", str(videos), *fast, "--steps", "2") == 0
+    assert _train(out, "--resume", *fast, "--steps", "3") == 0
+    assert _losses(out) == _losses(tmp_path / "plain")
+
+
 def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_videos(
     tmp_path, capsys
 ):
@@ -91,6 +101,7 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
     [(["--index", "x.csv"], "--index is for --videos"),
      (["--fit", "squash"], "--fit is for --videos"),
      (["--decode-workers", "2"], "--decode-workers is for --videos"),
+     (["--prefetch"], "--prefetch is for --videos"),
      (["--videos", "missing"], "--videos 'missing' is not a folder of videos"),
      (["--videos", "{videos}", "--eval-every", "1"], "--eval-every scores toy-world captions"),
      (["--videos", "{empty}"], "holds neither of index.csv and index.jsonl"),

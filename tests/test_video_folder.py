@@ -311,9 +311,9 @@ def test_files_damaged_part_way_or_shorter_than_said_give_the_same_clips_at_any_
 
     monkeypatch.setattr(video_folder, "decode_from", damaged)
     runs = {}
-    for workers in (1, 4):
+    for workers, prefetch in ((1, False), (4, False), (1, True), (3, True)):
         ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
-                                          workers=workers)  # fmt: skip
+                                          workers=workers, prefetch=prefetch)  # fmt: skip
         path, caption, fps, _ = ds.items[2]
         ds.items[2] = (path, caption, fps, 200)  # c's header claims more than its 48 frames
         g = torch.Generator().manual_seed(3)
@@ -321,10 +321,41 @@ def test_files_damaged_part_way_or_shorter_than_said_give_the_same_clips_at_any_
             warnings.simplefilter("always")
             batches = [ds.sample(8, g) for _ in range(4)]
         warned = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-        runs[workers] = (batches, list(ds.skipped), ds.items, warned)
-    (b1, skipped1, items1, warned1), (b4, skipped4, items4, warned4) = runs[1], runs[4]
-    for (v1, t1, _), (v4, t4, _) in zip(b1, b4, strict=True):
-        assert torch.equal(v1, v4) and t1 == t4
-    assert skipped1 == skipped4 and items1 == items4 and warned1 == warned4
+        runs[workers, prefetch] = (batches, list(ds.skipped), ds.items, warned)
+    b1, skipped1, items1, warned1 = runs[1, False]
+    for other, (b, skipped, items, warned) in runs.items():
+        for (v1, t1, _), (v, t, _) in zip(b1, b, strict=True):
+            assert torch.equal(v1, v) and t1 == t, other
+        assert (skipped, items, warned) == (skipped1, items1, warned1), other
     assert [p for p, _ in skipped1] == ["b.mp4"] and items1[-1][3] == 48  # c shrank to its frames
     assert sum("ends after 48 of the 200" in w for w in warned1) == 1  # once, as one by one
+
+
+def test_prefetch_leaves_the_folder_and_generator_as_they_are_and_follows_another_generator(
+    tmp_path, monkeypatch
+):
+    """The next batch decodes ahead from a copy of the generator: a checkpoint between
+    batches saves what it would without prefetch, and a batch drawn from another generator
+    is decoded anew."""
+    for name in "ab":
+        _write_counting_clip(tmp_path / f"{name}.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,first\nb.mp4,second\n")
+    folders = [video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
+                                            prefetch=p) for p in (False, True)]  # fmt: skip
+    gens = [torch.Generator().manual_seed(1) for _ in folders]
+    other = [torch.Generator().manual_seed(2) for _ in folders]
+    seen = []
+    for ds, g, h in zip(folders, gens, other, strict=True):
+        first = ds.sample(3, g)[0]
+        state = (g.get_state(), ds.state_dict()["items"])  # a checkpoint, with a batch ahead
+        seen.append((first, state, ds.sample(3, h)[0], ds.sample(3, g)[0]))
+    (a1, (ga, ia), a2, a3), (b1, (gb, ib), b2, b3) = seen
+    assert torch.equal(ga, gb) and torch.equal(ia, ib)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(a3, b3)
+    plain_next = folders[0].sample(3, gens[0])[0]
+    folders[1]._ahead._thread.join()  # the next batch decoded ahead ...
+    _decode_fails_for(monkeypatch, ".mp4")  # ... is used: nothing decodes now
+    assert torch.equal(folders[1].sample(3, gens[1])[0], plain_next)
+    with pytest.raises(ValueError, match="prefetch='yes'; allowed: True or False"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
+                                     prefetch="yes")  # fmt: skip
