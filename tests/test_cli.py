@@ -459,3 +459,20 @@ def test_a_checkpoint_pruned_while_it_is_read_is_read_again_from_the_new_list(
     cfg, stage, model = cli.run_stage(run)
     assert pruned == ["step-00000002"] and stage == "base"
     assert "damaged" not in capsys.readouterr().err
+
+
+def test_every_ivref_command_in_the_readme_parses(repo_root):
+    """The README's command lines are what users paste: a renamed or mistyped flag there
+    fails here (argparse only; nothing runs)."""
+    import re
+    import shlex
+
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", (repo_root / "README.md").read_text(), re.S):
+        lines += [ln.strip() for ln in block.splitlines()]
+    commands = [shlex.split(ln, comments=True)[1:] for ln in lines if ln.startswith("ivref ")]
+    assert len(commands) >= 10  # the command-line section is found
+    parser = cli._parser()
+    for argv in commands:
+        args = parser.parse_args(argv)
+        assert args.command == argv[0]
