@@ -17,16 +17,22 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
 
     ffmpeg seeks with ``-ss`` before its input, half a frame before frame ``start``'s time,
     (start - 0.5) / src_fps: it jumps to the keyframe before and decodes, dropping the
-    frames before that time, so the first frame out is frame ``start``. Frame-exact at a
-    constant frame rate (checked on H.264 files at 12, 24, 25 and 29.97 fps for every
-    start: the same pixels as decoding from the first frame). At a variable frame rate,
-    ``start`` is a time (``start / src_fps`` seconds) rather than a frame count. Stopping
-    early (closing the generator) ends ffmpeg.
+    frames before that time, so the first frame out is frame ``start``. Frames pass
+    through as decoded (``-fps_mode passthrough``): with an audio track, ffmpeg's default
+    constant-rate output repeated the first frame after a seek. Checked frame-exact against
+    decoding from the first frame: H.264 in MP4 (B-frames, keyframes every 5 to 250 frames,
+    12 to 29.97 fps, with and without AAC audio; the tests cover 12 and 29.97 fps and audio)
+    and VP9 in WebM. Where it is not (AVI with MPEG-4 part 2, a video stream starting
+    after its file's audio), a seek lands a few frames from ``start``: still consecutive
+    frames. At a variable frame rate, ``start`` is a time (``start / src_fps`` seconds)
+    rather than a frame count. Stopping early (closing the generator) ends ffmpeg.
     """
     import imageio_ffmpeg
 
     seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=seek)
+    reader = imageio_ffmpeg.read_frames(
+        str(path), input_params=seek, output_params=["-fps_mode", "passthrough"]
+    )
     try:
         width, height = next(reader)["size"]
         for buffer in reader:

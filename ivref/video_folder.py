@@ -106,8 +106,8 @@ class VideoTextFolder:
         digest = hashlib.sha256(json.dumps(usable).encode()).digest()
         self._digest = int.from_bytes(digest[:8], "big", signed=True)
 
-    def _skip(self, rel: str | Path, reason: str) -> None:
-        warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=3)
+    def _skip(self, rel: str | Path, reason: str, stacklevel: int = 3) -> None:
+        warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=stacklevel)
         self.skipped.append((str(rel), reason))
 
     def _probe(self, path: Path) -> tuple[str | None, float, int]:
@@ -168,23 +168,32 @@ class VideoTextFolder:
     def _read(self, item: tuple[Path, str, float, int], start: int) -> tuple[str, object]:
         """Decode ``item``'s clip from ``start`` and change nothing (threads call it):
         ("clip", (clip, caption)), ("ended", (frames the file holds, why)) when it ends
-        before the clip does, or ("failed", why)."""
+        before the clip does, or ("failed", why). A seek that ends before the clip is
+        read again from the first frame, which counts the file's frames exactly (a seek can
+        pass the end of a file shorter than its header, or land late in one it is not exact
+        for, ``decode_from``)."""
+        outcome = self._read_from(item, start, seek=True)
+        if outcome[0] == "ended" and start > 0:
+            outcome = self._read_from(item, start, seek=False)
+        return outcome
+
+    def _read_from(
+        self, item: tuple[Path, str, float, int], start: int, seek: bool
+    ) -> tuple[str, object]:
+        """``_read`` by a seek to ``start``, or by decoding from the first frame."""
         path, text, src_fps, _ = item
         wanted = [start + k for k in self._source_indices(src_fps)]  # increasing (_probe)
         needed = set(wanted)
         kept: list[np.ndarray] = []
-        decoded = start  # frames before the start count as there (the seek found them)
+        decoded = start if seek else 0  # a seek found the frames before the start
         try:  # decoded from the start up to the last frame it needs, only those kept
-            with contextlib.closing(decode_from(path, start, src_fps)) as frames_out:
-                for k, frame in enumerate(frames_out, start=start):
+            with contextlib.closing(decode_from(path, start if seek else 0, src_fps)) as out:
+                for k, frame in enumerate(out, start=start if seek else 0):
                     decoded = k + 1
                     if k in needed:
                         kept.append(frame)
                     if k == wanted[-1]:
                         break
-            if not kept and start > 0:  # the seek passed the end: count the frames it has
-                with contextlib.closing(decode_from(path, 0, src_fps)) as frames_out:
-                    decoded = sum(1 for _ in frames_out)
         except Exception as err:  # ffmpeg's many ways to fail on a damaged file
             return "failed", f"{type(err).__name__}: {str(err)[:80]}"
         if len(kept) < len(wanted):
@@ -219,7 +228,7 @@ class VideoTextFolder:
                 stacklevel=3,
             )
         else:
-            self._skip(path.name, f"decode failed ({why})")
+            self._skip(path.name, f"decode failed ({why})", stacklevel=4)  # load's caller
         return None
 
     def sample(

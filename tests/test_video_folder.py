@@ -290,6 +290,28 @@ def test_a_seek_gives_the_same_frames_as_decoding_from_the_first(tmp_path, fps):
         np.testing.assert_array_equal(got, every[start:])
 
 
+def test_a_seek_in_a_file_with_audio_does_not_repeat_its_first_frame(tmp_path):
+    """With an audio track, ffmpeg's constant-rate output repeated the first frame after a
+    seek (every later frame one late), until frames passed through as decoded."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = tmp_path / "with_audio.mp4"
+    lavfi = ["-f", "lavfi", "-i"]
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", *lavfi,
+         "testsrc2=rate=24:size=32x32", *lavfi, "sine", "-t", "3", "-c:v", "libx264",
+         "-g", "12", "-c:a", "aac", str(path)],
+        check=True,
+    )  # fmt: skip
+    every = np.stack(list(video_folder.decode_from(path, 0, 24.0)))
+    assert len(every) == 72
+    for start in range(1, 60, 4):
+        got = np.stack(list(video_folder.decode_from(path, start, 24.0)))
+        np.testing.assert_array_equal(got, every[start:])
+
+
 def test_files_damaged_part_way_or_shorter_than_said_give_the_same_clips_at_any_worker_count(
     tmp_path, monkeypatch
 ):
