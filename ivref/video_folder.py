@@ -383,7 +383,9 @@ class _Ahead:
     def __init__(self, draws: list[tuple[int, int]], items: list, read) -> None:
         self.draws, self.items = draws, items
         self._outcomes: list[tuple[str, object]] | None = None
-        self._thread = threading.Thread(target=self._run, args=(read,), daemon=True)
+        # not a daemon: the interpreter waits for it at exit (one batch at most), where a
+        # daemon thread stopped inside a torch call aborted the process
+        self._thread = threading.Thread(target=self._run, args=(read,), daemon=False)
         self._thread.start()
 
     def _run(self, read) -> None:

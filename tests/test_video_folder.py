@@ -381,3 +381,36 @@ def test_prefetch_leaves_the_folder_and_generator_as_they_are_and_follows_anothe
     with pytest.raises(ValueError, match="prefetch='yes'; allowed: True or False"):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
                                      prefetch="yes")  # fmt: skip
+
+
+def test_a_process_that_exits_while_a_batch_decodes_ahead_exits_cleanly(tmp_path, repo_root):
+    """The prefetch thread was a daemon: stopped by the exit inside a torch call, it aborted
+    the process ('terminate called without an active exception', status -6; 2 runs in 5 of
+    the benchmark's --tiny). Here the decode ahead is a torch loop that outlasts the script."""
+    import os
+    import subprocess
+    import sys
+
+    for name in "ab":
+        _write_counting_clip(tmp_path / f"{name}.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,first\nb.mp4,second\n")
+    code = f"""
+import torch
+from ivref import video_folder
+
+def busy(self, items, draws):  # the decode ahead: torch work until after the exit begins
+    x = torch.randn(384, 384)
+    for _ in range(300):
+        x = torch.tanh(x @ x)
+    return [("failed", "busy")] * len(draws)
+
+video_folder.VideoTextFolder._read_all = busy  # one worker: only the decode ahead calls it
+ds = video_folder.VideoTextFolder({str(tmp_path)!r}, {str(tmp_path / "index.csv")!r}, 4, 8, 8,
+                                  fps=4.0, prefetch=True)
+ds.sample(2)  # returns with the next batch decoding ahead; the script ends here
+"""
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-500:]
