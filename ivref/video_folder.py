@@ -245,7 +245,7 @@ class VideoTextFolder:
         g = generator if generator is not None else self.generator
         clips: list[torch.Tensor] = []
         texts: list[str] = []
-        ahead, self._ahead = self._ahead, None
+        ahead, self._ahead = self._ahead, None  # used below, or stopped
         while len(clips) < batch_size:
             draws = self._draw(batch_size - len(clips), g)
             outcomes = ahead.outcomes_for(draws, self.items) if ahead is not None else None
@@ -269,7 +269,7 @@ class VideoTextFolder:
         copy = torch.Generator().set_state(g.get_state())
         draws = self._pairs(batch_size, copy)
         items = [self.items[i] for i, _ in draws]
-        self._ahead = _Ahead(draws, items, lambda: self._read_all(items, draws))
+        self._ahead = _Ahead(draws, items, lambda stop: self._read_all(items, draws, stop))
 
     def _draw(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
         """n (item, start) pairs. Files skipped by an earlier load go first; nothing drops
@@ -313,14 +313,26 @@ class VideoTextFolder:
                 for (i, s), outcome in zip(draws, outcomes, strict=True)]  # fmt: skip
 
     def _read_all(
-        self, items: list[tuple[Path, str, float, int]], draws: list[tuple[int, int]]
+        self,
+        items: list[tuple[Path, str, float, int]],
+        draws: list[tuple[int, int]],
+        stop: threading.Event | None = None,
     ) -> list[tuple[str, object]]:
-        """``_read`` of every draw (``workers`` at once), changing nothing."""
+        """``_read`` of every draw (``workers`` at once), changing nothing; once ``stop`` is
+        set (a decode ahead no longer wanted), the draws not begun are not decoded."""
+
+        def read(item: tuple[Path, str, float, int], start: int) -> tuple[str, object]:
+            return (
+                ("failed", "stopped")
+                if stop is not None and stop.is_set()
+                else (self._read(item, start))
+            )
+
         starts = [s for _, s in draws]
         if self.workers == 1 or len(draws) == 1:
-            return [self._read(item, s) for item, s in zip(items, starts, strict=True)]
+            return [read(item, s) for item, s in zip(items, starts, strict=True)]
         with ThreadPoolExecutor(min(self.workers, len(draws))) as pool:
-            return list(pool.map(self._read, items, starts))
+            return list(pool.map(read, items, starts))
 
     def _drop_skipped(self) -> None:
         """Remove the files that hold no clip any more (``starts`` < 1) from ``items``."""
@@ -373,7 +385,9 @@ class VideoTextFolder:
             )
         self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
         self._numbers = numbers
-        self._ahead = None  # decoded for the folder as it was
+        if self._ahead is not None:  # decoding for the folder as it was
+            self._ahead.stop.set()
+        self._ahead = None
 
 
 class _Ahead:
@@ -383,6 +397,7 @@ class _Ahead:
     def __init__(self, draws: list[tuple[int, int]], items: list, read) -> None:
         self.draws, self.items = draws, items
         self._outcomes: list[tuple[str, object]] | None = None
+        self.stop = threading.Event()  # set when its batch is decoded anew instead
         # not a daemon: the interpreter waits for it at exit (one batch at most), where a
         # daemon thread stopped inside a torch call aborted the process
         self._thread = threading.Thread(target=self._run, args=(read,), daemon=False)
@@ -390,15 +405,17 @@ class _Ahead:
 
     def _run(self, read) -> None:
         try:
-            self._outcomes = read()
+            self._outcomes = read(self.stop)
         except Exception:  # a bug or an interpreter shutting down: the batch decodes anew
             self._outcomes = None
 
     def outcomes_for(
         self, draws: list[tuple[int, int]], items: list
     ) -> list[tuple[str, object]] | None:
-        """The outcomes, if made for these draws of these files (else None: decode anew)."""
+        """The outcomes, if made for these draws of these files (else None: decode anew,
+        and the decoding ahead stops before its next clip)."""
         if draws != self.draws or [items[i] for i, _ in draws] != self.items:
+            self.stop.set()
             return None
         self._thread.join()
         return self._outcomes

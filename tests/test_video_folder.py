@@ -383,6 +383,37 @@ def test_prefetch_leaves_the_folder_and_generator_as_they_are_and_follows_anothe
                                      prefetch="yes")  # fmt: skip
 
 
+def test_a_decode_ahead_that_is_not_wanted_stops_before_its_next_clip(tmp_path, monkeypatch):
+    """It went on decoding its whole batch beside the batch decoded anew (twice the ffmpeg
+    processes for a batch)."""
+    import threading
+    import time
+
+    for name in "ab":
+        _write_counting_clip(tmp_path / f"{name}.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,first\nb.mp4,second\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0,
+                                      prefetch=True)  # fmt: skip
+    real, readers = video_folder.VideoTextFolder._read, []
+
+    def slow(self, item, start):
+        if threading.current_thread() is not threading.main_thread():
+            readers.append(threading.current_thread())
+            time.sleep(0.2)
+        return real(self, item, start)
+
+    monkeypatch.setattr(video_folder.VideoTextFolder, "_read", slow)
+    for unwanted in ("another generator", "a restored state"):
+        ds.sample(8, torch.Generator().manual_seed(0))  # 8 clips now decode ahead
+        ahead = ds._ahead
+        if unwanted == "another generator":
+            ds.sample(1, torch.Generator().manual_seed(5))  # other draws: decoded anew
+        else:
+            ds.load_state_dict(ds.state_dict())
+        ahead._thread.join(timeout=30)
+        assert 1 <= sum(t is ahead._thread for t in readers) <= 2, unwanted  # not all 8
+
+
 def test_a_process_that_exits_while_a_batch_decodes_ahead_exits_cleanly(tmp_path, repo_root):
     """The prefetch thread was a daemon: stopped by the exit inside a torch call, it aborted
     the process ('terminate called without an active exception', status -6; 2 runs in 5 of
@@ -398,7 +429,7 @@ def test_a_process_that_exits_while_a_batch_decodes_ahead_exits_cleanly(tmp_path
 import torch
 from ivref import video_folder
 
-def busy(self, items, draws):  # the decode ahead: torch work until after the exit begins
+def busy(self, items, draws, stop=None):  # the decode ahead: torch work until after the exit begins
     x = torch.randn(384, 384)
     for _ in range(300):
         x = torch.tanh(x @ x)
