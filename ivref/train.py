@@ -103,7 +103,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-guidance", type=arguments.guidance_weight, help="guidance w for evaluation"
     )
     p.add_argument(
-        "--eval-samples", type=arguments.positive_int, help="captions to evaluate (default all)"
+        "--eval-samples",
+        type=arguments.positive_int,
+        help="captions (--videos: held-out clips) to evaluate (default all)",
     )
     train_videos.add_arguments(p)
     p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
@@ -263,7 +265,11 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         if args.threads:
             torch.set_num_threads(args.threads)
         evaluator = None
-        if args.eval_every:
+        if args.eval_every and videos is not None:
+            evaluator = train_videos.validation_evaluator(
+                videos, args.val_index, cfg.stage(stage), args.eval_samples
+            )
+        elif args.eval_every:
             evaluator = evaluate.stage_evaluator(
                 prompts=evaluate.spread_prompts(args.eval_samples),
                 steps=args.eval_steps,

@@ -16,10 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ivref import arguments, configs, errors, files
 
 VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
+VALIDATION_SEED = 12345  # any fixed number: every evaluation draws the same t and noise
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --videos: decode the next batch while a step trains (the same clips)",
     )
+    p.add_argument(
+        "--val-index",
+        type=Path,
+        help="with --videos and --eval-every: held-out videos (paths under VIDEOS) whose "
+        "loss is logged as eval_val_loss",
+    )
 
 
 def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[str, Any] | None:
@@ -62,15 +71,12 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
             ("--fit", args.fit),
             ("--decode-workers", decode),
             ("--prefetch", args.prefetch or None),
+            ("--val-index", args.val_index),
         ):
             if given is not None:
                 raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
         return None
-    if args.eval_every:
-        raise errors.CLIError(
-            "--eval-every scores toy-world captions, not a folder of videos: drop it with "
-            "--videos (sample the run with ivref generate --checkpoint instead)"
-        )
+    check_validation(args, args.videos)
     if not args.videos.is_dir():
         raise errors.CLIError(f"--videos {str(args.videos)!r} is not a folder of videos")
     return {
@@ -129,10 +135,7 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
         saved = None  # replaced by the folder --videos names
     if saved is None:  # a toy-world run, or a lost record that --videos gives anew
         return record(args), args.videos is not None
-    if args.eval_every:
-        raise errors.CLIError(
-            f"--eval-every scores toy-world captions; this run trains on {saved['videos']!r}"
-        )
+    check_validation(args, Path(args.videos or saved["videos"]))
     if args.fit is not None and args.fit != saved["fit"]:
         raise errors.CLIError(
             f"--resume: --fit {args.fit}, but the run trains with --fit {saved['fit']}: "
@@ -150,6 +153,66 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
             "FILE if the index moved on its own)"
         )
     return now, now != saved
+
+
+def check_validation(args: argparse.Namespace, videos: Path) -> None:
+    """--eval-every on videos needs --val-index (the toy world's caption scores do not
+    apply), and --val-index needs --eval-every; the index must exist."""
+    if args.eval_every and args.val_index is None:
+        raise errors.CLIError(
+            "--eval-every with --videos logs the loss of held-out videos: give their index "
+            "with --val-index FILE (paths under the --videos folder), or drop --eval-every"
+        )
+    if args.val_index is not None and not args.eval_every:
+        raise errors.CLIError("--val-index is read every --eval-every K steps: add it")
+    if args.val_index is not None:
+        _index(videos, args.val_index)  # a .csv or .jsonl that exists
+
+
+def validation_evaluator(
+    videos: dict[str, Any], val_index: Path, stage: configs.StageConfig, clips: int | None
+):
+    """``Trainer(evaluate=...)``: the stage's training loss of the EMA weights on held-out
+    videos, logged as ``eval_val_loss``.
+
+    The clips: the first ``clips`` files of ``val_index`` (default all), each from its first
+    frame, decoded once. The draws (t, noise, text dropout, SR augmentation): one fixed
+    generator, seeded anew at each evaluation, so two evaluations differ only by the
+    weights, and the training streams are not touched. Rank 0 computes it; under FSDP, where
+    the forward takes every rank, each computes the same number."""
+    from ivref import objectives
+    from ivref.video_folder import VideoTextFolder
+
+    held: list[tuple[Any, str]] = []
+
+    def evaluate(trainer: Any) -> dict[str, float]:
+        if not held:
+            folder = VideoTextFolder(
+                videos["videos"], val_index, stage.num_frames, stage.width, stage.height,
+                stage.fps, random_start=False, fit=videos["fit"],
+            )  # fmt: skip
+            for i in range(min(clips or len(folder), len(folder))):
+                got = folder.load(i) if folder.starts(i) > 0 else None
+                if got is not None:
+                    held.append(got)
+            if not held:
+                raise ValueError(f"no held-out clip of {str(val_index)!r} decodes")
+        g = torch.Generator().manual_seed(VALIDATION_SEED)
+        total, size = 0.0, trainer.local_batch_size
+        with torch.no_grad():
+            for k in range(0, len(held), size):
+                part = held[k : k + size]
+                x = torch.stack([clip for clip, _ in part])
+                batch = objectives.Batch(
+                    x, [c for _, c in part], torch.zeros(len(part), dtype=torch.bool)
+                )
+                loss = trainer.objective.loss(
+                    trainer.ema, batch, g, trainer.device, trainer.train_cfg.bf16
+                )
+                total += float(loss) * len(part)
+        return {"val_loss": total / len(held)}
+
+    return evaluate
 
 
 def write(out: Path, videos: dict[str, Any]) -> None:

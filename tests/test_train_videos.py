@@ -65,9 +65,11 @@ def test_super_resolution_stages_train_on_videos_too(tmp_path, stage):
     videos = _folder(tmp_path / "videos")
     out = tmp_path / "run"
     flags = ["--stage", stage, "--videos", str(videos), "--decode-workers", "2"]
-    assert _train(out, *flags, "--steps", "2") == 0
+    val = ["--val-index", str(videos / "index.csv"), "--eval-every", "2"]
+    assert _train(out, *flags, *val, "--steps", "2") == 0
     assert [row["step"] for row in train.read_log(out)] == [1, 2]
     assert all(math.isfinite(loss) for loss in _losses(out))
+    assert math.isfinite(train.read_log(out)[-1]["eval_val_loss"])  # SR inputs made alike
 
 
 def test_a_prefetching_run_resumes_on_the_clips_of_a_plain_one(tmp_path):
@@ -78,6 +80,25 @@ def test_a_prefetching_run_resumes_on_the_clips_of_a_plain_one(tmp_path):
     assert _train(out, "--videos", str(videos), *fast, "--steps", "2") == 0
     assert _train(out, "--resume", *fast, "--steps", "3") == 0
     assert _losses(out) == _losses(tmp_path / "plain")
+
+
+def test_held_out_videos_log_a_validation_loss_that_leaves_training_as_it_was(tmp_path):
+    """--eval-every scored toy-world captions only, so a run on videos had no held-out
+    number; the validation loss draws from its own fixed generator."""
+    videos = _folder(tmp_path / "videos", names=("a", "b", "c", "d"))
+    (videos / "val.csv").write_text("path,caption\nd.mp4,clip d\nc.mp4,clip c\n")
+    (videos / "index.csv").write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
+    plain, evaluated, again = tmp_path / "plain", tmp_path / "evaluated", tmp_path / "again"
+    assert _train(plain, "--videos", str(videos), "--steps", "3") == 0
+    val = ["--val-index", str(videos / "val.csv"), "--eval-every", "1"]
+    assert _train(evaluated, "--videos", str(videos), *val, "--steps", "3") == 0
+    assert _train(again, "--videos", str(videos), *val, "--steps", "2") == 0
+    assert _train(again, "--resume", *val, "--steps", "3") == 0
+    assert _losses(evaluated) == _losses(plain)  # the training streams are untouched
+    scores = [row["eval_val_loss"] for row in train.read_log(evaluated)]
+    assert len(scores) == 3 and all(math.isfinite(v) and v > 0 for v in scores)
+    assert [row["eval_val_loss"] for row in train.read_log(again)] == scores  # deterministic
+    assert len(set(scores)) == 3  # ... and it follows the weights
 
 
 def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_videos(
@@ -103,7 +124,9 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
      (["--decode-workers", "2"], "--decode-workers is for --videos"),
      (["--prefetch"], "--prefetch is for --videos"),
      (["--videos", "missing"], "--videos 'missing' is not a folder of videos"),
-     (["--videos", "{videos}", "--eval-every", "1"], "--eval-every scores toy-world captions"),
+     (["--videos", "{videos}", "--eval-every", "1"], "give their index with --val-index FILE"),
+     (["--videos", "{videos}", "--val-index", "{videos}/index.csv"], "--val-index is read every"),
+     (["--val-index", "x.csv"], "--val-index is for --videos"),
      (["--videos", "{empty}"], "holds neither of index.csv and index.jsonl"),
      (["--videos", "{videos}", "--index", "none.csv"], "--index 'none.csv' does not exist"),
      (["--videos", "{videos}", "--index", "list.txt"], "give a .csv (path,caption) or .jsonl")],
@@ -132,7 +155,7 @@ def test_resume_refuses_flags_that_name_other_videos(tmp_path, capsys):
     assert _train(on_videos, "--resume", "--steps", "2", "--fit", "squash") == 2
     assert "the run trains with --fit crop" in capsys.readouterr().err
     assert _train(on_videos, "--resume", "--steps", "2", "--eval-every", "1") == 2
-    assert "--eval-every scores toy-world captions" in capsys.readouterr().err
+    assert "give their index with --val-index FILE" in capsys.readouterr().err
     (on_videos / train_videos.VIDEOS).write_text('{"videos": 3}')
     assert _train(on_videos, "--resume", "--steps", "2") == 2
     err = capsys.readouterr().err
