@@ -257,14 +257,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         dataset = train_videos.dataset(
             videos, cfg.stage(stage), stream, args.decode_workers, args.prefetch
         )
-        if context.is_main:  # --force deletes: a bad folder of videos failed before it
-            _prepare_out(args.out, args.resume, args.force)
-        distributed.barrier(context)  # the folder is ready before any rank writes in it
-        for note in notes if context.is_main else []:
-            print(f"resume: override {note}", file=sys.stderr)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        evaluator = None
+        evaluator = None  # made here: bad held-out videos fail before --force deletes
         if args.eval_every and videos is not None:
             evaluator = train_videos.validation_evaluator(
                 videos, args.val_index, cfg.stage(stage), args.eval_samples
@@ -275,6 +268,13 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                 steps=args.eval_steps,
                 guidance_w=args.eval_guidance,
             )
+        if context.is_main:  # --force deletes: a bad folder of videos failed before it
+            _prepare_out(args.out, args.resume, args.force)
+        distributed.barrier(context)  # the folder is ready before any rank writes in it
+        for note in notes if context.is_main else []:
+            print(f"resume: override {note}", file=sys.stderr)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         trainer = Trainer(
             cfg,
             stage,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,11 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
     }
 
 
-def _index(videos: Path, index: Path | None, saved: Path | None = None) -> Path:
-    """--index, else the folder's own index.csv or index.jsonl (one of them), else ``saved``."""
+def _index(
+    videos: Path, index: Path | None, saved: Path | None = None, flag: str = "--index"
+) -> Path:
+    """--index, else the folder's own index.csv or index.jsonl (one of them), else ``saved``;
+    ``flag`` names the option in messages."""
     if index is None:
         found = [videos / n for n in ("index.csv", "index.jsonl") if (videos / n).is_file()]
         if not found and saved is not None and saved.is_file():
@@ -100,9 +104,9 @@ def _index(videos: Path, index: Path | None, saved: Path | None = None) -> Path:
             )
         index = found[0]
     if index.suffix.lower() not in (".csv", ".jsonl"):
-        raise errors.CLIError(f"--index {str(index)!r}: give a .csv (path,caption) or .jsonl")
+        raise errors.CLIError(f"{flag} {str(index)!r}: give a .csv (path,caption) or .jsonl")
     if not index.is_file():
-        raise errors.CLIError(f"--index {str(index)!r} does not exist")
+        raise errors.CLIError(f"{flag} {str(index)!r} does not exist")
     return index
 
 
@@ -165,8 +169,14 @@ def check_validation(args: argparse.Namespace, videos: Path) -> None:
         )
     if args.val_index is not None and not args.eval_every:
         raise errors.CLIError("--val-index is read every --eval-every K steps: add it")
+    for flag, given in (("--eval-steps", args.eval_steps), ("--eval-guidance", args.eval_guidance)):
+        if given is not None:
+            raise errors.CLIError(
+                f"{flag} sets the toy world's caption scores; a run on videos logs the loss "
+                "of --val-index's videos, which samples nothing: drop it"
+            )
     if args.val_index is not None:
-        _index(videos, args.val_index)  # a .csv or .jsonl that exists
+        _index(videos, args.val_index, flag="--val-index")  # a .csv or .jsonl that exists
 
 
 def validation_evaluator(
@@ -176,40 +186,48 @@ def validation_evaluator(
     videos, logged as ``eval_val_loss``.
 
     The clips: the first ``clips`` files of ``val_index`` (default all), each from its first
-    frame, decoded once. The draws (t, noise, text dropout, SR augmentation): one fixed
-    generator, seeded anew at each evaluation, so two evaluations differ only by the
-    weights, and the training streams are not touched. Rank 0 computes it; under FSDP, where
-    the forward takes every rank, each computes the same number."""
+    frame, decoded now (so a bad index fails before training, not at the first evaluation)
+    and kept. Clip k's draws (t, noise, text dropout, SR augmentation and crop) come from
+    its own generator, seeded ``VALIDATION_SEED + k`` at each evaluation, and each clip is
+    a forward of its own: the number depends on the weights alone, not on batch size or
+    process count, and the training streams are not touched. Rank 0 computes it; under
+    FSDP, where the forward takes every rank, each computes the same number. Files also in
+    the training index are reported (a loss on them is not held out).
+    """
     from ivref import objectives
+    from ivref.video_files import read_index
     from ivref.video_folder import VideoTextFolder
 
-    held: list[tuple[Any, str]] = []
+    try:
+        folder = VideoTextFolder(
+            videos["videos"], val_index, stage.num_frames, stage.width, stage.height, stage.fps,
+            random_start=False, fit=videos["fit"],
+        )  # fmt: skip
+    except ValueError as err:
+        raise ValueError(f"--val-index {str(val_index)!r}: {err}") from None
+    held = [folder.load(i) for i in range(min(clips or len(folder), len(folder)))]
+    held = [got for got in held if got is not None]
+    if not held:
+        raise ValueError(f"--val-index {str(val_index)!r}: none of its videos decodes")
+    trained = {path for path, _ in read_index(Path(videos["index"]))}
+    shared = sorted(trained & {path for path, _ in read_index(val_index)})
+    if shared:
+        warnings.warn(
+            f"{len(shared)} held-out file(s) of {str(val_index)!r} are also in the training "
+            f"index (e.g. {shared[0]!r}): their loss is not a held-out loss",
+            stacklevel=2,
+        )
 
     def evaluate(trainer: Any) -> dict[str, float]:
-        if not held:
-            folder = VideoTextFolder(
-                videos["videos"], val_index, stage.num_frames, stage.width, stage.height,
-                stage.fps, random_start=False, fit=videos["fit"],
-            )  # fmt: skip
-            for i in range(min(clips or len(folder), len(folder))):
-                got = folder.load(i) if folder.starts(i) > 0 else None
-                if got is not None:
-                    held.append(got)
-            if not held:
-                raise ValueError(f"no held-out clip of {str(val_index)!r} decodes")
-        g = torch.Generator().manual_seed(VALIDATION_SEED)
-        total, size = 0.0, trainer.local_batch_size
+        total = 0.0
         with torch.no_grad():
-            for k in range(0, len(held), size):
-                part = held[k : k + size]
-                x = torch.stack([clip for clip, _ in part])
-                batch = objectives.Batch(
-                    x, [c for _, c in part], torch.zeros(len(part), dtype=torch.bool)
-                )
+            for k, (clip, caption) in enumerate(held):
+                g = torch.Generator().manual_seed(VALIDATION_SEED + k)
+                batch = objectives.Batch(clip[None], [caption], torch.zeros(1, dtype=torch.bool))
                 loss = trainer.objective.loss(
                     trainer.ema, batch, g, trainer.device, trainer.train_cfg.bf16
                 )
-                total += float(loss) * len(part)
+                total += float(loss)
         return {"val_loss": total / len(held)}
 
     return evaluate

@@ -246,15 +246,19 @@ class VideoTextFolder:
         clips: list[torch.Tensor] = []
         texts: list[str] = []
         ahead, self._ahead = self._ahead, None  # used below, or stopped
-        while len(clips) < batch_size:
-            draws = self._draw(batch_size - len(clips), g)
-            outcomes = ahead.outcomes_for(draws, self.items) if ahead is not None else None
-            ahead = None  # the first round only
-            for got in self._decode(draws, outcomes):
-                if got is not None:  # None: skipped (dropped below), or shorter than said
-                    clips.append(got[0])
-                    texts.append(got[1])
-            self._drop_skipped()
+        try:
+            while len(clips) < batch_size:
+                draws = self._draw(batch_size - len(clips), g)
+                outcomes = ahead.outcomes_for(draws, self.items) if ahead is not None else None
+                ahead = None  # the first round only
+                for got in self._decode(draws, outcomes):
+                    if got is not None:  # None: skipped (dropped below), or shorter than said
+                        clips.append(got[0])
+                        texts.append(got[1])
+                self._drop_skipped()
+        finally:
+            if ahead is not None:  # not reached: the first draw failed
+                ahead.stop.set()
         if self.prefetch:
             self._prefetch(batch_size, g)
         return torch.stack(clips), texts, torch.zeros(batch_size, dtype=torch.bool)

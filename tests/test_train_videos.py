@@ -66,7 +66,8 @@ def test_super_resolution_stages_train_on_videos_too(tmp_path, stage):
     out = tmp_path / "run"
     flags = ["--stage", stage, "--videos", str(videos), "--decode-workers", "2"]
     val = ["--val-index", str(videos / "index.csv"), "--eval-every", "2"]
-    assert _train(out, *flags, *val, "--steps", "2") == 0
+    with pytest.warns(UserWarning, match="also in the training index"):
+        assert _train(out, *flags, *val, "--steps", "2") == 0
     assert [row["step"] for row in train.read_log(out)] == [1, 2]
     assert all(math.isfinite(loss) for loss in _losses(out))
     assert math.isfinite(train.read_log(out)[-1]["eval_val_loss"])  # SR inputs made alike
@@ -101,6 +102,36 @@ def test_held_out_videos_log_a_validation_loss_that_leaves_training_as_it_was(tm
     assert len(set(scores)) == 3  # ... and it follows the weights
 
 
+def test_the_validation_loss_does_not_depend_on_the_batch_and_bad_held_out_videos_fail_first(
+    tmp_path, capsys
+):
+    """Clips were evaluated in groups of the local batch, one generator a group: another
+    --batch-size or process count gave another number for the same weights. A held-out
+    index of broken files failed only at the first evaluation, after a checkpoint's worth
+    of training was lost."""
+    videos = _folder(tmp_path / "videos", names=("a", "b", "c", "d"))
+    (videos / "val.csv").write_text("path,caption\nc.mp4,clip c\nd.mp4,clip d\n")
+    (videos / "index.csv").write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
+    cfg = configs.preset("ci")
+    record = {"videos": str(videos), "index": str(videos / "index.csv"), "fit": "crop"}
+    evaluate = train_videos.validation_evaluator(
+        record, videos / "val.csv", cfg.stage("base"), None
+    )
+    trainer = train.Trainer(cfg, "base", tmp_path / "t", batch_size=4, progress=False)
+    numbers = set()
+    for local in (4, 2, 1):
+        trainer.local_batch_size = local
+        numbers.add(evaluate(trainer)["val_loss"])
+    assert len(numbers) == 1
+    (videos / "broken.csv").write_text("path,caption\nmissing.mp4,gone\n")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipping 'missing.mp4'"):
+        assert _train(out, "--videos", str(videos), "--val-index", str(videos / "broken.csv"),
+                      "--eval-every", "1", "--steps", "2") == 2  # fmt: skip
+    assert "--val-index" in (err := capsys.readouterr().err) and "no usable videos" in err
+    assert not (out / "log.jsonl").exists()  # before any step
+
+
 def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_videos(
     tmp_path, capsys
 ):
@@ -127,6 +158,10 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
      (["--videos", "{videos}", "--eval-every", "1"], "give their index with --val-index FILE"),
      (["--videos", "{videos}", "--val-index", "{videos}/index.csv"], "--val-index is read every"),
      (["--val-index", "x.csv"], "--val-index is for --videos"),
+     (["--videos", "{videos}", "--val-index", "val.txt", "--eval-every", "1"],
+      "--val-index 'val.txt': give a .csv"),
+     (["--videos", "{videos}", "--val-index", "{videos}/index.csv", "--eval-every", "1",
+       "--eval-steps", "4"], "--eval-steps sets the toy world's caption scores"),
      (["--videos", "{empty}"], "holds neither of index.csv and index.jsonl"),
      (["--videos", "{videos}", "--index", "none.csv"], "--index 'none.csv' does not exist"),
      (["--videos", "{videos}", "--index", "list.txt"], "give a .csv (path,caption) or .jsonl")],

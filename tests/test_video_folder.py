@@ -411,7 +411,7 @@ def test_a_decode_ahead_that_is_not_wanted_stops_before_its_next_clip(tmp_path, 
         else:
             ds.load_state_dict(ds.state_dict())
         ahead._thread.join(timeout=30)
-        assert 1 <= sum(t is ahead._thread for t in readers) <= 2, unwanted  # not all 8
+        assert sum(t is ahead._thread for t in readers) <= 2, unwanted  # not all 8
 
 
 def test_a_process_that_exits_while_a_batch_decodes_ahead_exits_cleanly(tmp_path, repo_root):
