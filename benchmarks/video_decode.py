@@ -55,14 +55,14 @@ def write_clips(folder: Path, files: int, seconds: float, size: int) -> Path:
     return folder / "index.csv"
 
 
+_SEEKING = video_folder.decode_from  # ivref's decoder, before any swap below
+
+
 def _from_first(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     """The peer: decode from the first frame and drop the frames before ``start``."""
     for k, frame in enumerate(_SEEKING(path, 0, src_fps)):
         if k >= start:
             yield frame
-
-
-_SEEKING = video_folder.decode_from
 
 
 @contextlib.contextmanager

@@ -326,11 +326,9 @@ class VideoTextFolder:
         set (a decode ahead no longer wanted), the draws not begun are not decoded."""
 
         def read(item: tuple[Path, str, float, int], start: int) -> tuple[str, object]:
-            return (
-                ("failed", "stopped")
-                if stop is not None and stop.is_set()
-                else (self._read(item, start))
-            )
+            if stop is not None and stop.is_set():
+                return "failed", "stopped"  # never applied: its batch is decoded anew
+            return self._read(item, start)
 
         starts = [s for _, s in draws]
         if self.workers == 1 or len(draws) == 1:
