@@ -75,15 +75,20 @@ def oscillating_schedule(
 ) -> list[float]:
     """Per-step guidance weights: constant ``high`` first, then alternating [IV §2.6.2].
 
-    w[i] = high for i < round(warmup_frac * steps); after that low, high, low, ...
-    CHOICE: the first 10% of steps are constant high (the paper gives no length); the
-    alternation starts with low, right after the high warm-up.
+    w[i] = high for i < n_high; after that low, high, low, ... where
+    n_high = max(1, round(warmup_frac * steps)), or 0 if ``warmup_frac`` is 0.
+    CHOICE: the first 10% of steps are constant high (the paper gives no length), and at
+    least the first step, from pure noise, where the layout is set: at 4 or fewer steps
+    (distilled samplers) 10% would round to none. The alternation starts with low, right
+    after the high warm-up.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")
     if not 0.0 <= warmup_frac <= 1.0:
         raise ValueError(f"warmup_frac={warmup_frac} is invalid; allowed range [0, 1]")
     warmup = math.floor(warmup_frac * steps + 0.5)
+    if warmup_frac > 0:
+        warmup = max(1, warmup)
     return [high if i < warmup or (i - warmup) % 2 == 1 else low for i in range(steps)]
 
 

@@ -112,6 +112,15 @@ def test_oscillating_schedule_warmup_then_alternation():
         guidance.oscillating_schedule(10, warmup_frac=1.5)
 
 
+def test_oscillating_schedule_starts_high_even_at_few_steps():
+    """10% of 4 or fewer steps rounds to none, but the first step (pure noise, where the layout
+    is set) is still guided at the high weight [IV §2.6.2]; only warmup_frac=0 skips it."""
+    expected = {1: [7.0], 2: [7.0, 2.0], 3: [7.0, 2.0, 7.0], 4: [7.0, 2.0, 7.0, 2.0]}
+    for steps, weights in expected.items():
+        assert guidance.oscillating_schedule(steps, 7.0, 2.0) == weights
+    assert guidance.oscillating_schedule(8, 7.0, 2.0)[:3] == [7.0, 2.0, 7.0]  # round(0.8) = 1
+
+
 def test_guided_w_zero_is_the_conditional_model_in_one_pass():
     model = FakeVideoUNet()
     z_t, emb, mask, logsnr_t = _inputs()
