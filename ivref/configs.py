@@ -240,6 +240,9 @@ def paper() -> CascadeConfig:
     train = TrainConfig(
         batch_size=128, lr=3e-4, warmup_steps=10_000, ema_decay=0.9999, image_ratio=0.2
     )
+    # CHOICE: the TSR stages train on videos only, as the toy's: an image pack has no motion
+    # to interpolate (stage_checks refuses image_ratio > 0 for TSR)
+    video_train = dataclasses.replace(train, image_ratio=0.0)
     base = UNetConfig(
         base_channels=832,
         channel_mults=(1, 2, 4, 4),
@@ -290,7 +293,7 @@ def paper() -> CascadeConfig:
             24,
             6,
             sr(448, 2, (1, 2, 4, 4), True, 32),
-            train,
+            video_train,
             sample_steps=128,  # CHOICE
             guidance_w=5.0,  # CHOICE; paper: constant 6 or 15/1
             oscillating_guidance=True,  # [IV §2.6.2]
@@ -328,7 +331,7 @@ def paper() -> CascadeConfig:
             192,
             12,
             sr(256, 4, (1, 2, 4, 4), False, 64),
-            train,
+            video_train,
             sample_steps=128,  # CHOICE
             guidance_w=3.0,  # CHOICE
         ),
@@ -340,7 +343,7 @@ def paper() -> CascadeConfig:
             192,
             24,
             sr(256, 3, (1, 2, 4, 4), False, 128),
-            train,
+            video_train,
             sample_steps=128,  # CHOICE
             guidance_w=3.0,  # CHOICE
         ),

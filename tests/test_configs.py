@@ -155,6 +155,19 @@ def test_sr_stage_needs_condition_channels():
         dataclasses.replace(sr, unet=dataclasses.replace(sr.unet, cond_channels=0))
 
 
+def test_tsr_stages_train_on_videos_only():
+    """An image pack's frames are unrelated stills: a TSR stage would learn inserted frames
+    conditioned on another image. Every preset's TSR stages train on videos; SSR stages may
+    train on images (each frame's low-res view is its own)."""
+    for name in ("ci", "toy", "paper"):
+        for stage in configs.preset(name).stages:
+            assert stage.kind != "tsr" or stage.train.image_ratio == 0, (name, stage.name)
+    assert configs.preset("paper").stage("ssr1").train.image_ratio == 0.2
+    tsr = configs.preset("ci").stage("tsr")
+    with pytest.raises(ValueError, match=r"train\.image_ratio=0\.2.*must be 0 for a TSR stage"):
+        dataclasses.replace(tsr, train=dataclasses.replace(tsr.train, image_ratio=0.2))
+
+
 BOOL_FIELDS = [
     (configs.TrainConfig, "bf16"),
     (configs.UNetConfig, "use_guidance_embedding"),

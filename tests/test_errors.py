@@ -611,6 +611,12 @@ CLI_CASES = [
         "expected a number in [0, 1], got 2",
     ),
     Case(
+        "train a TSR stage on images",
+        (*TRAIN, "--stage", "tsr", "--steps", "1", "--out", "{X}/r", "--image-ratio", "0.3"),
+        2,
+        "train.image_ratio=0.3 is invalid: must be 0 for a TSR stage",
+    ),
+    Case(
         "train --eval-guidance nan",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--eval-guidance", "nan"),
         2,
