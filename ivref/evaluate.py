@@ -154,7 +154,10 @@ def stage_samples(
     (``video_generators``), so a video does not depend on how the prompts are split. With
     several processes (torchrun) every rank must call this: each samples its
     ``distributed.share`` of the prompts, and every rank gets all the videos back, on the
-    CPU, (len(prompts), C, F, H, W) in [-1, 1].
+    CPU, (len(prompts), C, F, H, W) in [-1, 1]. The sampler runs under the run's bf16
+    autocast, as its training steps do (faster; U-Net outputs rounded to bf16), so scores
+    logged during training can differ slightly from those of the same weights sampled in
+    float32 by ``Cascade.generate`` or ``ivref evaluate``.
     """
     prompts = list(prompts)
     stage, device, context = trainer.stage, trainer.device, trainer.context
