@@ -1,4 +1,4 @@
-"""The checks and timings a lent CUDA GPU runs, each one ``--parts`` entry of one JSON file.
+"""The checks and timings to run on a CUDA GPU, each one ``--parts`` entry of one JSON file.
 
     python benchmarks/cuda_checks.py --device cuda --out results/     # every part
     python benchmarks/cuda_checks.py --device cpu --tiny --out /tmp/c  # ci sizes, any machine

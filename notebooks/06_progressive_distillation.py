@@ -234,7 +234,8 @@ plt.show()
 # teacher with the learning rate annealed to 0 and no EMA [PD]. The student samples with
 # the stochastic sampler of section 5. From the shell:
 # `ivref distill --stage base --from data/toy --out runs/distill-base`, then
-# `ivref export runs/distill-base --base data/toy --out data/toy/distilled`.
+# `ivref export runs/distill-base --base data/toy/distilled --out my_distilled` (a new
+# cascade folder: the shipped distilled SR stages beside your base student).
 
 # %%
 STUDENTS = {}  # steps -> (student stage config, model)
