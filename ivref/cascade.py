@@ -17,13 +17,16 @@ Loading checks every file against the manifest and refuses damaged or non-finite
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import numbers
 import os
 import secrets
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -139,13 +142,37 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
         )
 
 
+def _is_integer(value: object) -> bool:
+    """An integer, NumPy's too, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_model_config(name: str, got: Any, want: configs.UNetConfig) -> None:
+    """A stage's model must be built from its stage's ``UNetConfig`` (a model with no
+    ``cfg``, e.g. a wrapper, is taken as it is)."""
+    if not isinstance(got, configs.UNetConfig) or got == want:
+        return
+    differ = [
+        f"{f.name}: model {getattr(got, f.name)!r}, stage {getattr(want, f.name)!r}"
+        for f in dataclasses.fields(want)
+        if getattr(got, f.name) != getattr(want, f.name)
+    ]
+    raise ValueError(
+        f"models[{name!r}] was built from another UNetConfig than stage {name!r} of the cascade "
+        f"config ({'; '.join(differ)}): build it as VideoUNet(cfg.stage({name!r}).unet), or "
+        "give the config it was trained with"
+    )
+
+
 class Cascade(nn.Module):
     """Text encoder + trained stage models of one ``CascadeConfig``; ``generate`` runs them.
 
     ``text_probe`` (``text.probe`` of the encoder the stages were trained with, recorded in
     cascade.json) is checked against the encoder when it is first used: another encoder of
     the same width (another T5 at the configured path) is an error, not silently wrong
-    videos. ``None`` (a cascade saved before it was recorded) checks nothing.
+    videos. ``None`` checks nothing: a cascade saved before ivref recorded the probe, or by
+    a ``Cascade`` whose encoder was never built nor given (``save_pretrained`` records the
+    probe only of an encoder it has, rather than load one to save).
     """
 
     def __init__(
@@ -166,12 +193,25 @@ class Cascade(nn.Module):
             raise ValueError(f"trained stages {trained} must be a prefix of the cascade {names}")
         if not trained:
             raise ValueError("a Cascade needs at least the base stage's model")
+        for name in trained:  # save_pretrained records cfg: weights of another shape would not load
+            _check_model_config(name, getattr(models[name], "cfg", None), cfg.stage(name).unet)
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
         if text_probe is not None and not text.is_probe(text_probe):
             raise ValueError(
                 f"text_probe={text_probe!r}: give text.probe(encoder), a list of at most "
                 f"{text.PROBE_DIMS} finite numbers, or None"
+            )
+        if encoder is not None and not isinstance(encoder, text.TextEncoder):
+            raise ValueError(
+                f"encoder={encoder!r} is not a text encoder (name, dim, max_length and "
+                "encode(prompts)): give one built by text.build_encoder(cfg.text), or None to "
+                "build it from the config on first use"
+            )
+        if encoder is not None and encoder.dim != cfg.text.dim:
+            raise ValueError(
+                f"encoder {encoder.name!r} makes {encoder.dim}-wide embeddings; this cascade's "
+                f"stages take text.dim={cfg.text.dim}"
             )
         self._encoder = encoder
         self.text_probe = text_probe
@@ -233,11 +273,13 @@ class Cascade(nn.Module):
             check_learnt_guidance(s, s.guidance_w if w_of[s.name] is None else w_of[s.name])
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        if not _is_integer(seed) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        seed = int(seed)  # NumPy's integers too
         batch_size = self.default_batch_size() if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        batch_size = int(batch_size)
         self.last_seed = seed
         self.timings = {s.name: 0.0 for s in stages}
         outputs: list[list[torch.Tensor]] = [[] for _ in stages]

@@ -104,6 +104,9 @@ def save(
     sharded model's: the optimizer's param groups in its ``json``), checked as they come.
     """
     directory = Path(directory)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step={step!r} must be an integer >= 0 (the steps trained)")
+    config.stage(stage)  # a ValueError naming the stages there are: it would not read back
     model_state, ema_state = _state_dict(model), _state_dict(ema)
     for state, what in ((model_state, "model weights"), (ema_state, "EMA weights")):
         if not isinstance(state, Streamed):

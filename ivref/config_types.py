@@ -298,6 +298,14 @@ class StageConfig:
                 continue
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 checks.fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
+        if self.guidance_w_max is not None and self.guidance_w > self.guidance_w_max:
+            checks.fail(
+                o,
+                "guidance_w",
+                self.guidance_w,
+                f"must be <= guidance_w_max ({self.guidance_w_max}, the largest weight this "
+                "distilled stage learnt): its default would be refused at sampling",
+            )
         if not (isinstance(self.aug_sample_logsnr, int | float) and self.aug_sample_logsnr > -50):
             checks.fail(o, "aug_sample_logsnr", self.aug_sample_logsnr, "must be a number > -50")
         if not 0.0 < self.aug_train_max_t <= 1.0:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ivref import schedules
 from ivref.config_types import MAX_STEPS  # re-exported: samplers.MAX_STEPS
+from ivref.devices import parse_device
 
 XHatFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
@@ -181,6 +182,8 @@ def sample(
         raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma={gamma} is invalid; allowed range [0, 1]")
+    if device is not None:
+        device = parse_device(device)
     grid = logsnr_grid(steps, logsnr_min, logsnr_max, dtype)
     shape = tuple(shape)
     if noise is None:

@@ -30,6 +30,14 @@ def check_against_unet(stage: Any) -> None:
             stage.num_frames,
             f"must be <= unet.max_frames ({stage.unet.max_frames})",
         )
+    if stage.unet.out_channels != stage.unet.in_channels:
+        checks.fail(
+            o,
+            "unet.out_channels",
+            stage.unet.out_channels,
+            f"must equal unet.in_channels ({stage.unet.in_channels}): the U-Net predicts v, "
+            "which has z_t's shape",
+        )
     blank = stage.kind == "tsr" and stage.temporal_cond == "blank"
     want_cond = 0 if stage.kind == "base" else stage.unet.in_channels + blank
     if stage.unet.cond_channels != want_cond:

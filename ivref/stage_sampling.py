@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ivref import configs, guidance, samplers, superres
+from ivref.devices import parse_device as parse_device  # re-exported: cascade.parse_device
 from ivref.unet3d import VideoUNet
 
 MAX_STEPS = samplers.MAX_STEPS  # more is almost surely a typo (each step is a forward pass)
@@ -37,27 +38,6 @@ def check_guidance(w: object, name: str = "guidance") -> float:
     return float(w)
 
 
-def parse_device(name: str | torch.device) -> torch.device:
-    """A usable torch device from a name ("cpu", "cuda", "cuda:1", "mps"), or a clear error."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r}: CUDA is not available here (torch "
-                f"{torch.__version__}); use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r}: MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps", "meta"):
-        raise ValueError(f"device {name!r}: supported devices are cpu, cuda[:N] and mps")
-    return device
-
-
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (where its inputs must be)."""
     return next(model.parameters()).device
@@ -66,7 +46,7 @@ def model_device(model: nn.Module) -> torch.device:
 def stage_guidance(stage: configs.StageConfig, w: float, steps: int) -> float | list[float]:
     """The guidance of one stage: w, or with ``oscillating_guidance`` one weight per step.
 
-    Oscillating [IV §2.6.2]: constant w for the first 10% of steps, then alternating
+    Oscillating [IV §2.6.2]: constant w for the first 10% of steps (at least one), then alternating
     low, w, low, ... with low = min(stage.guidance_low_w, w), so w = 0 is no guidance at all.
     """
     if not stage.oscillating_guidance:
@@ -112,9 +92,18 @@ def sample_stage(
     (B, C, F, H, W) in [-1, 1], on the model's device.
     """
     device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise ValueError(
+            f"stage {stage.name!r}: the model's weights are {dtype}; sampling takes float32 "
+            "weights (model.float()). For bf16 speed keep them float32 and sample under "
+            "torch.autocast(device_type, dtype=torch.bfloat16)"
+        )
     steps = check_steps(stage.sample_steps if steps is None else steps)
     w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
     guidance.check_text(text_emb, text_mask)  # before B is read from it
+    if not bool(torch.isfinite(text_emb).all()):
+        raise ValueError("text_emb holds NaN or infinite values: check the text encoder's output")
     b = text_emb.shape[0]
     shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
     kwargs = _sr_inputs(stage, diffusion, cond_video, b, aug_logsnr, aug_noise, generator, device)
@@ -175,6 +164,12 @@ def _sr_inputs(
         raise ValueError("aug_logsnr=nan; allowed: a log-SNR, or +inf for no augmentation")
     if aug_noise is None:
         aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
+    elif tuple(aug_noise.shape) != tuple(cond[:, :3].shape):  # it would broadcast silently
+        raise ValueError(
+            f"aug_noise {tuple(aug_noise.shape)}: give one value per pixel of the upsampled "
+            f"input video's RGB channels, {tuple(cond[:, :3].shape)} (B, 3, F, H, W at the "
+            f"stage's size)"
+        )
     level_b = torch.full((b,), level, device=device)
     # The model embeds lambda' only inside the range training drew it from (at most
     # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.

@@ -67,12 +67,13 @@ class HFEncoder:
         if isinstance(prompts, str) or not prompts:
             raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
         full = self.tokenizer(list(prompts), verbose=False)["input_ids"]  # we warn, below
-        long = [i for i, ids in enumerate(full) if len(ids) > self.max_length]
-        if long:
+        long = [p for p, ids in zip(prompts, full, strict=True) if len(ids) > self.max_length]
+        if long:  # named by text, not index: a caller may encode its prompts in batches
+            shown = ", ".join(repr(p if len(p) <= 40 else p[:37] + "...") for p in long[:3])
             warnings.warn(
-                f"{self.name}: prompts {long} have more than max_length={self.max_length} "
-                "tokens and are truncated",
-                stacklevel=2,
+                f"{self.name}: {len(long)} prompt(s) have more than max_length="
+                f"{self.max_length} tokens and are truncated: {shown}",
+                stacklevel=3,  # past torch.no_grad's wrapper, to the caller of encode
             )
         tok = self.tokenizer(
             list(prompts),

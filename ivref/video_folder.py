@@ -73,6 +73,10 @@ class VideoTextFolder:
             raise ValueError(f"fit={fit!r}; allowed: 'crop' (centred window) or 'squash'")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers={workers!r} must be a positive integer (decoders at once)")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        if not isinstance(random_start, bool):
+            raise ValueError(f"random_start={random_start!r}; allowed: True or False")
         self.workers = workers
         if not isinstance(prefetch, bool):
             raise ValueError(f"prefetch={prefetch!r}; allowed: True or False")
@@ -144,8 +148,14 @@ class VideoTextFolder:
     def starts(self, i: int) -> int:
         """How many start frames clip i can have: 0 .. starts(i) - 1 keep it inside its file
         (0 or less: it holds no clip)."""
-        _, _, src_fps, n = self.items[i]
+        _, _, src_fps, n = self.items[self._index(i)]
         return n - self._source_indices(src_fps)[-1]
+
+    def _index(self, i: object) -> int:
+        """``i`` as an index of ``items``, or a ValueError saying which are allowed."""
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.items):
+            raise ValueError(f"clip {i!r}: allowed 0 to {len(self.items) - 1} (len(folder) - 1)")
+        return i
 
     def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
         """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None.
@@ -155,7 +165,7 @@ class VideoTextFolder:
         where they fit in those (``starts(i)`` shrinks); a file that cannot hold a clip any
         more, or fails otherwise, is skipped (``starts(i)`` becomes 0, and ``sample`` drops
         it)."""
-        path, _, _, n = self.items[i]
+        path, _, _, n = self.items[self._index(i)]
         if self.starts(i) < 1:
             raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
         if not 0 <= start < self.starts(i):
@@ -242,6 +252,8 @@ class VideoTextFolder:
         draws depend on the generator and the files alone, so ``workers`` changes the speed,
         never the clips.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         g = generator if generator is not None else self.generator
         clips: list[torch.Tensor] = []
         texts: list[str] = []

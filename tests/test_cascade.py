@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,8 +199,15 @@ def test_numpy_steps_and_weights_are_taken_as_python_numbers(ci_cascade):
     for steps, w in [(np.int64(2), np.float32(0.5)), (np.int32(2), np.float64(0.5))]:
         got = ci_cascade.generate(prompt, seed=0, steps=steps, guidance=w)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got = ci_cascade.generate(
+        prompt, seed=np.int64(0), steps=2, guidance=0.5, batch_size=np.int32(1)
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert type(ci_cascade.last_seed) is int
     with pytest.raises(ValueError, match=r"steps=.*2\.0\)? must be an integer"):
         ci_cascade.generate(prompt, steps=np.float64(2.0))
+    with pytest.raises(ValueError, match=r"seed=.*-1\)? must be an integer from 0"):
+        ci_cascade.generate(prompt, seed=np.int64(-1))
 
 
 def test_models_must_be_a_prefix_of_the_stages():
@@ -632,3 +641,64 @@ def test_a_stage_gamma_outside_0_1_is_refused(gamma):
     says = "must be a number" if isinstance(gamma, bool | str) else r"must be in \[0, 1\]"
     with pytest.raises(ValueError, match=rf"StageConfig\('ssr1'\)\.gamma=.* {says}"):
         dataclasses.replace(stage, gamma=gamma)
+
+
+def test_a_model_built_from_another_unet_config_is_refused_before_it_could_be_saved(tmp_path):
+    """save_pretrained records the cascade's config beside the weights: a model of another
+    shape would save fine and never load again."""
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    wider = VideoUNet(dataclasses.replace(base.unet, base_channels=2 * base.unet.base_channels))
+    with pytest.raises(ValueError, match=r"models\['base'\] was built from another UNetConfig"):
+        cascade_lib.Cascade(cfg, {"base": wider})
+    right = cascade_lib.Cascade(cfg, {"base": VideoUNet(base.unet)})
+    right.save_pretrained(tmp_path / "c")
+    assert cascade_lib.Cascade.from_pretrained(tmp_path / "c").models["base"].cfg == base.unet
+
+
+def test_sample_stage_refuses_inputs_that_would_fail_deep_or_broadcast_silently():
+    """A bf16 model (mixed dtypes deep in a layer), NaN text (a NaN video), and augmentation
+    noise of another shape (it broadcast: one value per channel, or channel 0 noised alone)."""
+    cfg = configs.preset("ci")
+    base, tsr = cfg.stage("base"), cfg.stage("tsr")
+    encoder = text.build_encoder(cfg.text)
+    emb, mask = encoder.encode(["a red circle moving left", "a blue square"])
+    run = dict(steps=1, generator=torch.Generator().manual_seed(0))
+    model = VideoUNet(base.unet).eval()
+    with pytest.raises(ValueError, match="weights are torch.bfloat16; sampling takes float32"):
+        cascade_lib.sample_stage(model.to(torch.bfloat16), base, cfg.diffusion, emb, mask, **run)
+    with pytest.raises(ValueError, match="text_emb holds NaN"):
+        cascade_lib.sample_stage(model.float(), base, cfg.diffusion, emb * math.nan, mask, **run)
+    low = torch.zeros(2, 3, base.num_frames, base.height, base.width)
+    want = (2, 3, tsr.num_frames, tsr.height, tsr.width)
+    model = VideoUNet(tsr.unet).eval()
+    for bad in ((2, 3, 1, 1, 1), (1, 1, *want[2:]), (2, 3, *low.shape[2:])):
+        with pytest.raises(
+            ValueError, match=rf"aug_noise {re.escape(str(bad))}: .* {re.escape(str(want))}"
+        ):
+            cascade_lib.sample_stage(
+                model,
+                tsr,
+                cfg.diffusion,
+                emb,
+                mask,
+                cond_video=low,
+                aug_noise=torch.randn(bad),
+                **run,
+            )
+    out = cascade_lib.sample_stage(
+        model, tsr, cfg.diffusion, emb, mask, cond_video=low, aug_noise=torch.randn(want), **run
+    )
+    assert out.shape == want
+
+
+def test_an_encoder_that_is_not_one_or_of_another_width_is_refused(ci_cascade):
+    cfg, models = ci_cascade.cfg, dict(ci_cascade.models.items())
+    with pytest.raises(ValueError, match="encoder='minilm' is not a text encoder"):
+        Cascade(cfg, models, "minilm")  # a name: str.encode would have run on the prompts
+    wider = text.TinyT5Encoder(dataclasses.replace(cfg.text, dim=2 * cfg.text.dim))
+    with pytest.raises(
+        ValueError, match=rf"{2 * cfg.text.dim}-wide embeddings; .* text.dim={cfg.text.dim}"
+    ):
+        Cascade(cfg, models, wider)
+    assert Cascade(cfg, models, ci_cascade.encoder).encoder is ci_cascade.encoder

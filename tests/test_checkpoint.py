@@ -180,6 +180,18 @@ def test_save_run_keeps_the_newest_and_latest_finds_it(tmp_path):
     assert checkpoint.latest(tmp_path).name == "step-00000003"
 
 
+def test_a_checkpoint_that_could_not_be_found_or_read_back_is_never_written(tmp_path):
+    """A negative step made "step--0000001", which latest() never lists; an unknown stage
+    saved fine and failed when read."""
+    model, ema, opt = _trained()
+    with pytest.raises(ValueError, match=r"step=-1 must be an integer >= 0"):
+        checkpoint.save_run(tmp_path, step=-1, keep=2, **_ckpt_state(model, ema, opt))
+    state = _ckpt_state(model, ema, opt) | {"stage": "nope"}
+    with pytest.raises(ValueError, match=r"no stage 'nope' in cascade 'ci'"):
+        checkpoint.save_run(tmp_path, step=1, keep=2, **state)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_non_finite_weights_are_never_saved_or_loaded(tmp_path):
     model, ema, opt = _trained()
     with torch.no_grad():

@@ -74,6 +74,7 @@ def _stage(**changes):
         ({"fps": 0}, "fps"),
         ({"sample_steps": 0}, "sample_steps"),
         ({"guidance_w": -1.0}, "guidance_w"),
+        ({"guidance_w": 3.0, "guidance_w_max": 2.0}, "guidance_w"),  # above what it learnt
         ({"name": ""}, "name"),
     ],
 )
@@ -147,6 +148,12 @@ def test_cascade_level_checks():
         dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, dim=64))
     with pytest.raises(ValueError, match="unique"):
         dataclasses.replace(cfg, stages=(cfg.stages[0], cfg.stages[0]))
+
+
+def test_a_stage_predicts_v_in_z_ts_channels():
+    base = configs.preset("ci").stages[0]
+    with pytest.raises(ValueError, match=r"unet\.out_channels=6 .*must equal unet\.in_channels"):
+        dataclasses.replace(base, unet=dataclasses.replace(base.unet, out_channels=6))
 
 
 def test_sr_stage_needs_condition_channels():

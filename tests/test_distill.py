@@ -325,7 +325,11 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path)
 
 
 def test_the_draws_of_an_unguided_distillation_hold_w_at_zero():
-    cfg = configs.preset("ci")
+    ci = configs.preset("ci")  # its base unguided (w = 0): a student may then learn w = 0 alone
+    stages = tuple(
+        dataclasses.replace(s, guidance_w=0.0) if s.name == "base" else s for s in ci.stages
+    )
+    cfg = dataclasses.replace(ci, stages=stages)
     cache = objectives.TextCache(text.build_encoder(cfg.text))
     teacher = distill.with_guidance_embedding(VideoUNet(cfg.stage("base").unet)).eval()
     g = torch.Generator().manual_seed(0)

@@ -890,7 +890,9 @@ def _guided_unguided_student(ctx: Ctx):
     from ivref import cascade, distill
 
     c = _ci_cascade(ctx)
-    cfg = distill.student_config(c.cfg, "base", 4, w_max=0.0)  # learnt w = 0 only
+    base = dataclasses.replace(c.cfg.stage("base"), guidance_w=0.0)  # a stage sampled unguided
+    unguided = dataclasses.replace(c.cfg, stages=(base, *c.cfg.stages[1:]))
+    cfg = distill.student_config(unguided, "base", 4, w_max=0.0)  # learnt w = 0 only
     student = distill.with_guidance_embedding(c.models["base"]).eval()
     cascade.Cascade(cfg, {"base": student}, c.encoder).generate([PROMPT], guidance=1.0)
 

@@ -180,6 +180,15 @@ def test_cpu_generator_drives_a_model_on_another_device(sampler):
     assert seen == ["meta"] * 3
 
 
+def test_a_device_that_is_not_usable_here_is_named_not_a_torch_internal_error(monkeypatch):
+    run = dict(steps=1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="'banana' is not a device name; use cpu, cuda or cuda:N"):
+        samplers.sample(gaussian_oracle, (1, 3, 1, 2, 2), device="banana", **run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda:0': CUDA is not available here"):
+        samplers.sample(gaussian_oracle, (1, 3, 1, 2, 2), device="cuda:0", **run)
+
+
 def test_noise_is_drawn_on_the_generator_device_then_moved():
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     moved = samplers.randn((2, 3), g1, torch.float32, "meta")

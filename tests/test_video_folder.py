@@ -220,7 +220,11 @@ def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dro
     [(dict(num_frames=0), "num_frames=0 must be a positive integer"),
      (dict(width=8.0), "width=8.0 must be a positive integer"),
      (dict(fps=0.0), "fps=0.0 must be a positive finite number"),
-     (dict(fps=float("nan")), "fps=nan must be a positive finite number")],
+     (dict(fps=float("nan")), "fps=nan must be a positive finite number"),
+     (dict(seed=None), "seed=None must be an integer from 0 to 2\\*\\*63 - 1"),
+     (dict(seed=-1), "seed=-1 must be an integer"),
+     (dict(seed=2**70), "seed=1180591620717411303424 must be an integer"),
+     (dict(random_start="no"), "random_start='no'; allowed: True or False")],
 )  # fmt: skip
 def test_clip_sizes_are_checked_before_any_file_is_read(tmp_path, kwargs, message):
     """num_frames=0 failed with an IndexError inside the first file's probe, fps=0 divided."""
@@ -229,6 +233,21 @@ def test_clip_sizes_are_checked_before_any_file_is_read(tmp_path, kwargs, messag
     sizes = dict(num_frames=4, width=8, height=8, fps=4.0) | kwargs
     with pytest.raises(ValueError, match=message):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", **sizes)
+
+
+def test_a_bad_batch_size_or_clip_number_is_named(tmp_path):
+    """sample(0) failed in torch.stack, load(-1) read the last file, load(10) an IndexError."""
+    _write_counting_clip(tmp_path / "a.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"batch_size={bad!r} must be a positive integer"):
+            ds.sample(bad)
+    for bad in (-1, 1, 10, 0.0):
+        with pytest.raises(ValueError, match=rf"clip {bad!r}: allowed 0 to 0"):
+            ds.load(bad)
+    clip, caption = ds.load(0)
+    assert clip.shape == (3, 4, 8, 8) and caption == "hello"
 
 
 def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monkeypatch):
