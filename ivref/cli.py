@@ -30,6 +30,7 @@ from ivref.run_loading import run_stage as run_stage
 
 CLIError = errors.CLIError  # where earlier code found it
 MAX_DISPLAY_SIZE = 4096  # --display-size: larger is a typo (100000 asked for ~30 GB of frames)
+MAX_DISPLAY_BYTES = 2**31  # the upscaled frames (float32) of one written video
 
 
 _seed, _steps = arguments.seed_int, arguments.sampler_steps
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     g = sub.add_parser("generate", help="text -> video with a trained cascade")
-    g.add_argument("prompts", nargs="+", help="one or more prompts")
+    g.add_argument("prompts", nargs="*", help="one or more prompts")
     g.add_argument("--out", type=Path, nargs="+", required=True, help=".mp4 / .gif file(s)")
     g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
     g.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
@@ -112,6 +113,12 @@ def check_output(path: Path) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ivref import cascade as cascade_lib
 
+    if not args.prompts:  # --out takes every word up to the next option: prompts too
+        taken = [str(o) for o in args.out if o.suffix.lower() not in video.VIDEO_SUFFIXES]
+        raise CLIError(
+            "give one or more prompts"
+            + (f" (--out took {taken[0]!r}: put the prompts before --out)" if taken else "")
+        )
     cascade_lib.check_prompts(args.prompts)  # all the cheap checks before loading a model
     for out in args.out:
         check_output(out)
@@ -122,6 +129,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     device = cascade_lib.parse_device(args.device)
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
+    last = model.trained_stages[-1]
+    k = video.display_factor(last.height, last.width, args.display_size or 1)
+    n = len(model.trained_stages) if args.stages else 1  # stage_grid: a column per stage
+    rows, cols = video.grid_shape(len(args.prompts) * n, n if args.stages else None)
+    size = 4 * 3 * last.num_frames * (rows * (last.height + 1) * k) * (cols * (last.width + 1) * k)
+    if size > MAX_DISPLAY_BYTES:  # checked before sampling, not after
+        raise CLIError(
+            f"--display-size {args.display_size}: the {rows} x {cols} grid of "
+            f"{last.width} x {last.height} videos, upscaled {k}x, needs {size / 2**30:.1f} GiB "
+            f"of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give a smaller "
+            "--display-size (0: native size), fewer prompts, or drop --stages"
+        )
     final, stages = model.generate(
         args.prompts,
         seed=args.seed,
@@ -131,10 +150,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=True,
         batch_size=args.batch_size,
     )
-    last = model.trained_stages[-1]
     frames = video.stage_grid(stages) if args.stages else video.grid(final)
     if args.display_size:
-        k = video.display_factor(last.height, last.width, args.display_size)
         frames = video.upscale(frames, k)
     for out in args.out:
         path = video.write_video(out, frames, fps=last.fps)

@@ -18,12 +18,16 @@ thresholding: clipping inside the targets biases every student's brightness.
 
     ivref distill --stage base --from data/toy --out runs/distill-base [--resume]
     ivref export runs/distill-base --base data/toy --out my-cascade/distilled
+
+The data the phases draw z_t from is the teacher's: the toy world, or (``videos=``,
+``ivref distill --videos FOLDER``) the folder of captioned videos it was trained on.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -43,6 +47,7 @@ from ivref import (
     files,
     objectives,
     sharded_state,
+    train_videos,
     trainer,
 )
 from ivref.distill_objective import (  # the phases' math, re-exported: distill.pd_target etc.
@@ -62,15 +67,34 @@ __all__ = [
 ]  # fmt: skip
 
 PLAN = "distill.json"
+ADDED_LATER = ("data_digest", "batch_size", "seed", "teacher")  # a plan without them: unchecked
 
 
 # -- the phases of one stage -------------------------------------------------------------------
 
 
+def read_plan(out: str | Path) -> dict[str, Any]:
+    """A distillation's plan (``out/distill.json``), or a CLIError naming the file."""
+    path = Path(out) / PLAN
+    try:
+        record = json.loads(path.read_text())
+        phases, steps = record["phases"], record["phase_steps"]
+        if not (phases and isinstance(phases, list) and len(phases) == len(steps)):
+            raise ValueError("no phases, or not one step count per phase")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise errors.CLIError(
+            f"{str(path)!r} does not read back as a distillation plan ({type(err).__name__}: "
+            f"{err}): an edited or damaged file"
+        ) from None
+    return record
+
+
 def final_phase(out: str | Path) -> Path:
-    """The run folder of a finished distillation's last phase (what ``ivref export`` takes)."""
+    """The run folder of a finished distillation's last phase (what ``ivref export`` takes):
+    its newest checkpoint must be at the phase's last step, and whole (a damaged one would
+    let an older, unfinished student be loaded instead)."""
     out = Path(out)
-    record = json.loads((out / PLAN).read_text())
+    record = read_plan(out)
     last = out / record["phases"][-1]
     found = checkpoint.latest(last)
     done = found is not None and checkpoint.read_config(found)["step"] >= record["phase_steps"][-1]
@@ -79,6 +103,13 @@ def final_phase(out: str | Path) -> Path:
             f"distillation in {str(out)!r} is not finished ({last.name}); continue it with "
             "`ivref distill ... --resume`"
         )
+    try:
+        checkpoint.verify(found)
+    except checkpoint.CheckpointError as err:
+        raise ValueError(
+            f"distillation in {str(out)!r}: its last checkpoint is damaged ({err}); `ivref "
+            "distill ... --resume` sets it aside and trains the phase's last steps again"
+        ) from None
     return last
 
 
@@ -110,6 +141,7 @@ def distill_stage(
     compile: bool | dict[str, Any] = False,
     fsdp: bool = False,
     new_streams: bool = False,
+    videos: Any = None,
 ) -> Distilled:
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
@@ -129,7 +161,10 @@ def distill_stage(
     memory), so a phase's sharded EMA is gathered whole on every rank to teach the next one.
     The returned model is whole on every rank. ``new_streams``: a resumed phase starts new
     random streams (``trainer.Trainer.resume``), e.g. to resume with another number of
-    processes.
+    processes. ``videos``: a ``video_folder.VideoTextFolder`` at the stage's size and frame
+    rate to draw the clips from (default: the toy world), for a teacher trained on real
+    videos; each phase draws from it afresh, on this rank's stream. The plan records which
+    folder it is (a digest of its files and captions), so a resume on other data is refused.
     """
     compiling.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
@@ -144,6 +179,12 @@ def distill_stage(
     out = Path(out)
     config = teacher_cascade.cfg
     phases, lengths, record = phase_plan(config, stage, to_steps, guided_steps, halving_steps, bf16)
+    record["data_digest"] = data_digest(videos)
+    record["batch_size"] = (
+        config.stage(stage).train.batch_size if batch_size is None else batch_size
+    )
+    record["seed"] = seed
+    record["teacher"] = teacher_digest(teacher_cascade.models[stage])
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
     d = config.distill
@@ -154,11 +195,13 @@ def distill_stage(
     if resume:
         check_resumable(out)
     if (out / PLAN).is_file():
+        check_same_data(out, videos)
         _check_same_plan(out / PLAN, record)
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
     if context.is_main:
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
     stream = distributed.stream_seed(seed, context.rank)  # this rank's data
+    first_state = None if videos is None else videos.state_dict()  # every phase starts here
     teacher = teacher_cascade.models[stage].to(device).eval()
     if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
         teacher = with_guidance_embedding(teacher).eval()
@@ -167,9 +210,13 @@ def distill_stage(
         student = with_guidance_embedding(teacher, seed)
         pad = compiling.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
-        base = objectives.DiffusionObjective(
-            cfg, cfg.stage(stage), objectives.toy_dataset(cfg.stage(stage), stream, device), text
-        )
+        if videos is None:
+            dataset = objectives.toy_dataset(cfg.stage(stage), stream, device)
+        else:
+            videos.load_state_dict(first_state)
+            videos.generator.manual_seed(stream)
+            dataset = videos
+        base = objectives.DiffusionObjective(cfg, cfg.stage(stage), dataset, text)
         objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
         loop = trainer.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
@@ -186,6 +233,41 @@ def distill_stage(
     return Distilled(cfg, teacher)
 
 
+def teacher_digest(model: torch.nn.Module) -> str:
+    """A digest of a teacher's weights (sha256 of every tensor, by name), so a distillation
+    resumes only from the teacher it started with."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def data_digest(videos: Any) -> int | None:
+    """What a plan records of its data: None for the toy world, else the folder's digest
+    (``VideoTextFolder.state_dict``: its files' paths, captions and frame counts)."""
+    return None if videos is None else int(videos.state_dict()["digest"])
+
+
+def check_same_data(out: Path, videos: Any) -> None:
+    """A distillation goes on with the data it started on: the toy world, or the same videos
+    (their folder may have moved)."""
+    saved = read_plan(out).get("data_digest")
+    now = data_digest(videos)
+    if saved == now:
+        return
+    if saved is None:
+        raise errors.CLIError(
+            f"{str(out)!r} was distilled on the toy world; resume it without --videos"
+        )
+    raise errors.CLIError(
+        f"{str(out)!r} was distilled on a folder of videos, and "
+        + ("none is given" if now is None else "the one given holds other files or captions")
+        + ": give the same videos with --videos FOLDER (and --index FILE), or distil into a "
+        "new --out"
+    )
+
+
 def check_resumable(out: Path) -> None:
     """A resume needs a distillation to continue: its plan, written first, is in ``out``."""
     if not (Path(out) / PLAN).is_file():  # nothing was started there: a mistyped --out?
@@ -198,11 +280,12 @@ def check_resumable(out: Path) -> None:
 def _check_same_plan(path: Path, record: dict[str, Any]) -> None:
     """A resumed distillation must keep its plan: its finished phases were trained to it,
     and a phase trained to other lengths would teach the next from another student."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise errors.CLIError(f"{str(path)!r} does not read back as a plan: {err}") from None
-    changed = {k: (saved.get(k), v) for k, v in record.items() if saved.get(k) != v}
+    saved = read_plan(path.parent)
+    changed = {
+        k: (saved.get(k), v)
+        for k, v in record.items()
+        if saved.get(k) != v and (k in saved or k not in ADDED_LATER)
+    }
     if changed:
         listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())
         raise errors.CLIError(
@@ -284,6 +367,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="under torchrun: shard each student, its AdamW state and EMA between processes",
     )
+    train_videos.add_arguments(p, validation=False)  # --videos: the teacher's training data
 
 
 def step_counts(value: str) -> int | list[int]:
@@ -300,7 +384,21 @@ def run(args: argparse.Namespace) -> int:
     return distributed.run_in_group(device, lambda device, context: _distill(args, device, context))
 
 
+def _check_out(out: Path) -> None:
+    """--out is a folder of the distillation's own (checked before the teacher loads)."""
+    if out.exists() and not out.is_dir():
+        raise errors.CLIError(f"--out {str(out)!r} is a file; give a folder for the distillation")
+    files.check_writable(out, "--out")
+    if (out / trainer.LOG).exists() or (out / checkpoint.CHECKPOINTS).exists():
+        raise errors.CLIError(
+            f"--out {str(out)!r} holds an `ivref train` run ({trainer.LOG}, "
+            f"{checkpoint.CHECKPOINTS}/): give the distillation a folder of its own (one run "
+            "folder per phase is made inside it)"
+        )
+
+
 def _distill(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
+    _check_out(args.out)
     teacher = cascade.Cascade.from_pretrained(args.source)
     names = [s.name for s in teacher.trained_stages]
     if args.stage not in names:
@@ -311,28 +409,46 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
-    # a step count that cannot be planned, or nothing to resume, fails before the lock makes --out
+    # a step count that cannot be planned, nothing to resume, or videos that are not the
+    # plan's fail before the lock makes --out
     if args.resume:
         check_resumable(args.out)
+    elif (args.out / PLAN).is_file():
+        raise errors.CLIError(
+            f"{str(args.out)!r} already holds a distillation; pass --resume or a new --out"
+        )
     phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
+    videos, moved = (
+        train_videos.resumed(args) if args.resume else (train_videos.record(args), False)
+    )
+    folder = train_videos.dataset(  # its draws are reseeded per phase by distill_stage
+        videos, teacher.cfg.stage(args.stage), 0, args.decode_workers, args.prefetch
+    )
+    if args.resume:
+        check_same_data(args.out, folder)
     with distributed.main_only(context, files.RunLock(args.out)):
+        if context.is_main and videos is not None and (moved or not args.resume):
+            train_videos.write(args.out, videos)  # so --resume needs no flags
+            if moved:
+                print(f"resume: the videos are now in {videos['videos']!r}", file=sys.stderr)
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
             halving_steps=args.halving_steps, bf16=args.bf16,
             checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
-            fsdp=args.fsdp, new_streams=args.new_streams,
+            fsdp=args.fsdp, new_streams=args.new_streams, videos=folder,
         )  # fmt: skip
     if result.signal is not None:
         raise errors.Interrupted(
-            result.signal, f"stopped early; continue with --resume (out: {args.out})"
+            result.signal,
+            f"stopped early; continue with the same command and --resume (out: {args.out})",
         )
     steps = result.config.stage(args.stage).sample_steps
     if not context.is_main:
         return 0
     print(
         f"distilled {args.stage} to {steps} steps in {args.out}; export it with: ivref export "
-        f"{args.out} --base {args.source or 'data/toy'} --out DIR",
+        f"{args.out} --base {args.source or cascade.shipped_dir()} --out DIR",
         file=sys.stderr,
     )
     return 0

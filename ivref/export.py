@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     for run in args.runs:  # the cheap checks first: inputs, then the output
         if not run.is_dir():
-            raise CLIError(f"{str(run)!r} is not an `ivref train` run folder (no such folder)")
+            what = "a file" if run.exists() else "no such folder"
+            raise CLIError(f"{str(run)!r} is not an `ivref train` run folder ({what})")
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} is a file; give a folder for the cascade")
     if (args.out / cascade_lib.MANIFEST).exists() and not args.force:
@@ -53,8 +54,15 @@ def run(args: argparse.Namespace) -> int:
         probes[f"--base {str(args.base)!r}"] = base.text_probe
     elif args.sampling == "base":
         raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
+    given: dict[str, Path] = {}  # stage -> the run that gives it
     for run in args.runs:
         run_cfg, stage, model, extra = run_checkpoint(run)
+        if stage in given:  # the later one would silently replace the first
+            raise CLIError(
+                f"{str(given[stage])!r} and {str(run)!r} are both stage {stage!r}: give one run "
+                "per stage"
+            )
+        given[stage] = run
         probes[repr(str(run))] = text.recorded_probe(extra, repr(str(run)))
         if cfg is None:
             cfg = run_cfg

@@ -29,7 +29,8 @@ def run_checkpoint(path: Path):
     from ivref import checkpoint
 
     if not path.is_dir():
-        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no such folder)")
+        what = "a file" if path.exists() else "no such folder"
+        raise CLIError(f"{str(path)!r} is not an `ivref train` run folder ({what})")
     if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
         path = distill.final_phase(path)
     single = checkpoint.is_checkpoint(path)

@@ -26,6 +26,7 @@ from ivref import (
     cascade,
     checkpoint,
     configs,
+    distill,
     distributed,
     errors,
     evaluate,
@@ -176,9 +177,10 @@ def _newest_config(run: Path) -> dict[str, Any]:
     """The saved config of a run's newest checkpoint whose config.json reads (for --resume)."""
     found = checkpoint.run_checkpoints(run)
     if not found:
-        raise errors.CLIError(
-            f"--resume: {checkpoint.no_checkpoint_message(run)}; drop --resume to start anew"
-        )
+        anew = "drop --resume to start anew"
+        if any(p.exists() for p in _ours(run)):  # a run that stopped before its first save
+            anew = "drop --resume and add --force to start anew there (its log is deleted)"
+        raise errors.CLIError(f"--resume: {checkpoint.no_checkpoint_message(run)}; {anew}")
     for path in reversed(found):
         try:
             return checkpoint.read_config(path)
@@ -232,6 +234,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")
+    if (args.out / distill.PLAN).is_file():  # its last phase would hide this run from export
+        raise errors.CLIError(
+            f"--out {str(args.out)!r} holds a distillation ({distill.PLAN}); give the run a "
+            "folder of its own"
+        )
+    if args.resume and args.force:
+        raise errors.CLIError(
+            "--resume continues the run in --out and --force deletes it to start afresh: "
+            "give one of them"
+        )
     if args.new_streams and not args.resume:
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.resume and not args.out.is_dir():  # before the lock would make the folder
@@ -268,11 +280,6 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                 steps=args.eval_steps,
                 guidance_w=args.eval_guidance,
             )
-        if context.is_main:  # --force deletes: a bad folder of videos failed before it
-            _prepare_out(args.out, args.resume, args.force)
-        distributed.barrier(context)  # the folder is ready before any rank writes in it
-        for note in notes if context.is_main else []:
-            print(f"resume: override {note}", file=sys.stderr)
         if args.threads:
             torch.set_num_threads(args.threads)
         trainer = Trainer(
@@ -290,11 +297,22 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             on_nonfinite=args.on_nan,
             compile=args.compile,
             fsdp=args.fsdp,
-        )
+        )  # nothing written yet: its text encoder and options are checked before --force
+        if context.is_main:  # deletes (a bad folder of videos failed before it, too)
+            _prepare_out(args.out, args.resume, args.force)
+        distributed.barrier(context)  # the folder is ready before any rank writes in it
+        for note in notes if context.is_main else []:
+            print(f"resume: override {note}", file=sys.stderr)
         if args.resume:
             step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:
                 print(f"resuming {stage} from step {step}", file=sys.stderr)
+            if context.is_main and step >= args.steps:
+                print(
+                    f"resume: the run is at step {step} already, --steps {args.steps}: nothing "
+                    "to train (--steps is the total to reach, not a number to add)",
+                    file=sys.stderr,
+                )
         if context.is_main and videos is not None and (moved or not args.resume):
             train_videos.write(args.out, videos)  # once its files probed (and resumed) fine
             if moved:

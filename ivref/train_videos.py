@@ -1,4 +1,5 @@
-"""``ivref train --videos FOLDER``: a run on a folder of captioned videos, not the toy world.
+"""``ivref train --videos FOLDER``: a run on a folder of captioned videos, not the toy world
+(and ``ivref distill --videos FOLDER``, the distillation of a teacher trained on them).
 
 The folder is a ``video_folder.VideoTextFolder`` (files plus an index, CSV ``path,caption``
 or JSONL) at the stage's size and frame rate; each process draws from its own stream
@@ -26,7 +27,9 @@ FIELDS = ("videos", "index", "fit")
 VALIDATION_SEED = 12345  # any fixed number: every evaluation draws the same t and noise
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, validation: bool = True) -> None:
+    """The --videos options (``ivref train``; ``ivref distill`` without ``validation``, the
+    held-out loss, which it does not log)."""
     p.add_argument(
         "--videos",
         type=Path,
@@ -53,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --videos: decode the next batch while a step trains (the same clips)",
     )
+    if not validation:
+        return
     p.add_argument(
         "--val-index",
         type=Path,
@@ -72,7 +77,7 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
             ("--fit", args.fit),
             ("--decode-workers", decode),
             ("--prefetch", args.prefetch or None),
-            ("--val-index", args.val_index),
+            ("--val-index", getattr(args, "val_index", None)),
         ):
             if given is not None:
                 raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
@@ -161,7 +166,10 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
 
 def check_validation(args: argparse.Namespace, videos: Path) -> None:
     """--eval-every on videos needs --val-index (the toy world's caption scores do not
-    apply), and --val-index needs --eval-every; the index must exist."""
+    apply), and --val-index needs --eval-every; the index must exist. A command without
+    evaluation (``ivref distill``) has nothing to check."""
+    if not hasattr(args, "val_index"):
+        return
     if args.eval_every and args.val_index is None:
         raise errors.CLIError(
             "--eval-every with --videos logs the loss of held-out videos: give their index "

@@ -85,14 +85,20 @@ def grid(videos: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.
         raise ValueError(f"ncols={ncols!r} must be None (square-ish) or an integer >= 1")
     if not isinstance(pad, int) or pad < 0:
         raise ValueError(f"pad={pad!r} must be an integer >= 0")
-    ncols = ncols or int(np.ceil(np.sqrt(b)))
-    nrows = -(-b // ncols)
+    nrows, ncols = grid_shape(b, ncols)
     empty = nrows * ncols - b
     if empty:
         videos = torch.cat([videos, videos.new_full((empty, *videos.shape[1:]), -1.0)])
     videos = torch.nn.functional.pad(videos, (0, pad, 0, pad), value=-1.0)
     tiled = rearrange(videos, "(r k) c f h w -> c f (r h) (k w)", r=nrows, k=ncols)
     return tiled[:, :, : tiled.shape[2] - pad, : tiled.shape[3] - pad]
+
+
+def grid_shape(count: int, ncols: int | None = None) -> tuple[int, int]:
+    """(rows, columns) of ``grid`` for ``count`` videos: ``ncols`` columns, by default
+    ceil(sqrt(count)), and as many rows as they fill."""
+    ncols = ncols or int(np.ceil(np.sqrt(count)))
+    return -(-count // ncols), ncols
 
 
 def upscale(videos: torch.Tensor, factor: int) -> torch.Tensor:

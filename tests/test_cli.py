@@ -60,6 +60,101 @@ def test_force_starts_afresh_in_a_used_folder(tmp_path):
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_force_with_a_bad_option_keeps_the_old_run(tmp_path, capsys):
+    """--force deleted the old run before the text encoder and the trainer's options were
+    checked: a bad one lost it (--fsdp in one process, a text cache that is a file)."""
+    out = tmp_path / "run"
+    args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir()), train.read_log(out)
+    (tmp_path / "afile").write_text("")
+    for bad in (["--fsdp"], ["--text-cache", str(tmp_path / "afile")]):
+        assert cli.main([*args, "--steps", "1", "--force", *bad]) == 2
+        assert (
+            sorted(p.name for p in (out / "checkpoints").iterdir()),
+            train.read_log(out),
+        ) == before
+    assert "--resume continues the run" in _err(
+        cli.main([*args, "--steps", "3", "--resume", "--force"]), capsys
+    )
+
+
+def test_resume_says_when_there_is_nothing_to_train_and_how_to_leave_a_run_without_checkpoints(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--steps", "1", "--resume"]) == 0
+    assert "the run is at step 2 already, --steps 1: nothing to train" in capsys.readouterr().err
+    assert [r["step"] for r in train.read_log(out)] == [1, 2]
+    for p in (out / "checkpoints").iterdir():  # a run that stopped before its first save
+        p.rename(tmp_path / p.name)
+    (out / "checkpoints").rmdir()
+    err = _err(cli.main([*args, "--steps", "2", "--resume"]), capsys)
+    assert "drop --resume and add --force to start anew there" in err
+
+
+def test_train_and_distill_keep_out_of_each_others_folders(tmp_path, capsys):
+    """A distillation's last phase is what export and generate read from its folder: a train
+    run in it would be hidden, and a distillation in a run's folder would hide the run."""
+    from ivref import distill
+
+    run, plan = tmp_path / "run", tmp_path / "plan"
+    assert cli.main(["train", "--scale", "ci", "--out", str(run), "--steps", "1"]) == 0
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "none"), "--out", str(run)]
+    assert "holds an `ivref train` run" in _err(cli.main(argv), capsys)
+    (tmp_path / "afile").write_text("")
+    argv[-1] = str(tmp_path / "afile")
+    assert "is a file; give a folder for the distillation" in _err(cli.main(argv), capsys)
+    plan.mkdir()
+    (plan / distill.PLAN).write_text("{}")
+    argv = ["train", "--scale", "ci", "--out", str(plan), "--steps", "1", "--force"]
+    assert "holds a distillation (distill.json)" in _err(cli.main(argv), capsys)
+    argv = ["export", str(plan), "--out", str(tmp_path / "c")]
+    assert "does not read back as a distillation plan (KeyError" in _err(cli.main(argv), capsys)
+
+
+def test_export_refuses_two_runs_of_one_stage(tmp_path, capsys):
+    args = ["train", "--scale", "ci", "--batch-size", "2", "--steps", "1", "--out"]
+    for name in ("a", "b"):
+        assert cli.main([*args, str(tmp_path / name)]) == 0
+    argv = ["export", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]
+    assert "are both stage 'base': give one run per stage" in _err(cli.main(argv), capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_display_size_whose_frames_would_not_fit_is_refused_before_sampling(
+    tmp_path, capsys, monkeypatch
+):
+    """The cap on --display-size took one video's size, not the grid's: 9 prompts with
+    --stages at 4096 px asked for ~30 GB of frames, after sampling them."""
+    from ivref.cascade import Cascade
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled")
+
+    monkeypatch.setattr(Cascade, "generate", never)
+    prompts = ["a red circle moving left"] * 9
+    argv = ["generate", *prompts, "--out", str(tmp_path / "v.mp4"), "--distilled", "--stages"]
+    err = _err(cli.main([*argv, "--display-size", "4096"]), capsys)
+    assert "--display-size 4096: the 9 x 4 grid of 64 x 64 videos, upscaled 64x, needs" in err
+    assert cli.main(argv) == 1  # the default size fits: on to sampling
+    assert "AssertionError: sampled" in capsys.readouterr().err
+
+
+def test_prompts_after_out_are_named_as_taken_by_it(tmp_path, capsys):
+    argv = ["generate", "--out", str(tmp_path / "a.mp4"), "a red circle moving left"]
+    err = _err(cli.main(argv), capsys)
+    assert "give one or more prompts (--out took 'a red circle moving left': put the prompts" in err
+
+
+def _err(code, capsys):
+    assert code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

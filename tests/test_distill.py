@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -460,3 +461,99 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(ValueError, match=message):
         distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, **kwargs)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
+    tmp_path, capsys, monkeypatch
+):
+    """`ivref distill --videos`: every phase draws its clips from the folder (decoded, not
+    painted), the run records the videos so --resume needs no flags, a phase distilled again
+    on resume sees the same clips, and other data is refused: the toy world, other videos."""
+    from ivref import train_videos, video_folder
+    from tests.test_train_videos import _folder
+
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
+        tmp_path / "cascade"
+    )
+    videos, out = _folder(tmp_path / "videos"), tmp_path / "d"
+    decoded = []
+    real_decode = video_folder.decode_from
+    monkeypatch.setattr(
+        video_folder,
+        "decode_from",
+        lambda path, *a, **k: decoded.append(path) or real_decode(path, *a, **k),
+    )
+
+    def distil(out, *extra):
+        argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out"]
+        argv += [str(out), "--guided-steps", "2", "--halving-steps", "1", "--batch-size", "2"]
+        return cli.main([*argv, "--to-steps", "8", *extra])
+
+    assert distil(out, "--videos", str(videos)) == 0
+    phases = json.loads((out / distill.PLAN).read_text())["phases"]
+    assert len(phases) == 2 and len(decoded) >= 2 * 3  # 2 + 1 steps of 2 clips, all decoded
+    assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(videos.resolve())
+
+    def losses(phase):
+        return [(row["step"], row["loss"], row["grad_norm"]) for row in train.read_log(phase)]
+
+    halving = losses(out / phases[1])
+    shutil.rmtree(out / phases[1])  # distilled again on resume, from the same clips
+    assert distil(out, "--resume") == 0
+    assert losses(out / phases[1]) == halving
+    capsys.readouterr()
+    toy = tmp_path / "toy"
+    assert distil(toy) == 0  # the toy world
+    assert distil(toy, "--resume", "--videos", str(videos)) == 2
+    assert "was distilled on the toy world; resume it without --videos" in capsys.readouterr().err
+    other = _folder(tmp_path / "other", names=("a", "b"))
+    assert distil(out, "--resume", "--videos", str(other)) == 2
+    assert "the one given holds other files or captions" in capsys.readouterr().err
+    (out / train_videos.VIDEOS).unlink()  # a lost record: the toy world is not the plan's data
+    assert distil(out, "--resume") == 2
+    assert "was distilled on a folder of videos, and none is given" in capsys.readouterr().err
+    moved = videos.rename(tmp_path / "moved")
+    assert distil(out, "--resume", "--videos", str(moved)) == 0
+    assert "the videos are now in" in capsys.readouterr().err
+
+
+def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_end_not_exported(
+    tmp_path, capsys
+):
+    """Each changed the phases still to train without a word; a truncated last checkpoint
+    let export ship the phase's previous, unfinished student."""
+    cfg = configs.preset("ci")
+    for name, seed in (("cascade", 0), ("other", 1)):
+        torch.manual_seed(seed)
+        Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
+            tmp_path / name
+        )
+    out = tmp_path / "d"
+
+    def distil(*extra, source="cascade"):
+        argv = ["distill", "--stage", "base", "--from", str(tmp_path / source), "--out", str(out)]
+        argv += ["--guided-steps", "2", "--halving-steps", "1", "--to-steps", "8"]
+        return cli.main([*argv, "--batch-size", "2", "--checkpoint-every", "1", *extra])
+
+    assert distil() == 0
+    capsys.readouterr()
+    for extra, changed in (
+        (["--batch-size", "3"], "batch_size: saved 2, now 3"),
+        (["--seed", "5"], "seed: saved 0, now 5"),
+    ):
+        assert distil(*extra, "--resume") == 2
+        assert changed in capsys.readouterr().err
+    assert distil("--resume", source="other") == 2
+    assert "teacher: saved" in capsys.readouterr().err
+    plan = json.loads((out / distill.PLAN).read_text())
+    old = {k: v for k, v in plan.items() if k not in distill.ADDED_LATER}
+    (out / distill.PLAN).write_text(json.dumps(old))  # a plan written before they were kept
+    assert distil("--seed", "5", "--resume") == 0
+    last = sorted((out / plan["phases"][-1] / "checkpoints").iterdir())[-1]
+    ema = last / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])
+    assert cli.main(["export", str(out), "--out", str(tmp_path / "x")]) == 2
+    assert "its last checkpoint is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "cascade.json").exists()
