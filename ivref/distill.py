@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -57,60 +56,32 @@ from ivref.distill_objective import (  # the phases' math, re-exported: distill.
     with_guidance_embedding,
     x_loss,
 )
-from ivref.distill_plan import halving_lengths, phase_plan, plan, student_config
+from ivref.distill_plan import (  # the plan and its checks, re-exported: distill.PLAN etc.
+    ADDED_LATER,
+    PLAN,
+    check_resumable,
+    check_same_data,
+    check_same_plan,
+    data_digest,
+    final_phase,
+    halving_lengths,
+    phase_plan,
+    plan,
+    read_plan,
+    student_config,
+    teacher_digest,
+)
 from ivref.unet3d import VideoUNet
 
 __all__ = [
     "DistillObjective", "XHatFn", "pd_target", "with_guidance_embedding", "x_loss",  # the math
-    "PLAN", "Distilled", "distill_stage", "final_phase", "halving_lengths", "plan",
-    "student_config", "add_arguments", "step_counts", "run",
+    "PLAN", "ADDED_LATER", "read_plan", "final_phase", "check_resumable", "check_same_plan",
+    "check_same_data", "data_digest", "teacher_digest", "halving_lengths", "plan",
+    "student_config",  # the plan and its checks (distill_plan.py)
+    "Distilled", "distill_stage", "add_arguments", "step_counts", "run",
 ]  # fmt: skip
 
-PLAN = "distill.json"
-ADDED_LATER = ("data_digest", "batch_size", "seed", "teacher")  # a plan without them: unchecked
-
-
 # -- the phases of one stage -------------------------------------------------------------------
-
-
-def read_plan(out: str | Path) -> dict[str, Any]:
-    """A distillation's plan (``out/distill.json``), or a CLIError naming the file."""
-    path = Path(out) / PLAN
-    try:
-        record = json.loads(path.read_text())
-        phases, steps = record["phases"], record["phase_steps"]
-        if not (phases and isinstance(phases, list) and len(phases) == len(steps)):
-            raise ValueError("no phases, or not one step count per phase")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise errors.CLIError(
-            f"{str(path)!r} does not read back as a distillation plan ({type(err).__name__}: "
-            f"{err}): an edited or damaged file"
-        ) from None
-    return record
-
-
-def final_phase(out: str | Path) -> Path:
-    """The run folder of a finished distillation's last phase (what ``ivref export`` takes):
-    its newest checkpoint must be at the phase's last step, and whole (a damaged one would
-    let an older, unfinished student be loaded instead)."""
-    out = Path(out)
-    record = read_plan(out)
-    last = out / record["phases"][-1]
-    found = checkpoint.latest(last)
-    done = found is not None and checkpoint.read_config(found)["step"] >= record["phase_steps"][-1]
-    if not done:
-        raise ValueError(
-            f"distillation in {str(out)!r} is not finished ({last.name}); continue it with "
-            "`ivref distill ... --resume`"
-        )
-    try:
-        checkpoint.verify(found)
-    except checkpoint.CheckpointError as err:
-        raise ValueError(
-            f"distillation in {str(out)!r}: its last checkpoint is damaged ({err}); `ivref "
-            "distill ... --resume` sets it aside and trains the phase's last steps again"
-        ) from None
-    return last
 
 
 @dataclasses.dataclass
@@ -196,7 +167,7 @@ def distill_stage(
         check_resumable(out)
     if (out / PLAN).is_file():
         check_same_data(out, videos)
-        _check_same_plan(out / PLAN, record)
+        check_same_plan(out / PLAN, record)
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
     if context.is_main:
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
@@ -231,67 +202,6 @@ def distill_stage(
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
-
-
-def teacher_digest(model: torch.nn.Module) -> str:
-    """A digest of a teacher's weights (sha256 of every tensor, by name), so a distillation
-    resumes only from the teacher it started with."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
-
-
-def data_digest(videos: Any) -> int | None:
-    """What a plan records of its data: None for the toy world, else the folder's digest
-    (``VideoTextFolder.state_dict``: its files' paths, captions and frame counts)."""
-    return None if videos is None else int(videos.state_dict()["digest"])
-
-
-def check_same_data(out: Path, videos: Any) -> None:
-    """A distillation goes on with the data it started on: the toy world, or the same videos
-    (their folder may have moved)."""
-    saved = read_plan(out).get("data_digest")
-    now = data_digest(videos)
-    if saved == now:
-        return
-    if saved is None:
-        raise errors.CLIError(
-            f"{str(out)!r} was distilled on the toy world; resume it without --videos"
-        )
-    raise errors.CLIError(
-        f"{str(out)!r} was distilled on a folder of videos, and "
-        + ("none is given" if now is None else "the one given holds other files or captions")
-        + ": give the same videos with --videos FOLDER (and --index FILE), or distil into a "
-        "new --out"
-    )
-
-
-def check_resumable(out: Path) -> None:
-    """A resume needs a distillation to continue: its plan, written first, is in ``out``."""
-    if not (Path(out) / PLAN).is_file():  # nothing was started there: a mistyped --out?
-        raise errors.CLIError(
-            f"--resume: {str(out)!r} holds no distillation ({PLAN} is missing); give the --out "
-            "of the distillation to continue, or drop --resume to start one"
-        )
-
-
-def _check_same_plan(path: Path, record: dict[str, Any]) -> None:
-    """A resumed distillation must keep its plan: its finished phases were trained to it,
-    and a phase trained to other lengths would teach the next from another student."""
-    saved = read_plan(path.parent)
-    changed = {
-        k: (saved.get(k), v)
-        for k, v in record.items()
-        if saved.get(k) != v and (k in saved or k not in ADDED_LATER)
-    }
-    if changed:
-        listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())
-        raise errors.CLIError(
-            f"{str(path.parent)!r} was distilled with another plan ({listed}); resume it with "
-            "the settings it started with, or distil into a new --out"
-        )
 
 
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:

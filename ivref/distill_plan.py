@@ -1,14 +1,21 @@
 """The plan of one stage's distillation [GD, PD, IV §2.7]: its phases (guided, then
 halvings of the sampling steps down to ``to_steps``), each phase's training steps, and the
-config of each phase's student. distill.py runs the plan and re-exports these names."""
+config of each phase's student; the plan as saved (``distill.json``) and the checks that a
+resume keeps it (the same steps, batch, seed, teacher and data). distill.py runs the plan
+and re-exports these names."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ivref import configs
+import torch
+
+from ivref import checkpoint, configs, errors
 
 
 def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[str, str, int]]:
@@ -128,3 +135,110 @@ def phase_plan(
     record |= {"w_max": w_max, "bf16": stage_cfg.train.bf16 if bf16 is None else bf16}
     record |= {"phases": [p[0] for p in phases], "phase_steps": lengths}
     return phases, lengths, record
+
+
+# -- the plan as saved (distill.json), and the checks of a resume against it ----------------
+
+PLAN = "distill.json"
+ADDED_LATER = ("data_digest", "batch_size", "seed", "teacher")  # a plan without them: unchecked
+
+
+def read_plan(out: str | Path) -> dict[str, Any]:
+    """A distillation's plan (``out/distill.json``), or a CLIError naming the file."""
+    path = Path(out) / PLAN
+    try:
+        record = json.loads(path.read_text())
+        phases, steps = record["phases"], record["phase_steps"]
+        if not (phases and isinstance(phases, list) and len(phases) == len(steps)):
+            raise ValueError("no phases, or not one step count per phase")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise errors.CLIError(
+            f"{str(path)!r} does not read back as a distillation plan ({type(err).__name__}: "
+            f"{err}): an edited or damaged file"
+        ) from None
+    return record
+
+
+def final_phase(out: str | Path) -> Path:
+    """The run folder of a finished distillation's last phase (what ``ivref export`` takes):
+    its newest checkpoint must be at the phase's last step, and whole (a damaged one would
+    let an older, unfinished student be loaded instead)."""
+    out = Path(out)
+    record = read_plan(out)
+    last = out / record["phases"][-1]
+    found = checkpoint.latest(last)
+    done = found is not None and checkpoint.read_config(found)["step"] >= record["phase_steps"][-1]
+    if not done:
+        raise ValueError(
+            f"distillation in {str(out)!r} is not finished ({last.name}); continue it with "
+            "`ivref distill ... --resume`"
+        )
+    try:
+        checkpoint.verify(found)
+    except checkpoint.CheckpointError as err:
+        raise ValueError(
+            f"distillation in {str(out)!r}: its last checkpoint is damaged ({err}); `ivref "
+            "distill ... --resume` sets it aside and trains the phase's last steps again"
+        ) from None
+    return last
+
+
+def teacher_digest(model: torch.nn.Module) -> str:
+    """A digest of a teacher's weights (sha256 of every tensor, by name), so a distillation
+    resumes only from the teacher it started with."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+def data_digest(videos: Any) -> int | None:
+    """What a plan records of its data: None for the toy world, else the folder's digest
+    (``VideoTextFolder.state_dict``: its files' paths, captions and frame counts)."""
+    return None if videos is None else int(videos.state_dict()["digest"])
+
+
+def check_same_data(out: Path, videos: Any) -> None:
+    """A distillation goes on with the data it started on: the toy world, or the same videos
+    (their folder may have moved)."""
+    saved = read_plan(out).get("data_digest")
+    now = data_digest(videos)
+    if saved == now:
+        return
+    if saved is None:
+        raise errors.CLIError(
+            f"{str(out)!r} was distilled on the toy world; resume it without --videos"
+        )
+    raise errors.CLIError(
+        f"{str(out)!r} was distilled on a folder of videos, and "
+        + ("none is given" if now is None else "the one given holds other files or captions")
+        + ": give the same videos with --videos FOLDER (and --index FILE), or distil into a "
+        "new --out"
+    )
+
+
+def check_resumable(out: Path) -> None:
+    """A resume needs a distillation to continue: its plan, written first, is in ``out``."""
+    if not (Path(out) / PLAN).is_file():  # nothing was started there: a mistyped --out?
+        raise errors.CLIError(
+            f"--resume: {str(out)!r} holds no distillation ({PLAN} is missing); give the --out "
+            "of the distillation to continue, or drop --resume to start one"
+        )
+
+
+def check_same_plan(path: Path, record: dict[str, Any]) -> None:
+    """A resumed distillation must keep its plan: its finished phases were trained to it,
+    and a phase trained to other lengths would teach the next from another student."""
+    saved = read_plan(path.parent)
+    changed = {
+        k: (saved.get(k), v)
+        for k, v in record.items()
+        if saved.get(k) != v and (k in saved or k not in ADDED_LATER)
+    }
+    if changed:
+        listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())
+        raise errors.CLIError(
+            f"{str(path.parent)!r} was distilled with another plan ({listed}); resume it with "
+            "the settings it started with, or distil into a new --out"
+        )
