@@ -305,9 +305,12 @@ class Cascade(nn.Module):
                     progress,
                 )
                 if not torch.isfinite(video).all():
+                    w = stage.guidance_w if w_of[stage.name] is None else w_of[stage.name]
                     raise FloatingPointError(
-                        f"stage {stage.name!r} produced NaN or infinite values (damaged weights, "
-                        "or a dtype too narrow for them); no video was written"
+                        f"stage {stage.name!r} produced NaN or infinite values at guidance "
+                        f"w={w:g} (damaged weights, a guidance weight so large that x~ = "
+                        "(1 + w) x_hat_c - w x_hat_u overflows, or a dtype too narrow for "
+                        "them); no video was written"
                     )
                 if return_stages or k == len(stages) - 1:  # keep only what is returned
                     outputs[k].append(video.float().cpu())  # also waits for an async device

@@ -469,6 +469,22 @@ def test_non_finite_output_is_an_error_not_a_black_video(ci_cascade):
             model.out_conv.bias.copy_(original)
 
 
+def test_a_guidance_weight_that_overflows_is_named_in_the_error(ci_cascade):
+    """Unbounded (thresholding "none"), x~ = (1 + w) x_hat_c - w x_hat_u overflows at a huge
+    w: the error names the weight, not only damaged weights."""
+    cfg = ci_cascade.cfg
+    base = dataclasses.replace(cfg.stage("base"), thresholding="none")
+    unbounded = Cascade(
+        dataclasses.replace(cfg, stages=(base, *cfg.stages[1:])),
+        dict(ci_cascade.models.items()),
+        ci_cascade.encoder,
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"stage 'base' produced NaN .* at guidance w=1e\+300"
+    ):
+        unbounded.generate(["a red circle moving left"], seed=0, steps=2, guidance=1e300)
+
+
 @pytest.mark.slow
 def test_a_thousand_prompts_are_sampled_and_encoded_in_batches(ci_cascade):
     prompts = [f"a red circle moving left {i}" for i in range(1000)]
