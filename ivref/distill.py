@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,7 @@ from ivref.distill_plan import (  # the plan and its checks, re-exported: distil
     phase_plan,
     plan,
     read_plan,
+    resume_arguments,
     student_config,
     teacher_digest,
 )
@@ -113,6 +115,7 @@ def distill_stage(
     fsdp: bool = False,
     new_streams: bool = False,
     videos: Any = None,
+    source: str | os.PathLike | None = None,
 ) -> Distilled:
     """Distil one stage of a trained cascade (``teacher_cascade``: a ``cascade.Cascade``).
 
@@ -136,6 +139,8 @@ def distill_stage(
     rate to draw the clips from (default: the toy world), for a teacher trained on real
     videos; each phase draws from it afresh, on this rank's stream. The plan records which
     folder it is (a digest of its files and captions), so a resume on other data is refused.
+    ``source``: the folder the teacher cascade was loaded from (None: the shipped one),
+    recorded in the plan so that ``ivref distill --resume`` needs no flags.
     """
     compiling.check_compile(compile)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
@@ -155,6 +160,7 @@ def distill_stage(
         config.stage(stage).train.batch_size if batch_size is None else batch_size
     )
     record["seed"] = seed
+    record["source"] = None if source is None else str(Path(source).resolve())
     record["teacher"] = teacher_digest(teacher_cascade.models[stage])
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
@@ -229,7 +235,7 @@ def _compiled(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``ivref distill``."""
-    p.add_argument("--stage", required=True, help="stage to distil (e.g. base, tsr)")
+    p.add_argument("--stage", help="stage to distil (e.g. base, tsr); --resume: the plan's")
     p.add_argument(
         "--from", dest="source", type=Path, help="teacher cascade folder (default: shipped)"
     )
@@ -268,8 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed",
         type=arguments.seed_int,
-        default=0,
-        help="data, noise and the w embedding's initial weights",
+        help="data, noise and the w embedding's initial weights (default 0; --resume: the plan's)",
     )
     p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
     p.add_argument(
@@ -309,6 +314,12 @@ def _check_out(out: Path) -> None:
 
 def _distill(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
     _check_out(args.out)
+    if args.resume:  # a resume needs no flags: the plan has them
+        check_resumable(args.out)
+        resume_arguments(args, read_plan(args.out))
+    if args.stage is None:
+        raise errors.CLIError("--stage NAME is required (the stage to distil, e.g. base)")
+    args.seed = 0 if args.seed is None else args.seed
     teacher = cascade.Cascade.from_pretrained(args.source)
     names = [s.name for s in teacher.trained_stages]
     if args.stage not in names:
@@ -321,9 +332,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         torch.set_num_threads(args.threads)
     # a step count that cannot be planned, nothing to resume, or videos that are not the
     # plan's fail before the lock makes --out
-    if args.resume:
-        check_resumable(args.out)
-    elif (args.out / PLAN).is_file():
+    if not args.resume and (args.out / PLAN).is_file():
         raise errors.CLIError(
             f"{str(args.out)!r} already holds a distillation; pass --resume or a new --out"
         )
@@ -346,12 +355,12 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,
             halving_steps=args.halving_steps, bf16=args.bf16,
             checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
-            fsdp=args.fsdp, new_streams=args.new_streams, videos=folder,
+            fsdp=args.fsdp, new_streams=args.new_streams, videos=folder, source=args.source,
         )  # fmt: skip
     if result.signal is not None:
         raise errors.Interrupted(
             result.signal,
-            f"stopped early; continue with the same command and --resume (out: {args.out})",
+            f"stopped early; continue with: ivref distill --out {args.out} --resume",
         )
     steps = result.config.stage(args.stage).sample_steps
     if not context.is_main:

@@ -140,6 +140,7 @@ def phase_plan(
 # -- the plan as saved (distill.json), and the checks of a resume against it ----------------
 
 PLAN = "distill.json"
+UNCHECKED = ("source",)  # where the teacher was loaded from: it may move (its digest is checked)
 ADDED_LATER = ("data_digest", "batch_size", "seed", "teacher")  # a plan without them: unchecked
 
 
@@ -227,6 +228,28 @@ def check_resumable(out: Path) -> None:
         )
 
 
+def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
+    """``ivref distill --resume``: every setting not given on the command line is the plan's
+    (stage, teacher folder, steps, bf16, batch size, seed), so a resume needs no flags; one
+    that is given is checked against the plan as the plan's own are."""
+    phases, lengths = saved["phases"], saved["phase_steps"]
+    guided = phases[0] == "guided"
+    halvings = lengths[1:] if guided else lengths
+    plan_values = {
+        "stage": saved.get("stage"),
+        "source": Path(saved["source"]) if saved.get("source") else None,
+        "to_steps": saved.get("to_steps"),
+        "guided_steps": lengths[0] if guided else None,
+        "halving_steps": list(halvings) or None,
+        "bf16": saved.get("bf16"),
+        "batch_size": saved.get("batch_size"),
+        "seed": saved.get("seed", 0),
+    }
+    for name, value in plan_values.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def check_same_plan(path: Path, record: dict[str, Any]) -> None:
     """A resumed distillation must keep its plan: its finished phases were trained to it,
     and a phase trained to other lengths would teach the next from another student."""
@@ -234,7 +257,7 @@ def check_same_plan(path: Path, record: dict[str, Any]) -> None:
     changed = {
         k: (saved.get(k), v)
         for k, v in record.items()
-        if saved.get(k) != v and (k in saved or k not in ADDED_LATER)
+        if saved.get(k) != v and k not in UNCHECKED and (k in saved or k not in ADDED_LATER)
     }
     if changed:
         listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())

@@ -242,6 +242,9 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     ]
     assert cli.main(argv) == 2  # a second run into the same folder needs --resume
     assert cli.main([*argv, "--resume"]) == 0  # finished phases are loaded, not retrained
+    shutil.rmtree(tmp_path / "d" / phases[-1])  # a resume needs no flags: the plan has them
+    assert cli.main(["distill", "--out", str(tmp_path / "d"), "--resume"]) == 0
+    assert cli.run_stage(tmp_path / "d" / phases[-1])[0].stage("tsr").train.batch_size == 2
     plan = (tmp_path / "d" / "distill.json").read_text()
     longer = [*argv, "--resume", "--guided-steps", "4"]  # would retrain one phase, not the next
     assert cli.main(longer) == 2
