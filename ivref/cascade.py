@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import os
 import secrets
 import time
@@ -33,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ivref import checkpoint, configs, files, samplers, tensor_files, text
+from ivref.config_checks import is_integer
 from ivref.shipped import DISTILLED as DISTILLED  # re-exported: cascade.shipped_dir etc.
 from ivref.shipped import SHIPPED_DIR as SHIPPED_DIR  # stay where code finds them
 from ivref.shipped import TOY_DISTILL_ARGS as TOY_DISTILL_ARGS
@@ -140,11 +140,6 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
             f"{manifest_path} is not a valid cascade manifest: 'files' must give the bytes and "
             f"sha256 of every stage's file {wanted}"
         )
-
-
-def _is_integer(value: object) -> bool:
-    """An integer, NumPy's too, but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_model_config(name: str, got: Any, want: configs.UNetConfig) -> None:
@@ -273,11 +268,11 @@ class Cascade(nn.Module):
             check_learnt_guidance(s, s.guidance_w if w_of[s.name] is None else w_of[s.name])
         if seed is None:
             seed = secrets.randbelow(MAX_SEED + 1)
-        if not _is_integer(seed) or not 0 <= seed <= MAX_SEED:
+        if not is_integer(seed) or not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
         seed = int(seed)  # NumPy's integers too
         batch_size = self.default_batch_size() if batch_size is None else batch_size
-        if not _is_integer(batch_size) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         batch_size = int(batch_size)
         self.last_seed = seed

@@ -134,7 +134,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n = len(model.trained_stages) if args.stages else 1  # stage_grid: a column per stage
     rows, cols = video.grid_shape(len(args.prompts) * n, n if args.stages else None)
     size = 4 * 3 * last.num_frames * (rows * (last.height + 1) * k) * (cols * (last.width + 1) * k)
-    if size > MAX_DISPLAY_BYTES:  # checked before sampling, not after
+    if k > 1 and size > MAX_DISPLAY_BYTES:  # upscaled frames: checked before sampling
         raise CLIError(
             f"--display-size {args.display_size}: the {rows} x {cols} grid of "
             f"{last.width} x {last.height} videos, upscaled {k}x, needs {size / 2**30:.1f} GiB "

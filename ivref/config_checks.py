@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+def is_integer(value: object) -> bool:
+    """An integer, NumPy's too, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def fail(owner: str, name: str, value: Any, allowed: str) -> None:

@@ -154,26 +154,14 @@ def distill_stage(
     distributed.check_fsdp(fsdp, context, "each student")
     out = Path(out)
     config = teacher_cascade.cfg
-    phases, lengths, record = phase_plan(config, stage, to_steps, guided_steps, halving_steps, bf16)
-    record["data_digest"] = data_digest(videos)
-    record["batch_size"] = (
-        config.stage(stage).train.batch_size if batch_size is None else batch_size
-    )
-    record["seed"] = seed
-    record["source"] = None if source is None else str(Path(source).resolve())
-    record["teacher"] = teacher_digest(teacher_cascade.models[stage])
+    phases, lengths, record = checked_plan(
+        teacher_cascade, stage, out, to_steps=to_steps, guided_steps=guided_steps,
+        halving_steps=halving_steps, bf16=bf16, batch_size=batch_size, seed=seed,
+        videos=videos, source=source, resume=resume, new_streams=new_streams,
+    )  # fmt: skip
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
     d = config.distill
-    if (out / PLAN).is_file() and not resume:
-        raise errors.CLIError(
-            f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
-        )
-    if resume:
-        check_resumable(out)
-    if (out / PLAN).is_file():
-        check_same_data(out, videos)
-        check_same_plan(out / PLAN, record)
     distributed.barrier(context)  # every rank has checked the folder before rank 0 writes
     if context.is_main:
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
@@ -208,6 +196,60 @@ def distill_stage(
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def checked_plan(
+    teacher_cascade: Any,
+    stage: str,
+    out: Path,
+    *,
+    to_steps: int | None,
+    guided_steps: int | None,
+    halving_steps: int | Sequence[int] | None,
+    bf16: bool | None,
+    batch_size: int | None,
+    seed: int,
+    videos: Any,
+    source: str | os.PathLike | None,
+    resume: bool,
+    new_streams: bool,
+) -> tuple[list[tuple[str, str, int]], list[int], dict[str, Any]]:
+    """``distill_stage``'s (phases, training steps per phase, plan record), checked against
+    ``out``: a fresh start needs a folder without a plan or phases, a resume the same plan
+    and data. Nothing is written (``ivref distill`` checks this before its record of videos)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= trainer.MAX_SEED:
+        raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+    config, world = teacher_cascade.cfg, distributed.current().world_size
+    global_batch = config.stage(stage).train.batch_size if batch_size is None else batch_size
+    if global_batch % world:  # each phase's trainer checks it too: too late for the plan
+        raise ValueError(
+            f"batch_size={global_batch} must be a multiple of the {world} processes: it is "
+            "the global batch, split evenly between them"
+        )
+    phases, lengths, record = phase_plan(config, stage, to_steps, guided_steps, halving_steps, bf16)
+    record["data_digest"] = data_digest(videos)
+    record["data_fit"] = None if videos is None else [videos.fit, videos.random_start]
+    record["batch_size"] = global_batch
+    record["seed"] = seed
+    record["source"] = None if source is None else str(Path(source).resolve())
+    record["teacher"] = teacher_digest(teacher_cascade.models[stage])
+    if (out / PLAN).is_file() and not resume:
+        raise errors.CLIError(
+            f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
+        )
+    if resume:
+        check_resumable(out)
+    else:  # phases left without their plan would be resumed unchecked, on another teacher
+        left = [f for f, _, _ in phases if checkpoint.run_checkpoints(out / f)]
+        if left:
+            raise errors.CLIError(
+                f"{str(out)!r} holds the phase folders {left} of a distillation whose "
+                f"{PLAN} is gone: delete them, or distil into a new --out"
+            )
+    if (out / PLAN).is_file():
+        check_same_data(out, videos, new_streams)
+        check_same_plan(out / PLAN, record)
+    return phases, lengths, record
 
 
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
@@ -330,12 +372,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:
         torch.set_num_threads(args.threads)
-    # a step count that cannot be planned, nothing to resume, or videos that are not the
-    # plan's fail before the lock makes --out
-    if not args.resume and (args.out / PLAN).is_file():
-        raise errors.CLIError(
-            f"{str(args.out)!r} already holds a distillation; pass --resume or a new --out"
-        )
+    # every check before the lock makes --out: step counts that cannot be planned first
     phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
     videos, moved = (
         train_videos.resumed(args) if args.resume else (train_videos.record(args), False)
@@ -343,9 +380,16 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     folder = train_videos.dataset(  # its draws are reseeded per phase by distill_stage
         videos, teacher.cfg.stage(args.stage), 0, args.decode_workers, args.prefetch
     )
-    if args.resume:
-        check_same_data(args.out, folder)
+    distributed.check_fsdp(args.fsdp, context, "each student")  # before anything is written
+    checked_plan(  # a plan or data a resume may not change: refused before the record is
+        teacher, args.stage, args.out, to_steps=args.to_steps, guided_steps=args.guided_steps,
+        halving_steps=args.halving_steps, bf16=args.bf16, batch_size=args.batch_size,
+        seed=args.seed, videos=folder, source=args.source, resume=args.resume,
+        new_streams=args.new_streams,
+    )  # fmt: skip
     with distributed.main_only(context, files.RunLock(args.out)):
+        if context.is_main and videos is None and not args.resume:  # a record left by a
+            (args.out / train_videos.VIDEOS).unlink(missing_ok=True)  # start that failed
         if context.is_main and videos is not None and (moved or not args.resume):
             train_videos.write(args.out, videos)  # so --resume needs no flags
             if moved:

@@ -140,8 +140,11 @@ def phase_plan(
 # -- the plan as saved (distill.json), and the checks of a resume against it ----------------
 
 PLAN = "distill.json"
-UNCHECKED = ("source",)  # where the teacher was loaded from: it may move (its digest is checked)
-ADDED_LATER = ("data_digest", "batch_size", "seed", "teacher")  # a plan without them: unchecked
+# not compared by check_same_plan: the teacher's folder may move (its digest is checked), and
+# check_same_data checks the data (a changed folder may go on with new streams)
+UNCHECKED = ("source", "data_digest")
+# a plan written before these were kept is not checked on them
+ADDED_LATER = ("data_digest", "data_fit", "batch_size", "seed", "teacher")
 
 
 def read_plan(out: str | Path) -> dict[str, Any]:
@@ -172,14 +175,20 @@ def final_phase(out: str | Path) -> Path:
     if not done:
         raise ValueError(
             f"distillation in {str(out)!r} is not finished ({last.name}); continue it with "
-            "`ivref distill ... --resume`"
+            f"`ivref distill --out {out} --resume`"
         )
     try:
         checkpoint.verify(found)
     except checkpoint.CheckpointError as err:
+        again = (  # a resume goes back to the newest checkpoint before it, if there is one
+            f"`ivref distill --out {out} --resume` sets it aside and trains the phase's last "
+            "steps again"
+            if len(checkpoint.run_checkpoints(last)) > 1
+            else f"it is the phase's only one: delete {str(last)!r} and `ivref distill --out "
+            f"{out} --resume` trains the phase again"
+        )
         raise ValueError(
-            f"distillation in {str(out)!r}: its last checkpoint is damaged ({err}); `ivref "
-            "distill ... --resume` sets it aside and trains the phase's last steps again"
+            f"distillation in {str(out)!r}: its last checkpoint is damaged ({err}); {again}"
         ) from None
     return last
 
@@ -189,6 +198,7 @@ def teacher_digest(model: torch.nn.Module) -> str:
     resumes only from the teacher it started with."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        name = name.replace("_orig_mod.", "")  # a torch.compile wrapper's names: the same weights
         h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:16]
@@ -200,22 +210,24 @@ def data_digest(videos: Any) -> int | None:
     return None if videos is None else int(videos.state_dict()["digest"])
 
 
-def check_same_data(out: Path, videos: Any) -> None:
+def check_same_data(out: Path, videos: Any, new_streams: bool = False) -> None:
     """A distillation goes on with the data it started on: the toy world, or the same videos
-    (their folder may have moved)."""
+    (their folder may have moved; with ``new_streams``, a folder changed since goes on as it
+    is now)."""
     saved = read_plan(out).get("data_digest")
     now = data_digest(videos)
-    if saved == now:
+    if saved == now or (new_streams and saved is not None and now is not None):
         return
     if saved is None:
         raise errors.CLIError(
-            f"{str(out)!r} was distilled on the toy world; resume it without --videos"
+            f"{str(out)!r} was distilled on the toy world; resume it without --videos (and "
+            "without an ivref-videos.json in it, the record of a distillation's videos)"
         )
     raise errors.CLIError(
         f"{str(out)!r} was distilled on a folder of videos, and "
         + ("none is given" if now is None else "the one given holds other files or captions")
-        + ": give the same videos with --videos FOLDER (and --index FILE), or distil into a "
-        "new --out"
+        + ": give the same videos with --videos FOLDER (and --index FILE); if that folder "
+        "changed since, --new-streams goes on with it as it is now; or distil into a new --out"
     )
 
 

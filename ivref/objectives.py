@@ -174,6 +174,12 @@ class DiffusionObjective:
                 f"stage {s.name!r} trains on (B, C, F, H, W) = {want}, one caption each: make "
                 "its clips at the stage's frames and size (SR stages: their output size)"
             )
+        if s.kind == "tsr" and bool(is_image.any()):
+            raise ValueError(
+                f"the dataset gave image packs to TSR stage {s.name!r}: a TSR stage trains on "
+                "videos only (an image pack's frames are unrelated stills, no motion to "
+                "interpolate)"
+            )
         return Batch(x, list(captions), is_image)
 
     def conditioning(
@@ -289,7 +295,16 @@ def toy_dataset(
     stage: configs.StageConfig, seed: int = 0, device: torch.device | str = "cpu"
 ) -> data.ToyVideos:
     """The toy world at a stage's output size and frame rate, its train split, painted on
-    ``device``."""
+    ``device``. A TSR stage trains on videos only: an image pack's frames are unrelated
+    stills, so each inserted frame would be conditioned on another image. (Checked here,
+    where images are made, not in ``StageConfig``: configs saved before the paper preset's
+    TSR stages dropped ``image_ratio=0.2`` still load.)"""
+    if stage.kind == "tsr" and stage.train.image_ratio > 0:
+        raise ValueError(
+            f"StageConfig({stage.name!r}).train.image_ratio={stage.train.image_ratio} is "
+            "invalid: must be 0 for a TSR stage: an image pack's frames are unrelated stills, "
+            "so each inserted frame would be conditioned on another image"
+        )
     return data.ToyVideos(
         stage.num_frames,
         stage.width,

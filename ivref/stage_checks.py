@@ -48,14 +48,6 @@ def check_against_unet(stage: Any) -> None:
             f"must be {want_cond} for a {stage.kind} stage"
             + (" (RGB + the blank-frame mask)" if blank else ""),
         )
-    if stage.kind == "tsr" and stage.train.image_ratio > 0:
-        checks.fail(
-            o,
-            "train.image_ratio",
-            stage.train.image_ratio,
-            "must be 0 for a TSR stage: an image pack's frames are unrelated stills, so each "
-            "inserted frame would be conditioned on another image",
-        )
     if stage.temporal_cond == "blank" and stage.kind != "tsr":
         checks.fail(o, "temporal_cond", stage.temporal_cond, "'blank' is for TSR stages only")
     if stage.kind != "base" and not stage.unet.use_aug_embedding:

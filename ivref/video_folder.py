@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F_nn
 from einops import rearrange
 
+from ivref.config_checks import is_integer
 from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import read_index
@@ -73,8 +74,9 @@ class VideoTextFolder:
             raise ValueError(f"fit={fit!r}; allowed: 'crop' (centred window) or 'squash'")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers={workers!r} must be a positive integer (decoders at once)")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        if not is_integer(seed) or not 0 <= seed < 2**63:
             raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+        seed = int(seed)  # NumPy's too
         if not isinstance(random_start, bool):
             raise ValueError(f"random_start={random_start!r}; allowed: True or False")
         self.workers = workers
@@ -153,9 +155,9 @@ class VideoTextFolder:
 
     def _index(self, i: object) -> int:
         """``i`` as an index of ``items``, or a ValueError saying which are allowed."""
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.items):
+        if not is_integer(i) or not 0 <= i < len(self.items):
             raise ValueError(f"clip {i!r}: allowed 0 to {len(self.items) - 1} (len(folder) - 1)")
-        return i
+        return int(i)
 
     def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
         """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None.
@@ -252,8 +254,9 @@ class VideoTextFolder:
         draws depend on the generator and the files alone, so ``workers`` changes the speed,
         never the clips.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+        batch_size = int(batch_size)
         g = generator if generator is not None else self.generator
         clips: list[torch.Tensor] = []
         texts: list[str] = []

@@ -170,9 +170,27 @@ def test_tsr_stages_train_on_videos_only():
         for stage in configs.preset(name).stages:
             assert stage.kind != "tsr" or stage.train.image_ratio == 0, (name, stage.name)
     assert configs.preset("paper").stage("ssr1").train.image_ratio == 0.2
+    from ivref import objectives
+
     tsr = configs.preset("ci").stage("tsr")
+    imaged = dataclasses.replace(tsr, train=dataclasses.replace(tsr.train, image_ratio=0.2))
     with pytest.raises(ValueError, match=r"train\.image_ratio=0\.2.*must be 0 for a TSR stage"):
-        dataclasses.replace(tsr, train=dataclasses.replace(tsr.train, image_ratio=0.2))
+        objectives.toy_dataset(imaged)  # where images are made: no training on them
+    from ivref import data, text
+
+    packs = data.ToyVideos(tsr.num_frames, tsr.width, tsr.height, tsr.fps, image_ratio=1.0)
+    cfg = configs.preset("ci")
+    objective = objectives.DiffusionObjective(
+        cfg, tsr, packs, objectives.TextCache(text.build_encoder(cfg.text))
+    )
+    with pytest.raises(ValueError, match="gave image packs to TSR stage 'tsr'"):
+        objective.sample(2)  # a dataset of the caller's own
+    # a config saved when the paper preset's TSR stages had image_ratio=0.2 still loads
+    old = configs.preset("paper").to_dict()
+    for stage in old["stages"]:
+        if stage["kind"] == "tsr":
+            stage["train"]["image_ratio"] = 0.2
+    assert configs.CascadeConfig.from_dict(old).stage("tsr1").train.image_ratio == 0.2
 
 
 BOOL_FIELDS = [

@@ -470,8 +470,9 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     tmp_path, capsys, monkeypatch
 ):
     """`ivref distill --videos`: every phase draws its clips from the folder (decoded, not
-    painted), the run records the videos so --resume needs no flags, a phase distilled again
-    on resume sees the same clips, and other data is refused: the toy world, other videos."""
+    painted), each from the same start, the run records the videos so --resume needs no
+    flags, a phase distilled again on resume sees the same clips, and other data is refused:
+    the toy world, other videos, another --fit; a changed folder goes on with --new-streams."""
     from ivref import train_videos, video_folder
     from tests.test_train_videos import _folder
 
@@ -486,7 +487,7 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     monkeypatch.setattr(
         video_folder,
         "decode_from",
-        lambda path, *a, **k: decoded.append(path) or real_decode(path, *a, **k),
+        lambda path, *a, **k: decoded.append((path, *a)) or real_decode(path, *a, **k),
     )
 
     def distil(out, *extra):
@@ -496,7 +497,8 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
 
     assert distil(out, "--videos", str(videos)) == 0
     phases = json.loads((out / distill.PLAN).read_text())["phases"]
-    assert len(phases) == 2 and len(decoded) >= 2 * 3  # 2 + 1 steps of 2 clips, all decoded
+    assert len(phases) == 2 and len(decoded) == 2 * 3  # 2 + 1 steps of 2 clips, all decoded
+    assert decoded[4:] == decoded[:2]  # the halving's first batch: the guided phase's first
     assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(videos.resolve())
 
     def losses(phase):
@@ -517,9 +519,16 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     (out / train_videos.VIDEOS).unlink()  # a lost record: the toy world is not the plan's data
     assert distil(out, "--resume") == 2
     assert "was distilled on a folder of videos, and none is given" in capsys.readouterr().err
+    assert distil(out, "--resume", "--videos", str(videos), "--fit", "squash") == 2
+    assert "data_fit: saved ['crop', True], now ['squash', True]" in capsys.readouterr().err
     moved = videos.rename(tmp_path / "moved")
     assert distil(out, "--resume", "--videos", str(moved)) == 0
     assert "the videos are now in" in capsys.readouterr().err
+    (moved / "c.mp4").unlink()  # the same folder, changed: it goes on as it is with new streams
+    shutil.rmtree(out / phases[1])
+    assert distil(out, "--resume") == 2
+    assert "--new-streams goes on with it as it is now" in capsys.readouterr().err
+    assert distil(out, "--resume", "--new-streams") == 0
 
 
 def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_end_not_exported(
@@ -560,3 +569,42 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     assert cli.main(["export", str(out), "--out", str(tmp_path / "x")]) == 2
     assert "its last checkpoint is damaged" in capsys.readouterr().err
     assert not (tmp_path / "x" / "cascade.json").exists()
+
+
+def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path, capsys):
+    """A bad seed left a plan that refused the corrected command; a start without --videos
+    kept another start's record of videos; phases left without their plan were resumed on a
+    new teacher unchecked; a damaged only checkpoint was said to be resumable."""
+    from ivref import train_videos
+
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    teacher = Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()})
+    teacher.save_pretrained(tmp_path / "cascade")
+    out = tmp_path / "d"
+    run = dict(guided_steps=1, halving_steps=1, to_steps=8, batch_size=2, progress=False)
+    for bad in (-1, True, 2**63):
+        with pytest.raises(ValueError, match="must be an integer from 0 to 2\\*\\*63 - 1"):
+            distill.distill_stage(teacher, "base", out, seed=bad, **run)
+        assert not (out / distill.PLAN).exists()
+    out.mkdir()
+    (out / train_videos.VIDEOS).write_text("{}")  # left by a start that failed
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out", str(out)]
+    argv += ["--guided-steps", "1", "--halving-steps", "1", "--to-steps", "8", "--batch-size", "2"]
+    assert cli.main(argv) == 0
+    assert not (out / train_videos.VIDEOS).exists()
+    assert cli.main(["distill", "--out", str(out), "--resume"]) == 0
+    (out / distill.PLAN).unlink()
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "holds the phase folders ['guided', 'halve-0016-0008'] of a distillation" in (
+        capsys.readouterr().err
+    )
+    shutil.rmtree(out)
+    assert cli.main(argv) == 0
+    last = next((out / "halve-0016-0008" / "checkpoints").iterdir())
+    (last / "ema.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="it is the phase's only one: delete"):
+        distill.final_phase(out)
+    compiled = torch.compile(teacher.models["base"])  # a wrapper: the same weights, named anew
+    assert distill.teacher_digest(compiled) == distill.teacher_digest(teacher.models["base"])

@@ -248,6 +248,14 @@ def test_a_bad_batch_size_or_clip_number_is_named(tmp_path):
             ds.load(bad)
     clip, caption = ds.load(0)
     assert clip.shape == (3, 4, 8, 8) and caption == "hello"
+    import numpy as np  # NumPy's integers are integers too
+
+    assert torch.equal(ds.load(np.int64(0))[0], clip)
+    assert ds.sample(np.int32(1), torch.Generator().manual_seed(0))[0].shape == (1, 3, 4, 8, 8)
+    seeded = video_folder.VideoTextFolder(
+        tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0, np.int64(3)
+    )
+    assert seeded.generator.initial_seed() == 3
 
 
 def test_sample_goes_on_after_the_callers_own_load_skipped_a_file(tmp_path, monkeypatch):
