@@ -366,7 +366,8 @@ class VideoTextFolder:
 
         ``items``: (k, 2) int64 rows (the file's place among the usable files, its frames);
         ``digest``: one int64 from every usable file's path in the index, caption, frame rate
-        and frame count as probed (the folder itself may move).
+        and frame count as probed (the folder itself may move); ``clips``: how clips are cut
+        from them, (fit is "squash", random_start) as int64 0/1.
         A ``Trainer`` saves it in each checkpoint (``DiffusionObjective.rng_state``).
         """
         if len(self._numbers) != len(self.items):
@@ -378,7 +379,11 @@ class VideoTextFolder:
         return {
             "items": torch.tensor(rows, dtype=torch.int64).reshape(-1, 2),
             "digest": torch.tensor([self._digest], dtype=torch.int64),
+            "clips": self._clips(),
         }
+
+    def _clips(self) -> torch.Tensor:
+        return torch.tensor([self.fit == "squash", self.random_start], dtype=torch.int64)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Go back to a ``state_dict()``; a ValueError if the folder (its index, files or
@@ -399,6 +404,14 @@ class VideoTextFolder:
                 "removed, re-encoded or re-captioned), so its clips cannot go on exactly; resume "
                 "with new streams (Trainer.resume(new_streams=True), ivref train --resume "
                 "--new-streams) to go on with the folder as it is now"
+            )
+        clips = state.get("clips")  # absent in states saved before it was kept
+        if clips is not None and not torch.equal(clips, self._clips()):
+            saved = f"fit={['crop', 'squash'][int(clips[0])]!r}, random_start={bool(clips[1])}"
+            raise ValueError(
+                f"the saved data state cut its clips with {saved}; this folder cuts them with "
+                f"fit={self.fit!r}, random_start={self.random_start}: resume with the same "
+                "(ivref train --fit), or with new streams to go on with these"
             )
         self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
         self._numbers = numbers

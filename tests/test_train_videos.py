@@ -212,6 +212,9 @@ def test_a_lost_record_refuses_the_toy_world_and_takes_the_videos_again(tmp_path
     assert "give the run its videos (ivref train --resume --videos FOLDER" in (
         capsys.readouterr().err
     )
+    squash = ["--resume", "--steps", "3", "--videos", str(videos), "--fit", "squash"]
+    assert _train(out, *squash) == 2  # the same files, other clips: the record said crop
+    assert "the saved data state cut its clips with fit='crop'" in capsys.readouterr().err
     assert _train(out, "--resume", "--steps", "3", "--videos", str(videos)) == 0
     assert _losses(out) == _losses(tmp_path / "straight")
     assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(videos.resolve())
