@@ -188,8 +188,10 @@ def distill_stage(
             checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
             fsdp=fsdp,
         )  # fmt: skip
-        if checkpoint.latest(out / folder) is not None:
-            loop.resume(new_streams=new_streams)
+        latest = checkpoint.latest(out / folder)
+        if latest is not None:  # a finished phase is loaded for its student alone: its
+            finished = checkpoint.read_config(latest)["step"] >= length  # streams are not
+            loop.resume(new_streams=new_streams or finished)  # used (nor its data checked)
         loop.fit(length)
         ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
         if loop.interrupted:

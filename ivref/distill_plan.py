@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from ivref import checkpoint, configs, errors
+from ivref.shipped import shipped_dir
 
 
 def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[str, str, int]]:
@@ -84,6 +86,8 @@ def student_config(
         ema_decay=0.0,
         batch_size=batch_size or old.train.batch_size,
         bf16=old.train.bf16 if bf16 is None else bf16,
+        # a TSR stage trains on videos only (a config saved with images for it still loads)
+        image_ratio=0.0 if old.kind == "tsr" else old.train.image_ratio,
     )
     new = dataclasses.replace(
         old,
@@ -216,7 +220,14 @@ def check_same_data(out: Path, videos: Any, new_streams: bool = False) -> None:
     is now)."""
     saved = read_plan(out).get("data_digest")
     now = data_digest(videos)
-    if saved == now or (new_streams and saved is not None and now is not None):
+    if saved == now:
+        return
+    if new_streams and saved is not None and now is not None:
+        warnings.warn(  # checked_plan runs once in the CLI and once in distill_stage
+            f"{str(out)!r}: the videos differ from those it was distilled on (files added, "
+            "dropped, re-encoded or re-captioned); --new-streams goes on with them as they are",
+            stacklevel=2,
+        )
         return
     if saved is None:
         raise errors.CLIError(
@@ -244,18 +255,44 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
     """``ivref distill --resume``: every setting not given on the command line is the plan's
     (stage, teacher folder, steps, bf16, batch size, seed), so a resume needs no flags; one
     that is given is checked against the plan as the plan's own are."""
+    out = args.out
+    for name in ("stage", "to_steps"):  # the phases follow from them: named first
+        given, kept = getattr(args, name), saved.get(name)
+        if given is not None and kept is not None and given != kept:
+            raise errors.CLIError(
+                f"{str(out)!r} was distilled with another plan ({name}: saved {kept}, now "
+                f"{given}); resume it with the settings it started with, or distil into a "
+                "new --out"
+            )
+    unknown = [  # a plan written before it kept these: they cannot be guessed
+        flag
+        for key, name, flag in (
+            ("source", "source", "--from"),
+            ("batch_size", "batch_size", "--batch-size"),
+            ("seed", "seed", "--seed"),
+        )
+        if key not in saved and getattr(args, name) is None
+    ]
+    if unknown:
+        raise errors.CLIError(
+            f"{str(out)!r}: its {PLAN} was written before it kept {', '.join(unknown)}; "
+            "give them as the distillation started (--from the teacher cascade folder, "
+            f"{shipped_dir()} for the shipped one; --batch-size the stage's default if "
+            "none was given; --seed 0 if none was given)"
+        )
     phases, lengths = saved["phases"], saved["phase_steps"]
     guided = phases[0] == "guided"
-    halvings = lengths[1:] if guided else lengths
+    halvings = list(lengths[1:] if guided else lengths)
     plan_values = {
         "stage": saved.get("stage"),
         "source": Path(saved["source"]) if saved.get("source") else None,
         "to_steps": saved.get("to_steps"),
         "guided_steps": lengths[0] if guided else None,
-        "halving_steps": list(halvings) or None,
+        # one count where all are equal, as it was most likely given
+        "halving_steps": (halvings[0] if len(set(halvings)) == 1 else halvings) or None,
         "bf16": saved.get("bf16"),
         "batch_size": saved.get("batch_size"),
-        "seed": saved.get("seed", 0),
+        "seed": saved.get("seed"),
     }
     for name, value in plan_values.items():
         if getattr(args, name) is None:

@@ -402,16 +402,22 @@ class VideoTextFolder:
                 f"the saved data state is of another folder: the videos under "
                 f"{str(self.root)!r} or their index changed since it was saved (files added, "
                 "removed, re-encoded or re-captioned), so its clips cannot go on exactly; resume "
-                "with new streams (Trainer.resume(new_streams=True), ivref train --resume "
-                "--new-streams) to go on with the folder as it is now"
+                "with new streams (Trainer.resume(new_streams=True); on the command line "
+                "--resume --new-streams) to go on with the folder as it is now"
             )
         clips = state.get("clips")  # absent in states saved before it was kept
+        if clips is not None and not (
+            isinstance(clips, torch.Tensor)
+            and clips.shape == (2,)
+            and set(clips.tolist()) <= {0, 1}
+        ):
+            raise ValueError(f"a VideoTextFolder state's 'clips' is two 0/1 values; got {clips!r}")
         if clips is not None and not torch.equal(clips, self._clips()):
             saved = f"fit={['crop', 'squash'][int(clips[0])]!r}, random_start={bool(clips[1])}"
             raise ValueError(
                 f"the saved data state cut its clips with {saved}; this folder cuts them with "
                 f"fit={self.fit!r}, random_start={self.random_start}: resume with the same "
-                "(ivref train --fit), or with new streams to go on with these"
+                "(--fit on the command line), or with new streams to go on with these"
             )
         self.items = [(*self._usable[n][:3], frames) for n, frames in items.tolist()]
         self._numbers = numbers

@@ -328,6 +328,18 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path)
         cascade.sample_stage(*args, cond_video=low, guidance_w=1.0)
 
 
+def test_a_tsr_student_trains_on_videos_even_from_a_config_saved_with_images():
+    cfg = configs.preset("ci")
+    tsr = cfg.stage("tsr")
+    imaged = dataclasses.replace(tsr, train=dataclasses.replace(tsr.train, image_ratio=0.2))
+    old = dataclasses.replace(
+        cfg, stages=tuple(imaged if s.name == "tsr" else s for s in cfg.stages)
+    )
+    student = distill.student_config(old, "tsr", 4).stage("tsr")
+    assert student.train.image_ratio == 0
+    objectives.toy_dataset(student)  # the teacher's own config would be refused here
+
+
 def test_the_draws_of_an_unguided_distillation_hold_w_at_zero():
     ci = configs.preset("ci")  # its base unguided (w = 0): a student may then learn w = 0 alone
     stages = tuple(
@@ -528,7 +540,9 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     shutil.rmtree(out / phases[1])
     assert distil(out, "--resume") == 2
     assert "--new-streams goes on with it as it is now" in capsys.readouterr().err
-    assert distil(out, "--resume", "--new-streams") == 0
+    with pytest.warns(UserWarning, match="the videos differ from those it was distilled on"):
+        assert distil(out, "--resume", "--new-streams") == 0
+    assert distil(out, "--resume") == 0  # and on: finished phases are loaded for their students
 
 
 def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_end_not_exported(
@@ -562,6 +576,10 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     plan = json.loads((out / distill.PLAN).read_text())
     old = {k: v for k, v in plan.items() if k not in distill.ADDED_LATER}
     (out / distill.PLAN).write_text(json.dumps(old))  # a plan written before they were kept
+    assert cli.main(["distill", "--out", str(out), "--resume"]) == 2  # they cannot be guessed
+    assert "was written before it kept --batch-size, --seed; give them" in capsys.readouterr().err
+    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "4"]) == 2
+    assert "another plan (to_steps: saved 8, now 4)" in capsys.readouterr().err
     assert distil("--seed", "5", "--resume") == 0
     last = sorted((out / plan["phases"][-1] / "checkpoints").iterdir())[-1]
     ema = last / "ema.safetensors"

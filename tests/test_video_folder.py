@@ -252,6 +252,16 @@ def test_a_bad_batch_size_or_clip_number_is_named(tmp_path):
 
     assert torch.equal(ds.load(np.int64(0))[0], clip)
     assert ds.sample(np.int32(1), torch.Generator().manual_seed(0))[0].shape == (1, 3, 4, 8, 8)
+    state = ds.state_dict()
+    for bad in (torch.tensor([2, 0]), torch.tensor([0, 1, 0])):
+        with pytest.raises(ValueError, match="'clips' is two 0/1 values"):
+            ds.load_state_dict(state | {"clips": bad})
+    squash = video_folder.VideoTextFolder(
+        tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0, fit="squash"
+    )
+    with pytest.raises(ValueError, match="cut its clips with fit='crop', random_start=True"):
+        squash.load_state_dict(state)
+    squash.load_state_dict({k: v for k, v in state.items() if k != "clips"})  # saved before it
     seeded = video_folder.VideoTextFolder(
         tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0, np.int64(3)
     )
