@@ -431,6 +431,39 @@ CLI_CASES = [
         lambda ctx: ctx.run(),
     ),
     Case(
+        "train --resume with --force",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume", "--force"),
+        2,
+        "--resume continues the run in --out and --force deletes it",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
+        "train --out in a distillation's folder",
+        (*TRAIN, "--steps", "1", "--out", "{X}", "--force"),
+        2,
+        "holds a distillation (distill.json); give the run a folder of its own",
+        lambda ctx: (ctx.tmp / "distill.json").write_text("{}"),
+    ),
+    Case(
+        "distill --out in a train run's folder",
+        ("distill", "--stage", "base", "--out", "{RUN}"),
+        2,
+        "holds an `ivref train` run (log.jsonl, checkpoints/)",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
+        "generate with the prompts after --out",
+        ("generate", "--out", "{X}/v.mp4", PROMPT),
+        2,
+        "give one or more prompts (--out took",
+    ),
+    Case(
+        "generate --display-size whose frames would not fit",
+        ("generate", *[PROMPT] * 9, "--out", "{X}/v.mp4", "--stages", "--display-size", "4096"),
+        2,
+        "upscaled 64x, needs",
+    ),
+    Case(
         "train --resume of a folder that does not exist",
         (*TRAIN, "--steps", "1", "--out", "{X}/r", "--resume"),
         2,
@@ -1195,7 +1228,9 @@ def render() -> str:
 
 
 def _md(text: str) -> str:
-    return "`" + text.replace("|", "\\|") + "`"
+    """``text`` as a code span in a table cell (two backticks where it holds one)."""
+    fence, pad = ("``", " ") if "`" in text else ("`", "")
+    return fence + pad + text.replace("|", "\\|") + pad + fence
 
 
 def test_docs_errors_md_is_up_to_date():
