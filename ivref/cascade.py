@@ -17,7 +17,6 @@ Loading checks every file against the manifest and refuses damaged or non-finite
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
@@ -25,13 +24,12 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ivref import checkpoint, configs, files, samplers, tensor_files, text
+from ivref import checkpoint, configs, files, samplers, stage_checks, tensor_files, text
 from ivref.config_checks import is_integer
 from ivref.shipped import DISTILLED as DISTILLED  # re-exported: cascade.shipped_dir etc.
 from ivref.shipped import SHIPPED_DIR as SHIPPED_DIR  # stay where code finds them
@@ -142,23 +140,6 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
         )
 
 
-def _check_model_config(name: str, got: Any, want: configs.UNetConfig) -> None:
-    """A stage's model must be built from its stage's ``UNetConfig`` (a model with no
-    ``cfg``, e.g. a wrapper, is taken as it is)."""
-    if not isinstance(got, configs.UNetConfig) or got == want:
-        return
-    differ = [
-        f"{f.name}: model {getattr(got, f.name)!r}, stage {getattr(want, f.name)!r}"
-        for f in dataclasses.fields(want)
-        if getattr(got, f.name) != getattr(want, f.name)
-    ]
-    raise ValueError(
-        f"models[{name!r}] was built from another UNetConfig than stage {name!r} of the cascade "
-        f"config ({'; '.join(differ)}): build it as VideoUNet(cfg.stage({name!r}).unet), or "
-        "give the config it was trained with"
-    )
-
-
 class Cascade(nn.Module):
     """Text encoder + trained stage models of one ``CascadeConfig``; ``generate`` runs them.
 
@@ -188,8 +169,9 @@ class Cascade(nn.Module):
             raise ValueError(f"trained stages {trained} must be a prefix of the cascade {names}")
         if not trained:
             raise ValueError("a Cascade needs at least the base stage's model")
-        for name in trained:  # save_pretrained records cfg: weights of another shape would not load
-            _check_model_config(name, getattr(models[name], "cfg", None), cfg.stage(name).unet)
+        for name in trained:  # save_pretrained records cfg: other shapes would not load
+            model_cfg = getattr(models[name], "cfg", None)
+            stage_checks.check_model_config(name, model_cfg, cfg.stage(name).unet)
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
         if text_probe is not None and not text.is_probe(text_probe):

@@ -1,9 +1,11 @@
 """Checks of a stage's fields against each other: its sizes and kind against its U-Net, and an
 SR stage against the stage before it. ``StageConfig`` and ``CascadeConfig`` run them when
-built (config_types.py); each failure names the field, its value and what is allowed."""
+built (config_types.py); each failure names the field, its value and what is allowed. Also
+a stage's model against its config (``Cascade``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ivref import config_checks as checks
@@ -97,3 +99,20 @@ def check_stage_chain(previous: Any, stage: Any) -> None:
                 (stage.width, stage.height),
                 f"an SSR stage multiplies the previous size {(previous.width, previous.height)}",
             )
+
+
+def check_model_config(name: str, got: Any, want: Any) -> None:
+    """A stage's model must be built from its stage's ``UNetConfig`` (a model with no
+    ``cfg``, e.g. a wrapper, is taken as it is)."""
+    if type(got) is not type(want) or got == want:  # want: a UNetConfig
+        return
+    differ = [
+        f"{f.name}: model {getattr(got, f.name)!r}, stage {getattr(want, f.name)!r}"
+        for f in dataclasses.fields(want)
+        if getattr(got, f.name) != getattr(want, f.name)
+    ]
+    raise ValueError(
+        f"models[{name!r}] was built from another UNetConfig than stage {name!r} of the cascade "
+        f"config ({'; '.join(differ)}): build it as VideoUNet(cfg.stage({name!r}).unet), or "
+        "give the config it was trained with"
+    )

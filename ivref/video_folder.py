@@ -24,6 +24,7 @@ import torch.nn.functional as F_nn
 from einops import rearrange
 
 from ivref.config_checks import is_integer
+from ivref.decode_ahead import DecodeAhead
 from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import read_index
@@ -83,7 +84,7 @@ class VideoTextFolder:
         if not isinstance(prefetch, bool):
             raise ValueError(f"prefetch={prefetch!r}; allowed: True or False")
         self.prefetch = prefetch
-        self._ahead: _Ahead | None = None  # the next batch's first round, decoding
+        self._ahead: DecodeAhead | None = None  # the next batch's first round, decoding
         self.fit = fit
         self.root = Path(root)
         self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
@@ -282,13 +283,13 @@ class VideoTextFolder:
         """Start decoding the next batch's first round in the background: its draws made on
         a copy of ``g``, so the folder and ``g`` stay as they are (a checkpoint saved now is
         exact). The next ``sample`` draws for real and uses these decodes where its draws
-        and files are the same (``_Ahead.outcomes_for``), else decodes anew."""
+        and files are the same (``DecodeAhead.outcomes_for``), else decodes anew."""
         if not self.items:
             return
         copy = torch.Generator().set_state(g.get_state())
         draws = self._pairs(batch_size, copy)
         items = [self.items[i] for i, _ in draws]
-        self._ahead = _Ahead(draws, items, lambda stop: self._read_all(items, draws, stop))
+        self._ahead = DecodeAhead(draws, items, lambda stop: self._read_all(items, draws, stop))
 
     def _draw(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
         """n (item, start) pairs. Files skipped by an earlier load go first; nothing drops
@@ -424,34 +425,3 @@ class VideoTextFolder:
         if self._ahead is not None:  # decoding for the folder as it was
             self._ahead.stop.set()
         self._ahead = None
-
-
-class _Ahead:
-    """A batch's first round decoding in a background thread (``VideoTextFolder.prefetch``):
-    the draws it was made for, the files as they were, and the outcomes once ready."""
-
-    def __init__(self, draws: list[tuple[int, int]], items: list, read) -> None:
-        self.draws, self.items = draws, items
-        self._outcomes: list[tuple[str, object]] | None = None
-        self.stop = threading.Event()  # set when its batch is decoded anew instead
-        # not a daemon: the interpreter waits for it at exit (one batch at most), where a
-        # daemon thread stopped inside a torch call aborted the process
-        self._thread = threading.Thread(target=self._run, args=(read,), daemon=False)
-        self._thread.start()
-
-    def _run(self, read) -> None:
-        try:
-            self._outcomes = read(self.stop)
-        except Exception:  # a bug or an interpreter shutting down: the batch decodes anew
-            self._outcomes = None
-
-    def outcomes_for(
-        self, draws: list[tuple[int, int]], items: list
-    ) -> list[tuple[str, object]] | None:
-        """The outcomes, if made for these draws of these files (else None: decode anew,
-        and the decoding ahead stops before its next clip)."""
-        if draws != self.draws or [items[i] for i, _ in draws] != self.items:
-            self.stop.set()
-            return None
-        self._thread.join()
-        return self._outcomes
