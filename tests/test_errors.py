@@ -459,7 +459,7 @@ CLI_CASES = [
     ),
     Case(
         "generate --display-size whose frames would not fit",
-        ("generate", *[PROMPT] * 9, "--out", "{X}/v.mp4", "--stages", "--display-size", "4096"),
+        ("generate", *(PROMPT,) * 9, "--out", "{X}/v.mp4", "--stages", "--display-size", "4096"),
         2,
         "upscaled 64x, needs",
     ),
