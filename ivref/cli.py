@@ -151,7 +151,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     frames = video.stage_grid(stages) if args.stages else video.grid(final)
-    if args.display_size:
+    if k > 1:
         frames = video.upscale(frames, k)
     for out in args.out:
         path = video.write_video(out, frames, fps=last.fps)

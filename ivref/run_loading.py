@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ivref import configs, distill, errors, text
+from ivref import configs, distill_plan, errors, text
 
 CLIError = errors.CLIError
 
@@ -31,8 +31,8 @@ def run_checkpoint(path: Path):
     if not path.is_dir():
         what = "a file" if path.exists() else "no such folder"
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder ({what})")
-    if (path / distill.PLAN).is_file():  # a distillation: its last phase holds the student
-        path = distill.final_phase(path)
+    if (path / distill_plan.PLAN).is_file():  # a distillation: its last phase holds the student
+        path = distill_plan.final_phase(path)
     single = checkpoint.is_checkpoint(path)
     found = [path] if single else checkpoint.run_checkpoints(path)
     if not found and checkpoint.incomplete_checkpoints(path):

@@ -26,7 +26,7 @@ from ivref import (
     cascade,
     checkpoint,
     configs,
-    distill,
+    distill_plan,
     distributed,
     errors,
     evaluate,
@@ -234,9 +234,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")
-    if (args.out / distill.PLAN).is_file():  # its last phase would hide this run from export
+    if (args.out / distill_plan.PLAN).is_file():  # its last phase would hide this run from export
         raise errors.CLIError(
-            f"--out {str(args.out)!r} holds a distillation ({distill.PLAN}); give the run a "
+            f"--out {str(args.out)!r} holds a distillation ({distill_plan.PLAN}); give the run a "
             "folder of its own"
         )
     if args.resume and args.force:
