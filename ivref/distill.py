@@ -121,7 +121,9 @@ def distill_stage(
 
     Writes ``out/distill.json`` and one ``train`` run folder per phase; with ``resume`` a
     finished phase is loaded and an unfinished one continues from its checkpoint (an ``out``
-    without ``distill.json`` is an error: there is nothing to resume).
+    without ``distill.json`` is an error: there is nothing to resume). A resume keeps the
+    plan, except that a smaller ``to_steps`` goes on past it: the planned phases stay as they
+    are, and more halvings follow.
     ``halving_steps``: training steps of every halving, or one count per halving in order
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
     training setting). ``compile``: ``torch.compile`` the student's step (``trainer.Trainer``'s
@@ -284,7 +286,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--from", dest="source", type=Path, help="teacher cascade folder (default: shipped)"
     )
     p.add_argument(
-        "--to-steps", type=arguments.positive_int, help="student steps (default: preset's)"
+        "--to-steps",
+        type=arguments.positive_int,
+        help="student steps (default: preset's); with --resume, fewer than planned goes on",
     )
     p.add_argument("--out", type=Path, required=True, help="folder: one run folder per phase")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")

@@ -258,11 +258,14 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
     out = args.out
     for name in ("stage", "to_steps"):  # the phases follow from them: named first
         given, kept = getattr(args, name), saved.get(name)
+        if name == "to_steps" and given is not None and kept is not None and given < kept:
+            continue  # fewer steps continues the plan with more halvings (check_same_plan)
         if given is not None and kept is not None and given != kept:
+            more = " (a resume may go on to fewer steps, not back to more)" * (name == "to_steps")
             raise errors.CLIError(
                 f"{str(out)!r} was distilled with another plan ({name}: saved {kept}, now "
-                f"{given}); resume it with the settings it started with, or distil into a "
-                "new --out"
+                f"{given}){more}; resume it with the settings it started with, or distil into "
+                "a new --out"
             )
     unknown = [  # a plan written before it kept these: they cannot be guessed
         flag
@@ -299,14 +302,29 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
             setattr(args, name, value)
 
 
+def continues(saved: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``record`` is ``saved`` gone on to fewer steps: the same phases, with the same
+    training steps, then more halvings (a finished 8-step distillation resumed to 1 step)."""
+    n = len(saved["phases"])
+    return (
+        len(record["phases"]) > n
+        and record["phases"][:n] == saved["phases"]
+        and record["phase_steps"][:n] == saved["phase_steps"]
+    )
+
+
 def check_same_plan(path: Path, record: dict[str, Any]) -> None:
     """A resumed distillation must keep its plan: its finished phases were trained to it,
-    and a phase trained to other lengths would teach the next from another student."""
+    and a phase trained to other lengths would teach the next from another student. It may
+    go on to fewer steps (``continues``): its phases stay, more halvings follow."""
     saved = read_plan(path.parent)
+    extended = ("to_steps", "phases", "phase_steps") if continues(saved, record) else ()
     changed = {
         k: (saved.get(k), v)
         for k, v in record.items()
-        if saved.get(k) != v and k not in UNCHECKED and (k in saved or k not in ADDED_LATER)
+        if saved.get(k) != v
+        and k not in UNCHECKED + extended
+        and (k in saved or k not in ADDED_LATER)
     }
     if changed:
         listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())

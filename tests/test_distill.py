@@ -578,8 +578,8 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     (out / distill.PLAN).write_text(json.dumps(old))  # a plan written before they were kept
     assert cli.main(["distill", "--out", str(out), "--resume"]) == 2  # they cannot be guessed
     assert "was written before it kept --batch-size, --seed; give them" in capsys.readouterr().err
-    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "4"]) == 2
-    assert "another plan (to_steps: saved 8, now 4)" in capsys.readouterr().err
+    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "16"]) == 2
+    assert "another plan (to_steps: saved 8, now 16)" in capsys.readouterr().err
     assert distil("--seed", "5", "--resume") == 0
     last = sorted((out / plan["phases"][-1] / "checkpoints").iterdir())[-1]
     ema = last / "ema.safetensors"
@@ -587,6 +587,38 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     assert cli.main(["export", str(out), "--out", str(tmp_path / "x")]) == 2
     assert "its last checkpoint is damaged" in capsys.readouterr().err
     assert not (tmp_path / "x" / "cascade.json").exists()
+
+
+def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_path, capsys):
+    """The base stage was taken past the paper's 8 steps by resuming its finished 8-step
+    distillation with a smaller --to-steps; the plan checks refused that as another plan."""
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
+        tmp_path / "cascade"
+    )
+    out = tmp_path / "d"
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out", str(out)]
+    argv += ["--guided-steps", "2", "--halving-steps", "1", "--batch-size", "2"]
+    assert cli.main([*argv, "--to-steps", "8"]) == 0
+    first = json.loads((out / distill.PLAN).read_text())
+    done = {f: sorted((out / f / "checkpoints").iterdir())[-1] for f in first["phases"]}
+    kept = {f: (last / "ema.safetensors").read_bytes() for f, last in done.items()}
+    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "4"]) == 0
+    plan = json.loads((out / distill.PLAN).read_text())
+    assert plan["phases"] == [*first["phases"], "halve-0008-0004"]
+    assert plan["to_steps"] == 4 and plan["phase_steps"] == [2, 1, 1]
+    for folder, ema in kept.items():  # the finished phases are not trained again
+        assert sorted((out / folder / "checkpoints").iterdir())[-1] == done[folder]
+        assert (done[folder] / "ema.safetensors").read_bytes() == ema
+    assert distill.final_phase(out) == out / "halve-0008-0004"  # what export takes
+    capsys.readouterr()
+    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "8"]) == 2
+    refused = "(to_steps: saved 4, now 8) (a resume may go on to fewer steps"
+    assert refused in capsys.readouterr().err
+    argv2 = ["distill", "--out", str(out), "--resume", "--to-steps", "2"]
+    assert cli.main([*argv2, "--halving-steps", "3"]) == 2  # the finished halvings ran 1 step
+    assert "phase_steps: saved [2, 1, 1], now [2, 3, 3, 3]" in capsys.readouterr().err
 
 
 def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path, capsys):
