@@ -225,7 +225,8 @@ def check_same_data(out: Path, videos: Any, new_streams: bool = False) -> None:
     if new_streams and saved is not None and now is not None:
         warnings.warn(  # checked_plan runs once in the CLI and once in distill_stage
             f"{str(out)!r}: the videos differ from those it was distilled on (files added, "
-            "dropped, re-encoded or re-captioned); --new-streams goes on with them as they are",
+            "dropped, renamed or re-captioned, or of other lengths); --new-streams goes on with "
+            "them as they are",
             stacklevel=2,
         )
         return

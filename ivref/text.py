@@ -32,6 +32,7 @@ import torch
 from ivref.configs import TextConfig
 from ivref.text_cache import CACHE_FORMAT as CACHE_FORMAT  # re-exported: text.CachedEncoder
 from ivref.text_cache import CachedEncoder as CachedEncoder  # is where code finds it
+from ivref.text_cache import check_prompts
 
 T5_HINT = (
     "pass --text-encoder PATH to `ivref train` / `ivref generate` (TextConfig.path in the "
@@ -64,8 +65,7 @@ class HFEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb (B, L, D) float32, mask (B, L) bool), L = max_length; long prompts truncate."""
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
+        check_prompts(prompts)
         full = self.tokenizer(list(prompts), verbose=False)["input_ids"]  # we warn, below
         long = [p for p, ids in zip(prompts, full, strict=True) if len(ids) > self.max_length]
         if long:  # named by text, not index: a caller may encode its prompts in batches
@@ -128,7 +128,7 @@ class TinyT5Encoder(HFEncoder):
         self.dim = d
 
 
-MINILM_NAME = "minilm-all-MiniLM-L6-v2"  # MiniLMEncoder's name; text caches are keyed by it
+MINILM_NAME = "minilm-all-MiniLM-L6-v2"  # MiniLMEncoder's name, then its weights' fingerprint
 
 
 class MiniLMEncoder(HFEncoder):
@@ -152,7 +152,15 @@ class MiniLMEncoder(HFEncoder):
         with _no_loading_bar():
             model = AutoModel.from_pretrained(path, use_safetensors=True, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        super().__init__(model, tokenizer, MINILM_NAME, text_cfg.max_length)
+        positions = model.config.max_position_embeddings
+        if text_cfg.max_length > positions:
+            raise ValueError(
+                f"TextConfig.max_length={text_cfg.max_length}: MiniLM reads at most {positions} "
+                f"tokens; allowed: 1 to {positions}"
+            )
+        # the weights' fingerprint in the name: text cached from another release is not reused
+        name = f"{MINILM_NAME}-{_fingerprint(path)}"
+        super().__init__(model, tokenizer, name, text_cfg.max_length)
 
 
 LOADING_BAR_FROM = 1 << 30  # bytes of checkpoint files from which a T5 load shows a bar
@@ -255,6 +263,7 @@ def probe(encoder: TextEncoder) -> list[float]:
     (another T5 at the configured path, say) is caught, where the config alone cannot: the
     path is the same. Unlike ``T5Encoder``'s name it does not depend on file times.
     """
+    encoder = getattr(encoder, "uncached", encoder)  # the encoder itself, not a cache of it
     emb, mask = encoder.encode([PROBE_PROMPT])
     keep = mask[0].to(emb.dtype)[:, None]
     pooled = (emb[0] * keep).sum(0) / keep.sum().clamp(min=1)

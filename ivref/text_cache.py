@@ -21,6 +21,24 @@ from ivref import files
 CACHE_FORMAT = 2  # 1: keyed by encoder name and text only (ignored max_length)
 
 
+def check_prompts(prompts: object) -> None:
+    """A ValueError unless ``prompts`` is a non-empty list of text: strings without a lone
+    surrogate (half of a character such as an emoji, cut by a tool), which no tokenizer reads
+    and UTF-8 cannot hold."""
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {prompt!r} is a {type(prompt).__name__}; give text (str)")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"prompt {prompt!r} holds a lone surrogate (half of a character such as an "
+                "emoji): no text encoder can read it; mend the text"
+            ) from None
+
+
 class CachedEncoder:
     """Wraps an encoder; each prompt's (emb, mask) is stored once as safetensors on disk.
 
@@ -41,6 +59,11 @@ class CachedEncoder:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
         self._write_failed = False
+
+    @property
+    def uncached(self) -> Any:
+        """The encoder this cache wraps (``text.probe`` computes through it, not the disk)."""
+        return self.encoder
 
     def _meta(self, prompt: str) -> dict[str, str]:
         return {
@@ -103,8 +126,7 @@ class CachedEncoder:
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``encoder.encode``; only prompts not on disk are encoded (in one batch)."""
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
+        check_prompts(prompts)
         found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for prompt in dict.fromkeys(prompts):
             row = self._read(prompt)

@@ -5,11 +5,28 @@ video_folder.py builds training clips from them."""
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+class _SizeNoteFilter(logging.Filter):
+    """Drops imageio-ffmpeg's note that the frames read differ in size from the stream's:
+    they do on purpose for rotated and non-square-pixel videos (``decode_from``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_SizeNoteFilter())
+
+# ffmpeg's output in square pixels: a video whose pixels are not square (sample aspect ratio,
+# e.g. 1440 x 1080 shown as 1920 x 1080) is stretched to its display shape; others pass as is
+SQUARE_PIXELS = ["-vf", "scale=iw*sar:ih,setsar=1"]
 
 
 def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
@@ -25,13 +42,15 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     and VP9 in WebM. Where it is not (AVI with MPEG-4 part 2, a video stream starting
     after its file's audio), a seek lands a few frames from ``start``: still consecutive
     frames. At a variable frame rate, ``start`` is a time (``start / src_fps`` seconds)
-    rather than a frame count. Stopping early (closing the generator) ends ffmpeg.
+    rather than a frame count. Frames come rotated as the file says and in square pixels,
+    as a player shows them (``SQUARE_PIXELS``). Stopping early (closing the generator) ends
+    ffmpeg.
     """
     import imageio_ffmpeg
 
     seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
     reader = imageio_ffmpeg.read_frames(
-        str(path), input_params=seek, output_params=["-fps_mode", "passthrough"]
+        str(path), input_params=seek, output_params=["-fps_mode", "passthrough", *SQUARE_PIXELS]
     )
     try:
         width, height = next(reader)["size"]
@@ -39,6 +58,17 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
             yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
     finally:
         reader.close()
+
+
+def exact_fps(printed: float) -> float:
+    """A frame rate as ffmpeg prints it (two decimals: 23.98 for 24000/1001) made exact:
+    an integer, or n * 1000 / 1001 (the NTSC rates), where one lies within the printing's
+    rounding; else as printed. Seeks and frame times use it: at 23.98 instead of 23.976 a
+    seek lands one frame early after about 6,000 frames."""
+    for rate in (round(printed), round(printed * 1.001) * 1000 / 1001):
+        if rate > 0 and abs(rate - printed) <= 0.00501:
+            return float(rate)
+    return printed
 
 
 def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:
@@ -55,25 +85,59 @@ def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:
 
 
 def read_index(index_file: Path) -> list[tuple[str, str]]:
-    """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects."""
+    """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects,
+    read as UTF-8 (with or without a byte-order mark). Errors name the file and line."""
     if not index_file.is_file():
         raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
-    if index_file.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(index_file.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
-                    ) from None
-    elif index_file.suffix.lower() == ".csv":
-        with open(index_file, newline="", encoding="utf-8-sig") as fh:  # with or without a BOM
-            rows = list(csv.DictReader(fh))
-    else:
+    kind = index_file.suffix.lower()
+    if kind not in (".csv", ".jsonl"):
         raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")
-    for n, row in enumerate(rows):
+    try:
+        text = index_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = index_file.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{str(index_file)!r} line {line} is not UTF-8 text ({err.reason} at byte "
+            f"{err.start}); save the index as UTF-8"
+        ) from None
+    rows = _jsonl_rows(index_file, text) if kind == ".jsonl" else _csv_rows(index_file, text)
+    for line, row in rows:
         if not isinstance(row, dict) or "path" not in row or "caption" not in row:
-            raise ValueError(f"{str(index_file)!r} row {n}: needs fields 'path' and 'caption'")
-    return [(row["path"], row["caption"]) for row in rows]
+            raise ValueError(f"{str(index_file)!r} line {line}: needs fields 'path' and 'caption'")
+        if not isinstance(row["path"], str) or not row["path"].strip():
+            raise ValueError(
+                f"{str(index_file)!r} line {line}: path {row['path']!r} must be a non-empty "
+                "string (the video's file, relative to the folder)"
+            )
+    return [(row["path"], row["caption"]) for _, row in rows]
+
+
+def _jsonl_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
+    """(line number, object) per non-blank line. Lines end at "\n" only: JSON strings may
+    hold the other characters ``str.splitlines`` breaks at (U+2028, U+0085, ...)."""
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{str(index_file)!r} line {n} is not JSON ({err.msg}): {line[:80]!r}"
+                ) from None
+    return rows
+
+
+def _csv_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
+    """(line number where the row ends, dict) per row of a CSV with a header."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 1 << 24))  # captions of any sensible length
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as err:
+        raise ValueError(f"{str(index_file)!r} line {reader.line_num}: not CSV ({err})") from None
+    finally:
+        csv.field_size_limit(limit)
+    return rows

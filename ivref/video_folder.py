@@ -27,6 +27,7 @@ from ivref.config_checks import is_integer
 from ivref.decode_ahead import DecodeAhead
 from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
+from ivref.video_files import exact_fps as exact_fps  # re-exported: video_folder.exact_fps
 from ivref.video_files import read_index
 
 
@@ -47,7 +48,8 @@ class VideoTextFolder:
 
     Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
     frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
-    non-empty string, are reported with a warning, listed in ``self.skipped`` as (path,
+    non-empty string (or holds a lone surrogate: no tokenizer reads it), are reported with a
+    warning, listed in ``self.skipped`` as (path,
     reason), and skipped: they never stop a run. A folder with no usable video is a
     ValueError.
     """
@@ -97,11 +99,16 @@ class VideoTextFolder:
             reason, src_fps, n = self._probe(path)
             if not isinstance(text, str) or not text.strip():
                 reason = f"caption {text!r}: give a non-empty string"
+            elif not _is_text(text):
+                reason = (
+                    f"caption {text!r} holds a lone surrogate (half of a character such as an "
+                    "emoji, cut by a tool), which no text encoder can read: mend it in the index"
+                )
             if reason:
                 self._skip(rel, reason)
             else:
-                self.items.append((path, text, src_fps, n))
-                usable.append([str(rel), text, src_fps, n])
+                self.items.append((path, text, exact_fps(src_fps), n))
+                usable.append([str(rel), text, src_fps, n])  # the rate as probed: digests stay
         if not self.items:
             raise ValueError(
                 f"no usable videos in {str(index_file)!r} under {str(self.root)!r} for "
@@ -130,8 +137,8 @@ class VideoTextFolder:
             with mediapy.VideoReader(path) as reader:
                 n, src_fps = reader.num_images, float(reader.fps)
         except Exception as err:  # ffmpeg's many ways to reject a file
-            return f"unreadable ({type(err).__name__}: {str(err)[:80]})", 0.0, 0
-        indices = self._source_indices(src_fps)
+            return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
+        indices = self._source_indices(exact_fps(src_fps))
         if n < indices[-1] + 1:
             return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps, n
         if len(set(indices)) < len(indices):
@@ -169,6 +176,10 @@ class VideoTextFolder:
         more, or fails otherwise, is skipped (``starts(i)`` becomes 0, and ``sample`` drops
         it)."""
         path, _, _, n = self.items[self._index(i)]
+        i = int(i)
+        if not is_integer(start):
+            raise ValueError(f"start={start!r} must be an integer (a source frame of clip {i})")
+        start = int(start)
         if self.starts(i) < 1:
             raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
         if not 0 <= start < self.starts(i):
@@ -181,12 +192,13 @@ class VideoTextFolder:
     def _read(self, item: tuple[Path, str, float, int], start: int) -> tuple[str, object]:
         """Decode ``item``'s clip from ``start`` and change nothing (threads call it):
         ("clip", (clip, caption)), ("ended", (frames the file holds, why)) when it ends
-        before the clip does, or ("failed", why). A seek that ends before the clip is
-        read again from the first frame, which counts the file's frames exactly (a seek can
-        pass the end of a file shorter than its header, or land late in one it is not exact
-        for, ``decode_from``)."""
+        before the clip does, or ("failed", why). A failed read, and a seek that ends before
+        the clip, are read again from the first frame, which counts the file's frames
+        exactly (a seek can pass the end of a file shorter than its header, or land late in
+        one it is not exact for, ``decode_from``); a failure may also pass (a busy machine)."""
         outcome = self._read_from(item, start, seek=True)
-        if outcome[0] == "ended" and start > 0:
+        kind = outcome[0]
+        if kind == "failed" or (kind == "ended" and start > 0):
             outcome = self._read_from(item, start, seek=False)
         return outcome
 
@@ -208,7 +220,7 @@ class VideoTextFolder:
                     if k == wanted[-1]:
                         break
         except Exception as err:  # ffmpeg's many ways to fail on a damaged file
-            return "failed", f"{type(err).__name__}: {str(err)[:80]}"
+            return "failed", f"{type(err).__name__}: {_last_line(err)}"
         if len(kept) < len(wanted):
             why = f"EOFError: ended with {len(kept)} of the {len(wanted)} frames needed"
             return "ended", (decoded, why)
@@ -217,12 +229,7 @@ class VideoTextFolder:
             frames = np.repeat(frames[..., None], 3, axis=-1)
         if self.fit == "crop":
             frames = center_crop(frames, self.width / self.height)
-        clip = rearrange(
-            torch.from_numpy(frames[..., :3]).float() / 127.5 - 1, "f h w c -> f c h w"
-        )
-        clip = F_nn.interpolate(
-            clip, size=(self.height, self.width), mode="bilinear", antialias=True
-        ).clamp(-1, 1)
+        clip = torch.cat([_resized(part, self.height, self.width) for part in _parts(frames)])
         return "clip", (rearrange(clip, "f c h w -> c f h w"), text)
 
     def _apply(self, i: int, outcome: tuple[str, object]) -> tuple[torch.Tensor, str] | None:
@@ -402,7 +409,8 @@ class VideoTextFolder:
             raise ValueError(
                 f"the saved data state is of another folder: the videos under "
                 f"{str(self.root)!r} or their index changed since it was saved (files added, "
-                "removed, re-encoded or re-captioned), so its clips cannot go on exactly; resume "
+                "removed, renamed or re-captioned, or a file's frame count or rate changed: the "
+                "digest does not read the pixels), so its clips cannot go on exactly; resume "
                 "with new streams (Trainer.resume(new_streams=True); on the command line "
                 "--resume --new-streams) to go on with the folder as it is now"
             )
@@ -425,3 +433,35 @@ class VideoTextFolder:
         if self._ahead is not None:  # decoding for the folder as it was
             self._ahead.stop.set()
         self._ahead = None
+
+
+def _is_text(caption: str) -> bool:
+    """Whether ``caption`` is text a tokenizer can read: no lone surrogate (UTF-8 encodes)."""
+    try:
+        caption.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _last_line(err: BaseException) -> str:
+    """The last non-empty line of an error, where ffmpeg puts its reason ("... does not
+    contain any stream"), at most 120 characters; the first lines are its version banner."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if lines else "no message")[:120]
+
+
+RESIZE_FRAMES = 8  # frames converted to float32 at once: 8 of 1080p are 200 MB, not 32's 800
+
+
+def _parts(frames: np.ndarray) -> list[np.ndarray]:
+    """``frames`` (F, H, W, C) in runs of at most ``RESIZE_FRAMES``."""
+    return [frames[k : k + RESIZE_FRAMES] for k in range(0, len(frames), RESIZE_FRAMES)]
+
+
+def _resized(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 frames (F, H, W, C) as (F, 3, height, width) in [-1, 1]: bilinear, antialiased."""
+    clip = rearrange(torch.from_numpy(frames[..., :3]).float() / 127.5 - 1, "f h w c -> f c h w")
+    return F_nn.interpolate(clip, size=(height, width), mode="bilinear", antialias=True).clamp(
+        -1, 1
+    )

@@ -115,6 +115,9 @@ def test_minilm_loads_offline_from_the_package():
         enc.encode(["a red circle " * 300])  # past the model's 512 tokens too
     with pytest.raises(ValueError, match="TextConfig.dim=32"):
         text.build_encoder(dataclasses.replace(cfg, dim=32))
+    with pytest.raises(ValueError, match=r"max_length=600: MiniLM reads at most 512 tokens"):
+        text.build_encoder(dataclasses.replace(cfg, max_length=600))  # failed at first encode
+    assert enc.name.startswith(text.MINILM_NAME + "-")  # and its weights' fingerprint
 
 
 def _with_bars_and_warnings(code, repo_root, *args):
@@ -314,3 +317,27 @@ def test_the_probe_tells_encoders_of_one_width_apart_and_ignores_file_times(tmp_
 )  # fmt: skip
 def test_is_probe(value, ok):
     assert text.is_probe(value) is ok
+
+
+def test_the_probe_reads_the_encoder_not_its_disk_cache(tmp_path, tiny):
+    """Computed through a CachedEncoder, the probe came from the disk: embeddings cached from
+    another encoder under the same name passed the check that exists to catch them."""
+    cached = text.CachedEncoder(tiny, tmp_path)
+    cached.encode([text.PROBE_PROMPT])  # now on disk, as a training run's captions are
+    assert text.probe(cached) == text.probe(tiny)
+    other = text.TinyT5Encoder(CI_TEXT, seed=1)
+    other.name = tiny.name  # new weights under the old name (an upgraded package, say)
+    stale = text.CachedEncoder(other, tmp_path)
+    stale.encode([text.PROBE_PROMPT])  # served from the first encoder's entry
+    assert stale.hits == 1
+    assert text.probe(stale) == text.probe(other) != text.probe(tiny)
+
+
+def test_a_prompt_with_a_lone_surrogate_is_named_not_a_tokenizer_crash(tmp_path, tiny):
+    """Half an emoji (a tool's cut) crashed the tokenizer, or the cache's file name, with an
+    error that named neither the prompt nor what to do."""
+    for encoder in (tiny, text.CachedEncoder(tiny, tmp_path)):
+        with pytest.raises(ValueError, match=r"prompt 'cut \\ud83d' holds a lone surrogate"):
+            encoder.encode(["fine", "cut \ud83d"])
+        with pytest.raises(ValueError, match=r"prompt 3 is a int; give text"):
+            encoder.encode(["fine", 3])

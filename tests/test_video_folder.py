@@ -482,3 +482,140 @@ ds.sample(2)  # returns with the next batch decoding ahead; the script ends here
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True, timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stderr[-500:]
+
+
+def _ffmpeg_write(path, frames, rate, *vf):
+    """Raw RGB frames (N, H, W, 3) to an H.264 file at ffmpeg rate string ``rate``."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    video.ensure_ffmpeg()
+    n, h, w, _ = frames.shape
+    raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", rate, "-i", "-"]
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *raw, *vf,
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "50", str(path)],
+        input=frames.tobytes(), check=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("printed", "exact"),
+    [(23.98, 24000 / 1001), (29.97, 30000 / 1001), (14.99, 15000 / 1001), (7.99, 8000 / 1001),
+     (59.94, 60000 / 1001), (25.0, 25.0), (12.0, 12.0), (12.5, 12.5), (0.5, 0.5)],
+)  # fmt: skip
+def test_a_frame_rate_printed_to_two_decimals_is_made_exact(printed, exact):
+    assert video_folder.exact_fps(printed) == exact
+
+
+def test_a_late_seek_in_a_23_976_fps_file_lands_on_its_frame(tmp_path):
+    """ffmpeg prints 24000/1001 fps as 23.98; seeking by that rate landed one frame early
+    from about frame 3,000 on (the error grows by a frame every ~6,000)."""
+    n, bits = 3100, 12
+    index = np.arange(n)[:, None] >> np.arange(bits)[None, :] & 1  # (n, bits): frame k's bits
+    frames = np.repeat(np.repeat(index.astype(np.uint8) * 255, 8, 1)[:, None, :, None], 8, 1)
+    _ffmpeg_write(tmp_path / "ntsc.mp4", np.repeat(frames, 3, 3), "24000/1001")
+    (tmp_path / "index.csv").write_text("path,caption\nntsc.mp4,counting\n")
+    ds = video_folder.VideoTextFolder(
+        tmp_path, tmp_path / "index.csv", 3, 8 * bits, 8, fps=12.0, fit="squash"
+    )
+    assert ds.items[0][2] == 24000 / 1001
+    for start in (5, 3050):
+        clip, _ = ds.load(0, start)
+        blocks = clip[:, :, :, :].mean((0, 2)).reshape(3, bits, 8).mean(-1) > 0  # (F, bits)
+        got = [int((b.long() << torch.arange(bits)).sum()) for b in blocks]
+        assert got == [start + round(k * (24000 / 1001) / 12) for k in range(3)]
+
+
+def test_non_square_pixels_are_shown_as_a_player_shows_them(tmp_path):
+    """A 16 x 16 picture stored with pixels twice as wide as tall shows 32 x 16: a square
+    clip of it is the middle half of its columns. Read as stored, the clip held all of them."""
+    frames = np.zeros((8, 16, 16, 3), np.uint8)
+    frames[:, :, 4:12, 1] = 255  # green middle half of the stored columns; black sides
+    _ffmpeg_write(tmp_path / "sar.mp4", frames, "12", "-vf", "setsar=2/1")
+    (tmp_path / "index.csv").write_text("path,caption\nsar.mp4,green\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 2, 8, 8, fps=4.0)
+    clip, _ = ds.load(0)
+    green = (clip[1] + 1) / 2  # (F, H, W)
+    assert green.min() > 0.8  # green everywhere: the cropped display is the middle half
+    shown = np.stack(list(video_folder.decode_from(tmp_path / "sar.mp4", 0, 12.0)))
+    assert shown.shape == (8, 16, 32, 3)
+
+
+def test_a_decode_that_fails_once_is_tried_again_not_dropped_and_a_start_must_be_a_frame(
+    tmp_path, monkeypatch
+):
+    """A passing failure (ffmpeg not started on a busy machine) dropped a good file for the
+    rest of the run, and the drop was saved in its checkpoints."""
+    _write_counting_clip(tmp_path / "a.mp4", 12)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    real, calls = video_folder.decode_from, []
+
+    def fails_once(*args):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise OSError("Resource temporarily unavailable")
+        return real(*args)
+
+    monkeypatch.setattr(video_folder, "decode_from", fails_once)
+    clip, caption = ds.load(0, 0)
+    assert clip.shape == (3, 4, 8, 8) and caption == "hello" and not ds.skipped
+    assert calls == [0, 0] and ds.starts(0) == 3
+    with pytest.raises(ValueError, match=r"start=1.5 must be an integer"):
+        ds.load(0, 1.5)
+    assert ds.load(0, np.int64(1)) is not None
+
+
+def test_an_index_is_read_as_utf8_with_line_numbers_and_captions_a_tokenizer_can_read(tmp_path):
+    """U+2028 in a JSON caption split its line in two; a non-UTF-8 file, a long CSV field and
+    a null path escaped as raw errors; a caption holding half an emoji passed every check,
+    then stopped training when it was first drawn."""
+    _write_counting_clip(tmp_path / "a.mp4", 8)
+    rows = [{"path": "a.mp4", "caption": "line\u2028separator \u00e9"}, {"path": "a.mp4",
+            "caption": "cut emoji \ud83d"}]  # fmt: skip
+    jsonl = tmp_path / "index.jsonl"
+    jsonl.write_bytes(
+        b"\xef\xbb\xbf" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows[:1]).encode()
+        + b"\n" + json.dumps(rows[1]).encode()
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="holds a lone surrogate"):
+        ds = video_folder.VideoTextFolder(tmp_path, jsonl, 2, 8, 8, fps=6.0)
+    assert [c for _, c, _, _ in ds.items] == ["line\u2028separator \u00e9"]
+    assert "lone surrogate" in ds.skipped[0][1]
+    for name, content, message in (
+        ("latin1.csv", "path,caption\na.mp4,caf\u00e9\n".encode("latin-1"),
+         r"latin1.csv' line 2 is not UTF-8 text"),
+        ("huge.csv", b"path,caption\na.mp4," + b"a" * (1 << 24 | 1) + b"\n",
+         r"huge.csv' line \d: not CSV \(field larger than field limit"),
+        ("null.jsonl", b'\n{"path": null, "caption": "x"}\n',
+         r"null.jsonl' line 2: path None must be a non-empty string"),
+        ("fields.csv", b"path,text\na.mp4,x\n", r"fields.csv' line 2: needs fields 'path'"),
+    ):  # fmt: skip
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message):
+            video_folder.VideoTextFolder(tmp_path, tmp_path / name, 2, 8, 8, fps=6.0)
+    long = "a" * 200_000  # over csv's default field limit of 128 KiB
+    (tmp_path / "long.csv").write_text(f"path,caption\na.mp4,{long}\n", encoding="utf-8")
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "long.csv", 2, 8, 8, fps=6.0)
+    assert ds.items[0][1] == long
+
+
+def test_an_unreadable_file_is_skipped_with_ffmpegs_reason_not_its_banner(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    video.ensure_ffmpeg()
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine",
+         "-t", "1", str(tmp_path / "audio.mp4")],
+        check=True,
+    )  # fmt: skip
+    _write_counting_clip(tmp_path / "a.mp4", 8)
+    (tmp_path / "index.csv").write_text("path,caption\naudio.mp4,sound\na.mp4,ok\n")
+    with pytest.warns(UserWarning, match="skipping 'audio.mp4'"):
+        ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 2, 8, 8, fps=6.0)
+    reason = dict(ds.skipped)["audio.mp4"]
+    assert reason.startswith("unreadable (") and "ffmpeg version" not in reason, reason
