@@ -3,7 +3,8 @@
 A training checkpoint is a folder:
 
     config.json           the CascadeConfig, the stage trained, the step, and a manifest
-                          (size + sha256 of every other file); written last
+                          (size + sha256 of every other file), with a sha256 of its own
+                          content; written last
     model.safetensors     model weights (fp32)
     ema.safetensors       EMA weights [EMA]
     optimizer.safetensors optimizer tensors (AdamW moments [ADAMW]); its non-tensor state
@@ -23,6 +24,7 @@ themselves are written and read by tensor_files.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -66,6 +68,9 @@ __all__ = [  # with the file helpers of tensor_files.py that callers know from h
 FORMAT = 1
 CONFIG = "config.json"
 TENSOR_FILES = ("model", "ema", "optimizer", "rng")
+FILES = (*(f"{n}.safetensors" for n in TENSOR_FILES), "optimizer.json")  # in the manifest
+# config.json's keys ("digest": absent in checkpoints saved before it was kept)
+CONFIG_KEYS = frozenset({"format", "stage", "step", "config", "extra", "manifest", "digest"})
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/step-XXXXXXXX/
 LEGACY = "checkpoint"  # the single, overwritten-in-place folder of ivref 0.1 runs
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -124,22 +129,26 @@ def save(
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
         write_json(tmp / "optimizer.json", opt_meta)
         write_tensors(tmp / "rng.safetensors", rng)
-        files = [f"{n}.safetensors" for n in TENSOR_FILES] + ["optimizer.json"]
         meta = {
             "format": FORMAT,
             "stage": stage,
             "step": step,
             "config": config.to_dict(),
             "extra": extra or {},
-            "manifest": file_manifest(tmp, files),
+            "manifest": file_manifest(tmp, list(FILES)),
         }
-        write_json(tmp / CONFIG, meta)
+        write_json(tmp / CONFIG, meta | {"digest": config_digest(meta)})
         fsync_dir(tmp)
         old = None
         if directory.exists():
             old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(directory, old)
-        os.replace(tmp, directory)
+        try:
+            os.replace(tmp, directory)
+        except BaseException:  # the old copy back under its name (a kill here leaves it as
+            if old is not None and not directory.exists():  # .old, which run_checkpoints
+                os.replace(old, directory)  # lists and remove_stale moves back)
+            raise
         fsync_dir(directory.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -158,20 +167,27 @@ def run_checkpoints(run: str | os.PathLike) -> list[Path]:
     """The complete checkpoint folders of a run, oldest first (a legacy ``checkpoint/`` first).
 
     A folder appears under its final name only once whole (``save``), so every folder listed
-    is complete unless it was damaged afterwards (``verify`` tells).
+    is complete unless it was damaged afterwards (``verify`` tells). A re-save of step N
+    killed between its two renames leaves the complete old copy as ``.step-N.old-*`` and no
+    ``step-N``: that copy is listed as step N (and ``remove_stale`` puts it back).
     """
     run = Path(run)
-    found: list[tuple[int, Path]] = []
+    found: dict[int, Path] = {}
     legacy = run / LEGACY
     if (legacy / CONFIG).is_file():
-        found.append((-1, legacy))
+        found[-1] = legacy
     folder = run / CHECKPOINTS
     if folder.is_dir():
-        for child in folder.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / CONFIG).is_file():
-                found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
+        aside: dict[int, Path] = {}
+        for child in sorted(folder.iterdir()):
+            if not (child / CONFIG).is_file():
+                continue
+            if match := _STEP_DIR.match(child.name):
+                found[int(match.group(1))] = child
+            elif (stale := _STALE.match(child.name)) and stale.group(2) == "old":
+                aside[int(stale.group(1).removeprefix("step-"))] = child
+        found = aside | found  # a step's own folder first
+    return [found[step] for step in sorted(found)]
 
 
 def incomplete_checkpoints(run: str | os.PathLike) -> list[Path]:
@@ -231,7 +247,7 @@ def set_aside(path: str | os.PathLike) -> Path:
     the new path. Nothing is deleted, and the run no longer counts it as a checkpoint: it is
     neither resumed from nor kept in place of a good one when ``save_run`` prunes."""
     path = Path(path)
-    if not _STEP_DIR.match(path.name):
+    if not (_STEP_DIR.match(path.name) or _STALE.match(path.name)):
         raise ValueError(f"{str(path)!r} is not a step-N checkpoint folder")
     target = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:8]}")
     os.replace(path, target)
@@ -264,8 +280,20 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG).is_file()
 
 
+def config_digest(meta: dict[str, Any]) -> str:
+    """sha256 of config.json's content but its own "digest", as canonical JSON."""
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a checkpoint, parsed; ``config`` becomes a CascadeConfig."""
+    """config.json of a checkpoint, parsed and checked; ``config`` becomes a CascadeConfig.
+
+    Its digest must match its content (a flipped bit in the step or a learning rate would
+    otherwise pass), and its fields must have their types: the step that of its folder's
+    name, the manifest every file of ``FILES``. Any fault is a CheckpointError, so a run
+    resumes from the checkpoint before it."""
     path = Path(directory) / CONFIG
     if not Path(directory).is_dir():
         raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist")
@@ -273,12 +301,37 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
     try:
         meta = json.loads(path.read_text())
+        _check_fields(meta, Path(directory).name)
         meta["config"] = configs.CascadeConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r}: format {meta.get('format')!r}, expected {FORMAT}")
     return meta
+
+
+def _check_fields(meta: Any, folder: str) -> None:
+    """A ValueError naming the first field of a parsed config.json that is not as saved."""
+    if not isinstance(meta, dict) or not meta.keys() <= CONFIG_KEYS:
+        keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"its keys are {keys}, allowed: {sorted(CONFIG_KEYS)}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+    if "digest" in meta and meta["digest"] != config_digest(meta):
+        raise ValueError("its content does not match its digest (edited or damaged)")
+    step, match = meta.get("step"), _STEP_DIR.match(folder)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step {step!r} is not a count of steps")
+    if match and int(match.group(1)) != step:
+        raise ValueError(f"step {step} in a folder named {folder}")
+    if not isinstance(meta.get("stage"), str) or not isinstance(meta.get("extra"), dict):
+        raise ValueError(f"stage {meta.get('stage')!r} or extra is not as saved")
+    manifest = meta.get("manifest")
+    if not isinstance(manifest, dict) or set(manifest) != set(FILES):
+        listed = sorted(manifest) if isinstance(manifest, dict) else manifest
+        raise ValueError(f"its manifest lists {listed!r}, not the files {list(FILES)}")
+    for name, entry in manifest.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+        if not ok or isinstance(entry.get("bytes"), bool) or not isinstance(entry["bytes"], int):
+            raise ValueError(f"its manifest entry for {name} is {entry!r}")
 
 
 def verify(directory: str | os.PathLike) -> dict[str, Any]:

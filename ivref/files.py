@@ -79,6 +79,7 @@ def atomic_write(
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself on disk: a power loss keeps the new file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -123,6 +124,8 @@ def replace_folder(
             ignore=lambda d, names: [n for n in names if Path(d) == directory and n in dropped],
         )  # fmt: skip
         write(new)
+        for folder, _, _ in os.walk(new):  # every entry of the new folder on disk before the
+            fsync_dir(Path(folder))  # swap, after which the old one is removed
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -338,8 +341,13 @@ class RunLock:
                 f"run folder {str(self.folder)!r} is in use by {holder}: one trainer per run "
                 "folder; wait for it to finish or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
+        try:  # who holds it, for the message above (a full disk must not leave it locked)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}".encode())
+        except BaseException:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         _HELD[key] = (fd, 1)
 
     def release(self) -> None:

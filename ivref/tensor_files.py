@@ -121,7 +121,14 @@ def write_tensors(
     if isinstance(tensors, Streamed):
         atomic_write(path, lambda tmp: _write_streamed(tmp, tensors, meta))
         return
-    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    flat, seen = {}, set()
+    for k, v in tensors.items():
+        tensor = v.detach().cpu().contiguous()
+        where = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and where in seen:  # tied weights (one tensor under two names):
+            tensor = tensor.clone()  # safetensors refuses shared memory; each name its copy
+        seen.add(where)
+        flat[k] = tensor
     atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
 
 

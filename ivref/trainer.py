@@ -69,8 +69,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a training log (a run folder or its log.jsonl); a torn last line is dropped."""
-    return files.read_log(path, name=LOG)
+    """The rows of a training log (a run folder or its log.jsonl); a torn last line is dropped.
+    A row without an integer "step" is a ValueError naming it (an edited or damaged log)."""
+    rows = files.read_log(path, name=LOG)
+    for number, row in enumerate(rows, start=1):
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            where = Path(path) / LOG if Path(path).is_dir() else Path(path)
+            raise ValueError(
+                f"{str(where)!r}: row {number} has no integer 'step' (it holds {sorted(row)}): "
+                "an edited or damaged log; mend or remove that row"
+            )
+    return rows
 
 
 class Trainer:
@@ -185,6 +195,7 @@ class Trainer:
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
         self._saved_step: int | None = None  # the step of the last checkpoint written
+        self._own_run = False  # resumed, saved or trained: the folder's checkpoints are its own
 
     def _place(self, model: torch.nn.Module, compile: bool | dict[str, Any]) -> None:
         """``self.model`` and ``self.ema``: sharded (FSDP), compiled, DDP-wrapped as asked."""
@@ -318,6 +329,7 @@ class Trainer:
         several processes every rank calls it; rank 0 writes every rank's random states.
         """
         self._saved_step = self.step
+        self._own_run = True
         return trainer_checkpoints.save(self)
 
     def resume(self, new_streams: bool = False) -> int:
@@ -336,11 +348,16 @@ class Trainer:
         """
         if not isinstance(new_streams, bool):
             raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
-        self.step = trainer_checkpoints.restore(self, new_streams)
-        log = self.out / LOG
-        if self.context.is_main and log.is_file():
-            files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
-        self._log_open = True
+        # the folder is this process's while it sets aside damaged checkpoints and cuts the
+        # log: another trainer at work there would lose the rows past the checkpoint
+        with distributed.main_only(self.context, files.RunLock(self.out)):
+            if self.context.is_main:
+                checkpoint.remove_stale(self.out)  # a killed re-save's copy, back in place
+            self.step = trainer_checkpoints.restore(self, new_streams)
+            log = self.out / LOG
+            if self.context.is_main and log.is_file():
+                files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
+        self._log_open = self._own_run = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
 
@@ -369,12 +386,13 @@ class Trainer:
         step 0 refuses a folder that holds checkpoints: ``resume()`` first.
         """
         check_count("steps", steps, minimum=0)
-        if self.step == 0 and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
+        if not self._own_run and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
             raise ValueError(
                 f"{str(self.out)!r} holds another run's checkpoints (newest: {found[-1].name}); "
                 "call resume() first to continue it, or train into a new folder (ivref train "
                 "--force replaces a run)"
             )
+        self._own_run = True
         rows: list[dict[str, Any]] = []
         self._total = steps
         self.signal, self._stop_agreed = None, False  # a Ctrl-C of an earlier fit is handled

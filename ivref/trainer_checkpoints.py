@@ -85,21 +85,22 @@ def save(trainer: Any) -> Path:
             for streamed in (model, ema, optimizer):
                 streamed.drain()
     if context.is_main:
-        with files.RunLock(trainer.out):
-            checkpoint.remove_stale(trainer.out)
         probe = text_probe(trainer)
-        path = checkpoint.save_run(
-            trainer.out,
-            extra={} if probe is None else {"text_probe": probe},
-            step=step,
-            keep=trainer.keep_checkpoints,
-            config=trainer.config,
-            stage=trainer.stage.name,
-            model=model,
-            ema=ema,
-            optimizer=optimizer,
-            rng=distributed.pack_rng(states),
-        )
+        extra = {"skipped": trainer._skipped} | ({} if probe is None else {"text_probe": probe})
+        with files.RunLock(trainer.out):  # held by fit; taken here for a save outside it
+            checkpoint.remove_stale(trainer.out)
+            path = checkpoint.save_run(
+                trainer.out,
+                extra=extra,
+                step=step,
+                keep=trainer.keep_checkpoints,
+                config=trainer.config,
+                stage=trainer.stage.name,
+                model=model,
+                ema=ema,
+                optimizer=optimizer,
+                rng=distributed.pack_rng(states),
+            )
     distributed.barrier(context)  # the checkpoint is on disk for every rank
     return path if context.is_main else checkpoint.latest(trainer.out)
 
@@ -114,15 +115,18 @@ def restore(trainer: Any, new_streams: bool) -> int:
     path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
     where = repr(str(path / checkpoint.CONFIG))
     try:
-        saved = text.recorded_probe(checkpoint.read_config(path).get("extra", {}), where)
+        extra = checkpoint.read_config(path).get("extra", {})
+        saved = text.recorded_probe(extra, where)
     except ValueError as err:
         raise checkpoint.CheckpointError(str(err)) from None
+    skipped = extra.get("skipped", 0)  # non-finite steps in a row (--on-nan skip); 0 before
+    trainer._skipped = skipped if isinstance(skipped, int) and skipped >= 0 else 0  # it was kept
     now = text_probe(trainer)
     if saved is not None and now is not None:
         cache = trainer.objective.text
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
-    _set_aside_newer(trainer.context, found[found.index(path) + 1 :])
+    _set_aside_newer(trainer.context, found[found.index(path) + 1 :] if path in found else [])
     data = getattr(trainer.objective, "data", None)
     if reseed is not None and data is not None:  # rank 0's names (others': rank<r>/...)
         objectives.check_data_state(data, state["rng"], new_streams=True)
@@ -204,12 +208,34 @@ def _newest(
 
 def _load(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
     """Every rank loads the newest good checkpoint into its model, EMA and optimizer;
-    returns (its path, its state)."""
+    returns (its path, its state). With several processes rank 0 picks it and the others
+    load that one: each picking its own, a rank whose listing lagged (a shared file system)
+    resumed from an older step than the others, and the replicas trained apart unseen."""
     parts = {"model": trainer.model, "ema": trainer.ema, "optimizer": trainer.optimizer}
     read = functools.partial(
         checkpoint.load, **parts, config=trainer.config, stage=trainer.stage.name
     )
-    return _newest(trainer.context, found, read)
+    context = trainer.context
+    if context.world_size == 1:
+        return _newest(context, found, read)
+    path, state, failure = None, None, None
+    if context.is_main:
+        try:
+            path, state = _newest(context, found, read)
+        except checkpoint.CheckpointError as err:
+            failure = err
+    path, failure = distributed.broadcast((path, failure), context)
+    if failure is not None:  # on every rank alike
+        raise failure
+    if not context.is_main:
+        try:
+            state = read(path)
+        except checkpoint.CheckpointError as err:
+            failure = checkpoint.CheckpointError(f"rank {context.rank}: {err}")
+    failures = [f for f in distributed.gather(failure, context) if f is not None]
+    if failures:  # every rank stops, none waits for the others at the next collective
+        raise failures[0]
+    return path, state
 
 
 def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:

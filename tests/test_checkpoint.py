@@ -280,3 +280,61 @@ def test_a_saved_optimizer_state_that_does_not_fit_is_named(tmp_path):
         sharded_state.check_optimizer_fits(
             fewer, opened["optimizer"], opened["optimizer_json"], where
         )
+
+
+def test_a_flipped_bit_in_config_json_makes_it_a_damaged_checkpoint(tmp_path):
+    """config.json was the one file nothing checked: a flipped bit changed the step or a
+    learning rate unseen, or a damaged key crashed the resume instead of falling back to
+    the checkpoint before (which a CheckpointError does)."""
+    run = tmp_path / "run"
+    model, ema, opt = _trained()
+    for step in (1, 2):
+        checkpoint.save_run(
+            run, step=step, config=configs.preset("ci"), stage="base", model=model, ema=ema,
+            optimizer=opt, rng={"torch": torch.get_rng_state()},
+        )  # fmt: skip
+    path = run / "checkpoints" / "step-00000002" / "config.json"
+    good = path.read_text()
+    meta = checkpoint.read_config(path.parent)
+    assert meta["step"] == 2 and len(meta["digest"]) == 64
+    for old, new, message in (
+        ('"step": 2', '"step": 3', "does not match its digest"),
+        ('"lr": 0.0003', '"lr": 1.0003', "does not match its digest"),
+        ('"extra"', '"dxtra"', "its keys are"),
+        ('"digest"', '"digesu"', "its keys are"),
+    ):
+        assert old in good, old
+        path.write_text(good.replace(old, new, 1))
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.read_config(path.parent)
+    undigested = json.loads(good)  # as saved before digests: the fields are still checked
+    del undigested["digest"]
+    for change, message in (
+        ({"step": 3}, "step 3 in a folder named step-00000002"),
+        ({"step": "2"}, "step '2' is not a count of steps"),
+        ({"manifest": {}}, r"its manifest lists \[\], not the files"),
+        ({"manifest": undigested["manifest"] | {"rng.safetensors": {"bytes": 1}}},
+         "manifest entry for rng.safetensors"),
+        ({"extra": []}, "extra is not as saved"),
+    ):  # fmt: skip
+        path.write_text(json.dumps(undigested | change))
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            checkpoint.read_config(path.parent)
+    path.write_text(json.dumps(undigested))
+    assert checkpoint.read_config(path.parent)["step"] == 2  # an old checkpoint still reads
+
+
+def test_tied_weights_are_saved_under_each_name_and_load_back_tied(tmp_path):
+    """A model with one parameter under two names trained, then lost its steps at the first
+    save on the CPU: safetensors refuses tensors that share memory."""
+    tied = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight  # one tensor, two names
+    opt = torch.optim.AdamW(tied.parameters())
+    path = checkpoint.save(
+        tmp_path / "ckpt", config=configs.preset("ci"), stage="base", step=1, model=tied,
+        ema=tied, optimizer=opt, rng={"torch": torch.get_rng_state()},
+    )  # fmt: skip
+    again = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    again[1].weight = again[0].weight
+    checkpoint.load(path, model=again, ema=again, optimizer=torch.optim.AdamW(again.parameters()))
+    assert torch.equal(again[0].weight, tied[0].weight) and again[1].weight is again[0].weight

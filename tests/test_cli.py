@@ -248,7 +248,7 @@ def _export_tsr_onto_c1(runs, tmp_path):
 
 
 def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp_path, capsys):
-    from ivref import text
+    from ivref import checkpoint, text
 
     runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
     probe = text.probe(text.build_encoder(configs.preset("ci").text))
@@ -256,18 +256,18 @@ def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp
     meta_path = runs["tsr"] / "checkpoints" / "step-00000001" / "config.json"
     meta = json.loads(meta_path.read_text())
     meta["extra"]["text_probe"] = [-v for v in probe]  # as if trained with another encoder
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(meta | {"digest": checkpoint.config_digest(meta)}))
     argv = _export_tsr_onto_c1(runs, tmp_path)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "/tsr' was trained with another text encoder than --base" in err
     assert not (tmp_path / "c2").exists()
-    meta["extra"]["text_probe"] = "damaged"
-    meta_path.write_text(json.dumps(meta))
+    meta["extra"]["text_probe"] = "damaged"  # as an ivref that saved it so would have left it
+    meta_path.write_text(json.dumps(meta | {"digest": checkpoint.config_digest(meta)}))
     assert cli.main(argv) == 2
     assert "its recorded text_probe 'damaged' is damaged" in capsys.readouterr().err
     meta["extra"]["text_probe"] = probe
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(meta | {"digest": checkpoint.config_digest(meta)}))
     base = json.loads((tmp_path / "c1" / "cascade.json").read_text())
     del base["text_probe"]  # a cascade saved before probes were recorded
     (tmp_path / "c1" / "cascade.json").write_text(json.dumps(base))
@@ -394,6 +394,7 @@ def test_export_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
     save_file({k: v * float("nan") for k, v in load_file(ema).items()}, ema)
     meta = json.loads((folder / "config.json").read_text())
     meta["manifest"] = checkpoint.file_manifest(folder, list(meta["manifest"]))
+    meta["digest"] = checkpoint.config_digest(meta)
     (folder / "config.json").write_text(json.dumps(meta))
     assert cli.main(["export", str(run), "--out", str(tmp_path / "c")]) == 2
     assert "non-finite values (NaN or inf)" in capsys.readouterr().err

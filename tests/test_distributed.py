@@ -123,6 +123,33 @@ def test_resume_with_two_processes_continues_exactly(run, tmp_path):
     assert train.read_log(again)[-1]["loss"] == train.read_log(run)[-1]["loss"]
 
 
+def test_every_rank_resumes_from_the_checkpoint_rank_0_picks(run, tmp_path, repo_root):
+    """Each rank listed the checkpoints itself: one whose listing lagged (a shared file
+    system) resumed an older step than the others, and the replicas trained apart unseen."""
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
+    lagging = tmp_path / "lagging.py"
+    lagging.write_text(
+        "import os, sys\n"
+        "from ivref import checkpoint, train\n"
+        "if os.environ['RANK'] == '1':  # this rank does not see the newest checkpoint yet\n"
+        "    listed = checkpoint.run_checkpoints\n"
+        "    checkpoint.run_checkpoints = lambda run: listed(run)[:-1]\n"
+        "sys.exit(train.main())\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={WORLD}", str(lagging), *ARGS, "--steps", str(STEPS),
+               "--out", str(again), "--resume"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for part in ("model", "ema", "optimizer"):
+        straight, resumed = _state(run, STEPS, part), _state(again, STEPS, part)
+        for name, value in straight.items():
+            assert torch.equal(value, resumed[name]), (part, name)
+
+
 def test_two_processes_draw_their_own_clips_from_a_folder_of_videos(tmp_path):
     """Every rank seeded its folder alike would train on the same clips, N times over."""
     from tests.test_train_videos import _folder

@@ -134,6 +134,7 @@ def _nan_weights(ctx: Ctx) -> None:
         save_file({k: v * float("nan") for k, v in load_file(ema).items()}, ema)
         meta = json.loads((folder / "config.json").read_text())
         meta["manifest"] = checkpoint.file_manifest(folder, list(meta["manifest"]))
+        meta["digest"] = checkpoint.config_digest(meta)
         (folder / "config.json").write_text(json.dumps(meta))
 
 

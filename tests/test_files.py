@@ -164,3 +164,22 @@ def test_replace_folder_of_dot_replaces_the_current_folder(tmp_path, monkeypatch
     files.replace_folder(".", lambda new: (new / "f.txt").write_text("new"))
     assert (tmp_path / "c" / "f.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_released_not_held_forever(tmp_path, monkeypatch):
+    """A full disk as the lock wrote "pid N" raised, but left the folder locked by this
+    process: every later attempt of the same process was refused as "in use"."""
+    import errno
+    import os
+
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        files.RunLock(tmp_path).acquire()
+    monkeypatch.setattr(os, "write", real)
+    with files.RunLock(tmp_path):  # the same process, space freed: it locks
+        assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()}"

@@ -483,7 +483,8 @@ def test_a_run_records_its_text_probe_and_resume_refuses_another_encoder(tmp_pat
     assert _trainer(tmp_path, encoder).resume() == 1
     config = tmp_path / "checkpoints" / "step-00000001" / "config.json"
     saved = json.loads(config.read_text())
-    saved["extra"]["text_probe"] = [float("nan")]  # JSON's NaN: an edited file
+    saved["extra"]["text_probe"] = [float("nan")]  # JSON's NaN: an edited file, which the
+    del saved["digest"]  # digest catches; as a checkpoint saved before digests, this check
     config.write_text(json.dumps(saved))
     with pytest.raises(checkpoint.CheckpointError, match=r"text_probe \[nan\] is damaged"):
         _trainer(tmp_path, encoder).resume()
@@ -513,3 +514,74 @@ def test_an_encoder_that_cannot_encode_the_probe_warns_and_the_run_trains_on(tmp
         not in checkpoint.read_config(tmp_path / "checkpoints" / "step-00000001")["extra"]
     )
     assert set(run.text.rows) <= set(heldout.captions)  # the probe skipped the trainer's cache
+
+
+def test_a_run_saved_at_step_0_is_continued_by_its_trainer_and_by_a_resume(tmp_path, encoder):
+    """A save before the first step (a signal as fit began) made a run that neither its own
+    trainer nor a resume could continue: step 0 was read as "a fresh trainer"."""
+    first = _trainer(tmp_path, encoder)
+    first.save()
+    assert [r["step"] for r in first.fit(2)] == [1, 2]
+    _trainer(tmp_path / "b", encoder).save()
+    again = _trainer(tmp_path / "b", encoder)
+    assert again.resume() == 0 and [r["step"] for r in again.fit(1)] == [1]
+
+
+def test_a_resume_is_refused_while_another_trainer_holds_the_folder(tmp_path, encoder):
+    """resume() cut the log of a run another process was training, without its lock."""
+    from ivref import files
+
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
+    log = (tmp_path / "log.jsonl").read_text()
+    busy = _subprocess_lock(tmp_path)
+    try:
+        with pytest.raises(files.RunLockedError, match="is in use by pid"):
+            _trainer(tmp_path, encoder).resume()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert (tmp_path / "log.jsonl").read_text() == log
+
+
+def _subprocess_lock(folder):
+    """Another process holding ``folder``'s run lock until killed."""
+    import subprocess
+    import sys
+    import time
+
+    code = "import sys, time; from ivref import files; files.RunLock(sys.argv[1]).acquire(); "
+    code += "print('held', flush=True); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"held"
+    time.sleep(0.05)
+    return proc
+
+
+def test_a_killed_re_save_leaves_its_old_copy_which_is_resumed_and_put_back(tmp_path, encoder):
+    """Killed between moving step N aside and moving the new copy in, a re-save left only
+    .step-N.old-*: resume said there was no checkpoint, and its advice (--force) deleted it."""
+    trainer = _trainer(tmp_path, encoder, checkpoint_every=1)
+    trainer.fit(2)
+    folder = tmp_path / "checkpoints"
+    (folder / "step-00000002").rename(folder / ".step-00000002.old-0badc0de")
+    assert checkpoint.latest(tmp_path) == folder / ".step-00000002.old-0badc0de"
+    resumed = _trainer(tmp_path, encoder, checkpoint_every=1)
+    assert resumed.resume() == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
+    assert [r["step"] for r in resumed.fit(3)] == [3]
+
+
+def test_a_log_row_without_a_step_is_named_and_skipped_steps_in_a_row_are_kept(tmp_path, encoder):
+    """A damaged key in a log row crashed --resume as an internal error; the count of
+    non-finite steps in a row started again from 0 after a resume."""
+    trainer = _trainer(tmp_path, encoder, on_nonfinite="skip", checkpoint_every=99)
+    real = trainer.objective.loss
+    trainer.objective.loss = lambda *a, **k: real(*a, **k) * float("nan")
+    with pytest.warns(UserWarning, match="skipped"):
+        trainer.fit(3)
+    resumed = _trainer(tmp_path, encoder, on_nonfinite="skip")
+    assert resumed.resume() == 3 and resumed._skipped == 3
+    log = tmp_path / "log.jsonl"
+    log.write_text(log.read_text().replace('"step"', '"stdp"', 1))
+    with pytest.raises(ValueError, match=r"log.jsonl': row 1 has no integer 'step'"):
+        _trainer(tmp_path, encoder).resume()
