@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check and timing of a lent-GPU session, in runs of at most ~10 minutes each:
+# Every check and timing that needs a CUDA GPU, in runs of at most ~10 minutes each:
 #
 #   OUT=results bash benchmarks/cuda_session.sh [TEXT_CACHE]             # every part
 #   ONLY="throughput compiled" OUT=results bash benchmarks/cuda_session.sh [TEXT_CACHE]
@@ -13,7 +13,7 @@
 # trained 3,000 steps with --compile: the 60 s target), cascade (the whole toy cascade trained
 # from scratch, compiled, then scored), eager (the toy base trained without --compile, 120 s).
 # What no GPU has run yet: ONLY="cli throughput compiled" (~8 min) and ONLY=cascade (~10 min:
-# four compilations of ~1 min, 290 s of training, scoring). A session's 15 device-minutes,
+# four compilations of ~1 min, 290 s of training, scoring). 15 minutes on a GPU machine,
 # start-up included (2-4 min), hold one of them: ONLY="cli compiled" (~7 min) answers the
 # 3,000-step target and the CLI on the device; ONLY=cascade also times every stage's
 # compiled steps (the base's rate gives its 3,000-step time) and scores the cascade.

@@ -9,7 +9,7 @@ Caption alignment saturates in the toy world, so distillation is judged by fidel
 every distilled stage, from the same z_1, text and (SR stages) the same low-res input with
 the same augmentation noise:
 - reference: the undistilled teacher at ``--ref-factor`` x its default steps (DDIM, its
-  default guidance w);
+  default guidance w, or ``--guidance W`` for every sample);
 - the student at its N steps, with its own stochastic sampler [IV §2.7] and with DDIM;
 - the undistilled teacher at the same N (DDIM, same w).
 PSNR = 10 log10(2^2 / MSE) per video (``evaluate.psnr``), mean over the prompts. SR stages
@@ -51,8 +51,10 @@ def stage_fidelity(
     prompts: list[str],
     ref_factor: int = 2,
     seed: int = 0,
+    guidance: float | None = None,
 ) -> dict:
-    """PSNRs (dB) of one stage's student and teacher at N against the teacher's reference."""
+    """PSNRs (dB) of one stage's student and teacher at N against the teacher's reference,
+    every sample at guidance weight ``guidance`` (None: the teacher's own)."""
     t_stage, s_stage = teacher.cfg.stage(name), student.cfg.stage(name)
     t_model, s_model = teacher.models[name], student.models[name]
     emb, mask = teacher.encoder.encode(prompts)
@@ -68,12 +70,13 @@ def stage_fidelity(
     d = teacher.cfg.diffusion
     n = s_stage.sample_steps
     ddim = dataclasses.replace(t_stage, sampler="ddim")
+    w = t_stage.guidance_w if guidance is None else guidance
 
     def run(model, stage, steps):
         began = time.perf_counter()
         with torch.no_grad():
             x = cascade_lib.sample_stage(
-                model, stage, d, emb, mask, steps=steps,
+                model, stage, d, emb, mask, steps=steps, guidance_w=w,
                 generator=torch.Generator().manual_seed(seed + 1), **kwargs,
             )  # fmt: skip
         return x.float().cpu(), time.perf_counter() - began
@@ -93,7 +96,7 @@ def stage_fidelity(
     return {
         "steps": n,
         "reference_steps": ref_factor * t_stage.sample_steps,
-        "guidance_w": t_stage.guidance_w,
+        "guidance_w": w,
         "psnr_db": db,
         "gain_db": db["student"] - db["teacher_at_n"],
         "seconds": {"reference": ref_s, "student": student_s, "teacher_at_n": teacher_s},
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", nargs="+", help="default: every distilled stage")
     p.add_argument("--ref-factor", type=int, default=2, help="reference: this x default steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="w of every sample (default: the teacher's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--phases", type=Path, help="an `ivref distill` run: score each phase")
     p.add_argument("--json", type=Path, help="write the result here")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"prompts": prompts, "seed": args.seed, "stages": {}}
     for name in names:
         result["stages"][name] = stage_fidelity(
-            teacher, student, name, prompts, args.ref_factor, args.seed
+            teacher, student, name, prompts, args.ref_factor, args.seed, args.guidance
         )
         print(f"{name}: {json.dumps(result['stages'][name]['psnr_db'])}", file=sys.stderr)
     result["machine"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -169,7 +173,9 @@ def _phases(args: argparse.Namespace) -> int:
     for folder in record["phases"]:
         cfg, _, model = cli.run_stage(args.phases / folder)
         student = cascade_lib.Cascade(cfg, {**teacher.models, name: model}, teacher.encoder)
-        row = stage_fidelity(teacher, student, name, prompts, args.ref_factor, args.seed)
+        row = stage_fidelity(
+            teacher, student, name, prompts, args.ref_factor, args.seed, args.guidance
+        )
         result["stages"][f"{name} {folder}"] = row
         print(f"{folder}: {json.dumps(row['psnr_db'])}", file=sys.stderr)
     print(table(result))

@@ -28,6 +28,11 @@ def test_fidelity_benchmark_reports_every_chosen_stage(repo_root, tmp_path, caps
         assert r["gain_db"] == pytest.approx(db["student"] - db["teacher_at_n"])
         assert all(0 < v < 100 for v in db.values())
     assert "| ssr1 | 4 |" in capsys.readouterr().out
+    assert [r["guidance_w"] for r in result["stages"].values()] == [
+        cfg.stage(n).guidance_w for n in ("base", "ssr1")
+    ]  # each teacher's own w
+    assert bench.main([*argv[:-2], "--stages", "base", "--guidance", "0.5"]) == 0
+    assert "| base | 4 | 0.5 |" in capsys.readouterr().out
 
 
 def test_fidelity_benchmark_refuses_a_stage_that_is_not_distilled(repo_root):

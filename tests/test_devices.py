@@ -1,0 +1,43 @@
+"""devices.parse_device: a name becomes a usable torch.device, or one clear error."""
+
+import pytest
+import torch
+
+from ivref import devices
+
+
+def test_names_and_devices_that_exist_here_are_returned_as_devices():
+    assert devices.parse_device("cpu") == torch.device("cpu")
+    assert devices.parse_device(torch.device("cpu")) == torch.device("cpu")
+    assert devices.parse_device("meta") == torch.device("meta")  # shapes only, no memory
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("foo", "device 'foo' is not a device name; use cpu, cuda or cuda:N"),
+        (3.5, "device 3.5 is not a device name"),
+        ("xpu", "device 'xpu': supported devices are cpu, cuda[:N] and mps"),
+    ],
+)
+def test_a_name_that_is_no_supported_device_is_refused(name, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        devices.parse_device(name)
+
+
+def test_cuda_is_refused_where_it_is_missing_and_an_index_past_the_last_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda': CUDA is not available here"):
+        devices.parse_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one GPU, as if present
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert devices.parse_device("cuda:0") == torch.device("cuda", 0)
+    assert devices.parse_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:1': only 1 CUDA device\(s\)"):
+        devices.parse_device("cuda:1")
+
+
+def test_mps_is_refused_where_it_is_missing(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps': MPS is not available here"):
+        devices.parse_device("mps")
