@@ -100,6 +100,19 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _stepless_log_row(ctx: Ctx) -> None:
+    log = ctx.run() / "log.jsonl"
+    log.write_text(log.read_text().replace('"step"', '"stdp"', 1))
+
+
+def _latin1_index(ctx: Ctx) -> None:
+    ctx.run()
+    (ctx.tmp / "videos").mkdir()
+    (ctx.tmp / "videos" / "index.csv").write_bytes(
+        "path,caption\na.mp4,caf\u00e9\n".encode("latin-1")
+    )
+
+
 def _unusable_videos(ctx: Ctx) -> None:
     """A folder of videos whose only file is not a video, beside a trained run at {RUN}."""
     ctx.run()
@@ -504,6 +517,22 @@ CLI_CASES = [
         2,
         "log.jsonl: line 1 is not a JSON object",
         _torn_log_line,
+    ),
+    Case(
+        "train --resume with a log row that lost its step",
+        ("train", "--steps", "3", "--out", "{RUN}", "--resume"),
+        2,
+        "row 1 has no integer 'step'",
+        _stepless_log_row,
+        'a flipped bit turned the first row\'s key "step" into "stdp"',
+    ),
+    Case(
+        "train --videos with an index that is not UTF-8",
+        (*TRAIN, "--steps", "3", "--out", "{RUN}", "--force", "--videos", "{X}/videos"),
+        2,
+        "line 2 is not UTF-8 text",
+        _latin1_index,
+        "an index.csv saved as Latin-1, with an accented caption",
     ),
     Case(
         "train --videos of a folder with no index",
