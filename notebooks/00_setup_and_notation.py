@@ -63,18 +63,20 @@ print("z_t", tuple(z_t.shape), "(B, C, F, H, W)")
 # %% [markdown]
 # ## The three scales
 #
-# One code path serves every size: a *preset* changes only sizes and step counts.
+# One code path serves every size: a *preset* changes the configuration, never the code:
+# sizes, widths, step counts, the text encoder and the sampling settings (guidance weight,
+# thresholding, sampler), as the table printed below shows.
 #
 # | preset | purpose | where |
 # |---|---|---|
 # | `ci` | tests and notebooks in CI | 2-core CPU, each notebook < 2 min |
-# | `toy` | learning; the shipped cascade; the demo | one GPU in minutes, a laptop CPU in about an hour per stage |
+# | `toy` | learning; the shipped cascade; the demo | one GPU in minutes, a laptop CPU in half an hour to 2.5 hours per stage |
 # | `paper` | the seven-stage cascade of [IV Fig. 6] | built and counted on PyTorch's meta device |
 #
 # What exists for the `paper` preset today: its configs, U-Nets of the paper's parameter counts
 # (built without memory on the meta device), training with bf16 autocast and activation
-# checkpointing, and training on several processes under `torchrun`, data-parallel (DDP) or
-# sharded (FSDP; notebook 03 runs two processes on the CPU). What has not run yet: a
+# checkpointing, and training on several processes under `torchrun`, data-parallel (DDP;
+# notebook 03 runs two processes on the CPU) or sharded (FSDP). What has not run yet: a
 # paper-size stage trained on several GPUs.
 #
 # Each preset is a function returning a frozen `CascadeConfig`: its stages run base first.
@@ -165,7 +167,9 @@ print(f"{cfg.stages[0].num_frames} x {cfg.stages[0].width} x {cfg.stages[0].heig
 #
 # ## Exercises
 # 1. Which stages of `configs.preset("paper")` have no spatial attention, and why might the
-#    largest ones do without it? (Hint: `s.unet.spatial_attention`, and notebook 02, section 4.)
+#    largest ones do without it? (Hint: `s.unet.spatial_attention`; spatial attention over
+#    $HW$ pixels costs $O((HW)^2)$ per frame, notebook 02 section 2; and notebook 04, section 4,
+#    samples a crop-trained stage at a size it never saw.)
 # 2. Make a `toy` variant whose base stage has 16 frames (hint: `dataclasses.replace`); which
 #    other stages must change so that the cascade still validates?
 # 3. Check numerically that $\lambda_t = \log(\alpha_t^2/\sigma_t^2)$ for the `alpha_t` above.

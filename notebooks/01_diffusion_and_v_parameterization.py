@@ -63,7 +63,8 @@ plt.show()
 # ## 2. The cosine log-SNR schedule
 #
 # Everything is written in terms of $\lambda = \log(\alpha^2/\sigma^2)$, the log
-# signal-to-noise ratio. Imagen Video uses the cosine schedule in continuous time [VDM §2]:
+# signal-to-noise ratio. Imagen Video uses the cosine schedule in continuous time [VDM §2],
+# truncated to $[\lambda_{min}, \lambda_{max}]$ as in [CFG §2]:
 #
 # $$\lambda(t) = -2 \log \tan(a t + b),\quad b = \arctan e^{-\lambda_{max}/2},\quad
 # a = \arctan e^{-\lambda_{min}/2} - b,$$
@@ -288,8 +289,9 @@ assert err["eps"][0] > 100 * err["v"][0]  # eps-prediction's x_hat explodes at h
 # %% [markdown]
 # Sampling starts at pure noise, exactly where $\epsilon$-prediction is worst: its first
 # $\hat x$ is off by orders of magnitude. The usual patch clips $\hat x$ to $[-1, 1]$ (done
-# below for all three models). With many small steps, later steps repair the damage; with few
-# steps they cannot, and the colors shift. The same noise goes through each model with DDIM
+# below for all three models). With many small steps, later steps repair part of the damage;
+# with few steps they cannot, and the colors shift (compare the shifts printed for 4 and 32
+# steps: $\epsilon$-prediction stays the worst at both). The same noise goes through each model with DDIM
 # (`samplers.sample`) at 4 and 32 steps; the title gives the mean per-channel color shift
 # against the data.
 
@@ -512,8 +514,9 @@ plt.show()
 # %% [markdown]
 # ## 7. Try it: a slider over t
 #
-# Move $t$ and watch $z_t$, the v-model's $\hat x$, and the logSNR. (Interactive; when run
-# headless this cell draws once at the default $t$. Nothing below depends on it.)
+# Move $t$ and watch $z_t$, the v-model's $\hat x$, and the logSNR. The cell first draws the
+# figure at $t = 0.5$; the slider under it redraws it when the notebook runs in Jupyter (in
+# a rendered copy it does nothing). Nothing below depends on it.
 
 # %%
 import ipywidgets
@@ -532,11 +535,12 @@ def show_t(t=0.5):
     plt.show()
 
 
+show_t(0.5)
 ipywidgets.interact(show_t, t=ipywidgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.02))
 
 # %% [markdown]
 # And one for guidance: move $w$ and the thresholding percentile and watch the same four
-# captions from the same noise (16 DDIM steps; headless, it draws once at the defaults).
+# captions from the same noise (16 DDIM steps; drawn first at the defaults, then a slider).
 
 
 # %%
@@ -554,6 +558,7 @@ def show_guidance(w=3.0, percentile=0.995):
     plt.show()
 
 
+show_guidance()
 ipywidgets.interact(
     show_guidance,
     w=ipywidgets.FloatSlider(value=3.0, min=0.0, max=20.0, step=0.5),

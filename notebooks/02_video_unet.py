@@ -77,7 +77,8 @@ print(out.shape, "| temporal conv at init is the identity:", torch.equal(tconv(h
 # ## 2. What spatial and temporal attention see
 #
 # Spatial attention: the queries are one frame's $HW$ pixels, the keys are those pixels
-# **plus the LayerNormed text tokens** [IMG §2.5], so
+# **plus the LayerNormed text tokens**: Imagen brings the text in by attention over its tokens
+# [IMG §2.5]; putting pixels and text in one softmax is our CHOICE. So
 # $\mathrm{softmax}(q k^\top / \sqrt{d})$ is $HW \times (HW + L)$. Temporal attention: the
 # queries are one pixel's $F$ frames; the logits get a learned bias indexed by the frame
 # distance, $b_{\text{head}}[\mathrm{clip}(j - i, -D, D)]$. [VDM §3] asks for relative
@@ -175,8 +176,9 @@ assert all(o[0] == B0 * F0 for *_, o in trace)  # frames are never down- or upsa
 # %% [markdown]
 # The two padded text tokens get zero weight; the bias is a Toeplitz matrix (constant along
 # diagonals), so attention depends on *how far apart* two frames are, not where they are.
-# Move the clipping distance $D$: frames further apart than $D$ share one bias value. (A
-# widget; headless it draws once, and nothing below depends on it.)
+# Move the clipping distance $D$: frames further apart than $D$ share one bias value. (The
+# cell draws $D = 2$ first; the slider under it redraws it when the notebook runs in Jupyter.
+# Nothing below depends on it.)
 
 # %%
 import ipywidgets
@@ -333,9 +335,10 @@ assert shrink < 0.7
 
 # %% [markdown]
 # That is why a symmetric start stalls rather than fails outright: nothing in the loss points
-# the net towards *a* direction of time until the net already has one, so motion stays at
-# chance while color and shape are learned (a toy run from a zero bias reached 46% motion
-# accuracy, see docs/field-notes.md). Random initial biases and a frame embedding hand it a
+# the net towards *a* direction of time until the net already has one, so motion stays near
+# a coin flip while color and shape are learned (a toy run from a zero bias reached 46%
+# motion accuracy: it read the axis from the caption and guessed the sign; chance over the
+# four directions is 25%; see docs/field-notes.md). Random initial biases and a frame embedding hand it a
 # direction from step 0.
 
 # %% [markdown]
@@ -375,7 +378,8 @@ print(
 )
 
 # %% [markdown]
-# The curves look nearly parallel, and that is the lesson: per pixel, temporal attention costs
+# The curves stay close at small $F$ and attention pulls away only at many frames (the
+# printed ratio grows with $F$), and that is the lesson: per pixel, temporal attention costs
 # $8C^2F$ FLOPs for its projections (q, k, v, out) and $4CF^2$ for $qk^\top$ and the weighted
 # sum; the quadratic term only catches up with the projections at $F = 2C$ (128 frames at
 # 64 channels). A kernel-3 conv costs $6C^2F$. Memory differs more: the attention weights are

@@ -207,7 +207,8 @@ print(f"{trainer.step} steps at {last['steps_per_s']:.1f} steps/s; last loss {la
 
 # %% [markdown]
 # At this budget the model has mostly learned the easy part, the dark background and roughly where
-# the bright blob is, so the loss falls fast; alignment lags far behind (the shipped weights below
+# the bright blob is, so the loss falls fast; color comes first, while shape and motion lag
+# far behind (the shipped weights below
 # trained much longer, at a larger batch). That is the first lesson: **a falling loss is not a
 # working text-to-video model.**
 #
@@ -295,16 +296,20 @@ assert share[0.8] > 0.5 and rel[t < 0.8].abs().mean() < rel[t >= 0.8].mean()
 # direction lives in the loss. At low noise $z_t$ already shows where the shape is in every
 # frame, so denoising a reversed clip is as easy as a forward one: direction is nearly free.
 # At high noise the frames are mostly noise and the caption must set the trajectory; that is
-# where "moving left" and its reversal differ. Averaged over $t \sim U(0, 1)$ the gap is a
-# modest share of the loss and sits in the noisiest fifth of the steps, so a loss curve
-# barely shows whether direction was learned. In the motion score it is everything, from near
-# 100% to chance.
+# where "moving left" and its reversal differ. Averaged over $t \sim U(0, 1)$ the reversed
+# clips cost this trained model a sizeable share more (the mean printed above), yet the median
+# sample barely moves: nearly all of the gap sits in the noisiest fifth of the steps. And this
+# is the gap of a model that *knows* the direction, an upper bound: a model blind to it hedges
+# between the two directions and loses much less, so a loss curve barely shows whether
+# direction was learned. In the motion score it is everything: near 100% against about 50%
+# for a model that reads the axis but guesses the sign (chance over four directions: 25%).
 #
 # ## 5. Caption alignment vs guidance weight $w$
 #
 # Classifier-free guidance samples with $\tilde x = (1 + w)\,\hat x(z_t, c) - w\,\hat x(z_t)$
-# [CFG]. The paper adds dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6.2]: it divides
-# a whole sample by the 99.5th percentile of $|\hat x|$ when that exceeds 1. Toy pixels sit at
+# [CFG]. The paper adds dynamic thresholding when $w > 0$ [IMG §2.3, IV §2.6.2]: with $s$ the
+# 99.5th percentile of $|\hat x|$ in a sample (at least 1), it clips $\hat x$ to $[-s, s]$ and
+# divides by $s$ (notebook 01, section 6). Toy pixels sit at
 # $\pm 1$ (black background, saturated colours), so a slight overshoot rescales all of them
 # and greys the background; the toy preset therefore samples with
 # `stage.thresholding = "none"` (measured in docs/design.md). The paper uses large $w$; at
@@ -339,9 +344,12 @@ print("four prompts:", W_PROMPTS[:4])
 video.show(rows_by_w, captions=[f"w = {w:g}" for w in W_GRID], fps=stage.fps, width=256)
 
 # %% [markdown]
-# Read the plot, not a habit. On a model of this size earlier runs found that large $w$ turned
-# circles into diamonds: guidance pushes $\hat x$ beyond the data. Check whether your curve agrees. With few prompts (at `ci`) one sample is
-# 1/12 of the score, so differences under ~10 points are noise.
+# Read the plot and the videos, not a habit. On a model of this size large $w$ turns circles
+# into diamonds: guidance pushes $\hat x$ beyond the data. Look for it in the rows for the
+# largest $w$. Where the videos distort but the curve stays flat, the score's shape reader
+# (it matches each frame against templates) is too lenient for this question, and the videos
+# are the evidence. With few prompts (at `ci`) one sample is 1/12 of the score, so
+# differences under ~10 points are noise.
 #
 # ## 6. Joint image-video training on a fixed budget
 #
@@ -494,8 +502,9 @@ print("evaluated at step 4:", {k: v for k, v in row.items() if k.startswith("eva
 
 # %% [markdown]
 # Every process above keeps a whole copy of the weights, their gradients, AdamW's two moments
-# and the EMA: 16 bytes a parameter in float32, or 90 GB for the paper's 5.6B-parameter base
-# stage, more than a GPU holds. `--fsdp` shards all four between the processes instead (FSDP
+# and the EMA: five float32 copies, 20 bytes a parameter, or 112 GB for the paper's
+# 5.6B-parameter base stage, more than a GPU holds. `--fsdp` shards all five between the
+# processes instead (FSDP
 # [FSDP]): each keeps $1/N$ of them and gathers a U-Net block's weights only while that block
 # runs. It computes the same steps. On two CPU processes with a 45M-parameter U-Net it cut the
 # memory of each process to 0.80x that of plain data parallelism (docs/benchmarks.md).
