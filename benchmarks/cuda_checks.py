@@ -63,6 +63,17 @@ class CacheOnlyEncoder:
         raise KeyError(f"prompts not in the carried text cache: {list(prompts)[:4]}")
 
 
+class CarriedCache(text.CachedEncoder):
+    """A ``text.CachedEncoder`` that is all there is of its encoder: the probe reads it too."""
+
+    @property
+    def uncached(self):
+        return self
+
+
+ENCODER_NAME = "encoder-name.txt"  # in a prepared cache: the name its entries are keyed by
+
+
 def all_prompts() -> list[str]:
     """Every caption training, evaluation and these checks can ask for (videos and images)."""
     images = [data.caption(c, s, None) for c, s, _ in data.COMBOS]
@@ -75,8 +86,9 @@ def encoder_for(cfg: configs.CascadeConfig, cache_dir: Path | None) -> text.Text
     except ValueError:
         if cfg.text.encoder != "minilm" or cache_dir is None:
             raise
-        inner = CacheOnlyEncoder(text.MINILM_NAME, cfg.text.dim, cfg.text.max_length)
-        return text.CachedEncoder(inner, cache_dir)
+        name = (cache_dir / ENCODER_NAME).read_text().strip()  # MiniLM's, with its fingerprint
+        inner = CacheOnlyEncoder(name, cfg.text.dim, cfg.text.max_length)
+        return CarriedCache(inner, cache_dir)
 
 
 def sync(device: torch.device) -> None:
@@ -327,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configs.toy()
         encoder = text.build_encoder(cfg.text, cache_dir=args.prepare_text_cache)
         encoder.encode(all_prompts())
+        (args.prepare_text_cache / ENCODER_NAME).write_text(encoder.name + "\n")
         print(f"{len(all_prompts())} prompts cached in {args.prepare_text_cache}")
         return 0
     args.device = cascade.parse_device(args.device)

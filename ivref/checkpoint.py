@@ -301,6 +301,14 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
     try:
         meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
+    if isinstance(meta, dict) and meta.get("format") not in (FORMAT, None):
+        raise CheckpointError(
+            f"{str(path)!r}: format {meta.get('format')!r}, expected {FORMAT} (saved by "
+            "another version of ivref)"
+        )
+    try:
         _check_fields(meta, Path(directory).name)
         meta["config"] = configs.CascadeConfig.from_dict(meta["config"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, ValueError, TypeError) as err:

@@ -287,6 +287,13 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
     phases, lengths = saved["phases"], saved["phase_steps"]
     guided = phases[0] == "guided"
     halvings = list(lengths[1:] if guided else lengths)
+    going_on = args.to_steps is not None and args.to_steps < saved.get("to_steps", args.to_steps)
+    if going_on and args.halving_steps is None and len(set(halvings)) > 1:
+        raise errors.CLIError(
+            f"--to-steps {args.to_steps} adds halvings to {str(out)!r}, whose halvings trained "
+            f"{halvings} steps: give --halving-steps with one count per halving, the planned "
+            f"ones first (e.g. {','.join(map(str, halvings))},{halvings[-1]})"
+        )
     plan_values = {
         "stage": saved.get("stage"),
         "source": Path(saved["source"]) if saved.get("source") else None,

@@ -350,13 +350,16 @@ class Trainer:
             raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
         # the folder is this process's while it sets aside damaged checkpoints and cuts the
         # log: another trainer at work there would lose the rows past the checkpoint
-        with distributed.main_only(self.context, files.RunLock(self.out)):
-            if self.context.is_main:
-                checkpoint.remove_stale(self.out)  # a killed re-save's copy, back in place
+        lock = files.RunLock(self.out)
+        trainer_checkpoints.on_main(self.context, lambda: trainer_checkpoints.take(self, lock))
+        try:
             self.step = trainer_checkpoints.restore(self, new_streams)
             log = self.out / LOG
             if self.context.is_main and log.is_file():
                 files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
+        finally:
+            if self.context.is_main:
+                lock.release()
         self._log_open = self._own_run = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
@@ -383,22 +386,23 @@ class Trainer:
 
         Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
         Ctrl-C raises KeyboardInterrupt at once); the next ``fit`` trains on. A trainer at
-        step 0 refuses a folder that holds checkpoints: ``resume()`` first.
+        trainer that has not yet trained, resumed or saved refuses a folder that holds
+        checkpoints: ``resume()`` first.
         """
         check_count("steps", steps, minimum=0)
-        if not self._own_run and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
-            raise ValueError(
-                f"{str(self.out)!r} holds another run's checkpoints (newest: {found[-1].name}); "
-                "call resume() first to continue it, or train into a new folder (ivref train "
-                "--force replaces a run)"
-            )
-        self._own_run = True
         rows: list[dict[str, Any]] = []
         self._total = steps
         self.signal, self._stop_agreed = None, False  # a Ctrl-C of an earlier fit is handled
         main = self.context.is_main  # the one process that locks, logs, prints
         with contextlib.ExitStack() as stack:
             stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
+            if not self._own_run and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
+                raise ValueError(  # checked under the lock: another run may be saving there
+                    f"{str(self.out)!r} holds another run's checkpoints (newest: "
+                    f"{found[-1].name}); call resume() first to continue it, or train into a "
+                    "new folder (ivref train --force replaces a run)"
+                )
+            self._own_run = True  # trained, resumed or saved here: its checkpoints are its own
             stack.enter_context(clean_stops.save_on_signal(self))
             stack.enter_context(clean_stops.name_last_good(self))
             bar = stack.enter_context(

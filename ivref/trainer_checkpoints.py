@@ -105,13 +105,40 @@ def save(trainer: Any) -> Path:
     return path if context.is_main else checkpoint.latest(trainer.out)
 
 
+def on_main(context: distributed.Context, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result given to every rank; an exception it raises is raised
+    on every rank alike (the others would wait for rank 0 at their next collective)."""
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = work()
+        except Exception as err:
+            failure = err
+    result, failure = distributed.broadcast((result, failure), context)
+    if failure is not None:
+        raise failure
+    return result
+
+
+def take(trainer: Any, lock: Any) -> None:
+    """Rank 0's hold on the run folder for a resume: its lock, and a killed re-save's copy
+    put back (``checkpoint.remove_stale``). A folder that does not exist is not made."""
+    if not trainer.out.is_dir():  # a mistyped path: neither the folder nor its lock is made
+        raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
+    lock.acquire()
+    try:
+        checkpoint.remove_stale(trainer.out)
+    except BaseException:
+        lock.release()
+        raise
+
+
 def restore(trainer: Any, new_streams: bool) -> int:
     """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
-    the checkpoint's step (see ``Trainer.resume``)."""
+    the checkpoint's step (see ``Trainer.resume``). With several processes rank 0 lists the
+    checkpoints and picks one, and every rank follows it."""
     reseed = _reseeder(trainer.objective) if new_streams else None  # refused before loading
     found = checkpoint.run_checkpoints(trainer.out)
-    if not found:
-        raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
     path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
     where = repr(str(path / checkpoint.CONFIG))
     try:
@@ -126,7 +153,8 @@ def restore(trainer: Any, new_streams: bool) -> int:
         cache = trainer.objective.text
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
-    _set_aside_newer(trainer.context, found[found.index(path) + 1 :] if path in found else [])
+    newer = found[found.index(path) + 1 :] if path in found else []  # rank 0's listing decides
+    _set_aside_newer(trainer.context, distributed.broadcast(newer, trainer.context))
     data = getattr(trainer.objective, "data", None)
     if reseed is not None and data is not None:  # rank 0's names (others': rank<r>/...)
         objectives.check_data_state(data, state["rng"], new_streams=True)
@@ -192,9 +220,12 @@ def _reseeder(objective: Any) -> Callable[[int], None]:
 
 
 def _newest(
-    context: distributed.Context, found: list[Path], read: Callable[[Path], Any]
+    context: distributed.Context, found: list[Path], read: Callable[[Path], Any], run: Path
 ) -> tuple[Path, Any]:
-    """(path, read(path)) of the newest checkpoint that reads; a damaged one is reported."""
+    """(path, read(path)) of the newest checkpoint of ``run`` that reads (``found``: its
+    checkpoints); a damaged one is reported."""
+    if not found:
+        raise checkpoint.CheckpointError(f"no checkpoint in {str(run)!r} to resume from")
     for path in reversed(found):
         try:
             return path, read(path)
@@ -217,20 +248,18 @@ def _load(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
     )
     context = trainer.context
     if context.world_size == 1:
-        return _newest(context, found, read)
-    path, state, failure = None, None, None
-    if context.is_main:
-        try:
-            path, state = _newest(context, found, read)
-        except checkpoint.CheckpointError as err:
-            failure = err
-    path, failure = distributed.broadcast((path, failure), context)
-    if failure is not None:  # on every rank alike
-        raise failure
+        return _newest(context, found, read, trainer.out)
+    picked: dict[str, Any] = {}
+
+    def pick() -> Path:
+        path, picked["state"] = _newest(context, found, read, trainer.out)
+        return path
+
+    path, state, failure = on_main(context, pick), picked.get("state"), None
     if not context.is_main:
         try:
             state = read(path)
-        except checkpoint.CheckpointError as err:
+        except Exception as err:
             failure = checkpoint.CheckpointError(f"rank {context.rank}: {err}")
     failures = [f for f in distributed.gather(failure, context) if f is not None]
     if failures:  # every rank stops, none waits for the others at the next collective
@@ -249,7 +278,7 @@ def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]
             checkpoint.open_checkpoint, config=trainer.config, stage=trainer.stage.name
         )
         try:
-            path, opened = _newest(context, found, open_checkpoint)
+            path, opened = _newest(context, found, open_checkpoint, trainer.out)
             for part in ("model", "ema"):
                 where = str(opened[part].path)
                 checkpoint.check_fits(trainer.model, opened[part].meta_tensors(), where)
@@ -257,7 +286,7 @@ def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]
                 trainer.optimizer, opened["optimizer"], opened["optimizer_json"],
                 str(path / "optimizer.safetensors"),
             )  # fmt: skip
-        except checkpoint.CheckpointError as err:
+        except Exception as err:  # any: the other ranks wait for rank 0's word
             failure = err
     path, failure = distributed.broadcast((path, failure), context)
     if failure is not None:  # on every rank alike

@@ -4,6 +4,7 @@ video_folder.py builds training clips from them."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -64,7 +65,8 @@ def exact_fps(printed: float) -> float:
     """A frame rate as ffmpeg prints it (two decimals: 23.98 for 24000/1001) made exact:
     an integer, or n * 1000 / 1001 (the NTSC rates), where one lies within the printing's
     rounding; else as printed. Seeks and frame times use it: at 23.98 instead of 23.976 a
-    seek lands one frame early after about 6,000 frames."""
+    seek lands one frame early from about frame 3,000 on (the error grows by a frame every
+    ~6,000)."""
     for rate in (round(printed), round(printed * 1.001) * 1000 / 1001):
         if rate > 0 and abs(rate - printed) <= 0.00501:
             return float(rate)
@@ -92,13 +94,15 @@ def read_index(index_file: Path) -> list[tuple[str, str]]:
     kind = index_file.suffix.lower()
     if kind not in (".csv", ".jsonl"):
         raise ValueError(f"index file {str(index_file)!r} must be .csv or .jsonl")
-    try:
-        text = index_file.read_text(encoding="utf-8-sig")
+    raw = index_file.read_bytes()
+    try:  # no newline translation: a quoted CSV caption keeps its "\r\n" (folder digests)
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = index_file.read_bytes()[: err.start].count(b"\n") + 1
+        at = err.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+        line = raw[:at].count(b"\n") + 1
         raise ValueError(
-            f"{str(index_file)!r} line {line} is not UTF-8 text ({err.reason} at byte "
-            f"{err.start}); save the index as UTF-8"
+            f"{str(index_file)!r} line {line} is not UTF-8 text "
+            f"({err.reason} at byte {at}); save the index as UTF-8"
         ) from None
     rows = _jsonl_rows(index_file, text) if kind == ".jsonl" else _csv_rows(index_file, text)
     for line, row in rows:

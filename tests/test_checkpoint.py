@@ -316,6 +316,7 @@ def test_a_flipped_bit_in_config_json_makes_it_a_damaged_checkpoint(tmp_path):
         ({"manifest": undigested["manifest"] | {"rng.safetensors": {"bytes": 1}}},
          "manifest entry for rng.safetensors"),
         ({"extra": []}, "extra is not as saved"),
+        ({"format": 2}, r"format 2, expected 1 \(saved by another version of ivref\)"),
     ):  # fmt: skip
         path.write_text(json.dumps(undigested | change))
         with pytest.raises(checkpoint.CheckpointError, match=message):

@@ -619,6 +619,12 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     argv2 = ["distill", "--out", str(out), "--resume", "--to-steps", "2"]
     assert cli.main([*argv2, "--halving-steps", "3"]) == 2  # the finished halvings ran 1 step
     assert "phase_steps: saved [2, 1, 1], now [2, 3, 3, 3]" in capsys.readouterr().err
+    uneven = tmp_path / "uneven"  # halvings of two lengths: the new ones cannot be guessed
+    argv3 = [*argv[:6], str(uneven), *argv[7:]]
+    assert cli.main([*argv3, "--halving-steps", "1,2", "--to-steps", "4"]) == 0
+    capsys.readouterr()
+    assert cli.main(["distill", "--out", str(uneven), "--resume", "--to-steps", "2"]) == 2
+    assert "give --halving-steps with one count per halving" in capsys.readouterr().err
 
 
 def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path, capsys):

@@ -123,9 +123,12 @@ def test_resume_with_two_processes_continues_exactly(run, tmp_path):
     assert train.read_log(again)[-1]["loss"] == train.read_log(run)[-1]["loss"]
 
 
-def test_every_rank_resumes_from_the_checkpoint_rank_0_picks(run, tmp_path, repo_root):
+@pytest.mark.parametrize("lagging", ["0", "1"])
+def test_every_rank_resumes_from_the_checkpoint_rank_0_picks(run, tmp_path, repo_root, lagging):
     """Each rank listed the checkpoints itself: one whose listing lagged (a shared file
-    system) resumed an older step than the others, and the replicas trained apart unseen."""
+    system) resumed an older step than the others, and the replicas trained apart unseen;
+    then rank 0 picked, but each rank still set aside "newer" checkpoints from its own
+    listing, and the ranks' collectives no longer paired."""
     again = tmp_path / "again"
     shutil.copytree(run, again)
     shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
@@ -133,7 +136,7 @@ def test_every_rank_resumes_from_the_checkpoint_rank_0_picks(run, tmp_path, repo
     lagging.write_text(
         "import os, sys\n"
         "from ivref import checkpoint, train\n"
-        "if os.environ['RANK'] == '1':  # this rank does not see the newest checkpoint yet\n"
+        f"if os.environ['RANK'] == '{lagging}':  # it does not see the newest checkpoint yet\n"
         "    listed = checkpoint.run_checkpoints\n"
         "    checkpoint.run_checkpoints = lambda run: listed(run)[:-1]\n"
         "sys.exit(train.main())\n"

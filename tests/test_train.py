@@ -528,19 +528,32 @@ def test_a_run_saved_at_step_0_is_continued_by_its_trainer_and_by_a_resume(tmp_p
 
 
 def test_a_resume_is_refused_while_another_trainer_holds_the_folder(tmp_path, encoder):
-    """resume() cut the log of a run another process was training, without its lock."""
+    """resume() cut the log of a run another process was training, without its lock; a
+    trainer refused by the lock later trained over the run that had held it."""
     from ivref import files
 
     _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
     log = (tmp_path / "log.jsonl").read_text()
+    late = _trainer(tmp_path / "late", encoder)
     busy = _subprocess_lock(tmp_path)
+    held = _subprocess_lock(tmp_path / "late")
     try:
         with pytest.raises(files.RunLockedError, match="is in use by pid"):
             _trainer(tmp_path, encoder).resume()
+        with pytest.raises(files.RunLockedError):
+            late.fit(2)
     finally:
-        busy.kill()
-        busy.wait()
+        for proc in (busy, held):
+            proc.kill()
+            proc.wait()
     assert (tmp_path / "log.jsonl").read_text() == log
+    _trainer(tmp_path / "late", encoder).fit(3)  # the run that held the folder, saved
+    with pytest.raises(ValueError, match="holds another run's checkpoints"):
+        late.fit(2)
+    missing = tmp_path / "typo"
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in .*typo"):
+        _trainer(missing, encoder).resume()
+    assert not missing.exists()  # neither the folder nor a lock file was made
 
 
 def _subprocess_lock(folder):

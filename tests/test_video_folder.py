@@ -596,6 +596,12 @@ def test_an_index_is_read_as_utf8_with_line_numbers_and_captions_a_tokenizer_can
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message):
             video_folder.VideoTextFolder(tmp_path, tmp_path / name, 2, 8, 8, fps=6.0)
+    (tmp_path / "crlf.csv").write_bytes(b'path,caption\r\na.mp4,"two lines\r\nof caption"\r\n')
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "crlf.csv", 2, 8, 8, fps=6.0)
+    assert ds.items[0][1] == "two lines\r\nof caption"  # as before: the folder's digest keeps
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfpath,caption\na.mp4,caf\xe9\n")
+    with pytest.raises(ValueError, match=r"bom.csv' line 2 is not UTF-8 text \(.* at byte 25\)"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "bom.csv", 2, 8, 8, fps=6.0)
     long = "a" * 200_000  # over csv's default field limit of 128 KiB
     (tmp_path / "long.csv").write_text(f"path,caption\na.mp4,{long}\n", encoding="utf-8")
     ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "long.csv", 2, 8, 8, fps=6.0)
