@@ -28,6 +28,9 @@ def render(path: Path, scale: str, timeout: int) -> Path:
     """Run one notebook at ``scale`` and write it as self-contained HTML; returns the page."""
     notebook = nbformat.read(path, as_version=4)
     os.environ["IVREF_SCALE"] = scale  # the kernel inherits it
+    # and its matplotlib backend: `make` exports MPLBACKEND=Agg for the tests, under which
+    # plt.show() draws nothing; without it the kernel shows figures inline
+    os.environ.pop("MPLBACKEND", None)
     where = {"metadata": {"path": path.parent}}
     NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources=where).execute()
     html, _ = HTMLExporter(embed_images=True).from_notebook_node(notebook)
