@@ -86,6 +86,11 @@ def encoder_for(cfg: configs.CascadeConfig, cache_dir: Path | None) -> text.Text
     except ValueError:
         if cfg.text.encoder != "minilm" or cache_dir is None:
             raise
+        if not (cache_dir / ENCODER_NAME).is_file():
+            raise ValueError(
+                f"{cache_dir} holds no {ENCODER_NAME}: it was prepared before the encoder's name "
+                "was recorded; run --prepare-text-cache again where MiniLM is installed"
+            ) from None
         name = (cache_dir / ENCODER_NAME).read_text().strip()  # MiniLM's, with its fingerprint
         inner = CacheOnlyEncoder(name, cfg.text.dim, cfg.text.max_length)
         return CarriedCache(inner, cache_dir)

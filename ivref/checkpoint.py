@@ -59,6 +59,7 @@ __all__ = [  # with the file helpers of tensor_files.py that callers know from h
     "NonFiniteError", "Streamed", "TensorFile", "check_finite", "file_manifest",
     "optimizer_join", "optimizer_split", "verify_files", "save", "run_checkpoints",
     "incomplete_checkpoints", "no_checkpoint_message", "remove_stale", "set_aside", "latest",
+    "step_name",
     "save_run",
     "is_checkpoint", "read_config", "verify", "check_compatible", "check_fits",
     "load_state_dict_strict", "read", "open_checkpoint", "read_rng", "load", "save_weights",
@@ -242,6 +243,13 @@ def remove_stale(run: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def step_name(path: str | os.PathLike) -> str:
+    """A checkpoint folder's name as its step's: ``step-N`` for ``step-N`` and for the
+    ``.step-N.old-*`` copy of a killed re-save (``run_checkpoints`` lists it as step N)."""
+    match = _STALE.match(Path(path).name)
+    return match.group(1) if match else Path(path).name
+
+
 def set_aside(path: str | os.PathLike) -> Path:
     """Rename a damaged checkpoint ``step-N`` to ``step-N.damaged-<hex>`` beside it; returns
     the new path. Nothing is deleted, and the run no longer counts it as a checkpoint: it is
@@ -287,6 +295,14 @@ def config_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _digest_differs(meta: dict[str, Any]) -> bool:
+    """Whether a config.json's content no longer matches its recorded digest."""
+    try:
+        return meta["digest"] != config_digest(meta)
+    except (TypeError, ValueError):  # not JSON that a digest was made of: damaged too
+        return True
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """config.json of a checkpoint, parsed and checked; ``config`` becomes a CascadeConfig.
 
@@ -303,7 +319,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
-    if isinstance(meta, dict) and meta.get("format") not in (FORMAT, None):
+    other = isinstance(meta, dict) and meta.get("format") not in (FORMAT, None)
+    if other and not ("digest" in meta and _digest_differs(meta)):  # a flipped bit: damaged
         raise CheckpointError(
             f"{str(path)!r}: format {meta.get('format')!r}, expected {FORMAT} (saved by "
             "another version of ivref)"
@@ -321,10 +338,10 @@ def _check_fields(meta: Any, folder: str) -> None:
     if not isinstance(meta, dict) or not meta.keys() <= CONFIG_KEYS:
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"its keys are {keys}, allowed: {sorted(CONFIG_KEYS)}")
+    if "digest" in meta and _digest_differs(meta):
+        raise ValueError("its content does not match its digest (edited or damaged)")
     if meta.get("format") != FORMAT:
         raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
-    if "digest" in meta and meta["digest"] != config_digest(meta):
-        raise ValueError("its content does not match its digest (edited or damaged)")
     step, match = meta.get("step"), _STEP_DIR.match(folder)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step {step!r} is not a count of steps")

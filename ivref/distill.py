@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -49,6 +50,7 @@ from ivref import (
     sharded_state,
     train_videos,
     trainer,
+    trainer_checkpoints,
 )
 from ivref.distill_objective import (  # the phases' math, re-exported: distill.pd_target etc.
     DistillObjective,
@@ -190,16 +192,24 @@ def distill_stage(
             checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
             fsdp=fsdp,
         )  # fmt: skip
-        latest = checkpoint.latest(out / folder)
-        if latest is not None:  # a finished phase is loaded for its student alone: its
-            finished = checkpoint.read_config(latest)["step"] >= length  # streams are not
-            loop.resume(new_streams=new_streams or finished)  # used (nor its data checked)
+        finished = trainer_checkpoints.on_main(  # rank 0's listing decides for every rank
+            context, functools.partial(_phase_finished, out / folder, length)
+        )  # None: not started
+        if finished is not None:  # a finished phase is loaded for its student alone: its
+            loop.resume(new_streams=new_streams or finished)  # streams are not used (nor its
+            # data checked)
         loop.fit(length)
         ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
         if loop.interrupted:
             return Distilled(cfg, ema, loop.signal)
         teacher = ema.eval()
     return Distilled(cfg, teacher)
+
+
+def _phase_finished(folder: Path, length: int) -> bool | None:
+    """Whether a phase's run folder has trained its ``length`` steps (None: not started)."""
+    latest = checkpoint.latest(folder)
+    return None if latest is None else checkpoint.read_config(latest)["step"] >= length
 
 
 def checked_plan(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -289,10 +290,12 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
     halvings = list(lengths[1:] if guided else lengths)
     going_on = args.to_steps is not None and args.to_steps < saved.get("to_steps", args.to_steps)
     if going_on and args.halving_steps is None and len(set(halvings)) > 1:
+        added = max(1, round(math.log2(saved["to_steps"] / args.to_steps)))
+        example = ",".join(map(str, halvings + [halvings[-1]] * added))
         raise errors.CLIError(
             f"--to-steps {args.to_steps} adds halvings to {str(out)!r}, whose halvings trained "
             f"{halvings} steps: give --halving-steps with one count per halving, the planned "
-            f"ones first (e.g. {','.join(map(str, halvings))},{halvings[-1]})"
+            f"ones first (e.g. {example})"
         )
     plan_values = {
         "stage": saved.get("stage"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import signal
 import sys
@@ -195,7 +196,7 @@ class Trainer:
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
         self._saved_step: int | None = None  # the step of the last checkpoint written
-        self._own_run = False  # resumed, saved or trained: the folder's checkpoints are its own
+        self._checkpoint_seen: str | None = None  # the newest it saved or resumed (step name)
 
     def _place(self, model: torch.nn.Module, compile: bool | dict[str, Any]) -> None:
         """``self.model`` and ``self.ema``: sharded (FSDP), compiled, DDP-wrapped as asked."""
@@ -329,8 +330,9 @@ class Trainer:
         several processes every rank calls it; rank 0 writes every rank's random states.
         """
         self._saved_step = self.step
-        self._own_run = True
-        return trainer_checkpoints.save(self)
+        path = trainer_checkpoints.save(self)
+        self._checkpoint_seen = None if path is None else checkpoint.step_name(path)
+        return path
 
     def resume(self, new_streams: bool = False) -> int:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
@@ -360,7 +362,7 @@ class Trainer:
         finally:
             if self.context.is_main:
                 lock.release()
-        self._log_open = self._own_run = True
+        self._log_open = True
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
 
@@ -385,9 +387,10 @@ class Trainer:
         """Train until ``self.step == steps``; returns this call's log rows.
 
         Ctrl-C or SIGTERM: finish the step, save, return with ``self.signal`` set (a second
-        Ctrl-C raises KeyboardInterrupt at once); the next ``fit`` trains on. A trainer at
-        trainer that has not yet trained, resumed or saved refuses a folder that holds
-        checkpoints: ``resume()`` first.
+        Ctrl-C raises KeyboardInterrupt at once); the next ``fit`` trains on. It trains only
+        on from the folder's newest checkpoint if that is the one it saved or resumed last: a
+        fresh trainer refuses a folder that holds checkpoints (``resume()`` first), and any
+        trainer refuses one where another trainer went on with the run since.
         """
         check_count("steps", steps, minimum=0)
         rows: list[dict[str, Any]] = []
@@ -395,14 +398,11 @@ class Trainer:
         self.signal, self._stop_agreed = None, False  # a Ctrl-C of an earlier fit is handled
         main = self.context.is_main  # the one process that locks, logs, prints
         with contextlib.ExitStack() as stack:
-            stack.enter_context(distributed.main_only(self.context, files.RunLock(self.out)))
-            if not self._own_run and steps > 0 and (found := checkpoint.run_checkpoints(self.out)):
-                raise ValueError(  # checked under the lock: another run may be saving there
-                    f"{str(self.out)!r} holds another run's checkpoints (newest: "
-                    f"{found[-1].name}); call resume() first to continue it, or train into a "
-                    "new folder (ivref train --force replaces a run)"
-                )
-            self._own_run = True  # trained, resumed or saved here: its checkpoints are its own
+            lock = files.RunLock(self.out)  # rank 0 holds it and checks the folder, for all
+            claim = functools.partial(trainer_checkpoints.claim, self, lock, steps)
+            trainer_checkpoints.on_main(self.context, claim)
+            if main:
+                stack.callback(lock.release)
             stack.enter_context(clean_stops.save_on_signal(self))
             stack.enter_context(clean_stops.name_last_good(self))
             bar = stack.enter_context(

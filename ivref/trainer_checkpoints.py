@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 import sys
 import warnings
 from collections.abc import Callable
@@ -107,17 +108,58 @@ def save(trainer: Any) -> Path:
 
 def on_main(context: distributed.Context, work: Callable[[], Any]) -> Any:
     """``work()`` on rank 0, its result given to every rank; an exception it raises is raised
-    on every rank alike (the others would wait for rank 0 at their next collective)."""
+    on every rank (the others would wait for rank 0 at their next collective): on rank 0 as
+    it is, on the others as sent (``portable``)."""
     result, failure = None, None
     if context.is_main:
         try:
             result = work()
         except Exception as err:
             failure = err
-    result, failure = distributed.broadcast((result, failure), context)
+    sent = distributed.broadcast((result, portable(failure)), context)
     if failure is not None:
         raise failure
-    return result
+    if sent[1] is not None:
+        raise sent[1]
+    return sent[0]
+
+
+def portable(err: BaseException | None) -> BaseException | None:
+    """``err`` as it can travel to the other ranks: itself if it pickles and unpickles, else
+    a RuntimeError naming its type and message (one holding a lock, say, would not)."""
+    if err is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def claim(trainer: Any, lock: Any, steps: int) -> None:
+    """Rank 0's hold on the run folder for ``fit``: its lock, then (to train ``steps`` > 0)
+    the check that the folder's newest checkpoint is the trainer's own: the one it saved or
+    resumed last, or none for a fresh trainer. Checked under the lock: another trainer may
+    have gone on with the run since."""
+    lock.acquire()
+    try:
+        latest = checkpoint.latest(trainer.out) if steps > 0 else None
+        seen = trainer._checkpoint_seen
+        if latest is not None and seen is None:
+            raise ValueError(
+                f"{str(trainer.out)!r} holds another run's checkpoints (newest: {latest.name}); "
+                "call resume() first to continue it, or train into a new folder (ivref train "
+                "--force replaces a run)"
+            )
+        if latest is not None and checkpoint.step_name(latest) != seen:
+            raise ValueError(
+                f"{str(trainer.out)!r}: its newest checkpoint is {latest.name}, not {seen}, the "
+                "last this trainer saved or resumed: another trainer went on with the run "
+                "since; call resume() to continue from there, or train into a new folder"
+            )
+    except BaseException:
+        lock.release()
+        raise
 
 
 def take(trainer: Any, lock: Any) -> None:
@@ -153,6 +195,7 @@ def restore(trainer: Any, new_streams: bool) -> int:
         cache = trainer.objective.text
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
+    trainer._checkpoint_seen = checkpoint.step_name(path)
     newer = found[found.index(path) + 1 :] if path in found else []  # rank 0's listing decides
     _set_aside_newer(trainer.context, distributed.broadcast(newer, trainer.context))
     data = getattr(trainer.objective, "data", None)
@@ -288,9 +331,9 @@ def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]
             )  # fmt: skip
         except Exception as err:  # any: the other ranks wait for rank 0's word
             failure = err
-    path, failure = distributed.broadcast((path, failure), context)
-    if failure is not None:  # on every rank alike
-        raise failure
+    path, sent = distributed.broadcast((path, portable(failure)), context)
+    if failure is not None or sent is not None:  # on every rank alike
+        raise failure or sent
     sharded_state.load_state(trainer.model, opened.get("model"))
     sharded_state.load_state(trainer.ema, opened.get("ema"))
     sharded_state.load_optimizer_state(

@@ -117,10 +117,12 @@ def read_index(index_file: Path) -> list[tuple[str, str]]:
 
 
 def _jsonl_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
-    """(line number, object) per non-blank line. Lines end at "\n" only: JSON strings may
-    hold the other characters ``str.splitlines`` breaks at (U+2028, U+0085, ...)."""
+    """(line number, object) per non-blank line. Lines end at "\n", "\r\n" or "\r" (a raw
+    "\r" cannot be inside a JSON string), not at the other characters ``str.splitlines``
+    breaks at (U+2028, U+0085, ...), which JSON strings may hold."""
     rows = []
-    for n, line in enumerate(text.split("\n"), 1):
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for n, line in enumerate(lines, 1):
         if line.strip():
             try:
                 rows.append((n, json.loads(line)))

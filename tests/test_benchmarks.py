@@ -164,6 +164,9 @@ def test_a_carried_text_cache_stands_in_for_minilm_and_answers_the_probe(
     monkeypatch.setattr(text, "build_encoder", no_minilm)
     carried = checks.encoder_for(cfg, tmp_path)
     assert carried.name.startswith(text.MINILM_NAME + "-") and text.probe(carried) == want
+    (tmp_path / checks.ENCODER_NAME).unlink()  # a cache prepared before the name was kept
+    with pytest.raises(ValueError, match="run --prepare-text-cache again"):
+        checks.encoder_for(cfg, tmp_path)
 
 
 def test_cuda_checks_tiny_runs_every_part(repo_root, tmp_path):

@@ -302,6 +302,7 @@ def test_a_flipped_bit_in_config_json_makes_it_a_damaged_checkpoint(tmp_path):
         ('"lr": 0.0003', '"lr": 1.0003', "does not match its digest"),
         ('"extra"', '"dxtra"', "its keys are"),
         ('"digest"', '"digesu"', "its keys are"),
+        ('"format": 1', '"format": 3', "does not match its digest"),  # not another version
     ):
         assert old in good, old
         path.write_text(good.replace(old, new, 1))

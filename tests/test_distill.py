@@ -623,8 +623,8 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     argv3 = [*argv[:6], str(uneven), *argv[7:]]
     assert cli.main([*argv3, "--halving-steps", "1,2", "--to-steps", "4"]) == 0
     capsys.readouterr()
-    assert cli.main(["distill", "--out", str(uneven), "--resume", "--to-steps", "2"]) == 2
-    assert "give --halving-steps with one count per halving" in capsys.readouterr().err
+    assert cli.main(["distill", "--out", str(uneven), "--resume", "--to-steps", "1"]) == 2
+    assert "one count per halving, the planned ones first (e.g. 1,2,2,2)" in capsys.readouterr().err
 
 
 def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path, capsys):

@@ -550,6 +550,14 @@ def test_a_resume_is_refused_while_another_trainer_holds_the_folder(tmp_path, en
     _trainer(tmp_path / "late", encoder).fit(3)  # the run that held the folder, saved
     with pytest.raises(ValueError, match="holds another run's checkpoints"):
         late.fit(2)
+    assert late.fit(0) == []  # nothing trained: it claims nothing
+    with pytest.raises(ValueError, match="holds another run's checkpoints"):
+        late.fit(2)
+    assert late.resume() == 3
+    other = _trainer(tmp_path / "late", encoder)
+    assert other.resume() == 3 and len(other.fit(4)) == 1  # another trainer goes on
+    with pytest.raises(ValueError, match="newest checkpoint is step-00000004, not step-00000003"):
+        late.fit(5)
     missing = tmp_path / "typo"
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in .*typo"):
         _trainer(missing, encoder).resume()

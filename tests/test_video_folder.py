@@ -602,6 +602,11 @@ def test_an_index_is_read_as_utf8_with_line_numbers_and_captions_a_tokenizer_can
     (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfpath,caption\na.mp4,caf\xe9\n")
     with pytest.raises(ValueError, match=r"bom.csv' line 2 is not UTF-8 text \(.* at byte 25\)"):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "bom.csv", 2, 8, 8, fps=6.0)
+    (tmp_path / "cr.jsonl").write_bytes(
+        b'{"path": "a.mp4", "caption": "one"}\r{"path": "a.mp4", "caption": "two"}\r\n\r'
+    )  # old Mac line ends, CRLF
+    ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "cr.jsonl", 2, 8, 8, fps=6.0)
+    assert [c for _, c, _, _ in ds.items] == ["one", "two"]
     long = "a" * 200_000  # over csv's default field limit of 128 KiB
     (tmp_path / "long.csv").write_text(f"path,caption\na.mp4,{long}\n", encoding="utf-8")
     ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "long.csv", 2, 8, 8, fps=6.0)
