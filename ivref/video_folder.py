@@ -25,6 +25,7 @@ from einops import rearrange
 
 from ivref.config_checks import is_integer
 from ivref.decode_ahead import DecodeAhead
+from ivref.text_cache import check_prompts
 from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import exact_fps as exact_fps  # re-exported: video_folder.exact_fps
@@ -99,11 +100,11 @@ class VideoTextFolder:
             reason, src_fps, n = self._probe(path)
             if not isinstance(text, str) or not text.strip():
                 reason = f"caption {text!r}: give a non-empty string"
-            elif not _is_text(text):
-                reason = (
-                    f"caption {text!r} holds a lone surrogate (half of a character such as an "
-                    "emoji, cut by a tool), which no text encoder can read: mend it in the index"
-                )
+            else:  # text no encoder can read (a lone surrogate) would stop training when drawn
+                try:
+                    check_prompts([text])
+                except ValueError as err:
+                    reason = f"caption: {err}"
             if reason:
                 self._skip(rel, reason)
             else:
@@ -433,15 +434,6 @@ class VideoTextFolder:
         if self._ahead is not None:  # decoding for the folder as it was
             self._ahead.stop.set()
         self._ahead = None
-
-
-def _is_text(caption: str) -> bool:
-    """Whether ``caption`` is text a tokenizer can read: no lone surrogate (UTF-8 encodes)."""
-    try:
-        caption.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _last_line(err: BaseException) -> str:
