@@ -9,10 +9,12 @@ then hands each stage's output to the next SR stage (upsampled and noise-augment
 On disk (``save_pretrained`` / ``from_pretrained``) a cascade is a folder::
 
     cascade.json          {"format": 2, "config": ..., "stages": [...], "files": {name:
-                           {"bytes", "sha256"}}}; written last
+                           {"bytes", "sha256"}}, "text_probe", "digest": sha256 of the rest};
+                           written last
     <stage>.safetensors   EMA weights of each trained stage, fp16
 
-Loading checks every file against the manifest and refuses damaged or non-finite weights.
+Loading checks the manifest against its digest (a manifest saved without one is read as it
+is) and every file against the manifest, and refuses damaged or non-finite weights.
 """
 
 from __future__ import annotations
@@ -367,6 +369,7 @@ class Cascade(nn.Module):
             probe = text.probe(self._encoder)
         if probe is not None:
             manifest["text_probe"] = probe
+        manifest["digest"] = checkpoint.config_digest(manifest)  # of everything above
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
@@ -397,6 +400,13 @@ class Cascade(nn.Module):
             )
         try:
             manifest = json.loads(manifest_path.read_text())
+            if isinstance(manifest, dict) and "digest" in manifest:
+                if manifest["digest"] != checkpoint.config_digest(manifest):
+                    raise ValueError(
+                        "its content does not match its digest: damaged, or edited by hand (to "
+                        'keep an edit, delete its "digest" entry; generate(guidance=..., '
+                        "steps=...) and ivref export --sampling change settings without editing)"
+                    )
             cfg = configs.CascadeConfig.from_dict(manifest["config"])
             stages = [cfg.stage(name).name for name in manifest["stages"]]
             probe = manifest.get("text_probe")

@@ -104,6 +104,7 @@ def test_another_t5_at_the_trained_path_is_an_error_not_wrong_videos(ci_cascade,
         Cascade.from_pretrained(tmp_path / "c", encoder=other).generate(prompts, seed=0, steps=2)
     manifest = json.loads((tmp_path / "c" / "cascade.json").read_text())
     manifest["text_probe"] = ["x"]
+    del manifest["digest"]  # edited by hand, the edit kept (the digest would refuse it)
     (tmp_path / "c" / "cascade.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"not a valid cascade manifest: text_probe \['x'\]"):
         Cascade.from_pretrained(tmp_path / "c")
@@ -150,6 +151,7 @@ def test_a_hand_edited_manifest_without_the_file_list_is_named(ci_cascade, tmp_p
         del manifest["files"]
     else:
         manifest["files"] = files
+    del manifest["digest"]  # edited by hand, the edit kept (the digest would refuse it)
     (tmp_path / "cascade.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"'files' must give the bytes and sha256 of every stage"):
         Cascade.from_pretrained(tmp_path)
@@ -223,6 +225,7 @@ def test_trained_stage_names_are_plain_identifiers(tmp_path, ci_cascade):
     manifest = json.loads((tmp_path / "cascade.json").read_text())
     manifest["config"]["stages"][0]["name"] = "../../elsewhere/base"
     manifest["stages"] = ["../../elsewhere/base"]
+    del manifest["digest"]  # edited by hand, the edit kept (the digest would refuse it)
     (tmp_path / "cascade.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="plain identifier"):
         Cascade.from_pretrained(tmp_path)
@@ -718,3 +721,22 @@ def test_an_encoder_that_is_not_one_or_of_another_width_is_refused(ci_cascade):
     ):
         Cascade(cfg, models, wider)
     assert Cascade(cfg, models, ci_cascade.encoder).encoder is ci_cascade.encoder
+
+
+def test_a_flipped_bit_in_cascade_json_is_refused_and_a_manifest_without_a_digest_loads(
+    ci_cascade, tmp_path
+):
+    """The weights were verified but their config was not: a flipped bit in a guidance
+    weight or a step count changed every video unseen."""
+    ci_cascade.save_pretrained(tmp_path)
+    path = tmp_path / "cascade.json"
+    good = path.read_text()
+    assert len(json.loads(good)["digest"]) == 64
+    assert '"guidance_w": 1.0' in good
+    path.write_text(good.replace('"guidance_w": 1.0', '"guidance_w": 3.0', 1))
+    with pytest.raises(ValueError, match="does not match its digest: damaged, or edited by hand"):
+        Cascade.from_pretrained(tmp_path)
+    old = json.loads(good)
+    del old["digest"]  # as saved before digests (the shipped toy cascade's manifests)
+    path.write_text(json.dumps(old))
+    assert Cascade.from_pretrained(tmp_path).cfg == ci_cascade.cfg

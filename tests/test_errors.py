@@ -168,6 +168,7 @@ def _path_stage_cascade(ctx: Ctx) -> None:
     manifest = json.loads(manifest_path.read_text())
     manifest["config"]["stages"][0]["name"] = "../../elsewhere/base"
     manifest["stages"] = ["../../elsewhere/base"]
+    del manifest["digest"]  # edited by hand, the edit kept (the digest would refuse it)
     manifest_path.write_text(json.dumps(manifest))
 
 
