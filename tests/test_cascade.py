@@ -737,6 +737,6 @@ def test_a_flipped_bit_in_cascade_json_is_refused_and_a_manifest_without_a_diges
     with pytest.raises(ValueError, match="does not match its digest: damaged, or edited by hand"):
         Cascade.from_pretrained(tmp_path)
     old = json.loads(good)
-    del old["digest"]  # as saved before digests (the shipped toy cascade's manifests)
+    del old["digest"]  # as saved before digests were kept
     path.write_text(json.dumps(old))
     assert Cascade.from_pretrained(tmp_path).cfg == ci_cascade.cfg
