@@ -141,25 +141,35 @@ def claim(trainer: Any, lock: Any, steps: int) -> None:
     the check that the folder's newest checkpoint is the trainer's own: the one it saved or
     resumed last, or none for a fresh trainer. Checked under the lock: another trainer may
     have gone on with the run since."""
+    _locked(lock, lambda: _check_own(trainer, steps))
+
+
+def _locked(lock: Any, work: Callable[[], Any]) -> None:
+    """Acquire ``lock``, then ``work()``; if that fails the lock is released again."""
     lock.acquire()
     try:
-        latest = checkpoint.latest(trainer.out) if steps > 0 else None
-        seen = trainer._checkpoint_seen
-        if latest is not None and seen is None:
-            raise ValueError(
-                f"{str(trainer.out)!r} holds another run's checkpoints (newest: {latest.name}); "
-                "call resume() first to continue it, or train into a new folder (ivref train "
-                "--force replaces a run)"
-            )
-        if latest is not None and checkpoint.step_name(latest) != seen:
-            raise ValueError(
-                f"{str(trainer.out)!r}: its newest checkpoint is {latest.name}, not {seen}, the "
-                "last this trainer saved or resumed: another trainer went on with the run "
-                "since; call resume() to continue from there, or train into a new folder"
-            )
+        work()
     except BaseException:
         lock.release()
         raise
+
+
+def _check_own(trainer: Any, steps: int) -> None:
+    """``claim``'s check: the folder's newest checkpoint is the one the trainer knows."""
+    latest = checkpoint.latest(trainer.out) if steps > 0 else None
+    seen = trainer._checkpoint_seen
+    if latest is not None and seen is None:
+        raise ValueError(
+            f"{str(trainer.out)!r} holds another run's checkpoints (newest: {latest.name}); "
+            "call resume() first to continue it, or train into a new folder (ivref train "
+            "--force replaces a run)"
+        )
+    if latest is not None and checkpoint.step_name(latest) != seen:
+        raise ValueError(
+            f"{str(trainer.out)!r}: its newest checkpoint is {latest.name}, not {seen}, the "
+            "last this trainer saved or resumed: another trainer went on with the run "
+            "since; call resume() to continue from there, or train into a new folder"
+        )
 
 
 def take(trainer: Any, lock: Any) -> None:
@@ -167,12 +177,7 @@ def take(trainer: Any, lock: Any) -> None:
     put back (``checkpoint.remove_stale``). A folder that does not exist is not made."""
     if not trainer.out.is_dir():  # a mistyped path: neither the folder nor its lock is made
         raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
-    lock.acquire()
-    try:
-        checkpoint.remove_stale(trainer.out)
-    except BaseException:
-        lock.release()
-        raise
+    _locked(lock, lambda: checkpoint.remove_stale(trainer.out))
 
 
 def restore(trainer: Any, new_streams: bool) -> int:
@@ -315,25 +320,24 @@ def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]
     each rank keeping its shards (sharded_state.py); the other ranks read the step and the
     RNG states themselves."""
     context = trainer.context
-    path, opened, failure = None, {}, None
-    if context.is_main:
+    opened: dict[str, Any] = {}
+
+    def pick() -> Path:  # on rank 0
         open_checkpoint = functools.partial(
             checkpoint.open_checkpoint, config=trainer.config, stage=trainer.stage.name
         )
-        try:
-            path, opened = _newest(context, found, open_checkpoint, trainer.out)
-            for part in ("model", "ema"):
-                where = str(opened[part].path)
-                checkpoint.check_fits(trainer.model, opened[part].meta_tensors(), where)
-            sharded_state.check_optimizer_fits(
-                trainer.optimizer, opened["optimizer"], opened["optimizer_json"],
-                str(path / "optimizer.safetensors"),
-            )  # fmt: skip
-        except Exception as err:  # any: the other ranks wait for rank 0's word
-            failure = err
-    path, sent = distributed.broadcast((path, portable(failure)), context)
-    if failure is not None or sent is not None:  # on every rank alike
-        raise failure or sent
+        path, state = _newest(context, found, open_checkpoint, trainer.out)
+        for part in ("model", "ema"):
+            where = str(state[part].path)
+            checkpoint.check_fits(trainer.model, state[part].meta_tensors(), where)
+        sharded_state.check_optimizer_fits(
+            trainer.optimizer, state["optimizer"], state["optimizer_json"],
+            str(path / "optimizer.safetensors"),
+        )  # fmt: skip
+        opened.update(state)
+        return path
+
+    path = on_main(context, pick)
     sharded_state.load_state(trainer.model, opened.get("model"))
     sharded_state.load_state(trainer.ema, opened.get("ema"))
     sharded_state.load_optimizer_state(
