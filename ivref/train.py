@@ -177,10 +177,7 @@ def _newest_config(run: Path) -> dict[str, Any]:
     """The saved config of a run's newest checkpoint whose config.json reads (for --resume)."""
     found = checkpoint.run_checkpoints(run)
     if not found:
-        anew = "drop --resume to start anew"
-        if any(p.exists() for p in _ours(run)):  # a run that stopped before its first save
-            anew = "drop --resume and add --force to start anew there (its log is deleted)"
-        raise errors.CLIError(f"--resume: {checkpoint.no_checkpoint_message(run)}; {anew}")
+        raise _nothing_to_resume(run)
     for path in reversed(found):
         try:
             return checkpoint.read_config(path)
@@ -189,6 +186,14 @@ def _newest_config(run: Path) -> dict[str, Any]:
                 raise
             print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
     raise AssertionError("unreachable")
+
+
+def _nothing_to_resume(run: Path) -> errors.CLIError:
+    """--resume of a folder without a checkpoint: why, and how to start anew."""
+    anew = "drop --resume to start anew"
+    if any(p.exists() for p in _ours(run)):  # a run that stopped before its first save
+        anew = "drop --resume and add --force to start anew there (its log is deleted)"
+    return errors.CLIError(f"--resume: {checkpoint.no_checkpoint_message(run)}; {anew}")
 
 
 def _ours(out: Path) -> list[Path]:
@@ -250,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         raise errors.CLIError(
             f"--resume: {str(args.out)!r} does not exist; drop --resume to start a run there"
         )
+    if args.resume and not checkpoint.run_checkpoints(args.out):  # another folder, say: no
+        raise _nothing_to_resume(args.out)  # lock file is left in it
     if not args.resume:
         build_config(args)  # a bad stage or override fails before the folder is made
         train_videos.record(args)

@@ -174,9 +174,14 @@ def _check_own(trainer: Any, steps: int) -> None:
 
 def take(trainer: Any, lock: Any) -> None:
     """Rank 0's hold on the run folder for a resume: its lock, and a killed re-save's copy
-    put back (``checkpoint.remove_stale``). A folder that does not exist is not made."""
-    if not trainer.out.is_dir():  # a mistyped path: neither the folder nor its lock is made
-        raise checkpoint.CheckpointError(f"no checkpoint in {str(trainer.out)!r} to resume from")
+    put back (``checkpoint.remove_stale``). A folder that does not exist is not made, and one
+    that holds no checkpoint (a mistyped path to another folder) gets no lock file."""
+    if not trainer.out.is_dir() or not checkpoint.run_checkpoints(trainer.out):
+        raise checkpoint.CheckpointError(
+            f"nothing to resume: {checkpoint.no_checkpoint_message(trainer.out)}"
+            if trainer.out.is_dir()
+            else f"no checkpoint in {str(trainer.out)!r} to resume from"
+        )
     _locked(lock, lambda: checkpoint.remove_stale(trainer.out))
 
 

@@ -172,6 +172,7 @@ def test_bad_input_is_explained(tmp_path, capsys, argv, message):
     argv = [a.replace("X", str(tmp_path)) for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not list(tmp_path.rglob(".lock"))  # refused before a run lock was written anywhere
 
 
 def test_argument_errors_exit_with_usage():

@@ -562,6 +562,12 @@ def test_a_resume_is_refused_while_another_trainer_holds_the_folder(tmp_path, en
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in .*typo"):
         _trainer(missing, encoder).resume()
     assert not missing.exists()  # neither the folder nor a lock file was made
+    other_folder = tmp_path / "photos"  # an existing folder that holds no run
+    other_folder.mkdir()
+    (other_folder / "a.jpg").write_bytes(b"x")
+    with pytest.raises(checkpoint.CheckpointError, match="nothing to resume: .*photos.* has no"):
+        _trainer(other_folder, encoder).resume()
+    assert sorted(p.name for p in other_folder.iterdir()) == ["a.jpg"]  # no .lock left there
 
 
 def _subprocess_lock(folder):
