@@ -93,16 +93,23 @@ class UNetConfig:
                 "must be all False when "
                 "fully_convolutional=True (the fully convolutional stage has no spatial attention)",
             )
+        if self.base_channels % 2:  # the embeddings of log-SNR, lambda' and w: cos/sin pairs
+            checks.fail(
+                o, "base_channels", self.base_channels, "must be even (sinusoidal embeddings)"
+            )
+        any_attention = any(self.spatial_attention) or "attention" in self.temporal_mixing
+        deepest = self.base_channels * self.channel_mults[-1]
         for mult in self.channel_mults:
             width = self.base_channels * mult
             if width % self.norm_groups:
                 checks.fail(
                     o, "norm_groups", self.norm_groups, f"must divide every width ({width})"
                 )
-            if (any(self.spatial_attention) or "attention" in self.temporal_mixing) and (
-                width % self.head_dim
-            ):
-                checks.fail(o, "head_dim", self.head_dim, f"must divide every width ({width})")
+            # the middle block attends (to itself and the text, or to the text alone) at the
+            # deepest width whatever the flags say: heads = width / head_dim must be whole
+            if (any_attention or width == deepest) and width % self.head_dim:
+                where = "every width" if any_attention else "the middle block's width"
+                checks.fail(o, "head_dim", self.head_dim, f"must divide {where} ({width})")
         if not 0.0 <= self.dropout < 1.0:
             checks.fail(o, "dropout", self.dropout, "must be in [0, 1)")
 
@@ -344,6 +351,7 @@ class CascadeConfig:
                 )
             if i > 0:
                 stage_checks.check_stage_chain(self.stages[i - 1], stage)
+            stage_checks.warn_untrained_aug_level(stage, self.diffusion)
 
     def stage(self, name: str) -> StageConfig:
         """The stage called ``name``; raises ValueError listing the stage names."""

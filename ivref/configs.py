@@ -241,7 +241,7 @@ def paper() -> CascadeConfig:
         batch_size=128, lr=3e-4, warmup_steps=10_000, ema_decay=0.9999, image_ratio=0.2
     )
     # CHOICE: the TSR stages train on videos only, as the toy's: an image pack has no motion
-    # to interpolate (stage_checks refuses image_ratio > 0 for TSR)
+    # to interpolate (the TSR objective refuses image_ratio > 0, objectives.py)
     video_train = dataclasses.replace(train, image_ratio=0.0)
     base = UNetConfig(
         base_channels=832,

@@ -6,9 +6,12 @@ a stage's model against its config (``Cascade``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from typing import Any
 
 from ivref import config_checks as checks
+from ivref import schedules
 
 
 def check_against_unet(stage: Any) -> None:
@@ -84,6 +87,15 @@ def check_stage_chain(previous: Any, stage: Any) -> None:
                 stage.num_frames,
                 f"a TSR stage multiplies the previous stage's {previous.num_frames} frames",
             )
+        k = stage.num_frames // previous.num_frames  # frame j at fps r is frame kj at fps kr
+        if not math.isclose(stage.fps, k * previous.fps, rel_tol=1e-9):
+            checks.fail(
+                o,
+                "fps",
+                stage.fps,
+                f"must be {k} x the previous stage's {previous.fps} fps ({k * previous.fps}): "
+                f"a TSR stage with {k}x the frames covers the same seconds",
+            )
     elif stage.kind == "ssr":
         if stage.num_frames != previous.num_frames:
             checks.fail(
@@ -99,6 +111,36 @@ def check_stage_chain(previous: Any, stage: Any) -> None:
                 (stage.width, stage.height),
                 f"an SSR stage multiplies the previous size {(previous.width, previous.height)}",
             )
+        if stage.width // previous.width != stage.height // previous.height:
+            checks.fail(
+                o,
+                "width/height",
+                (stage.width, stage.height),
+                f"an SSR stage scales width and height of {(previous.width, previous.height)} "
+                "by the same whole factor (its conditioning is downsampled by one factor)",
+            )
+        if stage.fps != previous.fps:
+            checks.fail(
+                o, "fps", stage.fps, f"an SSR stage keeps the previous stage's {previous.fps} fps"
+            )
+
+
+def warn_untrained_aug_level(stage: Any, diffusion: Any) -> None:
+    """Warn when an SR stage's sampling augmentation level lambda' is noisier than any level
+    it trains on, lambda(aug_train_max_t) (its network never saw such inputs). A warning, not
+    an error: training with little augmentation is a fair experiment."""
+    if stage.kind == "base":
+        return
+    lowest = float(
+        schedules.logsnr_cosine(stage.aug_train_max_t, diffusion.logsnr_min, diffusion.logsnr_max)
+    )
+    if stage.aug_sample_logsnr < lowest - 1e-9:
+        warnings.warn(
+            f"StageConfig({stage.name!r}): aug_sample_logsnr={stage.aug_sample_logsnr:g} is "
+            f"noisier than any level it trains on (aug_train_max_t={stage.aug_train_max_t:g} "
+            f"reaches lambda' = {lowest:.4g}); raise aug_train_max_t or aug_sample_logsnr",
+            stacklevel=4,
+        )
 
 
 def check_model_config(name: str, got: Any, want: Any) -> None:

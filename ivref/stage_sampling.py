@@ -162,13 +162,13 @@ def _sr_inputs(
     level = stage.aug_sample_logsnr if aug_logsnr is None else float(aug_logsnr)
     if math.isnan(level):
         raise ValueError("aug_logsnr=nan; allowed: a log-SNR, or +inf for no augmentation")
+    pixels = cond[:, : stage.unet.in_channels]  # noised; a blank-frame mask channel is not
     if aug_noise is None:
-        aug_noise = samplers.randn(cond[:, :3].shape, generator, torch.float32, "cpu")
-    elif tuple(aug_noise.shape) != tuple(cond[:, :3].shape):  # it would broadcast silently
+        aug_noise = samplers.randn(pixels.shape, generator, torch.float32, "cpu")
+    elif tuple(aug_noise.shape) != tuple(pixels.shape):  # it would broadcast silently
         raise ValueError(
             f"aug_noise {tuple(aug_noise.shape)}: give one value per pixel of the upsampled "
-            f"input video's RGB channels, {tuple(cond[:, :3].shape)} (B, 3, F, H, W at the "
-            f"stage's size)"
+            f"input video's channels, {tuple(pixels.shape)} (B, C, F, H, W at the stage's size)"
         )
     level_b = torch.full((b,), level, device=device)
     # The model embeds lambda' only inside the range training drew it from (at most

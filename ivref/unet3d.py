@@ -200,6 +200,11 @@ class VideoUNet(nn.Module):
         b, _, f, h, w = z_t.shape
         if is_image is None:
             is_image = torch.zeros(b, dtype=torch.bool, device=z_t.device)
+        elif is_image.dtype != torch.bool or tuple(is_image.shape) != (b,):  # ~ of an int flag
+            raise ValueError(  # is -1 or -2, and a (1,) flag broadcasts: both silently wrong
+                f"is_image must be a bool tensor of shape ({b},), one flag per sample; got "
+                f"{is_image.dtype} {tuple(is_image.shape)}"
+            )
         video_mask = (~is_image).to(z_t.dtype)
         ctx, ctx_mask, pooled = self._text(text_emb, text_mask)
         emb = self.logsnr_emb(logsnr_t) + pooled

@@ -542,6 +542,39 @@ def test_no_augmentation_embeds_the_highest_level_training_saw():
     assert d.logsnr_min <= drawn.min() and drawn.max() <= d.logsnr_max  # what training saw
 
 
+class _CondSpy(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.cfg, self.cond = model, model.cfg, []
+
+    def forward(self, *args, cond_video=None, **kwargs):
+        self.cond.append(cond_video.clone())
+        return self.inner(*args, cond_video=cond_video, **kwargs)
+
+
+def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
+    """A one-channel TSR with blank frames (cond: pixel + mask): sampling noised channels
+    0-2 whatever in_channels was, which is the mask's and nothing of a fourth colour channel;
+    training noises x's channels (objectives.py), so sampling must as well."""
+    cfg = configs.preset("ci")
+    tsr = cfg.stage("tsr")
+    unet = dataclasses.replace(tsr.unet, in_channels=1, out_channels=1, cond_channels=2)
+    stage = dataclasses.replace(tsr, unet=unet, temporal_cond="blank")
+    torch.manual_seed(0)
+    spy = _CondSpy(VideoUNet(unet).eval())
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    low = torch.rand(1, 1, stage.num_frames // 2, stage.height, stage.width) * 2 - 1
+    cascade_lib.sample_stage(
+        spy, stage, cfg.diffusion, emb, mask, cond_video=low, steps=2, guidance_w=0.0,
+        aug_logsnr=0.0,
+    )  # fmt: skip
+    clean = superres.upsample(low, stage)
+    for cond in spy.cond:
+        assert torch.equal(cond[:, 1], clean[:, 1])  # the mask: 1, 0, 1, 0, ... exactly
+        assert torch.equal(cond[0, 1, :, 0, 0], torch.tensor([1.0, 0.0] * (stage.num_frames // 2)))
+        assert (cond[:, 0] - clean[:, 0]).abs().mean() > 0.3  # lambda' = 0: half noise
+
+
 def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     ci_cascade, tmp_path, monkeypatch
 ):

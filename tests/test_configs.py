@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from ivref import config_types, configs, samplers
 
@@ -102,6 +103,22 @@ def test_bad_unet_values_name_the_field(changes, field):
         dataclasses.replace(unet, **changes)
 
 
+def test_unet_values_that_would_fail_in_the_forward_are_refused():
+    """Both configs used to validate, then fail inside the first forward: the middle block
+    attends whatever the per-level flags say, and the embeddings take cos/sin pairs."""
+    from ivref.unet3d import VideoUNet
+
+    no_attention = dict(channel_mults=(1,), spatial_attention=(False,), temporal_mixing=("conv",))
+    unet = configs.UNetConfig(base_channels=48, head_dim=16, **no_attention)  # 3 heads: fine
+    z = torch.zeros(1, 3, 2, 4, 4)
+    out = VideoUNet(unet)(z, torch.zeros(1), torch.zeros(1, 2, 32), torch.ones(1, 2).bool())
+    assert out.shape == z.shape
+    with pytest.raises(ValueError, match=r"head_dim=32 .*the middle block's width \(48\)"):
+        configs.UNetConfig(base_channels=48, head_dim=32, **no_attention)
+    with pytest.raises(ValueError, match=r"base_channels=9 .*even"):
+        configs.UNetConfig(base_channels=9, head_dim=9, norm_groups=3, **no_attention)
+
+
 def test_fully_convolutional_forbids_spatial_attention():
     unet = configs.preset("ci").stages[0].unet
     with pytest.raises(ValueError, match="fully_convolutional"):
@@ -138,6 +155,41 @@ def test_sr_stage_must_match_previous_output():
     bad_frames = dataclasses.replace(ssr, num_frames=4)
     with pytest.raises(ValueError, match=r"StageConfig\('ssr1'\)\.num_frames="):
         dataclasses.replace(cfg, stages=cfg.stages[:2] + (bad_frames,))
+
+
+def test_sr_stage_chain_keeps_time_and_scales_space_evenly():
+    """Each passed validation: a TSR at the base's fps trained on 1.5 fps clips for a 3 fps
+    input, and an SSR of 2 x 4 conditioned on 4 x 8 frames where the previous stage gave 8 x 8."""
+    cfg = configs.preset("ci")
+    base, tsr, ssr = cfg.stages[:3]
+    with pytest.raises(ValueError, match=r"StageConfig\('tsr'\)\.fps=3 .*2 x .* 3 fps \(6\)"):
+        dataclasses.replace(cfg, stages=(base, dataclasses.replace(tsr, fps=3)))
+    with pytest.raises(ValueError, match=r"StageConfig\('ssr1'\)\.fps=12 .*keeps .* 6 fps"):
+        dataclasses.replace(cfg, stages=(base, tsr, dataclasses.replace(ssr, fps=12)))
+    uneven = dataclasses.replace(ssr, width=32, height=16)
+    with pytest.raises(ValueError, match=r"ssr1'\)\.width/height=\(32, 16\) .*same whole factor"):
+        dataclasses.replace(cfg, stages=(base, tsr, uneven))
+
+
+def test_an_untrained_sampling_aug_level_warns():
+    """lambda' = ln 3 at sampling lies outside what aug_train_max_t = 0.05 trains on
+    (lambda(0.05) from the cosine schedule): a warning names both; the presets give none."""
+    import warnings
+
+    from ivref import schedules
+
+    cfg = configs.preset("toy")
+    low = schedules.logsnr_cosine(0.05, cfg.diffusion.logsnr_min, cfg.diffusion.logsnr_max)
+    ssr = dataclasses.replace(cfg.stages[2], aug_train_max_t=0.05)
+    with pytest.warns(
+        UserWarning, match=rf"ssr1.*aug_train_max_t=0.05 reaches lambda' = {low:.4g}"
+    ):
+        dataclasses.replace(cfg, stages=(*cfg.stages[:2], ssr, cfg.stages[3]))
+    assert float(low) > ssr.aug_sample_logsnr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("ci", "toy", "paper"):
+            configs.preset(name)
 
 
 def test_cascade_level_checks():

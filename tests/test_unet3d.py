@@ -73,6 +73,17 @@ def test_image_mode_keeps_frames_independent(stage):
     assert changed[1].all()  # the video sample mixes frames
 
 
+def test_is_image_must_be_one_bool_per_sample():
+    """An int flag was taken (~0 = -1 scaled the temporal branch by -1) and a (1,) flag
+    broadcast over the batch; both ran without an error."""
+    stage = CI.stages[0]
+    model = _model(stage.unet)
+    (z_t, logsnr, text, mask), kwargs = _inputs(stage)
+    for bad in (torch.tensor([0, 1]), torch.tensor([True]), torch.tensor([[True, False]])):
+        with pytest.raises(ValueError, match=r"is_image must be a bool tensor of shape \(2,\)"):
+            model(z_t, logsnr, text, mask, is_image=bad, **kwargs)
+
+
 def test_text_conditions_and_all_false_mask_is_the_null_embedding():
     stage = CI.stages[0]
     model = _model(stage.unet)
