@@ -65,12 +65,16 @@ from ivref.distill_plan import (  # the plan and its checks, re-exported: distil
     check_resumable,
     check_same_data,
     check_same_plan,
+    continues,
     data_digest,
     final_phase,
     halving_lengths,
+    phase_folders,
     phase_plan,
     plan,
     read_plan,
+    recipe,
+    refuse_phases,
     resume_arguments,
     student_config,
     teacher_digest,
@@ -247,22 +251,23 @@ def checked_plan(
     record["seed"] = seed
     record["source"] = None if source is None else str(Path(source).resolve())
     record["teacher"] = teacher_digest(teacher_cascade.models[stage])
+    record["recipe"] = recipe(config, stage)
     if (out / PLAN).is_file() and not resume:
         raise errors.CLIError(
             f"{str(out)!r} already holds a distillation; pass --resume or a new --out"
         )
     if resume:
         check_resumable(out)
-    else:  # phases left without their plan would be resumed unchecked, on another teacher
-        left = [f for f, _, _ in phases if checkpoint.run_checkpoints(out / f)]
-        if left:
-            raise errors.CLIError(
-                f"{str(out)!r} holds the phase folders {left} of a distillation whose "
-                f"{PLAN} is gone: delete them, or distil into a new --out"
-            )
+    else:  # any phase folder left without its plan would be adopted unchecked (a later
+        # continuation took a finished one, trained from another teacher, for its own)
+        refuse_phases(out, phase_folders(out), f"a distillation whose {PLAN} is gone")
     if (out / PLAN).is_file():
         check_same_data(out, videos, new_streams)
         check_same_plan(out / PLAN, record)
+        saved = read_plan(out)
+        if continues(saved, record):  # its new phases start now: none may be there yet
+            new = [out / f for f in record["phases"][len(saved["phases"]) :]]
+            refuse_phases(out, new, "another distillation (this plan ends before them)")
     return phases, lengths, record
 
 
@@ -298,7 +303,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--to-steps",
         type=arguments.positive_int,
-        help="student steps (default: preset's); with --resume, fewer than planned goes on",
+        help="student steps (default: the teacher cascade's distill.to_steps); with --resume, "
+        "fewer than planned goes on",
     )
     p.add_argument("--out", type=Path, required=True, help="folder: one run folder per phase")
     p.add_argument("--resume", action="store_true", help="continue an interrupted distillation")
@@ -383,7 +389,12 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     if args.stage not in names:
         raise errors.CLIError(f"--stage {args.stage!r}: the cascade's trained stages are {names}")
     if teacher.models[args.stage].cfg.use_guidance_embedding:
-        raise errors.CLIError(f"stage {args.stage!r} of {args.source} is already distilled")
+        above = Path(args.source or "").parent  # the layout export writes: DIR/distilled
+        hint = f" (e.g. --from {above})" if (above / cascade.MANIFEST).is_file() else ""
+        raise errors.CLIError(
+            f"stage {args.stage!r} of {args.source} is already distilled (it embeds w): give "
+            f"--from the undistilled cascade it was distilled from{hint}"
+        )
     if args.new_streams and not args.resume:
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
     if args.threads:

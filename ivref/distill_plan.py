@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,11 @@ def halving_lengths(
     if isinstance(halving_steps, int):
         return [halving_steps] * len(names)
     counts = list(halving_steps)
+    if not names:
+        raise ValueError(
+            f"halving_steps={counts}: this plan has no halvings (to_steps is the teacher's own "
+            "step count: the guided phase alone); drop halving_steps"
+        )
     if len(counts) != len(names) or not all(isinstance(n, int) and n >= 1 for n in counts):
         raise ValueError(
             f"halving_steps={counts}: give one positive count for all halvings or one for each "
@@ -147,9 +153,36 @@ def phase_plan(
 PLAN = "distill.json"
 # not compared by check_same_plan: the teacher's folder may move (its digest is checked), and
 # check_same_data checks the data (a changed folder may go on with new streams)
-UNCHECKED = ("source", "data_digest")
+UNCHECKED = ("source", "data_digest", "recipe")  # the recipe: compared field by field
 # a plan written before these were kept is not checked on them
-ADDED_LATER = ("data_digest", "data_fit", "batch_size", "seed", "teacher")
+ADDED_LATER = ("data_digest", "data_fit", "batch_size", "seed", "teacher", "recipe")
+# settings the plan keeps in its own fields (phases, phase_steps, batch_size, bf16; a resume may
+# change some of them as check_same_plan allows), and the encoder's folder, which may move
+# (each phase's checkpoints check the encoder itself): left out of the recipe
+NOT_RECIPE = (
+    "distill.to_steps", "distill.guided_steps", "distill.halving_steps", "distill.w_max",
+    "stage.train.batch_size", "stage.train.bf16", "text.path",
+)  # fmt: skip
+
+
+def recipe(config: configs.CascadeConfig, stage: str) -> dict[str, Any]:
+    """What the phases train with besides the plan's own fields: the teacher cascade's text,
+    diffusion and distill settings and the stage's config, as {"section.field": value}. A
+    teacher with the same weights but another recipe (a learning rate, a loss weighting, a
+    schedule) would change a phase halfway through a resume."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        elif prefix not in NOT_RECIPE:
+            flat[prefix] = value
+
+    parts = {"text": config.text, "diffusion": config.diffusion, "distill": config.distill}
+    for name, part in (parts | {"stage": config.stage(stage)}).items():
+        walk(name, dataclasses.asdict(part))
+    return json.loads(json.dumps(flat))  # as distill.json keeps it: tuples are lists
 
 
 def read_plan(out: str | Path) -> dict[str, Any]:
@@ -308,9 +341,16 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
         "batch_size": saved.get("batch_size"),
         "seed": saved.get("seed"),
     }
+    moved = args.source is None and plan_values["source"] is not None
     for name, value in plan_values.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if moved and not args.source.is_dir():
+        raise errors.CLIError(
+            f"--resume: {str(out)!r} was distilled from the teacher cascade "
+            f"{str(args.source)!r} (kept in its {PLAN}), which is not there now; give --from "
+            "the folder it moved to (its weights are checked against the plan's)"
+        )
 
 
 def continues(saved: dict[str, Any], record: dict[str, Any]) -> bool:
@@ -337,9 +377,33 @@ def check_same_plan(path: Path, record: dict[str, Any]) -> None:
         and k not in UNCHECKED + extended
         and (k in saved or k not in ADDED_LATER)
     }
+    kept = saved.get("recipe")
+    if isinstance(kept, dict):  # a field added to the configs since is not a change
+        now = record.get("recipe", {})
+        changed |= {k: (kept[k], v) for k, v in now.items() if k in kept and kept[k] != v}
     if changed:
         listed = "; ".join(f"{k}: saved {a}, now {b}" for k, (a, b) in changed.items())
         raise errors.CLIError(
             f"{str(path.parent)!r} was distilled with another plan ({listed}); resume it with "
             "the settings it started with, or distil into a new --out"
+        )
+
+
+def phase_folders(out: Path) -> list[Path]:
+    """The folders of ``out`` named as a distillation's phases (``guided``, ``halve-N-M``)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_dir() and _PHASE_NAME.fullmatch(p.name))
+
+
+_PHASE_NAME = re.compile(r"guided|halve-\d{4,}-\d{4,}")
+
+
+def refuse_phases(out: Path, folders: list[Path], whose: str) -> None:
+    """Refuse phase folders with checkpoints, left by ``whose``: training would adopt them."""
+    left = [p.name for p in folders if checkpoint.run_checkpoints(p)]
+    if left:
+        raise errors.CLIError(
+            f"{str(out)!r} holds the phase folders {left} of {whose}: delete them, or distil "
+            "into a new --out"
         )

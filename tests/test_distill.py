@@ -386,6 +386,8 @@ def test_halving_steps_take_one_count_for_all_or_one_per_halving():
         distill.halving_lengths(phases, [600, 1000])
     with pytest.raises(ValueError, match=r"halving_steps=\[600, 0, 9\]: give one positive"):
         distill.halving_lengths(phases, [600, 0, 9])
+    with pytest.raises(ValueError, match=r"\[2, 2\]: this plan has no halvings .*drop halving"):
+        distill.halving_lengths(distill.plan(64, 64), [2, 2])  # it said: "each of the 0 ()"
     assert distill.step_counts("600") == 600
     assert distill.step_counts("600,1000") == [600, 1000]
     with pytest.raises(argparse.ArgumentTypeError, match="expected a positive integer, got ''"):
@@ -404,6 +406,19 @@ def test_distill_refuses_a_list_of_halving_steps_of_the_wrong_length(tmp_path, c
         "halving_steps=[2, 2]" in err and "one for each of the 1 halving (halve-0008-0004)" in err
     )
     assert not (tmp_path / "d" / "distill.json").exists()
+
+
+def test_distilling_a_student_names_the_teacher_folder_to_give(tmp_path, capsys):
+    cfg = configs.preset("ci")
+    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet)}).save_pretrained(tmp_path / "mc")
+    student_cfg = distill.student_config(cfg, "base", 8)
+    student = VideoUNet(student_cfg.stage("base").unet)
+    Cascade(student_cfg, {"base": student}).save_pretrained(tmp_path / "mc" / "distilled")
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "mc" / "distilled")]
+    assert cli.main([*argv, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "is already distilled (it embeds w): give --from the undistilled cascade" in err
+    assert f"(e.g. --from {tmp_path / 'mc'})" in err
 
 
 @pytest.mark.slow
@@ -551,9 +566,10 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     """Each changed the phases still to train without a word; a truncated last checkpoint
     let export ship the phase's previous, unfinished student."""
     cfg = configs.preset("ci")
-    for name, seed in (("cascade", 0), ("other", 1)):
-        torch.manual_seed(seed)
-        Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
+    lr = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, lr=5e-2))
+    for name, seed, config in (("cascade", 0, cfg), ("other", 1, cfg), ("cascade_lr", 0, lr)):
+        torch.manual_seed(seed)  # cascade_lr: cascade's weights, another recipe
+        Cascade(config, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
             tmp_path / name
         )
     out = tmp_path / "d"
@@ -573,6 +589,14 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
         assert changed in capsys.readouterr().err
     assert distil("--resume", source="other") == 2
     assert "teacher: saved" in capsys.readouterr().err
+    assert distil("--resume", source="cascade_lr") == 2  # trained the rest at another lr
+    assert f"distill.lr: saved {cfg.distill.lr}, now 0.05" in capsys.readouterr().err
+    (tmp_path / "cascade").rename(tmp_path / "moved")  # a resume with no flags: the plan's
+    assert cli.main(["distill", "--out", str(out), "--resume"]) == 2  # folder is gone
+    assert "(kept in its distill.json), which is not there now; give --from" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "moved").rename(tmp_path / "cascade")
     plan = json.loads((out / distill.PLAN).read_text())
     old = {k: v for k, v in plan.items() if k not in distill.ADDED_LATER}
     (out / distill.PLAN).write_text(json.dumps(old))  # a plan written before they were kept
@@ -604,6 +628,12 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     first = json.loads((out / distill.PLAN).read_text())
     done = {f: sorted((out / f / "checkpoints").iterdir())[-1] for f in first["phases"]}
     kept = {f: (last / "ema.safetensors").read_bytes() for f, last in done.items()}
+    stray = out / "halve-0008-0004"  # another distillation's phase (here: a copy)
+    shutil.copytree(out / "halve-0016-0008", stray)
+    assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the phase folders ['halve-0008-0004'] of another distillation" in err
+    shutil.rmtree(stray)
     assert cli.main(["distill", "--out", str(out), "--resume", "--to-steps", "4"]) == 0
     plan = json.loads((out / distill.PLAN).read_text())
     assert plan["phases"] == [*first["phases"], "halve-0008-0004"]
@@ -656,6 +686,12 @@ def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path,
     assert "holds the phase folders ['guided', 'halve-0016-0008'] of a distillation" in (
         capsys.readouterr().err
     )
+    shutil.rmtree(out / "guided")
+    shutil.move(out / "halve-0016-0008", out / "halve-0008-0004")  # not this plan's phase,
+    assert cli.main(argv) == 2  # but a continuation to 4 steps would adopt it, finished
+    assert "holds the phase folders ['halve-0008-0004'] of a distillation" in (
+        capsys.readouterr().err
+    )
     shutil.rmtree(out)
     assert cli.main(argv) == 0
     last = next((out / "halve-0016-0008" / "checkpoints").iterdir())
@@ -664,3 +700,47 @@ def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path,
         distill.final_phase(out)
     compiled = torch.compile(teacher.models["base"])  # a wrapper: the same weights, named anew
     assert distill.teacher_digest(compiled) == distill.teacher_digest(teacher.models["base"])
+
+
+def test_a_progressive_phase_teaches_exactly_the_pd_target_on_the_students_grid():
+    """The phase's own draws and target (t on the grid i/N, dt = 1/N), not pd_target alone: a
+    student that predicts pd_target(teacher, z_t, t, 1/N) exactly has zero loss, and the
+    teacher itself, which lands elsewhere in one step, does not."""
+    from ivref import parameterization
+
+    torch.manual_seed(0)
+    cfg, n = configs.preset("ci"), 4
+
+    class Teacher(torch.nn.Module):  # any smooth w-conditioned v-predictor will do
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, z, logsnr, emb, mask, guidance_w=None, is_image=None):
+            level, w = logsnr.view(-1, 1, 1, 1, 1), guidance_w.view(-1, 1, 1, 1, 1)
+            return torch.tanh(z * self.p * (1 + 0.1 * w)) + 0.05 * torch.sin(level) * z
+
+    teacher = Teacher()
+
+    class ExactStudent(torch.nn.Module):  # the v whose x is the target at its grid time
+        def forward(self, z, logsnr, emb, mask, guidance_w=None, is_image=None):
+            t = (schedules.t_from_logsnr(logsnr.double()) * n).round() / n
+
+            def x_hat(zz, level):
+                a, s = schedules.alpha_sigma(schedules.expand_to(level, zz))
+                v = teacher(zz, level.expand(zz.shape[0]), emb, mask, guidance_w=guidance_w)
+                return parameterization.x_from_v(zz, v, a, s)
+
+            x = distill.pd_target(x_hat, z, t, 1.0 / n)
+            a, s = schedules.alpha_sigma(schedules.expand_to(logsnr, z))
+            return (a * z - x) / s  # v from x: x = alpha z - sigma v
+
+    cache = objectives.TextCache(text.build_encoder(cfg.text))
+    student_cfg = distill.student_config(cfg, "base", n)
+    stage = student_cfg.stage("base")
+    base = objectives.DiffusionObjective(student_cfg, stage, objectives.toy_dataset(stage), cache)
+    obj = distill.DistillObjective(base, teacher, "progressive", n, cfg.distill)
+    batch = obj.sample(16)
+    exact = obj.loss(ExactStudent(), batch, torch.Generator().manual_seed(0)).item()
+    other = obj.loss(teacher, batch, torch.Generator().manual_seed(0)).item()
+    assert exact < 1e-9 and other > 1e-3, (exact, other)
