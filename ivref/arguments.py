@@ -72,7 +72,7 @@ def sampler_steps(value: str) -> int:
 
 
 def guidance_weight(value: str) -> float:
-    """argparse type: a guidance weight w, a finite number >= 0."""
+    """argparse type: a guidance weight w, from 0 to ``cascade.MAX_GUIDANCE``."""
     try:
         w = float(value)
     except ValueError:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ivref import arguments, configs, distill, errors, export, train, video
+from ivref import arguments, configs, devices, distill, errors, export, train, video
 from ivref.export import export_sampling as export_sampling  # re-exported: earlier code
 from ivref.run_loading import load_cascade as load_cascade  # and the notebooks find them here
 from ivref.run_loading import run_checkpoint as run_checkpoint
@@ -127,29 +127,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"--display-size {args.display_size} must be from 0 (native size) to "
             f"{MAX_DISPLAY_SIZE} pixels"
         )
-    device = cascade_lib.parse_device(args.device)
+    device = devices.parse_command_device(args.device)
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
     last = model.trained_stages[-1]
     k = video.display_factor(last.height, last.width, args.display_size or 1)
     n = len(model.trained_stages) if args.stages else 1  # stage_grid: a column per stage
     rows, cols = video.grid_shape(len(args.prompts) * n, n if args.stages else None)
     size = 4 * 3 * last.num_frames * (rows * (last.height + 1) * k) * (cols * (last.width + 1) * k)
-    if k > 1 and size > MAX_DISPLAY_BYTES:  # upscaled frames: checked before sampling
+    if size > MAX_DISPLAY_BYTES:  # the frames written: checked before sampling
+        smaller = "a smaller --display-size (0: native size), " if k > 1 else ""
         raise CLIError(
             f"--display-size {args.display_size}: the {rows} x {cols} grid of "
             f"{last.width} x {last.height} videos, upscaled {k}x, needs {size / 2**30:.1f} GiB "
-            f"of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give a smaller "
-            "--display-size (0: native size), fewer prompts, or drop --stages"
+            f"of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give {smaller}fewer "
+            "prompts, or drop --stages"
         )
-    final, stages = model.generate(
+    result = model.generate(
         args.prompts,
         seed=args.seed,
         steps=args.steps,
         guidance=args.guidance,
-        return_stages=True,
+        return_stages=args.stages,  # without --stages the earlier stages are not kept
         progress=True,
         batch_size=args.batch_size,
     )
+    final, stages = result if args.stages else (result, [])
     frames = video.stage_grid(stages) if args.stages else video.grid(final)
     if k > 1:
         frames = video.upscale(frames, k)
@@ -165,7 +167,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ivref import cascade as cascade_lib
     from ivref import evaluate, files
 
     prompts = evaluate.split_prompts(args.split, args.repeats)
@@ -173,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.json.is_dir():
             raise CLIError(f"--json {str(args.json)!r} is a folder; give a file name")
         files.check_writable(args.json, "--json")
-    device = cascade_lib.parse_device(args.device)
+    device = devices.parse_command_device(args.device)
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
     if args.until is not None:
         model = _until(model, args.until)

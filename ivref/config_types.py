@@ -30,6 +30,10 @@ TextEncoderName = Literal["tiny-t5", "minilm", "t5"]
 
 STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_STEPS = 10_000  # more sampler steps is almost surely a typo (each is a forward pass)
+# The paper samples at w <= 15 [IV §2.6]; far larger weights only saturate x~, and past float32's
+# range (1 + w) x_hat_c - w x_hat_u is NaN: more is almost surely a typo.
+MAX_GUIDANCE = 1000.0
+W_ALLOWED = f"must be a number from 0 (no guidance) to {MAX_GUIDANCE:g}"
 
 
 @dataclass(frozen=True)
@@ -303,8 +307,8 @@ class StageConfig:
             value = getattr(self, name)
             if name == "guidance_w_max" and value is None:
                 continue
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                checks.fail(o, name, value, "must be a finite number >= 0 (0 = no guidance)")
+            if not (isinstance(value, int | float) and 0 <= value <= MAX_GUIDANCE):  # no nan
+                checks.fail(o, name, value, W_ALLOWED)
         if self.guidance_w_max is not None and self.guidance_w > self.guidance_w_max:
             checks.fail(
                 o,

@@ -24,3 +24,14 @@ def parse_device(name: str | torch.device) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps", "meta"):
         raise ValueError(f"device {name!r}: supported devices are cpu, cuda[:N] and mps")
     return device
+
+
+def parse_command_device(name: str | torch.device) -> torch.device:
+    """``parse_device`` for a command (``--device``): the meta device, which holds shapes and
+    no data (the library allows it for tests), is refused before any work."""
+    device = parse_device(name)
+    if device.type == "meta":
+        raise ValueError(
+            f"--device {name}: the meta device holds no data; use cpu, cuda, cuda:N or mps"
+        )
+    return device

@@ -43,6 +43,7 @@ from ivref import (
     checkpoint,
     compiling,
     configs,
+    devices,
     distributed,
     errors,
     files,
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     """``ivref distill``: all phases of one stage, resumable; exits 128 + N on a signal.
     Under torchrun every process runs it, data-parallel (``trainer.Trainer`` with DDP, or
     with FSDP under ``--fsdp``)."""
-    device = cascade.parse_device(args.device)
+    device = devices.parse_command_device(args.device)
     return distributed.run_in_group(device, lambda device, context: _distill(args, device, context))
 
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from ivref import parameterization, samplers, schedules
+from ivref.config_types import MAX_GUIDANCE as MAX_GUIDANCE  # re-exported: the largest w taken
+from ivref.config_types import W_ALLOWED
 
 
 def cfg(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, w: schedules.Coef) -> torch.Tensor:
@@ -82,8 +84,9 @@ def oscillating_schedule(
     (distilled samplers) 10% would round to none. The alternation starts with low, right
     after the high warm-up.
     """
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ValueError(f"steps={steps!r} is invalid; allowed: an integer >= 1")
+    steps = int(steps)  # NumPy's integers too
     if not 0.0 <= warmup_frac <= 1.0:
         raise ValueError(f"warmup_frac={warmup_frac} is invalid; allowed range [0, 1]")
     warmup = math.floor(warmup_frac * steps + 0.5)
@@ -129,9 +132,9 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
         raise ValueError(f"w={w!r}; {allowed}") from None
     if not values:
         raise ValueError(f"w is an empty sequence; {allowed}")
-    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    bad = [v for v in values if not 0 <= v <= MAX_GUIDANCE]  # nan fails the comparison
     if bad:
-        raise ValueError(f"guidance w={bad[0]} must be a finite number >= 0 (0 = no guidance)")
+        raise ValueError(f"guidance w={bad[0]} {W_ALLOWED}")
     return (values[0], None) if scalar else (None, values)
 
 

@@ -9,6 +9,7 @@ with ``parameterization.x_from_v``; guidance wraps it (``guidance.guided_x_hat_f
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,12 +26,26 @@ SAMPLERS: tuple[str, ...] = ("ddim", "ancestral", "stochastic")
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def randn(shape, generator: Generators, dtype: torch.dtype, device) -> torch.Tensor:
-    """N(0, I) drawn on the generator's device (the CPU for a CPU generator), then moved.
+def check_generators(generator: object) -> None:
+    """``Generators``: None, a torch.Generator, or a sequence of them (one per batch row)."""
+    many = isinstance(generator, Sequence) and not isinstance(generator, str)
+    items = list(generator) if many else [generator]  # type: ignore[arg-type]
+    if generator is None or (items and all(isinstance(g, torch.Generator) for g in items)):
+        return
+    raise TypeError(
+        f"generator={generator!r}: give a torch.Generator (e.g. "
+        "torch.Generator().manual_seed(0)), one per batch row in a list, or None"
+    )
 
-    One seeded CPU generator thus gives the same noise whatever device the model is on; a
-    CUDA tensor cannot be drawn from a CPU generator directly. A sequence of generators, one
-    per batch row (shape[0] of them), draws row i from generator i.
+
+def randn(shape, generator: Generators, dtype: torch.dtype, device) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device (the CPU for a CPU generator, and torch's
+    global CPU generator for None), then moved.
+
+    One seeded CPU generator (or ``torch.manual_seed``) thus gives the same noise whatever
+    device the model is on; a CUDA tensor cannot be drawn from a CPU generator directly. A
+    sequence of generators, one per batch row (shape[0] of them), draws row i from
+    generator i.
     """
     if isinstance(generator, Sequence):
         if len(generator) != shape[0]:
@@ -39,7 +54,7 @@ def randn(shape, generator: Generators, dtype: torch.dtype, device) -> torch.Ten
                 "or a single generator"
             )
         return torch.stack([randn(shape[1:], g, dtype, device) for g in generator])
-    where = generator.device if generator is not None else device
+    where = generator.device if generator is not None else "cpu"
     return torch.randn(shape, generator=generator, dtype=dtype, device=where).to(device)
 
 
@@ -144,8 +159,10 @@ def logsnr_grid(
 
     The last value is +inf rather than logsnr_max: the final step returns x_hat.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+    integral = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)  # NumPy's
+    if not integral or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps={steps!r} is invalid; allowed: an integer from 1 to {MAX_STEPS}")
+    steps = int(steps)
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     grid = schedules.logsnr_cosine(t, logsnr_min, logsnr_max)
     grid[-1] = float("inf")

@@ -20,6 +20,7 @@ from ivref.devices import parse_device as parse_device  # re-exported: cascade.p
 from ivref.unet3d import VideoUNet
 
 MAX_STEPS = samplers.MAX_STEPS  # more is almost surely a typo (each step is a forward pass)
+MAX_GUIDANCE = guidance.MAX_GUIDANCE  # the largest guidance weight w taken
 
 
 def check_steps(steps: object, name: str = "steps") -> int:
@@ -31,11 +32,18 @@ def check_steps(steps: object, name: str = "steps") -> int:
 
 
 def check_guidance(w: object, name: str = "guidance") -> float:
-    """A guidance weight: a finite number (NumPy's too) >= 0 (0 = the plain conditional
-    model), as a float."""
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
-        raise ValueError(f"{name}={w!r} must be a finite number >= 0 (0 = no guidance)")
+    """A guidance weight: a number (NumPy's too) in [0, MAX_GUIDANCE] (0 = the plain
+    conditional model), as a float."""
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w <= MAX_GUIDANCE:
+        raise ValueError(f"{name}={w!r} {guidance.W_ALLOWED}")  # (nan fails the comparison)
     return float(w)
+
+
+def _check_tensors(**named: object) -> None:
+    """Each given argument (not None) is a torch.Tensor; a NumPy array failed deep in torch."""
+    for name, value in named.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (torch.from_numpy for an array)")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -91,6 +99,11 @@ def sample_stage(
     generator i, so a video does not depend on the others in its batch. Returns
     (B, C, F, H, W) in [-1, 1], on the model's device.
     """
+    _check_tensors(
+        text_emb=text_emb, text_mask=text_mask, cond_video=cond_video, noise=noise,
+        aug_noise=aug_noise,
+    )  # fmt: skip
+    samplers.check_generators(generator)
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
@@ -102,8 +115,13 @@ def sample_stage(
     steps = check_steps(stage.sample_steps if steps is None else steps)
     w = check_guidance(stage.guidance_w if guidance_w is None else guidance_w, "guidance_w")
     guidance.check_text(text_emb, text_mask)  # before B is read from it
+    if not text_emb.shape[0]:
+        raise ValueError("text_emb holds no prompts (B = 0): give at least one")
     if not bool(torch.isfinite(text_emb).all()):
         raise ValueError("text_emb holds NaN or infinite values: check the text encoder's output")
+    text_emb = text_emb.float()  # an encoder run in half precision: the U-Net takes float32
+    if noise is not None and not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise holds NaN or infinite values")
     b = text_emb.shape[0]
     shape = (b, model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
     kwargs = _sr_inputs(stage, diffusion, cond_video, b, aug_logsnr, aug_noise, generator, device)
@@ -121,19 +139,30 @@ def sample_stage(
     )
     if noise is None:
         noise = samplers.randn(shape, generator, torch.float32, "cpu")
-    x = samplers.sample(
-        x_hat_fn,
-        shape,
-        steps=steps,
-        sampler=stage.sampler or diffusion.sampler,
-        gamma=diffusion.gamma if stage.gamma is None else stage.gamma,
-        generator=generator,
-        device=device,
-        noise=noise.to(device),
-        logsnr_min=diffusion.logsnr_min,
-        logsnr_max=diffusion.logsnr_max,
-        progress=progress,
-    )
+    was_training = model.training
+    model.eval()  # dropout off (a seed gives one video); the caller's mode comes back after
+    try:
+        x = samplers.sample(
+            x_hat_fn,
+            shape,
+            steps=steps,
+            sampler=stage.sampler or diffusion.sampler,
+            gamma=diffusion.gamma if stage.gamma is None else stage.gamma,
+            generator=generator,
+            device=device,
+            noise=noise.to(device=device, dtype=torch.float32),
+            logsnr_min=diffusion.logsnr_min,
+            logsnr_max=diffusion.logsnr_max,
+            progress=progress,
+        )
+    finally:
+        model.train(was_training)
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):  # clamp passes NaN
+        raise FloatingPointError(
+            f"stage {stage.name!r} produced NaN or infinite values at guidance w={w:g} "
+            "(damaged weights, or a dtype too narrow for (1 + w) x_hat_c - w x_hat_u); no "
+            "video was made"
+        )
     return x.clamp(-1.0, 1.0)
 
 
@@ -150,8 +179,13 @@ def _sr_inputs(
     """An SR stage's extra model inputs, {cond_video: c~, aug_logsnr: lambda'}, on ``device``
     (none for a base stage): c upsampled to the stage's size, c~ = alpha' c + sigma' eps'."""
     if stage.kind == "base":
-        if cond_video is not None:
-            raise ValueError(f"stage {stage.name!r} is a base stage: it takes no cond_video")
+        named = {"cond_video": cond_video, "aug_noise": aug_noise, "aug_logsnr": aug_logsnr}
+        given = [name for name, value in named.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"stage {stage.name!r} is a base stage: it takes no {', '.join(given)} (the "
+                "input video of an SR stage and its noise augmentation)"
+            )
         return {}
     if cond_video is None:
         raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
@@ -165,6 +199,8 @@ def _sr_inputs(
     pixels = cond[:, : stage.unet.in_channels]  # noised; a blank-frame mask channel is not
     if aug_noise is None:
         aug_noise = samplers.randn(pixels.shape, generator, torch.float32, "cpu")
+    elif not bool(torch.isfinite(aug_noise).all()):
+        raise ValueError("aug_noise holds NaN or infinite values")
     elif tuple(aug_noise.shape) != tuple(pixels.shape):  # it would broadcast silently
         raise ValueError(
             f"aug_noise {tuple(aug_noise.shape)}: give one value per pixel of the upsampled "
@@ -174,7 +210,7 @@ def _sr_inputs(
     # The model embeds lambda' only inside the range training drew it from (at most
     # logsnr_max, ``superres.train_aug_logsnr``): +inf (no augmentation) embeds as that.
     return {
-        "cond_video": superres.augment(cond, level_b, aug_noise.to(device)),
+        "cond_video": superres.augment(cond, level_b, aug_noise.to(device, torch.float32)),
         "aug_logsnr": level_b.clamp(diffusion.logsnr_min, diffusion.logsnr_max),
     }
 

@@ -107,20 +107,21 @@ def upsample(low: torch.Tensor, stage: configs.StageConfig) -> torch.Tensor:
     if low.ndim != 5:
         raise ValueError(f"low-res video must be (B, C, F, H, W); got shape {tuple(low.shape)}")
     _, _, f, h, w = low.shape
-    if stage.kind == "ssr":
-        if f != stage.num_frames or stage.height % h or stage.width % w:
+    if stage.kind == "ssr":  # one whole factor k >= 2 on both axes, as the configs chain
+        k = stage.width // w if w and stage.width % w == 0 else 0
+        if f != stage.num_frames or k < 2 or (h * k, w * k) != (stage.height, stage.width):
             raise ValueError(
                 f"SSR stage {stage.name!r} makes {stage.num_frames} x {stage.width} x "
-                f"{stage.height}; its input must have {stage.num_frames} frames and a size that "
-                f"divides it, got {f} frames of {w} x {h}"
+                f"{stage.height}; its input must have {stage.num_frames} frames and its size "
+                f"divided by one whole factor k >= 2 on both axes, got {f} frames of {w} x {h}"
             )
         return upsample_space(low, stage.height, stage.width)
     if stage.kind == "tsr":
-        if stage.num_frames % f or (h, w) != (stage.height, stage.width):
+        if stage.num_frames % f or f == stage.num_frames or (h, w) != (stage.height, stage.width):
             raise ValueError(
                 f"TSR stage {stage.name!r} makes {stage.num_frames} frames of {stage.width} x "
-                f"{stage.height}; its input must be {stage.width} x {stage.height} with a frame "
-                f"count dividing {stage.num_frames}, got {f} frames of {w} x {h}"
+                f"{stage.height}; its input must be {stage.width} x {stage.height} with fewer "
+                f"frames, a count dividing {stage.num_frames}, got {f} frames of {w} x {h}"
             )
         k = stage.num_frames // f
         return blank_frames(low, k) if stage.temporal_cond == "blank" else repeat_frames(low, k)
@@ -130,7 +131,8 @@ def upsample(low: torch.Tensor, stage: configs.StageConfig) -> torch.Tensor:
 def augment(cond: torch.Tensor, aug_logsnr: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Noise conditioning augmentation: c~ = alpha' c + sigma' eps at lambda' (B,) [IV §2.5].
 
-    With a mask channel (C = 4 for RGB + mask), only the first 3 channels are noised.
+    Only ``noise``'s channels are noised: with a blank-frame mask channel (C = 4 for RGB +
+    mask), the first 3.
     lambda' = +inf returns ``cond`` unchanged.
     """
     rgb = noise.shape[1]

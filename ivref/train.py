@@ -23,9 +23,9 @@ import torch
 
 from ivref import (
     arguments,
-    cascade,
     checkpoint,
     configs,
+    devices,
     distill_plan,
     distributed,
     errors,
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     Under ``torchrun`` every process runs this: each joins the process group and checks the
     arguments; rank 0 alone locks and prepares the folder, and prints.
     """
-    device = cascade.parse_device(args.device)
+    device = devices.parse_command_device(args.device)
     if args.out.exists() and not args.out.is_dir():
         raise errors.CLIError(f"--out {str(args.out)!r} is a file; give a folder for the run")
     files.check_writable(args.out, "--out")

@@ -48,8 +48,9 @@ def test_guidance_setting_is_one_weight_or_one_per_named_stage():
     for bad, says in [
         ("base=1,base=2", "each stage NAME once"),
         ("=1", "each stage NAME once"),
-        ("base=nan", "finite number >= 0"),
-        ("base=-1", "finite number >= 0"),
+        ("base=nan", r"must be a number from 0 \(no guidance\) to 1000"),
+        ("base=-1", r"must be a number from 0 \(no guidance\) to 1000"),
+        ("base=1e38", r"must be a number from 0 \(no guidance\) to 1000"),
         ("base=", "expected a number"),
         ("x", "expected a number"),
     ]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs, guidance, superres, text
+from ivref import configs, guidance, samplers, superres, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
@@ -179,10 +179,13 @@ def test_bad_prompts(prompts, message):
     [
         (dict(steps=0), "steps=0 must be an integer from 1"),
         (dict(steps=10**9), "steps=1000000000 must be an integer from 1 to 10000"),
-        (dict(guidance=-1.0), "guidance=-1.0 must be a finite number >= 0"),
-        (dict(guidance=float("nan")), "guidance=nan must be a finite number"),
-        (dict(guidance=float("inf")), "guidance=inf must be a finite number"),
+        (dict(guidance=-1.0), r"guidance=-1.0 must be a number from 0 \(no guidance\) to 1000"),
+        (dict(guidance=float("nan")), "guidance=nan must be a number from 0"),
+        (dict(guidance=float("inf")), "guidance=inf must be a number from 0"),
+        (dict(guidance=1e300), "guidance=1e\\+300 must be a number from 0"),
         (dict(guidance={"nope": 1.0}), "unknown stages"),
+        (dict(steps={"base": 0}), r"steps\['base'\]=0 must be an integer from 1"),
+        (dict(guidance={"base": -2}), r"guidance\['base'\]=-2 must be a number from 0"),
         (dict(seed=2**64), "seed=18446744073709551616 must be an integer from 0 to 2\\*\\*63"),
         (dict(seed=-1), "seed=-1"),
         (dict(batch_size=0), "batch_size=0"),
@@ -472,9 +475,9 @@ def test_non_finite_output_is_an_error_not_a_black_video(ci_cascade):
             model.out_conv.bias.copy_(original)
 
 
-def test_a_guidance_weight_that_overflows_is_named_in_the_error(ci_cascade):
-    """Unbounded (thresholding "none"), x~ = (1 + w) x_hat_c - w x_hat_u overflows at a huge
-    w: the error names the weight, not only damaged weights."""
+def test_the_largest_guidance_weight_taken_does_not_overflow(ci_cascade):
+    """Weights past float32's range made NaN videos after all the sampling work; they are now
+    refused first, and the bound itself samples finite videos even unthresholded."""
     cfg = ci_cascade.cfg
     base = dataclasses.replace(cfg.stage("base"), thresholding="none")
     unbounded = Cascade(
@@ -482,9 +485,10 @@ def test_a_guidance_weight_that_overflows_is_named_in_the_error(ci_cascade):
         dict(ci_cascade.models.items()),
         ci_cascade.encoder,
     )
-    with pytest.raises(
-        FloatingPointError, match=r"stage 'base' produced NaN .* at guidance w=1e\+300"
-    ):
+    w = cascade_lib.MAX_GUIDANCE
+    video = unbounded.generate(["a red circle moving left"], seed=0, steps=2, guidance=w)
+    assert bool(torch.isfinite(video).all())
+    with pytest.raises(ValueError, match=r"guidance=1e\+300 must be a number from 0"):
         unbounded.generate(["a red circle moving left"], seed=0, steps=2, guidance=1e300)
 
 
@@ -773,3 +777,83 @@ def test_a_flipped_bit_in_cascade_json_is_refused_and_a_manifest_without_a_diges
     del old["digest"]  # as saved before digests were kept
     path.write_text(json.dumps(old))
     assert Cascade.from_pretrained(tmp_path).cfg == ci_cascade.cfg
+
+
+def test_sample_stage_runs_in_eval_mode_and_gives_the_model_its_mode_back():
+    """A model left in train mode with dropout gave two videos for one seed (and drew from
+    torch's global generator); generate left every model in eval mode afterwards."""
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    torch.manual_seed(0)
+    model = VideoUNet(dataclasses.replace(base.unet, dropout=0.5)).train()
+
+    def draw():
+        g = torch.Generator().manual_seed(0)
+        return cascade_lib.sample_stage(model, base, cfg.diffusion, emb, mask, steps=3, generator=g)
+
+    first, before = draw(), torch.get_rng_state()
+    assert torch.equal(draw(), first) and torch.equal(torch.get_rng_state(), before)
+    assert model.training and all(m.training for m in model.modules())
+    stages = {s.name: VideoUNet(s.unet).train() for s in cfg.stages[:2]}
+    two = Cascade(cfg, stages)
+    two.generate(["a red circle moving left"], seed=0, steps=1)
+    assert all(m.training for m in two.models.values())
+
+
+def test_step_noise_without_a_generator_comes_from_the_cpu_generator_on_every_device():
+    """With generator=None the noise was drawn from the model device's own global generator,
+    so torch.manual_seed gave other videos on a GPU than on the CPU."""
+    torch.manual_seed(0)
+    on_cpu, after_cpu = samplers.randn((2, 3), None, torch.float32, "cpu"), torch.get_rng_state()
+    torch.manual_seed(0)
+    on_meta = samplers.randn((2, 3), None, torch.float32, "meta")  # stands for another device
+    assert on_meta.device.type == "meta"
+    assert torch.equal(torch.get_rng_state(), after_cpu)  # drawn from the CPU's, then moved
+    assert on_cpu.shape == on_meta.shape
+
+
+def test_sample_stage_refuses_wrong_kinds_of_input_and_takes_half_precision_text():
+    cfg = configs.preset("ci")
+    base, ssr = cfg.stage("base"), cfg.stage("ssr1")
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    model = VideoUNet(base.unet).eval()
+    run = dict(steps=1, generator=torch.Generator().manual_seed(0))
+    d = cfg.diffusion
+    want = cascade_lib.sample_stage(model, base, d, emb, mask, **run)
+    run["generator"] = torch.Generator().manual_seed(0)
+    as_double = cascade_lib.sample_stage(model, base, d, emb.double(), mask, **run)
+    torch.testing.assert_close(as_double, want)  # cast to the U-Net's float32
+    with pytest.raises(TypeError, match="generator=0: give a torch.Generator"):
+        cascade_lib.sample_stage(model, base, d, emb, mask, steps=1, generator=0)
+    with pytest.raises(TypeError, match="text_emb must be a torch.Tensor"):
+        cascade_lib.sample_stage(model, base, d, emb.numpy(), mask, steps=1)
+    with pytest.raises(ValueError, match="holds no prompts"):
+        cascade_lib.sample_stage(model, base, d, emb[:0], mask[:0], steps=1)
+    with pytest.raises(ValueError, match="base stage: it takes no aug_noise, aug_logsnr"):
+        cascade_lib.sample_stage(
+            model, base, d, emb, mask, steps=1, aug_noise=torch.zeros(7), aug_logsnr=math.nan
+        )
+    with pytest.raises(ValueError, match="noise holds NaN"):
+        cascade_lib.sample_stage(
+            model, base, d, emb, mask, steps=1, noise=torch.full((1, 3, 4, 8, 8), math.nan)
+        )
+    with pytest.raises(ValueError, match=r"guidance_w=1e\+38 must be a number from 0 .* to 1000"):
+        cascade_lib.sample_stage(model, base, d, emb, mask, steps=1, guidance_w=1e38)
+    sr = VideoUNet(ssr.unet).eval()
+    for low in (torch.zeros(1, 3, 8, 8, 4), torch.zeros(1, 3, 8, 16, 16)):  # 2 x 4; 1 x 1
+        with pytest.raises(ValueError, match="divided by one whole factor k >= 2 on both axes"):
+            cascade_lib.sample_stage(sr, ssr, d, emb, mask, cond_video=low, steps=1)
+
+
+def test_a_non_finite_video_is_an_error_where_it_is_made():
+    """clamp(-1, 1) passed NaN on as a video; sample_stage now names the stage."""
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    model = VideoUNet(base.unet).eval()
+    with torch.no_grad():
+        model.out_conv.bias.fill_(math.nan)  # damaged weights
+    stage = dataclasses.replace(base, thresholding="none")
+    with pytest.raises(FloatingPointError, match="stage 'base' produced NaN or infinite values"):
+        cascade_lib.sample_stage(model, stage, cfg.diffusion, emb, mask, steps=2)

@@ -165,6 +165,7 @@ def _err(code, capsys):
         (["generate", "a red circle", "--out", "X"], "is a folder"),
         (["generate", "a red circle", "--out", "X/v.mp4", "--device", "foo"], "not a device"),
         (["generate", "a red circle", "--out", "X/v.mp4", "--device", "cuda:7"], "cuda"),
+        (["generate", "a red circle", "--out", "X/v.mp4", "--device", "meta"], "holds no data"),
         (["train", "--scale", "ci", "--steps", "1", "--out", "X/r", "--device", "foo"], "device"),
     ],
 )

@@ -262,7 +262,7 @@ GEN = ("generate", PROMPT)
 TRAIN = ("train", "--scale", "ci", "--batch-size", "2")
 GEN_RUN = (*GEN, "--checkpoint", "{RUN}", "--steps", "1")
 SEED_MSG = "must be from 0 to 2**63 - 1"
-W_MSG = "must be a finite number >= 0 (0 = no guidance)"
+W_MSG = "must be a number from 0 (no guidance) to 1000"
 STEPS_MSG = "must be an integer from 1 to 10000"
 NO_MANIFEST = "lack config.json, the manifest written last"
 T5 = "pass --text-encoder PATH"
@@ -1087,7 +1087,7 @@ LIBRARY_CASES = [
         "guidance NaN",
         "Cascade.generate(prompts, guidance=float('nan'))",
         ValueError,
-        "guidance=nan must be a finite number >= 0",
+        "guidance=nan must be a number from 0 (no guidance) to 1000",
         lambda ctx: _ci_cascade(ctx).generate([PROMPT], guidance=float("nan")),
     ),
     LibCase(

@@ -92,6 +92,11 @@ def test_low_res_and_upsample_follow_the_stage_kind():
     assert superres.upsample(low, ssr1).shape == y.shape
     with pytest.raises(ValueError, match="must have 8 frames"):
         superres.upsample(low[:, :, :4], ssr1)
+    for wrong in (low[..., :4], y):  # 8 x 4 stretched unevenly; 16 x 16 upsampled by 1
+        with pytest.raises(ValueError, match="one whole factor k >= 2 on both axes"):
+            superres.upsample(wrong, ssr1)
+    with pytest.raises(ValueError, match="with fewer frames"):  # a TSR input already at F
+        superres.upsample(x, tsr)
     with pytest.raises(ValueError, match="only SR stages"):
         superres.low_res(x, base, base)
 
