@@ -84,7 +84,7 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
         kind = "distilled " if distilled else ""
         raise FileNotFoundError(
             f"{directory} has no {kind}weights for stage(s) {missing}; make them with\n"
-            + remake_commands(missing, distilled)
+            + remake_commands(missing, distilled, directory)
         )
     return model
 

@@ -221,7 +221,8 @@ def info_rows(scale: str, flops: bool = False) -> list[dict[str, object]]:
             "params": unet3d.count_parameters(s.unet),
         }
         if flops:
-            count = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width)
+            length = cfg.text.max_length  # the tokens its cross-attention reads
+            count = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, length)
             row["gflops"] = count / 1e9
         rows.append(row)
     return rows
@@ -242,7 +243,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(head + ("  GFLOPs/fwd" if args.flops else ""))
     for r in rows:
         line = f"{r['stage']:<8} {r['kind']:<5} {r['size']:<24} {_human(r['params']):>9}"
-        print(line + (f"  {r['gflops']:>10.1f}" if args.flops else ""))
+        print(line + (f"  {r['gflops']:>10.4g}" if args.flops else ""))  # ci: 0.04
     total = sum(r["params"] for r in rows)
     print(f"{'total':<39} {_human(total):>9}")
     return 0

@@ -389,6 +389,27 @@ def check_same_plan(path: Path, record: dict[str, Any]) -> None:
         )
 
 
+def check_phase_finished(folder: Path) -> None:
+    """A phase folder of a distillation given on its own (``ivref export``, ``generate
+    --checkpoint``) must have trained its planned steps: a half-trained student exported
+    without a word otherwise. A folder that is not a planned phase is left alone."""
+    try:
+        record = read_plan(folder.parent)
+    except errors.CLIError:
+        return
+    if folder.name not in record["phases"]:
+        return
+    length = record["phase_steps"][record["phases"].index(folder.name)]
+    latest = checkpoint.latest(folder)
+    step = checkpoint.read_config(latest)["step"] if latest is not None else 0
+    if step < length:
+        raise ValueError(
+            f"{str(folder)!r} is phase {folder.name} of the distillation in "
+            f"{str(folder.parent)!r}, not finished (step {step} of {length}): continue it with "
+            f"`ivref distill --out {folder.parent} --resume`"
+        )
+
+
 def phase_folders(out: Path) -> list[Path]:
     """The folders of ``out`` named as a distillation's phases (``guided``, ``halve-N-M``)."""
     if not out.is_dir():

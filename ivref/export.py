@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -74,12 +75,42 @@ def run(args: argparse.Namespace) -> int:
         stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
+    _keep_students(args.out, given, models, args.base)
     probe = _same_text(probes)
     joined = cascade_lib.Cascade(cfg, models, text_probe=probe)
     folder = joined.save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     return 0
+
+
+def _keep_students(out: Path, given: dict[str, Path], models: dict, base: Path | None) -> None:
+    """Refuse a --force export that would replace distilled students in --out with the
+    undistilled stages of --base (adding a second student the way the first was added did
+    so: the first was gone)."""
+    from ivref import cascade as cascade_lib
+
+    try:
+        manifest = json.loads((out / cascade_lib.MANIFEST).read_text())
+        trained = set(manifest["stages"])
+        students = [
+            s["name"]
+            for s in manifest["config"]["stages"]
+            if s["name"] in trained and s["unet"].get("use_guidance_embedding")
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or unreadable
+        return
+    lost = [
+        name
+        for name in students
+        if name not in given and not (name in models and models[name].cfg.use_guidance_embedding)
+    ]
+    if lost:
+        raise CLIError(
+            f"--out {str(out)!r} holds distilled students for {lost}, which this export would "
+            f"replace with {'the --base stages' if base else 'nothing'}: give --base "
+            f"{out} (its students are kept, the runs' stages join them), or delete them first"
+        )
 
 
 def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:

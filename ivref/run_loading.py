@@ -33,6 +33,8 @@ def run_checkpoint(path: Path):
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder ({what})")
     if (path / distill_plan.PLAN).is_file():  # a distillation: its last phase holds the student
         path = distill_plan.final_phase(path)
+    elif (path.parent / distill_plan.PLAN).is_file():  # one of its phases: finished?
+        distill_plan.check_phase_finished(path)
     single = checkpoint.is_checkpoint(path)
     found = [path] if single else checkpoint.run_checkpoints(path)
     if not found and checkpoint.incomplete_checkpoints(path):

@@ -32,16 +32,26 @@ TOY_DISTILL_ARGS = {
 }
 
 
-def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
-    """The ``ivref`` commands that make the toy ``stages`` and fold them into ``data/toy``."""
+def remake_commands(
+    stages: Sequence[str], distilled: bool = False, folder: str | os.PathLike | None = None
+) -> str:
+    """The ``ivref`` commands that make the toy ``stages`` and fold them into ``folder``
+    (default: ``data/toy``). Students join a distilled folder that exists as its own
+    ``--base``, so the students already in it are kept."""
+    real = Path(folder) if folder is not None else SHIPPED_DIR
+    home = "data/toy" if real.resolve() == SHIPPED_DIR else str(real)  # as run from the repo
     if distilled:
         runs = [f"runs/distill-{name}" for name in stages]
         make = [
-            f"ivref distill --stage {n} --from data/toy --out runs/distill-{n} "
+            f"ivref distill --stage {n} --from {home} --out runs/distill-{n} "
             f"{TOY_DISTILL_ARGS.get(n, '')}".rstrip()
             for n in stages
         ]
-        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy/{DISTILLED}"
+        students = f"{home}/{DISTILLED}"
+        if (real / DISTILLED / "cascade.json").is_file():  # keep its students: the --base
+            fold = f"ivref export {' '.join(runs)} --base {students} --out {students} --force"
+        else:
+            fold = f"ivref export {' '.join(runs)} --base {home} --out {students}"
     else:
         runs = [f"runs/{name}" for name in stages]
         make = [
@@ -49,5 +59,5 @@ def remake_commands(stages: Sequence[str], distilled: bool = False) -> str:
             f"--out runs/{n}"
             for n in stages
         ]
-        fold = f"ivref export {' '.join(runs)} --base data/toy --out data/toy --force"
+        fold = f"ivref export {' '.join(runs)} --base {home} --out {home} --force"
     return "\n".join(f"  {line}" for line in [*make, fold])

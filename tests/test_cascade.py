@@ -594,8 +594,11 @@ def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     ):
         cascade_lib.load_shipped(["base"], variant="distilled")
     ci_cascade.save_pretrained(tmp_path / "distilled")  # an undistilled copy is not a student
-    with pytest.raises(FileNotFoundError, match=r"ivref export runs/distill-base"):
+    with pytest.raises(FileNotFoundError, match=r"ivref export runs/distill-base") as err:
         cascade_lib.load_shipped(["base"], variant="distilled")
+    students = tmp_path / "distilled"  # it exists: the students in it are kept (its --base)
+    assert f"--base {students} --out {students} --force" in str(err.value)
+    assert f"--from {tmp_path} " in str(err.value)  # the folder in use, not data/toy
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "none"])

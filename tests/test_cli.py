@@ -14,9 +14,26 @@ def test_info_lists_every_stage_with_meta_device_parameter_counts(capsys):
     rows = cli.info_rows("ci")
     assert [r["stage"] for r in rows] == [s.name for s in cfg.stages]
     assert rows[0]["size"] == "4 x 8 x 8 @ 3"
-    assert rows[0]["params"] == unet3d.count_parameters(cfg.stages[0].unet)
-    for s in cfg.stages:
+    for s, row in zip(cfg.stages, rows, strict=True):  # against the real, built model
+        assert row["params"] == sum(p.numel() for p in unet3d.VideoUNet(s.unet).parameters())
         assert s.name in out
+
+
+def test_info_flops_count_the_presets_text_length(capsys):
+    """It counted 64 text tokens whatever the preset's (ci 48, toy 16), and printed the ci
+    stages as 0.0 GFLOPs."""
+    for scale in ("ci", "toy"):
+        cfg = configs.preset(scale)
+        rows = cli.info_rows(scale, flops=True)
+        for s, row in zip(cfg.stages, rows, strict=True):
+            length = cfg.text.max_length
+            want = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, length)
+            assert row["gflops"] * 1e9 == want
+            default = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width)
+            assert want != default  # the text length counts: cross-attention reads it
+    assert cli.main(["info", "--scale", "ci", "--flops"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cli.info_rows('ci', flops=True)[0]['gflops']:.4g}" in out and " 0.0\n" not in out
 
 
 def test_train_then_resume_continues_the_log(tmp_path, capsys):
@@ -247,6 +264,33 @@ def _export_tsr_onto_c1(runs, tmp_path):
         "--out",
         str(tmp_path / "c2"),
     ]
+
+
+def test_a_second_student_joins_the_first_and_never_replaces_it(tmp_path, capsys):
+    """Exporting a second distilled stage the way the first was exported (--base the
+    teacher, --force) replaced the first student with its teacher's weights."""
+    from ivref import distill
+    from ivref.cascade import Cascade
+    from ivref.unet3d import VideoUNet
+
+    runs = _base_and_tsr_runs_and_base_cascade(tmp_path)
+    teacher = Cascade.from_pretrained(tmp_path / "c1")
+    student_cfg = distill.student_config(teacher.cfg, "base", 8)
+    students = tmp_path / "c1" / "distilled"
+    Cascade(student_cfg, {"base": VideoUNet(student_cfg.stage("base").unet)}).save_pretrained(
+        students
+    )
+    kept = (students / "base.safetensors").read_bytes()
+    argv = ["export", str(runs["tsr"]), "--out", str(students), "--force"]
+    err = _err(cli.main([*argv, "--base", str(tmp_path / "c1")]), capsys)
+    assert "holds distilled students for ['base'], which this export would replace" in err
+    assert f"give --base {students}" in err
+    assert (students / "base.safetensors").read_bytes() == kept  # nothing was written
+    assert cli.main([*argv, "--base", str(students)]) == 0
+    joined = Cascade.from_pretrained(students)
+    assert [s.name for s in joined.trained_stages] == ["base", "tsr"]
+    assert joined.models["base"].cfg.use_guidance_embedding  # the student stayed
+    assert (students / "base.safetensors").read_bytes() == kept
 
 
 def test_export_records_the_runs_text_probe_and_refuses_runs_of_two_encoders(tmp_path, capsys):

@@ -626,6 +626,15 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     argv += ["--guided-steps", "2", "--halving-steps", "1", "--batch-size", "2"]
     assert cli.main([*argv, "--to-steps", "8"]) == 0
     first = json.loads((out / distill.PLAN).read_text())
+    unfinished = dict(first, phase_steps=[2, 3])  # as if its last phase stopped at step 1
+    (out / distill.PLAN).write_text(json.dumps(unfinished))
+    export = ["export", "--base", str(tmp_path / "cascade"), "--out"]
+    assert cli.main([*export, str(tmp_path / "x"), str(out / "halve-0016-0008")]) == 2
+    err = capsys.readouterr().err  # a phase given alone exported its half-trained student
+    assert "is phase halve-0016-0008 of the distillation in" in err
+    assert "not finished (step 1 of 3): continue it with `ivref distill --out" in err
+    assert cli.main([*export, str(tmp_path / "y"), str(out / "guided")]) == 0  # finished
+    (out / distill.PLAN).write_text(json.dumps(first))
     done = {f: sorted((out / f / "checkpoints").iterdir())[-1] for f in first["phases"]}
     kept = {f: (last / "ema.safetensors").read_bytes() for f, last in done.items()}
     stray = out / "halve-0008-0004"  # another distillation's phase (here: a copy)
