@@ -25,12 +25,18 @@ MAX_SEED = cascade.MAX_SEED  # video i's seed wraps past it, as in Cascade.gener
 def spread_prompts(n: int | None) -> list[str] | None:
     """``n`` distinct captions spread over the vocabulary, or None (n omitted or >= 84): all.
 
-    Caption k = 37 i mod 84 for i = 0 .. n - 1: 37 is coprime to 84 and to the 4 motions
-    and 3 shapes, so any n >= 12 names every color, shape and motion.
+    Caption i = (color i mod 7, shape i mod 3, motion i mod 4) for i = 0 .. n - 1: 7, 3 and 4
+    are pairwise coprime, so the first 84 are every caption once (Chinese remainder
+    theorem), each word's count differs from another's of its kind by at most one, and any
+    n >= 7 names every color, shape and motion.
     """
     if n is None or n >= len(data.CAPTIONS):
         return None
-    return [data.CAPTIONS[(37 * i) % len(data.CAPTIONS)] for i in range(n)]
+    colors, motions = list(data.COLORS), list(data.MOTIONS)
+    return [
+        data.caption(colors[i % len(colors)], data.SHAPES[i % 3], motions[i % len(motions)])
+        for i in range(n)
+    ]
 
 
 def split_prompts(split: str, repeats: int = 1) -> list[str]:
@@ -118,8 +124,11 @@ def _label(value: Any) -> str:
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio per video of two (B, C, F, H, W) batches in [-1, 1], in dB.
 
-    PSNR = 10 log10(peak^2 / MSE) with peak = 2 (the range of [-1, 1]).
+    PSNR = 10 log10(peak^2 / MSE) with peak = 2 (the range of [-1, 1]). Identical videos
+    give 126 dB (the MSE is floored at 1e-12), not inf.
     """
+    if x.shape != y.shape:  # a batch of 1 broadcast silently against B videos
+        raise ValueError(f"psnr of videos of two shapes: {tuple(x.shape)} and {tuple(y.shape)}")
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
@@ -226,9 +235,12 @@ def cascade_report(
 
     Per stage: caption alignment (same seeds for all). Final videos: the fraction whose
     shape advances frame after frame (``metrics.motion_progress``: temporal SR really
-    interpolates) and their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds
-    detail), both beside toy-world renders at the final size and two baselines: frame
-    repetition of renders, and trilinear upsampling of renders at the base stage's size.
+    interpolates rather than repeats; its thresholds scaled to the last stage's size) and
+    their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds detail), beside
+    toy-world renders at the final size and baselines: frame repetition of renders, a
+    cross-fade of every other render (the halfway blend of its neighbours, which passes the
+    motion check too: the check tells motion from repetition, not from a blend), and
+    trilinear upsampling of renders at the base stage's size.
     ``outputs``: every stage's videos of a ``generate(prompts, seed=seed, return_stages=True)``
     already run (its ``timings`` are reported); None samples them here.
     """
@@ -249,13 +261,18 @@ def cascade_report(
     last, first = stages[-1], stages[0]
     truth = render_eval_clips(last, prompts, seed)
     small = render_eval_clips(first, prompts, seed)
-    repeated = truth[:, :, ::2].repeat_interleave(2, dim=2)
+    kept = truth[:, :, ::2]
+    repeated = kept.repeat_interleave(2, dim=2)
+    after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)  # the next kept frame
+    blend = torch.stack([kept, 0.5 * (kept + after)], dim=3).flatten(2, 3)  # a cross-fade
     trilinear = torch.nn.functional.interpolate(
         small, size=(last.num_frames, last.height, last.width), mode="trilinear"
     )
+    scale = metrics.motion_step_scale(last.width, last.height, last.num_frames)
 
-    def progress(videos: torch.Tensor) -> float:
-        passed = [p for p in metrics.motion_progress(videos, prompts) if p is not None]
+    def progress(videos: torch.Tensor) -> float:  # thresholds in pixels of this size
+        passed = metrics.motion_progress(videos, prompts, max_back=scale, min_step=0.4 * scale)
+        passed = [p for p in passed if p is not None]
         return sum(passed) / max(len(passed), 1)
 
     energy = float(metrics.laplacian_energy(truth).mean())
@@ -263,6 +280,7 @@ def cascade_report(
         "motion_progress": progress(outputs[-1]),
         "motion_progress_renders": progress(truth),
         "motion_progress_repeated": progress(repeated),
+        "motion_progress_blend": progress(blend),  # a cross-fade passes too (docstring)
         "laplacian_ratio": float(metrics.laplacian_energy(outputs[-1]).mean()) / energy,
         "laplacian_ratio_trilinear": float(metrics.laplacian_energy(trilinear).mean()) / energy,
     }
@@ -279,7 +297,13 @@ def format_cascade_report(report: dict) -> str:
     lines.append(
         f"final: motion progress {100 * f['motion_progress']:.1f}% (renders "
         f"{100 * f['motion_progress_renders']:.1f}%, frame repetition "
-        f"{100 * f['motion_progress_repeated']:.1f}%); |Laplacian| "
+        f"{100 * f['motion_progress_repeated']:.1f}%"
+        + (  # reports written before it kept the cross-fade have none
+            f", cross-fade {100 * f['motion_progress_blend']:.1f}%"
+            if "motion_progress_blend" in f
+            else ""
+        )
+        + "); |Laplacian| "
         f"{100 * f['laplacian_ratio']:.0f}% of renders (trilinear upsampling "
         f"{100 * f['laplacian_ratio_trilinear']:.0f}%)"
     )

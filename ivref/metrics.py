@@ -20,6 +20,9 @@ from ivref import data
 
 MIN_COVERAGE = 0.2  # per-pixel foreground below this is treated as background (noise floor)
 MIN_AREA_PIXELS = 1.0  # a frame with less foreground than this has no shape to read
+# A shape that travels less than this over the clip (a fraction of the shorter side) does not
+# move: the toy world's shapes travel at least 0.22 (data.TRAVEL_RANGE over F - 1 frames).
+MIN_TRAVEL = 0.1
 
 
 def foreground(videos: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,10 @@ def read_shape(c: torch.Tensor) -> list[str | None]:
 
     For area A (units of the shorter side S): circle r = sqrt(A / pi), square r = sqrt(A) / 2,
     triangle r = sqrt(A / 2) with its center r / 3 above the centroid. Errors are summed over
-    the frames that hold a shape; the smallest wins. Scale-invariant by construction.
+    the frames; the smallest wins. Scale-invariant by construction. None where a frame holds
+    no shape (the shape vanished). Two shapes in one video are read as the one template that
+    fits their union best (not refused: the L1 error of a grainy sample of one shape can be
+    as large as that of two overlapping shapes).
     """
     b, f, h, w = c.shape
     s = min(h, w)
@@ -82,15 +88,17 @@ def read_shape(c: torch.Tensor) -> list[str | None]:
         err = reduce((template - target).abs(), "(b f) h w -> b f", "sum", b=b)
         errors.append((err * valid).sum(-1))
     best = torch.stack(errors, -1).argmin(-1).tolist()
-    has = valid.any(-1).tolist()
-    return [data.SHAPES[k] if ok else None for k, ok in zip(best, has, strict=True)]
+    whole = valid.all(-1).tolist()  # a shape in every frame
+    return [data.SHAPES[k] if ok else None for k, ok in zip(best, whole, strict=True)]
 
 
 def read_motion(c: torch.Tensor) -> list[str | None]:
     """Direction of the centroid's least-squares velocity over frames: left/right/up/down.
 
-    v = sum_k (k - k_mean)(p_k - p_mean) / sum_k (k - k_mean)^2 over frames with a shape;
-    the larger of |v_x|, |v_y| names the axis, its sign the direction (y grows downwards).
+    v = sum_k (k - k_mean)(p_k - p_mean) / sum_k (k - k_mean)^2 over the frames; the larger
+    of |v_x|, |v_y| names the axis, its sign the direction (y grows downwards). None where a
+    frame holds no shape, or the shape travels less than ``MIN_TRAVEL`` of the shorter side
+    over the clip (|v| (F - 1)): a still shape has no direction, whatever noise says.
     """
     centroid, area = _centroids(c)
     valid = (area >= MIN_AREA_PIXELS).float()  # (B, F)
@@ -103,8 +111,10 @@ def read_motion(c: torch.Tensor) -> list[str | None]:
         :, None
     ]
     out: list[str | None] = []
+    frames, shortest = c.shape[1], min(c.shape[2:])
     for (vx, vy), m in zip(v.tolist(), valid.sum(-1).tolist(), strict=True):
-        if m < 2 or vx == vy == 0:
+        travel = max(abs(vx), abs(vy)) * (frames - 1)
+        if m < frames or m < 2 or travel < MIN_TRAVEL * shortest:
             out.append(None)
         elif abs(vx) >= abs(vy):
             out.append("right" if vx > 0 else "left")
@@ -113,10 +123,28 @@ def read_motion(c: torch.Tensor) -> list[str | None]:
     return out
 
 
+def check_videos(videos: torch.Tensor) -> None:
+    """Videos to read: floats (B >= 1, 3, F, H, W) in [-1, 1], as ``Cascade.generate`` returns
+    (a uint8 or 0-255 video read silently wrong). A [0, 1] video passes this check and reads
+    wrong (its black is 0): map it with x * 2 - 1 first."""
+    if not isinstance(videos, torch.Tensor) or videos.ndim != 5 or videos.shape[1] != 3:
+        shape = tuple(videos.shape) if isinstance(videos, torch.Tensor) else type(videos).__name__
+        raise ValueError(f"expected videos (B, 3, F, H, W), got {shape}")
+    if not videos.shape[0]:
+        raise ValueError("no videos to read (B = 0)")
+    if not videos.is_floating_point():
+        raise ValueError(f"videos must be floats in [-1, 1]; got {videos.dtype}")
+    low, high = float(videos.min()), float(videos.max())
+    if not (-1.001 <= low and high <= 1.001):  # (nan fails too)
+        raise ValueError(
+            f"videos must be in [-1, 1] (as Cascade.generate returns); got values in "
+            f"[{low:g}, {high:g}]: map a 0-255 video with x / 127.5 - 1"
+        )
+
+
 def read_videos(videos: torch.Tensor) -> list[tuple[str | None, str | None, str | None]]:
     """(color, shape, motion) read from each video (B, 3, F, H, W) in [-1, 1]; None: unreadable."""
-    if videos.ndim != 5 or videos.shape[1] != 3:
-        raise ValueError(f"expected videos (B, 3, F, H, W), got {tuple(videos.shape)}")
+    check_videos(videos)
     c = foreground(videos)
     return list(zip(read_color(videos, c), read_shape(c), read_motion(c), strict=True))
 
@@ -128,6 +156,7 @@ def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str,
     one dict per video (prompt, read color/shape/motion, correct)}. Motion counts only prompts
     that name one (image prompts have none); "all" needs every attribute the prompt names.
     """
+    check_videos(videos)
     if len(prompts) != videos.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {videos.shape[0]} videos")
     wanted = [data.parse_caption(p) for p in prompts]
@@ -165,6 +194,7 @@ def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str,
 
 def centroid_track(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground centroids (B, F, 2) in pixels (x, y) and which frames hold a shape (B, F)."""
+    check_videos(videos)
     c = foreground(videos.detach().cpu())
     centroid, area = _centroids(c)
     return centroid, area >= MIN_AREA_PIXELS
@@ -183,7 +213,11 @@ def motion_progress(
     direction. A video passes if no step goes back more than ``max_back`` pixels and at
     least ``min_fraction`` of steps advance ``min_step`` pixels or more: interpolation, not
     frame repetition (which stands still every other step). None for prompts without motion.
+    The defaults are pixels of the toy cascade's final videos (64 px, 16 frames); at other
+    sizes scale both by ``motion_step_scale``. A cross-fade of neighbouring frames (two
+    faint shapes) also passes: its centroid lands halfway.
     """
+    check_videos(videos)
     if len(prompts) != videos.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {videos.shape[0]} videos")
     centroid, valid = centroid_track(videos)
@@ -203,6 +237,13 @@ def motion_progress(
         )
         out.append(ok)
     return out
+
+
+def motion_step_scale(width: int, height: int, num_frames: int) -> float:
+    """How long a frame step of a toy-world shape is at this size, against one in the toy
+    cascade's final videos (64 px, 16 frames): shapes cross the same fraction of the frame
+    in every clip, so a step is (min(width, height) / num_frames) / (64 / 16) of one there."""
+    return (min(width, height) / num_frames) / (64 / 16)
 
 
 def laplacian_energy(videos: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Alignment sweeps: real rendered videos score 100%, shuffled ones do not; bad input errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -82,15 +84,22 @@ def test_sweep_rows_label_per_stage_and_default_settings():
     ]
 
 
-def test_spread_prompts_cover_every_word_from_twelve_on():
+def test_spread_prompts_are_distinct_and_even_over_every_word():
+    """37 i mod 84 gave shapes in runs of four: 8 prompts held no triangle."""
+    from collections import Counter
+
     from ivref import data
 
     assert evaluate.spread_prompts(None) is None and evaluate.spread_prompts(84) is None
-    for n in (12, 21, 40):
+    assert len(set(evaluate.spread_prompts(83) + [None])) == 84
+    for n in range(1, 84):
         prompts = evaluate.spread_prompts(n)
         assert len(prompts) == len(set(prompts)) == n
         for i, words in enumerate((data.COLORS, data.SHAPES, data.MOTIONS)):
-            assert {data.parse_caption(p)[i] for p in prompts} == set(words)
+            counts = Counter(data.parse_caption(p)[i] for p in prompts)
+            assert max(counts.values()) - min(counts.values()) <= 1
+            assert set(counts) == set(words) or n < len(words)
+    assert {data.parse_caption(p)[1] for p in evaluate.spread_prompts(8)} == set(data.SHAPES)
 
 
 class StagedRenderingCascade(RenderingCascade):
@@ -115,6 +124,22 @@ def test_cascade_report_scores_given_outputs_without_sampling_again():
     assert given["stages"]["base"]["all"] == 1.0
     with pytest.raises(ValueError, match="one .* batch per trained stage"):
         evaluate.cascade_report(fake, prompts, outputs=outputs * 2)
+
+
+def test_cascade_report_ending_at_the_tsr_stage_passes_its_renders():
+    """Its motion check used pixels of 64 px, 16-frame videos at every size: renders ending
+    at the toy TSR (16 x 16, 16 frames) passed 4%."""
+    toy = configs.preset("toy")
+    fake = StagedRenderingCascade()
+    models = {s.name: VideoUNet(s.unet) for s in toy.stages[:2]}
+    Cascade.__init__(fake, toy, models)
+    prompts = evaluate.split_prompts("heldout")
+    final = evaluate.cascade_report(fake, prompts, seed=0)["final"]
+    assert final["motion_progress_renders"] == final["motion_progress"] == 1.0
+    assert final["motion_progress_repeated"] == 0.0 and final["motion_progress_blend"] == 1.0
+    assert "cross-fade 100.0%" in evaluate.format_cascade_report(
+        {"n": 1, "seed": 0, "stages": {}, "timings_s": {}, "final": final}
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7])
@@ -148,3 +173,11 @@ def test_stage_samples_are_the_same_split_between_two_ranks(stage, tmp_path, mon
     torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-5)
     again = evaluate.stage_samples(trainer, prompts, steps=3, seed=5)[0]
     assert not torch.allclose(again, parts[1])  # the seed matters
+
+
+def test_psnr_refuses_videos_of_two_shapes():
+    """A batch of one broadcast against B videos and returned B numbers."""
+    x = torch.zeros(3, 3, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"two shapes: \(3, 3, 2, 4, 4\) and \(1, 3, 2, 4, 4\)"):
+        evaluate.psnr(x, x[:1])
+    assert evaluate.psnr(x, x + 0.5).tolist() == pytest.approx([10 * math.log10(4 / 0.25)] * 3)

@@ -96,3 +96,63 @@ def test_laplacian_energy_is_exact_on_a_ramp_and_drops_with_blur():
     small = _renders(["a red square moving left"], 4, 16, 3.0)
     blurred = torch.nn.functional.interpolate(small, size=(4, 64, 64), mode="trilinear")
     assert metrics.laplacian_energy(blurred) < 0.5 * metrics.laplacian_energy(sharp)
+
+
+def test_degenerate_videos_are_not_read_as_aligned():
+    """Each scored as aligned before: a shape that vanishes after two frames (every
+    attribute), and a still shape under faint noise (motion at chance)."""
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    truth = _renders(prompts, 16, 64, 6.0)
+    vanishing = truth.clone()
+    vanishing[:, :, 2:] = -1
+    read = metrics.read_videos(vanishing)
+    assert [r[1:] for r in read] == [(None, None)] * 2
+    assert metrics.caption_alignment(vanishing, prompts)["all"] == 0.0
+    frozen = truth[:, :, :1].expand(-1, -1, 16, -1, -1)
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.0, 0.02):
+        jitter = (frozen + sigma * torch.randn(frozen.shape, generator=g)).clamp(-1, 1)
+        assert [r[2] for r in metrics.read_videos(jitter)] == [None, None]
+        assert metrics.caption_alignment(jitter, prompts)["motion"] == 0.0
+
+
+def test_the_slowest_toy_motion_travels_well_over_the_threshold():
+    """MIN_TRAVEL sits below what every render travels (0.22 of the shorter side)."""
+    slow = data.TRAVEL_RANGE[0] * (8 - 1) / 8  # over 8 frames at the least travel
+    assert metrics.MIN_TRAVEL < 0.5 * slow
+
+
+def test_bad_videos_say_what_is_allowed():
+    video, prompts = _rendered(8, 16, 16, 3.0, repeats=1)
+    with pytest.raises(ValueError, match=r"must be in \[-1, 1\].*got values in \[0, 255\]"):
+        metrics.caption_alignment((video + 1) * 127.5, prompts)
+    with pytest.raises(ValueError, match="must be floats in .* got torch.uint8"):
+        metrics.caption_alignment(((video + 1) * 127.5).to(torch.uint8), prompts)
+    with pytest.raises(ValueError, match=r"no videos to read \(B = 0\)"):
+        metrics.caption_alignment(video[:0], [])
+    with pytest.raises(
+        ValueError, match=r"expected videos \(B, 3, F, H, W\), got \(3, 8, 16, 16\)"
+    ):
+        metrics.motion_progress(video[0], prompts[:1])
+
+
+def test_motion_progress_scaled_to_the_frame_passes_renders_of_every_stage_size():
+    """Its defaults are pixels of the 64 px, 16-frame videos: at the TSR's 16 x 16, 16
+    frames, renders failed (a step there is a quarter as long)."""
+    prompts = [data.caption(*c) for c in data.COMBOS[::3]]
+    for frames, size in ((16, 16), (16, 32), (16, 64), (8, 16)):
+        truth = _renders(prompts, frames, size, 6.0 * frames / 16)
+        k = metrics.motion_step_scale(size, size, frames)
+        assert all(metrics.motion_progress(truth, prompts, max_back=k, min_step=0.4 * k))
+    assert metrics.motion_step_scale(64, 64, 16) == 1.0
+    small = _renders(prompts, 16, 16, 6.0)
+    assert not all(metrics.motion_progress(small, prompts))  # unscaled: fails the truth
+
+
+def test_a_cross_fade_passes_motion_progress_as_its_docstring_warns():
+    prompts = [data.caption(*c) for c in data.COMBOS[::7]]
+    truth = _renders(prompts, 16, 64, 6.0)
+    kept = truth[:, :, ::2]
+    after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)
+    fade = torch.stack([kept, 0.5 * (kept + after)], dim=3).flatten(2, 3)
+    assert all(metrics.motion_progress(fade, prompts))
