@@ -341,6 +341,13 @@ class Cascade(nn.Module):
                 f"{str(directory)!r} already holds a cascade ({MANIFEST}); pass overwrite=True "
                 "(--force) to replace it, or choose another folder"
             )
+        names = [f"{s.name}.safetensors" for s in self.trained_stages]
+        taken = [n for n in names if (directory / n).exists()]
+        if taken and not overwrite:  # not ours (no manifest), or a save killed before it
+            raise FileExistsError(
+                f"{str(directory)!r} holds {taken} but no {MANIFEST}: files this save would "
+                "overwrite; pass overwrite=True (--force) to replace them, or choose another folder"
+            )
         if (directory / MANIFEST).exists():  # beside it, then swapped: never half replaced
             return files.replace_folder(directory, self._write, _stage_files(directory))
         directory.mkdir(parents=True, exist_ok=True)

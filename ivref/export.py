@@ -68,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
         if cfg is None:
             cfg = run_cfg
         for part in ("text", "diffusion"):
-            if getattr(run_cfg, part) != getattr(cfg, part):
+            differ = _differences(getattr(run_cfg, part), getattr(cfg, part))
+            if differ:
                 raise CLIError(
-                    f"{str(run)!r} was trained with another {part} config than the cascade it joins"
+                    f"{str(run)!r} was trained with another {part} config than the cascade it "
+                    f"joins ({differ})"
                 )
         stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
@@ -82,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     return 0
+
+
+def _differences(mine: object, theirs: object) -> str:
+    """The fields of two configs that differ, as 'field: run X, cascade Y'; a text encoder's
+    local ``path`` is left out (the same T5 in two folders: the text probes check the
+    encoder itself)."""
+    return "; ".join(
+        f"{f.name}: run {getattr(mine, f.name)!r}, cascade {getattr(theirs, f.name)!r}"
+        for f in dataclasses.fields(mine)
+        if f.name != "path" and getattr(mine, f.name) != getattr(theirs, f.name)
+    )
 
 
 def _keep_students(out: Path, given: dict[str, Path], models: dict, base: Path | None) -> None:

@@ -108,7 +108,15 @@ def _load_cascade(path: Path | None, distilled: bool):
                 f"--distilled takes a cascade folder (with {cascade.MANIFEST}); "
                 f"{str(path)!r} is not one"
             )
-        return cascade.Cascade.from_pretrained(path, variant="distilled")
+        students = cascade.Cascade.from_pretrained(path, variant="distilled")
+        if not any(m.cfg.use_guidance_embedding for m in students.models.values()):
+            where = path if path is not None else cascade.shipped_dir()
+            raise CLIError(  # it sampled teachers at their own steps, unlike what was asked
+                f"{where}/{cascade.DISTILLED} holds no distilled student (no stage embeds w): "
+                f"make one with `ivref distill`, then `ivref export RUN --base {where} --out "
+                f"{where}/{cascade.DISTILLED}`"
+            )
+        return students
     if path is None or (path / cascade.MANIFEST).is_file():
         return cascade.Cascade.from_pretrained(path)
     cfg, stage, model, extra = run_checkpoint(path)

@@ -353,6 +353,12 @@ def test_save_refuses_to_overwrite_a_cascade(ci_cascade, tmp_path):
     with pytest.raises(FileExistsError, match="'.*a_file' is a file; save_pretrained writes a"):
         ci_cascade.save_pretrained(tmp_path / "a_file", overwrite=True)
     assert (tmp_path / "a_file").read_text() == "mine"
+    mine = tmp_path / "mine"  # a folder with a file of the name a stage's weights take
+    mine.mkdir()
+    (mine / "base.safetensors").write_text("my precious weights")
+    with pytest.raises(FileExistsError, match=r"holds \['base.safetensors'\] but no cascade"):
+        ci_cascade.save_pretrained(mine)
+    assert (mine / "base.safetensors").read_text() == "my precious weights"
 
 
 @pytest.fixture(scope="module")

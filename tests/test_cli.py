@@ -1,5 +1,6 @@
 """The ivref command: train/resume at ci scale, info tables, clear errors for bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -529,9 +530,14 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     argv = ["evaluate", "--checkpoint", str(tmp_path / "c"), "--split", "heldout", "--distilled"]
     assert cli.main(argv) == 2
     assert "distilled" in capsys.readouterr().err
+    teacher.save_pretrained(tmp_path / "c" / "distilled")  # a teacher where students belong
+    assert cli.main(argv) == 2  # it sampled the teacher at its own steps, without a word
+    assert "holds no distilled student (no stage embeds w)" in capsys.readouterr().err
     student_cfg = distill.student_config(cfg, base.name, 2)
     student = distill.with_guidance_embedding(teacher.models[base.name]).eval()
-    Cascade(student_cfg, {base.name: student}).save_pretrained(tmp_path / "c" / "distilled")
+    Cascade(student_cfg, {base.name: student}).save_pretrained(
+        tmp_path / "c" / "distilled", overwrite=True
+    )
     loaded = cli.load_cascade(tmp_path / "c", distilled=True)
     assert loaded.cfg.stage("base").sample_steps == 2
     assert loaded.models["base"].cfg.use_guidance_embedding
@@ -618,3 +624,15 @@ def test_every_ivref_command_in_the_readme_parses(repo_root):
     for argv in commands:
         args = parser.parse_args(argv)
         assert args.command == argv[0]
+
+
+def test_export_names_the_config_fields_that_differ_and_not_a_t5_path():
+    """Runs on the same T5 from two folders could not be joined (the path counted), and the
+    refusal named no field."""
+    from ivref import export
+
+    t5 = configs.TextConfig(encoder="t5", dim=64, max_length=16, path="/models/t5")
+    moved = dataclasses.replace(t5, path="/scratch/copy-of/t5")
+    assert export._differences(t5, moved) == ""
+    longer = dataclasses.replace(moved, max_length=32)
+    assert export._differences(longer, t5) == "max_length: run 32, cascade 16"
