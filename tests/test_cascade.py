@@ -522,16 +522,16 @@ def test_a_thousand_prompts_are_sampled_and_encoded_in_batches(ci_cascade):
     torch.testing.assert_close(video[-1:], last, atol=1e-5, rtol=0)
 
 
-class _AugSpy(torch.nn.Module):
-    """Wraps a U-Net and records every aug_logsnr it is given."""
+class _InputSpy(torch.nn.Module):
+    """Wraps a U-Net and records every value of one keyword input it is given."""
 
-    def __init__(self, model):
+    def __init__(self, model, name):
         super().__init__()
-        self.inner, self.cfg, self.aug = model, model.cfg, []
+        self.inner, self.cfg, self.name, self.seen = model, model.cfg, name, []
 
-    def forward(self, *args, aug_logsnr=None, **kwargs):
-        self.aug.append(aug_logsnr.clone())
-        return self.inner(*args, aug_logsnr=aug_logsnr, **kwargs)
+    def forward(self, *args, **kwargs):
+        self.seen.append(kwargs[self.name].clone())
+        return self.inner(*args, **kwargs)
 
 
 def test_no_augmentation_embeds_the_highest_level_training_saw():
@@ -539,27 +539,17 @@ def test_no_augmentation_embeds_the_highest_level_training_saw():
     cfg = configs.preset("ci")
     stage, d = cfg.stage("ssr1"), cfg.diffusion
     torch.manual_seed(0)
-    spy = _AugSpy(VideoUNet(stage.unet).eval())
+    spy = _InputSpy(VideoUNet(stage.unet).eval(), "aug_logsnr")
     emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
     low = torch.rand(1, 3, stage.num_frames, stage.height // 2, stage.width // 2) * 2 - 1
     for level, want in ((float("inf"), d.logsnr_max), (-1e3, d.logsnr_min), (1.5, 1.5)):
-        spy.aug.clear()
+        spy.seen.clear()
         cascade_lib.sample_stage(
             spy, stage, d, emb, mask, cond_video=low, steps=2, guidance_w=0.0, aug_logsnr=level
         )
-        assert all(torch.equal(a, torch.full_like(a, want)) for a in spy.aug), (level, spy.aug)
+        assert all(torch.equal(a, torch.full_like(a, want)) for a in spy.seen), (level, spy.seen)
     drawn = superres.train_aug_logsnr(10_000, stage, d, torch.Generator().manual_seed(0))
     assert d.logsnr_min <= drawn.min() and drawn.max() <= d.logsnr_max  # what training saw
-
-
-class _CondSpy(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.inner, self.cfg, self.cond = model, model.cfg, []
-
-    def forward(self, *args, cond_video=None, **kwargs):
-        self.cond.append(cond_video.clone())
-        return self.inner(*args, cond_video=cond_video, **kwargs)
 
 
 def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
@@ -571,7 +561,7 @@ def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
     unet = dataclasses.replace(tsr.unet, in_channels=1, out_channels=1, cond_channels=2)
     stage = dataclasses.replace(tsr, unet=unet, temporal_cond="blank")
     torch.manual_seed(0)
-    spy = _CondSpy(VideoUNet(unet).eval())
+    spy = _InputSpy(VideoUNet(unet).eval(), "cond_video")
     emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
     low = torch.rand(1, 1, stage.num_frames // 2, stage.height, stage.width) * 2 - 1
     cascade_lib.sample_stage(
@@ -579,7 +569,7 @@ def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
         aug_logsnr=0.0,
     )  # fmt: skip
     clean = superres.upsample(low, stage)
-    for cond in spy.cond:
+    for cond in spy.seen:
         assert torch.equal(cond[:, 1], clean[:, 1])  # the mask: 1, 0, 1, 0, ... exactly
         assert torch.equal(cond[0, 1, :, 0, 0], torch.tensor([1.0, 0.0] * (stage.num_frames // 2)))
         assert (cond[:, 0] - clean[:, 0]).abs().mean() > 0.3  # lambda' = 0: half noise
