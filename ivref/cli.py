@@ -135,12 +135,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rows, cols = video.grid_shape(len(args.prompts) * n, n if args.stages else None)
     size = 4 * 3 * last.num_frames * (rows * (last.height + 1) * k) * (cols * (last.width + 1) * k)
     if size > MAX_DISPLAY_BYTES:  # the frames written: checked before sampling
-        smaller = "a smaller --display-size (0: native size), " if k > 1 else ""
+        fixes = ["a smaller --display-size (0: native size)"] * (k > 1) + ["fewer prompts"]
+        fixes += ["no --stages"] * args.stages
+        upscaled = f", upscaled {k}x (--display-size {args.display_size})," if k > 1 else ""
         raise CLIError(
-            f"--display-size {args.display_size}: the {rows} x {cols} grid of "
-            f"{last.width} x {last.height} videos, upscaled {k}x, needs {size / 2**30:.1f} GiB "
-            f"of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give {smaller}fewer "
-            "prompts, or drop --stages"
+            f"the {rows} x {cols} grid of {last.width} x {last.height} videos{upscaled} needs "
+            f"{size / 2**30:.1f} GiB of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give "
+            + ", or ".join(fixes)
         )
     result = model.generate(
         args.prompts,

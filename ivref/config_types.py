@@ -11,7 +11,6 @@ every name here: ``configs.StageConfig`` is this module's ``StageConfig``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -226,8 +225,8 @@ class DistillConfig:
             guided_steps=self.guided_steps,
             halving_steps=self.halving_steps,
         )
-        if not (math.isfinite(self.w_max) and self.w_max >= 0):
-            checks.fail(o, "w_max", self.w_max, "must be a finite number >= 0")
+        if not 0 <= self.w_max <= MAX_GUIDANCE:  # the largest w a student may learn (no nan)
+            checks.fail(o, "w_max", self.w_max, W_ALLOWED)
         checks.finite(o, lr=self.lr)
         if not self.lr > 0:
             checks.fail(o, "lr", self.lr, "must be > 0")

@@ -162,6 +162,14 @@ ADDED_LATER = ("data_digest", "data_fit", "batch_size", "seed", "teacher", "reci
 NOT_RECIPE = (
     "distill.to_steps", "distill.guided_steps", "distill.halving_steps", "distill.w_max",
     "stage.train.batch_size", "stage.train.bf16", "text.path",
+    # the teacher's own training recipe, which student_config replaces with the distill one
+    "stage.train.lr", "stage.train.lr_decay", "stage.train.warmup_steps",
+    "stage.train.ema_decay",
+    # how the teacher samples, which no phase reads (targets are unthresholded DDIM steps)
+    "stage.sample_steps", "stage.sampler", "stage.gamma", "stage.thresholding",
+    "stage.guidance_low_w", "stage.aug_sample_logsnr", "diffusion.sampler",
+    "diffusion.gamma", "diffusion.threshold_percentile",
+    "stage.unet.checkpointing",  # memory, not the result
 )  # fmt: skip
 
 
@@ -408,6 +416,13 @@ def check_phase_finished(folder: Path) -> None:
             f"{str(folder.parent)!r}, not finished (step {step} of {length}): continue it with "
             f"`ivref distill --out {folder.parent} --resume`"
         )
+    try:  # finished, but a damaged last checkpoint would load an older, unfinished student
+        checkpoint.verify(latest)
+    except checkpoint.CheckpointError as err:
+        raise ValueError(
+            f"{str(folder)!r}: the last checkpoint of phase {folder.name} is damaged ({err}); "
+            f"`ivref distill --out {folder.parent} --resume` trains its last steps again"
+        ) from None
 
 
 def phase_folders(out: Path) -> list[Path]:

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
         probes[repr(str(run))] = text.recorded_probe(extra, repr(str(run)))
         if cfg is None:
             cfg = run_cfg
+        unprobed = any(p is None for p in probes.values())  # then a T5's path must match too
         for part in ("text", "diffusion"):
-            differ = _differences(getattr(run_cfg, part), getattr(cfg, part))
+            differ = _differences(getattr(run_cfg, part), getattr(cfg, part), unprobed)
             if differ:
                 raise CLIError(
                     f"{str(run)!r} was trained with another {part} config than the cascade it "
@@ -86,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _differences(mine: object, theirs: object) -> str:
+def _differences(mine: object, theirs: object, with_path: bool = False) -> str:
     """The fields of two configs that differ, as 'field: run X, cascade Y'; a text encoder's
-    local ``path`` is left out (the same T5 in two folders: the text probes check the
-    encoder itself)."""
+    local ``path`` is left out unless ``with_path`` (the same T5 in two folders: the text
+    probes check the encoder itself, where every part recorded one)."""
     return "; ".join(
         f"{f.name}: run {getattr(mine, f.name)!r}, cascade {getattr(theirs, f.name)!r}"
         for f in dataclasses.fields(mine)
-        if f.name != "path" and getattr(mine, f.name) != getattr(theirs, f.name)
+        if (with_path or f.name != "path") and getattr(mine, f.name) != getattr(theirs, f.name)
     )
 
 

@@ -21,7 +21,8 @@ from ivref import data
 MIN_COVERAGE = 0.2  # per-pixel foreground below this is treated as background (noise floor)
 MIN_AREA_PIXELS = 1.0  # a frame with less foreground than this has no shape to read
 # A shape that travels less than this over the clip (a fraction of the shorter side) does not
-# move: the toy world's shapes travel at least 0.22 (data.TRAVEL_RANGE over F - 1 frames).
+# move: the toy world's shapes travel at least 0.25 (F - 1) / F (data.TRAVEL_RANGE over the
+# F - 1 frame steps): 0.19 at 4 frames, 0.22 at 8.
 MIN_TRAVEL = 0.1
 
 

@@ -114,7 +114,7 @@ def _load_cascade(path: Path | None, distilled: bool):
             raise CLIError(  # it sampled teachers at their own steps, unlike what was asked
                 f"{where}/{cascade.DISTILLED} holds no distilled student (no stage embeds w): "
                 f"make one with `ivref distill`, then `ivref export RUN --base {where} --out "
-                f"{where}/{cascade.DISTILLED}`"
+                f"{where}/{cascade.DISTILLED} --force`"
             )
         return students
     if path is None or (path / cascade.MANIFEST).is_file():

@@ -139,8 +139,8 @@ def sample_stage(
     )
     if noise is None:
         noise = samplers.randn(shape, generator, torch.float32, "cpu")
-    was_training = model.training
-    model.eval()  # dropout off (a seed gives one video); the caller's mode comes back after
+    modes = {module: module.training for module in model.modules()}  # each one's, as it was
+    model.eval()  # dropout off (a seed gives one video); the caller's modes come back after
     try:
         x = samplers.sample(
             x_hat_fn,
@@ -156,7 +156,8 @@ def sample_stage(
             progress=progress,
         )
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     if x.device.type != "meta" and not bool(torch.isfinite(x).all()):  # clamp passes NaN
         raise FloatingPointError(
             f"stage {stage.name!r} produced NaN or infinite values at guidance w={w:g} "

@@ -35,13 +35,17 @@ def test_unet_step_tiny_writes_ratios(repo_root, tmp_path):
     models = result["sizes"]["base"]["models"]
     assert "ivref" in models
     for kind, row in models.items():
-        for key in ("params", "train_ms", "sample_ms", "peak_mib"):
+        for key in ("params", "train_ms", "sample_ms"):
             assert row[key] > 0, (kind, key)
+        # peak RSS above the level after imports: a tiny model's work can fit in pages the
+        # process already holds and measure 0 (seen on a clean clone); never negative
+        assert row["peak_mib"] >= 0, kind
         if kind != "ivref":  # a peer is within 15% of ivref's size and has its ratios
             assert abs(row["config"]["error"]) <= 0.15
             assert row["params"] == row["config"]["params"]
-            for key in ("train_ratio", "sample_ratio", "memory_ratio"):
+            for key in ("train_ratio", "sample_ratio"):
                 assert row[key] > 0
+            assert row["memory_ratio"] is None or row["memory_ratio"] >= 0  # see peak_mib
             ratio = row["train_kernel_ops"] / models["ivref"]["train_kernel_ops"]
             assert row["kernel_ops_ratio"] == pytest.approx(ratio)
         assert 0 < row["train_kernel_ops"] < row["train_ops"]  # a step makes views too

@@ -157,7 +157,10 @@ def test_a_display_size_whose_frames_would_not_fit_is_refused_before_sampling(
     prompts = ["a red circle moving left"] * 9
     argv = ["generate", *prompts, "--out", str(tmp_path / "v.mp4"), "--distilled", "--stages"]
     err = _err(cli.main([*argv, "--display-size", "4096"]), capsys)
-    assert "--display-size 4096: the 9 x 4 grid of 64 x 64 videos, upscaled 64x, needs" in err
+    assert "the 9 x 4 grid of 64 x 64 videos, upscaled 64x (--display-size 4096), needs" in err
+    assert (
+        "; give a smaller --display-size (0: native size), or fewer prompts, or no --stages" in err
+    )
     assert cli.main(argv) == 1  # the default size fits: on to sampling
     assert "AssertionError: sampled" in capsys.readouterr().err
 
@@ -532,7 +535,8 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     assert "distilled" in capsys.readouterr().err
     teacher.save_pretrained(tmp_path / "c" / "distilled")  # a teacher where students belong
     assert cli.main(argv) == 2  # it sampled the teacher at its own steps, without a word
-    assert "holds no distilled student (no stage embeds w)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds no distilled student (no stage embeds w)" in err and "distilled --force`" in err
     student_cfg = distill.student_config(cfg, base.name, 2)
     student = distill.with_guidance_embedding(teacher.models[base.name]).eval()
     Cascade(student_cfg, {base.name: student}).save_pretrained(
@@ -634,5 +638,7 @@ def test_export_names_the_config_fields_that_differ_and_not_a_t5_path():
     t5 = configs.TextConfig(encoder="t5", dim=64, max_length=16, path="/models/t5")
     moved = dataclasses.replace(t5, path="/scratch/copy-of/t5")
     assert export._differences(t5, moved) == ""
+    unchecked = "path: run '/models/t5', cascade '/scratch/copy-of/t5'"  # a part has no probe
+    assert export._differences(t5, moved, with_path=True) == unchecked
     longer = dataclasses.replace(moved, max_length=32)
     assert export._differences(longer, t5) == "max_length: run 32, cascade 16"

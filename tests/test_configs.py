@@ -137,6 +137,7 @@ def test_fully_convolutional_forbids_spatial_attention():
         (configs.TrainConfig, {"batch_size": 0}, "batch_size"),
         (configs.TrainConfig, {"lr": 0.0}, "lr"),
         (configs.TrainConfig, {"image_ratio": 2.0}, "image_ratio"),
+        (configs.DistillConfig, {"w_max": 5000.0}, "w_max"),  # past what sampling takes
     ],
 )
 def test_bad_top_level_values_name_the_field(cls, changes, field):

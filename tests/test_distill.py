@@ -567,7 +567,13 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     let export ship the phase's previous, unfinished student."""
     cfg = configs.preset("ci")
     lr = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, lr=5e-2))
-    for name, seed, config in (("cascade", 0, cfg), ("other", 1, cfg), ("cascade_lr", 0, lr)):
+    base = cfg.stage("base")  # how the teacher samples and trained: no phase reads them
+    resampled = dataclasses.replace(
+        base, thresholding="static", train=dataclasses.replace(base.train, lr=1.0)
+    )
+    sampling = dataclasses.replace(cfg, stages=(resampled, *cfg.stages[1:]))
+    teachers = (("cascade", 0, cfg), ("other", 1, cfg), ("cascade_lr", 0, lr))
+    for name, seed, config in (*teachers, ("cascade_sampling", 0, sampling)):
         torch.manual_seed(seed)  # cascade_lr: cascade's weights, another recipe
         Cascade(config, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
             tmp_path / name
@@ -597,6 +603,7 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
         capsys.readouterr().err
     )
     (tmp_path / "moved").rename(tmp_path / "cascade")
+    assert distil("--resume", source="cascade_sampling") == 0  # the same recipe
     plan = json.loads((out / distill.PLAN).read_text())
     old = {k: v for k, v in plan.items() if k not in distill.ADDED_LATER}
     (out / distill.PLAN).write_text(json.dumps(old))  # a plan written before they were kept
@@ -635,6 +642,12 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     assert "not finished (step 1 of 3): continue it with `ivref distill --out" in err
     assert cli.main([*export, str(tmp_path / "y"), str(out / "guided")]) == 0  # finished
     (out / distill.PLAN).write_text(json.dumps(first))
+    ema = sorted((out / "halve-0016-0008" / "checkpoints").iterdir())[-1] / "ema.safetensors"
+    whole = ema.read_bytes()
+    ema.write_bytes(whole[:100])  # finished, but its last checkpoint is damaged
+    assert cli.main([*export, str(tmp_path / "z"), str(out / "halve-0016-0008")]) == 2
+    assert "the last checkpoint of phase halve-0016-0008 is damaged" in capsys.readouterr().err
+    ema.write_bytes(whole)
     done = {f: sorted((out / f / "checkpoints").iterdir())[-1] for f in first["phases"]}
     kept = {f: (last / "ema.safetensors").read_bytes() for f, last in done.items()}
     stray = out / "halve-0008-0004"  # another distillation's phase (here: a copy)

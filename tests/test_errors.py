@@ -476,7 +476,7 @@ CLI_CASES = [
         "generate --display-size whose frames would not fit",
         ("generate", *(PROMPT,) * 9, "--out", "{X}/v.mp4", "--stages", "--display-size", "4096"),
         2,
-        "upscaled 64x, needs",
+        "upscaled 64x (--display-size 4096), needs",
     ),
     Case(
         "train --resume of a folder that does not exist",
