@@ -255,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
         raise errors.CLIError(
             f"--resume: {str(args.out)!r} does not exist; drop --resume to start a run there"
         )
-    if args.resume and not checkpoint.run_checkpoints(args.out):  # another folder, say: no
-        raise _nothing_to_resume(args.out)  # lock file is left in it
+    if args.resume and not any(p.exists() for p in _ours(args.out)):  # not a run folder (a
+        raise _nothing_to_resume(args.out)  # mistyped --out): no lock file is left in it
     if not args.resume:
         build_config(args)  # a bad stage or override fails before the folder is made
         train_videos.record(args)

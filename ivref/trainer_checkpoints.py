@@ -175,8 +175,11 @@ def _check_own(trainer: Any, steps: int) -> None:
 def take(trainer: Any, lock: Any) -> None:
     """Rank 0's hold on the run folder for a resume: its lock, and a killed re-save's copy
     put back (``checkpoint.remove_stale``). A folder that does not exist is not made, and one
-    that holds no checkpoint (a mistyped path to another folder) gets no lock file."""
-    if not trainer.out.is_dir() or not checkpoint.run_checkpoints(trainer.out):
+    that holds nothing of a run (a mistyped path to another folder) gets no lock file; a run
+    folder without a checkpoint yet is locked first (a trainer at work there is named)."""
+    out = trainer.out
+    holds_run = any((out / name).exists() for name in ("log.jsonl", checkpoint.CHECKPOINTS))
+    if not out.is_dir() or not (holds_run or checkpoint.run_checkpoints(out)):
         raise checkpoint.CheckpointError(
             f"nothing to resume: {checkpoint.no_checkpoint_message(trainer.out)}"
             if trainer.out.is_dir()
