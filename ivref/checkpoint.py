@@ -74,6 +74,16 @@ FILES = (*(f"{n}.safetensors" for n in TENSOR_FILES), "optimizer.json")  # in th
 CONFIG_KEYS = frozenset({"format", "stage", "step", "config", "extra", "manifest", "digest"})
 CHECKPOINTS = "checkpoints"  # <run>/checkpoints/step-XXXXXXXX/
 LEGACY = "checkpoint"  # the single, overwritten-in-place folder of ivref 0.1 runs
+RUN_LOG = "log.jsonl"  # a run's training log (trainer.LOG)
+
+
+def run_parts(run: str | os.PathLike) -> list[Path]:
+    """What a train run writes into its folder: its log and checkpoints (what ``ivref train
+    --force`` deletes; a folder holding none of them holds no run)."""
+    run = Path(run)
+    return [run / RUN_LOG, run / CHECKPOINTS, run / LEGACY]
+
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _STALE = re.compile(r"^\.(step-\d+)\.(tmp|old)-[0-9a-f]+$")  # left by a killed ``save``
 

@@ -198,7 +198,7 @@ def _nothing_to_resume(run: Path) -> errors.CLIError:
 
 def _ours(out: Path) -> list[Path]:
     """What a run writes into its folder (what --force deletes)."""
-    return [out / LOG, out / checkpoint.CHECKPOINTS, out / checkpoint.LEGACY]
+    return checkpoint.run_parts(out)
 
 
 def _check_out(out: Path, resume: bool, force: bool) -> None:

@@ -55,7 +55,7 @@ from ivref.optimization import ema_update as ema_update
 from ivref.optimization import learning_rate as learning_rate
 from ivref.optimization import warmup_lr as warmup_lr
 
-LOG = "log.jsonl"
+LOG = checkpoint.RUN_LOG
 Evaluator = Callable[["Trainer"], dict[str, float]]
 OnNonFinite = Literal["stop", "skip"]
 MAX_SKIPPED = 10  # consecutive non-finite steps that end a run even with on_nonfinite="skip"

@@ -178,8 +178,7 @@ def take(trainer: Any, lock: Any) -> None:
     that holds nothing of a run (a mistyped path to another folder) gets no lock file; a run
     folder without a checkpoint yet is locked first (a trainer at work there is named)."""
     out = trainer.out
-    holds_run = any((out / name).exists() for name in ("log.jsonl", checkpoint.CHECKPOINTS))
-    if not out.is_dir() or not (holds_run or checkpoint.run_checkpoints(out)):
+    if not out.is_dir() or not any(p.exists() for p in checkpoint.run_parts(out)):
         raise checkpoint.CheckpointError(
             f"nothing to resume: {checkpoint.no_checkpoint_message(trainer.out)}"
             if trainer.out.is_dir()
