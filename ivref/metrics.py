@@ -4,7 +4,9 @@ The toy world's stand-in for CLIP score [IV §3]: a video of "a red circle movin
 on color if its foreground is nearest to red among the 7 palette colors, on shape if a circle
 explains its foreground better than a square or triangle of the same area, and on motion if
 its foreground's centroid travels leftwards. Sizes do not matter, so one reader serves every
-stage of the cascade.
+stage of the cascade. Every frame must hold one shape: a video where the shape vanishes, or a
+second one appears apart from it (``blobs``), has no shape and no motion to read; specks of
+noise apart from the shape are left out of both.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, reduce
 
 from ivref import data
 
 MIN_COVERAGE = 0.2  # per-pixel foreground below this is treated as background (noise floor)
-MIN_AREA_PIXELS = 1.0  # a frame with less foreground than this has no shape to read
+MIN_AREA_PIXELS = 1.0  # a blob with less coverage than this (in pixels) is no shape
 # A shape that travels less than this over the clip (a fraction of the shorter side) does not
 # move: the toy world's shapes travel at least 0.25 (F - 1) / F (data.TRAVEL_RANGE over the
 # F - 1 frame steps): 0.19 at 4 frames, 0.22 at 8.
 MIN_TRAVEL = 0.1
+# A blob of foreground holding at least this fraction of the coverage of the frame's largest
+# blob is a second shape; smaller ones are specks of sampling noise, read with the shape.
+SECOND_SHAPE = 0.25
 
 
 def foreground(videos: torch.Tensor) -> torch.Tensor:
@@ -61,20 +67,74 @@ def _centroids(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([cx, cy], -1), area
 
 
-def read_shape(c: torch.Tensor) -> list[str | None]:
-    """The shape whose same-area, same-centroid rendering best matches the foreground (L1).
+def components(mask: torch.Tensor) -> torch.Tensor:
+    """8-connected components of a boolean mask (..., H, W): int64 labels, 0 off the mask.
+
+    Each component of an image is labelled 1 + the largest flat index (within its H x W
+    image) of its pixels. Found by propagation: every pixel on the mask takes the largest
+    label of its 3 x 3 neighbourhood on the mask, then the label of the pixel its label
+    names (that pixel lies in the same component and holds a label at least as large: the
+    jump halves long chains), until nothing changes (at most H W rounds; about 7 for the
+    toy world's shapes at 64 x 64).
+    """
+    h, w = mask.shape[-2:]
+    on = mask.reshape(-1, 1, h, w)
+    exact = torch.float32 if h * w < 2**24 else torch.float64  # labels are whole numbers
+    index = torch.arange(1, h * w + 1, dtype=exact).reshape(1, 1, h, w)
+    labels = torch.where(on, index, 0.0)
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels, 3, stride=1, padding=1).view(len(on), h * w)
+        grown = grown.gather(1, (grown.long() - 1).clamp_min(0)).view_as(labels)
+        grown = torch.where(on, grown, 0.0)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long().reshape(mask.shape)
+
+
+def blobs(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shapes in each frame of foreground coverage c (B, F, H, W): how many (B, F), and
+    the coverage of the largest blob alone (B, F, H, W), which the shape and motion are read
+    from (specks of sampling noise apart from the shape do not move its centroid).
+
+    A blob is 8-connected foreground (``components``); it counts as a shape if it holds at
+    least ``MIN_AREA_PIXELS`` of coverage and ``SECOND_SHAPE`` of the frame's largest blob's.
+    1 where a frame holds one shape; 0 where it holds none (or only specks); 2 or more where
+    a second shape stands apart from the first (two shapes that touch are one blob).
+    """
+    b, f, h, w = c.shape
+    labels = components(c > 0).reshape(b * f, h * w)  # label L: pixel L - 1 of its frame
+    frame = torch.arange(b * f)[:, None] * (h * w + 1)
+    mass = torch.bincount(  # each blob's coverage, at its label
+        (frame + labels).flatten(), weights=c.flatten().double(), minlength=b * f * (h * w + 1)
+    ).reshape(b * f, h * w + 1)[:, 1:]
+    largest, where = mass.max(-1, keepdim=True)
+    count = ((mass >= MIN_AREA_PIXELS) & (mass >= SECOND_SHAPE * largest)).sum(-1)
+    main = torch.where(labels == where + 1, c.reshape(b * f, h * w), 0.0)
+    return count.reshape(b, f), main.reshape(c.shape)
+
+
+def shape_counts(c: torch.Tensor) -> torch.Tensor:
+    """Shapes per frame (B, F) of foreground coverage c (B, F, H, W) (``blobs``)."""
+    return blobs(c)[0]
+
+
+def read_shape(c: torch.Tensor, found: tuple | None = None) -> list[str | None]:
+    """The shape whose same-area, same-centroid rendering best matches the foreground's
+    largest blob (L1).
 
     For area A (units of the shorter side S): circle r = sqrt(A / pi), square r = sqrt(A) / 2,
     triangle r = sqrt(A / 2) with its center r / 3 above the centroid. Errors are summed over
-    the frames; the smallest wins. Scale-invariant by construction. None where a frame holds
-    no shape (the shape vanished). Two shapes in one video are read as the one template that
-    fits their union best (not refused: the L1 error of a grainy sample of one shape can be
-    as large as that of two overlapping shapes).
+    the frames; the smallest wins. Scale-invariant by construction. None unless every frame
+    holds one shape (``blobs``): the shape vanished, or a second one stands apart. Two
+    shapes that touch are one blob, read as the template that fits their union best.
+    ``found``: ``blobs(c)`` where already found.
     """
     b, f, h, w = c.shape
     s = min(h, w)
+    count, c = blobs(c) if found is None else found
     centroid, area = _centroids(c)
-    valid = area >= MIN_AREA_PIXELS  # (B, F)
+    valid = count == 1  # (B, F)
     area_u = (area / s**2).double().flatten()
     center = (centroid / s).double().flatten(0, 1)  # (B*F, 2)
     target = rearrange(c, "b f h w -> (b f) h w")
@@ -93,16 +153,19 @@ def read_shape(c: torch.Tensor) -> list[str | None]:
     return [data.SHAPES[k] if ok else None for k, ok in zip(best, whole, strict=True)]
 
 
-def read_motion(c: torch.Tensor) -> list[str | None]:
-    """Direction of the centroid's least-squares velocity over frames: left/right/up/down.
+def read_motion(c: torch.Tensor, found: tuple | None = None) -> list[str | None]:
+    """Direction of the largest blob's centroid's least-squares velocity over frames:
+    left/right/up/down.
 
     v = sum_k (k - k_mean)(p_k - p_mean) / sum_k (k - k_mean)^2 over the frames; the larger
     of |v_x|, |v_y| names the axis, its sign the direction (y grows downwards). None where a
-    frame holds no shape, or the shape travels less than ``MIN_TRAVEL`` of the shorter side
-    over the clip (|v| (F - 1)): a still shape has no direction, whatever noise says.
+    frame holds no shape or two (``blobs``), or the shape travels less than ``MIN_TRAVEL``
+    of the shorter side over the clip (|v| (F - 1)): a still shape has no direction,
+    whatever noise says. ``found``: ``blobs(c)`` where already found.
     """
-    centroid, area = _centroids(c)
-    valid = (area >= MIN_AREA_PIXELS).float()  # (B, F)
+    count, main = blobs(c) if found is None else found
+    centroid, _ = _centroids(main)
+    valid = (count == 1).float()  # (B, F)
     k = torch.arange(c.shape[1], dtype=c.dtype)[None].expand_as(valid)
     n = valid.sum(-1).clamp_min(1)
     k_mean = (k * valid).sum(-1) / n
@@ -147,7 +210,10 @@ def read_videos(videos: torch.Tensor) -> list[tuple[str | None, str | None, str 
     """(color, shape, motion) read from each video (B, 3, F, H, W) in [-1, 1]; None: unreadable."""
     check_videos(videos)
     c = foreground(videos)
-    return list(zip(read_color(videos, c), read_shape(c), read_motion(c), strict=True))
+    found = blobs(c)
+    return list(
+        zip(read_color(videos, c), read_shape(c, found), read_motion(c, found), strict=True)
+    )
 
 
 def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str, Any]:
@@ -194,11 +260,12 @@ def caption_alignment(videos: torch.Tensor, prompts: Sequence[str]) -> dict[str,
 
 
 def centroid_track(videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground centroids (B, F, 2) in pixels (x, y) and which frames hold a shape (B, F)."""
+    """Centroids (B, F, 2) in pixels (x, y) of each frame's largest blob of foreground, and
+    which frames hold one shape (B, F): a centroid tracks the shape only there (``blobs``)."""
     check_videos(videos)
-    c = foreground(videos.detach().cpu())
-    centroid, area = _centroids(c)
-    return centroid, area >= MIN_AREA_PIXELS
+    count, main = blobs(foreground(videos.detach().cpu()))
+    centroid, _ = _centroids(main)
+    return centroid, count == 1
 
 
 def motion_progress(
@@ -215,8 +282,9 @@ def motion_progress(
     least ``min_fraction`` of steps advance ``min_step`` pixels or more: interpolation, not
     frame repetition (which stands still every other step). None for prompts without motion.
     The defaults are pixels of the toy cascade's final videos (64 px, 16 frames); at other
-    sizes scale both by ``motion_step_scale``. A cross-fade of neighbouring frames (two
-    faint shapes) also passes: its centroid lands halfway.
+    sizes scale both by ``motion_step_scale``. A video fails where a frame holds no shape or
+    two apart (``blobs``). A cross-fade of neighbouring frames passes: its two faint
+    copies overlap (one blob) and its centroid lands halfway.
     """
     check_videos(videos)
     if len(prompts) != videos.shape[0]:
@@ -229,7 +297,7 @@ def motion_progress(
             out.append(None)
             continue
         if not bool(valid[i].all()):
-            out.append(False)  # the shape vanished from a frame
+            out.append(False)  # the shape vanished from a frame, or a second one appeared
             continue
         u = torch.tensor(data.MOTIONS[motion], dtype=centroid.dtype)
         steps = (centroid[i, 1:] - centroid[i, :-1]) @ u

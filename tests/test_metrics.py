@@ -156,3 +156,87 @@ def test_a_cross_fade_passes_motion_progress_as_its_docstring_warns():
     after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)
     fade = torch.stack([kept, 0.5 * (kept + after)], dim=3).flatten(2, 3)
     assert all(metrics.motion_progress(fade, prompts))
+
+
+def _components_by_search(mask):
+    """Reference labels by breadth-first search: 1 + the largest flat index of each
+    8-connected component of one (H, W) mask."""
+    h, w = mask.shape
+    on = mask.tolist()
+    labels = [[0] * w for _ in range(h)]
+    seen = set()
+    for i in range(h):
+        for j in range(w):
+            if not on[i][j] or (i, j) in seen:
+                continue
+            blob, todo = [], [(i, j)]
+            seen.add((i, j))
+            while todo:
+                y, x = todo.pop()
+                blob.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        n = (y + dy, x + dx)
+                        if 0 <= n[0] < h and 0 <= n[1] < w and on[n[0]][n[1]] and n not in seen:
+                            seen.add(n)
+                            todo.append(n)
+            label = 1 + max(y * w + x for y, x in blob)
+            for y, x in blob:
+                labels[y][x] = label
+    return torch.tensor(labels)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.6])
+def test_components_match_a_breadth_first_search(density):
+    g = torch.Generator().manual_seed(int(density * 10))
+    masks = torch.rand(6, 13, 17, generator=g) < density  # speckled: long, winding blobs
+    masks[0] = False
+    masks[1, 2:11, 3:9] = True  # one solid blob among the specks
+    labels = metrics.components(masks.reshape(2, 3, 13, 17)).reshape(6, 13, 17)
+    for mask, got in zip(masks, labels, strict=True):
+        assert torch.equal(got, _components_by_search(mask))
+
+
+def _scene_clip(*scenes, frames=16, size=64, fps=6.0):
+    """The brightest of several scenes' renders: shapes on one black frame."""
+    clips = [data.render_scene(s, frames, size, size, fps) for s in scenes]
+    return torch.stack(clips).amax(0)[None]
+
+
+def test_a_second_shape_apart_is_counted_and_leaves_nothing_to_read():
+    """Before blobs were counted, the pair read as a red triangle moving left (the union's
+    best template and centroid) and passed the motion progress check."""
+    left = data.Scene("red", "circle", "left", 0.1, (0.4, 0.3), (-0.05, 0.0))
+    ghost = data.Scene("red", "circle", "left", 0.1, (0.4, 0.75), (-0.05, 0.0))
+    alone, both = _scene_clip(left), _scene_clip(left, ghost)
+    assert metrics.read_videos(alone) == [("red", "circle", "left")]
+    counts = metrics.shape_counts(metrics.foreground(both))
+    assert counts.tolist() == [[2] * 16]
+    assert metrics.read_videos(both) == [("red", None, None)]
+    prompt = ["a red circle moving left"]
+    assert metrics.caption_alignment(both, prompt)["all"] == 0.0
+    assert metrics.motion_progress(both, prompt) == [False]
+    assert metrics.motion_progress(alone, prompt) == [True]
+    ghost_late = both.clone()
+    ghost_late[:, :, :8] = alone[:, :, :8]  # the ghost in the second half only
+    assert metrics.shape_counts(metrics.foreground(ghost_late)).tolist() == [[1] * 8 + [2] * 8]
+    assert metrics.read_videos(ghost_late) == [("red", None, None)]
+
+
+def test_touching_shapes_are_one_blob_and_specks_are_not_shapes():
+    """A speck apart from a square read as a circle before (it pulled the centroid and the
+    template off the square); only the largest blob is read now."""
+    big = data.Scene("blue", "square", None, 0.15, (0.5, 0.5), (0.0, 0.0))
+    touching = data.Scene("blue", "square", None, 0.15, (0.75, 0.5), (0.0, 0.0))
+    speck = data.Scene("blue", "square", None, 0.04, (0.1, 0.1), (0.0, 0.0))  # 7% of its area
+    blank = -torch.ones(1, 3, 16, 64, 64)
+    for clip, want in (
+        (_scene_clip(big, touching), 1),
+        (_scene_clip(big, speck), 1),
+        (_scene_clip(big), 1),
+        (blank, 0),
+    ):
+        assert metrics.shape_counts(metrics.foreground(clip)).unique().tolist() == [want]
+    assert metrics.read_videos(_scene_clip(big, speck))[0][:2] == ("blue", "square")
+    half = data.Scene("blue", "square", None, 0.15 / 2, (0.15, 0.15), (0.0, 0.0))  # 25%
+    assert metrics.shape_counts(metrics.foreground(_scene_clip(big, half))).unique().tolist() == [2]
