@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from ivref import configs, errors, text
-from ivref.run_loading import run_checkpoint
+from ivref import configs, errors, files, text
+from ivref.run_loading import RunWeights, load_run
 
 CLIError = errors.CLIError
 
@@ -34,7 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``ivref export RUN... --out DIR [--base CASCADE] [--force] [--sampling ...]``."""
     from ivref import cascade as cascade_lib
-    from ivref import files
 
     for run in args.runs:  # the cheap checks first: inputs, then the output
         if not run.is_dir():
@@ -56,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.sampling == "base":
         raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
     given: dict[str, Path] = {}  # stage -> the run that gives it
+    taken: list[str] = []  # what each run gave, for the report
     for run in args.runs:
-        run_cfg, stage, model, extra = run_checkpoint(run)
+        loaded = load_run(run)
+        run_cfg, stage, model, extra = loaded[:4]
+        taken.append(_describe(run, loaded))
         if stage in given:  # the later one would silently replace the first
             raise CLIError(
                 f"{str(given[stage])!r} and {str(run)!r} are both stage {stage!r}: give one run "
@@ -84,7 +86,28 @@ def run(args: argparse.Namespace) -> int:
     folder = joined.save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
+    for line in taken:
+        print(f"  {line}", file=sys.stderr)
     return 0
+
+
+def _describe(run: Path, loaded: RunWeights) -> str:
+    """Which checkpoint of ``run`` an export takes, with a note where the run is still
+    training (its lock is held): the weights are those of its newest save, not its last."""
+    line = f"{loaded.stage}: {str(run)!r} at step {loaded.step} ({loaded.checkpoint.name})"
+    from ivref import checkpoint
+
+    ckpt = loaded.checkpoint  # in <run>/checkpoints/, or a legacy <run>/checkpoint
+    own = ckpt.parent.parent if ckpt.parent.name == checkpoint.CHECKPOINTS else ckpt.parent
+    folders = dict.fromkeys([run, own])  # the folder given (a distillation's), and the run's
+    holder = next((h for h in map(files.lock_holder, folders) if h is not None), None)
+    if holder is not None:
+        print(
+            f"note: {str(run)!r} is still training (in use by {holder}): its newest "
+            f"checkpoint, step {loaded.step}, is exported; export again once it has finished",
+            file=sys.stderr,
+        )
+    return line
 
 
 def _differences(mine: object, theirs: object, with_path: bool = False) -> str:
@@ -161,6 +184,13 @@ def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
     """
     own = run_cfg.stage(stage)
     if own.guidance_w_max is not None:  # a distilled student
+        if source != "run":
+            print(
+                f"note: {str(run)!r} is a distilled student of stage {stage!r}: it keeps its own "
+                f"sampling settings (its steps and sampler are what it learnt); --sampling "
+                f"{source} applies to undistilled stages only",
+                file=sys.stderr,
+            )
         return own
     preset = configs.preset(run_cfg.name) if run_cfg.name in configs.PRESETS else None
     others = {

@@ -304,6 +304,29 @@ def write_log(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(_json_row(r) for r in rows))
 
 
+def lock_holder(folder: str | os.PathLike) -> str | None:
+    """Who holds ``folder``'s run lock (``RunLock``), as its lock file names them ("pid N"),
+    or None where nobody does. Only looks: no lock file is made, none is kept."""
+    path = Path(folder) / LOCK
+    if str(path.resolve()) in _HELD:
+        return f"this process (pid {os.getpid()})"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: never locked
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return path.read_text().strip() or "another process"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class RunLockedError(RuntimeError):
     """Another process holds the run folder's lock."""
 

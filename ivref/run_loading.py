@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ivref import configs, distill_plan, errors, text
 
@@ -23,9 +23,26 @@ def run_stage(path: Path):
     return run_checkpoint(path)[:3]
 
 
+class RunWeights(NamedTuple):
+    """A train run's EMA weights as loaded (``load_run``), and the checkpoint they came from."""
+
+    config: configs.CascadeConfig
+    stage: str
+    model: Any  # a VideoUNet in eval mode
+    extra: dict[str, Any]  # the checkpoint's ``extra`` (its ``text_probe``)
+    checkpoint: Path  # the checkpoint folder
+    step: int  # the training step it was saved at
+
+
 def run_checkpoint(path: Path):
     """``run_stage``'s (config, stage, EMA model) and the checkpoint's ``extra`` (its
     ``text_probe``, written by the Trainer)."""
+    return load_run(path)[:4]
+
+
+def load_run(path: Path) -> RunWeights:
+    """The EMA weights of a train run folder, a distillation's folder (its last phase) or
+    one checkpoint folder, with the checkpoint they came from (``RunWeights``)."""
     from ivref import checkpoint
 
     if not path.is_dir():
@@ -57,8 +74,8 @@ def run_checkpoint(path: Path):
     raise AssertionError("unreachable")
 
 
-def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any, dict[str, Any]]:
-    """(config, stage, EMA model, extra) of the newest checkpoint in ``found`` that verifies."""
+def _newest_ema(found: list[Path]) -> RunWeights:
+    """The EMA weights of the newest checkpoint in ``found`` that verifies."""
     from ivref import checkpoint
     from ivref.unet3d import VideoUNet
 
@@ -74,7 +91,7 @@ def _newest_ema(found: list[Path]) -> tuple[configs.CascadeConfig, str, Any, dic
     cfg, stage = meta["config"], meta["stage"]
     model = VideoUNet(cfg.stage(stage).unet)
     checkpoint.load_weights(ckpt / "ema.safetensors", model)
-    return cfg, stage, model.eval(), meta.get("extra", {})
+    return RunWeights(cfg, stage, model.eval(), meta.get("extra", {}), ckpt, int(meta["step"]))
 
 
 def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str | None = None):

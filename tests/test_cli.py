@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -427,8 +428,35 @@ def test_generate_and_export_from_a_run_use_its_last_complete_checkpoint(tmp_pat
     from_first = cli.load_cascade(first).generate(prompts, seed=0, steps=2)
     assert torch.equal(from_run, from_first)
     assert cli.main(["export", str(run), "--out", str(tmp_path / "c")]) == 0
+    assert f"base: {str(run)!r} at step 1 (step-00000001)" in capsys.readouterr().err
     exported = Cascade.from_pretrained(tmp_path / "c").generate(prompts, seed=0, steps=2)
     torch.testing.assert_close(exported, from_first, atol=2e-2, rtol=0)  # fp16 weights
+
+
+def test_export_names_a_run_still_training_and_the_step_it_takes(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from tests.test_files import HOLD
+
+    run = tmp_path / "run"
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert f"base: {str(run)!r} at step 1 (step-00000001)" in err and "still training" not in err
+    trainer = subprocess.Popen(  # a trainer at work in the run folder holds its lock
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert trainer.stdout.readline().strip() == "held"
+        assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    finally:
+        trainer.kill()
+        trainer.wait()
+    err = capsys.readouterr().err
+    assert f"{str(run)!r} is still training (in use by pid {trainer.pid})" in err
+    assert "its newest checkpoint, step 1, is exported" in err
 
 
 def test_export_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
@@ -642,3 +670,21 @@ def test_export_names_the_config_fields_that_differ_and_not_a_t5_path():
     assert export._differences(t5, moved, with_path=True) == unchecked
     longer = dataclasses.replace(moved, max_length=32)
     assert export._differences(longer, t5) == "max_length: run 32, cascade 16"
+
+
+def test_a_student_keeps_its_own_sampling_and_says_so_when_another_is_asked(capsys):
+    """`--sampling base/preset` was ignored silently for a distilled student."""
+    from ivref import distill, export
+
+    teacher = configs.ci()
+    student = distill.student_config(teacher, "base", 8)
+    own = student.stage("base")
+    assert own.guidance_w_max is not None and own.sample_steps == 8
+    run = Path("runs") / "distill-base"
+    assert export.export_sampling(run, student, "base", teacher, "run") == own
+    assert capsys.readouterr().err == ""
+    for source in ("base", "preset"):
+        assert export.export_sampling(run, student, "base", teacher, source) == own
+        err = capsys.readouterr().err
+        assert f"{str(run)!r} is a distilled student of stage 'base'" in err
+        assert f"--sampling {source} applies to undistilled stages only" in err

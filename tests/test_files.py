@@ -70,6 +70,25 @@ def test_run_lock_refuses_a_second_process_and_is_reentrant_in_one(tmp_path):
         pass
 
 
+def test_lock_holder_names_the_holding_process_and_makes_no_lock_file(tmp_path):
+    assert files.lock_holder(tmp_path) is None
+    assert not (tmp_path / files.LOCK).exists()  # only looked
+    with files.RunLock(tmp_path):
+        assert files.lock_holder(tmp_path) == f"this process (pid {os.getpid()})"
+    assert files.lock_holder(tmp_path) is None  # released; the file stays, unlocked
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert files.lock_holder(tmp_path) == f"pid {holder.pid}"
+        assert files.lock_holder(tmp_path) == f"pid {holder.pid}"  # looking took nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert files.lock_holder(tmp_path) is None
+
+
 def test_check_writable_probes_the_folder_and_names_a_file_in_the_way(tmp_path):
     files.check_writable(tmp_path / "new" / "deeper" / "v.mp4")  # creates nothing
     assert list(tmp_path.iterdir()) == []
