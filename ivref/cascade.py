@@ -68,7 +68,8 @@ MAX_SEED = 2**63 - 1
 def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
     """The shipped toy cascade (``shipped_dir()``), which must hold ``stages`` trained.
 
-    Raises FileNotFoundError naming the missing stages and the commands that make them.
+    Raises FileNotFoundError naming the missing stages and the commands that make them; a
+    damaged folder raises its error (a ValueError) with the same commands.
     """
     directory = shipped_dir()
     distilled = variant == "distilled"
@@ -79,6 +80,13 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
             have = {n for n in have if model.models[n].cfg.use_guidance_embedding}
     except FileNotFoundError:
         model, have = None, set()
+    except ValueError as err:  # a damaged manifest or weight file (CheckpointError is one)
+        where = directory / DISTILLED if distilled else directory
+        raise type(err)(
+            f"{err}\nthe cascade in {where} is damaged: restore it (in a git clone of ivref: "
+            f"git checkout -- {where}) or make it again with\n"
+            + remake_commands(stages, distilled, directory)
+        ) from None
     missing = [name for name in stages if name not in have]
     if missing:
         kind = "distilled " if distilled else ""
@@ -141,6 +149,21 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
         raise ValueError(
             f"{manifest_path} is not a valid cascade manifest: 'files' must give the bytes and "
             f"sha256 of every stage's file {wanted}"
+        )
+
+
+class ManifestFormatError(ValueError):
+    """A cascade.json of a format this ivref does not read (a newer ivref wrote it)."""
+
+
+def _check_format(manifest: object, manifest_path: Path) -> None:
+    """A manifest's ``format`` is one this ivref reads (1 or ``FORMAT``)."""
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if isinstance(found, bool) or found not in (1, FORMAT):  # (True == 1)
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT
+        raise ManifestFormatError(
+            f"{manifest_path}: format {found!r}; this ivref reads formats 1 and {FORMAT}"
+            + (" (a newer ivref wrote it: upgrade ivref to load it)" if newer else "")
         )
 
 
@@ -403,6 +426,7 @@ class Cascade(nn.Module):
             )
         try:
             manifest = json.loads(manifest_path.read_text())
+            _check_format(manifest, manifest_path)  # before its config: a newer one may differ
             if isinstance(manifest, dict) and "digest" in manifest:
                 if manifest["digest"] != checkpoint.config_digest(manifest):
                     raise ValueError(
@@ -415,12 +439,10 @@ class Cascade(nn.Module):
             probe = manifest.get("text_probe")
             if probe is not None and not text.is_probe(probe):
                 raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
+        except ManifestFormatError:
+            raise
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{manifest_path} is not a valid cascade manifest: {err}") from None
-        if manifest.get("format") not in (1, FORMAT):
-            raise ValueError(
-                f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT}"
-            )
         if manifest["format"] == 1:
             warnings.warn(
                 f"{manifest_path}: format 1 has no checksums; files are not verified", stacklevel=2

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs, guidance, samplers, superres, text
+from ivref import checkpoint, configs, guidance, samplers, superres, text
 from ivref.cascade import Cascade, check_prompts
 from ivref.unet3d import VideoUNet
 
@@ -138,6 +138,25 @@ def test_missing_folder_and_corrupted_files_say_what_is_wrong(ci_cascade, tmp_pa
     (tmp_path / "cascade.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid cascade manifest"):
         Cascade.from_pretrained(tmp_path)
+
+
+def test_a_newer_format_is_named_before_its_config_is_read(ci_cascade, tmp_path):
+    """A format-3 manifest whose config has a field this ivref does not know failed on the
+    field ('unexpected ... field'), not on the format."""
+    ci_cascade.save_pretrained(tmp_path)
+    manifest = json.loads((tmp_path / "cascade.json").read_text())
+    manifest["format"] = 3
+    manifest["config"]["stages"][0]["a_field_of_ivref_3"] = 1
+    manifest["digest"] = checkpoint.config_digest(manifest)
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"format 3; this ivref reads formats 1 and 2 \(a newer"):
+        Cascade.from_pretrained(tmp_path)
+    for found, shown in ((None, "None"), ("2", "'2'"), (True, "True")):
+        manifest["format"] = found
+        (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=f"format {shown}; this ivref reads") as err:
+            Cascade.from_pretrained(tmp_path)
+        assert "upgrade ivref" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -595,6 +614,25 @@ def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     students = tmp_path / "distilled"  # it exists: the students in it are kept (its --base)
     assert f"--base {students} --out {students} --force" in str(err.value)
     assert f"--from {tmp_path} " in str(err.value)  # the folder in use, not data/toy
+
+
+def test_load_shipped_names_the_commands_that_remake_a_damaged_cascade(
+    ci_cascade, tmp_path, monkeypatch
+):
+    """A damaged shipped folder raised its error alone: no way back was named."""
+    from ivref import tensor_files
+
+    ci_cascade.save_pretrained(tmp_path)
+    monkeypatch.setenv("IVREF_WEIGHTS", str(tmp_path))
+    weights = tmp_path / "base.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(tensor_files.CheckpointError, match="corrupted") as err:
+        cascade_lib.load_shipped(["base"])
+    assert f"the cascade in {tmp_path} is damaged: restore it" in str(err.value)
+    assert "ivref train --scale toy --stage base" in str(err.value)
+    (tmp_path / "cascade.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"not a valid cascade manifest(.|\n)*--stage base"):
+        cascade_lib.load_shipped(["base"])
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "none"])

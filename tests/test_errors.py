@@ -172,6 +172,15 @@ def _path_stage_cascade(ctx: Ctx) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
+def _newer_format_cascade(ctx: Ctx) -> None:
+    manifest_path = _cascade(ctx) / "cascade.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] = 3  # as a newer ivref might write it, with a field unknown here
+    manifest["config"]["stages"][0]["a_field_of_ivref_3"] = 1
+    manifest["digest"] = checkpoint.config_digest(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+
+
 def _read_only(ctx: Ctx) -> None:
     ctx.tmpfs("RO", "64k", read_only=True)
 
@@ -344,6 +353,13 @@ CLI_CASES = [
         2,
         "its sha256 differs",
         _flipped_cascade,
+    ),
+    Case(
+        "a cascade saved by a newer ivref (format 3)",
+        (*GEN, "--out", "{X}/v.gif", "--checkpoint", "{CASCADE}"),
+        2,
+        "format 3; this ivref reads formats 1 and 2 (a newer ivref wrote it: upgrade ivref",
+        _newer_format_cascade,
     ),
     Case(
         "a cascade whose stage name is a path",
