@@ -69,8 +69,10 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
     """The shipped toy cascade (``shipped_dir()``), which must hold ``stages`` trained.
 
     Raises FileNotFoundError naming the missing stages and the commands that make them; a
-    damaged folder raises its error (a ValueError) with the same commands.
+    damaged folder raises its error (a ValueError) with the ways back: restore it, or make
+    every stage again and replace it.
     """
+    _check_variant(variant)
     directory = shipped_dir()
     distilled = variant == "distilled"
     try:
@@ -80,12 +82,14 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
             have = {n for n in have if model.models[n].cfg.use_guidance_embedding}
     except FileNotFoundError:
         model, have = None, set()
+    except ManifestFormatError:  # whole, of another format: not damaged
+        raise
     except ValueError as err:  # a damaged manifest or weight file (CheckpointError is one)
         where = directory / DISTILLED if distilled else directory
         raise type(err)(
             f"{err}\nthe cascade in {where} is damaged: restore it (in a git clone of ivref: "
-            f"git checkout -- {where}) or make it again with\n"
-            + remake_commands(stages, distilled, directory)
+            f"git checkout -- {where}), or make every stage again and replace it:\n"
+            + remake_commands(list(TOY_TRAIN_STEPS), distilled, directory, replace=True)
         ) from None
     missing = [name for name in stages if name not in have]
     if missing:
@@ -95,6 +99,11 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
             + remake_commands(missing, distilled, directory)
         )
     return model
+
+
+def _check_variant(variant: object) -> None:
+    if variant not in (None, "distilled"):
+        raise ValueError(f"variant={variant!r}; allowed: None or 'distilled'")
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -153,17 +162,34 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
 
 
 class ManifestFormatError(ValueError):
-    """A cascade.json of a format this ivref does not read (a newer ivref wrote it)."""
+    """A whole cascade.json (its digest matches, or it has none) of a format this ivref does
+    not read: a newer ivref's, or an edit."""
 
 
-def _check_format(manifest: object, manifest_path: Path) -> None:
-    """A manifest's ``format`` is one this ivref reads (1 or ``FORMAT``)."""
-    found = manifest.get("format") if isinstance(manifest, dict) else None
+def _check_manifest(manifest: object, manifest_path: Path) -> None:
+    """A manifest is a JSON object, whole (its ``digest`` matches, where it has one), of a
+    format this ivref reads (1 or ``FORMAT``); checked before its config, which a newer
+    format may lay out otherwise. A ValueError says what is wrong."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"it holds {type(manifest).__name__}, not a JSON object")
+    whole = "digest" not in manifest or manifest["digest"] == checkpoint.config_digest(manifest)
+    found = manifest.get("format")
     if isinstance(found, bool) or found not in (1, FORMAT):  # (True == 1)
-        newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT
+        if not whole:  # a newer ivref may digest otherwise: both are possible
+            raise ValueError(
+                f"format {found!r} and content that does not match its digest: damaged, or "
+                f"written by a newer ivref (this one reads formats 1 and {FORMAT})"
+            )
+        newer = isinstance(found, int) and found > FORMAT
         raise ManifestFormatError(
             f"{manifest_path}: format {found!r}; this ivref reads formats 1 and {FORMAT}"
             + (" (a newer ivref wrote it: upgrade ivref to load it)" if newer else "")
+        )
+    if not whole:
+        raise ValueError(
+            "its content does not match its digest: damaged, or edited by hand (to keep an "
+            'edit, delete its "digest" entry; generate(guidance=..., steps=...) and ivref '
+            "export --sampling change settings without editing)"
         )
 
 
@@ -412,8 +438,7 @@ class Cascade(nn.Module):
         ``distilled/`` subfolder (8 sampling steps per stage, one pass each) [IV §2.7].
         """
         directory = shipped_dir() if dir is None else Path(dir)
-        if variant not in (None, "distilled"):
-            raise ValueError(f"variant={variant!r}; allowed: None or 'distilled'")
+        _check_variant(variant)
         if variant == "distilled":
             directory = directory / DISTILLED
         manifest_path = directory / MANIFEST
@@ -426,14 +451,7 @@ class Cascade(nn.Module):
             )
         try:
             manifest = json.loads(manifest_path.read_text())
-            _check_format(manifest, manifest_path)  # before its config: a newer one may differ
-            if isinstance(manifest, dict) and "digest" in manifest:
-                if manifest["digest"] != checkpoint.config_digest(manifest):
-                    raise ValueError(
-                        "its content does not match its digest: damaged, or edited by hand (to "
-                        'keep an edit, delete its "digest" entry; generate(guidance=..., '
-                        "steps=...) and ivref export --sampling change settings without editing)"
-                    )
+            _check_manifest(manifest, manifest_path)
             cfg = configs.CascadeConfig.from_dict(manifest["config"])
             stages = [cfg.stage(name).name for name in manifest["stages"]]
             probe = manifest.get("text_probe")

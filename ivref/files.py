@@ -10,6 +10,7 @@ training runs), so none of those needs to import another to save a file.
   and the line.
 - ``RunLock``: an exclusive, advisory ``flock`` on ``<run>/.lock``, so two trainers never
   write one run folder at once. The lock is released by the OS when the process dies.
+  ``lock_holder`` says who holds it (``ivref export`` notes a run still training).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -304,9 +306,14 @@ def write_log(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(_json_row(r) for r in rows))
 
 
+_BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # flock's "someone holds it"
+_PROBE_WAIT_S = 0.25  # how long RunLock waits out a lock_holder probe (microseconds long)
+
+
 def lock_holder(folder: str | os.PathLike) -> str | None:
     """Who holds ``folder``'s run lock (``RunLock``), as its lock file names them ("pid N"),
-    or None where nobody does. Only looks: no lock file is made, none is kept."""
+    or None where nobody does (or the file system cannot tell: no flock there). Makes no
+    lock file; to look, it holds a shared lock for a moment, which ``RunLock`` waits out."""
     path = Path(folder) / LOCK
     if str(path.resolve()) in _HELD:
         return f"this process (pid {os.getpid()})"
@@ -317,14 +324,29 @@ def lock_holder(folder: str | os.PathLike) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as err:
-        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise
-        return path.read_text().strip() or "another process"
+        if err.errno not in _BUSY:
+            return None  # a note, not worth failing for (e.g. ENOLCK: no flock on this mount)
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _flock_exclusive(fd: int) -> None:
+    """``flock(LOCK_EX | LOCK_NB)``, retried for ``_PROBE_WAIT_S`` while held: a
+    ``lock_holder`` probe holds a shared lock for microseconds and must not refuse a
+    trainer. A holder that stays raises the OSError (EWOULDBLOCK)."""
+    deadline = time.monotonic() + _PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in _BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class RunLockedError(RuntimeError):
@@ -354,10 +376,10 @@ class RunLock:
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_exclusive(fd)
         except OSError as err:
             os.close(fd)
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            if err.errno not in _BUSY:
                 raise
             holder = self.path.read_text().strip() or "another process"
             raise RunLockedError(

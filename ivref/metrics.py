@@ -72,15 +72,15 @@ def components(mask: torch.Tensor) -> torch.Tensor:
 
     Each component of an image is labelled 1 + the largest flat index (within its H x W
     image) of its pixels. Found by propagation: every pixel on the mask takes the largest
-    label of its 3 x 3 neighbourhood on the mask, then the label of the pixel its label
-    names (that pixel lies in the same component and holds a label at least as large: the
-    jump halves long chains), until nothing changes (at most H W rounds; about 7 for the
-    toy world's shapes at 64 x 64).
+    label of its 3 x 3 neighbourhood, then the value the pixel its new label names took in
+    the same round (that pixel lies in the same component and took a label at least as
+    large: the jump shortens long chains), until nothing changes (at most H W rounds; about
+    7 for the toy world's shapes at 64 x 64).
     """
     h, w = mask.shape[-2:]
     on = mask.reshape(-1, 1, h, w)
     exact = torch.float32 if h * w < 2**24 else torch.float64  # labels are whole numbers
-    index = torch.arange(1, h * w + 1, dtype=exact).reshape(1, 1, h, w)
+    index = torch.arange(1, h * w + 1, dtype=exact, device=mask.device).reshape(1, 1, h, w)
     labels = torch.where(on, index, 0.0)
     for _ in range(h * w):
         grown = F.max_pool2d(labels, 3, stride=1, padding=1).view(len(on), h * w)
@@ -104,7 +104,7 @@ def blobs(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     b, f, h, w = c.shape
     labels = components(c > 0).reshape(b * f, h * w)  # label L: pixel L - 1 of its frame
-    frame = torch.arange(b * f)[:, None] * (h * w + 1)
+    frame = torch.arange(b * f, device=c.device)[:, None] * (h * w + 1)
     mass = torch.bincount(  # each blob's coverage, at its label
         (frame + labels).flatten(), weights=c.flatten().double(), minlength=b * f * (h * w + 1)
     ).reshape(b * f, h * w + 1)[:, 1:]

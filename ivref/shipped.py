@@ -33,11 +33,15 @@ TOY_DISTILL_ARGS = {
 
 
 def remake_commands(
-    stages: Sequence[str], distilled: bool = False, folder: str | os.PathLike | None = None
+    stages: Sequence[str],
+    distilled: bool = False,
+    folder: str | os.PathLike | None = None,
+    replace: bool = False,
 ) -> str:
     """The ``ivref`` commands that make the toy ``stages`` and fold them into ``folder``
     (default: ``data/toy``). Students join a distilled folder that exists as its own
-    ``--base``, so the students already in it are kept."""
+    ``--base``, so the students already in it are kept. ``replace``: the stages replace
+    the folder's cascade without reading it (it is damaged): give every stage."""
     real = Path(folder) if folder is not None else SHIPPED_DIR
     home = "data/toy" if real.resolve() == SHIPPED_DIR else str(real)  # as run from the repo
     if distilled:
@@ -48,7 +52,9 @@ def remake_commands(
             for n in stages
         ]
         students = f"{home}/{DISTILLED}"
-        if (real / DISTILLED / "cascade.json").is_file():  # keep its students: the --base
+        if replace:
+            fold = f"ivref export {' '.join(runs)} --out {students} --force"
+        elif (real / DISTILLED / "cascade.json").is_file():  # keep its students: the --base
             fold = f"ivref export {' '.join(runs)} --base {students} --out {students} --force"
         else:
             fold = f"ivref export {' '.join(runs)} --base {home} --out {students}"
@@ -59,5 +65,6 @@ def remake_commands(
             f"--out runs/{n}"
             for n in stages
         ]
-        fold = f"ivref export {' '.join(runs)} --base {home} --out {home} --force"
+        base = "" if replace else f" --base {home}"
+        fold = f"ivref export {' '.join(runs)}{base} --out {home} --force"
     return "\n".join(f"  {line}" for line in [*make, fold])

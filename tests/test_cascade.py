@@ -149,14 +149,25 @@ def test_a_newer_format_is_named_before_its_config_is_read(ci_cascade, tmp_path)
     manifest["config"]["stages"][0]["a_field_of_ivref_3"] = 1
     manifest["digest"] = checkpoint.config_digest(manifest)
     (tmp_path / "cascade.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"format 3; this ivref reads formats 1 and 2 \(a newer"):
+    with pytest.raises(
+        cascade_lib.ManifestFormatError,
+        match=r"format 3; this ivref reads formats 1 and 2 \(a newer",
+    ):
         Cascade.from_pretrained(tmp_path)
     for found, shown in ((None, "None"), ("2", "'2'"), (True, "True")):
         manifest["format"] = found
+        manifest["digest"] = checkpoint.config_digest(manifest)
         (tmp_path / "cascade.json").write_text(json.dumps(manifest))
         with pytest.raises(ValueError, match=f"format {shown}; this ivref reads") as err:
             Cascade.from_pretrained(tmp_path)
         assert "upgrade ivref" not in str(err.value)
+    manifest["format"] = 3  # its digest is format True's: damaged, or another digest
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format 3 and content that does not match its digest"):
+        Cascade.from_pretrained(tmp_path)
+    (tmp_path / "cascade.json").write_text("[2]")
+    with pytest.raises(ValueError, match="not a valid cascade manifest: it holds list"):
+        Cascade.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -619,20 +630,45 @@ def test_load_shipped_names_the_commands_that_make_a_missing_stage(
 def test_load_shipped_names_the_commands_that_remake_a_damaged_cascade(
     ci_cascade, tmp_path, monkeypatch
 ):
-    """A damaged shipped folder raised its error alone: no way back was named."""
-    from ivref import tensor_files
+    """A damaged shipped folder raised its error alone: no way back was named. The fold it
+    names replaces the folder without reading it (an `export --base` of the damaged folder
+    fails on the same damage), and works on a damaged folder."""
+    from ivref import cli, tensor_files
 
-    ci_cascade.save_pretrained(tmp_path)
-    monkeypatch.setenv("IVREF_WEIGHTS", str(tmp_path))
-    weights = tmp_path / "base.safetensors"
+    folder = tmp_path / "toy"
+    ci_cascade.save_pretrained(folder)
+    monkeypatch.setenv("IVREF_WEIGHTS", str(folder))
+    weights = folder / "base.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])
     with pytest.raises(tensor_files.CheckpointError, match="corrupted") as err:
         cascade_lib.load_shipped(["base"])
-    assert f"the cascade in {tmp_path} is damaged: restore it" in str(err.value)
-    assert "ivref train --scale toy --stage base" in str(err.value)
-    (tmp_path / "cascade.json").write_text("{not json")
+    message = str(err.value)
+    assert f"the cascade in {folder} is damaged: restore it" in message
+    runs = " ".join(f"runs/{name}" for name in cascade_lib.TOY_TRAIN_STEPS)
+    assert "ivref train --scale toy --stage ssr2" in message  # every stage, not those asked
+    assert f"ivref export {runs} --out {folder} --force" in message  # no --base
+    with pytest.raises(ValueError, match="variant='distiled'; allowed") as err:
+        cascade_lib.load_shipped(["base"], variant="distiled")
+    assert "is damaged" not in str(err.value)
+    with pytest.raises(tensor_files.CheckpointError, match=r"damaged(.|\n)*--out \S+/distilled"):
+        ci_cascade.save_pretrained(folder / "distilled")
+        (folder / "distilled" / "base.safetensors").write_bytes(b"")
+        cascade_lib.load_shipped(["base"], variant="distilled")
+    run = tmp_path / "run"  # the fold, with one ci run: it replaces the damaged cascade
+    argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    assert cli.main(["export", str(run), "--out", str(folder), "--force"]) == 0
+    assert cascade_lib.load_shipped(["base"]).trained_stages[0].name == "base"
+    (folder / "cascade.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"not a valid cascade manifest(.|\n)*--stage base"):
         cascade_lib.load_shipped(["base"])
+    manifest = json.loads((tmp_path / "toy" / "distilled" / "cascade.json").read_text())
+    manifest["format"] = 3
+    manifest["digest"] = checkpoint.config_digest(manifest)
+    (folder / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(cascade_lib.ManifestFormatError, match="upgrade ivref") as err:
+        cascade_lib.load_shipped(["base"])
+    assert "is damaged" not in str(err.value)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "none"])

@@ -89,6 +89,23 @@ def test_lock_holder_names_the_holding_process_and_makes_no_lock_file(tmp_path):
     assert files.lock_holder(tmp_path) is None
 
 
+def test_a_lock_holder_probe_does_not_refuse_a_trainer_that_starts_meanwhile(tmp_path):
+    """lock_holder holds a shared lock for a moment; a RunLock taken then waits it out
+    (before, it was refused, naming whatever pid the lock file held)."""
+    import fcntl
+    import threading
+
+    (tmp_path / files.LOCK).write_text("pid 4242")  # a trainer's, long gone
+    probe = os.open(tmp_path / files.LOCK, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as lock_holder holds it
+    threading.Timer(0.05, lambda: fcntl.flock(probe, fcntl.LOCK_UN)).start()
+    try:
+        with files.RunLock(tmp_path):
+            assert (tmp_path / files.LOCK).read_text() == f"pid {os.getpid()}"
+    finally:
+        os.close(probe)
+
+
 def test_check_writable_probes_the_folder_and_names_a_file_in_the_way(tmp_path):
     files.check_writable(tmp_path / "new" / "deeper" / "v.mp4")  # creates nothing
     assert list(tmp_path.iterdir()) == []

@@ -229,14 +229,19 @@ def test_touching_shapes_are_one_blob_and_specks_are_not_shapes():
     big = data.Scene("blue", "square", None, 0.15, (0.5, 0.5), (0.0, 0.0))
     touching = data.Scene("blue", "square", None, 0.15, (0.75, 0.5), (0.0, 0.0))
     speck = data.Scene("blue", "square", None, 0.04, (0.1, 0.1), (0.0, 0.0))  # 7% of its area
+    late = data.Scene("blue", "square", None, 0.04, (0.9, 0.9), (0.0, 0.0))  # a larger label
+    lone = data.Scene("blue", "square", None, 0.3 / 64, (32.5 / 64,) * 2, (0.0, 0.0))  # 1/4 px
     blank = -torch.ones(1, 3, 16, 64, 64)
     for clip, want in (
         (_scene_clip(big, touching), 1),
         (_scene_clip(big, speck), 1),
+        (_scene_clip(big, late), 1),
         (_scene_clip(big), 1),
+        (_scene_clip(lone), 0),
         (blank, 0),
     ):
         assert metrics.shape_counts(metrics.foreground(clip)).unique().tolist() == [want]
-    assert metrics.read_videos(_scene_clip(big, speck))[0][:2] == ("blue", "square")
-    half = data.Scene("blue", "square", None, 0.15 / 2, (0.15, 0.15), (0.0, 0.0))  # 25%
+    for clip in (_scene_clip(big, speck), _scene_clip(big, late)):  # the square, not the speck
+        assert metrics.read_videos(clip)[0][:2] == ("blue", "square")
+    half = data.Scene("blue", "square", None, 0.15 / 2, (0.15, 0.15), (0.0, 0.0))  # 26% (AA)
     assert metrics.shape_counts(metrics.foreground(_scene_clip(big, half))).unique().tolist() == [2]
