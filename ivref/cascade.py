@@ -82,15 +82,18 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
             have = {n for n in have if model.models[n].cfg.use_guidance_embedding}
     except FileNotFoundError:
         model, have = None, set()
-    except ManifestFormatError:  # whole, of another format: not damaged
-        raise
     except ValueError as err:  # a damaged manifest or weight file (CheckpointError is one)
+        if isinstance(err, ManifestFormatError) and err.whole:  # a newer ivref's: not damaged
+            raise
         where = directory / DISTILLED if distilled else directory
-        raise type(err)(
-            f"{err}\nthe cascade in {where} is damaged: restore it (in a git clone of ivref: "
-            f"git checkout -- {where}), or make every stage again and replace it:\n"
+        back = (  # the ways back
+            f"restore it (in a git clone of ivref: git checkout -- {where}), or make every "
+            "stage again and replace it:\n"
             + remake_commands(list(TOY_TRAIN_STEPS), distilled, directory, replace=True)
-        ) from None
+        )
+        if isinstance(err, ManifestFormatError):  # damaged, or a newer ivref's
+            raise ManifestFormatError(f"{err}\nif it is damaged, {back}", whole=False) from None
+        raise type(err)(f"{err}\nthe cascade in {where} is damaged: {back}") from None
     missing = [name for name in stages if name not in have]
     if missing:
         kind = "distilled " if distilled else ""
@@ -162,29 +165,41 @@ def _check_listed(listed: object, stages: Sequence[str], manifest_path: Path) ->
 
 
 class ManifestFormatError(ValueError):
-    """A whole cascade.json (its digest matches, or it has none) of a format this ivref does
-    not read: a newer ivref's, or an edit."""
+    """A cascade.json of a later format than this ivref reads: a newer ivref wrote it
+    (``whole``: its digest matches, or it has none), or it is damaged (not ``whole``)."""
+
+    def __init__(self, message: str, whole: bool = True) -> None:
+        super().__init__(message)
+        self.whole = whole
 
 
 def _check_manifest(manifest: object, manifest_path: Path) -> None:
     """A manifest is a JSON object, whole (its ``digest`` matches, where it has one), of a
     format this ivref reads (1 or ``FORMAT``); checked before its config, which a newer
-    format may lay out otherwise. A ValueError says what is wrong."""
+    format may lay out otherwise. A ValueError (``ManifestFormatError`` for a later
+    format) says what is wrong."""
     if not isinstance(manifest, dict):
         raise ValueError(f"it holds {type(manifest).__name__}, not a JSON object")
-    whole = "digest" not in manifest or manifest["digest"] == checkpoint.config_digest(manifest)
+    try:
+        whole = "digest" not in manifest or manifest["digest"] == checkpoint.config_digest(manifest)
+    except (TypeError, ValueError):  # NaN or the like: not what a digest was made of
+        whole = False
     found = manifest.get("format")
-    if isinstance(found, bool) or found not in (1, FORMAT):  # (True == 1)
-        if not whole:  # a newer ivref may digest otherwise: both are possible
-            raise ValueError(
-                f"format {found!r} and content that does not match its digest: damaged, or "
-                f"written by a newer ivref (this one reads formats 1 and {FORMAT})"
+    reads = f"this ivref reads formats 1 and {FORMAT}"
+    if type(found) is int and found > FORMAT:  # (not a bool, not 3.0)
+        if whole:
+            raise ManifestFormatError(
+                f"{manifest_path}: format {found}; {reads} (a newer ivref wrote it: upgrade "
+                "ivref to load it)"
             )
-        newer = isinstance(found, int) and found > FORMAT
-        raise ManifestFormatError(
-            f"{manifest_path}: format {found!r}; this ivref reads formats 1 and {FORMAT}"
-            + (" (a newer ivref wrote it: upgrade ivref to load it)" if newer else "")
+        raise ManifestFormatError(  # a newer ivref may digest otherwise: both are possible
+            f"{manifest_path}: format {found} and content that does not match its digest: "
+            f"damaged, or written by a newer ivref ({reads})",
+            whole=False,
         )
+    if not (type(found) is int and found in (1, FORMAT)):
+        what = f"format {found!r}" if "format" in manifest else "no format entry"
+        raise ValueError(f"{what}; {reads}: damaged, or edited by hand")
     if not whole:
         raise ValueError(
             "its content does not match its digest: damaged, or edited by hand (to keep an "

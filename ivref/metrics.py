@@ -209,6 +209,7 @@ def check_videos(videos: torch.Tensor) -> None:
 def read_videos(videos: torch.Tensor) -> list[tuple[str | None, str | None, str | None]]:
     """(color, shape, motion) read from each video (B, 3, F, H, W) in [-1, 1]; None: unreadable."""
     check_videos(videos)
+    videos = videos.detach().cpu()  # the palette and the pixel grids are on the CPU
     c = foreground(videos)
     found = blobs(c)
     return list(

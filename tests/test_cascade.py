@@ -154,16 +154,25 @@ def test_a_newer_format_is_named_before_its_config_is_read(ci_cascade, tmp_path)
         match=r"format 3; this ivref reads formats 1 and 2 \(a newer",
     ):
         Cascade.from_pretrained(tmp_path)
-    for found, shown in ((None, "None"), ("2", "'2'"), (True, "True")):
-        manifest["format"] = found
+    for found, shown in ((None, "None"), ("2", "'2'"), (True, "True"), (1.0, "1.0"), (3.0, "3.0")):
+        manifest["format"] = found  # 1.0 took format 1's path: no file checked
         manifest["digest"] = checkpoint.config_digest(manifest)
         (tmp_path / "cascade.json").write_text(json.dumps(manifest))
-        with pytest.raises(ValueError, match=f"format {shown}; this ivref reads") as err:
+        with pytest.raises(ValueError, match=f"format {shown}; this ivref reads .*edited by hand"):
             Cascade.from_pretrained(tmp_path)
-        assert "upgrade ivref" not in str(err.value)
-    manifest["format"] = 3  # its digest is format True's: damaged, or another digest
+    del manifest["format"]
+    manifest["digest"] = checkpoint.config_digest(manifest)
     (tmp_path / "cascade.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="format 3 and content that does not match its digest"):
+    with pytest.raises(ValueError, match="no format entry; this ivref reads formats 1 and 2"):
+        Cascade.from_pretrained(tmp_path)
+    manifest["format"] = 3  # its digest is one without a format: damaged, or another digest
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(cascade_lib.ManifestFormatError, match="format 3 and content that does not"):
+        Cascade.from_pretrained(tmp_path)
+    manifest["format"] = 2
+    manifest["config"]["stages"][0]["guidance_w"] = math.nan  # no digest can be made of it
+    (tmp_path / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="its content does not match its digest"):
         Cascade.from_pretrained(tmp_path)
     (tmp_path / "cascade.json").write_text("[2]")
     with pytest.raises(ValueError, match="not a valid cascade manifest: it holds list"):
@@ -650,10 +659,12 @@ def test_load_shipped_names_the_commands_that_remake_a_damaged_cascade(
     with pytest.raises(ValueError, match="variant='distiled'; allowed") as err:
         cascade_lib.load_shipped(["base"], variant="distiled")
     assert "is damaged" not in str(err.value)
-    with pytest.raises(tensor_files.CheckpointError, match=r"damaged(.|\n)*--out \S+/distilled"):
-        ci_cascade.save_pretrained(folder / "distilled")
-        (folder / "distilled" / "base.safetensors").write_bytes(b"")
+    ci_cascade.save_pretrained(folder / "distilled")
+    (folder / "distilled" / "base.safetensors").write_bytes(b"")
+    with pytest.raises(tensor_files.CheckpointError, match="is damaged: restore it") as err:
         cascade_lib.load_shipped(["base"], variant="distilled")
+    students = " ".join(f"runs/distill-{name}" for name in cascade_lib.TOY_TRAIN_STEPS)
+    assert str(err.value).endswith(f"ivref export {students} --out {folder}/distilled --force")
     run = tmp_path / "run"  # the fold, with one ci run: it replaces the damaged cascade
     argv = ["train", "--scale", "ci", "--out", str(run), "--batch-size", "2", "--steps", "1"]
     assert cli.main(argv) == 0
@@ -668,7 +679,12 @@ def test_load_shipped_names_the_commands_that_remake_a_damaged_cascade(
     (folder / "cascade.json").write_text(json.dumps(manifest))
     with pytest.raises(cascade_lib.ManifestFormatError, match="upgrade ivref") as err:
         cascade_lib.load_shipped(["base"])
-    assert "is damaged" not in str(err.value)
+    assert "is damaged" not in str(err.value) and "restore it" not in str(err.value)
+    manifest["format"] = 4  # its digest is format 3's: damaged, or a newer ivref's digest
+    (folder / "cascade.json").write_text(json.dumps(manifest))
+    with pytest.raises(cascade_lib.ManifestFormatError, match="damaged, or written by") as err:
+        cascade_lib.load_shipped(["base"])
+    assert "\nif it is damaged, restore it" in str(err.value)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static", "none"])

@@ -89,21 +89,38 @@ def test_lock_holder_names_the_holding_process_and_makes_no_lock_file(tmp_path):
     assert files.lock_holder(tmp_path) is None
 
 
-def test_a_lock_holder_probe_does_not_refuse_a_trainer_that_starts_meanwhile(tmp_path):
+def test_a_lock_holder_probe_does_not_refuse_a_trainer_that_starts_meanwhile(tmp_path, monkeypatch):
     """lock_holder holds a shared lock for a moment; a RunLock taken then waits it out
     (before, it was refused, naming whatever pid the lock file held)."""
     import fcntl
     import threading
 
+    monkeypatch.setattr(files, "_PROBE_WAIT_S", 5.0)  # room for a slow, busy machine
     (tmp_path / files.LOCK).write_text("pid 4242")  # a trainer's, long gone
     probe = os.open(tmp_path / files.LOCK, os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as lock_holder holds it
-    threading.Timer(0.05, lambda: fcntl.flock(probe, fcntl.LOCK_UN)).start()
+    done = threading.Timer(0.05, lambda: fcntl.flock(probe, fcntl.LOCK_UN))
+    done.start()
     try:
         with files.RunLock(tmp_path):
             assert (tmp_path / files.LOCK).read_text() == f"pid {os.getpid()}"
     finally:
+        done.cancel()
+        done.join()
         os.close(probe)
+
+
+def test_lock_holder_answers_none_where_the_file_system_cannot_tell(tmp_path, monkeypatch):
+    """A note, never worth failing an export for: no flock on the mount (ENOLCK)."""
+    import errno
+
+    (tmp_path / files.LOCK).write_text("pid 4242")
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    assert files.lock_holder(tmp_path) is None
 
 
 def test_check_writable_probes_the_folder_and_names_a_file_in_the_way(tmp_path):
