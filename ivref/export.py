@@ -94,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
 def _describe(run: Path, loaded: RunWeights) -> str:
     """Which checkpoint of ``run`` an export takes, with a note where the run is still
     training (its lock is held): the weights are those of its newest save, not its last."""
-    line = f"{loaded.stage}: {str(run)!r} at step {loaded.step} ({loaded.checkpoint.name})"
     from ivref import checkpoint
 
+    line = f"{loaded.stage}: {str(run)!r} at step {loaded.step} ({loaded.checkpoint.name})"
     ckpt = loaded.checkpoint  # in <run>/checkpoints/, or a legacy <run>/checkpoint
     own = ckpt.parent.parent if ckpt.parent.name == checkpoint.CHECKPOINTS else ckpt.parent
     folders = dict.fromkeys([run, own])  # the folder given (a distillation's), and the run's
