@@ -180,10 +180,7 @@ def _check_manifest(manifest: object, manifest_path: Path) -> None:
     format) says what is wrong."""
     if not isinstance(manifest, dict):
         raise ValueError(f"it holds {type(manifest).__name__}, not a JSON object")
-    try:
-        whole = "digest" not in manifest or manifest["digest"] == checkpoint.config_digest(manifest)
-    except (TypeError, ValueError):  # NaN or the like: not what a digest was made of
-        whole = False
+    whole = "digest" not in manifest or not checkpoint._digest_differs(manifest)  # (NaN: differs)
     found = manifest.get("format")
     reads = f"this ivref reads formats 1 and {FORMAT}"
     if type(found) is int and found > FORMAT:  # (not a bool, not 3.0)
