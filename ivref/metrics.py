@@ -132,12 +132,12 @@ def read_shape(c: torch.Tensor, found: tuple | None = None) -> list[str | None]:
     """
     b, f, h, w = c.shape
     s = min(h, w)
-    count, c = blobs(c) if found is None else found
-    centroid, area = _centroids(c)
+    count, main = blobs(c) if found is None else found
+    centroid, area = _centroids(main)
     valid = count == 1  # (B, F)
     area_u = (area / s**2).double().flatten()
     center = (centroid / s).double().flatten(0, 1)  # (B*F, 2)
-    target = rearrange(c, "b f h w -> (b f) h w")
+    target = rearrange(main, "b f h w -> (b f) h w")
     errors = []
     for shape, radius, lift in (
         ("circle", torch.sqrt(area_u / math.pi), 0.0),
