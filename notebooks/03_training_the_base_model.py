@@ -107,6 +107,9 @@ video.show(images, captions=image_captions, fps=BASE.fps, width=96)
 # How will we know a model got a caption right? `metrics.caption_alignment` reads a video back
 # (nearest palette color, best-fitting shape template, direction of the centroid's motion) and
 # scores it against the prompt: the toy world's stand-in for the paper's CLIP score [IV §3].
+# Every frame must hold exactly one shape (one connected blob of foreground, specks of noise
+# aside); a video that loses its shape or splits it in two in any frame gets no shape and no
+# motion, and shape and motion are read from the largest blob.
 # On rendered ground truth at the base size it gives the ceiling a perfect model could reach:
 
 # %%
