@@ -63,6 +63,13 @@ __all__ = [  # with stage_sampling.py's names, which callers know from here
 FORMAT = 2
 MANIFEST = "cascade.json"
 MAX_SEED = 2**63 - 1
+# Output voxels (frames x height x width) per batch that generate() samples at once. On the
+# CPU, batches of 16 videos at 16 x 64 x 64 spent as much time in the kernel (mapping and
+# zeroing fresh memory for activations of hundreds of MiB) as computing; batches of 4
+# (2**18 voxels) sampled the same 16 videos 1.4x faster, and 2 or 1 were slower again
+# (benchmarks/sampling_batch.py, docs/benchmarks.md). A GPU keeps busy with larger batches.
+CPU_BATCH_VOXELS = 2**18
+GPU_BATCH_VOXELS = 2**21
 
 
 def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
@@ -278,9 +285,12 @@ class Cascade(nn.Module):
         return self._encoder
 
     def default_batch_size(self) -> int:
-        """Videos sampled at once: about 2^21 output voxels per batch, from 1 to 64."""
+        """Videos sampled at once, from 1 to 64: about ``CPU_BATCH_VOXELS`` output voxels per
+        batch where the last stage's model is on the CPU, ``GPU_BATCH_VOXELS`` elsewhere."""
         last = self.trained_stages[-1]
-        return max(1, min(64, 2**21 // (last.num_frames * last.height * last.width)))
+        on_cpu = model_device(self.models[last.name]).type == "cpu"
+        voxels = CPU_BATCH_VOXELS if on_cpu else GPU_BATCH_VOXELS
+        return max(1, min(64, voxels // (last.num_frames * last.height * last.width)))
 
     @torch.no_grad()
     def generate(

@@ -1,4 +1,4 @@
-"""benchmarks/sampling.py at ci size: the JSON it writes counts evaluations exactly."""
+"""benchmarks/sampling.py and sampling_batch.py at ci size: what their JSON records is checked."""
 
 import json
 
@@ -28,3 +28,29 @@ def test_sampling_benchmark_counts_every_evaluation(repo_root, tmp_path, capsys)
     assert result["ratio_evaluations"] == total
     assert result["ratio_total"] > 0
     assert "teacher / distilled" in capsys.readouterr().out
+
+
+def test_sampling_batch_benchmark_times_each_batch_size_on_all_prompts(
+    repo_root, tmp_path, capsys, monkeypatch
+):
+    script = load_script(repo_root / "benchmarks" / "sampling_batch.py")
+    calls = []
+    real = script.cascade_lib.Cascade.generate
+
+    def spy(self, prompts, **kwargs):
+        calls.append((len(prompts), kwargs["batch_size"]))
+        return real(self, prompts, **kwargs)
+
+    monkeypatch.setattr(script.cascade_lib.Cascade, "generate", spy)
+    out = tmp_path / "b.json"
+    argv = ["--scale", "ci", "--prompts", "3", "--batch-sizes", "3", "1", "--json", str(out)]
+    assert script.main(argv) == 0
+    # a warm-up of one batch per size, then every prompt at each size
+    assert calls == [(3, 3), (1, 1), (3, 3), (3, 1)]
+    result = json.loads(out.read_text())
+    assert list(result["rows"]) == ["3", "1"]
+    assert result["rows"]["3"]["speed_vs_first"] == 1.0
+    first, second = result["rows"]["3"], result["rows"]["1"]
+    assert second["speed_vs_first"] == first["wall_s"] / second["wall_s"]
+    assert all(row["kernel_s"] >= 0 and row["minor_faults"] >= 0 for row in (first, second))
+    assert "| batch size |" in capsys.readouterr().out

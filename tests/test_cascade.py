@@ -537,6 +537,17 @@ def test_the_largest_guidance_weight_taken_does_not_overflow(ci_cascade):
         unbounded.generate(["a red circle moving left"], seed=0, steps=2, guidance=1e300)
 
 
+def test_the_default_batch_is_smaller_where_the_last_stage_runs_on_the_cpu():
+    cfg = configs.preset("toy")  # last stage: 16 x 64 x 64 = 2**16 output voxels per video
+    last = cfg.stages[-1]
+    assert last.num_frames * last.height * last.width == 2**16
+    torch.manual_seed(0)
+    model = Cascade(cfg, {s.name: VideoUNet(s.unet) for s in cfg.stages})
+    assert model.default_batch_size() == 2**18 // 2**16 == 4  # CPU_BATCH_VOXELS
+    model.models[last.name].to("meta")  # not the CPU: a GPU's larger batches
+    assert model.default_batch_size() == 2**21 // 2**16 == 32  # GPU_BATCH_VOXELS
+
+
 @pytest.mark.slow
 def test_a_thousand_prompts_are_sampled_and_encoded_in_batches(ci_cascade):
     prompts = [f"a red circle moving left {i}" for i in range(1000)]
