@@ -46,12 +46,14 @@ def run_once(model: cascade_lib.Cascade, prompts: list[str], batch_size: int) ->
 
 
 def measure(model: cascade_lib.Cascade, prompts: list[str], sizes: list[int], repeats: int):
-    """Interleaved repeats after one warm-up per batch size; medians per batch size."""
+    """Interleaved repeats after one warm-up per batch size, each round starting one size
+    later than the last (so no size always follows the same one); medians per batch size."""
     for b in sizes:
         run_once(model, prompts[:b], b)  # warm-up: one batch of this size
     runs: dict[int, list[dict]] = {b: [] for b in sizes}
-    for _ in range(repeats):
-        for b in sizes:
+    for round_ in range(repeats):
+        shift = round_ % len(sizes)
+        for b in sizes[shift:] + sizes[:shift]:
             runs[b].append(run_once(model, prompts, b))
     rows = {
         b: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for b, rs in runs.items()
@@ -98,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.prompts < 1 or args.repeats < 1 or min(args.batch_sizes) < 1:
         p.error("--prompts, --repeats and every --batch-sizes value must be at least 1")
+    if max(args.batch_sizes) > args.prompts:
+        p.error(f"--batch-sizes {max(args.batch_sizes)} is more than --prompts {args.prompts}")
+    if len(set(args.batch_sizes)) < len(args.batch_sizes):
+        p.error(f"--batch-sizes {args.batch_sizes} names a size twice")
+    if args.scale == "ci" and (args.checkpoint or args.distilled):
+        p.error("--scale ci samples random weights: it takes no --checkpoint or --distilled")
     if args.scale == "ci":
         model = random_ci_cascade()
     else:

@@ -54,6 +54,7 @@ from ivref.unet3d import VideoUNet
 
 __all__ = [  # with stage_sampling.py's names, which callers know from here
     "FORMAT", "MANIFEST", "DISTILLED", "SHIPPED_DIR", "MAX_STEPS", "MAX_GUIDANCE", "MAX_SEED",
+    "CPU_BATCH_VOXELS", "GPU_BATCH_VOXELS",
     "shipped_dir",
     "TOY_TRAIN_STEPS", "TOY_DISTILL_ARGS", "remake_commands", "load_shipped", "check_prompts",
     "check_steps", "check_guidance", "check_learnt_guidance", "parse_device", "model_device",
@@ -64,8 +65,8 @@ FORMAT = 2
 MANIFEST = "cascade.json"
 MAX_SEED = 2**63 - 1
 # Output voxels (frames x height x width) per batch that generate() samples at once. On the
-# CPU, batches of 16 videos at 16 x 64 x 64 spent as much time in the kernel (mapping and
-# zeroing fresh memory for activations of hundreds of MiB) as computing; batches of 4
+# CPU, batches of 16 videos at 16 x 64 x 64 spent more time in the kernel (mapping and
+# zeroing fresh memory for activations of hundreds of MiB) than computing; batches of 4
 # (2**18 voxels) sampled the same 16 videos 1.4x faster, and 2 or 1 were slower again
 # (benchmarks/sampling_batch.py, docs/benchmarks.md). A GPU keeps busy with larger batches.
 CPU_BATCH_VOXELS = 2**18

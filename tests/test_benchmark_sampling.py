@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from ivref import configs
 
 from .conftest import load_script
@@ -44,9 +46,10 @@ def test_sampling_batch_benchmark_times_each_batch_size_on_all_prompts(
     monkeypatch.setattr(script.cascade_lib.Cascade, "generate", spy)
     out = tmp_path / "b.json"
     argv = ["--scale", "ci", "--prompts", "3", "--batch-sizes", "3", "1", "--json", str(out)]
-    assert script.main(argv) == 0
-    # a warm-up of one batch per size, then every prompt at each size
-    assert calls == [(3, 3), (1, 1), (3, 3), (3, 1)]
+    assert script.main([*argv, "--repeats", "2"]) == 0
+    # a warm-up of one batch per size, then every prompt at each size, a round starting one
+    # size later than the last
+    assert calls == [(3, 3), (1, 1), (3, 3), (3, 1), (3, 1), (3, 3)]
     result = json.loads(out.read_text())
     assert list(result["rows"]) == ["3", "1"]
     assert result["rows"]["3"]["speed_vs_first"] == 1.0
@@ -54,3 +57,20 @@ def test_sampling_batch_benchmark_times_each_batch_size_on_all_prompts(
     assert second["speed_vs_first"] == first["wall_s"] / second["wall_s"]
     assert all(row["kernel_s"] >= 0 and row["minor_faults"] >= 0 for row in (first, second))
     assert "| batch size |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--prompts", "2", "--batch-sizes", "4"], "--batch-sizes 4 is more than --prompts 2"),
+        (["--prompts", "4", "--batch-sizes", "2", "2"], "names a size twice"),
+        (["--distilled"], "it takes no --checkpoint or --distilled"),
+        (["--repeats", "0"], "must be at least 1"),
+    ],
+)
+def test_sampling_batch_benchmark_refuses_rows_it_would_mislabel(repo_root, capsys, argv, message):
+    script = load_script(repo_root / "benchmarks" / "sampling_batch.py")
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--scale", "ci", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

@@ -543,9 +543,12 @@ def test_the_default_batch_is_smaller_where_the_last_stage_runs_on_the_cpu():
     assert last.num_frames * last.height * last.width == 2**16
     torch.manual_seed(0)
     model = Cascade(cfg, {s.name: VideoUNet(s.unet) for s in cfg.stages})
-    assert model.default_batch_size() == 2**18 // 2**16 == 4  # CPU_BATCH_VOXELS
+    assert cascade_lib.CPU_BATCH_VOXELS == 2**18 and cascade_lib.GPU_BATCH_VOXELS == 2**21
+    assert model.default_batch_size() == 4
+    model.models["base"].to("meta")  # only the last stage's device counts
+    assert model.default_batch_size() == 4
     model.models[last.name].to("meta")  # not the CPU: a GPU's larger batches
-    assert model.default_batch_size() == 2**21 // 2**16 == 32  # GPU_BATCH_VOXELS
+    assert model.default_batch_size() == 32
 
 
 @pytest.mark.slow
