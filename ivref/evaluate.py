@@ -234,13 +234,18 @@ def cascade_report(
     """Score every stage of one ``generate`` run, and the final videos against the toy world.
 
     Per stage: caption alignment (same seeds for all). Final videos: the fraction whose
-    shape advances frame after frame (``metrics.motion_progress``: temporal SR really
-    interpolates rather than repeats; its thresholds scaled to the last stage's size) and
-    their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds detail), beside
-    toy-world renders at the final size and baselines: frame repetition of renders, a
-    cross-fade of every other render (the halfway blend of its neighbours, which passes the
-    motion check too: the check tells motion from repetition, not from a blend), and
-    trilinear upsampling of renders at the base stage's size.
+    shape advances frame after frame (``metrics.motion_progress``: temporal SR moves the
+    shape rather than repeating frames; its thresholds scaled to the last stage's size), the
+    fraction whose in-between frames are as solid as their key frames
+    (``metrics.inbetween_misfit`` at most ``metrics.MAX_INBETWEEN_MISFIT``: temporal SR
+    interpolates rather than cross-fades), the fraction passing both (``interpolates``), and
+    their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds detail). Beside
+    them: toy-world renders at the final size and baselines, frame repetition of the key
+    frames, a cross-fade between them, and trilinear upsampling of renders at the base
+    stage's size. Key frames are every k-th, k = the cascade's frame-rate factor (final frames
+    / base frames); the in-between checks are left out where k < 2 or where the slowest
+    shape's key frames lie less than ``metrics.MIN_KEY_STEP`` pixels apart (there they cannot
+    tell a cross-fade from motion: e.g. at the toy TSR's 16 x 16).
     ``outputs``: every stage's videos of a ``generate(prompts, seed=seed, return_stages=True)``
     already run (its ``timings`` are reported); None samples them here.
     """
@@ -261,30 +266,68 @@ def cascade_report(
     last, first = stages[-1], stages[0]
     truth = render_eval_clips(last, prompts, seed)
     small = render_eval_clips(first, prompts, seed)
-    kept = truth[:, :, ::2]
-    repeated = kept.repeat_interleave(2, dim=2)
-    after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)  # the next kept frame
-    blend = torch.stack([kept, 0.5 * (kept + after)], dim=3).flatten(2, 3)  # a cross-fade
+    k = max(1, last.num_frames // first.num_frames)  # key frames: every k-th
+    repeated, blend = key_frame_baselines(truth, max(k, 2))
     trilinear = torch.nn.functional.interpolate(
         small, size=(last.num_frames, last.height, last.width), mode="trilinear"
     )
     scale = metrics.motion_step_scale(last.width, last.height, last.num_frames)
 
-    def progress(videos: torch.Tensor) -> float:  # thresholds in pixels of this size
-        passed = metrics.motion_progress(videos, prompts, max_back=scale, min_step=0.4 * scale)
-        passed = [p for p in passed if p is not None]
-        return sum(passed) / max(len(passed), 1)
+    def passed(videos: torch.Tensor) -> list[bool | None]:  # thresholds in pixels of this size
+        return metrics.motion_progress(videos, prompts, max_back=scale, min_step=0.4 * scale)
+
+    def progress(videos: torch.Tensor) -> float:
+        return _fraction(passed(videos))
 
     energy = float(metrics.laplacian_energy(truth).mean())
-    report["final"] = {
+    final = {
         "motion_progress": progress(outputs[-1]),
         "motion_progress_renders": progress(truth),
         "motion_progress_repeated": progress(repeated),
         "motion_progress_blend": progress(blend),  # a cross-fade passes too (docstring)
+    }
+    key_step = metrics.slowest_key_step(last.width, last.height, last.num_frames, k)
+    if k >= 2 and last.num_frames > k and key_step >= metrics.MIN_KEY_STEP:
+
+        def solid(videos: torch.Tensor) -> list[bool]:  # NaN (not one shape): False
+            return (metrics.inbetween_misfit(videos, k) <= metrics.MAX_INBETWEEN_MISFIT).tolist()
+
+        excess = metrics.inbetween_misfit(outputs[-1], k)
+        whole = (excess <= metrics.MAX_INBETWEEN_MISFIT).tolist()
+        moved = passed(outputs[-1])
+        both = [None if m is None else m and w for m, w in zip(moved, whole, strict=True)]
+        final |= {
+            "solid_inbetweens": _fraction(whole),
+            "solid_inbetweens_renders": _fraction(solid(truth)),
+            "solid_inbetweens_repeated": _fraction(solid(repeated)),
+            "solid_inbetweens_blend": _fraction(solid(blend)),
+            "inbetween_misfit": float(excess.nanmean()),
+            "interpolates": _fraction(both),
+        }
+    report["final"] = final | {
         "laplacian_ratio": float(metrics.laplacian_energy(outputs[-1]).mean()) / energy,
         "laplacian_ratio_trilinear": float(metrics.laplacian_energy(trilinear).mean()) / energy,
     }
     return report
+
+
+def key_frame_baselines(truth: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a temporal SR stage that does not interpolate would make of videos (B, C, F, H, W)
+    from their key frames 0, k, 2k, ...: each key frame repeated k times, and a cross-fade
+    (1 - t) a + t b between neighbouring key frames a and b, t = j / k at the j-th frame
+    after a (the last key frame is held)."""
+    kept = truth[:, :, ::k]
+    repeated = kept.repeat_interleave(k, dim=2)[:, :, : truth.shape[2]]
+    after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)  # the next key frame
+    t = torch.arange(k, dtype=truth.dtype) / k
+    blend = (1 - t[:, None, None]) * kept[:, :, :, None] + t[:, None, None] * after[:, :, :, None]
+    return repeated, blend.flatten(2, 3)[:, :, : truth.shape[2]]
+
+
+def _fraction(passed: Sequence[bool | None]) -> float:
+    """The fraction of True among the videos checked (None: not checked, e.g. no motion)."""
+    checked = [p for p in passed if p is not None]
+    return sum(checked) / max(len(checked), 1)
 
 
 def format_cascade_report(report: dict) -> str:
@@ -294,17 +337,28 @@ def format_cascade_report(report: dict) -> str:
         cells = " ".join(f"{a} {100 * row[a]:5.1f}%" for a in ATTRIBUTES)
         lines.append(f"  {name:<8} {cells}  {report['timings_s'][name]:7.1f} s")
     f = report["final"]
-    lines.append(
-        f"final: motion progress {100 * f['motion_progress']:.1f}% (renders "
-        f"{100 * f['motion_progress_renders']:.1f}%, frame repetition "
-        f"{100 * f['motion_progress_repeated']:.1f}%"
-        + (  # reports written before it kept the cross-fade have none
-            f", cross-fade {100 * f['motion_progress_blend']:.1f}%"
-            if "motion_progress_blend" in f
-            else ""
+
+    def beside(name: str) -> str:  # the check on renders and baselines, as far as recorded
+        named = {"renders": "renders", "repeated": "frame repetition", "blend": "cross-fade"}
+        return ", ".join(
+            f"{label} {100 * f[f'{name}_{key}']:.1f}%"
+            for key, label in named.items()
+            if f"{name}_{key}" in f
         )
-        + "); |Laplacian| "
-        f"{100 * f['laplacian_ratio']:.0f}% of renders (trilinear upsampling "
+
+    lines.append("final videos:")
+    lines.append(  # reports written before the cross-fade baseline have none: beside() skips it
+        f"  motion progress {100 * f['motion_progress']:.1f}% ({beside('motion_progress')})"
+    )
+    if "solid_inbetweens" in f:  # cascades that raise the frame rate, reports since it
+        lines.append(
+            f"  solid in-between frames {100 * f['solid_inbetweens']:.1f}% "
+            f"({beside('solid_inbetweens')}); mean misfit over key frames' "
+            f"{f['inbetween_misfit']:+.4f}"
+        )
+        lines.append(f"  interpolates (both) {100 * f['interpolates']:.1f}%")
+    lines.append(
+        f"  |Laplacian| {100 * f['laplacian_ratio']:.0f}% of renders (trilinear upsampling "
         f"{100 * f['laplacian_ratio_trilinear']:.0f}%)"
     )
     return "\n".join(lines)

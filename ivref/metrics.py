@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 
 from ivref import data
+from ivref.config_checks import is_integer
 
 MIN_COVERAGE = 0.2  # per-pixel foreground below this is treated as background (noise floor)
 MIN_AREA_PIXELS = 1.0  # a blob with less coverage than this (in pixels) is no shape
@@ -30,6 +31,16 @@ MIN_TRAVEL = 0.1
 # A blob of foreground holding at least this fraction of the coverage of the frame's largest
 # blob is a second shape; smaller ones are specks of sampling noise, read with the shape.
 SECOND_SHAPE = 0.25
+# In-between frames whose shape misfit exceeds their key frames' by more than this are not
+# solid shapes (``inbetween_misfit``). A cross-fade of key frames d apart, of a shape of size
+# L, exceeds by about d / L: ~0.06 for the slowest, largest square of the toy world's 64 px,
+# 16-frame videos (d = 2 x 0.25 / 16 = 0.031, L = 0.52, in units of the frame); cross-fades
+# of the 168 evaluation captions' renders exceed by 0.045 or more, renders by at most 0.015.
+MAX_INBETWEEN_MISFIT = 0.025
+# The check needs key frames this many pixels apart, for the slowest shape
+# (``slowest_key_step``): closer, a cross-fade is near the shape drawn halfway (anti-aliased
+# edges already shade a sub-pixel shift) and renders' own misfit is as large as its excess.
+MIN_KEY_STEP = 2.0
 
 
 def foreground(videos: torch.Tensor) -> torch.Tensor:
@@ -119,36 +130,49 @@ def shape_counts(c: torch.Tensor) -> torch.Tensor:
     return blobs(c)[0]
 
 
-def read_shape(c: torch.Tensor, found: tuple | None = None) -> list[str | None]:
-    """The shape whose same-area, same-centroid rendering best matches the foreground's
-    largest blob (L1).
+def template_errors(
+    c: torch.Tensor, found: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How well each toy shape explains each frame's largest blob of coverage c (B, F, H, W).
 
-    For area A (units of the shorter side S): circle r = sqrt(A / pi), square r = sqrt(A) / 2,
-    triangle r = sqrt(A / 2) with its center r / 3 above the centroid. Errors are summed over
-    the frames; the smallest wins. Scale-invariant by construction. None unless every frame
-    holds one shape (``blobs``): the shape vanished, or a second one stands apart. Two
-    shapes that touch are one blob, read as the template that fits their union best.
-    ``found``: ``blobs(c)`` where already found.
+    Returns the L1 distance (B, F, 3) between the blob and the circle, square and triangle
+    (``data.SHAPES`` order) of the blob's area and centroid, the blob's coverage in pixels
+    (B, F), and which frames hold one shape (B, F; ``blobs``). For area A (units of the
+    shorter side S): circle r = sqrt(A / pi), square r = sqrt(A) / 2, triangle r = sqrt(A / 2)
+    with its center r / 3 above the centroid. ``found``: ``blobs(c)`` where already found.
     """
     b, f, h, w = c.shape
     s = min(h, w)
     count, main = blobs(c) if found is None else found
     centroid, area = _centroids(main)
-    valid = count == 1  # (B, F)
     area_u = (area / s**2).double().flatten()
     center = (centroid / s).double().flatten(0, 1)  # (B*F, 2)
     target = rearrange(main, "b f h w -> (b f) h w")
+    radius_and_lift = {
+        "circle": (torch.sqrt(area_u / math.pi), 0.0),
+        "square": (torch.sqrt(area_u) / 2, 0.0),
+        "triangle": (torch.sqrt(area_u / 2), 1 / 3),
+    }
     errors = []
-    for shape, radius, lift in (
-        ("circle", torch.sqrt(area_u / math.pi), 0.0),
-        ("square", torch.sqrt(area_u) / 2, 0.0),
-        ("triangle", torch.sqrt(area_u / 2), 1 / 3),
-    ):
+    for shape in data.SHAPES:
+        radius, lift = radius_and_lift[shape]
         shifted = center - torch.stack([torch.zeros_like(radius), radius * lift], -1)
         template = data.coverage(shape, shifted, radius, w, h)
-        err = reduce((template - target).abs(), "(b f) h w -> b f", "sum", b=b)
-        errors.append((err * valid).sum(-1))
-    best = torch.stack(errors, -1).argmin(-1).tolist()
+        errors.append(reduce((template - target).abs(), "(b f) h w -> b f", "sum", b=b))
+    return torch.stack(errors, -1), area, count == 1
+
+
+def read_shape(c: torch.Tensor, found: tuple | None = None) -> list[str | None]:
+    """The shape whose same-area, same-centroid rendering best matches the foreground's
+    largest blob (L1, ``template_errors``), summed over the frames; the smallest wins.
+
+    Scale-invariant by construction. None unless every frame holds one shape (``blobs``):
+    the shape vanished, or a second one stands apart. Two shapes that touch are one blob,
+    read as the template that fits their union best. ``found``: ``blobs(c)`` where already
+    found.
+    """
+    errors, _, valid = template_errors(c, found)
+    best = (errors * valid[..., None]).sum(1).argmin(-1).tolist()
     whole = valid.all(-1).tolist()  # a shape in every frame
     return [data.SHAPES[k] if ok else None for k, ok in zip(best, whole, strict=True)]
 
@@ -285,7 +309,8 @@ def motion_progress(
     The defaults are pixels of the toy cascade's final videos (64 px, 16 frames); at other
     sizes scale both by ``motion_step_scale``. A video fails where a frame holds no shape or
     two apart (``blobs``). A cross-fade of neighbouring frames passes: its two faint
-    copies overlap (one blob) and its centroid lands halfway.
+    copies overlap (one blob) and its centroid lands halfway; ``inbetween_misfit`` tells
+    the two apart.
     """
     check_videos(videos)
     if len(prompts) != videos.shape[0]:
@@ -307,6 +332,48 @@ def motion_progress(
         )
         out.append(ok)
     return out
+
+
+def shape_misfit(c: torch.Tensor, found: tuple | None = None) -> torch.Tensor:
+    """How far each frame (B, F) of coverage c (B, F, H, W) is from one solid shape: the L1
+    distance between its largest blob and the clip's best-fitting template (``read_shape``'s),
+    over the blob's coverage. ~0.004 for renders at 64 x 64 (anti-aliased edges); NaN
+    where a frame holds no shape or two (``blobs``). ``found``: ``blobs(c)`` where found."""
+    errors, area, valid = template_errors(c, found)
+    best = (errors * valid[..., None]).sum(1).argmin(-1)  # (B,): the clip's shape
+    error = errors.gather(-1, best[:, None, None].expand(*errors.shape[:2], 1))[..., 0]
+    misfit = error / area.double().clamp_min(1e-6)
+    return torch.where(valid, misfit, torch.full_like(misfit, math.nan))
+
+
+def inbetween_misfit(videos: torch.Tensor, key_every: int) -> torch.Tensor:
+    """Mean ``shape_misfit`` of the in-between frames minus that of the key frames (B,).
+
+    Key frames are frames 0, k, 2k, ... (k = ``key_every``): those a temporal SR stage was
+    given, the frames between them are those it made. A true interpolation makes in-between
+    frames as solid as its key frames (about 0); a cross-fade of neighbouring key frames
+    shows two faint overlapping copies, which no single shape explains: for a shape of size L
+    whose key frames lie d apart, its halfway frame misfits by about d / L (exactly, for
+    a pixel-aligned square moving along an axis). Frame repetition scores 0: tell it from
+    motion by ``motion_progress``. NaN where a frame holds no shape or two.
+    """
+    check_videos(videos)
+    frames = videos.shape[2]
+    if not is_integer(key_every) or not 2 <= key_every < frames:
+        raise ValueError(
+            f"key_every={key_every!r} must be an integer from 2 to {frames - 1} (the videos "
+            f"have {frames} frames): key frames are 0, k, 2k, ..., with frames between them"
+        )
+    misfit = shape_misfit(foreground(videos.detach().cpu()))
+    key = torch.arange(frames) % key_every == 0
+    return misfit[:, ~key].mean(1) - misfit[:, key].mean(1)
+
+
+def slowest_key_step(width: int, height: int, num_frames: int, key_every: int) -> float:
+    """Pixels between neighbouring key frames (every ``key_every``-th) of the toy world's
+    slowest shape in a clip of this size: key_every x TRAVEL_RANGE[0] x S / F, with S the
+    shorter side (a shape travels TRAVEL_RANGE[0] S or more over the clip's F frames)."""
+    return key_every * data.TRAVEL_RANGE[0] * min(width, height) / num_frames
 
 
 def motion_step_scale(width: int, height: int, num_frames: int) -> float:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ivref import configs, data, distributed, evaluate, train
+from ivref import configs, data, distributed, evaluate, metrics, train
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -137,9 +137,49 @@ def test_cascade_report_ending_at_the_tsr_stage_passes_its_renders():
     final = evaluate.cascade_report(fake, prompts, seed=0)["final"]
     assert final["motion_progress_renders"] == final["motion_progress"] == 1.0
     assert final["motion_progress_repeated"] == 0.0 and final["motion_progress_blend"] == 1.0
-    assert "cross-fade 100.0%" in evaluate.format_cascade_report(
+    assert "solid_inbetweens" not in final  # key frames 0.5 px apart at 16 x 16: left out
+    text = evaluate.format_cascade_report(
         {"n": 1, "seed": 0, "stages": {}, "timings_s": {}, "final": final}
     )
+    assert "cross-fade 100.0%" in text and "in-between" not in text
+
+
+def test_cascade_report_of_renders_through_the_toy_cascade_tells_a_cross_fade_apart():
+    """Renders interpolate: they pass motion progress and have solid in-between frames; frame
+    repetition fails the first check, a cross-fade the second."""
+    toy = configs.preset("toy")
+    fake = StagedRenderingCascade()
+    Cascade.__init__(fake, toy, {s.name: VideoUNet(s.unet) for s in toy.stages})
+    prompts = evaluate.split_prompts("heldout")
+    final = evaluate.cascade_report(fake, prompts, seed=0)["final"]
+    assert final["motion_progress"] == final["motion_progress_blend"] == 1.0
+    assert final["motion_progress_repeated"] == 0.0
+    assert final["solid_inbetweens"] == final["solid_inbetweens_renders"] == 1.0
+    assert final["solid_inbetweens_repeated"] == 1.0 and final["solid_inbetweens_blend"] == 0.0
+    assert final["interpolates"] == 1.0
+    assert abs(final["inbetween_misfit"]) <= metrics.MAX_INBETWEEN_MISFIT
+    lines = evaluate.format_cascade_report(
+        {"n": 1, "seed": 0, "stages": {}, "timings_s": {}, "final": final}
+    ).splitlines()
+    assert lines[2] == (
+        "  motion progress 100.0% (renders 100.0%, frame repetition 0.0%, cross-fade 100.0%)"
+    )
+    assert lines[3].startswith(
+        "  solid in-between frames 100.0% (renders 100.0%, frame repetition 100.0%, "
+        "cross-fade 0.0%); mean misfit over key frames' "
+    )
+    assert lines[4] == "  interpolates (both) 100.0%"
+
+
+def test_key_frame_baselines_repeat_and_blend_every_kth_frame():
+    video = torch.arange(9.0).reshape(1, 1, 9, 1, 1).expand(1, 3, 9, 2, 2)  # frame j holds j
+    repeated, blend = evaluate.key_frame_baselines(video, 4)  # key frames 0, 4, 8
+    assert repeated[0, 0, :, 0, 0].tolist() == [0, 0, 0, 0, 4, 4, 4, 4, 8]
+    assert blend[0, 0, :, 0, 0].tolist() == list(range(9))  # a straight line, blended back
+    kept = video[:, :, ::2]  # k = 2: the halfway blend, the last key frame held
+    after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)
+    halfway = torch.stack([kept, 0.5 * (kept + after)], dim=3).flatten(2, 3)[:, :, :9]
+    assert torch.equal(evaluate.key_frame_baselines(video, 2)[1], halfway)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7])

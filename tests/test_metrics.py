@@ -245,3 +245,85 @@ def test_touching_shapes_are_one_blob_and_specks_are_not_shapes():
         assert metrics.read_videos(clip)[0][:2] == ("blue", "square")
     half = data.Scene("blue", "square", None, 0.15 / 2, (0.15, 0.15), (0.0, 0.0))  # 26% (AA)
     assert metrics.shape_counts(metrics.foreground(_scene_clip(big, half))).unique().tolist() == [2]
+
+
+def _square_frame(x, side, size=64):
+    """A white pixel-aligned square, columns x to x + side - 1, on black (3, size, size)."""
+    frame = -torch.ones(3, size, size)
+    frame[:, 20 : 20 + side, x : x + side] = 1.0
+    return frame
+
+
+@pytest.mark.parametrize("side, step", [(16, 4), (16, 2), (12, 6)])
+def test_a_cross_faded_square_misfits_by_its_step_over_its_side(side, step):
+    """By hand: the halfway blend of a pixel-aligned square of side L and its copy d px to
+    the right has coverage L^2 with half-tone strips d px wide at both ends; the square of
+    that area at its centroid (the square drawn halfway) differs from it by 1/2 over 2d x L
+    pixels, so the misfit is d L / L^2 = d / L. The square drawn halfway misfits by 0."""
+    keys = [_square_frame(4 + j * step, side) for j in range(9)]
+    fade, drawn = [], []
+    for j, key in enumerate(keys):
+        fade.append(key)
+        drawn.append(key)
+        if j < len(keys) - 1:
+            fade.append(0.5 * (key + keys[j + 1]))
+            drawn.append(_square_frame(4 + j * step + step // 2, side))
+    fade, drawn = torch.stack(fade, 1)[None], torch.stack(drawn, 1)[None]  # 17 frames
+    assert metrics.shape_misfit(metrics.foreground(fade))[0, ::2].abs().max() < 1e-6
+    assert float(metrics.inbetween_misfit(fade, 2)) == pytest.approx(step / side, abs=1e-6)
+    assert float(metrics.inbetween_misfit(drawn, 2)) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.read_videos(drawn) == [("white", "square", "right")]
+
+
+def _fade(truth, k=2):
+    """Key frames 0, k, 2k, ... kept, the frames between them blended from their two."""
+    out = truth.clone()
+    for j in range(truth.shape[2]):
+        a = j - j % k
+        b = min(a + k, truth.shape[2] - 1 - (truth.shape[2] - 1) % k)
+        t = (j - a) / k
+        out[:, :, j] = (1 - t) * truth[:, :, a] + t * truth[:, :, b]
+    return out
+
+
+@pytest.mark.parametrize("frames, size, fps", [(16, 64, 6.0), (8, 32, 3.0)])
+def test_renders_have_solid_inbetweens_and_their_cross_fades_do_not(frames, size, fps):
+    """At the sizes where the slowest shape's key frames lie MIN_KEY_STEP px apart (the toy
+    cascade's final videos; the ci cascade's) the threshold parts every render from every
+    cross-fade of its key frames; frame repetition misfits exactly as its key frames do."""
+    assert metrics.slowest_key_step(size, size, frames, 2) >= metrics.MIN_KEY_STEP
+    prompts = [data.caption(*c) for c in data.COMBOS[::5]]
+    truth = _renders(prompts, frames, size, fps)
+    assert (metrics.inbetween_misfit(truth, 2) <= metrics.MAX_INBETWEEN_MISFIT).all()
+    assert (metrics.inbetween_misfit(_fade(truth), 2) > metrics.MAX_INBETWEEN_MISFIT).all()
+    repeated = truth[:, :, ::2].repeat_interleave(2, dim=2)
+    assert (metrics.inbetween_misfit(repeated, 2) == 0).all()
+
+
+def test_shapes_half_a_pixel_apart_cannot_tell_a_cross_fade_from_motion():
+    """At the toy TSR's 16 x 16 (the slowest key frames 0.5 px apart) some cross-fades fall
+    below the threshold: the reason cascade_report leaves the check out there."""
+    assert metrics.slowest_key_step(16, 16, 16, 2) == 0.5 < metrics.MIN_KEY_STEP
+    prompts = [data.caption(*c) for c in data.COMBOS[::5]]
+    fade = _fade(_renders(prompts, 16, 16, 6.0))
+    assert (metrics.inbetween_misfit(fade, 2) <= metrics.MAX_INBETWEEN_MISFIT).any()
+
+
+def test_inbetween_misfit_says_what_is_allowed_and_needs_one_shape_per_frame():
+    truth = _renders(["a red circle moving left"], 8, 32, 3.0)
+    for bad in (1, 8, 2.5):
+        with pytest.raises(ValueError, match=r"key_every=.* must be an integer from 2 to 7"):
+            metrics.inbetween_misfit(truth, bad)
+    blanked = truth.clone()
+    blanked[:, :, 3] = -1.0  # the shape vanishes from one frame
+    assert metrics.shape_misfit(metrics.foreground(blanked))[0].isnan().tolist() == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert metrics.inbetween_misfit(blanked, 2).isnan().all()
