@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--distilled", action="store_true", help="use distilled weights")
     v.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    v.add_argument(
+        "--batch-size",
+        type=arguments.positive_int,
+        help="videos sampled together (default: the cascade's; each video is the same "
+        "whatever the batch, up to float rounding)",
+    )
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
@@ -181,11 +187,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = _until(model, args.until)
     report: dict | list = {}
     if args.cascade:  # every stage at its own settings, sampled once
-        report = {"cascade": evaluate.cascade_report(model, prompts, seed=args.seed)}
+        report = {
+            "cascade": evaluate.cascade_report(
+                model, prompts, seed=args.seed, batch_size=args.batch_size
+            )
+        }
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
         guidances = args.guidance or [None]  # None: every stage at its own w
-        rows = evaluate.guidance_sweep(model, prompts, guidances, steps=args.steps, seed=args.seed)
+        rows = evaluate.guidance_sweep(
+            model,
+            prompts,
+            guidances,
+            steps=args.steps,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
         print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
         print(evaluate.format_table(rows))
         report = {"sweep": rows} | report if args.cascade else rows

@@ -17,6 +17,7 @@ import torch
 
 from ivref import cascade, data, distributed, metrics, objectives, superres
 from ivref.cascade import Cascade
+from ivref.config_checks import is_integer
 
 ATTRIBUTES = ("color", "shape", "motion", "all")
 MAX_SEED = cascade.MAX_SEED  # video i's seed wraps past it, as in Cascade.generate
@@ -56,26 +57,29 @@ def alignment(
     guidance: float | Mapping[str, float] | None = None,
     steps: int | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> dict[str, float]:
     """Caption alignment of ``cascade.generate(prompts)``: accuracies in [0, 1] and ``n``.
 
     Video i is drawn from seed ``seed + i``, as one ``generate`` call draws it, whatever
-    ``batch_size`` (prompts sampled together): so every video has its own noise, and a sweep
-    over ``guidance`` sees the same starting noise at every w. ``guidance`` is one weight for
-    every stage, a {stage name: w} mapping, or None (each stage's own).
+    ``batch_size`` (prompts sampled together; None: the cascade's ``default_batch_size``):
+    so every video has its own noise, and a sweep over ``guidance`` sees the same starting
+    noise at every w. ``guidance`` is one weight for every stage, a {stage name: w} mapping,
+    or None (each stage's own).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be None or a positive integer")
     prompts = list(prompts)
+    size = max(len(prompts), 1) if batch_size is None else int(batch_size)  # None: generate's
     videos = [
         cascade.generate(
-            prompts[i : i + batch_size],
+            prompts[i : i + size],
             seed=(seed + i) % (MAX_SEED + 1),
             steps=steps,
             guidance=guidance,
+            batch_size=batch_size,
         )
-        for i in range(0, len(prompts), batch_size)
+        for i in range(0, max(len(prompts), 1), size)  # no prompts: generate says so
     ]
     result = metrics.caption_alignment(torch.cat(videos), prompts)
     return {key: float(result[key]) for key in ATTRIBUTES} | {"n": len(prompts)}
@@ -88,11 +92,11 @@ def guidance_sweep(
     *,
     steps: int | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """``alignment`` at each guidance setting, one row each, labelled by ``"w"``: a weight for
     every stage (w), {stage name: w} (w for those stages, the others at their own), or None
-    (every stage at its own; ``"w"`` is then None)."""
+    (every stage at its own; ``"w"`` is then None). ``batch_size``: as ``alignment``'s."""
     if not guidances:
         raise ValueError("guidances is empty; give at least one weight w >= 0")
     rows = []
@@ -230,6 +234,7 @@ def cascade_report(
     prompts: Sequence[str],
     seed: int = 0,
     outputs: Sequence[torch.Tensor] | None = None,
+    batch_size: int | None = None,
 ) -> dict:
     """Score every stage of one ``generate`` run, and the final videos against the toy world.
 
@@ -247,12 +252,15 @@ def cascade_report(
     shape's key frames lie less than ``metrics.MIN_KEY_STEP`` pixels apart (there they cannot
     tell a cross-fade from motion: e.g. at the toy TSR's 16 x 16).
     ``outputs``: every stage's videos of a ``generate(prompts, seed=seed, return_stages=True)``
-    already run (its ``timings`` are reported); None samples them here.
+    already run (its ``timings`` are reported); None samples them here, ``batch_size`` at a
+    time (None: the cascade's ``default_batch_size``).
     """
     prompts = list(prompts)
     stages = cascade_model.trained_stages
     if outputs is None:
-        _, outputs = cascade_model.generate(prompts, seed=seed, return_stages=True)
+        _, outputs = cascade_model.generate(
+            prompts, seed=seed, return_stages=True, batch_size=batch_size
+        )
     elif len(outputs) != len(stages) or any(len(v) != len(prompts) for v in outputs):
         raise ValueError(
             f"outputs must hold one (B={len(prompts)}, ...) batch per trained stage "

@@ -47,8 +47,14 @@ def _check_tensors(**named: object) -> None:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (where its inputs must be)."""
-    return next(model.parameters()).device
+    """The device of a model's first parameter, or buffer if it has none (where its inputs
+    must be); a clear error for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    raise ValueError(
+        f"{type(model).__name__} has no parameters or buffers, so its device is unknown: a "
+        "stage model must hold its weights (e.g. a VideoUNet), on the device to sample on"
+    )
 
 
 def stage_guidance(stage: configs.StageConfig, w: float, steps: int) -> float | list[float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from ivref import cascade as cascade_lib
 from ivref import checkpoint, configs, guidance, samplers, superres, text
@@ -549,6 +550,26 @@ def test_the_default_batch_is_smaller_where_the_last_stage_runs_on_the_cpu():
     assert model.default_batch_size() == 4
     model.models[last.name].to("meta")  # not the CPU: a GPU's larger batches
     assert model.default_batch_size() == 32
+
+
+def test_a_model_without_weights_has_no_device_and_says_so():
+    """next(model.parameters()) raised a bare StopIteration for such a model."""
+    from ivref import stage_sampling
+
+    class Weightless(nn.Module):
+        def forward(self, z, *args, **kwargs):
+            return torch.zeros_like(z)
+
+    with pytest.raises(ValueError, match="Weightless has no parameters or buffers"):
+        stage_sampling.model_device(Weightless())
+    holder = Weightless()
+    holder.register_buffer("scale", torch.ones(1, device="meta"))
+    assert stage_sampling.model_device(holder).type == "meta"  # a buffer tells it
+    cfg = configs.preset("ci")
+    model = Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet)})
+    model.models["base"] = Weightless()
+    with pytest.raises(ValueError, match="has no parameters or buffers"):
+        model.default_batch_size()
 
 
 @pytest.mark.slow

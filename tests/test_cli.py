@@ -393,8 +393,10 @@ def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch
 
     def counting(self, prompts, **kwargs):
         calls.append(kwargs.get("guidance"))
+        batches.append((len(prompts), kwargs.get("batch_size")))
         return original(self, prompts, **kwargs)
 
+    batches = []
     monkeypatch.setattr(Cascade, "generate", counting)
     report = tmp_path / "cascade.json"
     argv = ["evaluate", "--checkpoint", str(run), "--split", "heldout", "--cascade"]
@@ -407,6 +409,14 @@ def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch
     assert cli.main([*argv, "--guidance", "0", "--json", str(report)]) == 0
     assert calls == [None, 0.0]  # the report, then the sweep
     assert [r["w"] for r in json.loads(report.read_text())["sweep"]] == [0.0]
+    assert batches == [(8, None)] * 3  # the batch left to generate (default_batch_size)
+    batches.clear()
+    assert cli.main([*argv, "--guidance", "0", "--batch-size", "3"]) == 0
+    assert batches == [(8, 3), (3, 3), (3, 3), (2, 3)]  # the report, then the sweep's calls
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*argv, "--batch-size", "0"])
+    assert stop.value.code == 2 and "--batch-size" in capsys.readouterr().err
 
 
 def test_generate_and_export_from_a_run_use_its_last_complete_checkpoint(tmp_path, capsys):

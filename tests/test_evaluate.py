@@ -44,6 +44,25 @@ def test_alignment_of_ground_truth_is_perfect_and_batched_with_distinct_seeds():
     assert [c[1] for c in fake.calls] == [evaluate.MAX_SEED, 3, 7]
 
 
+def test_alignment_leaves_the_batch_to_generate_unless_given():
+    batches = []
+
+    class Recording(RenderingCascade):
+        def generate(self, prompts, **kwargs):
+            batches.append((len(prompts), kwargs["batch_size"]))
+            return super().generate(prompts, **kwargs)
+
+    prompts = evaluate.split_prompts("train")[:10]
+    evaluate.alignment(Recording(), prompts, seed=5)
+    assert batches == [(10, None)]  # one call: generate splits by default_batch_size
+    batches.clear()
+    evaluate.guidance_sweep(Recording(), prompts, [0.0], batch_size=4)
+    assert batches == [(4, 4), (4, 4), (2, 4)]
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="must be None or a positive integer"):
+            evaluate.alignment(RenderingCascade(), prompts, batch_size=bad)
+
+
 def test_alignment_samples_what_one_generate_call_does_whatever_the_batch(monkeypatch):
     """Every video its own seed (seed + i): identical prompts give distinct videos, and the
     scored videos are those of one generate call."""
