@@ -243,10 +243,11 @@ def cascade_report(
     shape rather than repeating frames; its thresholds scaled to the last stage's size), the
     fraction whose in-between frames are as solid as their key frames
     (``metrics.inbetween_misfit`` at most ``metrics.MAX_INBETWEEN_MISFIT``: temporal SR
-    interpolates rather than cross-fades), the fraction passing both (``interpolates``), and
-    their mean |Laplacian| (``metrics.laplacian_energy``: spatial SR adds detail). Beside
-    them: toy-world renders at the final size and baselines, frame repetition of the key
-    frames, a cross-fade between them, and trilinear upsampling of renders at the base
+    interpolates rather than cross-fades), the fraction passing both (``interpolates``; like
+    motion progress, of the videos whose caption names a motion), and their mean
+    |Laplacian| (``metrics.laplacian_energy``: spatial SR adds detail). Beside them:
+    toy-world renders at the final size and baselines, frame repetition of the key frames, a
+    cross-fade between them, and trilinear upsampling of renders at the base
     stage's size. Key frames are every k-th, k = the cascade's frame-rate factor (final frames
     / base frames); the in-between checks are left out where k < 2 or where the slowest
     shape's key frames lie less than ``metrics.MIN_KEY_STEP`` pixels apart (there they cannot
@@ -257,6 +258,11 @@ def cascade_report(
     """
     prompts = list(prompts)
     stages = cascade_model.trained_stages
+    if outputs is not None and batch_size is not None:
+        raise ValueError(
+            f"batch_size={batch_size!r} with outputs: the videos are sampled already; give "
+            "batch_size to sample them here (outputs=None), or neither"
+        )
     if outputs is None:
         _, outputs = cascade_model.generate(
             prompts, seed=seed, return_stages=True, batch_size=batch_size
@@ -288,8 +294,9 @@ def cascade_report(
         return _fraction(passed(videos))
 
     energy = float(metrics.laplacian_energy(truth).mean())
+    moved = passed(outputs[-1])
     final = {
-        "motion_progress": progress(outputs[-1]),
+        "motion_progress": _fraction(moved),
         "motion_progress_renders": progress(truth),
         "motion_progress_repeated": progress(repeated),
         "motion_progress_blend": progress(blend),  # a cross-fade passes too (docstring)
@@ -302,7 +309,6 @@ def cascade_report(
 
         excess = metrics.inbetween_misfit(outputs[-1], k)
         whole = (excess <= metrics.MAX_INBETWEEN_MISFIT).tolist()
-        moved = passed(outputs[-1])
         both = [None if m is None else m and w for m, w in zip(moved, whole, strict=True)]
         final |= {
             "solid_inbetweens": _fraction(whole),
@@ -327,7 +333,7 @@ def key_frame_baselines(truth: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     kept = truth[:, :, ::k]
     repeated = kept.repeat_interleave(k, dim=2)[:, :, : truth.shape[2]]
     after = torch.cat([kept[:, :, 1:], kept[:, :, -1:]], dim=2)  # the next key frame
-    t = torch.arange(k, dtype=truth.dtype) / k
+    t = torch.arange(k, dtype=truth.dtype, device=truth.device) / k
     blend = (1 - t[:, None, None]) * kept[:, :, :, None] + t[:, None, None] * after[:, :, :, None]
     return repeated, blend.flatten(2, 3)[:, :, : truth.shape[2]]
 
@@ -361,7 +367,7 @@ def format_cascade_report(report: dict) -> str:
     if "solid_inbetweens" in f:  # cascades that raise the frame rate, reports since it
         lines.append(
             f"  solid in-between frames {100 * f['solid_inbetweens']:.1f}% "
-            f"({beside('solid_inbetweens')}); mean misfit over key frames' "
+            f"({beside('solid_inbetweens')}); their misfit minus the key frames', mean "
             f"{f['inbetween_misfit']:+.4f}"
         )
         lines.append(f"  interpolates (both) {100 * f['interpolates']:.1f}%")

@@ -32,14 +32,19 @@ MIN_TRAVEL = 0.1
 # blob is a second shape; smaller ones are specks of sampling noise, read with the shape.
 SECOND_SHAPE = 0.25
 # In-between frames whose shape misfit exceeds their key frames' by more than this are not
-# solid shapes (``inbetween_misfit``). A cross-fade of key frames d apart, of a shape of size
-# L, exceeds by about d / L: ~0.06 for the slowest, largest square of the toy world's 64 px,
-# 16-frame videos (d = 2 x 0.25 / 16 = 0.031, L = 0.52, in units of the frame); cross-fades
-# of the 168 evaluation captions' renders exceed by 0.045 or more, renders by at most 0.015.
-MAX_INBETWEEN_MISFIT = 0.025
+# solid shapes (``inbetween_misfit``): half of what a halfway cross-fade exceeds by for the
+# toy world's slowest, largest shape. A cross-fade of key frames d apart, of a shape of size
+# L, exceeds by about d / L: ~0.06 for the largest square, L = 0.52 of the frame, whose key
+# frames lie MIN_KEY_STEP = 2 px apart (as in the toy and ci cascades' final videos). Over
+# the 168 evaluation captions' renders, at 16 x 64 x 64 the cross-fades exceed by 0.051 or
+# more and the renders by at most 0.013; at 8 x 32 x 32, 0.072 or more and at most 0.023.
+# (With k > 2 frames per key frame the blend at t = j / k misfits by 4 t (1 - t) d / L,
+# 2 (k + 1) / (3 k) d / L on average: 0.75 d / L at k = 8.)
+MAX_INBETWEEN_MISFIT = 0.03
 # The check needs key frames this many pixels apart, for the slowest shape
-# (``slowest_key_step``): closer, a cross-fade is near the shape drawn halfway (anti-aliased
-# edges already shade a sub-pixel shift) and renders' own misfit is as large as its excess.
+# (``slowest_key_step``): closer, a cross-fade is near the shape drawn partway (anti-aliased
+# edges already shade a sub-pixel shift), and renders' own excess is as large as a
+# cross-fade's (at 16 x 16, 0.5 px apart: renders up to 0.048, cross-fades 0.029 on average).
 MIN_KEY_STEP = 2.0
 
 
@@ -350,12 +355,14 @@ def inbetween_misfit(videos: torch.Tensor, key_every: int) -> torch.Tensor:
     """Mean ``shape_misfit`` of the in-between frames minus that of the key frames (B,).
 
     Key frames are frames 0, k, 2k, ... (k = ``key_every``): those a temporal SR stage was
-    given, the frames between them are those it made. A true interpolation makes in-between
-    frames as solid as its key frames (about 0); a cross-fade of neighbouring key frames
-    shows two faint overlapping copies, which no single shape explains: for a shape of size L
-    whose key frames lie d apart, its halfway frame misfits by about d / L (exactly, for
-    a pixel-aligned square moving along an axis). Frame repetition scores 0: tell it from
-    motion by ``motion_progress``. NaN where a frame holds no shape or two.
+    given; in-between frames are those it made between two of them (frames after the last
+    key frame are extrapolated, and left out). A true interpolation makes in-between frames
+    as solid as its key frames (about 0); a cross-fade of neighbouring key frames shows two
+    faint overlapping copies, which no single shape explains: for a shape of size L whose
+    key frames lie d apart, its halfway frame misfits by about d / L (exactly, for a
+    pixel-aligned square moving an even number of pixels along an axis). Frame repetition
+    scores 0: tell it from motion by ``motion_progress``. NaN where one of the key or
+    in-between frames holds no shape or two.
     """
     check_videos(videos)
     frames = videos.shape[2]
@@ -365,8 +372,10 @@ def inbetween_misfit(videos: torch.Tensor, key_every: int) -> torch.Tensor:
             f"have {frames} frames): key frames are 0, k, 2k, ..., with frames between them"
         )
     misfit = shape_misfit(foreground(videos.detach().cpu()))
-    key = torch.arange(frames) % key_every == 0
-    return misfit[:, ~key].mean(1) - misfit[:, key].mean(1)
+    index = torch.arange(frames)
+    key = index % key_every == 0
+    between = ~key & (index < (frames - 1) // key_every * key_every)  # before the last key
+    return misfit[:, between].mean(1) - misfit[:, key].mean(1)
 
 
 def slowest_key_step(width: int, height: int, num_frames: int, key_every: int) -> float:

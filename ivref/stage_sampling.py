@@ -9,6 +9,7 @@ cascade.py re-exports every public name here.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
@@ -49,8 +50,9 @@ def _check_tensors(**named: object) -> None:
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's first parameter, or buffer if it has none (where its inputs
     must be); a clear error for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is not None:
+        return first.device
     raise ValueError(
         f"{type(model).__name__} has no parameters or buffers, so its device is unknown: a "
         "stage model must hold its weights (e.g. a VideoUNet), on the device to sample on"
@@ -111,7 +113,8 @@ def sample_stage(
     )  # fmt: skip
     samplers.check_generators(generator)
     device = model_device(model)
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters(), None)  # none: a model of buffers only has no weights
+    dtype = torch.float32 if weight is None else weight.dtype
     if dtype != torch.float32:
         raise ValueError(
             f"stage {stage.name!r}: the model's weights are {dtype}; sampling takes float32 "

@@ -566,6 +566,14 @@ def test_a_model_without_weights_has_no_device_and_says_so():
     holder.register_buffer("scale", torch.ones(1, device="meta"))
     assert stage_sampling.model_device(holder).type == "meta"  # a buffer tells it
     cfg = configs.preset("ci")
+    base = cfg.stages[0]
+    emb, mask = torch.zeros(2, 3, cfg.text.dim), torch.ones(2, 3, dtype=torch.bool)
+    kwargs = dict(steps=2, guidance_w=0.0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="Weightless has no parameters or buffers"):
+        stage_sampling.sample_stage(Weightless(), base, cfg.diffusion, emb, mask, **kwargs)
+    holder.scale, holder.cfg = torch.ones(1), base.unet  # on the CPU: samples (zeros)
+    out = stage_sampling.sample_stage(holder, base, cfg.diffusion, emb, mask, **kwargs)
+    assert out.shape == (2, 3, base.num_frames, base.height, base.width)
     model = Cascade(cfg, {"base": VideoUNet(cfg.stages[0].unet)})
     model.models["base"] = Weightless()
     with pytest.raises(ValueError, match="has no parameters or buffers"):

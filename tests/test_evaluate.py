@@ -185,9 +185,26 @@ def test_cascade_report_of_renders_through_the_toy_cascade_tells_a_cross_fade_ap
     )
     assert lines[3].startswith(
         "  solid in-between frames 100.0% (renders 100.0%, frame repetition 100.0%, "
-        "cross-fade 0.0%); mean misfit over key frames' "
+        "cross-fade 0.0%); their misfit minus the key frames', mean "
     )
     assert lines[4] == "  interpolates (both) 100.0%"
+
+
+def test_cascade_report_fails_a_final_stage_that_cross_fades():
+    """Outputs whose in-between frames blend their key frames pass motion progress (as the
+    metric's docstring warns) and fail the in-between check, so they do not interpolate."""
+    toy = configs.preset("toy")
+    fake = StagedRenderingCascade()
+    Cascade.__init__(fake, toy, {s.name: VideoUNet(s.unet) for s in toy.stages})
+    prompts = evaluate.split_prompts("heldout")
+    _, outputs = fake.generate(prompts, seed=0, return_stages=True)
+    outputs[-1] = evaluate.key_frame_baselines(outputs[-1], 2)[1]
+    final = evaluate.cascade_report(fake, prompts, seed=0, outputs=outputs)["final"]
+    assert final["motion_progress"] == 1.0
+    assert final["solid_inbetweens"] == 0.0 and final["interpolates"] == 0.0
+    assert final["inbetween_misfit"] > metrics.MAX_INBETWEEN_MISFIT
+    with pytest.raises(ValueError, match="batch_size=4 with outputs"):
+        evaluate.cascade_report(fake, prompts, outputs=outputs, batch_size=4)
 
 
 def test_key_frame_baselines_repeat_and_blend_every_kth_frame():
