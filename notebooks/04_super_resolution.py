@@ -312,7 +312,10 @@ video.show(video.stage_grid([low_t, tsr_out, truth_t])[None], fps=TSR.fps, width
 # `metrics.motion_step_scale`) and the thresholds are scaled by it. Unscaled, they would
 # fail even the truth at this size. The linear blend passes too: its centroid lands
 # halfway between its neighbours', so the check tells motion from repetition, not from a
-# cross-fade.
+# cross-fade. A second check tells those two apart in the toy cascade's final 64 x 64
+# videos (notebook 05): a blended frame holds two faint copies of the shape, which no
+# single shape explains. Here, with copies less than a pixel apart, the blend is close to
+# the shape drawn halfway, and that check cannot tell them apart either.
 #
 # ## 4. The fully convolutional last stage: trained on crops, sampled at any size
 #
