@@ -10,11 +10,14 @@ order that alternates between rounds; a variant's figure is the median over roun
 step time divided by the shipped step's time in the same round (> 1: slower than shipped).
 
 Variants:
-- ``shipped``: ``Trainer.train_step`` as ``ivref train`` runs it (bf16 autocast on CPU);
+- ``shipped``: ``Trainer.train_step`` as ``ivref train`` runs it (the stage's bf16 autocast
+  where the device computes bf16 natively, ``devices.native_bf16``; float32 elsewhere);
 - ``autograd-shifts``: ``TemporalConv``'s two frame shifts as sliced adds and concatenations
   through autograd, which is how ivref computed them before ``layers.ShiftSum``;
 - ``channels-last``: the model's weights, and so its activations, in channels-last memory
-  format (what oneDNN prefers for bf16 convolutions on CPUs with AMX).
+  format (what oneDNN prefers for bf16 convolutions on CPUs with AMX);
+- ``bf16-autocast`` and ``float32``: the step with bf16 autocast forced on, and off
+  (``Trainer(bf16=...)``), whatever the device.
 ``benchmarks/train_throughput.py --compile`` compares ``torch.compile`` the same way.
 """
 
@@ -33,10 +36,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from train_throughput import RandomTextEncoder, device_name, matmul_rate, sync  # this folder
 
-from ivref import configs, layers
+from ivref import configs, devices, layers
 from ivref import train as train_lib
 
-VARIANTS = ("shipped", "autograd-shifts", "channels-last")
+VARIANTS = ("shipped", "autograd-shifts", "channels-last", "bf16-autocast", "float32")
+FORCED_BF16 = {"bf16-autocast": True, "float32": False}  # the others: as the trainer decides
 
 
 def autograd_shifts_forward(self, x, num_frames, video_mask=None):
@@ -65,8 +69,9 @@ def variant_code(name: str):
         layers.TemporalConv.forward = shipped
 
 
-def measure(cfg, stage_name: str, device, warmup: int, rounds: int) -> dict:
+def measure(cfg, stage_name: str, device, warmup: int, rounds: int, variants=VARIANTS) -> dict:
     encoder = RandomTextEncoder(cfg.text.dim, cfg.text.max_length)
+    variants = ("shipped", *(v for v in variants if v != "shipped"))  # the reference first
     with tempfile.TemporaryDirectory() as out:
         trainers = {
             name: train_lib.Trainer(
@@ -76,13 +81,15 @@ def measure(cfg, stage_name: str, device, warmup: int, rounds: int) -> dict:
                 text_encoder=encoder,
                 device=device,
                 progress=False,
+                bf16=FORCED_BF16.get(name),
             )  # fmt: skip
-            for name in VARIANTS
+            for name in variants
         }
-        trainers["channels-last"].model.to(memory_format=torch.channels_last)
-        times = {name: [] for name in VARIANTS}
+        if "channels-last" in trainers:
+            trainers["channels-last"].model.to(memory_format=torch.channels_last)
+        times = {name: [] for name in variants}
         for i in range(warmup + rounds):
-            for name in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
+            for name in variants if i % 2 == 0 else reversed(variants):
                 with variant_code(name):
                     sync(device)
                     start = time.perf_counter()
@@ -91,8 +98,9 @@ def measure(cfg, stage_name: str, device, warmup: int, rounds: int) -> dict:
                 if i >= warmup:
                     times[name].append(time.perf_counter() - start)
     shipped = times["shipped"]
-    row = {"batch": trainers["shipped"].batch_size, "variants": {}}
-    for name in VARIANTS:
+    row = {"batch": trainers["shipped"].batch_size, "bf16": trainers["shipped"].bf16}
+    row["variants"] = {}
+    for name in variants:
         ratios = [t / s for t, s in zip(times[name], shipped, strict=True)]
         row["variants"][name] = {
             "step_ms": 1e3 * statistics.median(times[name]),
@@ -110,6 +118,7 @@ def parse(argv):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--tiny", action="store_true", help="ci preset, 2 rounds")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--json", help="write the results here")
     return p.parse_args(argv)
 
@@ -121,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = configs.preset(args.scale)
     device = torch.device(args.device)
     rate = matmul_rate(torch.bfloat16, 256 if args.tiny else 2048, device, 3)
+    fp32 = matmul_rate(torch.float32, 256 if args.tiny else 2048, device, 3)
     result = {
         "benchmark": "train_step_variants",
         "scale": args.scale,
@@ -130,11 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "bf16_matmul_gflop_per_s": rate / 1e9,
+        "fp32_matmul_gflop_per_s": fp32 / 1e9,
+        "native_bf16": devices.native_bf16(device),
         "stages": {},
     }
-    print(f"{device_name(device)}: bf16 matmul {rate / 1e9:.0f} GFLOP/s")
+    print(
+        f"{device_name(device)}: bf16 matmul {rate / 1e9:.1f} GFLOP/s, fp32 {fp32 / 1e9:.1f}; "
+        f"native bf16: {result['native_bf16']}"
+    )
     for name in args.stages:
-        row = measure(cfg, name, device, args.warmup, args.rounds)
+        row = measure(cfg, name, device, args.warmup, args.rounds, args.variants)
         result["stages"][name] = row
         for variant, v in row["variants"].items():
             low, high = v["time_ratio_range"]

@@ -168,6 +168,7 @@ def distill_stage(
         halving_steps=halving_steps, bf16=bf16, batch_size=batch_size, seed=seed,
         videos=videos, source=source, resume=resume, new_streams=new_streams,
     )  # fmt: skip
+    forced_bf16 = bf16  # given: used on any device; None: the plan's, where bf16 is native
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
     d = config.distill
@@ -195,7 +196,7 @@ def distill_stage(
         loop = trainer.Trainer(
             cfg, stage, out / folder, objective=objective, model=student, device=device,
             checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
-            fsdp=fsdp,
+            fsdp=fsdp, bf16=forced_bf16,
         )  # fmt: skip
         finished = trainer_checkpoints.on_main(  # rank 0's listing decides for every rank
             context, functools.partial(_phase_finished, out / folder, length)
@@ -325,7 +326,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bf16 autocast for the student (default: the stage's training setting)",
+        help="bf16 autocast for the student (default: the stage's training setting, where "
+        "the device computes bf16 natively)",
     )
     p.add_argument(
         "--checkpoint-every", type=arguments.positive_int, default=100, help="steps (default: 100)"

@@ -87,7 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-ratio", type=arguments.fraction, help="fraction of image samples (joint)"
     )
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast on or off (default: the stage's setting, where the device computes "
+        "bf16 natively: float32 on a CPU without AVX-512, AMX or Arm bf16)",
+    )
     p.add_argument(
         "--seed", type=arguments.seed_int, default=0, help="initial weights and data (fresh)"
     )
@@ -304,6 +310,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             on_nonfinite=args.on_nan,
             compile=args.compile,
             fsdp=args.fsdp,
+            bf16=args.bf16,  # --bf16 / --no-bf16 force it; neither: the stage's, if native
         )  # nothing written yet: its text encoder and options are checked before --force
         if context.is_main:  # deletes (a bad folder of videos failed before it, too)
             _prepare_out(args.out, args.resume, args.force)

@@ -232,9 +232,7 @@ def validation_evaluator(
             for k, (clip, caption) in enumerate(held):
                 g = torch.Generator().manual_seed(VALIDATION_SEED + k)
                 batch = objectives.Batch(clip[None], [caption], torch.zeros(1, dtype=torch.bool))
-                loss = trainer.objective.loss(
-                    trainer.ema, batch, g, trainer.device, trainer.train_cfg.bf16
-                )
+                loss = trainer.objective.loss(trainer.ema, batch, g, trainer.device, trainer.bf16)
                 total += float(loss)
         return {"val_loss": total / len(held)}
 

@@ -39,6 +39,7 @@ from ivref import (
     checkpoint,
     clean_stops,
     configs,
+    devices,
     distributed,
     evaluate,
     files,
@@ -84,6 +85,26 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def resolve_bf16(forced: bool | None, configured: bool, device: torch.device) -> bool:
+    """Whether a run uses bf16 autocast: ``forced`` if given (True or False), else the stage's
+    ``configured`` setting where ``device`` computes bf16 natively; a warning where it does
+    not (``devices.native_bf16``)."""
+    if forced is not None:
+        if not isinstance(forced, bool):
+            raise ValueError(f"bf16={forced!r} must be None (the stage's), True or False")
+        return forced
+    if configured and not devices.native_bf16(device):
+        warnings.warn(
+            f"bf16 autocast is off for this run: this {device.type} has no native bf16 "
+            "arithmetic (on a CPU: no AVX-512, AMX or Arm bf16), where bf16 runs far slower "
+            "than float32 (a toy training step 16x slower on an AVX2 CPU); training in float32. "
+            "Trainer(bf16=True), or --bf16 of ivref train and ivref distill, forces it",
+            stacklevel=3,
+        )
+        return False
+    return configured
+
+
 class Trainer:
     """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoints/``.
 
@@ -110,6 +131,12 @@ class Trainer:
     instead (FSDP2, one unit per ``SpaceTimeBlock``). ``evaluate`` runs on rank 0 alone,
     unless it is marked ``distributed.on_every_rank`` (``evaluate.stage_evaluator`` is: the
     ranks share its prompts) or the model is sharded: then every rank calls it.
+
+    ``bf16``: bf16 autocast for the training steps and the evaluator's sampling. None (the
+    default) takes the stage's ``train.bf16``, but only where the device computes bf16
+    natively (``devices.native_bf16``): on a CPU without AVX-512, AMX or Arm bf16, autocast
+    would emulate bf16 far slower than float32, so the run trains in float32 and says so.
+    True or False forces it; ``self.bf16`` is what the steps use.
     """
 
     def __init__(
@@ -133,6 +160,7 @@ class Trainer:
         progress: bool = True,
         compile: bool | dict[str, Any] = False,
         fsdp: bool = False,
+        bf16: bool | None = None,
     ) -> None:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
@@ -152,6 +180,7 @@ class Trainer:
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
         self.batch_size = batch_size or self.train_cfg.batch_size
+        self.bf16 = resolve_bf16(bf16, self.train_cfg.bf16, device)
         if self.batch_size % context.world_size:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of the {context.world_size} "
@@ -249,9 +278,7 @@ class Trainer:
     def loss(self, x: torch.Tensor, captions: list[str], is_image: torch.Tensor) -> torch.Tensor:
         """The objective's mean loss of one batch, drawing from the loop's generator."""
         batch = objectives.Batch(x, list(captions), is_image)
-        return self.objective.loss(
-            self.step_model, batch, self.generator, self.device, self.train_cfg.bf16
-        )
+        return self.objective.loss(self.step_model, batch, self.generator, self.device, self.bf16)
 
     def _nonfinite(self, what: str, value: float) -> None:
         last = checkpoint.latest(self.out)

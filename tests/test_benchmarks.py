@@ -118,7 +118,9 @@ def test_train_step_variants_tiny(repo_root, tmp_path):
     out = tmp_path / "variants.json"
     _run(repo_root, "train_step_variants.py", "--tiny", "--json", str(out))
     row = json.loads(out.read_text())["stages"]["base"]
-    assert set(row["variants"]) == {"shipped", "autograd-shifts", "channels-last"}
+    assert set(row["variants"]) == {
+        "shipped", "autograd-shifts", "channels-last", "bf16-autocast", "float32"
+    }  # fmt: skip
     assert row["variants"]["shipped"]["time_ratio"] == 1.0  # its own step, same round
     for v in row["variants"].values():
         low, high = v["time_ratio_range"]

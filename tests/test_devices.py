@@ -41,3 +41,20 @@ def test_mps_is_refused_where_it_is_missing(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'mps': MPS is not available here"):
         devices.parse_device("mps")
+
+
+def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_configured(
+    monkeypatch,
+):
+    assert devices.native_bf16(torch.device("cpu")) is bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    assert devices.native_bf16(torch.device("meta")) is True
+
+    def moved():
+        raise AttributeError("no such op")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", moved)
+    for capability, native in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert devices.native_bf16(torch.device("cpu")) is native

@@ -422,6 +422,36 @@ def test_distilling_a_student_names_the_teacher_folder_to_give(tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_a_given_bf16_reaches_every_phase_and_none_leaves_it_to_the_device(tmp_path, monkeypatch):
+    from ivref import devices, trainer
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    used = []
+    real_init = trainer.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        used.append((self.train_cfg.bf16, self.bf16))
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", spy)
+    ci = configs.preset("ci")  # its base trains in float32; here it asks for bf16
+    base = dataclasses.replace(
+        ci.stages[0], train=dataclasses.replace(ci.stages[0].train, bf16=True)
+    )
+    cfg = dataclasses.replace(ci, stages=(base, *ci.stages[1:]))
+    torch.manual_seed(0)
+    teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:1]})
+    kwargs = dict(guided_steps=1, halving_steps=1, batch_size=2, progress=False)
+    distill.distill_stage(teacher, "base", tmp_path / "a", bf16=True, **kwargs)
+    assert used and set(used) == {(True, True)}  # given: on, though not native here
+    used.clear()
+    with pytest.warns(UserWarning, match="bf16 autocast is off"):  # the plan's, not native
+        distill.distill_stage(teacher, "base", tmp_path / "b", **kwargs)
+    assert used and set(used) == {(True, False)}
+    for run in "ab":
+        assert json.loads((tmp_path / run / distill.PLAN).read_text())["bf16"] is True
+
+
 def test_compiled_distillation_matches_eager(tmp_path, monkeypatch):
     """``compile=``: the student's step and the teacher's forward are compiled (``aot_eager``
     here: dynamo and AOTAutograd without code generation) and every phase's losses equal

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import warnings
 
 import pytest
 import torch
@@ -333,6 +334,76 @@ def test_the_compile_flag_reaches_the_trainer(tmp_path, monkeypatch):
     assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert seen == [True, False]
     assert train.read_log(tmp_path / "a")[0]["step"] == 1
+
+
+def _bf16_config(on: bool):
+    cfg = configs.preset("ci")  # ci trains in float32; the toy stages ask for bf16
+    base = dataclasses.replace(
+        cfg.stages[0], train=dataclasses.replace(cfg.stages[0].train, bf16=on)
+    )
+    return dataclasses.replace(cfg, stages=(base, *cfg.stages[1:]))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_only_where_the_device_computes_bf16_natively(
+    tmp_path, encoder, monkeypatch, native
+):
+    """On a CPU with AVX2 alone a toy base step took 16x as long under bf16 autocast as in
+    float32: where bf16 is not native a run asking for it trains in float32 and warns,
+    unless bf16=True forces it. The setting reaches the objective's every step."""
+    from ivref import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    seen = []
+    real = objectives.DiffusionObjective.loss
+
+    def spy(self, model, batch, generator, device="cpu", bf16=False):
+        seen.append(bf16)
+        return real(self, model, batch, generator, device, bf16)
+
+    monkeypatch.setattr(objectives.DiffusionObjective, "loss", spy)
+
+    def build(folder, cfg, **kwargs):
+        return train.Trainer(
+            cfg, "base", tmp_path / folder, text_encoder=encoder, batch_size=2, progress=False,
+            **kwargs,
+        )  # fmt: skip
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asked = build("a", _bf16_config(True))
+    said = [str(w.message) for w in caught if "bf16 autocast is off" in str(w.message)]
+    assert asked.bf16 is native and len(said) == (0 if native else 1)
+    asked.fit(1)
+    assert seen == [native]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither warns
+        assert build("b", _bf16_config(True), bf16=True).bf16 is True
+        assert build("c", _bf16_config(False)).bf16 is False
+        assert build("d", _bf16_config(True), bf16=False).bf16 is False
+    with pytest.raises(ValueError, match=r"bf16='yes' must be None \(the stage's\), True or False"):
+        build("e", _bf16_config(True), bf16="yes")
+
+
+def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
+    tmp_path, monkeypatch
+):
+    from ivref import cli, devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    made = []
+
+    class Spy(train.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append((self.train_cfg.bf16, self.bf16))
+
+    monkeypatch.setattr(train, "Trainer", Spy)
+    argv = ["train", "--scale", "ci", "--batch-size", "2", "--steps", "1", "--threads", "1"]
+    assert cli.main([*argv, "--bf16", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--no-bf16", "--out", str(tmp_path / "b")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 0  # ci: float32 as configured
+    assert made == [(True, True), (False, False), (False, False)]
 
 
 @pytest.mark.parametrize(
