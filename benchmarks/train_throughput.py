@@ -8,7 +8,8 @@
     python benchmarks/train_throughput.py --device cuda --paper-base 16 --stages  # paper base only
 
 Each stage runs ``Trainer.train_step`` as ``ivref train`` does (toy-world batch rendered on
-the fly, its training batch size and crop, bf16 autocast where the config asks, AdamW, EMA),
+the fly, its training batch size and crop, bf16 autocast where the config asks and the
+device computes bf16 natively (``Trainer.bf16``), AdamW, EMA),
 with a seeded random text encoder in place of MiniLM (the text cache makes the encoder's
 cost vanish after the first steps either way). Achieved FLOP/s counts a training step as
 3 x the forward FLOPs of ``unet3d.count_flops`` (forward + backward = 1 + 2) x batch size,
@@ -124,7 +125,7 @@ def measure(
     step_s = statistics.median(times["eager"])
     row = {
         "batch": batch,
-        "bf16": stage.train.bf16,
+        "bf16": trainers["eager"].bf16,  # the stage's setting, where bf16 is native
         "params": unet3d.count_parameters(stage.unet),
         "step_ms": 1e3 * step_s,
         "steps_per_s": 1 / step_s,

@@ -41,11 +41,12 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 matmuls and convolutions natively, so bf16 autocast
     speeds them up rather than emulating them.
 
-    CPU: oneDNN's bf16 kernels need AVX-512 (Intel since Skylake-SP, AMD since Zen 4), AMX, or
-    Arm's bf16 extension. Without them (AVX2 only, as on many laptops and older servers)
-    oneDNN emulates bf16: on a 2-core AVX2 AMD EPYC a 2048^3 bf16 matmul ran at 0.3 GFLOP/s
-    against 167 in float32, and a toy base training step under bf16 autocast took 16x as
-    long as in float32 (benchmarks/train_step_variants.py). CUDA: compute capability 8.0
+    CPU: oneDNN's own check, which accepts AVX-512 (with bf16 instructions on Intel since
+    Cooper Lake and AMD since Zen 4; earlier AVX-512 CPUs convert with AVX-512 instructions),
+    AMX, or Arm's bf16 extension. Without them (AVX2 only, as on many laptops and older
+    servers) bf16 is emulated slowly: on a 2-core AVX2 AMD EPYC a 2048^3 bf16 matmul ran at
+    0.3 GFLOP/s against 167 in float32, and a toy base training step under bf16 autocast
+    took 16x as long as in float32 (benchmarks/train_step_variants.py). CUDA: compute capability 8.0
     (Ampere) or newer; older GPUs emulate it. Other devices (mps, meta): True, autocast
     left as configured.
     """

@@ -152,6 +152,7 @@ def distill_stage(
     recorded in the plan so that ``ivref distill --resume`` needs no flags.
     """
     compiling.check_compile(compile)
+    trainer.check_bf16(bf16)
     arguments.check_count("to_steps", to_steps, none="the distill config's")
     arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
@@ -169,6 +170,7 @@ def distill_stage(
         videos=videos, source=source, resume=resume, new_streams=new_streams,
     )  # fmt: skip
     forced_bf16 = bf16  # given: used on any device; None: the plan's, where bf16 is native
+    record["bf16_given"] = forced_bf16  # a resume without the flag restores it
     w_max, bf16 = record["w_max"], record["bf16"]
     guided = phases[0][1] == "guided"  # the plan decides: an unguided teacher starts halving
     d = config.distill

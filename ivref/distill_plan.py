@@ -153,7 +153,9 @@ def phase_plan(
 PLAN = "distill.json"
 # not compared by check_same_plan: the teacher's folder may move (its digest is checked), and
 # check_same_data checks the data (a changed folder may go on with new streams)
-UNCHECKED = ("source", "data_digest", "recipe")  # the recipe: compared field by field
+UNCHECKED = ("source", "data_digest", "recipe", "bf16_given")  # the recipe: field by field;
+# bf16_given: whether --bf16 / --no-bf16 forced autocast (None: the plan's bf16, where the
+# device computes bf16 natively), restored by a resume without the flag
 # a plan written before these were kept is not checked on them
 ADDED_LATER = ("data_digest", "data_fit", "batch_size", "seed", "teacher", "recipe")
 # settings the plan keeps in its own fields (phases, phase_steps, batch_size, bf16; a resume may
@@ -345,7 +347,8 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
         "guided_steps": lengths[0] if guided else None,
         # one count where all are equal, as it was most likely given
         "halving_steps": (halvings[0] if len(set(halvings)) == 1 else halvings) or None,
-        "bf16": saved.get("bf16"),
+        # what the flag said (a plan written before it was kept: its bf16, then always used)
+        "bf16": saved["bf16_given"] if "bf16_given" in saved else saved.get("bf16"),
         "batch_size": saved.get("batch_size"),
         "seed": saved.get("seed"),
     }

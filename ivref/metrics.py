@@ -36,8 +36,9 @@ SECOND_SHAPE = 0.25
 # toy world's slowest, largest shape. A cross-fade of key frames d apart, of a shape of size
 # L, exceeds by about d / L: ~0.06 for the largest square, L = 0.52 of the frame, whose key
 # frames lie MIN_KEY_STEP = 2 px apart (as in the toy and ci cascades' final videos). Over
-# the 168 evaluation captions' renders, at 16 x 64 x 64 the cross-fades exceed by 0.051 or
-# more and the renders by at most 0.013; at 8 x 32 x 32, 0.072 or more and at most 0.023.
+# the renders of the 168 evaluation videos (84 captions x 2 seeds), at 16 x 64 x 64 the
+# cross-fades exceed by 0.051 or more and the renders by at most 0.013; at 8 x 32 x 32,
+# 0.072 or more and at most 0.023.
 # (With k > 2 frames per key frame the blend at t = j / k misfits by 4 t (1 - t) d / L,
 # 2 (k + 1) / (3 k) d / L on average: 0.75 d / L at k = 8.)
 MAX_INBETWEEN_MISFIT = 0.03

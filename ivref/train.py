@@ -179,6 +179,15 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
     return dataclasses.replace(cfg, text=text_cfg, stages=stages), stage, notes
 
 
+def _given_bf16(args: argparse.Namespace) -> bool | None:
+    """--bf16 / --no-bf16, or on --resume without either what forced the run's autocast when
+    it started (kept in its checkpoints); None: the stage's setting, where bf16 is native."""
+    if args.bf16 is not None or not args.resume:
+        return args.bf16
+    given = _newest_config(args.out)["extra"].get("bf16_given")
+    return given if isinstance(given, bool) else None
+
+
 def _newest_config(run: Path) -> dict[str, Any]:
     """The saved config of a run's newest checkpoint whose config.json reads (for --resume)."""
     found = checkpoint.run_checkpoints(run)
@@ -310,7 +319,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
             on_nonfinite=args.on_nan,
             compile=args.compile,
             fsdp=args.fsdp,
-            bf16=args.bf16,  # --bf16 / --no-bf16 force it; neither: the stage's, if native
+            bf16=_given_bf16(args),  # --bf16 / --no-bf16 force it; neither: the stage's, if native
         )  # nothing written yet: its text encoder and options are checked before --force
         if context.is_main:  # deletes (a bad folder of videos failed before it, too)
             _prepare_out(args.out, args.resume, args.force)

@@ -85,22 +85,31 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def resolve_bf16(forced: bool | None, configured: bool, device: torch.device) -> bool:
+def check_bf16(bf16: Any) -> None:
+    """``bf16`` of ``Trainer`` and ``distill_stage``: None (the stage's setting), True or False."""
+    if bf16 is not None and not isinstance(bf16, bool):
+        raise TypeError(f"bf16={bf16!r}; allowed: None (the stage's setting), True or False")
+
+
+def resolve_bf16(
+    forced: bool | None, configured: bool, device: torch.device, warn: bool = True
+) -> bool:
     """Whether a run uses bf16 autocast: ``forced`` if given (True or False), else the stage's
-    ``configured`` setting where ``device`` computes bf16 natively; a warning where it does
-    not (``devices.native_bf16``)."""
+    ``configured`` setting where ``device`` computes bf16 natively; a warning (where ``warn``)
+    where it does not (``devices.native_bf16``)."""
+    check_bf16(forced)
     if forced is not None:
-        if not isinstance(forced, bool):
-            raise ValueError(f"bf16={forced!r} must be None (the stage's), True or False")
         return forced
     if configured and not devices.native_bf16(device):
-        warnings.warn(
-            f"bf16 autocast is off for this run: this {device.type} has no native bf16 "
-            "arithmetic (on a CPU: no AVX-512, AMX or Arm bf16), where bf16 runs far slower "
-            "than float32 (a toy training step 16x slower on an AVX2 CPU); training in float32. "
-            "Trainer(bf16=True), or --bf16 of ivref train and ivref distill, forces it",
-            stacklevel=3,
-        )
+        if warn:
+            warnings.warn(
+                f"bf16 autocast is off for this run: this {device.type} has no native bf16 "
+                "arithmetic (on a CPU: no AVX-512, AMX or Arm bf16), where bf16 runs far "
+                "slower than float32 (a toy training step 16x slower on an AVX2 CPU); training "
+                "in float32. Trainer(bf16=True), or --bf16 of ivref train and ivref distill, "
+                "forces it",
+                stacklevel=3,
+            )
         return False
     return configured
 
@@ -136,7 +145,8 @@ class Trainer:
     default) takes the stage's ``train.bf16``, but only where the device computes bf16
     natively (``devices.native_bf16``): on a CPU without AVX-512, AMX or Arm bf16, autocast
     would emulate bf16 far slower than float32, so the run trains in float32 and says so.
-    True or False forces it; ``self.bf16`` is what the steps use.
+    True or False forces it (``ivref train --resume`` restores a forced setting, which the
+    checkpoints keep); ``self.bf16`` is what the steps use.
     """
 
     def __init__(
@@ -180,7 +190,8 @@ class Trainer:
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
         self.batch_size = batch_size or self.train_cfg.batch_size
-        self.bf16 = resolve_bf16(bf16, self.train_cfg.bf16, device)
+        self.bf16 = resolve_bf16(bf16, self.train_cfg.bf16, device, warn=context.is_main)
+        self.bf16_given = bf16  # saved with each checkpoint: a resume restores it
         if self.batch_size % context.world_size:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of the {context.world_size} "

@@ -88,6 +88,8 @@ def save(trainer: Any) -> Path:
     if context.is_main:
         probe = text_probe(trainer)
         extra = {"skipped": trainer._skipped} | ({} if probe is None else {"text_probe": probe})
+        if getattr(trainer, "bf16_given", None) is not None:  # forced: a resume restores it
+            extra["bf16_given"] = trainer.bf16_given
         with files.RunLock(trainer.out):  # held by fit; taken here for a save outside it
             checkpoint.remove_stale(trainer.out)
             path = checkpoint.save_run(

@@ -145,7 +145,7 @@ assert ceiling["color"] > 0.95 and ceiling["motion"] > 0.95
 ENCODER = text.build_encoder(CFG.text)
 
 
-def v_mse(model, x, text_emb, text_mask, is_image, t, eps, bf16=False):
+def v_mse(model, x, text_emb, text_mask, is_image, t, eps, bf16=BASE.train.bf16):
     """Per-sample v-MSE (B,) at given t and eps (the deterministic part of a step)."""
     d = CFG.diffusion
     logsnr = schedules.logsnr_cosine(t, d.logsnr_min, d.logsnr_max).float()
@@ -180,7 +180,8 @@ mine = my_loss(trainer, x, captions, is_image)
 trainer.generator.set_state(state)
 torch.testing.assert_close(mine, trainer.loss(x, captions, is_image))
 trainer.generator.set_state(state)
-print(f"teaching copy == Trainer.loss = {mine.item():.4f} on a batch of {BATCH}")
+print(f"teaching copy == Trainer.loss = {mine.item():.4f} on a batch of {BATCH} "
+      f"(bf16 autocast: {trainer.bf16})")  # fmt: skip
 
 # %% [markdown]
 # ## 3. A short training run

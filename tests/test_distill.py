@@ -10,7 +10,18 @@ import shutil
 import pytest
 import torch
 
-from ivref import cascade, cli, configs, distill, objectives, samplers, schedules, text, train
+from ivref import (
+    cascade,
+    cli,
+    configs,
+    distill,
+    distill_plan,
+    objectives,
+    samplers,
+    schedules,
+    text,
+    train,
+)
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -421,7 +432,6 @@ def test_distilling_a_student_names_the_teacher_folder_to_give(tmp_path, capsys)
     assert f"(e.g. --from {tmp_path / 'mc'})" in err
 
 
-@pytest.mark.slow
 def test_a_given_bf16_reaches_every_phase_and_none_leaves_it_to_the_device(tmp_path, monkeypatch):
     from ivref import devices, trainer
 
@@ -450,8 +460,20 @@ def test_a_given_bf16_reaches_every_phase_and_none_leaves_it_to_the_device(tmp_p
     assert used and set(used) == {(True, False)}
     for run in "ab":
         assert json.loads((tmp_path / run / distill.PLAN).read_text())["bf16"] is True
+    # ivref distill --resume without the flag: forced where the run was, else the device's
+    for run, given, saved in (("a", True, True), ("b", None, None), ("old", None, False)):
+        plan = distill_plan.read_plan(tmp_path / ("a" if run == "old" else run))
+        if run == "old":  # a plan written before bf16_given was kept: its bf16, as before
+            plan = {k: v for k, v in plan.items() if k != "bf16_given"} | {"bf16": False}
+        assert plan.get("bf16_given", "absent") == (given if run != "old" else "absent")
+        names = ("stage", "to_steps", "source", "guided_steps", "halving_steps", "bf16")
+        args = argparse.Namespace(out=tmp_path / run, batch_size=None, seed=None)
+        vars(args).update(dict.fromkeys(names))
+        distill_plan.resume_arguments(args, plan)
+        assert args.bf16 is saved
 
 
+@pytest.mark.slow
 def test_compiled_distillation_matches_eager(tmp_path, monkeypatch):
     """``compile=``: the student's step and the teacher's forward are compiled (``aot_eager``
     here: dynamo and AOTAutograd without code generation) and every phase's losses equal
@@ -520,6 +542,9 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
     teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:1]})
     with pytest.raises(ValueError, match=message):
         distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, **kwargs)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(TypeError, match=r"bf16='yes'; allowed: None \(the stage's setting\)"):
+        distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, bf16="yes")
     assert not (tmp_path / "d").exists()
 
 

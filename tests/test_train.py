@@ -381,16 +381,21 @@ def test_bf16_autocast_only_where_the_device_computes_bf16_natively(
         assert build("b", _bf16_config(True), bf16=True).bf16 is True
         assert build("c", _bf16_config(False)).bf16 is False
         assert build("d", _bf16_config(True), bf16=False).bf16 is False
-    with pytest.raises(ValueError, match=r"bf16='yes' must be None \(the stage's\), True or False"):
+    with pytest.raises(TypeError, match=r"bf16='yes'; allowed: None \(the stage's setting\)"):
         build("e", _bf16_config(True), bf16="yes")
 
 
 def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
     tmp_path, monkeypatch
 ):
+    """A stage that asks for bf16, on a device without it: --bf16 and --no-bf16 force it,
+    no flag leaves it off (with a warning), and --resume without a flag keeps what the run
+    started with."""
     from ivref import cli, devices
 
     monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    asks = _bf16_config(True)
+    monkeypatch.setattr(configs, "preset", lambda name: asks)
     made = []
 
     class Spy(train.Trainer):
@@ -399,11 +404,16 @@ def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
             made.append((self.train_cfg.bf16, self.bf16))
 
     monkeypatch.setattr(train, "Trainer", Spy)
-    argv = ["train", "--scale", "ci", "--batch-size", "2", "--steps", "1", "--threads", "1"]
-    assert cli.main([*argv, "--bf16", "--out", str(tmp_path / "a")]) == 0
-    assert cli.main([*argv, "--no-bf16", "--out", str(tmp_path / "b")]) == 0
-    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 0  # ci: float32 as configured
-    assert made == [(True, True), (False, False), (False, False)]
+    argv = ["train", "--scale", "ci", "--batch-size", "2", "--threads", "1"]
+    assert cli.main([*argv, "--steps", "1", "--bf16", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--steps", "1", "--no-bf16", "--out", str(tmp_path / "b")]) == 0
+    with pytest.warns(UserWarning, match="bf16 autocast is off"):
+        assert cli.main([*argv, "--steps", "1", "--out", str(tmp_path / "c")]) == 0
+    assert made == [(True, True), (False, False), (True, False)]
+    made.clear()
+    for run in "abc":
+        assert cli.main([*argv, "--steps", "2", "--resume", "--out", str(tmp_path / run)]) == 0
+    assert made == [(True, True), (False, False), (True, False)]
 
 
 @pytest.mark.parametrize(
