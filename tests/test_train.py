@@ -411,8 +411,10 @@ def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
         assert cli.main([*argv, "--steps", "1", "--out", str(tmp_path / "c")]) == 0
     assert made == [(True, True), (False, False), (True, False)]
     made.clear()
-    for run in "abc":
+    for run in "ab":
         assert cli.main([*argv, "--steps", "2", "--resume", "--out", str(tmp_path / run)]) == 0
+    with pytest.warns(UserWarning, match="bf16 autocast is off"):
+        assert cli.main([*argv, "--steps", "2", "--resume", "--out", str(tmp_path / "c")]) == 0
     assert made == [(True, True), (False, False), (True, False)]
 
 
