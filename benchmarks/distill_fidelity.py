@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import cli, distill, evaluate, objectives, superres
+from ivref import cli, data, distill, evaluate, objectives, superres
 
 
 def _random_ci_cascades() -> dict[str, cascade_lib.Cascade]:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(distilled))
     if unknown:
         p.error(f"--stages {unknown}: not distilled; distilled stages: {distilled}")
-    prompts = evaluate.spread_prompts(args.prompts)
+    prompts = evaluate.spread_prompts(args.prompts) or list(data.CAPTIONS)  # None: all 84
     result = {"prompts": prompts, "seed": args.seed, "stages": {}}
     for name in names:
         result["stages"][name] = stage_fidelity(
@@ -168,7 +168,7 @@ def _phases(args: argparse.Namespace) -> int:
     """--phases DIR: the student of every phase of one distillation against its teacher."""
     record = json.loads((args.phases / distill.PLAN).read_text())
     teacher = cascade_lib.Cascade.from_pretrained(args.checkpoint)
-    name, prompts = record["stage"], evaluate.spread_prompts(args.prompts)
+    name, prompts = record["stage"], evaluate.spread_prompts(args.prompts) or list(data.CAPTIONS)
     result = {"prompts": prompts, "seed": args.seed, "run": str(args.phases), "stages": {}}
     for folder in record["phases"]:
         cfg, _, model = cli.run_stage(args.phases / folder)
