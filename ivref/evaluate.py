@@ -181,7 +181,7 @@ def stage_samples(
     if previous is not None:
         truth = render_eval_clips(stage, prompts, seed)
         cond = superres.low_res(truth[rows], stage, previous)
-    with torch.autocast(device.type, torch.bfloat16, enabled=trainer.bf16):
+    with objectives.bf16_autocast(device, trainer.bf16):  # the steps' own autocast
         videos = cascade.sample_stage(
             trainer.ema,
             stage,
