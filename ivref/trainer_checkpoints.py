@@ -88,7 +88,7 @@ def save(trainer: Any) -> Path:
     if context.is_main:
         probe = text_probe(trainer)
         extra = {"skipped": trainer._skipped} | ({} if probe is None else {"text_probe": probe})
-        if getattr(trainer, "bf16_given", None) is not None:  # forced: a resume restores it
+        if getattr(trainer, "bf16_given", None) is not None:  # forced: ``restore`` restores it
             extra["bf16_given"] = trainer.bf16_given
         with files.RunLock(trainer.out):  # held by fit; taken here for a save outside it
             checkpoint.remove_stale(trainer.out)
@@ -202,6 +202,9 @@ def restore(trainer: Any, new_streams: bool) -> int:
         saved = text.recorded_probe(extra, where)
     except ValueError as err:
         raise checkpoint.CheckpointError(str(err)) from None
+    given = extra.get("bf16_given")  # what forced the run's autocast when it started
+    if getattr(trainer, "bf16_given", None) is None and isinstance(given, bool):  # kept
+        trainer.bf16 = trainer.bf16_given = given
     skipped = extra.get("skipped", 0)  # non-finite steps in a row (--on-nan skip); 0 before
     trainer._skipped = skipped if isinstance(skipped, int) and skipped >= 0 else 0  # it was kept
     now = text_probe(trainer)

@@ -418,6 +418,41 @@ def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
     assert made == [(True, True), (False, False), (True, False)]
 
 
+@pytest.mark.filterwarnings("ignore:bf16 autocast is off")  # the flagless trainers, forced=True
+@pytest.mark.parametrize("forced", [True, False])
+def test_a_library_resume_restores_a_forced_bf16_unless_told_otherwise(
+    tmp_path, encoder, monkeypatch, forced
+):
+    """Trainer(bf16=True/False) is kept in the checkpoints: Trainer(bf16=None).resume() trains
+    on as the run started (it used to fall back to the device's default), while a trainer
+    made with a setting of its own keeps it."""
+    from ivref import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: not forced)  # the default: !forced
+
+    def build(**kwargs):
+        return train.Trainer(
+            _bf16_config(True), "base", tmp_path / "run", text_encoder=encoder, batch_size=2,
+            progress=False, **kwargs,
+        )  # fmt: skip
+
+    first = build(bf16=forced)
+    first.fit(1)
+    first.save()
+    resumed = build()
+    assert resumed.bf16 is (not forced)  # the device's default before the resume
+    resumed.resume()
+    assert (resumed.bf16, resumed.bf16_given) == (forced, forced)
+    resumed.fit(2)
+    resumed.save()
+    again = build()
+    again.resume()  # the resumed run's checkpoint keeps the forced setting too
+    assert again.bf16 is forced
+    own = build(bf16=not forced)
+    own.resume()
+    assert own.bf16 is (not forced)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
