@@ -133,11 +133,13 @@ def distill_stage(
     are, and more halvings follow.
     ``halving_steps``: training steps of every halving, or one count per halving in order
     (default: the distill config's). ``bf16``: autocast for the student (default: the stage's
-    training setting). ``compile``: ``torch.compile`` the student's step (``trainer.Trainer``'s
-    option: CUDA graphs on a GPU) and the teacher's forward with the same options; text is
-    padded to the encoder's ``max_length`` so every batch has one shape. In a process group
-    of N (``torchrun ... ivref distill``) every process calls it: each phase trains
-    data-parallel (``trainer.Trainer``'s DDP, ``batch_size`` the global batch), the teacher is
+    training setting, where the device computes bf16 natively; a resume without it keeps
+    what the distillation was started with). ``compile``: ``torch.compile`` the student's
+    step (``trainer.Trainer``'s option: CUDA graphs on a GPU) and the teacher's forward with
+    the same options; text is padded to the encoder's ``max_length`` so every batch has one
+    shape. In a process group of N (``torchrun ... ivref distill``) every process calls it:
+    each phase trains data-parallel (``trainer.Trainer``'s DDP, ``batch_size`` the global
+    batch), the teacher is
     replicated, rank 0 writes the files. ``fsdp=True`` shards each phase's student, its
     gradients, AdamW state and EMA instead (``trainer.Trainer(fsdp=True)``); the teacher stays
     whole on every rank (it has no gradients nor optimizer state, a quarter of a student's
@@ -164,6 +166,9 @@ def distill_stage(
     distributed.check_fsdp(fsdp, context, "each student")
     out = Path(out)
     config = teacher_cascade.cfg
+    if resume and bf16 is None and (out / PLAN).is_file():  # as the run started: every phase
+        bf16 = read_plan(out).get("bf16_given")  # alike (ivref distill --resume does the same)
+        trainer.check_bf16(bf16)
     phases, lengths, record = checked_plan(
         teacher_cascade, stage, out, to_steps=to_steps, guided_steps=guided_steps,
         halving_steps=halving_steps, bf16=bf16, batch_size=batch_size, seed=seed,

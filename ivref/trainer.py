@@ -146,8 +146,9 @@ class Trainer:
     natively (``devices.native_bf16``): on a CPU without AVX-512, AMX or Arm bf16, autocast
     would emulate bf16 far slower than float32, so the run trains in float32 and says so.
     True or False forces it; the checkpoints keep a forced setting, and ``resume`` restores it
-    into a trainer made with ``bf16=None`` (as ``ivref train --resume`` without ``--bf16`` /
-    ``--no-bf16`` does), while a trainer made with True or False keeps its own.
+    into a trainer made with ``bf16=None`` (with a warning where that changes the setting; as
+    ``ivref train --resume`` without ``--bf16`` / ``--no-bf16`` does), while a trainer made
+    with True or False keeps its own.
     ``self.bf16`` is what the steps use.
     """
 

@@ -204,6 +204,13 @@ def restore(trainer: Any, new_streams: bool) -> int:
         raise checkpoint.CheckpointError(str(err)) from None
     given = extra.get("bf16_given")  # what forced the run's autocast when it started
     if getattr(trainer, "bf16_given", None) is None and isinstance(given, bool):  # kept
+        if given != trainer.bf16 and trainer.context.is_main:
+            warnings.warn(
+                f"bf16 autocast is {'on' if given else 'off'} for the rest of this run, as it "
+                f"was started with bf16={given} (its checkpoints keep it); give bf16= to the "
+                "Trainer to change it",
+                stacklevel=3,
+            )
         trainer.bf16 = trainer.bf16_given = given
     skipped = extra.get("skipped", 0)  # non-finite steps in a row (--on-nan skip); 0 before
     trainer._skipped = skipped if isinstance(skipped, int) and skipped >= 0 else 0  # it was kept

@@ -460,6 +460,14 @@ def test_a_given_bf16_reaches_every_phase_and_none_leaves_it_to_the_device(tmp_p
     assert used and set(used) == {(True, False)}
     for run in "ab":
         assert json.loads((tmp_path / run / distill.PLAN).read_text())["bf16"] is True
+    # a library resume without bf16 keeps what the run started with, in every phase, those
+    # that start after the resume too (they have no checkpoint of their own to restore from)
+    used.clear()
+    last = distill_plan.read_plan(tmp_path / "a")["phases"][-1]
+    shutil.rmtree(tmp_path / "a" / last)  # its last phase not started yet
+    distill.distill_stage(teacher, "base", tmp_path / "a", resume=True, **kwargs)
+    assert used and set(used) == {(True, True)}
+    assert distill_plan.read_plan(tmp_path / "a")["bf16_given"] is True
     # ivref distill --resume without the flag: forced where the run was, else the device's
     for run, given, saved in (("a", True, True), ("b", None, None), ("old", None, False)):
         plan = distill_plan.read_plan(tmp_path / ("a" if run == "old" else run))

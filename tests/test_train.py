@@ -418,17 +418,26 @@ def test_the_bf16_flag_forces_autocast_and_its_absence_leaves_it_to_the_device(
     assert made == [(True, True), (False, False), (True, False)]
 
 
-@pytest.mark.filterwarnings("ignore:bf16 autocast is off")  # the flagless trainers, forced=True
+@pytest.mark.filterwarnings("ignore:bf16 autocast is off for this run")  # forced=True
 @pytest.mark.parametrize("forced", [True, False])
 def test_a_library_resume_restores_a_forced_bf16_unless_told_otherwise(
     tmp_path, encoder, monkeypatch, forced
 ):
     """Trainer(bf16=True/False) is kept in the checkpoints: Trainer(bf16=None).resume() trains
-    on as the run started (it used to fall back to the device's default), while a trainer
-    made with a setting of its own keeps it."""
+    on as the run started (it used to fall back to the device's default) and says so, while
+    a trainer made with a setting of its own keeps it. The restored setting reaches the
+    steps."""
     from ivref import devices
 
     monkeypatch.setattr(devices, "native_bf16", lambda device: not forced)  # the default: !forced
+    seen = []
+    real = objectives.DiffusionObjective.loss
+
+    def spy(self, model, batch, generator, device="cpu", bf16=False):
+        seen.append(bf16)
+        return real(self, model, batch, generator, device, bf16)
+
+    monkeypatch.setattr(objectives.DiffusionObjective, "loss", spy)
 
     def build(**kwargs):
         return train.Trainer(
@@ -441,15 +450,22 @@ def test_a_library_resume_restores_a_forced_bf16_unless_told_otherwise(
     first.save()
     resumed = build()
     assert resumed.bf16 is (not forced)  # the device's default before the resume
-    resumed.resume()
+    said = "on" if forced else "off"
+    with pytest.warns(UserWarning, match=f"bf16 autocast is {said} for the rest of this run"):
+        resumed.resume()
     assert (resumed.bf16, resumed.bf16_given) == (forced, forced)
+    seen.clear()
     resumed.fit(2)
+    assert seen == [forced]
     resumed.save()
     again = build()
-    again.resume()  # the resumed run's checkpoint keeps the forced setting too
+    with pytest.warns(UserWarning, match=f"bf16 autocast is {said} for the rest of this run"):
+        again.resume()  # the resumed run's checkpoint keeps the forced setting too
     assert again.bf16 is forced
     own = build(bf16=not forced)
-    own.resume()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own setting: kept, nothing to say
+        own.resume()
     assert own.bf16 is (not forced)
 
 
