@@ -352,7 +352,8 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # 4.2-4.7 dB more of the reference than their teacher does at 8 steps (the SR students were
 # distilled in float32: under bf16 autocast SSR 64 kept 1.9 dB less). The base student
 # keeps 2.6 dB more on all 84 captions (27.5 against 25.0 dB at its default w = 0.25),
-# short of the 4 dB we aim for. What its guided phase must learn matters more than how long
+# short of the 4 dB we aim for; a dozen prompts, as in the table above, are too few to pin
+# its gain down (the same student gains 2.7 dB on 8 prompts, 3.6 on 24). What its guided phase must learn matters more than how long
 # it trains: asked for every $w$ up to 2 instead of 1, the same 300-step phase kept 6.7 dB
 # less of the teacher at the teacher's 64 steps and w = 0.25 (25.1 against 31.8 dB on 24
 # prompts). Measured earlier at w = 1, up to 4 instead of 2 kept 6 dB less again, and four
