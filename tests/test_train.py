@@ -344,6 +344,19 @@ def _bf16_config(on: bool):
     return dataclasses.replace(cfg, stages=(base, *cfg.stages[1:]))
 
 
+def _bf16_of_each_step(monkeypatch) -> list[bool]:
+    """The bf16 argument of every DiffusionObjective.loss call from now on, in order."""
+    seen = []
+    real = objectives.DiffusionObjective.loss
+
+    def spy(self, model, batch, generator, device="cpu", bf16=False):
+        seen.append(bf16)
+        return real(self, model, batch, generator, device, bf16)
+
+    monkeypatch.setattr(objectives.DiffusionObjective, "loss", spy)
+    return seen
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_autocast_only_where_the_device_computes_bf16_natively(
     tmp_path, encoder, monkeypatch, native
@@ -354,14 +367,7 @@ def test_bf16_autocast_only_where_the_device_computes_bf16_natively(
     from ivref import devices
 
     monkeypatch.setattr(devices, "native_bf16", lambda device: native)
-    seen = []
-    real = objectives.DiffusionObjective.loss
-
-    def spy(self, model, batch, generator, device="cpu", bf16=False):
-        seen.append(bf16)
-        return real(self, model, batch, generator, device, bf16)
-
-    monkeypatch.setattr(objectives.DiffusionObjective, "loss", spy)
+    seen = _bf16_of_each_step(monkeypatch)
 
     def build(folder, cfg, **kwargs):
         return train.Trainer(
@@ -430,14 +436,7 @@ def test_a_library_resume_restores_a_forced_bf16_unless_told_otherwise(
     from ivref import devices
 
     monkeypatch.setattr(devices, "native_bf16", lambda device: not forced)  # the default: !forced
-    seen = []
-    real = objectives.DiffusionObjective.loss
-
-    def spy(self, model, batch, generator, device="cpu", bf16=False):
-        seen.append(bf16)
-        return real(self, model, batch, generator, device, bf16)
-
-    monkeypatch.setattr(objectives.DiffusionObjective, "loss", spy)
+    seen = _bf16_of_each_step(monkeypatch)
 
     def build(**kwargs):
         return train.Trainer(
