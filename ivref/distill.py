@@ -69,6 +69,7 @@ from ivref.distill_plan import (  # the plan and its checks, re-exported: distil
     continues,
     data_digest,
     final_phase,
+    given_bf16,
     halving_lengths,
     phase_folders,
     phase_plan,
@@ -167,7 +168,7 @@ def distill_stage(
     out = Path(out)
     config = teacher_cascade.cfg
     if resume and bf16 is None and (out / PLAN).is_file():  # as the run started: every phase
-        bf16 = read_plan(out).get("bf16_given")  # alike (ivref distill --resume does the same)
+        bf16 = given_bf16(read_plan(out))  # alike (ivref distill --resume does the same)
         trainer.check_bf16(bf16)
     phases, lengths, record = checked_plan(
         teacher_cascade, stage, out, to_steps=to_steps, guided_steps=guided_steps,

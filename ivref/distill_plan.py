@@ -195,6 +195,13 @@ def recipe(config: configs.CascadeConfig, stage: str) -> dict[str, Any]:
     return json.loads(json.dumps(flat))  # as distill.json keeps it: tuples are lists
 
 
+def given_bf16(saved: dict[str, Any]) -> bool | None:
+    """The bf16 a resume without ``--bf16`` / ``--no-bf16`` (or ``bf16=``) trains with: what
+    the flag said when the distillation started (None: the plan's bf16, where the device
+    computes bf16 natively); a plan written before that was kept: its bf16, then always used."""
+    return saved["bf16_given"] if "bf16_given" in saved else saved.get("bf16")
+
+
 def read_plan(out: str | Path) -> dict[str, Any]:
     """A distillation's plan (``out/distill.json``), or a CLIError naming the file."""
     path = Path(out) / PLAN
@@ -347,8 +354,7 @@ def resume_arguments(args: Any, saved: dict[str, Any]) -> None:
         "guided_steps": lengths[0] if guided else None,
         # one count where all are equal, as it was most likely given
         "halving_steps": (halvings[0] if len(set(halvings)) == 1 else halvings) or None,
-        # what the flag said (a plan written before it was kept: its bf16, then always used)
-        "bf16": saved["bf16_given"] if "bf16_given" in saved else saved.get("bf16"),
+        "bf16": given_bf16(saved),
         "batch_size": saved.get("batch_size"),
         "seed": saved.get("seed"),
     }

@@ -479,6 +479,14 @@ def test_a_given_bf16_reaches_every_phase_and_none_leaves_it_to_the_device(tmp_p
         vars(args).update(dict.fromkeys(names))
         distill_plan.resume_arguments(args, plan)
         assert args.bf16 is saved
+    # a library resume of a plan written before bf16_given was kept: its bf16, as the CLI's
+    plan = distill_plan.read_plan(tmp_path / "b")
+    plan.pop("bf16_given")
+    (tmp_path / "b" / distill.PLAN).write_text(json.dumps(plan))
+    shutil.rmtree(tmp_path / "b" / last)
+    used.clear()
+    distill.distill_stage(teacher, "base", tmp_path / "b", resume=True, **kwargs)
+    assert used and set(used) == {(True, True)}
 
 
 @pytest.mark.slow
