@@ -435,9 +435,10 @@ print(f"{'all':6} | {'':13} {total_t:6.2f} | {'':15} {total_d:6.2f} | {total_t /
 # many steps against 8-step students. The toy teacher already samples its SR stages
 # unguided at 32 steps (one pass a step: `docs/design.md` has why), so their students can
 # save at most 4x in U-Net evaluations, and only the base stage has the full 16x (128
-# evaluations down to 8). Seconds fall less than evaluations: what does not shrink with the
-# step count stays (text encoding, the upsampling and augmentation of each stage's input,
-# the per-step work around the U-Net), and weighs most in the smallest stages.
+# evaluations down to 8). In the SR stages the seconds fall about as the evaluations do
+# (~4x; one timing each on a shared 2-core machine varies by a tenth or more); in the base
+# they fall less than its 16x (~11x): what does not shrink with the step count stays (text
+# encoding, the per-step work around the U-Net) and weighs most in the smallest stage.
 
 # %% [markdown]
 # ## Summary
