@@ -140,11 +140,11 @@ def distill_stage(
     the same options; text is padded to the encoder's ``max_length`` so every batch has one
     shape. In a process group of N (``torchrun ... ivref distill``) every process calls it:
     each phase trains data-parallel (``trainer.Trainer``'s DDP, ``batch_size`` the global
-    batch), the teacher is
-    replicated, rank 0 writes the files. ``fsdp=True`` shards each phase's student, its
-    gradients, AdamW state and EMA instead (``trainer.Trainer(fsdp=True)``); the teacher stays
-    whole on every rank (it has no gradients nor optimizer state, a quarter of a student's
-    memory), so a phase's sharded EMA is gathered whole on every rank to teach the next one.
+    batch), the teacher is replicated, rank 0 writes the files. ``fsdp=True`` shards each
+    phase's student, its gradients, AdamW state and EMA instead
+    (``trainer.Trainer(fsdp=True)``); the teacher stays whole on every rank (it has no
+    gradients nor optimizer state, a quarter of a student's memory), so a phase's sharded
+    EMA is gathered whole on every rank to teach the next one.
     The returned model is whole on every rank. ``new_streams``: a resumed phase starts new
     random streams (``trainer.Trainer.resume``), e.g. to resume with another number of
     processes. ``videos``: a ``video_folder.VideoTextFolder`` at the stage's size and frame
