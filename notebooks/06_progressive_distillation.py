@@ -310,10 +310,11 @@ print("stochastic step: teaching copy == samplers.stochastic_step")
 # %% [markdown]
 # ## 6. Fidelity and speed
 #
-# In the toy world caption alignment saturates (the quality table below runs the
-# undistilled teacher down to 2 steps), so we measure *fidelity*: the PSNR of N-step samples against the
-# teacher's many-step samples **from the same noise and text**, for the distilled student
-# beside the undistilled teacher at the same N. Same prompts, same $w$ (the stage's default).
+# In the toy world caption alignment saturates (at `toy` the quality table below runs the
+# undistilled teacher down to 2 steps with every caption right), so we measure *fidelity*:
+# the PSNR of N-step samples against the teacher's many-step samples **from the same noise
+# and text**, for the distilled student beside the undistilled teacher at the same N. Same
+# prompts, same $w$ (the stage's default).
 
 # %%
 PROMPTS = evaluate.spread_prompts(12)
@@ -346,35 +347,36 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 
 # %% [markdown]
 # The table's set-up: 12 prompts, a reference at 4 times the teacher's steps. The shipped
-# toy students were also measured with `benchmarks/distill_fidelity.py` (docs/benchmarks.md),
-# with 8 prompts and a reference at twice the teacher's steps, so its dB differ from the
-# table's while telling the same story. There, run with DDIM, the TSR and SR students keep
-# 4.2-4.7 dB more of the reference than their teacher does at 8 steps (the SR students were
-# distilled in float32: under bf16 autocast SSR 64 kept 1.9 dB less). The base student keeps
-# 4.7 dB more on all 84 captions (29.7 against 25.0 dB at its default w = 0.25); a dozen
-# prompts, as in the table above, are too few to pin its gain down (the same student gains
-# 5.8 dB on 8 prompts, 5.6 on 24, 7.3 on the table's 12). What its guided phase must learn
-# matters more than how long it trains. Before its first step the student is the teacher at
-# $w = 0$, which keeps 29.4 dB of the teacher's $w = 0.25$ sample at 64 steps (24 prompts);
-# 300 guided steps with every $w$ up to 0.5 take it to 39.4 dB, with every $w$ up to 1 only
-# to 31.8, and up to 2 to 25.1, worse than no training. So the shipped student learnt $w$ in
-# $[0, 0.5]$, twice the weight it samples at: asked for more it raises an error. Its three
-# halvings then lose 8.1 dB (31.3 dB at 8 steps on those 24 prompts), the last one 3.9;
-# longer halvings would win some of that back (`docs/design.md`, "Distillation in the toy
-# world").
+# toy students were also measured with `benchmarks/distill_fidelity.py`
+# (docs/benchmarks.md), with 8 prompts and a reference at twice the teacher's steps, so its
+# dB differ from the table's while telling the same story. There, run with DDIM, the TSR and
+# SR students keep 4.2-4.7 dB more of the reference than their teacher does at 8 steps (the
+# SR students were distilled in float32: under bf16 autocast SSR 64 kept 1.9 dB less). The
+# base student keeps 4.7 dB more on all 84 captions (29.7 against 25.0 dB at its default w =
+# 0.25); a dozen prompts, as in the table above, are too few to pin its gain down (the same
+# student gains 5.8 dB on 8 prompts, 5.6 on 24, 7.3 on the table's 12 against its 4x
+# reference). What its guided phase must learn matters more than how long it trains. Before
+# its first step the student is the teacher at $w = 0$, which, sampled at 64 steps, keeps
+# 29.4 dB of the teacher's 128-step $w = 0.25$ sample (24 prompts); 300 guided steps with
+# every $w$ up to 0.5 take it to 39.4 dB, with every $w$ up to 1 only to 31.8, and up to 2
+# to 25.1, worse than no training. So the shipped student learnt $w$ in $[0, 0.5]$, twice
+# the weight it samples at: asked for more it raises an error. Its three halvings then lose
+# 8.1 dB (31.3 dB at 8 steps on those 24 prompts), the last one 3.9; longer halvings would
+# win some of that back (`docs/design.md`, "Distillation in the toy world").
 #
-# The stochastic column sits below the DDIM one, and below the teacher's DDIM at the same
-# N, by design: the stochastic sampler adds fresh noise at every step, so even a perfect
+# The stochastic column sits below the DDIM one, and below the teacher's DDIM at the same N,
+# by design: the stochastic sampler adds fresh noise at every step, so even a perfect
 # student does not retrace the deterministic reference. It measures something else: whether
-# the videos stay right. The quality table below reads their captions: in our render one of
-# its 12 stochastic samples, the blue triangle, comes out empty (no shape to read, so it
-# fails all three words). That is rare: 504 samples of all 84 captions from other seeds
-# held no such video (100% color and shape, 99.4% motion; the base student before this one
-# 99.6%), and the whole shipped distilled cascade scores 100% on color and shape and 99.4%
-# on motion on the 168 evaluation videos, where the teacher scores 98.8% on motion
-# (data/README.md). The DDIM column is the like-for-like comparison with the teacher. At
-# `ci` the teacher (100 training steps) and the phases (30 steps each) are far too short for
-# these numbers to mean anything: read them as a check that everything runs.
+# the videos stay right. The quality table below reads their captions: in the toy render
+# (the course copy in docs/course) one of its 12 stochastic samples, the blue triangle,
+# comes out empty (no shape to read, so it fails all three words). That is rare: 504 samples
+# of all 84 captions from other seeds held no such video (100% color and shape, 99.4%
+# motion; the base student before this one 99.6%), and the whole shipped distilled cascade
+# scores 100% on color and shape and 99.4% on motion on the 168 evaluation videos, where the
+# teacher scores 98.8% on motion (data/README.md). The DDIM column is the like-for-like
+# comparison with the teacher. At `ci` the teacher (100 training steps) and the phases (30
+# steps each) are far too short for these numbers to mean anything: read them as a check
+# that everything runs.
 #
 # **Quality against steps.** The same prompts at 128, 32, 16, 8, 4 and 2 steps: the
 # undistilled teacher (DDIM) at every count, each student at the count it was distilled for,
@@ -442,10 +444,12 @@ print(f"{'all':6} | {'':13} {total_t:6.2f} | {'':15} {total_d:6.2f} | {total_t /
 # unguided at 32 steps (one pass a step: `docs/design.md` has why), so their students can
 # save at most 4x in U-Net evaluations, and only the base stage has the full 16x (128
 # evaluations down to 8). In the SR stages the seconds fall about as the evaluations do
-# (~4x; one timing each on a shared 2-core machine varies by a tenth or more); in the base
-# they fall less than its 16x (8.8-11x in our renders): what does not shrink with the step
-# count stays (text encoding, the per-step work around the U-Net) and weighs most in the
-# smallest stage.
+# (3.3-4.4x across our toy renders on a shared 2-core machine, where one timing varies by
+# a tenth or more); in the base they fall less than its 16x (8-11x across those renders):
+# what does not shrink with the step count stays (text encoding, the per-step work around
+# the U-Net) and weighs most in the smallest stage. At `ci` the table has the base row
+# alone: the notebook's own teacher at 16 guided steps (32 evaluations) against its 4-step
+# student.
 
 # %% [markdown]
 # ## Summary
