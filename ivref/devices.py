@@ -37,9 +37,10 @@ def parse_command_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matmuls and convolutions natively, so bf16 autocast
-    speeds them up rather than emulating them.
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` (a torch.device or a name such as "cpu" or "cuda:1") computes bf16
+    matmuls and convolutions natively, so bf16 autocast speeds them up rather than emulating
+    them.
 
     CPU: oneDNN's own check, which accepts AVX-512 (with bf16 instructions on Intel since
     Cooper Lake and AMD since Zen 4; earlier AVX-512 CPUs convert with AVX-512 instructions),
@@ -50,6 +51,7 @@ def native_bf16(device: torch.device) -> bool:
     (Ampere) or newer; older GPUs emulate it. Other devices (mps, meta): True, autocast
     left as configured.
     """
+    device = torch.device(device)  # a name too; a bad one raises torch's own error
     if device.type == "cpu":
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -50,6 +50,9 @@ def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_confi
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
     assert devices.native_bf16(torch.device("meta")) is True
+    assert devices.native_bf16("cpu") is devices.native_bf16(torch.device("cpu"))  # a name too
+    with pytest.raises(RuntimeError, match="device"):
+        devices.native_bf16("gpu")
 
     def moved():
         raise AttributeError("no such op")
