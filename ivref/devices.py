@@ -48,8 +48,9 @@ def native_bf16(device: torch.device | str) -> bool:
     servers) bf16 is emulated slowly: on a 2-core AVX2 AMD EPYC a 2048^3 bf16 matmul ran at
     0.3 GFLOP/s against 167 in float32, and a toy base training step under bf16 autocast
     took 16x as long as in float32 (benchmarks/train_step_variants.py). CUDA: compute capability 8.0
-    (Ampere) or newer; older GPUs emulate it. Other devices (mps, meta): True, autocast
-    left as configured.
+    (Ampere) or newer; older GPUs emulate it. MPS: macOS 14 or newer, the first with bf16 in
+    Metal (before it, bf16 on MPS raises an error; whether an M1 or M2 GPU computes it at full
+    speed is not checked). Other devices (meta): True, autocast left as configured.
     """
     device = torch.device(device)  # a name too; a bad one raises torch's own error
     if device.type == "cpu":
@@ -63,4 +64,6 @@ def native_bf16(device: torch.device | str) -> bool:
                 return torch.cuda.is_bf16_supported(including_emulation=False)
             except TypeError:  # torch before 2.3: no emulation to tell apart
                 return torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        return bool(torch.backends.mps.is_macos_or_newer(14, 0))
     return True

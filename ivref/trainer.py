@@ -104,10 +104,10 @@ def resolve_bf16(
         if warn:
             warnings.warn(
                 f"bf16 autocast is off for this run: this {device.type} has no native bf16 "
-                "arithmetic (on a CPU: no AVX-512, AMX or Arm bf16), where bf16 runs far "
-                "slower than float32 (a toy training step 16x slower on an AVX2 CPU); training "
-                "in float32. Trainer(bf16=True), or --bf16 of ivref train and ivref distill, "
-                "forces it",
+                "arithmetic (a CPU without AVX-512, AMX or Arm bf16 runs it far slower than "
+                "float32: a toy training step 16x slower on an AVX2 CPU; MPS before macOS 14 "
+                "has none); training in float32. Trainer(bf16=True), or --bf16 of ivref "
+                "train and ivref distill, forces it",
                 stacklevel=3,
             )
         return False

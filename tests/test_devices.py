@@ -53,6 +53,9 @@ def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_confi
     assert devices.native_bf16("cpu") is devices.native_bf16(torch.device("cpu"))  # a name too
     with pytest.raises(RuntimeError, match="device"):
         devices.native_bf16("gpu")
+    for macos_14, native in ((True, True), (False, False)):  # Metal's bf16 came with macOS 14
+        monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda *v, n=macos_14: n)
+        assert devices.native_bf16(torch.device("mps")) is native
 
     def moved():
         raise AttributeError("no such op")
