@@ -1,8 +1,10 @@
-"""Device names read once, with a clear error for one that is not usable here."""
+"""Device names read once, with a clear error for one that is not usable here; whether a
+device computes bf16 natively (``native_bf16``)."""
 
 from __future__ import annotations
 
 import torch
+from torch.torch_version import TorchVersion
 
 
 def parse_device(name: str | torch.device) -> torch.device:
@@ -37,6 +39,9 @@ def parse_command_device(name: str | torch.device) -> torch.device:
     return device
 
 
+MPS_BF16_AUTOCAST_TORCH = (2, 6)  # the first torch whose autocast takes bf16 on MPS
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` (a torch.device or a name such as "cpu" or "cuda:1") computes bf16
     matmuls and convolutions natively, so bf16 autocast speeds them up rather than emulating
@@ -48,9 +53,11 @@ def native_bf16(device: torch.device | str) -> bool:
     servers) bf16 is emulated slowly: on a 2-core AVX2 AMD EPYC a 2048^3 bf16 matmul ran at
     0.3 GFLOP/s against 167 in float32, and a toy base training step under bf16 autocast
     took 16x as long as in float32 (benchmarks/train_step_variants.py). CUDA: compute capability 8.0
-    (Ampere) or newer; older GPUs emulate it. MPS: macOS 14 or newer, the first with bf16 in
-    Metal (before it, bf16 on MPS raises an error; whether an M1 or M2 GPU computes it at full
-    speed is not checked). Other devices (meta): True, autocast left as configured.
+    (Ampere) or newer; older GPUs emulate it. MPS: an available MPS device on macOS 14 or
+    newer (Metal has no bf16 before it: bf16 tensors raise there, and torch turns bf16
+    autocast off) with torch 2.6 or newer (the first to autocast to bf16 on MPS); whether an
+    M1 or M2 GPU computes bf16 at full speed is not checked. Other devices (meta): True,
+    autocast left as configured.
     """
     device = torch.device(device)  # a name too; a bad one raises torch's own error
     if device.type == "cpu":
@@ -65,5 +72,7 @@ def native_bf16(device: torch.device | str) -> bool:
             except TypeError:  # torch before 2.3: no emulation to tell apart
                 return torch.cuda.is_bf16_supported()
     if device.type == "mps":
-        return bool(torch.backends.mps.is_macos_or_newer(14, 0))
+        mps = torch.backends.mps
+        autocasts = TorchVersion(torch.__version__) >= MPS_BF16_AUTOCAST_TORCH
+        return bool(autocasts and mps.is_available() and mps.is_macos_or_newer(14, 0))
     return True

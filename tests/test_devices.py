@@ -1,4 +1,5 @@
-"""devices.parse_device: a name becomes a usable torch.device, or one clear error."""
+"""devices.parse_device: a name becomes a usable torch.device, or one clear error;
+devices.native_bf16: where bf16 autocast pays, per device type."""
 
 import pytest
 import torch
@@ -43,9 +44,7 @@ def test_mps_is_refused_where_it_is_missing(monkeypatch):
         devices.parse_device("mps")
 
 
-def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_configured(
-    monkeypatch,
-):
+def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_meta_as_configured(monkeypatch):
     assert devices.native_bf16(torch.device("cpu")) is bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
@@ -53,9 +52,6 @@ def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_confi
     assert devices.native_bf16("cpu") is devices.native_bf16(torch.device("cpu"))  # a name too
     with pytest.raises(RuntimeError, match="device"):
         devices.native_bf16("gpu")
-    for macos_14, native in ((True, True), (False, False)):  # Metal's bf16 came with macOS 14
-        monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda *v, n=macos_14: n)
-        assert devices.native_bf16(torch.device("mps")) is native
 
     def moved():
         raise AttributeError("no such op")
@@ -64,3 +60,41 @@ def test_native_bf16_follows_onednn_on_the_cpu_and_leaves_other_devices_as_confi
     for capability, native in (("AVX2", False), ("DEFAULT", False), ("AVX512", True)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
         assert devices.native_bf16(torch.device("cpu")) is native
+
+
+def test_native_bf16_on_mps_needs_macos_14_and_torch_2_6(monkeypatch):
+    """Metal has bf16 from macOS 14, torch autocasts to it on MPS from 2.6; a Mac without
+    an MPS device has none (the macOS check would raise there)."""
+    mps = torch.backends.mps
+    cases = [  # (available, macOS, torch, native)
+        (True, (14, 0), "2.6.0", True),
+        (True, (15, 2), "2.13.0", True),
+        (True, (13, 6), "2.13.0", False),
+        (True, (14, 4), "2.5.1", False),
+        (False, (14, 0), "2.13.0", False),
+    ]
+    for available, macos, version, native in cases:
+        monkeypatch.setattr(mps, "is_available", lambda a=available: a)
+        monkeypatch.setattr(
+            mps, "is_macos_or_newer", lambda major, minor, v=macos: v >= (major, minor)
+        )
+        monkeypatch.setattr(torch, "__version__", version)
+        assert devices.native_bf16("mps") is native, (available, macos, version)
+
+
+def test_the_float32_warning_says_why_per_device_and_offers_to_force_only_where_it_can(
+    monkeypatch,
+):
+    from ivref import trainer
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
+    for name, why, forces in (
+        ("cpu", "AVX2", True),
+        ("cuda", "8.0", True),
+        ("mps", "macOS 14", False),
+    ):
+        with pytest.warns(UserWarning, match="bf16 autocast is off") as caught:
+            assert trainer.resolve_bf16(None, True, torch.device(name), warn=True) is False
+        said = str(caught[0].message)
+        assert why in said and ("--bf16" in said) is forces, said
+    assert trainer.resolve_bf16(True, True, torch.device("mps")) is True  # forced: as asked
