@@ -369,20 +369,26 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # student does not retrace the deterministic reference. It measures something else: whether
 # the videos stay right. The quality table below reads their captions: in the toy render
 # (the course copy in docs/course) one of its 12 stochastic samples, the blue triangle,
-# comes out empty (no shape to read, so it fails all three words). The cause lies in its
-# starting noise, not in the distillation. From that noise the student's first $\hat x$
-# holds only a faint shape, and the teacher's is fainter still; DDIM, the teacher's or the
-# student's, follows it to a triangle, while the stochastic sampler, which draws new noise
-# at every step, lost it in 3 of 40 other draws of that noise. From 200 other starting
-# noises the caption came out without a readable shape once from the teacher (64 guided DDIM
-# steps), once from the student under DDIM and never under its stochastic sampler
-# (docs/field-notes.md). Such videos are rare: 504 samples of all 84 captions from other
-# seeds held none (100% color and shape, 99.4% motion; the base student before this one
-# 99.6%), and the whole shipped distilled cascade scores 100% on color and shape and 99.4%
-# on motion on the 168 evaluation videos, where the teacher scores 98.8% on motion
-# (data/README.md). The DDIM column is the like-for-like comparison with the teacher. At
-# `ci` the teacher (100 training steps) and the phases (30 steps each) are far too short for
-# these numbers to mean anything: read them as a check that everything runs.
+# comes out empty (no shape to read, so it fails all three words). It comes from its
+# starting noise and the stochastic sampler's draws together, not from the distilled
+# weights. From that noise the student's first $\hat x$ lights only 4.7% of its pixels
+# (above 0; the background is -1), the teacher's only 0.9%, and DDIM, the teacher's or the
+# student's, follows that weak start to a triangle. Keeping the starting noise and giving
+# the sampler 40 other seeds for its per-step noise, the student lost the shape 3 times
+# (once all dark, like this one) and missed the caption 3 more times (a square once, the
+# wrong direction twice); with the starting noise drawn afresh from those seeds too, it
+# never lost the shape (2 wrong motions). The undistilled teacher loses this shape sometimes
+# too: from 200 other starting noises a video of the caption came out without a readable
+# shape once from the teacher (64 guided DDIM steps), once from the student under DDIM and
+# never under its stochastic sampler, counts too small to rank them (docs/field-notes.md,
+# "An empty video from the distilled base"). Empty videos like the table's are rare: 504
+# samples of all 84 captions from other seeds held none (100% color and shape, 99.4% motion;
+# the base student before this one 99.6%), and the whole shipped distilled cascade scores
+# 100% on color and shape and 99.4% on motion on the 168 evaluation videos, where the
+# teacher scores 98.8% on motion (data/README.md). The DDIM column is the like-for-like
+# comparison with the teacher. At `ci` the teacher (100 training steps) and the phases (30
+# steps each) are far too short for these numbers to mean anything: read them as a check
+# that everything runs.
 #
 # **Quality against steps.** The same prompts at 128, 32, 16, 8, 4 and 2 steps: the
 # undistilled teacher (DDIM) at every count, each student at the count it was distilled for,
