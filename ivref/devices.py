@@ -40,6 +40,14 @@ def parse_command_device(name: str | torch.device) -> torch.device:
 
 
 MPS_BF16_AUTOCAST_TORCH = (2, 6)  # the first torch whose autocast takes bf16 on MPS
+NO_NATIVE_BF16 = {  # why native_bf16 says False, per device type (the trainer's warning)
+    "cpu": "a CPU without AVX-512, AMX or Arm bf16 emulates it, far slower than float32: a "
+    "toy training step 16x slower on an AVX2 CPU",
+    "cuda": "a GPU below compute capability 8.0 emulates it",
+    "mps": "MPS needs macOS 14 and torch "
+    + ".".join(map(str, MPS_BF16_AUTOCAST_TORCH))
+    + " or newer for it",
+}
 
 
 def native_bf16(device: torch.device | str) -> bool:

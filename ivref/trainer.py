@@ -91,15 +91,6 @@ def check_bf16(bf16: Any) -> None:
         raise TypeError(f"bf16={bf16!r}; allowed: None (the stage's setting), True or False")
 
 
-NO_BF16 = {  # why a device type gets no bf16 autocast by default (devices.native_bf16)
-    "cpu": "a CPU without AVX-512, AMX or Arm bf16 emulates it, far slower than float32: a "
-    "toy training step 16x slower on an AVX2 CPU",
-    "cuda": "a GPU below compute capability 8.0 emulates it",
-    "mps": "MPS needs macOS 14 and torch 2.6 or newer for it",
-}
-FORCE_BF16 = " Trainer(bf16=True), or --bf16 of ivref train and ivref distill, forces it"
-
-
 def resolve_bf16(
     forced: bool | None, configured: bool, device: torch.device, warn: bool = True
 ) -> bool:
@@ -111,11 +102,14 @@ def resolve_bf16(
         return forced
     if configured and not devices.native_bf16(device):
         if warn:
-            forcing = "" if device.type == "mps" else FORCE_BF16
+            forcing = ""
+            if device.type != "mps":  # there torch itself turns bf16 autocast off
+                forcing = (
+                    " Trainer(bf16=True), or --bf16 of ivref train and ivref distill, forces it"
+                )
             warnings.warn(
                 f"bf16 autocast is off for this run: this {device.type} device has no native "
-                f"bf16 ({NO_BF16.get(device.type, 'see devices.native_bf16')}); training in "
-                f"float32.{forcing}",
+                f"bf16 ({devices.NO_NATIVE_BF16[device.type]}); training in float32.{forcing}",
                 stacklevel=3,
             )
         return False
