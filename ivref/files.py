@@ -3,8 +3,9 @@
 These helpers sit below every module that writes to disk (checkpoints, cascades, videos,
 training runs), so none of those needs to import another to save a file.
 
-- ``atomic_write``: write to a temporary file in the same folder, flush it to disk, then
-  ``os.replace`` it onto the target. A crash or a full disk leaves the old file whole.
+- ``atomic_write``: write to a temporary file in the same folder, flush it to disk
+  (``sync_fd``: through the drive's cache on macOS too), then ``os.replace`` it onto the
+  target. A crash or a full disk leaves the old file whole.
 - ``read_log`` / ``append_log``: one JSON object per line. A torn *last* line (a crash in
   the middle of a write) is dropped with a warning; damage anywhere else names the file
   and the line.
@@ -41,6 +42,24 @@ def _umask() -> int:
     return mask
 
 
+def sync_fd(fd: int) -> None:
+    """Flush an open file's data to the storage itself, not only to the drive's cache.
+
+    On Linux ``os.fsync`` does both. On macOS it only hands the data to the drive, whose
+    write cache may still lose it in a power cut; ``fcntl(fd, F_FULLFSYNC)`` asks the drive
+    to flush that cache too. Where F_FULLFSYNC exists but the file system refuses it (some
+    network and FUSE mounts), this falls back to ``os.fsync``.
+    """
+    full = getattr(fcntl, "F_FULLFSYNC", None)  # macOS only
+    if full is not None:
+        try:
+            fcntl.fcntl(fd, full)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a folder's entries (renames into it) to disk; a no-op where folders can't sync."""
     try:
@@ -48,7 +67,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
+        sync_fd(fd)
     except OSError:
         pass
     finally:
@@ -78,7 +97,7 @@ def atomic_write(
                 raise
             raise os_err from err
         with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+            sync_fd(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
         fsync_dir(path.parent)  # the rename itself on disk: a power loss keeps the new file

@@ -30,6 +30,54 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask and path.read_text() == "x"
 
 
+def _record_syncs(monkeypatch, full_fsync, refuse=False):
+    """Fake the platform: F_FULLFSYNC defined (macOS) or not (Linux), and record which sync
+    reached each file descriptor; ``refuse``: the file system rejects F_FULLFSYNC."""
+    import fcntl
+    import stat
+
+    calls = []
+    if full_fsync is None:
+        monkeypatch.delattr(fcntl, "F_FULLFSYNC", raising=False)
+    else:
+        monkeypatch.setattr(fcntl, "F_FULLFSYNC", full_fsync, raising=False)
+
+    def kind(fd):
+        return "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+
+    def fake_fcntl(fd, cmd, *args):
+        assert cmd == full_fsync
+        if refuse:
+            raise OSError(45, "Operation not supported")
+        calls.append(("F_FULLFSYNC", kind(fd)))
+
+    real_fsync = os.fsync
+
+    def fake_fsync(fd):
+        calls.append(("fsync", kind(fd)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fcntl, "fcntl", fake_fcntl)
+    monkeypatch.setattr(os, "fsync", fake_fsync)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "full_fsync, refuse, used",
+    [(None, False, "fsync"), (51, False, "F_FULLFSYNC"), (51, True, "fsync")],
+    ids=["linux", "macos", "macos-refused"],
+)
+def test_atomic_write_syncs_through_the_drive_cache_where_the_os_can(
+    tmp_path, monkeypatch, full_fsync, refuse, used
+):
+    """macOS's fsync stops at the drive's write cache; F_FULLFSYNC (51 there) flushes it.
+    Where a file system refuses it, plain fsync still runs: the file is never left unsynced."""
+    calls = _record_syncs(monkeypatch, full_fsync, refuse)
+    files.atomic_write_text(tmp_path / "f.txt", "x")
+    assert calls == [(used, "file"), (used, "dir")]  # the data, then the rename into the folder
+    assert (tmp_path / "f.txt").read_text() == "x"
+
+
 def test_log_drops_a_torn_last_line_and_names_damage_elsewhere(tmp_path):
     log = tmp_path / "log.jsonl"
     files.append_log(log, {"step": 1})
