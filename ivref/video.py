@@ -3,9 +3,9 @@
 Videos inside ivref are float tensors in [-1, 1], laid out (B, C, F, H, W) or (C, F, H, W);
 files and notebook widgets take uint8 frames (F, H, W, 3). Every writer goes through a
 temporary file in the same directory and ``os.replace``, so a crash never leaves a
-half-written video behind. mediapy is pointed at imageio-ffmpeg's binary
-(imageio-ffmpeg 0.8's FFmpeg dropped an option mediapy's reader uses).
-"""
+half-written video behind. mediapy writes (pointed at imageio-ffmpeg's binary); reading
+goes through ``video_files``, which calls ffmpeg itself: mediapy's reader passes ``-vsync``,
+an option that FFmpeg 9 (in imageio-ffmpeg 0.8) no longer accepts."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 
 @functools.cache
 def ensure_ffmpeg() -> None:
-    """Point mediapy at imageio-ffmpeg's bundled ffmpeg (no system ffmpeg needed)."""
-    import imageio_ffmpeg
+    """Point mediapy's writer at imageio-ffmpeg's ffmpeg (no system ffmpeg needed), after
+    checking that it is new enough to read with (``video_files.ffmpeg_exe``)."""
     import mediapy
 
-    mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
+    from ivref.video_files import ffmpeg_exe
+
+    mediapy.set_ffmpeg(ffmpeg_exe())
 
 
 def _as_batch(video: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -168,24 +170,29 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
 
 
 def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
-    """Read a video file -> (video (3, F, H, W) float32 in [-1, 1], fps)."""
-    import mediapy
+    """Read a video file -> (video (3, F, H, W) float32 in [-1, 1], fps).
 
-    ensure_ffmpeg()
+    Every decoded frame, rotated as the file says and in square pixels, as a player shows
+    it (``video_files.decode_from``); fps as ffmpeg reads the file's header. A GIF's frame
+    delays are whole hundredths of a second: one written at 6 fps alternates delays of 16
+    and 17 (6 fps on average), and ffmpeg reads its rate from the shorter, 6.25 fps.
+    """
+    from ivref.video_files import decode_from, ffmpeg_exe, probe
+
+    ffmpeg_exe()  # too old an ffmpeg says so, not that the file is unreadable
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {str(path)!r}")
     try:
-        frames = mediapy.read_video(path)
-    except Exception as err:  # ffmpeg's many ways to reject a file; its last line says why
+        _, fps = probe(path)
+        frames = list(decode_from(path, 0, fps))
+    except (OSError, RuntimeError, ValueError) as err:  # ffmpeg's ways to reject a file
         lines = [line for line in str(err).splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else type(err).__name__
         raise ValueError(f"{str(path)!r} is not a readable video (ffmpeg: {reason})") from None
-    fps = float(frames.metadata.fps) if frames.metadata is not None else float("nan")
-    frames = np.asarray(frames)
-    if frames.ndim == 3:  # grayscale
-        frames = np.repeat(frames[..., None], 3, axis=-1)
-    return from_uint8(frames[..., :3]), fps
+    if not frames:
+        raise ValueError(f"{str(path)!r} is not a readable video (ffmpeg: no frames decoded)")
+    return from_uint8(np.stack(frames)), fps
 
 
 def show(

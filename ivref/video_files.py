@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import json
 import logging
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +33,28 @@ logging.getLogger("imageio_ffmpeg").addFilter(_SizeNoteFilter())
 SQUARE_PIXELS = ["-vf", "scale=iw*sar:ih,setsar=1"]
 
 
+FFMPEG_MIN = (5, 1)  # the first FFmpeg with -fps_mode, which every read here passes
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """The ffmpeg that imageio-ffmpeg finds (its own binary, or ``IMAGEIO_FFMPEG_EXE``),
+    checked once to be FFmpeg 5.1 or newer; an older one raises, saying what to install.
+    A version that does not start with numbers (a build from git) is taken as new."""
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    version = imageio_ffmpeg.get_ffmpeg_version()
+    found = re.match(r"n?(\d+)\.(\d+)", version)
+    if found and (int(found[1]), int(found[2])) < FFMPEG_MIN:
+        raise RuntimeError(
+            f"ffmpeg {version} at {exe!r} is too old: ivref reads videos with FFmpeg "
+            f"{'.'.join(map(str, FFMPEG_MIN))} or newer; install imageio-ffmpeg>=0.6 (which "
+            "ships FFmpeg 7 or newer) or point IMAGEIO_FFMPEG_EXE at a newer ffmpeg"
+        )
+    return exe
+
+
 def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     """The RGB frames (H, W, 3) uint8 of the video at ``path`` from frame ``start`` on.
 
@@ -49,6 +74,7 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     """
     import imageio_ffmpeg
 
+    ffmpeg_exe()  # new enough for -fps_mode
     seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
     reader = imageio_ffmpeg.read_frames(
         str(path), input_params=seek, output_params=["-fps_mode", "passthrough", *SQUARE_PIXELS]
@@ -59,6 +85,45 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
             yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
     finally:
         reader.close()
+
+
+class VideoProbeError(RuntimeError):
+    """ffmpeg could not read a video file's frame count or frame rate; says why."""
+
+
+_FRAMES = re.compile(r"frame= *(\d+) ")  # ffmpeg's progress line; the last one is the total
+_RATE = re.compile(r", ([\d.]+)(k?) fps")  # in the input's video stream line: "25 fps", "1k fps"
+
+
+def probe(path: Path) -> tuple[int, float]:
+    """(frames, frame rate) of the first video stream of the file at ``path``.
+
+    ffmpeg decodes every frame to nothing (``-f null``, ``-fps_mode passthrough``: each
+    decoded frame counts once) and its last progress line gives the count; the rate is the
+    one its header prints for that stream (two decimals, ``exact_fps`` makes it exact). A
+    GIF whose header has no rate is read at 10 fps, the usual GIF default. Raises
+    ``VideoProbeError`` with ffmpeg's last line where it cannot read the file.
+    """
+    command = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path),
+        "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    err = done.stderr.replace("\r", "\n")
+    if done.returncode != 0:
+        lines = [line.strip() for line in err.splitlines() if line.strip()]
+        raise VideoProbeError(lines[-1] if lines else f"ffmpeg exited {done.returncode}")
+    header = err.split("\nOutput #")[0]  # the input's description, before the output's
+    streams = [line for line in header.splitlines() if "Stream #" in line and ": Video:" in line]
+    rate = _RATE.search(streams[0]) if streams else None
+    if rate is not None:
+        fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+    elif streams and path.suffix.lower() == ".gif":
+        fps = 10.0
+    else:
+        raise VideoProbeError("no video stream with a frame rate in ffmpeg's description")
+    counts = _FRAMES.findall(err)
+    return (int(counts[-1]) if counts else 0), fps
 
 
 def exact_fps(printed: float) -> float:

@@ -29,7 +29,7 @@ from ivref.text_cache import check_prompts
 from ivref.video_files import center_crop as center_crop  # re-exported: video_folder.center_crop
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import exact_fps as exact_fps  # re-exported: video_folder.exact_fps
-from ivref.video_files import read_index
+from ivref.video_files import ffmpeg_exe, probe, read_index
 
 
 class VideoTextFolder:
@@ -127,16 +127,11 @@ class VideoTextFolder:
 
     def _probe(self, path: Path) -> tuple[str | None, float, int]:
         """Why the file cannot be used (None if it can), its frame rate and frame count."""
-        import mediapy
-
-        from ivref import video
-
-        video.ensure_ffmpeg()
+        ffmpeg_exe()  # too old an ffmpeg raises here, not as every file "unreadable"
         if not path.is_file():
             return "file not found", 0.0, 0
         try:
-            with mediapy.VideoReader(path) as reader:
-                n, src_fps = reader.num_images, float(reader.fps)
+            n, src_fps = probe(path)
         except Exception as err:  # ffmpeg's many ways to reject a file
             return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
         indices = self._source_indices(exact_fps(src_fps))

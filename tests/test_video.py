@@ -98,3 +98,94 @@ def test_bad_videos_and_grids_get_a_clear_error(tmp_path):
     broken.write_bytes(b"not a video at all")
     with pytest.raises(ValueError, match=r"'.*broken.mp4' is not a readable video \(ffmpeg: "):
         video.read_video(broken)
+
+
+@pytest.fixture
+def fresh_ffmpeg_check():
+    """Forget which ffmpeg was checked (and given to mediapy), before and after the test."""
+    from ivref import video_files
+
+    def clear():
+        video_files.ffmpeg_exe.cache_clear()
+        video.ensure_ffmpeg.cache_clear()
+
+    clear()
+    yield
+    clear()
+
+
+def test_reading_works_with_an_ffmpeg_that_has_no_vsync(tmp_path, monkeypatch, fresh_ffmpeg_check):
+    """imageio-ffmpeg 0.8 ships FFmpeg 9, which refuses -vsync; mediapy's reader passed it, so
+    every read failed there. A stand-in ffmpeg that refuses it as FFmpeg 9 does: writing,
+    reading and a folder of videos still work."""
+    import imageio_ffmpeg
+
+    from ivref import video_files
+
+    real = imageio_ffmpeg.get_ffmpeg_exe()
+    fake = tmp_path / "ffmpeg9"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do if [ "$a" = -vsync ]; then\n'
+        "  echo \"Unrecognized option 'vsync'.\" >&2; exit 8; fi; done\n"
+        f'exec "{real}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
+    assert video_files.ffmpeg_exe() == str(fake)
+    clip = data.render("a red circle moving left", 8, 16, 16, 6.0, torch.Generator())
+    path = video.write_video(tmp_path / "clip.mp4", clip, fps=6)
+    back, fps = video.read_video(path)
+    assert back.shape == clip.shape and fps == 6.0 and (back - clip).abs().mean() < 0.05
+    assert video_files.probe(path) == (8, 6.0)
+
+
+def test_probe_reads_frame_counts_and_rates_as_the_file_holds_them(tmp_path):
+    """The count is every decoded frame; the rate is the header's: 29.97 for 30000/1001, and
+    for a GIF ffmpeg's reading of its frame delays (read back with Pillow): whole hundredths
+    of a second, which at 6 fps alternate 16 and 17 (6 fps on average), read as the shortest."""
+    from PIL import Image
+
+    from ivref import video_files
+
+    frames = np.random.default_rng(0).integers(0, 256, (13, 16, 16, 3), dtype=np.uint8)
+    ntsc = video.write_video(tmp_path / "ntsc.mp4", frames, fps=30000 / 1001)
+    assert video_files.probe(ntsc) == (13, 29.97)
+    assert video_files.exact_fps(29.97) == 30000 / 1001
+    gif = video.write_video(tmp_path / "six.gif", frames, fps=6)
+    with Image.open(gif) as image:
+        delays_ms = []
+        for k in range(image.n_frames):
+            image.seek(k)
+            delays_ms.append(image.info["duration"])
+    assert sorted(set(delays_ms)) == [160, 170] and sum(delays_ms[:12]) == 2000  # 12 at 6 fps
+    assert video_files.probe(gif) == (13, 1000 / min(delays_ms))
+    text = tmp_path / "text.mp4"
+    text.write_text("not a video")
+    with pytest.raises(video_files.VideoProbeError, match="Invalid data"):
+        video_files.probe(text)
+
+
+@pytest.mark.parametrize(
+    "version, too_old",
+    [("4.2.2", True), ("5.0.1", True), ("5.1", False), ("7.0.2-static", False),
+     ("n9.0.2-17-g2a571b6068-20260930", False), ("N-113421-gabcdef", False)],
+)  # fmt: skip
+def test_an_ffmpeg_too_old_to_read_with_is_named(
+    tmp_path, monkeypatch, fresh_ffmpeg_check, version, too_old
+):
+    """imageio-ffmpeg before 0.6 ships FFmpeg 4.2, which has no -fps_mode: reading says so
+    (not that the file is unreadable); a version from a git build is taken as new."""
+    import imageio_ffmpeg
+
+    from ivref import video_files
+
+    path = video.write_video(tmp_path / "clip.mp4", torch.zeros(3, 2, 8, 8), fps=3)
+    video_files.ffmpeg_exe.cache_clear()
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_version", lambda: version)
+    if too_old:
+        with pytest.raises(RuntimeError, match=f"ffmpeg {version} at .* is too old: .*5.1 .*"
+                           r"imageio-ffmpeg>=0.6"):  # fmt: skip
+            video.read_video(path)
+    else:
+        assert video.read_video(path)[0].shape == (3, 2, 8, 8)
