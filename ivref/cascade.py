@@ -112,6 +112,31 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
     return model
 
 
+def _no_cascade(manifest_path: Path, shipped: bool) -> str:
+    """Why ``from_pretrained`` found no cascade at ``manifest_path``, and what to do."""
+    folder = manifest_path.parent
+    if folder.name == DISTILLED and (folder.parent / MANIFEST).is_file():
+        return (
+            f"{str(folder.parent)!r} holds a cascade but no distilled variant (no "
+            f"{DISTILLED}/{MANIFEST}): make one with `ivref distill --stage NAME --from "
+            f"{folder.parent}` and `ivref export RUN --out {folder}` per stage, or load the "
+            "cascade itself (without variant='distilled' / --distilled)"
+        )
+    why = (
+        f"{manifest_path} not found: a cascade folder holds {MANIFEST} and "
+        "<stage>.safetensors files (written by Cascade.save_pretrained)"
+    )
+    if shipped and "IVREF_WEIGHTS" in os.environ:
+        return f"{why}; IVREF_WEIGHTS names it: point it at a copy of the repository's data/toy"
+    if shipped:
+        return (
+            f"{why}. The shipped toy weights are the repository's data/toy folder, which only "
+            "an editable install (pip install -e) finds: point IVREF_WEIGHTS at a copy of it, "
+            "or give its path (Cascade.from_pretrained(path), ivref generate --checkpoint)"
+        )
+    return why
+
+
 def _check_variant(variant: object) -> None:
     if variant not in (None, "distilled"):
         raise ValueError(f"variant={variant!r}; allowed: None or 'distilled'")
@@ -468,10 +493,7 @@ class Cascade(nn.Module):
         if not manifest_path.is_file():
             files.finish_replace(directory)  # an overwrite killed between its two renames
         if not manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{manifest_path} not found: a cascade folder holds {MANIFEST} and "
-                "<stage>.safetensors files (written by Cascade.save_pretrained)"
-            )
+            raise FileNotFoundError(_no_cascade(manifest_path, shipped=dir is None))
         try:
             manifest = json.loads(manifest_path.read_text())
             _check_manifest(manifest, manifest_path)

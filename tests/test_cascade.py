@@ -657,6 +657,21 @@ def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
         assert (cond[:, 0] - clean[:, 0]).abs().mean() > 0.3  # lambda' = 0: half noise
 
 
+def test_a_missing_cascade_says_where_the_shipped_weights_are(tmp_path, monkeypatch):
+    """Installed from a wheel, the package has no data/toy: loading the shipped cascade named
+    only the missing path, under site-packages."""
+    from ivref import shipped
+
+    monkeypatch.delenv("IVREF_WEIGHTS", raising=False)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "site-packages" / "data" / "toy")
+    with pytest.raises(FileNotFoundError, match=r"data/toy/cascade.json not found") as err:
+        Cascade.from_pretrained()
+    assert "only an editable install (pip install -e) finds: point IVREF_WEIGHTS" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:  # a folder the user named: just the path
+        Cascade.from_pretrained(tmp_path)
+    assert "IVREF_WEIGHTS" not in str(err.value)
+
+
 def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     ci_cascade, tmp_path, monkeypatch
 ):

@@ -368,6 +368,21 @@ CLI_CASES = [
         "plain identifier",
         _path_stage_cascade,
     ),
+    Case(
+        "--distilled on a cascade that has no distilled students",
+        (*GEN, "--out", "{X}/v.gif", "--checkpoint", "{CASCADE}", "--distilled"),
+        2,
+        "holds a cascade but no distilled variant (no distilled/cascade.json): make one",
+        _cascade,
+    ),
+    Case(
+        "IVREF_WEIGHTS names a folder without the shipped cascade",
+        (*GEN, "--out", "{X}/v.gif"),
+        2,
+        "IVREF_WEIGHTS names it: point it at a copy of the repository's data/toy",
+        lambda ctx: ctx.monkeypatch.setenv("IVREF_WEIGHTS", str(ctx.tmp)),
+        "IVREF_WEIGHTS set to an empty folder",
+    ),
     # sampling numbers
     Case("--device foo", (*GEN, "--out", "{X}/v.mp4", "--device", "foo"), 2, "not a device name"),
     Case(
