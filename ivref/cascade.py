@@ -119,8 +119,9 @@ def _no_cascade(manifest_path: Path, shipped: bool) -> str:
         return (
             f"{str(folder.parent)!r} holds a cascade but no distilled variant (no "
             f"{DISTILLED}/{MANIFEST}): make one with `ivref distill --stage NAME --from "
-            f"{folder.parent}` and `ivref export RUN --out {folder}` per stage, or load the "
-            "cascade itself (without variant='distilled' / --distilled)"
+            f"{folder.parent} --out RUN` per stage, then `ivref export RUN RUN2 ... --base "
+            f"{folder.parent} --out {folder}`; or load the cascade itself (without "
+            "variant='distilled' / --distilled)"
         )
     why = (
         f"{manifest_path} not found: a cascade folder holds {MANIFEST} and "
@@ -163,8 +164,8 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
 def _per_stage(value: object, stages: Sequence[configs.StageConfig], name: str) -> dict:
     """A value for every stage: None, one value for all, or a {stage name: value} mapping."""
     if isinstance(value, Mapping):
-        names = {s.name for s in stages}
-        unknown = set(value) - names
+        names = [s.name for s in stages]  # in cascade order: the same message every run
+        unknown = set(value) - set(names)
         if unknown:
             raise ValueError(f"{name} names unknown stages {sorted(unknown)}; stages: {names}")
         return {s.name: value.get(s.name) for s in stages}

@@ -34,15 +34,18 @@ class RunWeights(NamedTuple):
     step: int  # the training step it was saved at
 
 
-def run_checkpoint(path: Path):
+def run_checkpoint(path: Path, or_cascade: bool = False):
     """``run_stage``'s (config, stage, EMA model) and the checkpoint's ``extra`` (its
-    ``text_probe``, written by the Trainer)."""
-    return load_run(path)[:4]
+    ``text_probe``, written by the Trainer). ``or_cascade``: a cascade folder would have
+    done too (the error for a folder that is neither says so)."""
+    return load_run(path, or_cascade)[:4]
 
 
-def load_run(path: Path) -> RunWeights:
+def load_run(path: Path, or_cascade: bool = False) -> RunWeights:
     """The EMA weights of a train run folder, a distillation's folder (its last phase) or
-    one checkpoint folder, with the checkpoint they came from (``RunWeights``)."""
+    one checkpoint folder, with the checkpoint they came from (``RunWeights``).
+    ``or_cascade``: the caller takes a cascade folder too, and a folder that is neither
+    says so."""
     from ivref import checkpoint
 
     if not path.is_dir():
@@ -63,6 +66,12 @@ def load_run(path: Path) -> RunWeights:
             "complete one"
         )
     if not found:
+        if or_cascade:
+            raise CLIError(
+                f"{str(path)!r} is neither a cascade folder (no cascade.json, which "
+                "`ivref export` and Cascade.save_pretrained write) nor an `ivref train` run "
+                "folder (no checkpoints/)"
+            )
         raise CLIError(f"{str(path)!r} is not an `ivref train` run folder (no checkpoints/)")
     for attempt in range(3):  # a run still training may prune the checkpoint being read
         try:
@@ -136,7 +145,7 @@ def _load_cascade(path: Path | None, distilled: bool):
         return students
     if path is None or (path / cascade.MANIFEST).is_file():
         return cascade.Cascade.from_pretrained(path)
-    cfg, stage, model, extra = run_checkpoint(path)
+    cfg, stage, model, extra = run_checkpoint(path, or_cascade=True)
     if stage != cfg.stages[0].name:
         raise CLIError(
             f"{str(path)!r} trains stage {stage!r}, which needs the stages before it: "

@@ -223,7 +223,7 @@ def test_bad_prompts(prompts, message):
         (dict(guidance=float("nan")), "guidance=nan must be a number from 0"),
         (dict(guidance=float("inf")), "guidance=inf must be a number from 0"),
         (dict(guidance=1e300), "guidance=1e\\+300 must be a number from 0"),
-        (dict(guidance={"nope": 1.0}), "unknown stages"),
+        (dict(guidance={"nope": 1.0}), r"unknown stages \['nope'\]; stages: \['base'\]$"),
         (dict(steps={"base": 0}), r"steps\['base'\]=0 must be an integer from 1"),
         (dict(guidance={"base": -2}), r"guidance\['base'\]=-2 must be a number from 0"),
         (dict(seed=2**64), "seed=18446744073709551616 must be an integer from 0 to 2\\*\\*63"),
@@ -234,6 +234,16 @@ def test_bad_prompts(prompts, message):
 def test_bad_generate_arguments(ci_cascade, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ci_cascade.generate(["a red circle moving left"], **kwargs)
+
+
+def test_unknown_stage_names_list_the_stages_in_cascade_order():
+    """They were listed as a set, in another order every run."""
+    stages = configs.preset("ci").stages
+    with pytest.raises(ValueError) as err:
+        cascade_lib._per_stage({"bse": 1, "ssr9": 2}, stages, "steps")
+    assert str(err.value) == (
+        "steps names unknown stages ['bse', 'ssr9']; stages: ['base', 'tsr', 'ssr1', 'ssr2']"
+    )
 
 
 def test_numpy_steps_and_weights_are_taken_as_python_numbers(ci_cascade):

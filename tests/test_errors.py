@@ -319,6 +319,13 @@ CLI_CASES = [
         "is not a directory",
     ),
     Case(
+        "--checkpoint is an empty folder",
+        (*GEN, "--out", "{X}/v.mp4", "--checkpoint", "{X}/empty"),
+        2,
+        "is neither a cascade folder (no cascade.json, which `ivref export` and",
+        lambda ctx: (ctx.tmp / "empty").mkdir(),
+    ),
+    Case(
         "a run whose checkpoints lack their manifest",
         (*GEN_RUN, "--out", "{X}/v.gif"),
         2,
