@@ -205,6 +205,12 @@ def _csv_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, 1 << 24))  # captions of any sensible length
     try:
+        header = reader.fieldnames  # line 1 (None: an empty file)
+        if header is not None and not {"path", "caption"} <= set(header):
+            raise ValueError(
+                f"{str(index_file)!r} line 1: the header names the columns {header}; a CSV "
+                "index needs a header naming 'path' and 'caption' (other columns are ignored)"
+            )
         for row in reader:
             rows.append((reader.line_num, row))
     except csv.Error as err:

@@ -90,6 +90,12 @@ class VideoTextFolder:
         self._ahead: DecodeAhead | None = None  # the next batch's first round, decoding
         self.fit = fit
         self.root = Path(root)
+        if not self.root.is_dir():
+            what = "a file" if self.root.exists() else "does not exist"
+            raise ValueError(
+                f"root {str(root)!r} {'is ' if self.root.exists() else ''}{what}: give the "
+                "folder that the index's paths are relative to"
+            )
         self.num_frames, self.width, self.height, self.fps = num_frames, width, height, fps
         self.random_start = random_start
         self.skipped: list[tuple[str, str]] = []

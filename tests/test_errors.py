@@ -1050,6 +1050,20 @@ def _folder_without_videos(ctx: Ctx):
         video_folder.VideoTextFolder(ctx.tmp, ctx.tmp / "index.csv", 8, 16, 16, fps=3.0)
 
 
+def _folder_whose_root_is_a_file(ctx: Ctx):
+    from ivref import video_folder
+
+    (ctx.tmp / "index.csv").write_text("path,caption\nclip.mp4,a red circle\n")
+    video_folder.VideoTextFolder(ctx.tmp / "index.csv", ctx.tmp / "index.csv", 8, 16, 16, fps=3.0)
+
+
+def _index_with_other_columns(ctx: Ctx):
+    from ivref import video_folder
+
+    (ctx.tmp / "index.csv").write_text("file,text\nclip.mp4,a red circle\n")
+    video_folder.VideoTextFolder(ctx.tmp, ctx.tmp / "index.csv", 8, 16, 16, fps=3.0)
+
+
 def _folder_for_no_frames(ctx: Ctx):
     from ivref import video_folder
 
@@ -1092,6 +1106,20 @@ LIBRARY_CASES = [
         ValueError,
         "no usable videos in '",
         _folder_without_videos,
+    ),
+    LibCase(
+        "a folder of training videos whose root is a file",
+        "video_folder.VideoTextFolder('index.csv', 'index.csv', 8, 16, 16, fps=3)",
+        ValueError,
+        "index.csv' is a file: give the folder that the index's paths are relative to",
+        _folder_whose_root_is_a_file,
+    ),
+    LibCase(
+        "a CSV index whose header names other columns",
+        "video_folder.VideoTextFolder(root, 'index.csv', 8, 16, 16, fps=3) (header file,text)",
+        ValueError,
+        "line 1: the header names the columns ['file', 'text']; a CSV index needs a header",
+        _index_with_other_columns,
     ),
     LibCase(
         "a folder of training videos for clips of 0 frames",

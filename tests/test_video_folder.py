@@ -591,7 +591,9 @@ def test_an_index_is_read_as_utf8_with_line_numbers_and_captions_a_tokenizer_can
          r"huge.csv' line \d: not CSV \(field larger than field limit"),
         ("null.jsonl", b'\n{"path": null, "caption": "x"}\n',
          r"null.jsonl' line 2: path None must be a non-empty string"),
-        ("fields.csv", b"path,text\na.mp4,x\n", r"fields.csv' line 2: needs fields 'path'"),
+        ("fields.csv", b"path,text\na.mp4,x\n",
+         r"fields.csv' line 1: the header names the columns \['path', 'text'\]; a CSV index"),
+        ("fields.jsonl", b'{"path": "a.mp4"}\n', r"fields.jsonl' line 1: needs fields 'path'"),
     ):  # fmt: skip
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message):
