@@ -7,7 +7,8 @@
 Anything else is a bug in ivref: one line saying so, exit status 1.
 
 Every message goes to stderr as ``ivref <command>: error: <what was wrong and what is
-allowed>``; no traceback for any of these (set ``IVREF_DEBUG=1`` to see one).
+allowed>``; no traceback for any of these (set ``IVREF_DEBUG=1`` to see one). Warnings,
+after which the work goes on, read ``ivref <command>: warning: <message>``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -70,8 +72,25 @@ def describe(err: BaseException) -> tuple[str, int]:
     )
 
 
+def warning_format(name: str) -> Callable[..., str]:
+    """``warnings.formatwarning`` for command ``name``: ``ivref <name>: warning: <message>``
+    (the category's name in place of "warning" for other than ``UserWarning``), without
+    Python's file, line number and source line, which name ivref's code, not the input."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        kind = "warning" if category is UserWarning else category.__name__
+        return f"ivref {name}: {kind}: {message}\n"
+
+    return format_warning
+
+
 def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
-    """Run ``command(args)``; map its failure to one line on stderr and an exit status."""
+    """Run ``command(args)``; map its failure to one line on stderr and an exit status.
+    Warnings it gives are printed as ``warning_format`` words them (Python's own format
+    with ``IVREF_DEBUG=1``)."""
+    before = warnings.formatwarning
+    if not os.environ.get("IVREF_DEBUG"):
+        warnings.formatwarning = warning_format(name)
     try:
         return command(args)
     except Interrupted as err:
@@ -86,3 +105,5 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         message, status = describe(err)
         print(f"ivref {name}: error: {message}", file=sys.stderr)
         return status
+    finally:
+        warnings.formatwarning = before

@@ -698,3 +698,34 @@ def test_a_student_keeps_its_own_sampling_and_says_so_when_another_is_asked(caps
         err = capsys.readouterr().err
         assert f"{str(run)!r} is a distilled student of stage 'base'" in err
         assert f"--sampling {source} applies to undistilled stages only" in err
+
+
+def test_a_commands_warnings_are_one_line_each_without_ivrefs_source(repo_root):
+    """Python printed a warning as ivref's file and line, then that line's source (two lines
+    about ivref's code); the commands print what the warning says, after their name. With
+    IVREF_DEBUG=1, Python's own format comes back."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; from ivref import errors\n"
+        "def command(args):\n"
+        "    warnings.warn('skipping x.mp4: file not found')\n"
+        "    warnings.warn('old flag', FutureWarning)\n"
+        "    return 0\n"
+        "status = errors.run_command('train', command, None)\n"
+        "assert warnings.formatwarning is not None\n"
+        "print(status, warnings.formatwarning.__module__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env.pop("IVREF_DEBUG", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stderr == (
+        "ivref train: warning: skipping x.mp4: file not found\n"
+        "ivref train: FutureWarning: old flag\n"
+    )
+    assert done.stdout == "0 warnings\n"  # Python's format again after the command
+    env["IVREF_DEBUG"] = "1"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "<string>:3: UserWarning: skipping x.mp4: file not found\n" in done.stderr
