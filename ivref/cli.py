@@ -9,7 +9,8 @@
 
 Every long command shows a progress bar; ``train`` saves a checkpoint on Ctrl-C or SIGTERM
 and continues from it with ``--resume``. Bad input fails before any work, in one line that
-says what is allowed (errors.py lists the exit statuses).
+says what is allowed; exit status 2 for bad input, 1 when the work fails, 130 or 143 after
+Ctrl-C or SIGTERM (with the checkpoint saved).
 """
 
 from __future__ import annotations
@@ -36,17 +37,47 @@ MAX_DISPLAY_BYTES = 2**31  # the upscaled frames (float32) of one written video
 _seed, _steps = arguments.seed_int, arguments.sampler_steps
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written (the examples keep their lines), and each option's default
+    after its help where it has one that the help does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            text
+            and "default" not in text
+            and not any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+            and action.option_strings  # an option, not a positional
+        ):
+            shown = getattr(default, "name", None) if isinstance(default, Path) else None
+            text += f" (default: {shown or '%(default)s'})"
+        return text
+
+
+def _description() -> str:
+    """The module doc as plain text for ``ivref --help`` (no reST markup)."""
+    return __doc__.replace("``", "")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ivref", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ivref", description=_description(), formatter_class=_HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train.add_arguments(sub.add_parser("train", help="train one stage of a cascade preset"))
-    distill.add_arguments(sub.add_parser("distill", help="distil one stage to few sampling steps"))
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter
+        )
+
+    train.add_arguments(command("train", "train one stage of a cascade preset"))
+    distill.add_arguments(command("distill", "distil one stage to few sampling steps"))
     export.add_arguments(
-        sub.add_parser("export", help="write train runs' EMA weights as a cascade folder (fp16)")
+        command("export", "write train runs' EMA weights as a cascade folder (fp16)")
     )
 
-    g = sub.add_parser("generate", help="text -> video with a trained cascade")
+    g = command("generate", "text -> video with a trained cascade")
     g.add_argument("prompts", nargs="*", help="one or more prompts")
     g.add_argument("--out", type=Path, nargs="+", required=True, help=".mp4 / .gif file(s)")
     g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
@@ -67,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=arguments.positive_int, help="prompts sampled together")
     g.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
-    v = sub.add_parser("evaluate", help="caption alignment of a cascade per guidance weight")
+    v = command("evaluate", "caption alignment of a cascade per guidance weight")
     v.add_argument("--checkpoint", type=Path, help="cascade folder or base-stage train run")
     v.add_argument("--split", default="all", help="toy captions to sample: train, heldout, all")
     v.add_argument("--repeats", type=arguments.positive_int, default=1, help="samples per caption")
@@ -80,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "the other stages at their own); default: each stage's own, once",
     )
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
-    v.add_argument("--seed", type=_seed, default=0)
+    v.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
     v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
     v.add_argument(
         "--until", metavar="STAGE", help="sample the stages up to STAGE only (e.g. base)"
@@ -96,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
-    i = sub.add_parser("info", help="per-stage table of a preset: sizes and parameters")
-    i.add_argument("--scale", choices=configs.PRESETS, default="toy")
+    i = command("info", "per-stage table of a preset: sizes and parameters")
+    i.add_argument("--scale", choices=configs.PRESETS, default="toy", help="the preset")
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
     return parser
 

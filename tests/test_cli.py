@@ -729,3 +729,20 @@ def test_a_commands_warnings_are_one_line_each_without_ivrefs_source(repo_root):
     env["IVREF_DEBUG"] = "1"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "<string>:3: UserWarning: skipping x.mp4: file not found\n" in done.stderr
+
+
+def test_help_is_plain_text_and_names_defaults(capsys):
+    """`ivref --help` showed the module doc's reST markup (``train``), and options with a
+    default (--seed 0, --display-size 256) did not say it."""
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "The ivref command: train, distill" in top
+    assert '    ivref generate "a red circle moving left" --out out.mp4' in top  # lines kept
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "--seed SEED video i uses seed + i (default: 0)" in text
+    assert "0: off (default: 256)" in text
+    assert "(default: each stage's own)" in text and "own) (default" not in text  # said once
+    assert "--distilled use distilled weights --device" in text  # a flag: no default shown
