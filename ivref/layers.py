@@ -46,7 +46,8 @@ class ScalarEmbedding(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(x * self.scale, self.features))
+        features = sinusoidal_embedding(x * self.scale, self.features)  # float32 or wider
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # a bf16 model takes bf16
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -106,7 +106,13 @@ def upsample(low: torch.Tensor, stage: configs.StageConfig) -> torch.Tensor:
     """The conditioning video for ``stage`` from a low-res video (B, C, F', H', W')."""
     if low.ndim != 5:
         raise ValueError(f"low-res video must be (B, C, F, H, W); got shape {tuple(low.shape)}")
-    _, _, f, h, w = low.shape
+    _, c, f, h, w = low.shape
+    if c != stage.unet.in_channels:  # the previous stage's output has the channels this makes
+        raise ValueError(
+            f"{stage.kind.upper()} stage {stage.name!r} takes a low-res video of "
+            f"{stage.unet.in_channels} channels (the previous stage's output); got shape "
+            f"{tuple(low.shape)}"
+        )
     if stage.kind == "ssr":  # one whole factor k >= 2 on both axes, as the configs chain
         k = stage.width // w if w and stage.width % w == 0 else 0
         if f != stage.num_frames or k < 2 or (h * k, w * k) != (stage.height, stage.width):

@@ -177,6 +177,9 @@ class Trainer:
         fsdp: bool = False,
         bf16: bool | None = None,
     ) -> None:
+        if not isinstance(config, configs.CascadeConfig):
+            hint = f": configs.preset({config!r})" if isinstance(config, str) else ""
+            raise TypeError(f"config must be a configs.CascadeConfig{hint}; got {config!r:.60}")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
         check_compile(compile)

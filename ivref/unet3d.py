@@ -124,6 +124,17 @@ class VideoUNet(nn.Module):
 
     def _check(self, z_t, logsnr_t, text_emb, text_mask, cond_video, aug_logsnr, guidance_w):
         cfg = self.cfg
+        given = {"z_t": z_t, "logsnr_t": logsnr_t, "text_emb": text_emb, "text_mask": text_mask}
+        optional = {"cond_video": cond_video, "aug_logsnr": aug_logsnr, "guidance_w": guidance_w}
+        given |= {k: v for k, v in optional.items() if v is not None}
+        for name, value in given.items():
+            if not isinstance(value, torch.Tensor):
+                per_sample = name in ("logsnr_t", "aug_logsnr", "guidance_w")
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__name__} {value!r:.40}"
+                    + (" (one value per sample: torch.full((B,), value))" if per_sample else "")
+                )
+        self._check_dtypes(given)
         if z_t.ndim != 5:
             raise ValueError(f"z_t must be (B, C, F, H, W) (rank 5); got shape {tuple(z_t.shape)}")
         b, c, f, h, w = z_t.shape
@@ -168,6 +179,26 @@ class VideoUNet(nn.Module):
                 raise ValueError(f"{name} of shape ({b},) is required ({flag}=True)")
             if not used and value is not None:
                 raise ValueError(f"{name} given but this U-Net has {flag}=False")
+
+    def _check_dtypes(self, given: dict[str, torch.Tensor]) -> None:
+        """Float inputs in the weights' dtype, unless autocast casts them for the layers."""
+        weights = self.in_conv.weight.dtype
+        try:
+            autocast = torch.is_autocast_enabled(given["z_t"].device.type)
+        except (RuntimeError, TypeError):  # a device type autocast does not know (meta):
+            autocast = True  # no check, as under autocast
+        for name in ("z_t", "text_emb", "cond_video"):
+            value = given.get(name)
+            if value is None:
+                continue
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+            if value.dtype != weights and not autocast:
+                raise TypeError(
+                    f"{name} is {value.dtype} but the U-Net's weights are {weights}: cast the "
+                    f"input ({name}.to({weights})) or the model (model.to(dtype)), or run "
+                    "under torch.autocast"
+                )
 
     def _text(self, text_emb, text_mask):
         """Null-substituted, projected text tokens (B, L, E), their mask, and the pooled (B, E)."""

@@ -97,6 +97,9 @@ def test_low_res_and_upsample_follow_the_stage_kind():
             superres.upsample(wrong, ssr1)
     with pytest.raises(ValueError, match="with fewer frames"):  # a TSR input already at F
         superres.upsample(x, tsr)
+    with pytest.raises(ValueError, match=r"takes a low-res video of 3 channels \(the previous "
+                       r"stage's output\); got shape \(2, 1, 8, 8, 8\)"):  # fmt: skip
+        superres.upsample(low[:, :1], ssr1)  # was reported at the U-Net, upsampled and doubled
     with pytest.raises(ValueError, match="only SR stages"):
         superres.low_res(x, base, base)
 

@@ -490,6 +490,15 @@ def test_bad_trainer_arguments_are_refused_before_anything_is_written(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_preset_name_for_the_config_is_refused_with_the_call_that_builds_one(tmp_path):
+    """train.Trainer("ci", "tsr", out) raised AttributeError ('str' object has no attribute
+    'stage')."""
+    with pytest.raises(TypeError, match=r"config must be a configs.CascadeConfig: "
+                       r"configs.preset\('ci'\); got 'ci'"):  # fmt: skip
+        train.Trainer("ci", "tsr", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_refuses_a_negative_step_count(tmp_path, encoder):
     trainer = _trainer(tmp_path, encoder)
     with pytest.raises(ValueError, match=r"steps=-1 must be an integer from 0 to 2\*\*31 - 1"):

@@ -146,6 +146,41 @@ def test_clear_errors(change, match):
         _model(stage.unet)(*change(args))
 
 
+def test_inputs_of_another_type_or_dtype_get_a_clear_error():
+    """A float log-SNR raised AttributeError ('float' object has no attribute 'shape') and a
+    float16 z_t a RuntimeError about Half and Float from deep inside a convolution."""
+    stage = CI.stages[0]
+    (z_t, logsnr, text, mask), _ = _inputs(stage)
+    model = _model(stage.unet)  # float64 weights
+    with pytest.raises(TypeError, match=r"logsnr_t must be a torch.Tensor, got float 0.0 "
+                       r"\(one value per sample: torch.full\(\(B,\), value\)\)"):  # fmt: skip
+        model(z_t, 0.0, text, mask)
+    with pytest.raises(TypeError, match="text_mask must be a torch.Tensor, got list"):
+        model(z_t, logsnr, text, mask.tolist())
+    with pytest.raises(TypeError, match=r"z_t is torch.float16 but the U-Net's weights are "
+                       r"torch.float64: cast the input \(z_t.to\(torch.float64\)\)"):  # fmt: skip
+        model(z_t.half(), logsnr, text, mask)
+    with pytest.raises(TypeError, match="text_emb is torch.float32 but the U-Net's weights"):
+        model(z_t, logsnr, text.float(), mask)
+    with pytest.raises(TypeError, match="z_t must be a floating-point tensor, got torch.int64"):
+        model(z_t.long(), logsnr, text, mask)
+
+
+@pytest.mark.parametrize("stage", CI.stages, ids=lambda s: s.name)
+def test_a_bf16_model_runs_on_bf16_inputs_without_autocast(stage):
+    """The log-SNR (and augmentation) features are computed in float32 and given to the
+    embedding MLP in its weights' dtype: a model cast to bf16 ran only under autocast."""
+    args, kwargs = _inputs(stage, dtype=torch.float32)
+    model = _model(stage.unet, trained_temporal_convs=True).float()
+    with torch.no_grad():
+        want = model(*args, **kwargs)
+        model = model.to(torch.bfloat16)
+        cast = [a.bfloat16() if a.is_floating_point() and a.ndim > 1 else a for a in args]
+        got = model(*cast, **{k: v.bfloat16() if v.ndim > 1 else v for k, v in kwargs.items()})
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.05 * want.abs().max()  # bf16: 3 digits
+
+
 def test_sr_stage_errors_name_the_missing_input():
     stage = CI.stages[1]
     args, kwargs = _inputs(stage)
