@@ -159,6 +159,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cascade_lib.check_prompts(args.prompts)  # all the cheap checks before loading a model
     for out in args.out:
         check_output(out)
+    resolved = [os.path.realpath(out) for out in args.out]
+    twice = [str(o) for o, p in zip(args.out, resolved, strict=True) if resolved.count(p) > 1]
+    if twice:  # every file gets the same video: a second copy in one place is a typo
+        raise CLIError(f"--out names {twice[0]!r} twice; give each file once")
     if not 0 <= args.display_size <= MAX_DISPLAY_SIZE:
         raise CLIError(
             f"--display-size {args.display_size} must be from 0 (native size) to "

@@ -281,6 +281,12 @@ CLI_CASES = [
     Case("--out is a folder", (*GEN, "--out", "{X}"), 2, "is a folder; give a file name"),
     Case("--out has another suffix", (*GEN, "--out", "{X}/v.avi"), 2, "suffix must be one of"),
     Case(
+        "--out names one file twice",
+        (*GEN, "--out", "{X}/v.gif", "{X}/./v.gif"),  # one file, spelt two ways
+        2,
+        "twice; give each file once",
+    ),
+    Case(
         "--out under a file",
         (*GEN, "--out", "{X}/file/v.mp4"),
         2,
