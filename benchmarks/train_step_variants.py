@@ -16,6 +16,8 @@ Variants:
   through autograd, which is how ivref computed them before ``layers.ShiftSum``;
 - ``channels-last``: the model's weights, and so its activations, in channels-last memory
   format (what oneDNN prefers for bf16 convolutions on CPUs with AMX);
+- ``channels-last-convs``: only each 3x3 convolution's input in channels-last, its output
+  back to the usual layout (the norms, attention and rearranges between stay as shipped);
 - ``bf16-autocast`` and ``float32``: the step with bf16 autocast forced on, and off
   (``Trainer(bf16=...)``), whatever the device.
 ``benchmarks/train_throughput.py --compile`` compares ``torch.compile`` the same way.
@@ -39,7 +41,10 @@ from train_throughput import RandomTextEncoder, device_name, matmul_rate, sync  
 from ivref import configs, devices, layers
 from ivref import train as train_lib
 
-VARIANTS = ("shipped", "autograd-shifts", "channels-last", "bf16-autocast", "float32")
+VARIANTS = (
+    "shipped", "autograd-shifts", "channels-last", "channels-last-convs", "bf16-autocast",
+    "float32",
+)  # fmt: skip
 FORCED_BF16 = {"bf16-autocast": True, "float32": False}  # the others: as the trainer decides
 
 
@@ -55,18 +60,36 @@ def autograd_shifts_forward(self, x, num_frames, video_mask=None):
     return x + rearrange(y, "b f c h w -> (b f) c h w")
 
 
+_conv_forward = torch.nn.Conv2d._conv_forward
+
+
+def channels_last_conv_forward(self, x, weight, bias):
+    """``Conv2d._conv_forward`` with a 3x3 (or larger) convolution run in channels-last."""
+    if self.kernel_size == (1, 1):
+        return _conv_forward(self, x, weight, bias)
+    y = _conv_forward(self, x.contiguous(memory_format=torch.channels_last), weight, bias)
+    return y.contiguous()
+
+
+SWAPS = {  # variant: (class, method name, the variant's function)
+    "autograd-shifts": (layers.TemporalConv, "forward", autograd_shifts_forward),
+    "channels-last-convs": (torch.nn.Conv2d, "_conv_forward", channels_last_conv_forward),
+}
+
+
 @contextlib.contextmanager
 def variant_code(name: str):
     """Swap in the variant's code for the length of one step (the model stays as built)."""
-    if name != "autograd-shifts":
+    if name not in SWAPS:
         yield
         return
-    shipped = layers.TemporalConv.forward
-    layers.TemporalConv.forward = autograd_shifts_forward
+    cls, method, function = SWAPS[name]
+    shipped = getattr(cls, method)
+    setattr(cls, method, function)
     try:
         yield
     finally:
-        layers.TemporalConv.forward = shipped
+        setattr(cls, method, shipped)
 
 
 def measure(cfg, stage_name: str, device, warmup: int, rounds: int, variants=VARIANTS) -> dict:
@@ -154,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, v in row["variants"].items():
             low, high = v["time_ratio_range"]
             print(
-                f"{name:5s} {variant:16s} {v['step_ms']:7.0f} ms/step  "
+                f"{name:5s} {variant:19s} {v['step_ms']:7.0f} ms/step  "
                 f"{v['time_ratio']:.3f}x the shipped step (rounds: {low:.2f}-{high:.2f})"
             )
     if args.json:

@@ -119,12 +119,35 @@ def test_train_step_variants_tiny(repo_root, tmp_path):
     _run(repo_root, "train_step_variants.py", "--tiny", "--json", str(out))
     row = json.loads(out.read_text())["stages"]["base"]
     assert set(row["variants"]) == {
-        "shipped", "autograd-shifts", "channels-last", "bf16-autocast", "float32"
+        "shipped", "autograd-shifts", "channels-last", "channels-last-convs", "bf16-autocast",
+        "float32",
     }  # fmt: skip
     assert row["variants"]["shipped"]["time_ratio"] == 1.0  # its own step, same round
     for v in row["variants"].values():
         low, high = v["time_ratio_range"]
         assert v["step_ms"] > 0 and low <= v["time_ratio"] <= high
+
+
+def test_channels_last_convs_variant_computes_the_same_convolutions(repo_root, monkeypatch):
+    """Only the layout changes: outputs and gradients of a 3x3 and a 1x1 conv are the shipped
+    ones (float64), and the output is back in the usual layout."""
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    import train_step_variants
+
+    x = torch.randn(4, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    for conv in (torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.Conv2d(6, 8, 1)):
+        conv = conv.double()
+        ours = conv(x)
+        with train_step_variants.variant_code("channels-last-convs"):
+            theirs = conv(x)
+        assert theirs.is_contiguous()
+        torch.testing.assert_close(ours, theirs)
+        grad = torch.randn_like(ours)
+        params = [x, conv.weight, conv.bias]
+        for a, b in zip(torch.autograd.grad(ours, params, grad),
+                        torch.autograd.grad(theirs, params, grad), strict=True):  # fmt: skip
+            torch.testing.assert_close(a, b)
+    assert torch.nn.Conv2d._conv_forward is train_step_variants._conv_forward  # put back
 
 
 def test_autograd_shifts_variant_computes_the_shipped_temporal_conv(repo_root, monkeypatch):
