@@ -14,6 +14,8 @@ each; medians. Every configuration draws the same clips (checked: ``same_clips``
 times compare the same work. ffmpeg decodes in its own process, so threads decode in
 parallel. Last, ``prefetch``: batches between stood-in training steps that leave the CPU
 free (a sleep, as while a GPU computes), with the next batch decoded during the step or not.
+And ``probe``: making the folder, where ffmpeg counts every file's frames, ``workers`` files
+at once (``--parts`` picks what to time).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ivref import video, video_folder
 from ivref.video_folder import VideoTextFolder
 
 FROM_FIRST = "from-first"  # the peer: every frame before the start decoded and dropped
+PARTS = ("batches", "prefetch", "probe")
 
 
 def write_clips(folder: Path, files: int, seconds: float, size: int) -> Path:
@@ -137,6 +140,26 @@ def time_prefetch(args: argparse.Namespace, index: Path) -> dict:
     }
 
 
+def time_probe(args: argparse.Namespace, index: Path) -> dict:
+    """Seconds to make the folder (ffmpeg counts every file's frames: ``_probe``) with each
+    worker count, in interleaved rounds after a warm-up; and whether all agree."""
+    made: dict[int, list[float]] = {w: [] for w in args.workers}
+    items = {}
+    for round_ in range(args.repeats + 1):
+        for w in args.workers:
+            began = time.perf_counter()
+            folder = VideoTextFolder(index.parent, index, 16, args.clip, args.clip, 6.0, workers=w)
+            made[w] += [time.perf_counter() - began] if round_ else []
+            items[w] = folder.items
+    medians = {w: statistics.median(t) for w, t in made.items()}
+    one = args.workers[0]
+    return {
+        "seconds_to_probe": {str(w): round(m, 4) for w, m in medians.items()},
+        "speedup": {str(w): round(medians[one] / m, 2) for w, m in medians.items()},
+        "same_items": all(items[w] == items[one] for w in args.workers),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="a few small clips (for CI)")
@@ -150,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--step-seconds", type=float, default=0.3, help="the stood-in training step (prefetch)"
     )
+    p.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to time (all)"
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     if args.tiny:
@@ -157,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.repeats, args.workers, args.step_seconds = 4, 1, [1, 2], 0.05
     with tempfile.TemporaryDirectory() as tmp:
         index = write_clips(Path(tmp), args.files, args.seconds, args.size)
-        result = time_batches(args, index)
-        result["prefetch"] = time_prefetch(args, index)
+        result = time_batches(args, index) if "batches" in args.parts else {}
+        if "prefetch" in args.parts:
+            result["prefetch"] = time_prefetch(args, index)
+        if "probe" in args.parts:
+            result["probe"] = time_probe(args, index)
     report = {
         "what": "VideoTextFolder.sample: seconds per batch by decode workers (seeking), "
-        "and decoding from the first frame (one worker)",
+        "and decoding from the first frame (one worker); prefetch; the folder's probe of "
+        "every file by workers",
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
@@ -171,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if result["same_clips"] and result["prefetch"]["same_clips"] else 1
+    agree = [result.get("same_clips", True), result.get("prefetch", {}).get("same_clips", True)]
+    agree.append(result.get("probe", {}).get("same_items", True))
+    return 0 if all(agree) else 1
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser, validation: bool = True) -> None:
         "--decode-workers",
         type=arguments.positive_int,
         default=1,
-        help="with --videos: clips decoded at once (speed only: the clips stay the same)",
+        help="with --videos: files probed and clips decoded at once (speed only: the clips "
+        "stay the same)",
     )
     p.add_argument(
         "--prefetch",

@@ -43,8 +43,9 @@ class VideoTextFolder:
     ratio (a 16:9 source for a square stage loses its sides), ``fit="squash"`` resizes the
     whole frame (shapes are stretched). ffmpeg seeks to the keyframe before s and decodes on
     from there, so a late start in a long file costs up to one keyframe interval more than
-    the clip. ``workers`` clips of a batch are decoded at once (threads, each driving an
-    ffmpeg process), and ``prefetch=True`` decodes the next batch in the background after
+    the clip. ``workers`` files are probed at once when the folder is made, and ``workers``
+    clips of a batch are decoded at once (threads, each driving an ffmpeg process), and
+    ``prefetch=True`` decodes the next batch in the background after
     each ``sample``; the clips depend on neither, nor does ``state_dict``.
 
     Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
@@ -101,9 +102,14 @@ class VideoTextFolder:
         self.skipped: list[tuple[str, str]] = []
         self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
         usable: list[list] = []  # as the index names them: the folder may move
-        for rel, text in read_index(Path(index_file)):
-            path = self.root / str(rel)
-            reason, src_fps, n = self._probe(path)
+        rows = read_index(Path(index_file))
+        paths = [self.root / str(rel) for rel, _ in rows]
+        if workers == 1 or len(paths) < 2:
+            probed = [self._probe(path) for path in paths]
+        else:  # each probe is an ffmpeg process decoding its file: ``workers`` at once
+            with ThreadPoolExecutor(min(workers, len(paths))) as pool:
+                probed = list(pool.map(self._probe, paths))
+        for (rel, text), path, (reason, src_fps, n) in zip(rows, paths, probed, strict=True):
             if not isinstance(text, str) or not text.strip():
                 reason = f"caption {text!r}: give a non-empty string"
             else:  # text no encoder can read (a lone surrogate) would stop training when drawn

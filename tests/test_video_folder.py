@@ -51,6 +51,30 @@ def test_video_text_folder_decodes_resamples_and_skips_bad_files(tmp_path):
     torch.testing.assert_close(levels, torch.tensor([0.0, 60, 120, 180]), atol=6, rtol=0)
 
 
+def test_files_probed_at_once_give_the_folder_probed_one_by_one(tmp_path):
+    """``workers`` probes run at once (each an ffmpeg process decoding its file): the same
+    items, skips in index order, warnings and digest as one at a time."""
+    for k in range(6):
+        _write_counting_clip(tmp_path / f"v{k}.mp4", 4 + 2 * k)  # v0 (4 frames) too short
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    names = ["v0.mp4", "broken.mp4", "v1.mp4", "missing.mp4", "v2.mp4", "v3.mp4", "v4.mp4"]
+    index = tmp_path / "index.csv"
+    index.write_text("path,caption\n" + "".join(f"{n},clip {n}\n" for n in names))
+    folders, said = {}, {}
+    for workers in (1, 3):
+        with pytest.warns(UserWarning) as caught:
+            folders[workers] = video_folder.VideoTextFolder(
+                tmp_path, index, num_frames=6, width=8, height=8, fps=12.0, workers=workers
+            )
+        said[workers] = [str(w.message) for w in caught]
+    one, three = folders[1], folders[3]
+    assert [p.name for p, *_ in one.items] == ["v1.mp4", "v2.mp4", "v3.mp4", "v4.mp4"]
+    assert [n for p, _, _, n in one.items] == [6, 8, 10, 12]
+    assert one.items == three.items and one.skipped == three.skipped and said[1] == said[3]
+    assert [name for name, _ in one.skipped] == ["v0.mp4", "broken.mp4", "missing.mp4"]
+    assert torch.equal(one.state_dict()["digest"], three.state_dict()["digest"])
+
+
 def test_video_text_folder_reads_csv_and_rejects_bad_index(tmp_path):
     _write_counting_clip(tmp_path / "a.mp4", 8)
     (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
