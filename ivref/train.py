@@ -31,6 +31,7 @@ from ivref import (
     errors,
     evaluate,
     files,
+    run_flags,
     train_videos,
 )
 from ivref.arguments import MAX_COUNT as MAX_COUNT  # re-exported: other code imports these
@@ -98,10 +99,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seed", type=arguments.seed_int, default=0, help="initial weights and data (fresh)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--checkpoint-every", type=arguments.positive_int, default=500)
-    p.add_argument("--keep-checkpoints", type=arguments.positive_int, default=2)
+    resumed = "; --resume: the run's own"  # the flags of run_flags.DEFAULTS
     p.add_argument(
-        "--eval-every", type=arguments.count, default=0, help="caption alignment every K steps"
+        "--checkpoint-every",
+        type=arguments.positive_int,
+        help=f"save a checkpoint every K steps (default: 500{resumed})",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=arguments.positive_int,
+        help=f"checkpoints kept, the newest (default: 2{resumed})",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=arguments.count,
+        help=f"caption alignment every K steps (default: 0, none{resumed})",
     )
     p.add_argument(
         "--eval-steps", type=arguments.sampler_steps, help="sampler steps for evaluation"
@@ -115,7 +127,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="captions (--videos: held-out clips) to evaluate (default all)",
     )
     train_videos.add_arguments(p)
-    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop", help="non-finite loss")
+    p.add_argument(
+        "--on-nan",
+        choices=("stop", "skip"),
+        help=f"on a non-finite loss: stop, or skip the step (default: stop{resumed})",
+    )
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
     p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
@@ -272,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.resume and not any(p.exists() for p in _ours(args.out)):  # not a run folder (a
         raise _nothing_to_resume(args.out)  # mistyped --out): no lock file is left in it
+    args.flag_notes = run_flags.settle(args)  # the run's own flags where none are given
     if not args.resume:
         build_config(args)  # a bad stage or override fails before the folder is made
         train_videos.record(args)
@@ -324,8 +341,10 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         if context.is_main:  # deletes (a bad folder of videos failed before it, too)
             _prepare_out(args.out, args.resume, args.force)
         distributed.barrier(context)  # the folder is ready before any rank writes in it
-        for note in notes if context.is_main else []:
+        for note in notes + args.flag_notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
+        if context.is_main:
+            run_flags.write(args.out, args)  # what the next --resume goes on with
         if args.resume:
             step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:

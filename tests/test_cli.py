@@ -70,6 +70,43 @@ def test_resume_keeps_the_runs_own_config_and_reports_overrides(tmp_path, capsys
     assert "the run trains 'base'" in capsys.readouterr().err
 
 
+def test_resume_goes_on_with_the_runs_own_flags_and_reports_those_given(tmp_path, capsys):
+    """--resume needs no flags, yet it dropped the run's --checkpoint-every, --keep-checkpoints,
+    --eval-every (and what it evaluates) and --on-nan for their defaults, silently: a resumed
+    run stopped evaluating and saved every 500 steps. run_flags.json keeps them."""
+    from ivref import run_flags
+
+    out = tmp_path / "run"
+    flags = ["--checkpoint-every", "1", "--keep-checkpoints", "3", "--eval-every", "2"]
+    flags += ["--eval-samples", "2", "--eval-steps", "2", "--on-nan", "skip"]
+    fresh = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2", "--steps", "2"]
+    assert cli.main([*fresh, *flags]) == 0
+    kept = run_flags.read(out)
+    assert kept == {
+        "checkpoint_every": 1, "keep_checkpoints": 3, "eval_every": 2, "eval_steps": 2,
+        "eval_guidance": None, "eval_samples": 2, "val_index": None, "on_nan": "skip",
+    }  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--steps", "4", "--resume"]) == 0
+    assert "override" not in capsys.readouterr().err
+    evaluated = [r["step"] for r in train.read_log(out) if any(k.startswith("eval_") for k in r)]
+    assert evaluated == [2, 4]  # every 2 steps, after the resume too
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-00000002", "step-00000003", "step-00000004"]  # every step, 3 kept
+    assert run_flags.read(out) == kept
+    argv = ["train", "--out", str(out), "--steps", "6", "--resume", "--eval-every", "0"]
+    assert cli.main(argv) == 0
+    assert "resume: override --eval-every: 2 -> 0" in capsys.readouterr().err
+    evaluated = [r["step"] for r in train.read_log(out) if any(k.startswith("eval_") for k in r)]
+    assert evaluated == [2, 4] and run_flags.read(out) == kept | {"eval_every": 0}
+    (out / run_flags.FILE).write_text("{not json")
+    assert cli.main(["train", "--out", str(out), "--steps", "7", "--resume"]) == 2
+    assert "run_flags.json' is damaged" in capsys.readouterr().err
+    (out / run_flags.FILE).unlink()  # a run from before the file: the defaults, as then
+    assert cli.main(["train", "--out", str(out), "--steps", "7", "--resume"]) == 0
+    assert run_flags.read(out) == run_flags.DEFAULTS
+
+
 def test_force_starts_afresh_in_a_used_folder(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]

@@ -1,0 +1,80 @@
+"""The flags of an ``ivref train`` run that its checkpoints do not hold, kept for ``--resume``.
+
+How often a run saves and evaluates, what it evaluates and what it does on a non-finite loss
+are options of the command, not of the model or its training config, so a checkpoint does not
+record them. ``<run>/run_flags.json`` does: the command that starts a run writes it, and each
+``--resume`` writes it again. A resume takes every flag it is not given from that file (from
+the defaults for a run made before the file existed), so ``ivref train --steps N --out RUN
+--resume`` goes on as the run was going; a flag given on the resume replaces the run's, says
+so, and is kept for later resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ivref import errors, files
+
+FILE = "run_flags.json"
+DEFAULTS: dict[str, Any] = {  # attribute of the parsed arguments: a fresh run's default
+    "checkpoint_every": 500,
+    "keep_checkpoints": 2,
+    "eval_every": 0,
+    "eval_steps": None,
+    "eval_guidance": None,
+    "eval_samples": None,
+    "val_index": None,
+    "on_nan": "stop",
+}
+PATHS = ("val_index",)  # kept as absolute paths: a resume may run from another directory
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a setting: checkpoint_every -> --checkpoint-every."""
+    return "--" + name.replace("_", "-")
+
+
+def _stored(name: str, value: Any) -> Any:
+    return str(Path(value).resolve()) if name in PATHS and value is not None else value
+
+
+def read(out: Path) -> dict[str, Any]:
+    """The flags saved in run folder ``out`` ({} where it has none: a run from before)."""
+    path = out / FILE
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON object was expected, got {type(saved).__name__}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise errors.CLIError(
+            f"--resume: {str(path)!r} is damaged ({err}); delete it to resume with the default "
+            "flags, or with those you give"
+        ) from None
+    return {name: value for name, value in saved.items() if name in DEFAULTS}
+
+
+def settle(args: argparse.Namespace) -> list[str]:
+    """Give every flag of ``DEFAULTS`` that the command line left out (None) its value: the
+    run's own on ``--resume``, else the default. Returns, on a resume, one note per flag
+    given with another value than the run's ("--eval-every: 3 -> 5")."""
+    saved = read(args.out) if args.resume else {}
+    notes = []
+    for name, default in DEFAULTS.items():
+        given = getattr(args, name)
+        if given is None:
+            value = saved.get(name, default)
+            setattr(args, name, Path(value) if name in PATHS and value is not None else value)
+        elif name in saved and _stored(name, given) != saved[name]:
+            notes.append(f"{flag(name)}: {saved[name]} -> {_stored(name, given)}")
+    return notes
+
+
+def write(out: Path, args: argparse.Namespace) -> Path:
+    """Save the run's flags (after ``settle``) in ``out``, atomically."""
+    kept = {name: _stored(name, getattr(args, name)) for name in DEFAULTS}
+    return files.atomic_write_text(out / FILE, json.dumps(kept, indent=1) + "\n")
