@@ -161,6 +161,13 @@ class DiffusionObjective:
     ) -> None:
         self.config, self.stage, self.diffusion = config, stage, config.diffusion
         self.previous = previous_stage(config, stage)
+        fps = getattr(dataset, "fps", None)  # a dataset that says its rate (VideoTextFolder)
+        if fps is not None and not math.isclose(float(fps), stage.fps, rel_tol=1e-9):
+            raise ValueError(  # the clip shapes would fit, at another speed of motion
+                f"the dataset makes clips at {fps:g} fps; stage {stage.name!r} trains on "
+                f"{stage.num_frames} frames at {stage.fps:g} fps: make it at the stage's rate "
+                "(VideoTextFolder(..., fps=stage.fps))"
+            )
         self.data, self.text = dataset, text
 
     def sample(self, batch_size: int) -> Batch:

@@ -176,9 +176,15 @@ def test_a_dataset_of_another_clip_size_is_refused_naming_both_shapes(encoder):
     """Clips of another stage's size (here the next stage's frames and size) would train."""
     cfg = configs.preset("ci")
     base, tsr = cfg.stage("base"), cfg.stage("tsr")
-    wrong = objectives.DiffusionObjective(
-        cfg, base, objectives.toy_dataset(cfg.stage("ssr1"), seed=0), objectives.TextCache(encoder)
-    )
+    ssr1 = objectives.toy_dataset(cfg.stage("ssr1"), seed=0)
+    with pytest.raises(ValueError, match=r"the dataset makes clips at 6 fps; stage 'base' "
+                       r"trains on 4 frames at 3 fps"):  # fmt: skip
+        objectives.DiffusionObjective(cfg, base, ssr1, objectives.TextCache(encoder))
+
+    class NoRate:  # the same clips from a dataset that does not say its frame rate
+        sample = ssr1.sample
+
+    wrong = objectives.DiffusionObjective(cfg, base, NoRate(), objectives.TextCache(encoder))
     want = (2, 3, base.num_frames, base.height, base.width)
     with pytest.raises(ValueError, match=rf"stage 'base' trains on .* = {re.escape(str(want))}"):
         wrong.sample(2)

@@ -319,6 +319,22 @@ def test_a_file_dropped_mid_run_stays_dropped_on_resume(tmp_path, monkeypatch):
     assert [r["loss"] for r in resumed.fit(6)] == [r["loss"] for r in rows[3:]]
 
 
+def test_a_folder_at_another_frame_rate_than_the_stage_is_refused(tmp_path):
+    """Its clips have the stage's shape, so a folder made at 24 fps for a 3 fps stage trained
+    on motion 8x too fast, and a later resume blamed the folder for having changed."""
+    videos = _folder(tmp_path / "videos")
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    clips = video_folder.VideoTextFolder(
+        videos, videos / "index.csv", base.num_frames, base.width, base.height, 2 * base.fps
+    )
+    said = f"the dataset makes clips at {2 * base.fps:g} fps; stage 'base' trains on "
+    said += f"{base.num_frames} frames at {base.fps:g} fps"
+    with pytest.raises(ValueError, match=said):
+        train.Trainer(cfg, "base", tmp_path / "run", dataset=clips, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_data_state_refuses_a_changed_folder_and_follows_a_moved_one(tmp_path, monkeypatch):
     videos = _folder(tmp_path / "videos")
     clips = video_folder.VideoTextFolder(videos, videos / "index.csv", 4, 8, 8, fps=3.0)
