@@ -81,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     _keep_students(args.out, given, models, args.base)
+    names = [s.name for s in cfg.stages]
+    missing = [n for n in names[: max(names.index(st) for st in models)] if n not in models]
+    if missing:  # a cascade samples its stages in order: the ones before must come too
+        raise CLIError(
+            f"the runs give stage(s) {[n for n in names if n in given]}, which sample from "
+            f"the stages before them; {missing} are missing: give their runs too, or --base "
+            "CASCADE, a cascade folder that holds them"
+        )
     probe = _same_text(probes)
     joined = cascade_lib.Cascade(cfg, models, text_probe=probe)
     folder = joined.save_pretrained(args.out, overwrite=args.force)

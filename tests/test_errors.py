@@ -151,6 +151,13 @@ def _nan_weights(ctx: Ctx) -> None:
         (folder / "config.json").write_text(json.dumps(meta))
 
 
+def _tsr_run(ctx: Ctx) -> None:
+    from ivref import cli
+
+    argv = [*TRAIN, "--stage", "tsr", "--steps", "1", "--out", str(ctx.tmp / "tsr")]
+    assert cli.main(argv) == 0
+
+
 def _cascade(ctx: Ctx) -> Path:
     from ivref import cli
 
@@ -805,6 +812,14 @@ CLI_CASES = [
         2,
         "--sampling base takes the settings of the --base cascade: give --base",
         lambda ctx: ctx.run(),
+    ),
+    Case(
+        "export an SR stage's run alone",
+        ("export", "{X}/tsr", "--out", "{X}/c"),
+        2,
+        "['base'] are missing: give their runs too, or --base CASCADE",
+        _tsr_run,
+        "a ci TSR run of 1 step",
     ),
     Case(
         "export a folder that is no run",
