@@ -96,7 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "bf16 natively: float32 on a CPU without AVX-512, AMX or Arm bf16)",
     )
     p.add_argument(
-        "--seed", type=arguments.seed_int, default=0, help="initial weights and data (fresh)"
+        "--seed",
+        type=arguments.seed_int,
+        help="initial weights and data of a fresh run (default: 0; a resume continues the "
+        "run's own streams)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     resumed = "; --resume: the run's own"  # the flags of run_flags.DEFAULTS
@@ -289,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not any(p.exists() for p in _ours(args.out)):  # not a run folder (a
         raise _nothing_to_resume(args.out)  # mistyped --out): no lock file is left in it
     args.flag_notes = run_flags.settle(args)  # the run's own flags where none are given
+    args.seed_note = args.resume and args.seed is not None
+    args.seed = 0 if args.seed is None else args.seed
     if not args.resume:
         build_config(args)  # a bad stage or override fails before the folder is made
         train_videos.record(args)
@@ -343,6 +348,13 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         distributed.barrier(context)  # the folder is ready before any rank writes in it
         for note in notes + args.flag_notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
+        if args.seed_note and context.is_main:
+            print(
+                f"resume: --seed {args.seed} is not used: a resume continues the run's own "
+                "data, noise and dropout streams (--new-streams: new ones, seeded from the "
+                "checkpoint)",
+                file=sys.stderr,
+            )
         if context.is_main:
             run_flags.write(args.out, args)  # what the next --resume goes on with
         if args.resume:

@@ -99,6 +99,10 @@ def test_resume_goes_on_with_the_runs_own_flags_and_reports_those_given(tmp_path
     assert "resume: override --eval-every: 2 -> 0" in capsys.readouterr().err
     evaluated = [r["step"] for r in train.read_log(out) if any(k.startswith("eval_") for k in r)]
     assert evaluated == [2, 4] and run_flags.read(out) == kept | {"eval_every": 0}
+    assert cli.main([*argv[:5], "--resume", "--seed", "5"]) == 0  # no step to train: a note
+    assert "resume: --seed 5 is not used: a resume continues the run's own" in (
+        capsys.readouterr().err
+    )
     (out / run_flags.FILE).write_text("{not json")
     assert cli.main(["train", "--out", str(out), "--steps", "7", "--resume"]) == 2
     assert "run_flags.json' is damaged" in capsys.readouterr().err
