@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     _keep_students(args.out, given, models, args.base)
+    _students_of_their_cascade(args.out, given)
     names = [s.name for s in cfg.stages]
     missing = [n for n in names[: max(names.index(st) for st in models)] if n not in models]
     if missing:  # a cascade samples its stages in order: the ones before must come too
@@ -156,6 +157,37 @@ def _keep_students(out: Path, given: dict[str, Path], models: dict, base: Path |
             f"replace with {'the --base stages' if base else 'nothing'}: give --base "
             f"{out} (its students are kept, the runs' stages join them), or delete them first"
         )
+
+
+def _students_of_their_cascade(out: Path, given: dict[str, Path]) -> None:
+    """A cascade's ``distilled/`` folder holds students of its own stages: a distillation
+    exported there must have been distilled from the weights the parent cascade holds for
+    its stage (its plan records their digest), or ``--distilled`` would sample another
+    teacher's student beside the parent's other stages."""
+    from ivref import cascade as cascade_lib
+    from ivref import distill_plan
+
+    parent = out.resolve().parent
+    runs = {s: r for s, r in given.items() if (r / distill_plan.PLAN).is_file()}
+    if out.resolve().name != cascade_lib.DISTILLED or not runs:
+        return
+    if not (parent / cascade_lib.MANIFEST).is_file():
+        return  # a folder named distilled/ of no cascade: nothing to compare with
+    teachers = cascade_lib.Cascade.from_pretrained(parent)
+    for stage, run in runs.items():
+        recorded = distill_plan.read_plan(run).get("teacher")
+        model = teachers.models[stage] if stage in teachers.models else None
+        if recorded is None or model is None:
+            continue  # a plan from before ivref recorded it; a stage the parent lacks
+        if distill_plan.teacher_digest(model) != recorded:
+            source = distill_plan.read_plan(run).get("source")
+            raise CLIError(
+                f"{str(run)!r} distilled stage {stage!r} from other weights than those of the "
+                f"cascade {str(parent)!r} (its teacher: {source!r}), so it does not belong in "
+                f"{str(out)!r}: export it into its teacher's {cascade_lib.DISTILLED}/ folder, "
+                "or distil this cascade's stage (ivref distill --from "
+                f"{parent})"
+            )
 
 
 def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:

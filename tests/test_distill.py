@@ -273,6 +273,18 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert student.models["tsr"].cfg.use_guidance_embedding
     video = student.generate(["a red circle moving left"], seed=0)
     assert video.shape == (1, 3, stage.num_frames, stage.height, stage.width)
+    # into another cascade's distilled/ folder: its tsr is not the student's teacher
+    torch.manual_seed(1)
+    other = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:2]})
+    other.save_pretrained(tmp_path / "other")
+    argv = ["export", str(tmp_path / "d"), "--base", str(tmp_path / "other")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(tmp_path / "other" / "distilled")]) == 2
+    said = capsys.readouterr().err
+    assert "distilled stage 'tsr' from other weights than those of the cascade" in said
+    assert f"(its teacher: {str(tmp_path / 'cascade')!r})" in said
+    assert not (tmp_path / "other" / "distilled").exists()
+    assert cli.main([*argv, "--out", str(tmp_path / "mixed")]) == 0  # elsewhere: the user's call
 
 
 def test_the_objective_leaves_the_callers_teacher_as_it_was():
