@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {  # attribute of the parsed arguments: a fresh run's
     "on_nan": "stop",
 }
 PATHS = ("val_index",)  # kept as absolute paths: a resume may run from another directory
+EVALUATION = ("eval_steps", "eval_guidance", "eval_samples", "val_index")  # --eval-every's
 
 
 def flag(name: str) -> str:
@@ -60,21 +61,32 @@ def read(out: Path) -> dict[str, Any]:
 
 def settle(args: argparse.Namespace) -> list[str]:
     """Give every flag of ``DEFAULTS`` that the command line left out (None) its value: the
-    run's own on ``--resume``, else the default. Returns, on a resume, one note per flag
-    given with another value than the run's ("--eval-every: 3 -> 5")."""
+    run's own on ``--resume``, else the default; with evaluation off (``--eval-every 0``),
+    what it would evaluate takes the defaults. Returns, on a resume, one note per flag given
+    with another value than the run's ("--eval-every: 3 -> 5"). ``args.flags_from_run``
+    names the flags that came from the run."""
     saved = read(args.out) if args.resume else {}
     notes = []
+    args.flags_from_run = set()
     for name, default in DEFAULTS.items():
         given = getattr(args, name)
         if given is None:
             value = saved.get(name, default)
             setattr(args, name, Path(value) if name in PATHS and value is not None else value)
+            if name in saved:
+                args.flags_from_run.add(name)
         elif name in saved and _stored(name, given) != saved[name]:
             notes.append(f"{flag(name)}: {saved[name]} -> {_stored(name, given)}")
+    if not args.eval_every:  # nothing is evaluated: the run's evaluation settings rest
+        for name in EVALUATION:
+            if name in args.flags_from_run:
+                setattr(args, name, DEFAULTS[name])
+                args.flags_from_run.discard(name)
     return notes
 
 
 def write(out: Path, args: argparse.Namespace) -> Path:
-    """Save the run's flags (after ``settle``) in ``out``, atomically."""
+    """Save the run's flags (after ``settle``) in ``out``, atomically; a resume does so
+    once its checkpoint has loaded (a resume that fails keeps the run's flags as they were)."""
     kept = {name: _stored(name, getattr(args, name)) for name in DEFAULTS}
     return files.atomic_write_text(out / FILE, json.dumps(kept, indent=1) + "\n")

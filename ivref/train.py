@@ -119,15 +119,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"caption alignment every K steps (default: 0, none{resumed})",
     )
     p.add_argument(
-        "--eval-steps", type=arguments.sampler_steps, help="sampler steps for evaluation"
+        "--eval-steps",
+        type=arguments.sampler_steps,
+        help=f"sampler steps for evaluation (default: the stage's{resumed})",
     )
     p.add_argument(
-        "--eval-guidance", type=arguments.guidance_weight, help="guidance w for evaluation"
+        "--eval-guidance",
+        type=arguments.guidance_weight,
+        help=f"guidance w for evaluation (default: the stage's{resumed})",
     )
     p.add_argument(
         "--eval-samples",
         type=arguments.positive_int,
-        help="captions (--videos: held-out clips) to evaluate (default all)",
+        help=f"captions (--videos: held-out clips) to evaluate (default: all{resumed})",
     )
     train_videos.add_arguments(p)
     p.add_argument(
@@ -355,8 +359,6 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                 "checkpoint)",
                 file=sys.stderr,
             )
-        if context.is_main:
-            run_flags.write(args.out, args)  # what the next --resume goes on with
         if args.resume:
             step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:
@@ -367,6 +369,8 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                     "to train (--steps is the total to reach, not a number to add)",
                     file=sys.stderr,
                 )
+        if context.is_main:
+            run_flags.write(args.out, args)  # what the next --resume goes on with
         if context.is_main and videos is not None and (moved or not args.resume):
             train_videos.write(args.out, videos)  # once its files probed (and resumed) fine
             if moved:

@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser, validation: bool = True) -> None:
         "--val-index",
         type=Path,
         help="with --videos and --eval-every: held-out videos (paths under VIDEOS) whose "
-        "loss is logged as eval_val_loss",
+        "loss is logged as eval_val_loss (--resume: the run's own)",
     )
 
 
@@ -145,6 +145,12 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
         saved = None  # replaced by the folder --videos names
     if saved is None:  # a toy-world run, or a lost record that --videos gives anew
         return record(args), args.videos is not None
+    kept = args.val_index if "val_index" in getattr(args, "flags_from_run", ()) else None
+    if kept is not None and args.videos is not None:  # the run's held-out index, inside
+        try:  # its videos' folder, which moved: it moved with them
+            args.val_index = args.videos.resolve() / kept.relative_to(saved["videos"])
+        except ValueError:  # kept elsewhere: where it was
+            pass
     check_validation(args, Path(args.videos or saved["videos"]))
     if args.fit is not None and args.fit != saved["fit"]:
         raise errors.CLIError(

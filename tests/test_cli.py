@@ -98,7 +98,8 @@ def test_resume_goes_on_with_the_runs_own_flags_and_reports_those_given(tmp_path
     assert cli.main(argv) == 0
     assert "resume: override --eval-every: 2 -> 0" in capsys.readouterr().err
     evaluated = [r["step"] for r in train.read_log(out) if any(k.startswith("eval_") for k in r)]
-    assert evaluated == [2, 4] and run_flags.read(out) == kept | {"eval_every": 0}
+    off = {"eval_every": 0, "eval_steps": None, "eval_samples": None}  # what it evaluated too
+    assert evaluated == [2, 4] and run_flags.read(out) == kept | off
     assert cli.main([*argv[:5], "--resume", "--seed", "5"]) == 0  # no step to train: a note
     assert "resume: --seed 5 is not used: a resume continues the run's own" in (
         capsys.readouterr().err

@@ -102,6 +102,38 @@ def test_held_out_videos_log_a_validation_loss_that_leaves_training_as_it_was(tm
     assert len(set(scores)) == 3  # ... and it follows the weights
 
 
+def test_a_resume_keeps_evaluating_its_held_out_videos_where_they_moved_or_stops_when_told(
+    tmp_path, capsys
+):
+    """The run's --val-index is kept for --resume (run_flags.json): a folder that moved takes
+    its held-out index along, --eval-every 0 stops the evaluation without asking for the
+    index, and a resume that fails keeps the run's flags as they were."""
+    from ivref import run_flags
+
+    videos = _folder(tmp_path / "videos", names=("a", "b", "c", "d"))
+    (videos / "val.csv").write_text("path,caption\nd.mp4,clip d\n")
+    (videos / "index.csv").write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
+    out = tmp_path / "run"
+    val = ["--val-index", str(videos / "val.csv"), "--eval-every", "1"]
+    assert _train(out, "--videos", str(videos), *val, "--steps", "1") == 0
+    moved = tmp_path / "moved"
+    shutil.move(videos, moved)
+    assert _train(out, "--resume", "--videos", str(moved), "--steps", "2") == 0
+    assert [r["step"] for r in train.read_log(out) if "eval_val_loss" in r] == [1, 2]
+    assert run_flags.read(out)["val_index"] == str(moved.resolve() / "val.csv")
+    capsys.readouterr()
+    assert _train(out, "--resume", "--eval-every", "0", "--steps", "3") == 0
+    assert "--eval-every: 1 -> 0" in capsys.readouterr().err
+    assert [r["step"] for r in train.read_log(out) if "eval_val_loss" in r] == [1, 2]
+    assert run_flags.read(out)["val_index"] is None  # nothing evaluated: nothing to keep
+    before = (out / run_flags.FILE).read_text()
+    (moved / "index.csv").write_text("path,caption\nc.mp4,another clip\n")
+    argv = ["--resume", "--keep-checkpoints", "5", "--steps", "4"]
+    assert _train(out, *argv) == 2  # the index changed: the checkpoint refuses it
+    assert "changed since it was saved" in capsys.readouterr().err
+    assert (out / run_flags.FILE).read_text() == before
+
+
 def test_the_validation_loss_does_not_depend_on_the_batch_and_bad_held_out_videos_fail_first(
     tmp_path, capsys
 ):
