@@ -26,13 +26,12 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 
 @functools.cache
 def ensure_ffmpeg() -> None:
-    """Point mediapy's writer at imageio-ffmpeg's ffmpeg (no system ffmpeg needed), after
-    checking that it is new enough to read with (``video_files.ffmpeg_exe``)."""
+    """Point mediapy's writer at imageio-ffmpeg's ffmpeg (no system ffmpeg needed). Writing
+    takes any version; reading checks its own (``video_files.ffmpeg_exe``)."""
+    import imageio_ffmpeg
     import mediapy
 
-    from ivref.video_files import ffmpeg_exe
-
-    mediapy.set_ffmpeg(ffmpeg_exe())
+    mediapy.set_ffmpeg(imageio_ffmpeg.get_ffmpeg_exe())
 
 
 def _as_batch(video: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -77,8 +77,10 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     ffmpeg_exe()  # new enough for -fps_mode
     seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
     reader = imageio_ffmpeg.read_frames(
-        str(path), input_params=seek, output_params=["-fps_mode", "passthrough", *SQUARE_PIXELS]
-    )
+        str(path),
+        input_params=seek,
+        output_params=["-map", "0:v:0", "-fps_mode", "passthrough", *SQUARE_PIXELS],
+    )  # the first video stream, as ``probe`` counts (ffmpeg's default: the largest)
     try:
         width, height = next(reader)["size"]
         for buffer in reader:
