@@ -42,32 +42,34 @@ def _umask() -> int:
     return mask
 
 
-def sync_fd(fd: int) -> None:
+def sync_fd(fd: int, full: bool = True) -> None:
     """Flush an open file's data to the storage itself, not only to the drive's cache.
 
     On Linux ``os.fsync`` does both. On macOS it only hands the data to the drive, whose
     write cache may still lose it in a power cut; ``fcntl(fd, F_FULLFSYNC)`` asks the drive
-    to flush that cache too. Where F_FULLFSYNC exists but the file system refuses it (some
-    network and FUSE mounts), this falls back to ``os.fsync``.
+    to flush that cache too (its whole cache: tens of milliseconds). Where F_FULLFSYNC exists
+    but the file system refuses it (some network and FUSE mounts), this falls back to
+    ``os.fsync``; ``full=False`` uses ``os.fsync`` alone (a cache checked on reading).
     """
-    full = getattr(fcntl, "F_FULLFSYNC", None)  # macOS only
-    if full is not None:
+    full_fsync = getattr(fcntl, "F_FULLFSYNC", None) if full else None  # macOS only
+    if full_fsync is not None:
         try:
-            fcntl.fcntl(fd, full)
+            fcntl.fcntl(fd, full_fsync)
             return
         except OSError:
             pass
     os.fsync(fd)
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Flush a folder's entries (renames into it) to disk; a no-op where folders can't sync."""
+def fsync_dir(path: str | os.PathLike, full: bool = True) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders can't sync.
+    ``full``: as ``sync_fd``'s."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
-        sync_fd(fd)
+        sync_fd(fd, full)
     except OSError:
         pass
     finally:
@@ -75,11 +77,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def atomic_write(
-    path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp"
+    path: str | os.PathLike,
+    write: Callable[[str], None],
+    suffix: str = ".tmp",
+    full_sync: bool = True,
 ) -> Path:
     """Call write(tmp) on a temporary path in path's folder, fsync it, then rename it onto path.
 
-    ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it). On
+    ``suffix`` ends the temporary name (writers such as ffmpeg pick the format from it).
+    ``full_sync=False`` skips macOS's flush of the drive's cache (``sync_fd``): for a cache
+    whose entries are checked when read and can be made again. On
     any error (a full disk included) the temporary file is removed and the old ``path``, if
     any, is untouched. A writer's error that reports an OS error (safetensors' "os error 28",
     ffmpeg's "No space left on device") is raised as that OSError, naming ``path``.
@@ -97,10 +104,10 @@ def atomic_write(
                 raise
             raise os_err from err
         with open(tmp, "rb") as fh:
-            sync_fd(fh.fileno())
+            sync_fd(fh.fileno(), full_sync)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-        fsync_dir(path.parent)  # the rename itself on disk: a power loss keeps the new file
+        fsync_dir(path.parent, full_sync)  # the rename on disk: a power loss keeps the new file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -114,6 +114,7 @@ class CachedEncoder:
                 self._path(prompt),
                 lambda tmp: save_file(tensors, tmp, self._meta(prompt)),
                 suffix=".safetensors.tmp",
+                full_sync=False,  # a damaged entry is found on reading and made again
             )
         except (OSError, SafetensorError) as err:
             if not self._write_failed:

@@ -76,6 +76,9 @@ def test_atomic_write_syncs_through_the_drive_cache_where_the_os_can(
     files.atomic_write_text(tmp_path / "f.txt", "x")
     assert calls == [(used, "file"), (used, "dir")]  # the data, then the rename into the folder
     assert (tmp_path / "f.txt").read_text() == "x"
+    calls.clear()  # a cache's entries: fsync alone, no flush of the drive's cache
+    files.atomic_write(tmp_path / "g", lambda tmp: open(tmp, "w").close(), full_sync=False)
+    assert calls == [("fsync", "file"), ("fsync", "dir")]
 
 
 def test_log_drops_a_torn_last_line_and_names_damage_elsewhere(tmp_path):
