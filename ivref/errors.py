@@ -18,9 +18,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ivref import files
+
+PACKAGE = Path(__file__).resolve().parent  # ivref's own code: its warnings need no source
 
 
 class CLIError(ValueError):
@@ -75,11 +78,14 @@ def describe(err: BaseException) -> tuple[str, int]:
 def warning_format(name: str) -> Callable[..., str]:
     """``warnings.formatwarning`` for command ``name``: ``ivref <name>: warning: <message>``
     (the category's name in place of "warning" for other than ``UserWarning``), without
-    Python's file, line number and source line, which name ivref's code, not the input."""
+    Python's file, line number and source line, which name ivref's code, not the input; a
+    warning from another library (torch, transformers) keeps its file and line."""
 
     def format_warning(message, category, filename, lineno, line=None) -> str:
         kind = "warning" if category is UserWarning else category.__name__
-        return f"ivref {name}: {kind}: {message}\n"
+        here = Path(filename).resolve().is_relative_to(PACKAGE)
+        source = "" if here else f" from {filename}:{lineno}"  # another library's: say whose
+        return f"ivref {name}: {kind}{source}: {message}\n"
 
     return format_warning
 

@@ -753,8 +753,9 @@ def test_a_commands_warnings_are_one_line_each_without_ivrefs_source(repo_root):
     code = (
         "import warnings; from ivref import errors\n"
         "def command(args):\n"
-        "    warnings.warn('skipping x.mp4: file not found')\n"
-        "    warnings.warn('old flag', FutureWarning)\n"
+        "    warnings.warn_explicit('skipping x.mp4: file not found', UserWarning,\n"
+        "                           errors.__file__, 7)  # as if from ivref's own code\n"
+        "    warnings.warn('old flag', FutureWarning)  # from elsewhere: its place is kept\n"
         "    return 0\n"
         "status = errors.run_command('train', command, None)\n"
         "assert warnings.formatwarning is not None\n"
@@ -765,12 +766,12 @@ def test_a_commands_warnings_are_one_line_each_without_ivrefs_source(repo_root):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.stderr == (
         "ivref train: warning: skipping x.mp4: file not found\n"
-        "ivref train: FutureWarning: old flag\n"
+        "ivref train: FutureWarning from <string>:5: old flag\n"
     )
     assert done.stdout == "0 warnings\n"  # Python's format again after the command
     env["IVREF_DEBUG"] = "1"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert "<string>:3: UserWarning: skipping x.mp4: file not found\n" in done.stderr
+    assert "errors.py:7: UserWarning: skipping x.mp4: file not found\n" in done.stderr
 
 
 def test_help_is_plain_text_and_names_defaults(capsys):
