@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     _keep_students(args.out, given, models, args.base)
     _students_of_their_cascade(args.out, given)
     names = [s.name for s in cfg.stages]
-    missing = [n for n in names[: max(names.index(st) for st in models)] if n not in models]
+    last = max((names.index(st) for st in models if st in names), default=0)  # (a stage the
+    missing = [n for n in names[:last] if n not in models]  # config lacks: Cascade names it)
     if missing:  # a cascade samples its stages in order: the ones before must come too
         raise CLIError(
             f"the runs give stage(s) {[n for n in names if n in given]}, which sample from "
