@@ -9,8 +9,9 @@ then hands each stage's output to the next SR stage (upsampled and noise-augment
 On disk (``save_pretrained`` / ``from_pretrained``) a cascade is a folder::
 
     cascade.json          {"format": 2, "config": ..., "stages": [...], "files": {name:
-                           {"bytes", "sha256"}}, "text_probe", "digest": sha256 of the rest};
-                           written last
+                           {"bytes", "sha256"}}, "text_probe", "trained_on": {stage: "toy" or
+                           {"videos": folder}}, "digest": sha256 of the rest}; written last
+                           (text_probe and trained_on where known)
     <stage>.safetensors   EMA weights of each trained stage, fp16
 
 Loading checks the manifest against its digest (a manifest saved without one is read as it
@@ -26,6 +27,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -239,6 +241,29 @@ def _check_manifest(manifest: object, manifest_path: Path) -> None:
         )
 
 
+def check_trained_on(trained_on: object, stages: Sequence[str]) -> dict[str, Any]:
+    """``trained_on`` as ``Cascade`` keeps it: {stage: "toy" or {"videos": folder}} for
+    stages of the cascade (None: {}, nothing known). Anything else is a ValueError."""
+    if trained_on is None:
+        return {}
+    ok = isinstance(trained_on, dict) and all(
+        name in stages
+        and (data == "toy" or (isinstance(data, dict) and isinstance(data.get("videos"), str)))
+        for name, data in trained_on.items()
+    )
+    if not ok:
+        raise ValueError(
+            f"trained_on={trained_on!r}: give {{stage: 'toy' or {{'videos': folder}}}} for "
+            f"stages of the cascade {list(stages)}, or None"
+        )
+    return dict(trained_on)
+
+
+def video_stages(trained_on: dict[str, Any]) -> dict[str, str]:
+    """{stage: its videos' folder} of the stages ``trained_on`` says were trained on videos."""
+    return {name: data["videos"] for name, data in trained_on.items() if data != "toy"}
+
+
 class Cascade(nn.Module):
     """Text encoder + trained stage models of one ``CascadeConfig``; ``generate`` runs them.
 
@@ -248,6 +273,10 @@ class Cascade(nn.Module):
     videos. ``None`` checks nothing: a cascade saved before ivref recorded the probe, or by
     a ``Cascade`` whose encoder was never built nor given (``save_pretrained`` records the
     probe only of an encoder it has, rather than load one to save).
+
+    ``trained_on`` says what each stage was trained on, as ``ivref export`` records it:
+    ``"toy"`` (the toy world) or ``{"videos": FOLDER}``; a stage it does not name is unknown
+    (``ivref distill`` and ``ivref evaluate`` read it to warn about data that does not fit).
     """
 
     def __init__(
@@ -257,6 +286,7 @@ class Cascade(nn.Module):
         encoder: text.TextEncoder | None = None,
         *,
         text_probe: list[float] | None = None,
+        trained_on: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         names = [s.name for s in cfg.stages]
@@ -273,6 +303,7 @@ class Cascade(nn.Module):
             stage_checks.check_model_config(name, model_cfg, cfg.stage(name).unet)
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
+        self.trained_on = check_trained_on(trained_on, trained)
         if text_probe is not None and not text.is_probe(text_probe):
             raise ValueError(
                 f"text_probe={text_probe!r}: give text.probe(encoder), a list of at most "
@@ -470,6 +501,9 @@ class Cascade(nn.Module):
             probe = text.probe(self._encoder)
         if probe is not None:
             manifest["text_probe"] = probe
+        known = {name: data for name, data in self.trained_on.items() if name in stages}
+        if known:
+            manifest["trained_on"] = known
         manifest["digest"] = checkpoint.config_digest(manifest)  # of everything above
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
@@ -503,6 +537,7 @@ class Cascade(nn.Module):
             probe = manifest.get("text_probe")
             if probe is not None and not text.is_probe(probe):
                 raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
+            trained_on = check_trained_on(manifest.get("trained_on"), stages)
         except ManifestFormatError:
             raise
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -519,4 +554,4 @@ class Cascade(nn.Module):
             model = VideoUNet(cfg.stage(name).unet)
             checkpoint.load_weights(directory / f"{name}.safetensors", model)
             models[name] = model.eval()
-        return cls(cfg, models, encoder, text_probe=probe)
+        return cls(cfg, models, encoder, text_probe=probe, trained_on=trained_on)

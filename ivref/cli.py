@@ -220,6 +220,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
     if args.until is not None:
         model = _until(model, args.until)
+    from ivref.cascade import video_stages
+
+    on_videos = video_stages(model.trained_on)
+    if on_videos:  # the scores below read the toy world's shapes, colours and motions
+        print(
+            f"note: stage(s) {list(on_videos)} were trained on videos ({on_videos}): caption "
+            "alignment samples and scores the toy world's captions, which they may never have "
+            "seen; their held-out loss (ivref train --val-index) measures them on their own data",
+            file=sys.stderr,
+        )
     report: dict | list = {}
     if args.cascade:  # every stage at its own settings, sampled once
         report = {
@@ -254,7 +264,10 @@ def _until(model: Any, name: str) -> Any:
     if name not in names:
         raise CLIError(f"--until {name!r}: the trained stages are {names}")
     kept = {n: model.models[n] for n in names[: names.index(name) + 1]}
-    return Cascade(model.cfg, kept, model.encoder, text_probe=model.text_probe)
+    trained_on = {n: d for n, d in model.trained_on.items() if n in kept}
+    return Cascade(
+        model.cfg, kept, model.encoder, text_probe=model.text_probe, trained_on=trained_on
+    )
 
 
 # -- info -------------------------------------------------------------------------------------

@@ -408,6 +408,14 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         )
     if args.new_streams and not args.resume:
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
+    seen = cascade.video_stages(teacher.trained_on).get(args.stage)
+    if seen is not None and args.videos is None and not args.resume and context.is_main:
+        print(
+            f"note: stage {args.stage!r} of {args.source or 'the shipped cascade'} was trained "
+            f"on the videos in {seen!r}; without --videos it is distilled on the toy world "
+            f"(--videos {seen} distils it on its own data)",
+            file=sys.stderr,
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     # every check before the lock makes --out: step counts that cannot be planned first

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ivref import configs, errors, files, text
+from ivref import configs, errors, files, text, train_videos
 from ivref.run_loading import RunWeights, load_run
 
 CLIError = errors.CLIError
@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
             "--force to replace it, or choose another folder"
         )
     files.check_writable(args.out, "--out")
-    models, cfg, base_cfg, probes = {}, None, None, {}
+    models, cfg, base_cfg, probes, trained_on = {}, None, None, {}, {}
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
         cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
+        trained_on = dict(base.trained_on)
         probes[f"--base {str(args.base)!r}"] = base.text_probe
     elif args.sampling == "base":
         raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
@@ -77,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
                     f"{str(run)!r} was trained with another {part} config than the cascade it "
                     f"joins ({differ})"
                 )
+        data = train_videos.trained_on(run)
+        if data is None:
+            trained_on.pop(stage, None)  # a checkpoint folder alone: not known
+        else:
+            trained_on[stage] = data
         stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
@@ -92,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             "CASCADE, a cascade folder that holds them"
         )
     probe = _same_text(probes)
-    joined = cascade_lib.Cascade(cfg, models, text_probe=probe)
+    trained_on = {name: data for name, data in trained_on.items() if name in models}
+    joined = cascade_lib.Cascade(cfg, models, text_probe=probe, trained_on=trained_on)
     folder = joined.save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ivref import configs, distill_plan, errors, text
+from ivref import configs, distill_plan, errors, text, train_videos
 
 CLIError = errors.CLIError
 
@@ -151,6 +151,10 @@ def _load_cascade(path: Path | None, distilled: bool):
             f"{str(path)!r} trains stage {stage!r}, which needs the stages before it: "
             f"`ivref export {path} --base CASCADE --out DIR`, then --checkpoint DIR"
         )
+    data = train_videos.trained_on(path)
     return cascade.Cascade(
-        cfg, {stage: model}, text_probe=text.recorded_probe(extra, repr(str(path)))
+        cfg,
+        {stage: model},
+        text_probe=text.recorded_probe(extra, repr(str(path))),
+        trained_on=None if data is None else {stage: data},
     )

@@ -171,6 +171,17 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
     return now, now != saved
 
 
+def trained_on(run: Path) -> str | dict[str, str] | None:
+    """What a train or distill run folder trained on, as a cascade records it
+    (``Cascade.trained_on``): {"videos": folder} from its record, else "toy"; None for a
+    folder that is not a run's own (a checkpoint folder given alone)."""
+    saved = read(run)
+    if saved is not None:
+        return {"videos": saved["videos"]}
+    ran = (run / "checkpoints").is_dir() or (run / "distill.json").is_file()
+    return "toy" if ran else None
+
+
 def check_validation(args: argparse.Namespace, videos: Path) -> None:
     """--eval-every on videos needs --val-index (the toy world's caption scores do not
     apply), and --val-index needs --eval-every; the index must exist. A command without

@@ -391,3 +391,41 @@ def test_the_data_state_refuses_a_changed_folder_and_follows_a_moved_one(tmp_pat
         changed.load_state_dict(state)
     with pytest.raises(ValueError, match="holds 'items'"):
         changed.load_state_dict({"items": torch.zeros(3)})
+
+
+def test_a_cascade_records_what_its_stages_trained_on_and_its_commands_say_so(tmp_path, capsys):
+    """A cascade exported from a run on videos did not say so: `ivref distill` without
+    --videos distilled it on the toy world, and `ivref evaluate` scored it on toy captions,
+    both without a word. cascade.json now records each stage's data (trained_on)."""
+    import json
+
+    from ivref.cascade import Cascade
+
+    videos = _folder(tmp_path / "videos")
+    assert _train(tmp_path / "on-videos", "--videos", str(videos), "--steps", "1") == 0
+    assert _train(tmp_path / "on-toy", "--steps", "1") == 0
+    for run, want in (("on-videos", {"videos": str(videos.resolve())}), ("on-toy", "toy")):
+        out = tmp_path / f"cascade-{run}"
+        assert cli.main(["export", str(tmp_path / run), "--out", str(out)]) == 0
+        assert json.loads((out / "cascade.json").read_text())["trained_on"] == {"base": want}
+        assert Cascade.from_pretrained(out).trained_on == {"base": want}
+    capsys.readouterr()
+    quick = ["--split", "heldout", "--steps", "1"]
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "cascade-on-toy"), *quick]) == 0
+    assert "were trained on videos" not in capsys.readouterr().err
+    for where in ("cascade-on-videos", "on-videos"):  # the cascade, and the run itself
+        assert cli.main(["evaluate", "--checkpoint", str(tmp_path / where), *quick]) == 0
+        assert "note: stage(s) ['base'] were trained on videos" in capsys.readouterr().err
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade-on-videos")]
+    argv += ["--guided-steps", "1", "--halving-steps", "1", "--batch-size", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "d")]) == 0
+    said = capsys.readouterr().err
+    assert f"was trained on the videos in {str(videos.resolve())!r}; without --videos" in said
+    assert cli.main([*argv, "--out", str(tmp_path / "d2"), "--videos", str(videos)]) == 0
+    assert "without --videos" not in capsys.readouterr().err
+    student = tmp_path / "cascade-on-videos" / "distilled"
+    argv = ["export", str(tmp_path / "d2"), "--base", str(tmp_path / "cascade-on-videos")]
+    assert cli.main([*argv, "--out", str(student)]) == 0
+    assert Cascade.from_pretrained(student).trained_on == {
+        "base": {"videos": str(videos.resolve())}
+    }
