@@ -380,7 +380,7 @@ class Trainer:
         self._checkpoint_seen = None if path is None else checkpoint.step_name(path)
         return path
 
-    def resume(self, new_streams: bool = False) -> int:
+    def resume(self, new_streams: bool = False, *, announce: bool = True) -> int:
         """Restore everything from the newest checkpoint that verifies; cut the log to its step.
 
         A damaged newest checkpoint (bit flips, a truncated copy) is reported and the one
@@ -392,7 +392,8 @@ class Trainer:
         resume the run as trained it; another number is refused. ``new_streams=True``
         restores the weights, EMA, optimizer state and step alike, but starts new streams,
         seeded from the checkpoint (``trainer_checkpoints.seed_new_streams``): for any number of
-        processes, and the same run whenever it is resumed so.
+        processes, and the same run whenever it is resumed so. ``announce=False`` leaves out
+        the note that says so (a caller that loads a finished run for its weights alone).
         """
         if not isinstance(new_streams, bool):
             raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")
@@ -401,7 +402,7 @@ class Trainer:
         lock = files.RunLock(self.out)
         trainer_checkpoints.on_main(self.context, lambda: trainer_checkpoints.take(self, lock))
         try:
-            self.step = trainer_checkpoints.restore(self, new_streams)
+            self.step = trainer_checkpoints.restore(self, new_streams, announce)
             log = self.out / LOG
             if self.context.is_main and log.is_file():
                 files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])

@@ -189,7 +189,7 @@ def take(trainer: Any, lock: Any) -> None:
     _locked(lock, lambda: checkpoint.remove_stale(trainer.out))
 
 
-def restore(trainer: Any, new_streams: bool) -> int:
+def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
     """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
     the checkpoint's step (see ``Trainer.resume``). With several processes rank 0 lists the
     checkpoints and picks one, and every rank follows it."""
@@ -226,7 +226,7 @@ def restore(trainer: Any, new_streams: bool) -> int:
     if reseed is not None and data is not None:  # rank 0's names (others': rank<r>/...)
         objectives.check_data_state(data, state["rng"], new_streams=True)
     if reseed is not None:
-        seed_new_streams(trainer, reseed, state["rng"], state["step"])
+        seed_new_streams(trainer, reseed, state["rng"], state["step"], announce)
     else:
         rng = distributed.unpack_rng(state["rng"], trainer.context)
         torch.set_rng_state(rng["torch"])
@@ -250,19 +250,23 @@ def _set_aside_newer(context: distributed.Context, damaged: list[Path]) -> None:
 
 
 def seed_new_streams(
-    trainer: Any, reseed: Callable[[int], None], saved: dict[str, torch.Tensor], step: int
+    trainer: Any,
+    reseed: Callable[[int], None],
+    saved: dict[str, torch.Tensor],
+    step: int,
+    announce: bool = True,
 ) -> None:
     """Seed this rank's data (``reseed``), noise and dropout streams anew, as
     ``Trainer.__init__`` does but from seed = sha256(rank 0's saved noise-generator state,
     step) instead of ``seed``: the same for every resume of this checkpoint, and no stream
-    the run has drawn from."""
+    the run has drawn from. ``announce``: rank 0 says so on stderr."""
     key = saved["train"].numpy().tobytes() + step.to_bytes(8, "little")
     seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63
     stream = distributed.stream_seed(seed, trainer.context.rank)
     reseed(stream)
     trainer.generator.manual_seed(stream + 1)
     trainer.model_rng = ModelRNG(trainer.model, stream + 2, trainer.device)
-    if trainer.context.is_main:
+    if announce and trainer.context.is_main:
         print(
             f"resume: new data, noise and dropout streams for {trainer.context.world_size} "
             f"process(es) (the run was trained by {distributed.saved_world_size(saved)}); "

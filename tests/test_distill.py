@@ -252,7 +252,10 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
         *phases,
     ]
     assert cli.main(argv) == 2  # a second run into the same folder needs --resume
+    capsys.readouterr()
     assert cli.main([*argv, "--resume"]) == 0  # finished phases are loaded, not retrained
+    said = capsys.readouterr().err  # their streams are not used: no note of new ones
+    assert "new data, noise and dropout streams" not in said and "resume" not in said.lower()
     shutil.rmtree(tmp_path / "d" / phases[-1])  # a resume needs no flags: the plan has them
     assert cli.main(["distill", "--out", str(tmp_path / "d"), "--resume"]) == 0
     assert cli.run_stage(tmp_path / "d" / phases[-1])[0].stage("tsr").train.batch_size == 2
