@@ -9,6 +9,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ivref import configs, errors, files, text, train_videos
 from ivref.run_loading import RunWeights, load_run
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         )
     files.check_writable(args.out, "--out")
     models, cfg, base_cfg, probes, trained_on = {}, None, None, {}, {}
+    base = None
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
         cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     _keep_students(args.out, given, models, args.base)
-    _students_of_their_cascade(args.out, given)
+    _students_of_their_cascade(args.out, given, args.base, base)
     names = [s.name for s in cfg.stages]
     last = max((names.index(st) for st in models if st in names), default=0)  # (a stage the
     missing = [n for n in names[:last] if n not in models]  # config lacks: Cascade names it)
@@ -167,11 +169,15 @@ def _keep_students(out: Path, given: dict[str, Path], models: dict, base: Path |
         )
 
 
-def _students_of_their_cascade(out: Path, given: dict[str, Path]) -> None:
+def _students_of_their_cascade(
+    out: Path, given: dict[str, Path], base_dir: Path | None = None, base: Any = None
+) -> None:
     """A cascade's ``distilled/`` folder holds students of its own stages: a distillation
     exported there must have been distilled from the weights the parent cascade holds for
     its stage (its plan records their digest), or ``--distilled`` would sample another
-    teacher's student beside the parent's other stages."""
+    teacher's student beside the parent's other stages. ``base``: the ``--base`` cascade
+    from ``base_dir``, already loaded (used where it is the parent: ``--base C --out
+    C/distilled``)."""
     from ivref import cascade as cascade_lib
     from ivref import distill_plan
 
@@ -181,14 +187,16 @@ def _students_of_their_cascade(out: Path, given: dict[str, Path]) -> None:
         return
     if not (parent / cascade_lib.MANIFEST).is_file():
         return  # a folder named distilled/ of no cascade: nothing to compare with
-    teachers = cascade_lib.Cascade.from_pretrained(parent)
+    is_parent = base is not None and base_dir is not None and base_dir.resolve() == parent
+    teachers = base if is_parent else cascade_lib.Cascade.from_pretrained(parent)
     for stage, run in runs.items():
-        recorded = distill_plan.read_plan(run).get("teacher")
+        plan = distill_plan.read_plan(run)
+        recorded = plan.get("teacher")
         model = teachers.models[stage] if stage in teachers.models else None
         if recorded is None or model is None:
             continue  # a plan from before ivref recorded it; a stage the parent lacks
         if distill_plan.teacher_digest(model) != recorded:
-            source = distill_plan.read_plan(run).get("source")
+            source = plan.get("source")
             raise CLIError(
                 f"{str(run)!r} distilled stage {stage!r} from other weights than those of the "
                 f"cascade {str(parent)!r} (its teacher: {source!r}), so it does not belong in "

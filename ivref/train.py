@@ -102,42 +102,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "run's own streams)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    resumed = "; --resume: the run's own"  # the flags of run_flags.DEFAULTS
-    p.add_argument(
-        "--checkpoint-every",
-        type=arguments.positive_int,
-        help=f"save a checkpoint every K steps (default: 500{resumed})",
-    )
-    p.add_argument(
-        "--keep-checkpoints",
-        type=arguments.positive_int,
-        help=f"checkpoints kept, the newest (default: 2{resumed})",
-    )
-    p.add_argument(
-        "--eval-every",
-        type=arguments.count,
-        help=f"caption alignment every K steps (default: 0, none{resumed})",
-    )
-    p.add_argument(
-        "--eval-steps",
-        type=arguments.sampler_steps,
-        help=f"sampler steps for evaluation (default: the stage's{resumed})",
-    )
-    p.add_argument(
-        "--eval-guidance",
-        type=arguments.guidance_weight,
-        help=f"guidance w for evaluation (default: the stage's{resumed})",
-    )
-    p.add_argument(
-        "--eval-samples",
-        type=arguments.positive_int,
-        help=f"captions (--videos: held-out clips) to evaluate (default: all{resumed})",
-    )
+
+    # The flags a resume keeps (run_flags.DEFAULTS): each default, and "--resume: the run's own"
+    def kept(name: str, kind: Any, what: str, default: str | None = None) -> None:
+        shown = default or str(run_flags.DEFAULTS[name])
+        help_ = f"{what} (default: {shown}; --resume: the run's own)"
+        p.add_argument(run_flags.flag(name), type=kind, help=help_)
+
+    kept("checkpoint_every", arguments.positive_int, "save a checkpoint every K steps")
+    kept("keep_checkpoints", arguments.positive_int, "checkpoints kept, the newest")
+    kept("eval_every", arguments.count, "caption alignment every K steps", "0, none")
+    kept("eval_steps", arguments.sampler_steps, "sampler steps for evaluation", "the stage's")
+    kept("eval_guidance", arguments.guidance_weight, "guidance w for evaluation", "the stage's")
+    what = "captions (--videos: held-out clips) to evaluate"
+    kept("eval_samples", arguments.positive_int, what, "all")
     train_videos.add_arguments(p)
     p.add_argument(
         "--on-nan",
         choices=("stop", "skip"),
-        help=f"on a non-finite loss: stop, or skip the step (default: stop{resumed})",
+        help="on a non-finite loss: stop, or skip the step (default: "
+        f"{run_flags.DEFAULTS['on_nan']}; --resume: the run's own)",
     )
     p.add_argument("--text-encoder", help="local T5 checkpoint folder (encoder 't5')")
     p.add_argument("--text-cache", type=Path, help="folder caching text embeddings on disk")
