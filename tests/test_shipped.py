@@ -19,6 +19,7 @@ def test_the_shipped_cascade_is_the_toy_preset_and_fits_the_size_budget(repo_roo
     toy = configs.toy()
     assert [s.name for s in teacher.trained_stages] == [s.name for s in toy.stages]
     assert teacher.cfg == toy
+    assert teacher.trained_on == {s.name: "toy" for s in toy.stages}  # what evaluate trusts
     size = sum(p.stat().st_size for p in (repo_root / "data").rglob("*") if p.is_file())
     assert size < 40 * 2**20, f"data/ holds {size / 2**20:.1f} MB; the budget is 40 MB"
 
@@ -28,6 +29,7 @@ def test_every_shipped_stage_has_an_eight_step_student(repo_root):
     teacher = cascade.Cascade.from_pretrained(folder)
     student = cascade.Cascade.from_pretrained(folder, variant="distilled")
     assert [s.name for s in student.trained_stages] == [s.name for s in teacher.trained_stages]
+    assert student.trained_on == teacher.trained_on  # distilled on the toy world, too
     for t_stage in teacher.trained_stages:
         s_stage = student.cfg.stage(t_stage.name)
         assert student.models[t_stage.name].cfg.use_guidance_embedding
