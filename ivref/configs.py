@@ -400,8 +400,11 @@ def preset(name: str) -> CascadeConfig:
 
 
 def scale_from_env(default: str = "toy") -> str:
-    """The scale notebooks run at: ``IVREF_SCALE`` (validated), else ``default``."""
-    name = os.environ.get("IVREF_SCALE", default)
+    """The scale notebooks run at: ``IVREF_SCALE`` (validated; case and surrounding spaces
+    do not matter, so ``CI`` is ``ci``), else ``default`` (also where it is set but blank,
+    as ``IVREF_SCALE= jupyter lab`` sets it)."""
+    given = os.environ.get("IVREF_SCALE", "")
+    name = given.strip().lower() or default
     if name not in PRESETS:
-        raise ValueError(f"IVREF_SCALE={name!r} is not a preset; allowed: {list(PRESETS)}")
+        raise ValueError(f"IVREF_SCALE={given!r} is not a preset; allowed: {list(PRESETS)}")
     return name

@@ -390,6 +390,11 @@ def test_scale_from_env(monkeypatch):
     assert configs.scale_from_env() == "ci"
     monkeypatch.delenv("IVREF_SCALE")
     assert configs.scale_from_env() == "toy"
+    for spelled in ("CI", " Ci\n"):  # as a shell or a .env file may give it
+        monkeypatch.setenv("IVREF_SCALE", spelled)
+        assert configs.scale_from_env() == "ci"
+    monkeypatch.setenv("IVREF_SCALE", " ")  # set but blank: as if unset
+    assert configs.scale_from_env() == "toy"
     monkeypatch.setenv("IVREF_SCALE", "huge")
-    with pytest.raises(ValueError, match="IVREF_SCALE='huge'"):
+    with pytest.raises(ValueError, match=r"IVREF_SCALE='huge' is not a preset; allowed: \['ci'"):
         configs.scale_from_env()
