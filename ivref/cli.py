@@ -163,6 +163,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     twice = [str(o) for o, p in zip(args.out, resolved, strict=True) if resolved.count(p) > 1]
     if twice:  # every file gets the same video: a second copy in one place is a typo
         raise CLIError(f"--out names {twice[0]!r} twice; give each file once")
+    folded = [p.casefold() for p in resolved]  # a.mp4 and A.mp4: one file on macOS, Windows
+    alike = [str(o) for o, p in zip(args.out, folded, strict=True) if folded.count(p) > 1]
+    if alike:  # refused everywhere: where case counts, the names still only differ by it
+        raise CLIError(
+            f"--out names {alike[0]!r} and {alike[1]!r}, which differ only in case: one file "
+            "on file systems that ignore case (macOS, Windows), so one video would overwrite "
+            "the other; give names that differ in more than case"
+        )
     if not 0 <= args.display_size <= MAX_DISPLAY_SIZE:
         raise CLIError(
             f"--display-size {args.display_size} must be from 0 (native size) to "

@@ -294,6 +294,12 @@ CLI_CASES = [
         "twice; give each file once",
     ),
     Case(
+        "--out names two files that differ only in case",
+        (*GEN, "--out", "{X}/v.gif", "{X}/V.GIF"),  # one file on macOS and Windows
+        2,
+        "which differ only in case: one file on file systems that ignore case",
+    ),
+    Case(
         "--out under a file",
         (*GEN, "--out", "{X}/file/v.mp4"),
         2,
