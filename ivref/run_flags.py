@@ -6,13 +6,16 @@ record them. ``<run>/run_flags.json`` does: the command that starts a run writes
 ``--resume`` writes it again. A resume takes every flag it is not given from that file (from
 the defaults for a run made before the file existed), so ``ivref train --steps N --out RUN
 --resume`` goes on as the run was going; a flag given on the resume replaces the run's, says
-so, and is kept for later resumes.
+so, and is kept for later resumes. The word ``default`` given for a flag puts it back to the
+fresh run's default (``--eval-samples default``: all captions again), which leaving the flag
+out cannot do on a resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,13 @@ DEFAULTS: dict[str, Any] = {  # attribute of the parsed arguments: a fresh run's
     "val_index": None,
     "on_nan": "stop",
 }
+SHOWN = {  # what a default of None (or 0) means, as the help and the notes say it
+    "eval_every": "0, none",
+    "eval_steps": "the stage's",
+    "eval_guidance": "the stage's",
+    "eval_samples": "all",
+}
+DEFAULT = "default"  # the value that puts a kept flag back to DEFAULTS on a resume
 PATHS = ("val_index",)  # kept as absolute paths: a resume may run from another directory
 EVALUATION = ("eval_steps", "eval_guidance", "eval_samples", "val_index")  # --eval-every's
 
@@ -36,6 +46,27 @@ EVALUATION = ("eval_steps", "eval_guidance", "eval_samples", "val_index")  # --e
 def flag(name: str) -> str:
     """The command-line spelling of a setting: checkpoint_every -> --checkpoint-every."""
     return "--" + name.replace("_", "-")
+
+
+def shown(name: str) -> str:
+    """A flag's default as the help says it: "500", "all", "the stage's"."""
+    return SHOWN.get(name, str(DEFAULTS[name]))
+
+
+def or_default(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that reads ``kind``, or the word ``default`` (kept as ``DEFAULT``
+    for ``settle``)."""
+
+    def parse(text: str) -> Any:
+        if text == DEFAULT:
+            return DEFAULT
+        try:
+            return kind(text)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err}; or 'default' for the default") from None
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse's "invalid <name> value"
+    return parse
 
 
 def _stored(name: str, value: Any) -> Any:
@@ -61,16 +92,21 @@ def read(out: Path) -> dict[str, Any]:
 
 def settle(args: argparse.Namespace) -> list[str]:
     """Give every flag of ``DEFAULTS`` that the command line left out (None) its value: the
-    run's own on ``--resume``, else the default; with evaluation off (``--eval-every 0``),
-    what it would evaluate takes the defaults. Returns, on a resume, one note per flag given
-    with another value than the run's ("--eval-every: 3 -> 5"). ``args.flags_from_run``
-    names the flags that came from the run."""
+    run's own on ``--resume``, else the default; ``DEFAULT`` (the word ``default``) gives
+    the default; with evaluation off (``--eval-every 0``), what it would evaluate takes the
+    defaults. Returns, on a resume, one note per flag given with another value than the
+    run's ("--eval-every: 3 -> 5", "--eval-samples: 4 -> the default (all)").
+    ``args.flags_from_run`` names the flags that came from the run."""
     saved = read(args.out) if args.resume else {}
     notes = []
     args.flags_from_run = set()
     for name, default in DEFAULTS.items():
         given = getattr(args, name)
-        if given is None:
+        if isinstance(given, str) and given == DEFAULT:
+            setattr(args, name, default)
+            if name in saved and saved[name] != default:
+                notes.append(f"{flag(name)}: {saved[name]} -> the default ({shown(name)})")
+        elif given is None:
             value = saved.get(name, default)
             setattr(args, name, Path(value) if name in PATHS and value is not None else value)
             if name in saved:

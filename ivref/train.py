@@ -103,19 +103,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
-    # The flags a resume keeps (run_flags.DEFAULTS): each default, and "--resume: the run's own"
-    def kept(name: str, kind: Any, what: str, default: str | None = None) -> None:
-        shown = default or str(run_flags.DEFAULTS[name])
-        help_ = f"{what} (default: {shown}; --resume: the run's own)"
-        p.add_argument(run_flags.flag(name), type=kind, help=help_)
+    # The flags a resume keeps (run_flags.DEFAULTS): each default, and "--resume: the run's
+    # own", which the word "default" puts back (the only way to, for a default of "none")
+    def kept(name: str, kind: Any, what: str) -> None:
+        help_ = f"{what} (default: {run_flags.shown(name)}; --resume: the run's own, or 'default')"
+        p.add_argument(run_flags.flag(name), type=run_flags.or_default(kind), help=help_)
 
     kept("checkpoint_every", arguments.positive_int, "save a checkpoint every K steps")
     kept("keep_checkpoints", arguments.positive_int, "checkpoints kept, the newest")
-    kept("eval_every", arguments.count, "caption alignment every K steps", "0, none")
-    kept("eval_steps", arguments.sampler_steps, "sampler steps for evaluation", "the stage's")
-    kept("eval_guidance", arguments.guidance_weight, "guidance w for evaluation", "the stage's")
-    what = "captions (--videos: held-out clips) to evaluate"
-    kept("eval_samples", arguments.positive_int, what, "all")
+    kept("eval_every", arguments.count, "caption alignment every K steps")
+    kept("eval_steps", arguments.sampler_steps, "sampler steps for evaluation")
+    kept("eval_guidance", arguments.guidance_weight, "guidance w for evaluation")
+    kept("eval_samples", arguments.positive_int, "captions (--videos: held-out clips) to evaluate")
     train_videos.add_arguments(p)
     p.add_argument(
         "--on-nan",

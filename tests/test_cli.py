@@ -100,6 +100,21 @@ def test_resume_goes_on_with_the_runs_own_flags_and_reports_those_given(tmp_path
     evaluated = [r["step"] for r in train.read_log(out) if any(k.startswith("eval_") for k in r)]
     off = {"eval_every": 0, "eval_steps": None, "eval_samples": None}  # what it evaluated too
     assert evaluated == [2, 4] and run_flags.read(out) == kept | off
+    argv = ["train", "--out", str(out), "--steps", "7", "--resume", "--eval-every", "3"]
+    argv += ["--checkpoint-every", "default", "--eval-samples", "2", "--eval-samples", "default"]
+    assert cli.main(argv) == 0
+    assert "override --checkpoint-every: 1 -> the default (500)" in capsys.readouterr().err
+    reset = {"eval_every": 3, "eval_samples": None, "checkpoint_every": 500}  # all captions
+    assert run_flags.read(out) == kept | off | reset
+    argv = ["train", "--out", str(out), "--steps", "8", "--resume", "--eval-every", "2"]
+    assert cli.main([*argv, "--eval-samples", "2"]) == 0
+    assert cli.main([*argv[:4], "9", "--resume", "--eval-samples", "default"]) == 0
+    assert "override --eval-samples: 2 -> the default (all)" in capsys.readouterr().err
+    assert run_flags.read(out)["eval_samples"] is None  # the one way back to "all" on a resume
+    with pytest.raises(SystemExit) as stop:  # only the word itself
+        cli.main([*argv, "--eval-samples", "defaults"])
+    assert stop.value.code == 2
+    assert "got 'defaults'; or 'default' for the default" in capsys.readouterr().err
     assert cli.main([*argv[:5], "--resume", "--seed", "5"]) == 0  # no step to train: a note
     assert "resume: --seed 5 is not used: a resume continues the run's own" in (
         capsys.readouterr().err
