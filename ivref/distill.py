@@ -420,9 +420,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         torch.set_num_threads(args.threads)
     # every check before the lock makes --out: step counts that cannot be planned first
     phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
-    videos, moved = (
-        train_videos.resumed(args) if args.resume else (train_videos.record(args), False)
-    )
+    videos, moved = train_videos.resumed(args) if args.resume else (train_videos.record(args), None)
     folder = train_videos.dataset(  # its draws are reseeded per phase by distill_stage
         videos, teacher.cfg.stage(args.stage), 0, args.decode_workers, args.prefetch
     )
@@ -439,7 +437,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         if context.is_main and videos is not None and (moved or not args.resume):
             train_videos.write(args.out, videos)  # so --resume needs no flags
             if moved:
-                print(f"resume: the videos are now in {videos['videos']!r}", file=sys.stderr)
+                print(f"resume: {moved}", file=sys.stderr)
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,

@@ -293,7 +293,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
     with distributed.main_only(context, files.RunLock(args.out)):
         _check_out(args.out, args.resume, args.force)  # on every rank: all fail alike
         videos, moved = (
-            train_videos.resumed(args) if args.resume else (train_videos.record(args), False)
+            train_videos.resumed(args) if args.resume else (train_videos.record(args), None)
         )
         cfg, stage, notes = build_config(args)
         stream = distributed.stream_seed(args.seed, context.rank)  # this process's data
@@ -357,7 +357,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         if context.is_main and videos is not None and (moved or not args.resume):
             train_videos.write(args.out, videos)  # once its files probed (and resumed) fine
             if moved:
-                print(f"resume: the videos are now in {videos['videos']!r}", file=sys.stderr)
+                print(f"resume: {moved}", file=sys.stderr)
         trainer.fit(args.steps)
     where = f"{args.out}/{checkpoint.CHECKPOINTS}"
     if trainer.signal is not None:

@@ -133,10 +133,11 @@ def read(out: Path) -> dict[str, Any] | None:
     return saved
 
 
-def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
-    """--resume: (the run's videos, whether to record them anew). --videos / --index give a
-    folder that moved, or a lost record; another --fit is refused. Which data the checkpoint
-    was trained on is checked when it loads (``objectives.check_data_state``)."""
+def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None]:
+    """--resume: (the run's videos, what changed in their record: a note to print where it
+    is to be written anew, else None). --videos / --index give a folder that moved, or a
+    lost record; another --fit is refused. Which data the checkpoint was trained on is
+    checked when it loads (``objectives.check_data_state``)."""
     try:
         saved = read(args.out)
     except errors.CLIError:
@@ -144,7 +145,8 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
             raise
         saved = None  # replaced by the folder --videos names
     if saved is None:  # a toy-world run, or a lost record that --videos gives anew
-        return record(args), args.videos is not None
+        now = record(args)
+        return now, None if now is None else f"the videos are now in {now['videos']!r}"
     kept = args.val_index if "val_index" in getattr(args, "flags_from_run", ()) else None
     if kept is not None and args.videos is not None:  # the run's held-out index, inside
         try:  # its videos' folder, which moved: it moved with them
@@ -168,7 +170,37 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
             "gone; if they moved, give their new place with --videos FOLDER (and --index "
             "FILE if the index moved on its own)"
         )
-    return now, now != saved
+    if args.index is not None:
+        _check_same_index(Path(saved["index"]), Path(now["index"]), args)
+    changed = [
+        f"{what} {now[key]!r}"
+        for key, what in (("videos", "the videos are now in"), ("index", "their index is now"))
+        if now[key] != saved[key]
+    ]
+    return now, "; ".join(changed) or None
+
+
+def _check_same_index(saved: Path, given: Path, args: argparse.Namespace) -> None:
+    """--index on a resume names the run's index, moved or copied (the same rows), unless
+    --new-streams goes on with another. (Another index changes the run's data as surely as
+    a changed folder does; saying so here names the flag, where the checkpoint's data check
+    could only say that the folder changed. An index that is gone cannot be compared: that
+    check stays.)"""
+    if given == saved or not saved.is_file() or getattr(args, "new_streams", False):
+        return
+    from ivref.video_files import read_index
+
+    try:
+        same = read_index(saved) == read_index(given)
+    except (OSError, ValueError):  # an unreadable index: the dataset names what is wrong
+        return
+    if not same:
+        raise errors.CLIError(
+            f"--resume: --index {str(args.index)!r} lists other files or captions than the "
+            f"run's index {str(saved)!r}, so the run cannot go on with its clips: drop "
+            "--index to go on with the run's own, or add --new-streams to go on with this "
+            "one from here"
+        )
 
 
 def trained_on(run: Path) -> str | dict[str, str] | None:

@@ -429,3 +429,28 @@ def test_a_cascade_records_what_its_stages_trained_on_and_its_commands_say_so(tm
     assert Cascade.from_pretrained(student).trained_on == {
         "base": {"videos": str(videos.resolve())}
     }
+
+
+def test_resume_with_another_index_names_it_and_takes_a_copy_or_new_streams(tmp_path, capsys):
+    """Before, --index naming another index on a resume got the checkpoint's "the videos
+    under ... changed since it was saved", though nothing had changed but the flag."""
+    videos = _folder(tmp_path / "videos")
+    out = tmp_path / "run"
+    assert _train(out, "--videos", str(videos), "--steps", "1") == 0
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
+    capsys.readouterr()
+    assert _train(out, "--resume", "--steps", "2", "--index", str(fewer)) == 2
+    err = capsys.readouterr().err
+    assert f"--index {str(fewer)!r} lists other files or captions than the run's index" in err
+    assert "drop --index to go on with the run's own, or add --new-streams" in err
+    assert "changed since" not in err
+    copy = tmp_path / "copy.jsonl"  # the same rows in another file and format: the same data
+    rows = (json.dumps({"path": f"{n}.mp4", "caption": f"clip {n}"}) for n in "abc")
+    copy.write_text("\n".join(rows) + "\n")
+    assert _train(out, "--resume", "--steps", "2", "--index", str(copy)) == 0
+    assert f"resume: their index is now {str(copy.resolve())!r}\n" in capsys.readouterr().err
+    assert json.loads((out / train_videos.VIDEOS).read_text())["index"] == str(copy.resolve())
+    assert _train(out, "--resume", "--steps", "3", "--index", str(fewer), "--new-streams") == 0
+    assert json.loads((out / train_videos.VIDEOS).read_text())["index"] == str(fewer.resolve())
+    assert [row["step"] for row in train.read_log(out)] == [1, 2, 3]
