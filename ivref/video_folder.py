@@ -15,7 +15,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
 from typing import Literal
 
 import numpy as np
@@ -30,6 +30,21 @@ from ivref.video_files import center_crop as center_crop  # re-exported: video_f
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import exact_fps as exact_fps  # re-exported: video_folder.exact_fps
 from ivref.video_files import ffmpeg_exe, probe, read_index
+
+
+def outside_reason(rel: str) -> str | None:
+    """Why an index's path does not name a file inside its folder (None where it does):
+    absolute (``/data/a.mp4``, ``C:\\a.mp4``), or taken above the folder by ``..``
+    (``../a.mp4``; ``x/../a.mp4`` stays inside)."""
+    path = PurePath(rel)
+    if path.is_absolute() or path.drive or PureWindowsPath(rel).drive:
+        return "an absolute path: give it relative to the folder (runs follow a moved folder)"
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return "above the folder ('..'): give a file inside it (runs follow a moved folder)"
+    return None
 
 
 class VideoTextFolder:
@@ -48,7 +63,10 @@ class VideoTextFolder:
     ``prefetch=True`` decodes the next batch in the background after
     each ``sample``; the clips depend on neither, nor does ``state_dict``.
 
-    Files that are missing, unreadable, shorter than num_frames / fps seconds or of a lower
+    Paths are relative to ``root`` and inside it, so a folder that moves keeps its files and
+    its digest (``state_dict``): an absolute path, or one that ``..`` takes above ``root``,
+    is skipped with that reason. Files that are missing, unreadable, shorter than
+    num_frames / fps seconds or of a lower
     frame rate than ``fps`` (their frames would repeat), and rows whose caption is not a
     non-empty string (or holds a lone surrogate: no tokenizer reads it), are reported with a
     warning, listed in ``self.skipped`` as (path,
@@ -105,10 +123,10 @@ class VideoTextFolder:
         rows = read_index(Path(index_file))
         paths = [self.root / str(rel) for rel, _ in rows]
         if workers == 1 or len(paths) < 2:
-            probed = [self._probe(path) for path in paths]
+            probed = [self._check(rel) for rel, _ in rows]
         else:  # each probe is an ffmpeg process decoding its file: ``workers`` at once
             with ThreadPoolExecutor(min(workers, len(paths))) as pool:
-                probed = list(pool.map(self._probe, paths))
+                probed = list(pool.map(self._check, (rel for rel, _ in rows)))
         for (rel, text), path, (reason, src_fps, n) in zip(rows, paths, probed, strict=True):
             if not isinstance(text, str) or not text.strip():
                 reason = f"caption {text!r}: give a non-empty string"
@@ -136,6 +154,11 @@ class VideoTextFolder:
     def _skip(self, rel: str | Path, reason: str, stacklevel: int = 3) -> None:
         warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=stacklevel)
         self.skipped.append((str(rel), reason))
+
+    def _check(self, rel: str) -> tuple[str | None, float, int]:
+        """``_probe`` of an index's path, which must name a file inside ``root``."""
+        reason = outside_reason(rel)
+        return (reason, 0.0, 0) if reason else self._probe(self.root / rel)
 
     def _probe(self, path: Path) -> tuple[str | None, float, int]:
         """Why the file cannot be used (None if it can), its frame rate and frame count."""

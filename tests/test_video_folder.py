@@ -656,3 +656,42 @@ def test_an_unreadable_file_is_skipped_with_ffmpegs_reason_not_its_banner(tmp_pa
         ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 2, 8, 8, fps=6.0)
     reason = dict(ds.skipped)["audio.mp4"]
     assert reason.startswith("unreadable (") and "ffmpeg version" not in reason, reason
+
+
+@pytest.mark.parametrize(
+    "rel, reason",
+    [
+        ("a.mp4", None),
+        ("./sub/../a.mp4", None),  # stays inside
+        ("../a.mp4", "above the folder"),
+        ("sub/../../a.mp4", "above the folder"),
+        ("/etc/passwd", "an absolute path"),
+        ("C:\\videos\\a.mp4", "an absolute path"),  # a Windows drive, on any system
+        ("C:/videos/a.mp4", "an absolute path"),
+    ],
+)
+def test_where_an_index_path_may_point(rel, reason):
+    got = video_folder.outside_reason(rel)
+    assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_an_index_path_outside_the_folder_is_skipped_though_its_file_is_a_video(tmp_path):
+    """Before, an absolute path (or ../) was read wherever it led: a run whose folder moved
+    then kept reading the old place, and the folder's digest did not follow the file."""
+    folder, outside = tmp_path / "videos", tmp_path / "elsewhere.mp4"
+    folder.mkdir()
+    _write_counting_clip(folder / "in.mp4", 12)
+    _write_counting_clip(outside, 12)
+    rows = ["in.mp4,inside", f"{outside},absolute", "../elsewhere.mp4,above"]
+    (folder / "index.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UserWarning) as said:
+        ds = video_folder.VideoTextFolder(folder, folder / "index.csv", 4, 8, 8, fps=4.0, workers=2)
+    assert [str(w.message).split(": ")[1] for w in said] == [
+        f"skipping {str(outside)!r}",
+        "skipping '../elsewhere.mp4'",
+    ]
+    assert [caption for _, caption, _, _ in ds.items] == ["inside"]
+    assert [(rel, reason.split(":")[0]) for rel, reason in ds.skipped] == [
+        (str(outside), "an absolute path"),
+        ("../elsewhere.mp4", "above the folder ('..')"),
+    ]
