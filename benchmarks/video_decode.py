@@ -15,7 +15,9 @@ times compare the same work. ffmpeg decodes in its own process, so threads decod
 parallel. Last, ``prefetch``: batches between stood-in training steps that leave the CPU
 free (a sleep, as while a GPU computes), with the next batch decoded during the step or not.
 And ``probe``: making the folder, where ffmpeg counts every file's frames, ``workers`` files
-at once (``--parts`` picks what to time).
+at once, against a folder given the probes an earlier one kept (``probes=``, what ``ivref
+train --resume`` reads from ``video_probes.json``: no file is decoded), ``--parts`` picking
+what to time.
 """
 
 from __future__ import annotations
@@ -140,23 +142,33 @@ def time_prefetch(args: argparse.Namespace, index: Path) -> dict:
     }
 
 
+CACHED = "cached"  # a folder given an earlier one's probes: it decodes nothing
+
+
 def time_probe(args: argparse.Namespace, index: Path) -> dict:
     """Seconds to make the folder (ffmpeg counts every file's frames: ``_probe``) with each
-    worker count, in interleaved rounds after a warm-up; and whether all agree."""
-    made: dict[int, list[float]] = {w: [] for w in args.workers}
-    items = {}
+    worker count, and with the probes an earlier folder kept (one worker), in interleaved
+    rounds after a warm-up; and whether all agree (items and digest)."""
+    kinds: list[int | str] = [*args.workers, CACHED]
+    made: dict[int | str, list[float]] = {k: [] for k in kinds}
+    found = {}
+    kept = None
     for round_ in range(args.repeats + 1):
-        for w in args.workers:
+        for kind in kinds:
+            workers, probes = (1, kept) if kind == CACHED else (kind, None)
             began = time.perf_counter()
-            folder = VideoTextFolder(index.parent, index, 16, args.clip, args.clip, 6.0, workers=w)
-            made[w] += [time.perf_counter() - began] if round_ else []
-            items[w] = folder.items
-    medians = {w: statistics.median(t) for w, t in made.items()}
+            folder = VideoTextFolder(
+                index.parent, index, 16, args.clip, args.clip, 6.0, workers=workers, probes=probes
+            )
+            made[kind] += [time.perf_counter() - began] if round_ else []
+            found[kind] = (folder.items, int(folder.state_dict()["digest"]))
+            kept = json.loads(json.dumps(folder.probes))  # as video_probes.json keeps them
+    medians = {k: statistics.median(t) for k, t in made.items()}
     one = args.workers[0]
     return {
-        "seconds_to_probe": {str(w): round(m, 4) for w, m in medians.items()},
-        "speedup": {str(w): round(medians[one] / m, 2) for w, m in medians.items()},
-        "same_items": all(items[w] == items[one] for w in args.workers),
+        "seconds_to_probe": {str(k): round(m, 4) for k, m in medians.items()},
+        "speedup": {str(k): round(medians[one] / m, 2) for k, m in medians.items()},
+        "same_items": all(found[k] == found[one] for k in kinds),
     }
 
 

@@ -422,8 +422,9 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     phase_plan(teacher.cfg, args.stage, args.to_steps, args.guided_steps, args.halving_steps, None)
     videos, moved = train_videos.resumed(args) if args.resume else (train_videos.record(args), None)
     folder = train_videos.dataset(  # its draws are reseeded per phase by distill_stage
-        videos, teacher.cfg.stage(args.stage), 0, args.decode_workers, args.prefetch
-    )
+        videos, teacher.cfg.stage(args.stage), 0, args.decode_workers, args.prefetch,
+        train_videos.known_probes(args.out, videos),
+    )  # fmt: skip
     distributed.check_fsdp(args.fsdp, context, "each student")  # before anything is written
     checked_plan(  # a plan or data a resume may not change: refused before the record is
         teacher, args.stage, args.out, to_steps=args.to_steps, guided_steps=args.guided_steps,
@@ -438,6 +439,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             train_videos.write(args.out, videos)  # so --resume needs no flags
             if moved:
                 print(f"resume: {moved}", file=sys.stderr)
+        if context.is_main:  # the next start need not probe them again
+            train_videos.keep_probes(args.out, folder)
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,

@@ -297,13 +297,14 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         )
         cfg, stage, notes = build_config(args)
         stream = distributed.stream_seed(args.seed, context.rank)  # this process's data
+        probed = train_videos.known_probes(args.out, videos)  # a start before probed them
         dataset = train_videos.dataset(
-            videos, cfg.stage(stage), stream, args.decode_workers, args.prefetch
+            videos, cfg.stage(stage), stream, args.decode_workers, args.prefetch, probed
         )
         evaluator = None  # made here: bad held-out videos fail before --force deletes
         if args.eval_every and videos is not None:
             evaluator = train_videos.validation_evaluator(
-                videos, args.val_index, cfg.stage(stage), args.eval_samples
+                videos, args.val_index, cfg.stage(stage), args.eval_samples, probed
             )
         elif args.eval_every:
             evaluator = evaluate.stage_evaluator(
@@ -333,6 +334,8 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
         if context.is_main:  # deletes (a bad folder of videos failed before it, too)
             _prepare_out(args.out, args.resume, args.force)
         distributed.barrier(context)  # the folder is ready before any rank writes in it
+        if context.is_main:  # valid whatever becomes of this start: the next need not probe
+            train_videos.keep_probes(args.out, dataset, evaluator)
         for note in notes + args.flag_notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
         if args.seed_note and context.is_main:

@@ -238,7 +238,11 @@ def check_validation(args: argparse.Namespace, videos: Path) -> None:
 
 
 def validation_evaluator(
-    videos: dict[str, Any], val_index: Path, stage: configs.StageConfig, clips: int | None
+    videos: dict[str, Any],
+    val_index: Path,
+    stage: configs.StageConfig,
+    clips: int | None,
+    probes: dict[str, Any] | None = None,
 ):
     """``Trainer(evaluate=...)``: the stage's training loss of the EMA weights on held-out
     videos, logged as ``eval_val_loss``.
@@ -250,7 +254,9 @@ def validation_evaluator(
     a forward of its own: the number depends on the weights alone, not on batch size or
     process count, and the training streams are not touched. Rank 0 computes it; under
     FSDP, where the forward takes every rank, each computes the same number. Files also in
-    the training index are reported (a loss on them is not held out).
+    the training index are reported (a loss on them is not held out). ``probes``: what
+    earlier probing found (``probe_cache``); the function's ``probes`` attribute holds what
+    this held-out folder's probing found, to keep for the next start.
     """
     from ivref import objectives
     from ivref.video_files import read_index
@@ -259,7 +265,7 @@ def validation_evaluator(
     try:
         folder = VideoTextFolder(
             videos["videos"], val_index, stage.num_frames, stage.width, stage.height, stage.fps,
-            random_start=False, fit=videos["fit"],
+            random_start=False, fit=videos["fit"], probes=probes,
         )  # fmt: skip
     except ValueError as err:
         raise ValueError(f"--val-index {str(val_index)!r}: {err}") from None
@@ -286,7 +292,25 @@ def validation_evaluator(
                 total += float(loss)
         return {"val_loss": total / len(held)}
 
+    evaluate.probes = folder.probes  # type: ignore[attr-defined]
     return evaluate
+
+
+def keep_probes(out: Path, *folders: Any) -> None:
+    """Keep what the run's folders of videos probed (None, a toy world, adds nothing) in
+    ``<out>/video_probes.json`` for the next start (``probe_cache``)."""
+    from ivref import probe_cache
+
+    probes = {k: v for f in folders for k, v in (getattr(f, "probes", None) or {}).items()}
+    if probes:
+        probe_cache.write(out / probe_cache.FILE, probes)
+
+
+def known_probes(out: Path, videos: dict[str, Any] | None) -> dict[str, Any]:
+    """What an earlier start in ``out`` probed of its videos ({} for the toy world)."""
+    from ivref import probe_cache
+
+    return {} if videos is None else probe_cache.read(out / probe_cache.FILE)
 
 
 def write(out: Path, videos: dict[str, Any]) -> None:
@@ -299,10 +323,12 @@ def dataset(
     stream: int,
     workers: int = 1,
     prefetch: bool = False,
+    probes: dict[str, Any] | None = None,
 ):
     """The run's dataset: None (the trainer's toy world) or its folder of videos, drawing
     from ``stream`` (this process's), decoding ``workers`` clips at once, and the next
-    batch during a step if ``prefetch``."""
+    batch during a step if ``prefetch``; ``probes``: what earlier probing found
+    (``probe_cache``)."""
     if videos is None:
         return None
     from ivref import video_folder
@@ -318,4 +344,5 @@ def dataset(
         fit=videos["fit"],
         workers=workers,
         prefetch=prefetch,
+        probes=probes,
     )

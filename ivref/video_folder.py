@@ -14,9 +14,10 @@ import math
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PureWindowsPath
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +31,22 @@ from ivref.video_files import center_crop as center_crop  # re-exported: video_f
 from ivref.video_files import decode_from as decode_from  # looked up here, so tests patch it here
 from ivref.video_files import exact_fps as exact_fps  # re-exported: video_folder.exact_fps
 from ivref.video_files import ffmpeg_exe, probe, read_index
+
+
+def reused_probe(entry: object, stat: os.stat_result) -> tuple[int, float] | None:
+    """(frames, fps) of a ``probes`` entry for a file with this ``stat``, or None: no entry,
+    one that is not {size, mtime_ns, frames, fps} (a damaged cache is re-probed, not
+    trusted), or a file changed since (another size or modification time)."""
+    if not isinstance(entry, Mapping):
+        return None
+    size, mtime, frames, fps = (entry.get(k) for k in ("size", "mtime_ns", "frames", "fps"))
+    if not all(is_integer(v) for v in (size, mtime, frames)):
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf:
+        return None
+    if (size, mtime) != (stat.st_size, stat.st_mtime_ns) or frames < 0:
+        return None
+    return int(frames), float(fps)
 
 
 def outside_reason(rel: str) -> str | None:
@@ -63,6 +80,13 @@ class VideoTextFolder:
     ``prefetch=True`` decodes the next batch in the background after
     each ``sample``; the clips depend on neither, nor does ``state_dict``.
 
+    Probing decodes every file once (its frame count is what ffmpeg decodes, not what the
+    header says), a process per file: for a large folder, minutes at every start. ``probes``
+    takes an earlier folder's ``probes`` ({path: {size, mtime_ns, frames, fps}}, e.g. from
+    ``probe_cache.read``) and reuses the entry of every file whose size and modification
+    time (ns) are unchanged; ``self.probes`` holds this folder's, to save for the next
+    (``probe_cache.write``). The folder is the same either way, its digest included.
+
     Paths are relative to ``root`` and inside it, so a folder that moves keeps its files and
     its digest (``state_dict``): an absolute path, or one that ``..`` takes above ``root``,
     is skipped with that reason. Files that are missing, unreadable, shorter than
@@ -87,6 +111,7 @@ class VideoTextFolder:
         fit: Literal["crop", "squash"] = "crop",
         workers: int = 1,
         prefetch: bool = False,
+        probes: Mapping[str, Any] | None = None,
     ) -> None:
         for name, value in (("num_frames", num_frames), ("width", width), ("height", height)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -108,6 +133,13 @@ class VideoTextFolder:
         self.prefetch = prefetch
         self._ahead: DecodeAhead | None = None  # the next batch's first round, decoding
         self.fit = fit
+        if probes is not None and not isinstance(probes, Mapping):
+            raise ValueError(
+                f"probes={type(probes).__name__}: give a mapping {{path: entry}} (an earlier "
+                "folder's .probes), or None"
+            )
+        self._known = dict(probes or {})  # entries are checked as they are used
+        self.probes: dict[str, dict[str, Any]] = {}  # every file probed fine: its entry
         self.root = Path(root)
         if not self.root.is_dir():
             what = "a file" if self.root.exists() else "does not exist"
@@ -158,17 +190,30 @@ class VideoTextFolder:
     def _check(self, rel: str) -> tuple[str | None, float, int]:
         """``_probe`` of an index's path, which must name a file inside ``root``."""
         reason = outside_reason(rel)
-        return (reason, 0.0, 0) if reason else self._probe(self.root / rel)
+        return (reason, 0.0, 0) if reason else self._probe(self.root / rel, rel)
 
-    def _probe(self, path: Path) -> tuple[str | None, float, int]:
-        """Why the file cannot be used (None if it can), its frame rate and frame count."""
+    def _probe(self, path: Path, rel: str | None = None) -> tuple[str | None, float, int]:
+        """Why the file cannot be used (None if it can), its frame rate and frame count;
+        ``rel``: its path in the index, under which ``probes`` keeps what was probed."""
         ffmpeg_exe()  # too old an ffmpeg raises here, not as every file "unreadable"
-        if not path.is_file():
-            return "file not found", 0.0, 0
         try:
-            n, src_fps = probe(path)
-        except Exception as err:  # ffmpeg's many ways to reject a file
-            return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
+            stat = path.stat()
+        except OSError:
+            stat = None
+        if stat is None or not path.is_file():
+            return "file not found", 0.0, 0
+        known = reused_probe(self._known.get(rel), stat) if rel is not None else None
+        if known is not None:
+            n, src_fps = known
+        else:
+            try:
+                n, src_fps = probe(path)
+            except Exception as err:  # ffmpeg's many ways to reject a file
+                return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
+        if rel is not None:  # one key per thread's file: safe to add to from the probers
+            self.probes[rel] = {
+                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "frames": n, "fps": src_fps,
+            }  # fmt: skip
         indices = self._source_indices(exact_fps(src_fps))
         if n < indices[-1] + 1:
             return f"too short: {n} frames @ {src_fps:g} fps, need {indices[-1] + 1}", src_fps, n

@@ -609,6 +609,8 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
         return cli.main([*argv, "--to-steps", "8", *extra])
 
     assert distil(out, "--videos", str(videos)) == 0
+    kept = json.loads((out / "video_probes.json").read_text())  # for the next start (resume)
+    assert sorted(kept) == ["a.mp4", "b.mp4", "c.mp4"]
     phases = json.loads((out / distill.PLAN).read_text())["phases"]
     assert len(phases) == 2 and len(decoded) == 2 * 3  # 2 + 1 steps of 2 clips, all decoded
     assert decoded[4:] == decoded[:2]  # the halving's first batch: the guided phase's first

@@ -454,3 +454,32 @@ def test_resume_with_another_index_names_it_and_takes_a_copy_or_new_streams(tmp_
     assert _train(out, "--resume", "--steps", "3", "--index", str(fewer), "--new-streams") == 0
     assert json.loads((out / train_videos.VIDEOS).read_text())["index"] == str(fewer.resolve())
     assert [row["step"] for row in train.read_log(out)] == [1, 2, 3]
+
+
+def test_a_resume_reuses_what_the_run_probed_of_its_videos_and_held_out_videos(
+    tmp_path, monkeypatch
+):
+    """Probing decodes every file, at every start: a resume of a run on a large folder
+    spent minutes on it. The run keeps what it probed (video_probes.json)."""
+    from ivref import probe_cache
+
+    videos = _folder(tmp_path / "videos", names=("a", "b", "c"))
+    (videos / "index.csv").write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
+    (videos / "val.csv").write_text("path,caption\nc.mp4,clip c\n")
+    probed = []
+    real_probe = video_folder.probe
+    monkeypatch.setattr(video_folder, "probe", lambda p: probed.append(p.name) or real_probe(p))
+    out, val = tmp_path / "run", ["--val-index", str(videos / "val.csv"), "--eval-every", "1"]
+    assert _train(out, "--videos", str(videos), *val, "--steps", "1") == 0
+    assert sorted(probed) == ["a.mp4", "b.mp4", "c.mp4"]
+    kept = json.loads((out / probe_cache.FILE).read_text())
+    assert {k: v["frames"] for k, v in kept.items()} == {"a.mp4": 16, "b.mp4": 16, "c.mp4": 16}
+    probed.clear()
+    assert _train(out, "--resume", "--steps", "2") == 0
+    assert probed == []  # nothing decoded to probe
+    (out / probe_cache.FILE).write_text("[1, 2")  # a damaged cache: probed afresh, remade
+    with pytest.warns(UserWarning, match="video_probes.json' is damaged .*probing the videos"):
+        assert _train(out, "--resume", "--steps", "3") == 0
+    assert sorted(probed) == ["a.mp4", "b.mp4", "c.mp4"]
+    assert json.loads((out / probe_cache.FILE).read_text()) == kept
+    assert [row["step"] for row in train.read_log(out)] == [1, 2, 3]

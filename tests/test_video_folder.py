@@ -695,3 +695,65 @@ def test_an_index_path_outside_the_folder_is_skipped_though_its_file_is_a_video(
         (str(outside), "an absolute path"),
         ("../elsewhere.mp4", "above the folder ('..')"),
     ]
+
+
+def test_probes_kept_from_an_earlier_folder_are_reused_only_for_unchanged_files(
+    tmp_path, monkeypatch
+):
+    """Probing decodes every file; a folder given an earlier one's ``probes`` probes only the
+    files changed since (size or modification time) and those it has no valid entry for,
+    and is the same folder: items, skips and digest."""
+    for name, n in (("a.mp4", 12), ("b.mp4", 16), ("c.mp4", 3)):  # c: too short, yet probed
+        _write_counting_clip(tmp_path / name, n)
+    (tmp_path / "index.csv").write_text("path,caption\na.mp4,a\nb.mp4,b\nc.mp4,c\n")
+    probed = []
+    real_probe = video_folder.probe
+    monkeypatch.setattr(
+        video_folder, "probe", lambda path: probed.append(path.name) or real_probe(path)
+    )
+
+    def make(probes=None, workers=1):
+        with pytest.warns(UserWarning, match="too short"):
+            return video_folder.VideoTextFolder(
+                tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0, probes=probes, workers=workers
+            )
+
+    first = make()
+    assert sorted(probed) == ["a.mp4", "b.mp4", "c.mp4"] and set(first.probes) == set(probed)
+    assert first.probes["b.mp4"]["frames"] == 16 and first.probes["b.mp4"]["fps"] == 12.0
+    probed.clear()
+    again = make(json.loads(json.dumps(first.probes)), workers=2)  # as a JSON file keeps them
+    assert probed == []
+    assert again.items == first.items and again.skipped == first.skipped
+    assert again.state_dict()["digest"] == first.state_dict()["digest"]
+    assert again.probes == first.probes
+    _write_counting_clip(tmp_path / "b.mp4", 20)  # changed in place: probed again
+    damaged = dict(first.probes)  # c's entry holds: c is not probed
+    damaged["a.mp4"] = dict(first.probes["a.mp4"], frames=-1)  # not trusted: probed again
+    changed = make(damaged)
+    assert sorted(probed) == ["a.mp4", "b.mp4"]
+    assert changed.probes["b.mp4"]["frames"] == 20 and changed.probes["a.mp4"]["frames"] == 12
+    assert changed.state_dict()["digest"] != first.state_dict()["digest"]  # b has more frames
+    with pytest.raises(ValueError, match=r"probes=list: give a mapping \{path: entry\}"):
+        video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0, probes=[])
+
+
+@pytest.mark.parametrize(
+    "entry, reused",
+    [
+        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 12.0}, (12, 12.0)),
+        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 24}, (12, 24.0)),
+        ({"size": 11, "mtime_ns": 5, "frames": 12, "fps": 12.0}, None),  # another size
+        ({"size": 10, "mtime_ns": 6, "frames": 12, "fps": 12.0}, None),  # touched since
+        ({"size": 10, "mtime_ns": 5, "frames": "12", "fps": 12.0}, None),
+        ({"size": 10, "mtime_ns": 5, "frames": True, "fps": 12.0}, None),
+        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 0}, None),
+        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": float("nan")}, None),
+        ({"size": 10, "mtime_ns": 5, "frames": 12}, None),
+        ([10, 5, 12, 12.0], None),
+        (None, None),
+    ],
+)
+def test_a_kept_probe_is_used_only_where_it_is_whole_and_the_file_unchanged(entry, reused):
+    stat = type("Stat", (), {"st_size": 10, "st_mtime_ns": 5})()
+    assert video_folder.reused_probe(entry, stat) == reused
