@@ -28,8 +28,17 @@ print("torch", torch.__version__)
 # Imagen Video [IV] is a cascade of diffusion models in continuous time $t \in [0, 1]$
 # [VDM-K]. A clean video $x$ is noised as $z_t = \alpha_t x + \sigma_t \epsilon$ with
 # $\alpha_t^2 + \sigma_t^2 = 1$; the log signal-to-noise ratio
-# $\lambda_t = \log(\alpha_t^2 / \sigma_t^2)$ runs from $+20$ at $t=0$ to $-20$ at $t=1$.
+# $\lambda_t = \log(\alpha_t^2 / \sigma_t^2)$ falls from $+20$ at $t=0$ to $-20$ at $t=1$
+# (ivref's bounds; the papers do not give Imagen Video's).
 # The networks predict $v = \alpha_t \epsilon - \sigma_t x$ [PD].
+#
+# **Coming from DDPM** [DDPM]: there, $t$ counts $1, \dots, T$ discrete steps, $\alpha_t =
+# 1 - \beta_t$ is *one step's* factor and $\bar\alpha_t = \prod_{s \le t} \alpha_s$, with
+# $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$. Here $t$ is
+# continuous, and $\alpha_t$ is already the whole signal scale: this course's $\alpha_t$ is
+# DDPM's $\sqrt{\bar\alpha_t}$, its $\sigma_t$ is $\sqrt{1 - \bar\alpha_t}$, its $z_t$ is
+# $x_t$, and $\lambda_t = \log(\bar\alpha_t / (1 - \bar\alpha_t))$. Nothing here is a
+# per-step factor; sampling (notebook 01) steps between any two times $t > s$.
 #
 # | paper | code | shape | meaning |
 # |---|---|---|---|
@@ -167,7 +176,9 @@ print(f"{cfg.stages[0].num_frames} x {cfg.stages[0].width} x {cfg.stages[0].heig
 #
 # ## Exercises
 # 1. Which stages of `configs.preset("paper")` have no spatial attention, and why might the
-#    largest ones do without it? (Hint: `s.unet.spatial_attention`; spatial attention over
+#    largest ones do without it? (The paper says only that its last stage is fully
+#    convolutional; which middle stages keep spatial attention is ivref's choice. Hint:
+#    `s.unet.spatial_attention`; spatial attention over
 #    $HW$ pixels costs $O((HW)^2)$ per frame, notebook 02 section 2; and notebook 04, section 4,
 #    samples a crop-trained stage at a size it never saw.)
 # 2. Make a `toy` variant whose base stage has 16 frames (hint: `dataclasses.replace`); which
@@ -199,5 +210,6 @@ check("a wrong answer, for example", ["tsr1"], lambda a: set(a) == no_spatial)
 # %% [markdown]
 # ## References
 # [IV] Imagen Video; [VDM] Video Diffusion Models; [VDM-K] Variational Diffusion Models;
-# [PD] Progressive Distillation; [CFG] Classifier-Free Guidance. Full entries in REFERENCES.md;
+# [PD] Progressive Distillation; [CFG] Classifier-Free Guidance; [DDPM] Denoising Diffusion
+# Probabilistic Models. Full entries in REFERENCES.md;
 # the equations and every citation in docs/paper.md, the package layout in docs/design.md.

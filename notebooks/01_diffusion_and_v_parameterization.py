@@ -43,6 +43,12 @@ def strip(v):
 # A clean video $x \in [-1, 1]$ is mixed with Gaussian noise:
 # $z_t = \alpha_t x + \sigma_t \epsilon$, $\epsilon \sim \mathcal N(0, I)$, with
 # $\alpha_t^2 + \sigma_t^2 = 1$ [VDM §2]. `schedules.q_sample` does exactly this.
+#
+# The videos come from ivref's **toy world** (`data.ToyVideos`), which every notebook trains
+# on: one colored shape (circle, square or triangle, in one of 7 colors) moving in a
+# straight line (left, right, up or down) on a black background, captioned "a red circle
+# moving left". It is drawn on the fly, so no dataset is downloaded; notebook 03 describes
+# it in full.
 
 # %%
 toy = data.ToyVideos(NUM_FRAMES, SIZE, SIZE, fps=3, seed=0)
@@ -121,8 +127,9 @@ print(f"alpha_t = cos({a_:.6f} t + {b_:.2e}); a + b = {a_ + b_:.6f} vs pi/2 = {n
 # divides by $\alpha \to 0$ at high noise.
 #
 # Imagen Video predicts $v$ in every stage and gives its own reasons [IV §2.4, §3]:
-# $\epsilon$-prediction caused colour shifting in high-resolution models (section 4 below shows
-# the same effect at toy size), and v-prediction converged faster. Progressive distillation
+# $\epsilon$-prediction caused colour shifting in high-resolution models and over time in
+# videos (section 4 below shows a small cousin of it: with few sampling steps, a toy
+# $\epsilon$-model's colours drift), and v-prediction converged faster. Progressive distillation
 # adds a third: a few-step student must predict $\hat x$ at high noise, where $\epsilon$ is
 # useless [PD §4].
 
@@ -285,6 +292,19 @@ ax.legend()
 plt.show()
 print({k: f"{v[0]:.3g}" for k, v in err.items()}, "<- MSE of x_hat at logSNR -20")
 assert err["eps"][0] > 100 * err["v"][0]  # eps-prediction's x_hat explodes at high noise
+assert err["x"][-1] > 100 * err["v"][-1]  # x-prediction's weak end: low noise
+
+# %% [markdown]
+# And $x$-prediction? The plot shows its weak end too, at the other side: at low noise its
+# $\hat x$ error stops falling and grows again, while $v$'s keeps falling with the noise.
+# Near $t = 0$ the right answer is $\hat x \approx z_t$, which an $x$-predicting net must
+# copy through every layer; $v$-prediction gets that copy for free, $\hat x = \alpha z_t -
+# \sigma \hat v$ with $\sigma \to 0$ scaling the net's error away (as $\epsilon$-prediction
+# does, $\hat x = (z_t - \sigma \hat\epsilon)/\alpha$). At high noise it is the other way
+# round: $x$ and $v$ both output $\hat x$ almost directly ($\hat x \approx -\hat v$ where
+# $\alpha \approx 0$), and $x$ even does a little better there (the printed values). So $v$
+# is the one that is good at *both* ends. [PD §4] found $x$, $(x, \epsilon)$ and $v$ all
+# workable for distillation; Imagen Video compares $v$ with $\epsilon$ only [IV §2.4].
 
 # %% [markdown]
 # Sampling starts at pure noise, exactly where $\epsilon$-prediction is worst: its first
@@ -339,12 +359,23 @@ print({f"{k}, {n} steps": round(v, 3) for (k, n), v in shift.items()})
 assert shift["v", 4] < shift["eps", 4]  # few steps: eps-prediction shifts the colors more
 
 # %% [markdown]
+# Colour alone does not rank $v$ above $x$ on this tiny model: their shifts are close, and
+# $x$-prediction may come out ahead (printed above). Colour is settled early, at high noise,
+# where $x$ does well; $v$'s advantage over $x$ is the low-noise end of the error plot, the
+# fine detail a cascade's last steps add.
+
+# %% [markdown]
 # ## 5. DDIM and ancestral sampling
 #
 # A DDIM step [DDIM] from $t$ to $s < t$ predicts $\hat x$, infers $\hat\epsilon$ and
 # re-noises deterministically: $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$. An ancestral
-# step draws from $q(z_s \mid z_t, x=\hat x)$ with a variance between the posterior and the
-# forward one, set by $\gamma$ [VDM eq. 4]. A teaching copy of the DDIM step:
+# step draws from $q(z_s \mid z_t, x=\hat x)$: with $r = e^{\lambda_t - \lambda_s}$ (below 1,
+# since $s$ is less noisy), its mean is $r \frac{\alpha_s}{\alpha_t} z_t + (1 - r)\alpha_s \hat x$
+# [VDM eq. 4], and its variance interpolates, in log space, between the posterior's
+# $\tilde\sigma^2_{s|t} = (1 - r)\sigma_s^2$ and the forward step's
+# $\sigma^2_{t|s} = (1 - r)\sigma_t^2$:
+# $(\tilde\sigma^2_{s|t})^{1-\gamma}(\sigma^2_{t|s})^{\gamma}$. So $\gamma = 0$ adds the
+# posterior's noise, $\gamma = 1$ the (larger) forward noise. A teaching copy of the DDIM step:
 
 
 # %%
@@ -493,9 +524,19 @@ plt.show()
 assert p995[f"w={W_HIGH:g}, dynamic threshold"] <= 1.0 < p995[f"w={W_HIGH:g}, no threshold"]
 
 # %% [markdown]
+# Read the pictures as well as the percentiles. Unthresholded, $w = 12$ drives the values far
+# outside $[-1, 1]$ (the printed percentile) and the frames saturate into fields of the
+# caption's colour. Thresholding brings every value back into range, and since it acts at
+# every step it keeps the sampler's $z_t$ in the range the model was trained on; but the
+# frames stay flat fields of colour. It repairs the *range* of an over-guided sample, not
+# the over-guidance: this small model, trained for a few minutes, is over-guided at
+# $w = 12$ with or without it. Imagen's large models sample well at high weights *with*
+# thresholding [IMG §2.3]; which weight suits the toy base stage is measured in notebook 03.
+#
 # Imagen Video also oscillates $w$ in its low-resolution stages [IV §2.6.2]: constant high for
 # the first steps, then alternating high and low. `guided_x_hat_fn` accepts that per-step
-# list directly (its length must equal the sampler's `steps`).
+# list directly (its length must equal the sampler's `steps`). It is shown here as a
+# mechanism only: with every other step still at $w = 12$, it does not rescue this model.
 
 # %%
 w_osc = guidance.oscillating_schedule(STEPS, high=W_HIGH, low=1.0)

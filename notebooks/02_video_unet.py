@@ -231,8 +231,13 @@ assert gap > 0.05
 # embedding, and the gap is float rounding. The *gradient* there has a part that breaks the
 # symmetry: time reversal acts on the parameters as a map $P$ (flip the bias table's distance
 # axis, the frame embedding's frame axis, a temporal conv's kernel), and at a symmetric point
-# the gradient on the reversed batch is $P g$. So $g_{\text{anti}} = (g - Pg)/2$ is what moves
-# the net off the symmetric point, and on the batch plus its reversal it is exactly zero.
+# the gradient on the reversed batch, *captions unchanged*, is $P g$. So
+# $g_{\text{anti}} = (g - Pg)/2$ is what moves the net off the symmetric point, and on the
+# batch plus that reversal it is exactly zero. That pair is a check of $P$, not data: a clip
+# of "moving left" played backwards moves right, so the reversal that belongs to the toy
+# world swaps the caption's direction too (left and right, up and down). Then the two halves
+# no longer cancel: the caption's word is the one thing in the loss that tells the two
+# directions of time apart.
 
 
 # %%
@@ -270,9 +275,10 @@ print(f"symmetric start: equivariance gap {sym_gap:.1e}")
 assert sym_gap < 1e-5
 
 # %% [markdown]
-# Now one real captioned batch of the toy world, the v-MSE of notebook 03, and the ratio
+# Now one real captioned batch of the toy world, the v-MSE of notebook 01, and the ratio
 # $\lVert g_{\text{anti}}\rVert / \lVert g_{\text{sym}}\rVert$ over the parameters that
-# $P$ moves:
+# $P$ moves, for the batch alone, for the batch plus its reversal with the captions
+# unchanged, and for the batch plus its reversal with their directions swapped:
 
 # %%
 encoder = text.build_encoder(CFG.text)
@@ -307,22 +313,34 @@ def anti_sym(x, caps, t, eps):  # (g - Pg)/2 and (g + Pg)/2 of the v-MSE
             torch.cat([(g[n] + pg[n]).flatten() / 2 for n in g]))  # fmt: skip
 
 
+def played_backwards(caption):  # the toy world's caption of a clip played backwards
+    swap = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    return " ".join(swap.get(word, word) for word in caption.split())
+
+
+def ratio(pair):
+    return float(pair[0].norm() / pair[1].norm())
+
+
 x, caps, t, eps = a_batch(16)
-anti, symm = anti_sym(x, caps, t, eps)
-both = anti_sym(
-    torch.cat([x, x.flip(2)]), caps + caps, torch.cat([t, t]), torch.cat([eps, eps.flip(2)])
-)
-frac, frac_both = anti.norm() / symm.norm(), both[0].norm() / both[1].norm()
-print(
-    f"antisymmetric / symmetric gradient: one batch {frac:.2f}; batch + its reversal {frac_both:.1e}"
-)
-assert frac > 1e-3 and frac_both < 1e-4  # the pair: float rounding; one batch: far more
+x2, t2, eps2 = torch.cat([x, x.flip(2)]), torch.cat([t, t]), torch.cat([eps, eps.flip(2)])
+frac = ratio(anti_sym(x, caps, t, eps))
+frac_kept = ratio(anti_sym(x2, caps + caps, t2, eps2))
+frac_swapped = ratio(anti_sym(x2, caps + [played_backwards(c) for c in caps], t2, eps2))
+print("antisymmetric / symmetric gradient:")
+print(f"  one batch of 16                                {frac:.1e}")
+print(f"  + its reversal, captions unchanged             {frac_kept:.1e}")
+print(f"  + its reversal, directions swapped (toy world) {frac_swapped:.1e}")
+assert frac_kept < 1e-4  # float rounding: the gradient on the reversed half is P g
+assert 10 * frac_kept < frac_swapped < frac / 3  # the caption's push: real, yet small
 
 # %% [markdown]
-# So one step leaves the symmetric point: the start is not a prison. But the push is noise,
-# not a direction. Averaged over batches (which is what a larger batch does) the
-# antisymmetric part shrinks roughly as $1/\sqrt{\text{batches}}$, and the parts from
-# independent batches point in unrelated directions:
+# So one step leaves the symmetric point: the start is not a prison. But nearly all of the
+# push is noise: a batch holds more clips moving one way than the other, and its gradient
+# follows them. The push that survives in expectation, the caption's, is the swapped pair's:
+# a small fraction of one batch's. Averaged over batches (which is what a larger batch does)
+# the antisymmetric part shrinks roughly as $1/\sqrt{\text{batches}}$, and the parts from
+# independent batches point in nearly unrelated directions:
 
 # %%
 antis = torch.stack([anti_sym(*a_batch(8))[0] for _ in range(8)])
@@ -334,12 +352,15 @@ print(f"cosine between batches: mean {cos.mean():+.2f}, max {cos.max():+.2f}")
 assert shrink < 0.7
 
 # %% [markdown]
-# That is why a symmetric start stalls rather than fails outright: nothing in the loss points
-# the net towards *a* direction of time until the net already has one, so motion stays near
-# a coin flip while color and shape are learned (a toy run from a zero bias reached 46%
-# motion accuracy: it read the axis from the caption and guessed the sign; chance over the
-# four directions is 25%; see docs/field-notes.md). Random initial biases and a frame embedding hand it a
-# direction from step 0.
+# That is why a symmetric start stalls rather than fails outright: the only push towards
+# *a* direction of time is the caption's, which at the symmetric point is a small part of
+# each batch's noise (the pair above), so the net takes many steps to find it, and motion
+# stays near a coin flip while color and shape are learned. A toy run from a zero bias
+# reached 46% motion accuracy: the share of its samples whose shape moves the way the
+# caption says (notebook 03 measures it with `evaluate.caption_alignment`). It read the
+# axis from the caption and guessed the sign; chance over the four directions is 25% (see
+# docs/field-notes.md). Random initial biases and a frame embedding hand it a direction
+# from step 0.
 
 # %% [markdown]
 # ## 4. Temporal convolution vs attention: cost as frames grow
@@ -382,7 +403,12 @@ print(
 # printed ratio grows with $F$), and that is the lesson: per pixel, temporal attention costs
 # $8C^2F$ FLOPs for its projections (q, k, v, out) and $4CF^2$ for $qk^\top$ and the weighted
 # sum; the quadratic term only catches up with the projections at $F = 2C$ (128 frames at
-# 64 channels). A kernel-3 conv costs $6C^2F$. Memory differs more: the attention weights are
+# 64 channels). A kernel-3 conv costs $6C^2F$. Counted, attention is 1.33x a conv at any
+# small $F$ and 2.67x at $F = 2C$; timed, the ratio is lower throughout (near 1x, or below
+# it, at small $F$), because a FLOP is not a millisecond: attention's projections are large
+# matrix products, which a CPU runs near its peak, while a temporal conv of 64 channels
+# runs well below it. How the ratio grows with $F$ is the count's. Memory differs more: the attention
+# weights (the softmax probabilities, activations rather than parameters) are
 # $\text{heads} \times F^2$ numbers per pixel. Counted (not timed) up to 512 frames:
 
 # %%
@@ -408,8 +434,11 @@ print(
     "quadratic / projections",
 )
 assert quad[frames_all == 2 * C_].item() == 1.0
-attn_gb = HEADS * 128**2 * 320 * 192 * 2 / 1e9  # bf16 weights of one layer, one clip
-print(f"one attention layer at 128 frames x 320 x 192 would hold {attn_gb:.0f} GB of weights")
+attn_gb = HEADS * 128**2 * 320 * 192 * 2 / 1e9  # bf16 probabilities of one layer, one clip
+print(
+    f"one attention layer at 128 frames x 320 x 192 would hold {attn_gb:.0f} GB of attention "
+    "probabilities (activations, not parameters)"
+)
 
 # %% [markdown]
 # ## 5. Joint image-video training by masking
@@ -487,9 +516,9 @@ print(f"total {total / 1e9:.2f}B vs 11.6B ({100 * (total / 11.6e9 - 1):+.1f}%)")
 # - Temporal attention carries a relative-position bias (T5 form); randomised at init,
 #   together with a frame-position embedding, so the net tells forwards from backwards from
 #   step 0. A symmetric start is not a trap by itself, but the symmetry-breaking gradient is
-#   batch noise, so training from it stalls.
-# - Attention's quadratic cost in frames shows late (at $F = 2C$); its memory is the reason
-#   the paper gives for convolutions in the SR stages.
+#   mostly batch noise (the captions' push is small beside it), so training from it stalls.
+# - Attention's quadratic cost in frames shows late (at $F = 2C$); its memory, and no gain in
+#   early experiments, are the reasons the paper gives for convolutions in the SR stages.
 # - Images train alongside videos by masking temporal mixing to the identity.
 # - Text enters pooled (every ResBlock) and token by token (spatial attention); an all-False
 #   mask selects the learned null embedding.

@@ -183,15 +183,18 @@ plt.show()
 # %% [markdown]
 # Six settings from the same noise: no guidance anywhere; the shipped setting (guidance at
 # the base stage only); a high $w = 3$ at the base only, at the SR stages only, and at every
-# stage; and $w = 3$ everywhere with the low-resolution stages (every stage but the last,
-# as in the paper) oscillating between 3 and 1. Beside each, what the caption reader sees
+# stage; and $w = 3$ everywhere with the low-resolution stages oscillating between 3 and 1.
+# The paper oscillates its stages up to 80 x 48, the first three of its seven [IV §2.6.2];
+# the toy cascade has no size that matches, so here the three smallest of its four stages
+# oscillate (every stage but the last, a mapping of ours). Beside each, what the caption reader sees
 # in the final video and how far it moved from the unguided one (PSNR: higher is closer).
 
 
 # %%
 def with_oscillation(model, on):
     """The same models under a config whose stages but the last oscillate (or not) between
-    w and 1 (the paper's low-resolution stages oscillate, its larger ones do not)."""
+    w and 1 (the paper's stages up to 80 x 48 oscillate, its larger ones do not; the toy
+    cascade's three smallest stand in for them)."""
     last_name = model.trained_stages[-1].name
     new = [
         s

@@ -367,28 +367,10 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 # The stochastic column sits below the DDIM one, and below the teacher's DDIM at the same N,
 # by design: the stochastic sampler adds fresh noise at every step, so even a perfect
 # student does not retrace the deterministic reference. It measures something else: whether
-# the videos stay right. The quality table below reads their captions: in the toy render
-# (the course copy in docs/course) one of its 12 stochastic samples, the blue triangle,
-# comes out empty (no shape to read, so it fails all three words). It comes from its
-# starting noise and the stochastic sampler's draws together, not from the distilled
-# weights. From that noise the student's first $\hat x$ lights only 4.7% of its pixels
-# (above 0; the background is -1), the teacher's only 0.9%, and DDIM, the teacher's or the
-# student's, follows that weak start to a triangle. Keeping the starting noise and giving
-# the sampler 40 other seeds for its per-step noise, the student lost the shape 3 times
-# (once all dark, like this one) and missed the caption 3 more times (a square once, the
-# wrong direction twice); with the starting noise drawn afresh from those seeds too, it
-# never lost the shape (2 wrong motions). The undistilled teacher loses this shape sometimes
-# too: from 200 other starting noises a video of the caption came out without a readable
-# shape once from the teacher (64 guided DDIM steps), once from the student under DDIM and
-# never under its stochastic sampler, counts too small to rank them (docs/field-notes.md,
-# "An empty video from the distilled base"). Empty videos like the table's are rare: 504
-# samples of all 84 captions from other seeds held none (100% color and shape, 99.4% motion;
-# the base student before this one 99.6%), and the whole shipped distilled cascade scores
-# 100% on color and shape and 99.4% on motion on the 168 evaluation videos, where the
-# teacher scores 98.8% on motion (data/README.md). The DDIM column is the like-for-like
-# comparison with the teacher. At `ci` the teacher (100 training steps) and the phases (30
-# steps each) are far too short for these numbers to mean anything: read them as a check
-# that everything runs.
+# the videos stay right, which the quality table below reads from their captions. The DDIM
+# column is the like-for-like comparison with the teacher. At `ci` the teacher (100
+# training steps) and the phases (30 steps each) are far too short for these numbers to
+# mean anything: read them as a check that everything runs.
 #
 # **Quality against steps.** The same prompts at 128, 32, 16, 8, 4 and 2 steps: the
 # undistilled teacher (DDIM) at every count, each student at the count it was distilled for,
@@ -397,7 +379,7 @@ for n, p_s, p_d, p_t, sec_s, sec_t in rows:
 
 # %%
 STEP_COUNTS = (128, 32, 16, 8, 4, 2)
-rows, tiles, labels = [], [], []
+rows, tiles, labels, scores = [], [], [], []
 runs = [("teacher DDIM", teacher, BASE, n, 2 * n) for n in STEP_COUNTS]
 for n, (st, m) in sorted(STUDENTS.items(), reverse=True):
     runs += [
@@ -407,6 +389,7 @@ for n, (st, m) in sorted(STUDENTS.items(), reverse=True):
 for who, model_k, stage_k, n, evals in runs:
     x, _ = sample(model_k, stage_k, n)
     score = metrics.caption_alignment(x, PROMPTS)
+    scores.append(score)
     db = evaluate.psnr(x, reference).mean().item()
     rows.append((who, n, evals, score["color"], score["shape"], score["motion"], db))
     tiles.append(x[:3])
@@ -414,8 +397,37 @@ for who, model_k, stage_k, n, evals in runs:
 print(f"{'sampler':13} {'N':>4} {'evals':>5} | {'color':>5} {'shape':>5} {'motion':>6} | {'dB':>5}")
 for who, n, evals, c, sh, mo, db in rows:
     print(f"{who:13} {n:4} {evals:5} | {c:5.0%} {sh:5.0%} {mo:6.0%} | {db:5.1f}")
+for (who, n, *_), score in zip(rows, scores, strict=True):  # what the reader saw where it failed
+    missed = [p for p in score["predictions"] if not p["correct"]]
+    for p in missed if len(missed) <= 3 else []:
+        print(f"  {who} {n}: {p['prompt']!r} read as {p['color']}, {p['shape']}, {p['motion']}")
+    if len(missed) > 3:
+        print(f"  {who} {n}: {len(missed)} of {len(PROMPTS)} videos missed their caption")
 
 # %% [markdown]
+# Under the table, each video the reader got wrong, with what it read (None: nothing it
+# could read), or the count where more than three missed. In the toy render of this notebook (the copy shipped in docs/course), one of
+# the student's 12 stochastic samples, the blue triangle, comes out empty: no shape, so it
+# fails all three words. It comes from its starting noise and the stochastic sampler's draws
+# together, not from the distilled weights. Measured apart from this notebook
+# (docs/field-notes.md, "An empty video from the distilled base"): from that noise the
+# student's first $\hat x$ lights only 4.7% of its pixels (above 0; the background is -1),
+# the teacher's only 0.9%, and DDIM, the teacher's or the student's, follows that weak start
+# to a triangle. Keeping the starting noise and giving
+# the sampler 40 other seeds for its per-step noise, the student lost the shape 3 times
+# (once all dark, like this one) and missed the caption 3 more times (a square once, the
+# wrong direction twice); with the starting noise drawn afresh from those seeds too, it
+# never lost the shape (2 wrong motions). The undistilled teacher loses this shape sometimes
+# too: from 200 other starting noises a video of the caption came out without a readable
+# shape once from the teacher (64 guided DDIM steps), once from the student under DDIM and
+# never under its stochastic sampler, counts too small to rank them. Empty videos like this
+# one are rare: 504
+# samples of all 84 captions from other seeds held none (100% color and shape, 99.4% motion;
+# the base student before this one 99.6%), and the whole shipped distilled cascade scores
+# 100% on color and shape and 99.4% on motion on the 168 evaluation videos, where the
+# teacher scores 98.8% on motion (data/README.md). At `ci` scale the misses differ from run
+# to run of the code: the models there are far too short-trained to mean anything.
+#
 # Each column below is one run of the table (same order), each row one prompt, all from the
 # same noise: compare the teacher at few steps with the student at the same count.
 
