@@ -70,6 +70,27 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
 
 
+def check_evaluation(evaluate: Any, every: int, given_later_ok: bool = False) -> None:
+    """``evaluate`` is an evaluator (``trainer -> {name: number}``), not the factory that makes
+    one, and ``evaluate_every`` > 0 has one to call (``given_later_ok``: the constructor,
+    after which ``trainer.evaluate`` may still be set). A mistake here used to surface only
+    at the first evaluation."""
+    if evaluate is caption_evaluator:
+        raise TypeError(
+            "evaluate=train.caption_evaluator is the factory that makes an evaluator: call it, "
+            "evaluate=train.caption_evaluator() (options: prompts=, steps=, guidance_w=)"
+        )
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(
+            f"evaluate={evaluate!r:.60} must be callable: trainer -> {{name: number}}, or None"
+        )
+    if every and evaluate is None and not given_later_ok:
+        raise ValueError(
+            f"evaluate_every={every} but no evaluator: give evaluate= (e.g. "
+            "train.caption_evaluator()), or evaluate_every=0"
+        )
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a training log (a run folder or its log.jsonl); a torn last line is dropped.
     A row without an integer "step" is a ValueError naming it (an edited or damaged log)."""
@@ -189,6 +210,7 @@ class Trainer:
         check_count("checkpoint_every", checkpoint_every)
         check_count("keep_checkpoints", keep_checkpoints)
         check_count("evaluate_every", evaluate_every, minimum=0)
+        check_evaluation(evaluate, evaluate_every, given_later_ok=True)
         device = cascade.parse_device(device)
         self.context = context = distributed.current()
         self.fsdp = distributed.check_fsdp(fsdp, context, "the model")
@@ -440,6 +462,7 @@ class Trainer:
         trainer refuses one where another trainer went on with the run since.
         """
         check_count("steps", steps, minimum=0)
+        check_evaluation(self.evaluate, self.evaluate_every)  # it may be set after __init__
         rows: list[dict[str, Any]] = []
         self._total = steps
         self.signal, self._stop_agreed = None, False  # a Ctrl-C of an earlier fit is handled
@@ -460,6 +483,8 @@ class Trainer:
             while self.step < steps and not self._stopping():
                 row = {"step": self.step + 1, **self.train_step()}
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
+                if self.step % self.checkpoint_every == 0 or self.step == steps:
+                    self.save()  # before evaluating: an evaluator that fails loses no steps
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
                 if self.evaluate and due and (main or self._evaluate_everywhere):
                     row.update(evaluate.score_fields(self.evaluate(self)))
@@ -467,8 +492,6 @@ class Trainer:
                 rows.append(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", it_s=f"{row['steps_per_s']:.2f}")
-                if self.step % self.checkpoint_every == 0 or self.step == steps:
-                    self.save()
             if self.signal is not None:
                 if self._saved_step != self.step:  # not saved at this step already
                     self.save()

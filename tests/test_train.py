@@ -755,3 +755,30 @@ def test_a_log_row_without_a_step_is_named_and_skipped_steps_in_a_row_are_kept(t
     log.write_text(log.read_text().replace('"step"', '"stdp"', 1))
     with pytest.raises(ValueError, match=r"log.jsonl': row 1 has no integer 'step'"):
         _trainer(tmp_path, encoder).resume()
+
+
+def test_an_evaluator_is_checked_before_training_and_one_that_fails_loses_no_steps(
+    tmp_path, encoder
+):
+    """train.caption_evaluator (the factory, not an evaluator) failed only at the first
+    evaluation, and since the evaluation ran before that step's save, the steps since the
+    last checkpoint were lost with it."""
+    with pytest.raises(TypeError, match=r"call it, evaluate=train.caption_evaluator\(\)"):
+        _trainer(tmp_path / "a", encoder, evaluate=train.caption_evaluator, evaluate_every=2)
+    with pytest.raises(TypeError, match="evaluate=3 must be callable"):
+        _trainer(tmp_path / "a", encoder, evaluate=3, evaluate_every=2)
+    idle = _trainer(tmp_path / "a", encoder, evaluate_every=2)  # trainer.evaluate may come later
+    with pytest.raises(ValueError, match="evaluate_every=2 but no evaluator: give evaluate="):
+        idle.fit(2)
+    assert not (tmp_path / "a").exists()
+
+    def fails(trainer):
+        raise RuntimeError("out of memory while sampling")
+
+    trainer = _trainer(tmp_path / "b", encoder, evaluate=fails, evaluate_every=2)
+    trainer.checkpoint_every = 2
+    with pytest.raises(RuntimeError, match="out of memory while sampling"):
+        trainer.fit(4)
+    assert checkpoint.latest(tmp_path / "b").name == "step-00000002"  # saved before evaluating
+    again = _trainer(tmp_path / "b", encoder)
+    assert again.resume() == 2 and [r["step"] for r in again.fit(3)] == [3]
