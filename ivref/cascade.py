@@ -10,8 +10,9 @@ On disk (``save_pretrained`` / ``from_pretrained``) a cascade is a folder::
 
     cascade.json          {"format": 2, "config": ..., "stages": [...], "files": {name:
                            {"bytes", "sha256"}}, "text_probe", "trained_on": {stage: "toy" or
-                           {"videos": folder}}, "digest": sha256 of the rest}; written last
-                           (text_probe and trained_on where known)
+                           {"videos": folder}}, "teachers": {stage: sha256 of the teacher's
+                           weight file}, "digest": sha256 of the rest}; written last
+                           (text_probe, trained_on and teachers where known)
     <stage>.safetensors   EMA weights of each trained stage, fp16
 
 Loading checks the manifest against its digest (a manifest saved without one is read as it
@@ -259,6 +260,40 @@ def check_trained_on(trained_on: object, stages: Sequence[str]) -> dict[str, Any
     return dict(trained_on)
 
 
+def check_teachers(teachers: object, stages: Sequence[str]) -> dict[str, str]:
+    """``teachers`` as ``Cascade`` keeps it: {stage: the sha256 (64 hex digits) of the weight
+    file its teacher had in the parent cascade} for stages of the cascade (None: {})."""
+    if teachers is None:
+        return {}
+    ok = isinstance(teachers, dict) and all(
+        name in stages
+        and isinstance(sha, str)
+        and len(sha) == 64
+        and all(c in "0123456789abcdef" for c in sha)
+        for name, sha in teachers.items()
+    )
+    if not ok:
+        raise ValueError(
+            f"teachers={teachers!r}: give {{stage: sha256 hex of its teacher's weight file}} "
+            f"for stages of the cascade {list(stages)}, or None"
+        )
+    return dict(teachers)
+
+
+def stale_students(parent: Path, teachers: dict[str, str]) -> list[str]:
+    """The stages whose recorded teacher (``teachers``: weight-file sha256 by stage) is not
+    the weight file that ``parent``'s manifest lists for that stage now: students of weights
+    that have been replaced since (a stage the parent no longer has counts as replaced).
+    [] where the parent has no readable manifest: nothing to compare with."""
+    try:
+        listed = json.loads((parent / MANIFEST).read_text()).get("files", {})
+        now = {name: listed[f"{name}.safetensors"]["sha256"] for name in teachers
+               if f"{name}.safetensors" in listed}  # fmt: skip
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return []
+    return [name for name, sha in teachers.items() if now.get(name) != sha]
+
+
 def video_stages(trained_on: dict[str, Any]) -> dict[str, str]:
     """{stage: its videos' folder} of the stages ``trained_on`` says were trained on videos."""
     return {name: data["videos"] for name, data in trained_on.items() if data != "toy"}
@@ -277,6 +312,11 @@ class Cascade(nn.Module):
     ``trained_on`` says what each stage was trained on, as ``ivref export`` records it:
     ``"toy"`` (the toy world) or ``{"videos": FOLDER}``; a stage it does not name is unknown
     (``ivref distill`` and ``ivref evaluate`` read it to warn about data that does not fit).
+
+    ``teachers``, in a cascade of distilled students (a ``distilled/`` folder), names the
+    weight file each student's teacher had in the parent cascade (its sha256, as the parent's
+    manifest lists it): loading the students warns where the parent's stage has been
+    replaced since, so ``--distilled`` does not sample an old teacher's students unsaid.
     """
 
     def __init__(
@@ -287,6 +327,7 @@ class Cascade(nn.Module):
         *,
         text_probe: list[float] | None = None,
         trained_on: dict[str, Any] | None = None,
+        teachers: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         names = [s.name for s in cfg.stages]
@@ -304,6 +345,7 @@ class Cascade(nn.Module):
         self.cfg = cfg
         self.models = nn.ModuleDict(models)
         self.trained_on = check_trained_on(trained_on, trained)
+        self.teachers = check_teachers(teachers, trained)
         if text_probe is not None and not text.is_probe(text_probe):
             raise ValueError(
                 f"text_probe={text_probe!r}: give text.probe(encoder), a list of at most "
@@ -504,6 +546,9 @@ class Cascade(nn.Module):
         known = {name: data for name, data in self.trained_on.items() if name in stages}
         if known:
             manifest["trained_on"] = known
+        teachers = {name: sha for name, sha in self.teachers.items() if name in stages}
+        if teachers:
+            manifest["teachers"] = teachers
         manifest["digest"] = checkpoint.config_digest(manifest)  # of everything above
         files.atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
@@ -538,6 +583,7 @@ class Cascade(nn.Module):
             if probe is not None and not text.is_probe(probe):
                 raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
             trained_on = check_trained_on(manifest.get("trained_on"), stages)
+            teachers = check_teachers(manifest.get("teachers"), stages)
         except ManifestFormatError:
             raise
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -549,9 +595,19 @@ class Cascade(nn.Module):
         else:
             _check_listed(manifest.get("files"), stages, manifest_path)
             tensor_files.verify_files(directory, manifest["files"], str(manifest_path))
+        stale = stale_students(directory.resolve().parent, teachers)
+        if stale and directory.resolve().name == DISTILLED:
+            parent = directory.resolve().parent
+            warnings.warn(
+                f"{str(directory)!r}: the students of {stale} were distilled from weights that "
+                f"the cascade {str(parent)!r} no longer holds (its stage was replaced since): "
+                "they sample as their old teacher did; distil them again (ivref distill --stage "
+                f"NAME --from {parent}) and export them here",
+                stacklevel=2,
+            )
         models = {}
         for name in stages:
             model = VideoUNet(cfg.stage(name).unet)
             checkpoint.load_weights(directory / f"{name}.safetensors", model)
             models[name] = model.eval()
-        return cls(cfg, models, encoder, text_probe=probe, trained_on=trained_on)
+        return cls(cfg, models, encoder, text_probe=probe, trained_on=trained_on, teachers=teachers)

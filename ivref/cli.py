@@ -273,9 +273,11 @@ def _until(model: Any, name: str) -> Any:
         raise CLIError(f"--until {name!r}: the trained stages are {names}")
     kept = {n: model.models[n] for n in names[: names.index(name) + 1]}
     trained_on = {n: d for n, d in model.trained_on.items() if n in kept}
+    teachers = {n: sha for n, sha in model.teachers.items() if n in kept}
     return Cascade(
-        model.cfg, kept, model.encoder, text_probe=model.text_probe, trained_on=trained_on
-    )
+        model.cfg, kept, model.encoder, text_probe=model.text_probe, trained_on=trained_on,
+        teachers=teachers,
+    )  # fmt: skip
 
 
 # -- info -------------------------------------------------------------------------------------

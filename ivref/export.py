@@ -48,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
             "--force to replace it, or choose another folder"
         )
     files.check_writable(args.out, "--out")
-    models, cfg, base_cfg, probes, trained_on = {}, None, None, {}, {}
+    models, cfg, base_cfg, probes, trained_on, teachers = {}, None, None, {}, {}, {}
     base = None
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
         cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
-        trained_on = dict(base.trained_on)
+        trained_on, teachers = dict(base.trained_on), dict(base.teachers)
         probes[f"--base {str(args.base)!r}"] = base.text_probe
     elif args.sampling == "base":
         raise CLIError("--sampling base takes the settings of the --base cascade: give --base")
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 "per stage"
             )
         given[stage] = run
+        teachers.pop(stage, None)  # the run's, where it is a student of this folder's parent
         probes[repr(str(run))] = text.recorded_probe(extra, repr(str(run)))
         if cfg is None:
             cfg = run_cfg
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     _keep_students(args.out, given, models, args.base)
-    _students_of_their_cascade(args.out, given, args.base, base)
+    teachers |= _students_of_their_cascade(args.out, given, args.base, base)
     names = [s.name for s in cfg.stages]
     last = max((names.index(st) for st in models if st in names), default=0)  # (a stage the
     missing = [n for n in names[:last] if n not in models]  # config lacks: Cascade names it)
@@ -101,13 +102,39 @@ def run(args: argparse.Namespace) -> int:
         )
     probe = _same_text(probes)
     trained_on = {name: data for name, data in trained_on.items() if name in models}
-    joined = cascade_lib.Cascade(cfg, models, text_probe=probe, trained_on=trained_on)
+    teachers = {name: sha for name, sha in teachers.items() if name in models}
+    joined = cascade_lib.Cascade(
+        cfg, models, text_probe=probe, trained_on=trained_on, teachers=teachers
+    )
     folder = joined.save_pretrained(args.out, overwrite=args.force)
     names = [s.name for s in cfg.stages if s.name in models]
     print(f"wrote {folder} (stages {names}, fp16 EMA weights)", file=sys.stderr)
     for line in taken:
         print(f"  {line}", file=sys.stderr)
+    _note_stale_students(folder)
     return 0
+
+
+def _note_stale_students(folder: Path) -> None:
+    """After a cascade is written: where its ``distilled/`` folder holds students of stages
+    it has just replaced, say so (they were distilled from the old weights; ``--distilled``
+    would sample them as the old teachers did)."""
+    from ivref import cascade as cascade_lib
+
+    try:
+        manifest = json.loads((folder / cascade_lib.DISTILLED / cascade_lib.MANIFEST).read_text())
+        teachers = cascade_lib.check_teachers(manifest.get("teachers"), manifest["stages"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no students, or none that says whose they are
+    stale = cascade_lib.stale_students(folder, teachers)
+    if stale:
+        print(
+            f"note: {str(folder / cascade_lib.DISTILLED)!r} holds students of {stale} distilled "
+            "from the weights this export replaced: distil them again (ivref distill --stage "
+            f"NAME --from {folder}) and export them there; until then --distilled samples the "
+            "old teachers' students (and says so)",
+            file=sys.stderr,
+        )
 
 
 def _describe(run: Path, loaded: RunWeights) -> str:
@@ -171,24 +198,27 @@ def _keep_students(out: Path, given: dict[str, Path], models: dict, base: Path |
 
 def _students_of_their_cascade(
     out: Path, given: dict[str, Path], base_dir: Path | None = None, base: Any = None
-) -> None:
+) -> dict[str, str]:
     """A cascade's ``distilled/`` folder holds students of its own stages: a distillation
     exported there must have been distilled from the weights the parent cascade holds for
     its stage (its plan records their digest), or ``--distilled`` would sample another
     teacher's student beside the parent's other stages. ``base``: the ``--base`` cascade
     from ``base_dir``, already loaded (used where it is the parent: ``--base C --out
-    C/distilled``)."""
+    C/distilled``). Returns {stage: the sha256 of the parent's weight file} of the students
+    checked, for the cascade's ``teachers``."""
     from ivref import cascade as cascade_lib
     from ivref import distill_plan
 
     parent = out.resolve().parent
     runs = {s: r for s, r in given.items() if (r / distill_plan.PLAN).is_file()}
     if out.resolve().name != cascade_lib.DISTILLED or not runs:
-        return
+        return {}
     if not (parent / cascade_lib.MANIFEST).is_file():
-        return  # a folder named distilled/ of no cascade: nothing to compare with
+        return {}  # a folder named distilled/ of no cascade: nothing to compare with
     is_parent = base is not None and base_dir is not None and base_dir.resolve() == parent
     teachers = base if is_parent else cascade_lib.Cascade.from_pretrained(parent)
+    listed = json.loads((parent / cascade_lib.MANIFEST).read_text()).get("files") or {}
+    checked = {}
     for stage, run in runs.items():
         plan = distill_plan.read_plan(run)
         recorded = plan.get("teacher")
@@ -204,6 +234,10 @@ def _students_of_their_cascade(
                 "or distil this cascade's stage (ivref distill --from "
                 f"{parent})"
             )
+        sha = (listed.get(f"{stage}.safetensors") or {}).get("sha256")
+        if isinstance(sha, str):
+            checked[stage] = sha
+    return checked
 
 
 def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:

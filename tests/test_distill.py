@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -288,6 +289,23 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert f"(its teacher: {str(tmp_path / 'cascade')!r})" in said
     assert not (tmp_path / "other" / "distilled").exists()
     assert cli.main([*argv, "--out", str(tmp_path / "mixed")]) == 0  # elsewhere: the user's call
+    # the students record their teacher's weight file; replacing it in the parent is said
+    parent = json.loads((tmp_path / "cascade" / "cascade.json").read_text())
+    distilled = json.loads((tmp_path / "cascade" / "distilled" / "cascade.json").read_text())
+    assert distilled["teachers"] == {"tsr": parent["files"]["tsr.safetensors"]["sha256"]}
+    assert "teachers" not in json.loads((tmp_path / "mixed" / "cascade.json").read_text())
+    run = ["train", "--scale", "ci", "--stage", "tsr", "--steps", "1", "--batch-size", "2"]
+    assert cli.main([*run, "--out", str(tmp_path / "tsr")]) == 0
+    argv = ["export", str(tmp_path / "tsr"), "--base", str(tmp_path / "cascade")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(tmp_path / "cascade"), "--force"]) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "distilled' holds students of ['tsr'] distilled from the weights this export" in said
+    with pytest.warns(UserWarning, match=r"the students of \['tsr'\] were distilled from weights"):
+        Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the parent itself loads without a word
+        Cascade.from_pretrained(tmp_path / "cascade")
 
 
 def test_the_objective_leaves_the_callers_teacher_as_it_was():

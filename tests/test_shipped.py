@@ -1,6 +1,7 @@
 """The weights shipped in data/toy: what data/README.md says about them holds."""
 
 import dataclasses
+import json
 
 import torch
 
@@ -30,6 +31,8 @@ def test_every_shipped_stage_has_an_eight_step_student(repo_root):
     student = cascade.Cascade.from_pretrained(folder, variant="distilled")
     assert [s.name for s in student.trained_stages] == [s.name for s in teacher.trained_stages]
     assert student.trained_on == teacher.trained_on  # distilled on the toy world, too
+    listed = json.loads((folder / "cascade.json").read_text())["files"]
+    assert student.teachers == {n: listed[f"{n}.safetensors"]["sha256"] for n in student.models}
     for t_stage in teacher.trained_stages:
         s_stage = student.cfg.stage(t_stage.name)
         assert student.models[t_stage.name].cfg.use_guidance_embedding
