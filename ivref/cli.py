@@ -225,7 +225,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise CLIError(f"--json {str(args.json)!r} is a folder; give a file name")
         files.check_writable(args.json, "--json")
     device = devices.parse_command_device(args.device)
-    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
+    whole = args.until is None  # students of the first stages suffice up to --until
+    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder, whole).to(device)
     if args.until is not None:
         model = _until(model, args.until)
     from ivref.cascade import video_stages

@@ -6,6 +6,7 @@ checkpoint a ``CheckpointError``, a damaged text probe a ``ValueError``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -103,12 +104,20 @@ def _newest_ema(found: list[Path]) -> RunWeights:
     return RunWeights(cfg, stage, model.eval(), meta.get("extra", {}), ckpt, int(meta["step"]))
 
 
-def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str | None = None):
+def load_cascade(
+    path: Path | None,
+    distilled: bool = False,
+    text_encoder: str | None = None,
+    whole: bool = True,
+):
     """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped).
 
     ``text_encoder`` is the local folder of a T5 checkpoint for a cascade on encoder "t5".
+    ``whole``: ``distilled`` students must cover every stage the cascade has (else its
+    videos would stop at the last student's size, unsaid); False where only the first
+    stages are sampled (``ivref evaluate --until``).
     """
-    model = _load_cascade(path, distilled)
+    model = _load_cascade(path, distilled, whole)
     if text_encoder is not None:
         if model.cfg.text.encoder != "t5":
             raise CLIError(
@@ -120,7 +129,7 @@ def load_cascade(path: Path | None, distilled: bool = False, text_encoder: str |
     return model
 
 
-def _load_cascade(path: Path | None, distilled: bool):
+def _load_cascade(path: Path | None, distilled: bool, whole: bool = True):
     from ivref import cascade, files
 
     if path is not None:
@@ -141,6 +150,20 @@ def _load_cascade(path: Path | None, distilled: bool):
                 f"{where}/{cascade.DISTILLED} holds no distilled student (no stage embeds w): "
                 f"make one with `ivref distill`, then `ivref export RUN --base {where} --out "
                 f"{where}/{cascade.DISTILLED} --force`"
+            )
+        where = path if path is not None else cascade.shipped_dir()
+        try:  # the parent's stages, as its manifest lists them (it is loaded only if asked)
+            teachers = json.loads((Path(where) / cascade.MANIFEST).read_text())["stages"]
+            missing = [name for name in teachers if name not in students.models]
+        except (OSError, ValueError, KeyError, TypeError):
+            missing = []  # a damaged parent: its own loading says so, where it is loaded
+        if whole and missing:
+            have = [s.name for s in students.trained_stages]
+            raise CLIError(
+                f"--distilled: {str(Path(where) / cascade.DISTILLED)!r} holds students of {have} "
+                f"only, while the cascade goes on to {missing}: its videos would stop at "
+                f"{have[-1]}'s size. Distil those stages too (ivref distill --stage "
+                f"{missing[0]} --from {where}) and export them there, or drop --distilled"
             )
         return students
     if path is None or (path / cascade.MANIFEST).is_file():

@@ -657,6 +657,17 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     argv = ["generate", "a red circle", "--out", str(out), "--distilled", "--checkpoint", str(run)]
     assert cli.main(argv) == 2
     assert "--distilled takes a cascade folder" in capsys.readouterr().err
+    # students of the first stages only: the video stopped at the base's size, unsaid
+    tsr = cfg.stages[1]
+    models = {base.name: teacher.models[base.name], tsr.name: unet3d.VideoUNet(tsr.unet).eval()}
+    Cascade(cfg, models).save_pretrained(tmp_path / "c", overwrite=True)  # keeps distilled/
+    argv[-1] = str(tmp_path / "c")
+    assert cli.main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds students of ['base'] only, while the cascade goes on to ['tsr']" in err
+    assert f"ivref distill --stage tsr --from {tmp_path / 'c'}" in err
+    until = ["evaluate", "--checkpoint", str(tmp_path / "c"), "--split", "heldout"]
+    assert cli.main([*until, "--distilled", "--until", "base", "--guidance", "1"]) == 0
 
 
 def test_a_command_refused_up_front_makes_no_folder(tmp_path, capsys):
