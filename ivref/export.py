@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{str(run)!r} is not an `ivref train` run folder ({what})")
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} is a file; give a folder for the cascade")
+    _not_a_run(args.out)
     if (args.out / cascade_lib.MANIFEST).exists() and not args.force:
         raise CLIError(
             f"--out {str(args.out)!r} already holds a cascade ({cascade_lib.MANIFEST}); pass "
@@ -134,6 +135,19 @@ def _note_stale_students(folder: Path) -> None:
             f"NAME --from {folder}) and export them there; until then --distilled samples the "
             "old teachers' students (and says so)",
             file=sys.stderr,
+        )
+
+
+def _not_a_run(out: Path) -> None:
+    """--out may not be a train or distill run's folder: a cascade.json there would make
+    every later command read the folder as the cascade, not the run (a mistyped --out)."""
+    from ivref import checkpoint, distill_plan
+
+    parts = [p for p in [*checkpoint.run_parts(out), out / distill_plan.PLAN] if p.exists()]
+    if parts:
+        raise CLIError(
+            f"--out {str(out)!r} is a training run's folder (it holds {parts[0].name}): a "
+            "cascade there would be read in place of the run; give another folder"
         )
 
 

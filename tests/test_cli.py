@@ -571,7 +571,7 @@ def test_export_reports_and_picks_where_a_runs_sampling_settings_come_from(
     assert (kept.guidance_w, kept.sample_steps) == (run_tsr.guidance_w, run_tsr.sample_steps)
     assert "differ from the base's" in err and "sample_steps" in err and "guidance_w" in err
     assert "--sampling base" in err and "preset's" not in err
-    taken, err = export(tmp_path / "base", "--sampling", "base")
+    taken, err = export(tmp_path / "from_base", "--sampling", "base")  # not the base run's
     assert (taken.guidance_w, taken.sample_steps) == (2.5, 5)
     assert taken.unet == run_tsr.unet  # the model is still the run's
     assert "differ from the preset's" in err  # the base's values are not the preset's

@@ -813,6 +813,13 @@ CLI_CASES = [
         _cascade,
     ),
     Case(
+        "export --out into a training run's folder",
+        ("export", "{RUN}", "--out", "{RUN}"),  # a mistyped --out made the run read as a cascade
+        2,
+        "is a training run's folder (it holds log.jsonl): a cascade there would be read in place",
+        lambda ctx: ctx.run(),
+    ),
+    Case(
         "export --sampling base without --base",
         ("export", "{RUN}", "--out", "{X}/c", "--sampling", "base"),
         2,
