@@ -152,7 +152,8 @@ def distill_stage(
     videos; each phase draws from it afresh, on this rank's stream. The plan records which
     folder it is (a digest of its files and captions), so a resume on other data is refused.
     ``source``: the folder the teacher cascade was loaded from (None: the shipped one),
-    recorded in the plan so that ``ivref distill --resume`` needs no flags.
+    recorded in the plan so that ``ivref distill --resume`` needs no flags (a teacher
+    loaded from elsewhere with ``source=None`` resumes only with ``--from`` its folder).
     """
     compiling.check_compile(compile)
     trainer.check_bf16(bf16)
@@ -387,6 +388,21 @@ def _check_out(out: Path) -> None:
         )
 
 
+def _check_unnamed_teacher(out: Path, stage: str, shipped: cascade.Cascade) -> None:
+    """A plan whose source is None was distilled from the shipped cascade, or from Python
+    from a cascade it was not told the folder of (``distill_stage(source=None)``): the
+    second resumes only with ``--from``, which the plan's long list of differences from the
+    shipped stage did not say."""
+    saved = read_plan(out).get("teacher")
+    if saved is not None and saved != teacher_digest(shipped.models[stage]):
+        raise errors.CLIError(
+            f"{str(out)!r} was distilled from a teacher that is not the shipped cascade's "
+            f"{stage!r}, and its plan names no folder for it (a distillation started from "
+            "Python, distill.distill_stage(..., source=None)): give that cascade with --from "
+            "DIR (and pass source=DIR to distill_stage next time)"
+        )
+
+
 def _distill(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
     _check_out(args.out)
     if args.resume:  # a resume needs no flags: the plan has them
@@ -408,6 +424,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         )
     if args.new_streams and not args.resume:
         raise errors.CLIError("--new-streams starts new random streams for --resume; add --resume")
+    if args.resume and args.source is None:  # the plan names no folder: the shipped cascade
+        _check_unnamed_teacher(args.out, args.stage, teacher)
     seen = cascade.video_stages(teacher.trained_on).get(args.stage)
     if seen is not None and args.videos is None and not args.resume and context.is_main:
         print(

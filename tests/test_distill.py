@@ -340,7 +340,7 @@ def test_reseeding_a_distillation_objective_reseeds_its_stages_data():
 
 
 @pytest.mark.slow
-def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path):
+def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path, capsys):
     """A teacher sampled at w = 0 distils by halvings only; its student learnt w = 0 alone and
     says so: sampling it at w = 0 works, a guided call fails with what is allowed."""
     cfg = configs.preset("ci")
@@ -370,6 +370,12 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path)
     assert video.shape == (1, 3, 8, 16, 16)
     with pytest.raises(ValueError, match=r"learnt guidance weights 0 <= w <= 0.0 only"):
         cascade.sample_stage(*args, cond_video=low, guidance_w=1.0)
+    # started from Python without source=: a CLI resume took the shipped teacher and listed
+    # some forty differences, never saying that --from was the way
+    assert cli.main(["distill", "--out", str(out), "--resume"]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "was distilled from a teacher that is not the shipped cascade's 'ssr1'" in said
+    assert "give that cascade with --from DIR" in said
 
 
 def test_a_tsr_student_trains_on_videos_even_from_a_config_saved_with_images():
