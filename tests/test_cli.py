@@ -815,3 +815,19 @@ def test_help_is_plain_text_and_names_defaults(capsys):
     assert "0: off (default: 256)" in text
     assert "(default: each stage's own)" in text and "own) (default" not in text  # said once
     assert "--distilled use distilled weights --device" in text  # a flag: no default shown
+
+
+def test_python_dash_m_ivref_is_the_ivref_command(tmp_path, capsys):
+    """Before, `python -m ivref` failed: no ivref.__main__ (the README names `ivref` only)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ivref", "info", "--scale", "ci"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert cli.main(["info", "--scale", "ci"]) == 0
+    assert done.stdout == capsys.readouterr().out  # the same command, the same table
+    bad = subprocess.run([sys.executable, "-m", "ivref", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
