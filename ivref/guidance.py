@@ -147,6 +147,10 @@ def check_text(
             f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)} must be "
             "(B, L, D) and (B, L) for the same B prompts and L tokens (TextEncoder.encode)"
         )
+    if cond_video is not None and cond_video.ndim != 5:
+        raise ValueError(
+            f"cond_video must be videos (B, C, F, H, W); got shape {tuple(cond_video.shape)}"
+        )
     if cond_video is not None and cond_video.shape[0] != text_emb.shape[0]:
         raise ValueError(
             f"cond_video holds {cond_video.shape[0]} videos but text_emb {text_emb.shape[0]} "
@@ -196,6 +200,11 @@ def guided_x_hat_fn(
             w_t = one_w
         else:
             w_t = weights[_step_index(logsnr_t, len(weights), logsnr_min, logsnr_max)]
+        if z_t.ndim != 5:
+            raise ValueError(
+                f"z_t must be videos (B, C, F, H, W); got shape {tuple(z_t.shape)}: give "
+                "samplers.sample a shape with the batch axis first, (B, C, F, H, W)"
+            )
         batch = z_t.shape[0]
         if batch != text_emb.shape[0]:
             raise ValueError(

@@ -199,6 +199,11 @@ def _sr_inputs(
         return {}
     if cond_video is None:
         raise ValueError(f"stage {stage.name!r} ({stage.kind}) needs cond_video, its input")
+    if cond_video.ndim != 5:
+        raise ValueError(
+            f"cond_video must be videos (B, C, F, H, W); got shape {tuple(cond_video.shape)}"
+            + (": add the batch axis (video[None] for one)" if cond_video.ndim == 4 else "")
+        )
     if cond_video.shape[0] != b:
         raise ValueError(f"cond_video holds {cond_video.shape[0]} videos for {b} prompts")
     _check_video_range(cond_video)

@@ -219,6 +219,8 @@ class Trainer:
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"out={str(out)!r} is a file; give a folder for the run")
         self.batch_size = batch_size or self.train_cfg.batch_size
         self.bf16 = resolve_bf16(bf16, self.train_cfg.bf16, device, warn=context.is_main)
         self.bf16_given = bf16  # saved with each checkpoint: a resume restores it

@@ -138,6 +138,11 @@ class VideoUNet(nn.Module):
         if z_t.ndim != 5:
             raise ValueError(f"z_t must be (B, C, F, H, W) (rank 5); got shape {tuple(z_t.shape)}")
         b, c, f, h, w = z_t.shape
+        if 0 in (b, f, h, w):
+            raise ValueError(
+                f"z_t (B, C, F, H, W) = {tuple(z_t.shape)} is empty: every size must be at "
+                "least 1 (a batch of one video of one frame is the smallest)"
+            )
         if c != cfg.in_channels:
             raise ValueError(
                 f"z_t has {c} channels; this U-Net takes in_channels={cfg.in_channels}"
@@ -158,6 +163,11 @@ class VideoUNet(nn.Module):
             raise ValueError(
                 f"text_emb must be (B={b}, L, D={cfg.text_dim}) (UNetConfig.text_dim); "
                 f"got shape {tuple(text_emb.shape)}"
+            )
+        if text_emb.shape[1] == 0:
+            raise ValueError(
+                "text_emb has no tokens (L = 0): give at least one, with text_mask False "
+                "throughout for no text (the encoders pad every prompt to max_length)"
             )
         if text_mask.dtype != torch.bool or tuple(text_mask.shape) != tuple(text_emb.shape[:2]):
             raise ValueError(

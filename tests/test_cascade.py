@@ -801,6 +801,7 @@ def test_sample_stage_names_text_of_another_batch_in_the_callers_terms(full_casc
         (lambda c: c.masked_fill(c > 0.5, float("nan")), r"spans \[.*nan"),
         (lambda c: ((c + 1) * 127.5).to(torch.uint8), "is torch.uint8; allowed: floats"),
         (lambda c: (c + 1) * 127.5, r"spans \[0, 255\]; allowed: values in \[-1, 1\]"),
+        (lambda c: c[0], r"add the batch axis \(video\[None\] for one\)"),  # "3 videos"
     ],
 )
 def test_sample_stage_refuses_a_cond_video_outside_minus_one_to_one(full_cascade, change, says):

@@ -214,8 +214,15 @@ def test_guided_names_text_of_another_batch_by_the_callers_count():
         fn(z_t, logsnr)
     with pytest.raises(ValueError, match=r"text_emb \(2, 5, 8\) and text_mask \(2, 4\)"):
         guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask[:, :4], 1.0)
+    three = z_t.new_zeros(3, *z_t.shape[1:])
     with pytest.raises(ValueError, match="cond_video holds 3 videos but text_emb 2 rows"):
-        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, cond_video=z_t.new_zeros(3, 3))
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, cond_video=three)
+    # one video without its batch axis was counted as C videos
+    with pytest.raises(ValueError, match=r"cond_video must be videos \(B, C, F, H, W\); got"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, 1.0, cond_video=three[0])
+    fn = guidance.guided_x_hat_fn(FakeVideoUNet(), emb[:1], mask[:1], 1.0)
+    with pytest.raises(ValueError, match=r"give samplers.sample a shape with the batch axis"):
+        fn(z_t[0], logsnr[:1])
 
 
 def test_guided_takes_numpy_and_0d_tensor_weights_as_floats():

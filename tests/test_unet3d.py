@@ -137,6 +137,13 @@ def test_backward_with_checkpointing_and_bf16_autocast():
         ),
         (lambda a: a[:2] + (a[2][..., :8], a[3]), r"text_dim"),
         (lambda a: a[:3] + (a[3].float(),), r"text_mask must be bool"),
+        # empty sizes raised ZeroDivisionError (no frames, no videos) or IndexError (no tokens)
+        (
+            lambda a: (a[0][:, :, :0],) + a[1:],
+            r"\(2, 3, 0, 8, 8\) is empty: every size must be at least 1",
+        ),
+        (lambda a: (a[0][:0], a[1][:0], a[2][:0], a[3][:0]), r"\(0, 3, 4, 8, 8\) is empty"),
+        (lambda a: a[:2] + (a[2][:, :0], a[3][:, :0]), r"text_emb has no tokens \(L = 0\)"),
     ],
 )
 def test_clear_errors(change, match):
