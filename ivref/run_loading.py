@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ivref import configs, distill_plan, errors, text, train_videos
+from ivref import configs, distill_plan, errors, files, text, train_videos
 
 CLIError = errors.CLIError
 
@@ -65,6 +65,13 @@ def load_run(path: Path, or_cascade: bool = False) -> RunWeights:
             f"checkpoint folder {str(path)!r} has no {checkpoint.CONFIG} (the manifest written "
             "last): it was never finished or was damaged; give its run folder to use the last "
             "complete one"
+        )
+    if not found and (path / checkpoint.RUN_LOG).is_file():  # a run before its first save
+        holder = files.lock_holder(path)
+        now = f" (in use by {holder}: still training)" if holder is not None else ""
+        raise CLIError(
+            f"{str(path)!r} is an `ivref train` run with no checkpoint yet{now}: a run saves "
+            "every --checkpoint-every steps and at its last; try again once it has saved"
         )
     if not found:
         if or_cascade:

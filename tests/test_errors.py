@@ -813,6 +813,17 @@ CLI_CASES = [
         _cascade,
     ),
     Case(
+        "export a run before its first checkpoint",
+        ("export", "{X}/young", "--out", "{X}/c"),  # said it was no run folder at all
+        2,
+        "is an `ivref train` run with no checkpoint yet: a run saves every --checkpoint-every",
+        lambda ctx: (
+            (ctx.tmp / "young").mkdir()
+            or (ctx.tmp / "young" / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+        ),
+        "a run folder holding only its log",
+    ),
+    Case(
         "export --out into a training run's folder",
         ("export", "{RUN}", "--out", "{RUN}"),  # a mistyped --out made the run read as a cascade
         2,
