@@ -16,6 +16,7 @@ import dataclasses
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ivref import (
     files,
     run_flags,
     train_videos,
+    trainer_checkpoints,
 )
 from ivref.arguments import MAX_COUNT as MAX_COUNT  # re-exported: other code imports these
 from ivref.arguments import check_count as check_count  # from here
@@ -346,7 +348,9 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                 file=sys.stderr,
             )
         if args.resume:
-            step = trainer.resume(new_streams=args.new_streams)
+            with warnings.catch_warnings():  # the overrides were noted above, as flags
+                warnings.simplefilter("ignore", trainer_checkpoints.ConfigChangedWarning)
+                step = trainer.resume(new_streams=args.new_streams)
             if context.is_main:
                 print(f"resuming {stage} from step {step}", file=sys.stderr)
             if context.is_main and step >= args.steps:

@@ -10,6 +10,7 @@ with another number of processes. ``Trainer.save`` and ``Trainer.resume`` call t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import pickle
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ivref import checkpoint, distributed, files, objectives, sharded_state, text
+from ivref import checkpoint, configs, distributed, files, objectives, sharded_state, text
 from ivref.model_rng import STATE_KEY, ModelRNG
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
@@ -189,6 +190,40 @@ def take(trainer: Any, lock: Any) -> None:
     _locked(lock, lambda: checkpoint.remove_stale(trainer.out))
 
 
+class ConfigChangedWarning(UserWarning):
+    """A run resumed under a training or diffusion config other than the one it saved
+    (``ivref train --resume --lr`` says so in its own words, and silences this)."""
+
+
+def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
+    """Warn where the trainer's stage trains, or diffuses, otherwise than the checkpoint's
+    config (a new learning rate, batch size or schedule): a resume takes the trainer's, which
+    may be meant, but should not go unsaid."""
+    if not isinstance(saved_cfg, configs.CascadeConfig):
+        return
+    try:
+        old = saved_cfg.stage(trainer.stage.name)
+    except ValueError:
+        return
+    pairs = [
+        (old.train, trainer.train_cfg, ""),
+        (saved_cfg.diffusion, trainer.diffusion, "diffusion."),
+    ]
+    changed = [
+        f"{prefix}{f.name}: {getattr(a, f.name)!r} -> {getattr(b, f.name)!r}"
+        for a, b, prefix in pairs
+        for f in dataclasses.fields(a)
+        if getattr(a, f.name) != getattr(b, f.name)
+    ]
+    if changed:
+        warnings.warn(
+            f"resuming {str(trainer.out)!r} under another config than its checkpoint's: "
+            f"{'; '.join(changed)} (the trainer's is used from here on)",
+            ConfigChangedWarning,
+            stacklevel=4,
+        )
+
+
 def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
     """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
     the checkpoint's step (see ``Trainer.resume``). With several processes rank 0 lists the
@@ -198,10 +233,13 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
     path, state = _load_sharded(trainer, found) if trainer.fsdp else _load(trainer, found)
     where = repr(str(path / checkpoint.CONFIG))
     try:
-        extra = checkpoint.read_config(path).get("extra", {})
+        meta = checkpoint.read_config(path)
+        extra = meta.get("extra", {})
         saved = text.recorded_probe(extra, where)
     except ValueError as err:
         raise checkpoint.CheckpointError(str(err)) from None
+    if trainer.context.is_main:
+        _say_what_changed(trainer, meta.get("config"))
     given = extra.get("bf16_given")  # what forced the run's autocast when it started
     if getattr(trainer, "bf16_given", None) is None and isinstance(given, bool):  # kept
         if given != trainer.bf16 and trainer.context.is_main:

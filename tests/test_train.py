@@ -786,3 +786,23 @@ def test_an_evaluator_is_checked_before_training_and_one_that_fails_loses_no_ste
     assert checkpoint.latest(tmp_path / "b").name == "step-00000002"  # saved before evaluating
     again = _trainer(tmp_path / "b", encoder)
     assert again.resume() == 2 and [r["step"] for r in again.fit(3)] == [3]
+
+
+def test_a_resume_under_another_training_config_says_what_changed(tmp_path, encoder):
+    """ivref train --resume --lr says 'override lr'; the library switched silently."""
+    import dataclasses
+
+    from ivref import trainer_checkpoints
+
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(1)
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    faster = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=3e-3))
+    cfg = dataclasses.replace(cfg, stages=(faster, *cfg.stages[1:]))
+    again = train.Trainer(cfg, "base", tmp_path, text_encoder=encoder, batch_size=2, progress=False)
+    with pytest.warns(trainer_checkpoints.ConfigChangedWarning, match=r"lr: 0\.\d+ -> 0\.003"):
+        assert again.resume() == 1
+    same = _trainer(tmp_path, encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same.resume() == 1  # the run's own config: nothing to say
