@@ -284,11 +284,13 @@ def check_probe(saved: list[float], now: list[float], name: str, what: str) -> N
     was trained with."""
     distance = probe_distance(saved, now)
     if distance > PROBE_TOLERANCE:
+        by = f"{distance:.1%}" if distance < 10 else "over 1000% (nothing alike)"
         raise ValueError(
             f"text encoder {name!r} is not the one {what} was trained with: its "
-            f"embedding of {PROBE_PROMPT!r} differs by {distance:.1%} (rounding, even bf16, "
+            f"embedding of {PROBE_PROMPT!r} differs by {by} (rounding, even bf16, "
             f"stays under {PROBE_TOLERANCE:.0%}), so the models would get text they never "
-            f"learnt; for encoder 't5', {T5_HINT}, the same checkpoint the models were trained "
+            "learnt. Use the text config the models were trained with (its max_length "
+            f"too); for encoder 't5', {T5_HINT}, the same checkpoint the models were trained "
             "with"
         )
 

@@ -302,6 +302,8 @@ def test_the_probe_tells_encoders_of_one_width_apart_and_ignores_file_times(tmp_
     text.check_probe(same, [v * 1.001 for v in same], "t5-x", "this cascade")  # float error
     with pytest.raises(ValueError, match=r"'t5-x' is not the one this cascade was trained with"):
         text.check_probe(same, other, "t5-x", "this cascade")
+    with pytest.raises(ValueError, match=r"differs by over 1000% \(nothing alike\)"):
+        text.check_probe([0.0] * len(same), other, "t5-x", "this cascade")  # was 1.9e14%
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     loaded = text.T5Encoder.from_pretrained(tmp_path, CI_TEXT.max_length)
