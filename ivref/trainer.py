@@ -437,6 +437,14 @@ class Trainer:
         distributed.barrier(self.context)  # nobody trains on before every rank has loaded
         return self.step
 
+    def _evaluated(self) -> dict[str, Any]:
+        """``evaluate(self)`` with the global random state left as it was: the checkpoint of
+        this step is saved before it, so an evaluator drawing from torch's global generator
+        would otherwise make a resumed run differ from one that went on."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self.evaluate(self)
+
     @property
     def _evaluate_everywhere(self) -> bool:
         """Whether every rank calls ``evaluate``: a collective evaluator (one that shares its
@@ -489,7 +497,11 @@ class Trainer:
                     self.save()  # before evaluating: an evaluator that fails loses no steps
                 due = self.evaluate_every and self.step % self.evaluate_every == 0
                 if self.evaluate and due and (main or self._evaluate_everywhere):
-                    row.update(evaluate.score_fields(self.evaluate(self)))
+                    try:
+                        row.update(evaluate.score_fields(self._evaluated()))
+                    except BaseException:
+                        self._log(row)  # the step's own numbers, before the error goes on
+                        raise
                 self._log(row)
                 rows.append(row)
                 bar.update(1)

@@ -786,6 +786,25 @@ def test_an_evaluator_is_checked_before_training_and_one_that_fails_loses_no_ste
     assert checkpoint.latest(tmp_path / "b").name == "step-00000002"  # saved before evaluating
     again = _trainer(tmp_path / "b", encoder)
     assert again.resume() == 2 and [r["step"] for r in again.fit(3)] == [3]
+    assert [r["step"] for r in train.read_log(tmp_path / "b")] == [1, 2, 3]  # row 2 kept
+
+
+def test_an_evaluator_that_draws_from_the_global_generator_leaves_a_resume_exact(tmp_path, encoder):
+    """The checkpoint of a step is saved before its evaluation: the evaluation must not move
+    the global random state that the run goes on with."""
+
+    def draws(trainer):
+        return {"r": float(torch.rand(()))}
+
+    straight = _trainer(tmp_path / "a", encoder, evaluate=draws, evaluate_every=1).fit(3)
+    first = _trainer(tmp_path / "b", encoder, evaluate=draws, evaluate_every=1)
+    first.checkpoint_every = 1
+    first.fit(2)
+    again = _trainer(tmp_path / "b", encoder, evaluate=draws, evaluate_every=1)
+    again.resume()
+    rows = again.fit(3)
+    assert [r["loss"] for r in rows] == [straight[2]["loss"]]
+    assert [r["eval_r"] for r in rows] == [straight[2]["eval_r"]]
 
 
 def test_a_resume_under_another_training_config_says_what_changed(tmp_path, encoder):
