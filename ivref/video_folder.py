@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PureWindowsPath
+from stat import S_ISREG
 from typing import Any, Literal
 
 import numpy as np
@@ -35,32 +36,43 @@ from ivref.video_files import ffmpeg_exe, probe, read_index
 
 def reused_probe(entry: object, stat: os.stat_result) -> tuple[int, float] | None:
     """(frames, fps) of a ``probes`` entry for a file with this ``stat``, or None: no entry,
-    one that is not {size, mtime_ns, frames, fps} (a damaged cache is re-probed, not
-    trusted), or a file changed since (another size or modification time)."""
+    one that is not {size, mtime_ns, ino, frames, fps} (a damaged cache is re-probed, not
+    trusted), or a file changed since: another size, modification time or file (inode; a
+    copy that kept the time, ``rsync -a`` or ``cp -p`` of a re-encoded file, is another)."""
     if not isinstance(entry, Mapping):
         return None
-    size, mtime, frames, fps = (entry.get(k) for k in ("size", "mtime_ns", "frames", "fps"))
-    if not all(is_integer(v) for v in (size, mtime, frames)):
+    keys = ("size", "mtime_ns", "ino", "frames", "fps")
+    size, mtime, ino, frames, fps = (entry.get(k) for k in keys)
+    if not all(is_integer(v) for v in (size, mtime, ino, frames)):
         return None
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf:
         return None
-    if (size, mtime) != (stat.st_size, stat.st_mtime_ns) or frames < 0:
+    if (size, mtime, ino) != (stat.st_size, stat.st_mtime_ns, stat.st_ino) or frames < 0:
         return None
     return int(frames), float(fps)
 
 
+def stat_is_file(stat: os.stat_result) -> bool:
+    """Whether a ``stat`` (followed through links) is of a regular file."""
+    return S_ISREG(stat.st_mode)
+
+
+OUTSIDE = ("an absolute path", "above the folder")  # how outside_reason's reasons begin
+
+
 def outside_reason(rel: str) -> str | None:
     """Why an index's path does not name a file inside its folder (None where it does):
-    absolute (``/data/a.mp4``, ``C:\\a.mp4``), or taken above the folder by ``..``
+    absolute or rooted on any system (``/data/a.mp4``, ``C:\\a.mp4``, ``\\data\\a.mp4``,
+    which Windows reads from the drive's root), or taken above the folder by ``..``
     (``../a.mp4``; ``x/../a.mp4`` stays inside)."""
     path = PurePath(rel)
-    if path.is_absolute() or path.drive or PureWindowsPath(rel).drive:
-        return "an absolute path: give it relative to the folder (runs follow a moved folder)"
+    if path.is_absolute() or path.anchor or PureWindowsPath(rel).anchor or rel[:1] in "/\\":
+        return f"{OUTSIDE[0]}: give it relative to the folder (runs follow a moved folder)"
     depth = 0
     for part in path.parts:
         depth += -1 if part == ".." else 0 if part == "." else 1
         if depth < 0:
-            return "above the folder ('..'): give a file inside it (runs follow a moved folder)"
+            return f"{OUTSIDE[1]} ('..'): give a file inside it (runs follow a moved folder)"
     return None
 
 
@@ -83,9 +95,11 @@ class VideoTextFolder:
     Probing decodes every file once (its frame count is what ffmpeg decodes, not what the
     header says), a process per file: for a large folder, minutes at every start. ``probes``
     takes an earlier folder's ``probes`` ({path: {size, mtime_ns, frames, fps}}, e.g. from
-    ``probe_cache.read``) and reuses the entry of every file whose size and modification
-    time (ns) are unchanged; ``self.probes`` holds this folder's, to save for the next
-    (``probe_cache.write``). The folder is the same either way, its digest included.
+    ``probe_cache.read``) and reuses the entry of every file whose size, modification time
+    (ns) and inode are unchanged; ``self.probes`` holds this folder's, to save for the next
+    (``probe_cache.write``). A file rewritten in place at the same size within the file
+    system's time resolution (2 s on FAT) would keep a stale entry: delete the cache to
+    probe afresh.
 
     Paths are relative to ``root`` and inside it, so a folder that moves keeps its files and
     its digest (``state_dict``): an absolute path, or one that ``..`` takes above ``root``,
@@ -198,9 +212,9 @@ class VideoTextFolder:
         ffmpeg_exe()  # too old an ffmpeg raises here, not as every file "unreadable"
         try:
             stat = path.stat()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate in the path
             stat = None
-        if stat is None or not path.is_file():
+        if stat is None or not stat_is_file(stat):
             return "file not found", 0.0, 0
         known = reused_probe(self._known.get(rel), stat) if rel is not None else None
         if known is not None:
@@ -212,7 +226,8 @@ class VideoTextFolder:
                 return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
         if rel is not None:  # one key per thread's file: safe to add to from the probers
             self.probes[rel] = {
-                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "frames": n, "fps": src_fps,
+                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino,
+                "frames": n, "fps": src_fps,
             }  # fmt: skip
         indices = self._source_indices(exact_fps(src_fps))
         if n < indices[-1] + 1:
@@ -482,13 +497,22 @@ class VideoTextFolder:
         numbers = items[:, 0].tolist()
         in_range = all(0 <= n < len(self._usable) for n in numbers)
         if digest.numel() != 1 or int(digest) != self._digest or not in_range:
+            outside = [rel for rel, why in self.skipped if why.startswith(OUTSIDE)]
+            since = (
+                f"; {len(outside)} of its index paths lie outside the folder (e.g. "
+                f"{outside[0]!r}), which ivref skips since 2026-12-07 though a run may have "
+                "trained on them: write them relative to the folder, then resume with new "
+                "streams"
+                if outside
+                else ""
+            )
             raise ValueError(
                 f"the saved data state is of another folder: the videos under "
                 f"{str(self.root)!r} or their index changed since it was saved (files added, "
                 "removed, renamed or re-captioned, or a file's frame count or rate changed: the "
                 "digest does not read the pixels), so its clips cannot go on exactly; resume "
                 "with new streams (Trainer.resume(new_streams=True); on the command line "
-                "--resume --new-streams) to go on with the folder as it is now"
+                f"--resume --new-streams) to go on with the folder as it is now{since}"
             )
         clips = state.get("clips")  # absent in states saved before it was kept
         if clips is not None and not (

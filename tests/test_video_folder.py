@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -668,6 +669,8 @@ def test_an_unreadable_file_is_skipped_with_ffmpegs_reason_not_its_banner(tmp_pa
         ("/etc/passwd", "an absolute path"),
         ("C:\\videos\\a.mp4", "an absolute path"),  # a Windows drive, on any system
         ("C:/videos/a.mp4", "an absolute path"),
+        ("\\videos\\a.mp4", "an absolute path"),  # Windows reads it from the drive's root
+        ("\\\\server\\share\\a.mp4", "an absolute path"),
     ],
 )
 def test_where_an_index_path_may_point(rel, reason):
@@ -684,12 +687,20 @@ def test_an_index_path_outside_the_folder_is_skipped_though_its_file_is_a_video(
     _write_counting_clip(outside, 12)
     rows = ["in.mp4,inside", f"{outside},absolute", "../elsewhere.mp4,above"]
     (folder / "index.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
+    odd = [{"path": "in.mp4", "caption": "inside"}, {"path": "a\u0000.mp4", "caption": "nul"}]
+    (folder / "odd.jsonl").write_text("\n".join(json.dumps(r) for r in odd))
+    with pytest.warns(UserWarning, match=re.escape(r"skipping 'a\x00.mp4': file not found")):
+        video_folder.VideoTextFolder(folder, folder / "odd.jsonl", 4, 8, 8, fps=4.0)  # no crash
     with pytest.warns(UserWarning) as said:
         ds = video_folder.VideoTextFolder(folder, folder / "index.csv", 4, 8, 8, fps=4.0, workers=2)
     assert [str(w.message).split(": ")[1] for w in said] == [
         f"skipping {str(outside)!r}",
         "skipping '../elsewhere.mp4'",
     ]
+    state = ds.state_dict()  # as a run saved it when it still read those two files
+    state["digest"] = state["digest"] + 1
+    with pytest.raises(ValueError, match=r"2 of its index paths lie outside the folder \(e.g."):
+        ds.load_state_dict(state)
     assert [caption for _, caption, _, _ in ds.items] == ["inside"]
     assert [(rel, reason.split(":")[0]) for rel, reason in ds.skipped] == [
         (str(outside), "an absolute path"),
@@ -741,19 +752,23 @@ def test_probes_kept_from_an_earlier_folder_are_reused_only_for_unchanged_files(
 @pytest.mark.parametrize(
     "entry, reused",
     [
-        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 12.0}, (12, 12.0)),
-        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 24}, (12, 24.0)),
-        ({"size": 11, "mtime_ns": 5, "frames": 12, "fps": 12.0}, None),  # another size
-        ({"size": 10, "mtime_ns": 6, "frames": 12, "fps": 12.0}, None),  # touched since
-        ({"size": 10, "mtime_ns": 5, "frames": "12", "fps": 12.0}, None),
-        ({"size": 10, "mtime_ns": 5, "frames": True, "fps": 12.0}, None),
-        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": 0}, None),
-        ({"size": 10, "mtime_ns": 5, "frames": 12, "fps": float("nan")}, None),
-        ({"size": 10, "mtime_ns": 5, "frames": 12}, None),
-        ([10, 5, 12, 12.0], None),
-        (None, None),
+        ({}, (12, 12.0)),
+        ({"fps": 24}, (12, 24.0)),
+        ({"size": 11}, None),  # another size
+        ({"mtime_ns": 6}, None),  # touched since
+        ({"ino": 8}, None),  # another file in its place (a copy that kept size and time)
+        ({"ino": None}, None),  # an entry from before the inode was kept
+        ({"frames": "12"}, None),
+        ({"frames": True}, None),
+        ({"frames": -1}, None),
+        ({"fps": 0}, None),
+        ({"fps": float("nan")}, None),
+        ({"fps": None}, None),
     ],
 )
 def test_a_kept_probe_is_used_only_where_it_is_whole_and_the_file_unchanged(entry, reused):
-    stat = type("Stat", (), {"st_size": 10, "st_mtime_ns": 5})()
-    assert video_folder.reused_probe(entry, stat) == reused
+    stat = type("Stat", (), {"st_size": 10, "st_mtime_ns": 5, "st_ino": 7})()
+    whole = {"size": 10, "mtime_ns": 5, "ino": 7, "frames": 12, "fps": 12.0}
+    kept = {k: v for k, v in (whole | entry).items() if v is not None}
+    assert video_folder.reused_probe(kept, stat) == reused
+    assert video_folder.reused_probe([10, 5, 7, 12, 12.0], stat) is None  # not a mapping
