@@ -163,8 +163,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     twice = [str(o) for o, p in zip(args.out, resolved, strict=True) if resolved.count(p) > 1]
     if twice:  # every file gets the same video: a second copy in one place is a typo
         raise CLIError(f"--out names {twice[0]!r} twice; give each file once")
-    folded = [p.casefold() for p in resolved]  # a.mp4 and A.mp4: one file on macOS, Windows
-    alike = [str(o) for o, p in zip(args.out, folded, strict=True) if folded.count(p) > 1]
+    folded = [p.lower() for p in resolved]  # a.mp4 and A.mp4: one file on macOS, Windows
+    clash = next((p for p in folded if folded.count(p) > 1), None)  # (lower, not casefold:
+    alike = [str(o) for o, p in zip(args.out, folded, strict=True) if p == clash]  # ß is no ss)
     if alike:  # refused everywhere: where case counts, the names still only differ by it
         raise CLIError(
             f"--out names {alike[0]!r} and {alike[1]!r}, which differ only in case: one file "
