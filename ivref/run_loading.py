@@ -68,10 +68,16 @@ def load_run(path: Path, or_cascade: bool = False) -> RunWeights:
         )
     if not found and (path / checkpoint.RUN_LOG).is_file():  # a run before its first save
         holder = files.lock_holder(path)
-        now = f" (in use by {holder}: still training)" if holder is not None else ""
+        if holder is not None:
+            raise CLIError(
+                f"{str(path)!r} is an `ivref train` run with no checkpoint yet (in use by "
+                f"{holder}: still training): a run saves every --checkpoint-every steps and "
+                "at its last; try again once it has saved"
+            )
         raise CLIError(
-            f"{str(path)!r} is an `ivref train` run with no checkpoint yet{now}: a run saves "
-            "every --checkpoint-every steps and at its last; try again once it has saved"
+            f"{str(path)!r} is an `ivref train` run that stopped before its first checkpoint "
+            "(nothing holds it now): there is nothing to load; train it again with "
+            f"`ivref train ... --out {path} --force`, with a smaller --checkpoint-every"
         )
     if not found:
         if or_cascade:

@@ -524,6 +524,20 @@ def test_export_names_a_run_still_training_and_the_step_it_takes(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{str(run)!r} is still training (in use by pid {trainer.pid})" in err
     assert "its newest checkpoint, step 1, is exported" in err
+    young = tmp_path / "young"  # a run at work before its first save: named as such
+    young.mkdir()
+    (young / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(young)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert trainer.stdout.readline().strip() == "held"
+        assert cli.main(["export", str(young), "--out", str(tmp_path / "c")]) == 2
+    finally:
+        trainer.kill()
+        trainer.wait()
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"with no checkpoint yet (in use by pid {trainer.pid}: still training)" in err
 
 
 def test_export_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):

@@ -816,7 +816,7 @@ CLI_CASES = [
         "export a run before its first checkpoint",
         ("export", "{X}/young", "--out", "{X}/c"),  # said it was no run folder at all
         2,
-        "is an `ivref train` run with no checkpoint yet: a run saves every --checkpoint-every",
+        "is an `ivref train` run that stopped before its first checkpoint (nothing holds it",
         lambda ctx: (
             (ctx.tmp / "young").mkdir()
             or (ctx.tmp / "young" / "log.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
