@@ -599,10 +599,10 @@ class Cascade(nn.Module):
         if stale and directory.resolve().name == DISTILLED:
             parent = directory.resolve().parent
             warnings.warn(
-                f"{str(directory)!r}: the students of {stale} were distilled from weights that "
-                f"the cascade {str(parent)!r} no longer holds (its stage was replaced since): "
-                "they sample as their old teacher did; distil them again (ivref distill --stage "
-                f"NAME --from {parent}) and export them here",
+                f"{str(directory)!r}: the stages {stale} were distilled from (or copied from) "
+                f"weights that the cascade {str(parent)!r} no longer holds (its stage was "
+                "replaced since): they sample as the old weights did; distil them again (ivref "
+                f"distill --stage NAME --from {parent}) and export them here",
                 stacklevel=2,
             )
         models = {}

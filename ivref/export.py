@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
     _keep_students(args.out, given, models, args.base)
     teachers |= _students_of_their_cascade(args.out, given, args.base, base)
+    teachers |= _copied_teachers(args.out, args.base, models, given)
     names = [s.name for s in cfg.stages]
     last = max((names.index(st) for st in models if st in names), default=0)  # (a stage the
     missing = [n for n in names[:last] if n not in models]  # config lacks: Cascade names it)
@@ -116,6 +117,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copied_teachers(
+    out: Path, base_dir: Path | None, models: dict, given: dict[str, Path]
+) -> dict[str, str]:
+    """``--base C --out C/distilled`` copies C's undistilled stages beside the students (so
+    ``--distilled`` samples every stage): each copy is recorded as its own teacher (the sha256
+    of C's file), so that replacing the stage in C is noticed for the copy too."""
+    from ivref import cascade as cascade_lib
+
+    parent = out.resolve().parent
+    if out.resolve().name != cascade_lib.DISTILLED or base_dir is None:
+        return {}
+    if base_dir.resolve() != parent:
+        return {}
+    try:
+        listed = json.loads((parent / cascade_lib.MANIFEST).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    copies = [n for n, m in models.items() if n not in given and not m.cfg.use_guidance_embedding]
+    shas = {n: (listed.get(f"{n}.safetensors") or {}).get("sha256") for n in copies}
+    return {n: sha for n, sha in shas.items() if isinstance(sha, str)}
+
+
 def _note_stale_students(folder: Path) -> None:
     """After a cascade is written: where its ``distilled/`` folder holds students of stages
     it has just replaced, say so (they were distilled from the old weights; ``--distilled``
@@ -130,10 +153,10 @@ def _note_stale_students(folder: Path) -> None:
     stale = cascade_lib.stale_students(folder, teachers)
     if stale:
         print(
-            f"note: {str(folder / cascade_lib.DISTILLED)!r} holds students of {stale} distilled "
-            "from the weights this export replaced: distil them again (ivref distill --stage "
-            f"NAME --from {folder}) and export them there; until then --distilled samples the "
-            "old teachers' students (and says so)",
+            f"note: {str(folder / cascade_lib.DISTILLED)!r} holds stages {stale} distilled "
+            "from (or copied from) the weights this export replaced: distil them again "
+            f"(ivref distill --stage NAME --from {folder}) and export them there; until then "
+            "--distilled samples them as the old weights did (and says so)",
             file=sys.stderr,
         )
 

@@ -292,7 +292,8 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     # the students record their teacher's weight file; replacing it in the parent is said
     parent = json.loads((tmp_path / "cascade" / "cascade.json").read_text())
     distilled = json.loads((tmp_path / "cascade" / "distilled" / "cascade.json").read_text())
-    assert distilled["teachers"] == {"tsr": parent["files"]["tsr.safetensors"]["sha256"]}
+    shas = {n: parent["files"][f"{n}.safetensors"]["sha256"] for n in ("base", "tsr")}
+    assert distilled["teachers"] == shas  # the student's, and the base copied beside it
     assert "teachers" not in json.loads((tmp_path / "mixed" / "cascade.json").read_text())
     run = ["train", "--scale", "ci", "--stage", "tsr", "--steps", "1", "--batch-size", "2"]
     assert cli.main([*run, "--out", str(tmp_path / "tsr")]) == 0
@@ -300,8 +301,8 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main([*argv, "--out", str(tmp_path / "cascade"), "--force"]) == 0
     said = " ".join(capsys.readouterr().err.split())
-    assert "distilled' holds students of ['tsr'] distilled from the weights this export" in said
-    with pytest.warns(UserWarning, match=r"the students of \['tsr'\] were distilled from weights"):
+    assert "distilled' holds stages ['tsr'] distilled from (or copied from) the weights" in said
+    with pytest.warns(UserWarning, match=r"the stages \['tsr'\] were distilled from \(or copi"):
         Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the parent itself loads without a word
