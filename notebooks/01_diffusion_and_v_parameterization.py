@@ -359,8 +359,9 @@ print({f"{k}, {n} steps": round(v, 3) for (k, n), v in shift.items()})
 assert shift["v", 4] < shift["eps", 4]  # few steps: eps-prediction shifts the colors more
 
 # %% [markdown]
-# Colour alone does not rank $v$ above $x$ on this tiny model: their shifts are close, and
-# $x$-prediction may come out ahead (printed above). Colour is settled early, at high noise,
+# Colour alone does not rank $v$ above $x$ on this tiny model: their shifts are of the same
+# order, and $x$-prediction can come out ahead (printed above; in the toy render, at 32
+# steps, while $v$ leads at 4). Colour is settled early, at high noise,
 # where $x$ does well; $v$'s advantage over $x$ is the low-noise end of the error plot, the
 # fine detail a cascade's last steps add.
 
