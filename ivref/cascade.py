@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,42 +242,37 @@ def _check_manifest(manifest: object, manifest_path: Path) -> None:
         )
 
 
-def check_trained_on(trained_on: object, stages: Sequence[str]) -> dict[str, Any]:
-    """``trained_on`` as ``Cascade`` keeps it: {stage: "toy" or {"videos": folder}} for
-    stages of the cascade (None: {}, nothing known). Anything else is a ValueError."""
-    if trained_on is None:
+def _stage_record(
+    name: str, value: object, stages: Sequence[str], valid: Callable[[object], bool], form: str
+) -> dict[str, Any]:
+    """A record a cascade keeps per stage: a dict of stages of the cascade whose values are
+    ``valid`` (None: {}, nothing known); anything else is a ValueError naming ``form``."""
+    if value is None:
         return {}
-    ok = isinstance(trained_on, dict) and all(
-        name in stages
-        and (data == "toy" or (isinstance(data, dict) and isinstance(data.get("videos"), str)))
-        for name, data in trained_on.items()
-    )
-    if not ok:
+    if not (isinstance(value, dict) and all(k in stages and valid(v) for k, v in value.items())):
         raise ValueError(
-            f"trained_on={trained_on!r}: give {{stage: 'toy' or {{'videos': folder}}}} for "
-            f"stages of the cascade {list(stages)}, or None"
+            f"{name}={value!r}: give {form} for stages of the cascade {list(stages)}, or None"
         )
-    return dict(trained_on)
+    return dict(value)
+
+
+def check_trained_on(trained_on: object, stages: Sequence[str]) -> dict[str, Any]:
+    """``trained_on`` as ``Cascade`` keeps it: {stage: "toy" or {"videos": folder}}."""
+    return _stage_record(
+        "trained_on", trained_on, stages,
+        lambda d: d == "toy" or (isinstance(d, dict) and isinstance(d.get("videos"), str)),
+        "{stage: 'toy' or {'videos': folder}}",
+    )  # fmt: skip
 
 
 def check_teachers(teachers: object, stages: Sequence[str]) -> dict[str, str]:
     """``teachers`` as ``Cascade`` keeps it: {stage: the sha256 (64 hex digits) of the weight
-    file its teacher had in the parent cascade} for stages of the cascade (None: {})."""
-    if teachers is None:
-        return {}
-    ok = isinstance(teachers, dict) and all(
-        name in stages
-        and isinstance(sha, str)
-        and len(sha) == 64
-        and all(c in "0123456789abcdef" for c in sha)
-        for name, sha in teachers.items()
-    )
-    if not ok:
-        raise ValueError(
-            f"teachers={teachers!r}: give {{stage: sha256 hex of its teacher's weight file}} "
-            f"for stages of the cascade {list(stages)}, or None"
-        )
-    return dict(teachers)
+    file its teacher had in the parent cascade}."""
+    return _stage_record(
+        "teachers", teachers, stages,
+        lambda sha: isinstance(sha, str) and len(sha) == 64 and set(sha) <= set("0123456789abcdef"),
+        "{stage: sha256 hex of its teacher's weight file}",
+    )  # fmt: skip
 
 
 def stale_students(parent: Path, teachers: dict[str, str]) -> list[str]:

@@ -1017,3 +1017,19 @@ def test_a_non_finite_video_is_an_error_where_it_is_made():
     stage = dataclasses.replace(base, thresholding="none")
     with pytest.raises(FloatingPointError, match="stage 'base' produced NaN or infinite values"):
         cascade_lib.sample_stage(model, stage, cfg.diffusion, emb, mask, steps=2)
+
+
+@pytest.mark.parametrize(
+    "check, good, bad",
+    [
+        (cascade_lib.check_trained_on, {"base": "toy", "tsr": {"videos": "/v"}}, {"base": "web"}),
+        (cascade_lib.check_teachers, {"base": "ab" * 32}, {"base": "AB" * 32}),
+        (cascade_lib.check_teachers, {"tsr": "0" * 64}, {"ssr9": "0" * 64}),  # no such stage
+        (cascade_lib.check_teachers, {"base": "0" * 64}, ["base"]),
+    ],
+)
+def test_a_cascades_per_stage_records_are_checked(check, good, bad):
+    stages = ["base", "tsr"]
+    assert check(good, stages) == good and check(None, stages) == {}
+    with pytest.raises(ValueError, match=r"for stages of the cascade \['base', 'tsr'\], or None"):
+        check(bad, stages)
