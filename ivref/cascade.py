@@ -280,6 +280,8 @@ def stale_students(parent: Path, teachers: dict[str, str]) -> list[str]:
     the weight file that ``parent``'s manifest lists for that stage now: students of weights
     that have been replaced since (a stage the parent no longer has counts as replaced).
     [] where the parent has no readable manifest: nothing to compare with."""
+    if not teachers:
+        return []
     try:
         listed = json.loads((parent / MANIFEST).read_text()).get("files", {})
         now = {name: listed[f"{name}.safetensors"]["sha256"] for name in teachers
