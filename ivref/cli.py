@@ -340,7 +340,15 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ivref`` console script; returns the exit status."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # what parse_args does, with a hint added
+    if extra:
+        staged = args.command == "generate" and any("=" in word for word in extra)
+        hint = (
+            " (per-stage guidance weights are one word, joined by commas: --guidance "
+            "tsr=1,base=0)" * staged
+        )
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return errors.run_command(args.command, COMMANDS[args.command], args)
 
 

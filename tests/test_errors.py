@@ -294,6 +294,12 @@ CLI_CASES = [
         "twice; give each file once",
     ),
     Case(
+        "per-stage guidance weights given as two words",
+        (*GEN, "--guidance", "tsr=1", "base=0", "--out", "{X}/v.gif"),  # evaluate's spelling
+        2,
+        "unrecognized arguments: base=0 (per-stage guidance weights are one word, joined by",
+    ),
+    Case(
         "--out names two files that differ only in case",
         (*GEN, "--out", "{X}/a.gif", "{X}/b.gif", "{X}/A.GIF", "{X}/B.GIF"),  # one pair named
         2,
