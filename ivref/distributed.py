@@ -280,6 +280,19 @@ def broadcast_module(module: torch.nn.Module, context: Context) -> None:
                 dist.broadcast(tensor.data, src=0)
 
 
+def reshard(module: torch.nn.Module) -> None:
+    """Free the gathered weights of every FSDP unit in ``module`` (each back to its shard).
+    A forward outside training (sampling the sharded EMA to evaluate it) leaves the root
+    unit gathered, as if a backward were to follow: its parameters are then plain tensors,
+    and the next EMA update, which mixes them with the model's sharded ones, fails. A module
+    that is not sharded is left as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
+
+
 def shard(
     module: torch.nn.Module, units: tuple[type[torch.nn.Module], ...], device: torch.device
 ) -> None:

@@ -443,7 +443,11 @@ class Trainer:
         would otherwise make a resumed run differ from one that went on."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            return self.evaluate(self)
+            try:
+                return self.evaluate(self)
+            finally:
+                if self.fsdp:  # the EMA sampled whole: back to its shards for the next update
+                    distributed.reshard(self.ema)
 
     @property
     def _evaluate_everywhere(self) -> bool:

@@ -269,7 +269,9 @@ class VideoUNet(nn.Module):
                 x = torch.cat([x, hs.pop()], dim=1)
             x = self._run(module, x, args)
         x = self.out_conv(F.silu(self.out_norm(x)))
-        return rearrange(x, "(b f) c h w -> b c f h w", b=b)
+        # a tensor of its own, not a view (3 channels: a small copy): FSDP warns of a view
+        # that an in-place op could detach from its backward hook
+        return rearrange(x, "(b f) c h w -> b c f h w", b=b).contiguous()
 
     def _run(self, module: nn.Module, x: torch.Tensor, args: tuple) -> torch.Tensor:
         if not isinstance(module, SpaceTimeBlock):
