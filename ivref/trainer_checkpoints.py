@@ -257,7 +257,6 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         cache = trainer.objective.text
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
-    trainer._checkpoint_seen = checkpoint.step_name(path)
     newer = found[found.index(path) + 1 :] if path in found else []  # rank 0's listing decides
     _set_aside_newer(trainer.context, distributed.broadcast(newer, trainer.context))
     data = getattr(trainer.objective, "data", None)
@@ -271,6 +270,9 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         trainer.generator.set_state(rng["train"])
         trainer.objective.set_rng_state(rng)
         trainer.model_rng.load_state_dict(rng)
+    # last: a resume refused on the way (another process count, other data) leaves the
+    # trainer without a checkpoint it may train on from, so ``fit`` refuses the folder
+    trainer._checkpoint_seen = checkpoint.step_name(path)
     return state["step"]
 
 

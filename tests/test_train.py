@@ -825,3 +825,30 @@ def test_a_resume_under_another_training_config_says_what_changed(tmp_path, enco
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert same.resume() == 1  # the run's own config: nothing to say
+
+
+def test_a_refused_resume_leaves_no_trainer_that_fit_would_take_for_the_runs(
+    tmp_path, encoder, monkeypatch
+):
+    """A resume refused after the weights loaded (another process count) left the trainer
+    marked as resumed: fit() then trained on from step 0, rewrote the log and pruned the
+    run's checkpoints."""
+    from ivref import distributed
+
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
+    log = (tmp_path / "log.jsonl").read_text()
+
+    def refused(state, context):
+        raise ValueError("this run was trained by 2 process(es) and is resumed by 1")
+
+    monkeypatch.setattr(distributed, "unpack_rng", refused)
+    again = _trainer(tmp_path, encoder)
+    with pytest.raises(ValueError, match="resumed by 1"):
+        again.resume()
+    with pytest.raises(ValueError, match="holds another run's checkpoints"):
+        again.fit(3)
+    assert (tmp_path / "log.jsonl").read_text() == log
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000001",
+        "step-00000002",
+    ]
