@@ -108,7 +108,8 @@ def check_fsdp(fsdp: object, context: Context, what: str) -> bool:
     if fsdp and context.world_size == 1:
         raise ValueError(
             f"fsdp=True shards {what} between processes, and this is the only one: "
-            "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp"
+            "start it with torchrun --nproc_per_node=N (N >= 2), or drop --fsdp (on a "
+            "resume of a sharded run: --no-fsdp)"
         )
     return fsdp
 

@@ -1,8 +1,9 @@
 """The flags of an ``ivref train`` run that its checkpoints do not hold, kept for ``--resume``.
 
-How often a run saves and evaluates, what it evaluates and what it does on a non-finite loss
-are options of the command, not of the model or its training config, so a checkpoint does not
-record them. ``<run>/run_flags.json`` does: the command that starts a run writes it, and each
+How often a run saves and evaluates, what it evaluates, what it does on a non-finite loss and
+whether it shards its state between processes (``--fsdp``) are options of the command, not of
+the model or its training config, so a checkpoint does not record them.
+``<run>/run_flags.json`` does: the command that starts a run writes it, and each
 ``--resume`` writes it again. A resume takes every flag it is not given from that file (from
 the defaults for a run made before the file existed), so ``ivref train --steps N --out RUN
 --resume`` goes on as the run was going; a flag given on the resume replaces the run's, says
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {  # attribute of the parsed arguments: a fresh run's
     "eval_samples": None,
     "val_index": None,
     "on_nan": "stop",
+    "fsdp": False,  # a stage that fits only sharded must stay sharded on a plain --resume
 }
 SHOWN = {  # what a default of None (or 0) means, as the help and the notes say it
     "eval_every": "0, none",

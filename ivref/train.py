@@ -129,8 +129,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
     p.add_argument(
         "--fsdp",
-        action="store_true",
-        help="under torchrun: shard model, gradients, AdamW state and EMA between processes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under torchrun: shard model, gradients, AdamW state and EMA between processes "
+        "(default: off; --resume: the run's own, --no-fsdp to stop sharding)",
     )
     p.add_argument(
         "--compile",
@@ -172,7 +174,11 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
     old = cfg.stage(stage).train
     train_cfg = dataclasses.replace(old, **_overrides(args))
     if args.resume:
-        notes = [f"{k}: {getattr(old, k)} -> {v}" for k, v in _overrides(args).items()]
+        notes = [  # a value given again as it was is no override
+            f"{k}: {getattr(old, k)} -> {v}"
+            for k, v in _overrides(args).items()
+            if getattr(old, k) != v
+        ]
     stages = tuple(
         dataclasses.replace(s, train=train_cfg) if s.name == stage else s for s in cfg.stages
     )

@@ -85,6 +85,7 @@ def test_resume_goes_on_with_the_runs_own_flags_and_reports_those_given(tmp_path
     assert kept == {
         "checkpoint_every": 1, "keep_checkpoints": 3, "eval_every": 2, "eval_steps": 2,
         "eval_guidance": None, "eval_samples": 2, "val_index": None, "on_nan": "skip",
+        "fsdp": False,
     }  # fmt: skip
     capsys.readouterr()
     assert cli.main(["train", "--out", str(out), "--steps", "4", "--resume"]) == 0

@@ -273,11 +273,18 @@ def test_sharded_training_takes_the_same_steps_as_ddp(run, fsdp_run):
     assert meta["step"] == STEPS
 
 
-def test_sharded_resume_continues_exactly(fsdp_run, tmp_path):
+def test_sharded_resume_continues_exactly(fsdp_run, tmp_path, capsys):
+    """--resume keeps --fsdp (run_flags.json): a stage that fits only sharded went on
+    unsharded before, unsaid; one process resuming it is told of --no-fsdp."""
     again = tmp_path / "again"
     shutil.copytree(fsdp_run, again)
     shutil.rmtree(again / checkpoint.CHECKPOINTS / f"step-{STEPS:08d}")
-    _torchrun("--steps", str(STEPS), "--out", str(again), "--resume", "--fsdp")
+    assert json.loads((again / "run_flags.json").read_text())["fsdp"] is True
+    capsys.readouterr()
+    assert train.main([*ARGS, "--steps", str(STEPS), "--out", str(again), "--resume"]) == 2
+    assert "(on a resume of a sharded run: --no-fsdp)" in capsys.readouterr().err
+    done = _torchrun("--steps", str(STEPS), "--out", str(again), "--resume")  # no --fsdp
+    assert "override" not in done.stdout + done.stderr
     for part in ("model", "ema", "optimizer"):
         straight, resumed = _state(fsdp_run, STEPS, part), _state(again, STEPS, part)
         for name, value in straight.items():
