@@ -467,10 +467,13 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             fsdp=args.fsdp, new_streams=args.new_streams, videos=folder, source=args.source,
         )  # fmt: skip
     if result.signal is not None:
-        raise errors.Interrupted(
-            result.signal,
-            f"stopped early; continue with: ivref distill --out {args.out} --resume",
-        )
+        again = f"ivref distill --out {args.out} --resume"
+        if context.world_size > 1:  # the same number of processes continues it exactly
+            again = (
+                f"torchrun --nproc_per_node={context.world_size} -m ivref.cli distill "
+                f"--out {args.out} --resume" + " --fsdp" * args.fsdp
+            )
+        raise errors.Interrupted(result.signal, f"stopped early; continue with: {again}")
     steps = result.config.stage(args.stage).sample_steps
     if not context.is_main:
         return 0
