@@ -21,7 +21,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ivref import checkpoint, configs, distill, distributed, evaluate, objectives, text, train
+from ivref import (
+    checkpoint,
+    configs,
+    distill,
+    distributed,
+    errors,
+    evaluate,
+    objectives,
+    run_flags,
+    text,
+    train,
+)
 from ivref.cascade import Cascade
 from ivref.unet3d import VideoUNet
 
@@ -392,6 +403,19 @@ def test_the_global_batch_must_split_evenly(monkeypatch, tmp_path):
     cfg = configs.preset("ci")
     with pytest.raises(ValueError, match="batch_size=3 must be a multiple of the 2 processes"):
         train.Trainer(cfg, "base", tmp_path, batch_size=3, text_encoder=object())
+
+
+def test_a_global_batch_that_does_not_split_makes_no_run_folder(tmp_path, capsys):
+    """Under torchrun the refusal came after the run lock had made --out (an empty folder
+    holding .lock); every rank now refuses before it."""
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args([*ARGS[:-3], "--batch-size", "3", "--steps", "1", "--out",
+                              str(tmp_path / "run")])  # fmt: skip
+    run_flags.settle(args)
+    with pytest.raises(errors.CLIError, match="--batch-size 3 must be a multiple of the 2 proc"):
+        train._train(args, torch.device("cpu"), distributed.Context(0, 2, 0))
+    assert not (tmp_path / "run").exists()
 
 
 def test_single_process_context_and_no_torchrun(monkeypatch):
