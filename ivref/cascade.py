@@ -275,18 +275,27 @@ def check_teachers(teachers: object, stages: Sequence[str]) -> dict[str, str]:
     )  # fmt: skip
 
 
+def listed_weights(folder: Path) -> dict[str, str]:
+    """{stage: the sha256 of its weight file} as ``folder``'s manifest lists it ({} where
+    there is no readable manifest: nothing to compare with)."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text()).get("files") or {}
+        return {
+            name.removesuffix(".safetensors"): entry["sha256"]
+            for name, entry in listed.items()
+            if name.endswith(".safetensors") and isinstance(entry.get("sha256"), str)
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def stale_students(parent: Path, teachers: dict[str, str]) -> list[str]:
     """The stages whose recorded teacher (``teachers``: weight-file sha256 by stage) is not
     the weight file that ``parent``'s manifest lists for that stage now: students of weights
     that have been replaced since (a stage the parent no longer has counts as replaced).
     [] where the parent has no readable manifest: nothing to compare with."""
-    if not teachers:
-        return []
-    try:
-        listed = json.loads((parent / MANIFEST).read_text()).get("files", {})
-        now = {name: listed[f"{name}.safetensors"]["sha256"] for name in teachers
-               if f"{name}.safetensors" in listed}  # fmt: skip
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    now = listed_weights(parent) if teachers else {}
+    if not now:
         return []
     return [name for name, sha in teachers.items() if now.get(name) != sha]
 

@@ -250,11 +250,9 @@ def checked_plan(
         raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
     config, world = teacher_cascade.cfg, distributed.current().world_size
     global_batch = config.stage(stage).train.batch_size if batch_size is None else batch_size
-    if global_batch % world:  # each phase's trainer checks it too: too late for the plan
-        raise ValueError(
-            f"batch_size={global_batch} must be a multiple of the {world} processes: it is "
-            "the global batch, split evenly between them"
-        )
+    uneven = distributed.uneven_batch(global_batch, world, f"batch_size={global_batch}")
+    if uneven:  # each phase's trainer checks it too: too late for the plan
+        raise ValueError(uneven)
     phases, lengths, record = phase_plan(config, stage, to_steps, guided_steps, halving_steps, bf16)
     record["data_digest"] = data_digest(videos)
     record["data_fit"] = None if videos is None else [videos.fit, videos.random_start]

@@ -100,6 +100,18 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+def uneven_batch(batch: int, world: int, spelled: str) -> str | None:
+    """Why a global batch does not split evenly between ``world`` processes (None where it
+    does); ``spelled`` names it as the caller's user wrote it ("batch_size=3", "--batch-size
+    3")."""
+    if batch % world == 0:
+        return None
+    return (
+        f"{spelled} must be a multiple of the {world} processes: it is the global batch, "
+        "split evenly between them"
+    )
+
+
 def check_fsdp(fsdp: object, context: Context, what: str) -> bool:
     """``fsdp`` checked: a bool, True only with several processes (it shards ``what``
     between them)."""

@@ -130,13 +130,9 @@ def _copied_teachers(
         return {}
     if base_dir.resolve() != parent:
         return {}
-    try:
-        listed = json.loads((parent / cascade_lib.MANIFEST).read_text()).get("files") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    listed = cascade_lib.listed_weights(parent)
     copies = [n for n, m in models.items() if n not in given and not m.cfg.use_guidance_embedding]
-    shas = {n: (listed.get(f"{n}.safetensors") or {}).get("sha256") for n in copies}
-    return {n: sha for n, sha in shas.items() if isinstance(sha, str)}
+    return {n: listed[n] for n in copies if n in listed}
 
 
 def _note_stale_students(folder: Path) -> None:
@@ -254,7 +250,7 @@ def _students_of_their_cascade(
         return {}  # a folder named distilled/ of no cascade: nothing to compare with
     is_parent = base is not None and base_dir is not None and base_dir.resolve() == parent
     teachers = base if is_parent else cascade_lib.Cascade.from_pretrained(parent)
-    listed = json.loads((parent / cascade_lib.MANIFEST).read_text()).get("files") or {}
+    listed = cascade_lib.listed_weights(parent)
     checked = {}
     for stage, run in runs.items():
         plan = distill_plan.read_plan(run)
@@ -271,9 +267,8 @@ def _students_of_their_cascade(
                 "or distil this cascade's stage (ivref distill --from "
                 f"{parent})"
             )
-        sha = (listed.get(f"{stage}.safetensors") or {}).get("sha256")
-        if isinstance(sha, str):
-            checked[stage] = sha
+        if stage in listed:
+            checked[stage] = listed[stage]
     return checked
 
 

@@ -298,11 +298,12 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, device: torch.device, context: distributed.Context) -> int:
     from ivref import text
 
-    if args.batch_size is not None and args.batch_size % context.world_size:  # before the
-        raise errors.CLIError(  # lock makes --out (the Trainer says the same, later)
-            f"--batch-size {args.batch_size} must be a multiple of the {context.world_size} "
-            "processes: it is the global batch, split evenly between them"
+    if args.batch_size is not None:  # before the lock makes --out (the Trainer checks later)
+        uneven = distributed.uneven_batch(
+            args.batch_size, context.world_size, f"--batch-size {args.batch_size}"
         )
+        if uneven:
+            raise errors.CLIError(uneven)
 
     with distributed.main_only(context, files.RunLock(args.out)):
         _check_out(args.out, args.resume, args.force)  # on every rank: all fail alike

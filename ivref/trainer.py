@@ -224,11 +224,11 @@ class Trainer:
         self.batch_size = batch_size or self.train_cfg.batch_size
         self.bf16 = resolve_bf16(bf16, self.train_cfg.bf16, device, warn=context.is_main)
         self.bf16_given = bf16  # saved with each checkpoint: a resume restores it
-        if self.batch_size % context.world_size:
-            raise ValueError(
-                f"batch_size={self.batch_size} must be a multiple of the {context.world_size} "
-                f"processes: it is the global batch, split evenly between them"
-            )
+        uneven = distributed.uneven_batch(
+            self.batch_size, context.world_size, f"batch_size={self.batch_size}"
+        )
+        if uneven:
+            raise ValueError(uneven)
         self.local_batch_size = self.batch_size // context.world_size
         stream = distributed.stream_seed(seed, context.rank)  # this rank's data and noise
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
