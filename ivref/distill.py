@@ -211,8 +211,9 @@ def distill_stage(
             context, functools.partial(_phase_finished, out / folder, length)
         )  # None: not started
         if finished is not None:  # a finished phase is loaded for its student alone: its
-            # streams are not used (nor its data checked), so new ones go unannounced
-            loop.resume(new_streams=new_streams or finished, announce=new_streams or not finished)
+            # streams are not used (nor its data checked), so new ones go unannounced; the
+            # one phase that trains on says so (once, not once per phase before it)
+            loop.resume(new_streams=new_streams or finished, announce=not finished)
         loop.fit(length)
         ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
         if loop.interrupted:

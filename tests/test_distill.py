@@ -604,6 +604,29 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "d").exists()
 
 
+def test_new_streams_on_resume_are_announced_once_by_the_phase_that_trains_on(tmp_path, capsys):
+    """``ivref distill --resume --new-streams`` loads every finished phase for its student and
+    resumes the unfinished one: only that one takes new streams that are used, and the note
+    saying so was printed once per phase."""
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
+        tmp_path / "cascade"
+    )
+    out = tmp_path / "d"
+    argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out", str(out)]
+    argv += ["--guided-steps", "1", "--halving-steps", "2", "--batch-size", "2"]
+    argv += ["--checkpoint-every", "1", "--to-steps", "8"]
+    assert cli.main(argv) == 0
+    phases = json.loads((out / distill.PLAN).read_text())["phases"]
+    shutil.rmtree(out / phases[-1] / "checkpoints" / "step-00000002")  # unfinished
+    capsys.readouterr()
+    assert cli.main([*argv, "--resume", "--new-streams"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("resume: new data, noise and dropout streams") == 1
+    assert [row["step"] for row in train.read_log(out / phases[-1])] == [1, 2]
+
+
 def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     tmp_path, capsys, monkeypatch
 ):
