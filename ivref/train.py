@@ -158,6 +158,7 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
     if args.resume:
         meta = _newest_config(args.out)
         cfg, stage = meta["config"], meta["stage"]
+        args.config_step = meta.get("step")  # the checkpoint whose config the notes compare
         for flag, given, saved in (
             ("--scale", args.scale, cfg.name),
             ("--stage", args.stage, stage),
@@ -200,6 +201,23 @@ def _given_bf16(args: argparse.Namespace) -> bool | None:
         return args.bf16
     given = _newest_config(args.out)["extra"].get("bf16_given")
     return given if isinstance(given, bool) else None
+
+
+def _resume(trainer: Any, args: argparse.Namespace) -> int:
+    """``trainer.resume`` without repeating, as a warning, the overrides noted above as
+    flags; where it fell back to an older checkpoint than the one whose config they were
+    compared with (the newest's weights damaged), its own config may differ otherwise (an
+    override given on an earlier resume), and the warning says how."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step = trainer.resume(new_streams=args.new_streams)
+    fell_back = step != getattr(args, "config_step", step)
+    for warning in caught:
+        if fell_back or not issubclass(warning.category, trainer_checkpoints.ConfigChangedWarning):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return step
 
 
 def _newest_config(run: Path) -> dict[str, Any]:
@@ -361,9 +379,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
                 file=sys.stderr,
             )
         if args.resume:
-            with warnings.catch_warnings():  # the overrides were noted above, as flags
-                warnings.simplefilter("ignore", trainer_checkpoints.ConfigChangedWarning)
-                step = trainer.resume(new_streams=args.new_streams)
+            step = _resume(trainer, args)
             if context.is_main:
                 print(f"resuming {stage} from step {step}", file=sys.stderr)
             if context.is_main and step >= args.steps:
