@@ -48,6 +48,7 @@ from ivref import (
     errors,
     files,
     objectives,
+    run_flags,
     sharded_state,
     train_videos,
     trainer,
@@ -338,7 +339,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the device computes bf16 natively)",
     )
     p.add_argument(
-        "--checkpoint-every", type=arguments.positive_int, default=100, help="steps (default: 100)"
+        "--checkpoint-every",
+        type=run_flags.or_default(arguments.positive_int),
+        help=f"steps (default: {run_flags.shown('checkpoint_every', run_flags.DISTILL)}; "
+        "--resume: the distillation's own, or 'default')",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
@@ -354,8 +358,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=arguments.positive_int, help="torch CPU threads")
     p.add_argument(
         "--fsdp",
-        action="store_true",
-        help="under torchrun: shard each student, its AdamW state and EMA between processes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under torchrun: shard each student, its AdamW state and EMA between processes "
+        "(default: off; --resume: the distillation's own, --no-fsdp to stop sharding)",
     )
     train_videos.add_arguments(p, validation=False)  # --videos: the teacher's training data
 
@@ -407,6 +413,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     if args.resume:  # a resume needs no flags: the plan has them
         check_resumable(args.out)
         resume_arguments(args, read_plan(args.out))
+    flag_notes = run_flags.settle(args, run_flags.DISTILL)  # --resume: the run's own
     if args.stage is None:
         raise errors.CLIError("--stage NAME is required (the stage to distil, e.g. base)")
     args.seed = 0 if args.seed is None else args.seed
@@ -458,6 +465,10 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
                 print(f"resume: {moved}", file=sys.stderr)
         if context.is_main:  # the next start need not probe them again
             train_videos.keep_probes(args.out, folder)
+        for note in flag_notes if context.is_main else []:
+            print(f"resume: override {note}", file=sys.stderr)
+        if context.is_main:  # what the next --resume goes on with
+            run_flags.write(args.out, args, run_flags.DISTILL)
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
             device=device, batch_size=args.batch_size, guided_steps=args.guided_steps,

@@ -1,4 +1,5 @@
-"""The flags of an ``ivref train`` run that its checkpoints do not hold, kept for ``--resume``.
+"""The flags of an ``ivref train`` run (or ``ivref distill``) that its checkpoints do not hold,
+kept for ``--resume``.
 
 How often a run saves and evaluates, what it evaluates, what it does on a non-finite loss and
 whether it shards its state between processes (``--fsdp``) are options of the command, not of
@@ -10,6 +11,9 @@ the defaults for a run made before the file existed), so ``ivref train --steps N
 so, and is kept for later resumes. The word ``default`` given for a flag puts it back to the
 fresh run's default (``--eval-samples default``: all captions again), which leaving the flag
 out cannot do on a resume.
+
+``ivref distill`` keeps its own two (``DISTILL``: how often each phase saves, and ``--fsdp``)
+in ``<out>/run_flags.json`` the same way; its plan (``distill.json``) keeps the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ DEFAULTS: dict[str, Any] = {  # attribute of the parsed arguments: a fresh run's
     "on_nan": "stop",
     "fsdp": False,  # a stage that fits only sharded must stay sharded on a plain --resume
 }
+DISTILL: dict[str, Any] = {"checkpoint_every": 100, "fsdp": False}  # ivref distill's
 SHOWN = {  # what a default of None (or 0) means, as the help and the notes say it
     "eval_every": "0, none",
     "eval_steps": "the stage's",
@@ -50,9 +55,9 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def shown(name: str) -> str:
+def shown(name: str, defaults: dict[str, Any] = DEFAULTS) -> str:
     """A flag's default as the help says it: "500", "all", "the stage's"."""
-    return SHOWN.get(name, str(DEFAULTS[name]))
+    return SHOWN.get(name, str(defaults[name]))
 
 
 def or_default(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -75,7 +80,7 @@ def _stored(name: str, value: Any) -> Any:
     return str(Path(value).resolve()) if name in PATHS and value is not None else value
 
 
-def read(out: Path) -> dict[str, Any]:
+def read(out: Path, defaults: dict[str, Any] = DEFAULTS) -> dict[str, Any]:
     """The flags saved in run folder ``out`` ({} where it has none: a run from before)."""
     path = out / FILE
     if not path.is_file():
@@ -89,25 +94,26 @@ def read(out: Path) -> dict[str, Any]:
             f"--resume: {str(path)!r} is damaged ({err}); delete it to resume with the default "
             "flags, or with those you give"
         ) from None
-    return {name: value for name, value in saved.items() if name in DEFAULTS}
+    return {name: value for name, value in saved.items() if name in defaults}
 
 
-def settle(args: argparse.Namespace) -> list[str]:
-    """Give every flag of ``DEFAULTS`` that the command line left out (None) its value: the
+def settle(args: argparse.Namespace, defaults: dict[str, Any] = DEFAULTS) -> list[str]:
+    """Give every flag of ``defaults`` that the command line left out (None) its value: the
     run's own on ``--resume``, else the default; ``DEFAULT`` (the word ``default``) gives
     the default; with evaluation off (``--eval-every 0``), what it would evaluate takes the
     defaults. Returns, on a resume, one note per flag given with another value than the
     run's ("--eval-every: 3 -> 5", "--eval-samples: 4 -> the default (all)").
     ``args.flags_from_run`` names the flags that came from the run."""
-    saved = read(args.out) if args.resume else {}
+    saved = read(args.out, defaults) if args.resume else {}
     notes = []
     args.flags_from_run = set()
-    for name, default in DEFAULTS.items():
+    for name, default in defaults.items():
         given = getattr(args, name)
         if isinstance(given, str) and given == DEFAULT:
             setattr(args, name, default)
             if name in saved and saved[name] != default:
-                notes.append(f"{flag(name)}: {saved[name]} -> the default ({shown(name)})")
+                shown_ = shown(name, defaults)
+                notes.append(f"{flag(name)}: {saved[name]} -> the default ({shown_})")
         elif given is None:
             value = saved.get(name, default)
             setattr(args, name, Path(value) if name in PATHS and value is not None else value)
@@ -115,7 +121,8 @@ def settle(args: argparse.Namespace) -> list[str]:
                 args.flags_from_run.add(name)
         elif name in saved and _stored(name, given) != saved[name]:
             notes.append(f"{flag(name)}: {saved[name]} -> {_stored(name, given)}")
-    if not args.eval_every:  # nothing is evaluated: the run's evaluation settings rest
+    if "eval_every" in defaults and not args.eval_every:  # nothing is evaluated: the run's
+        # evaluation settings rest
         for name in EVALUATION:
             if name in args.flags_from_run:
                 setattr(args, name, DEFAULTS[name])
@@ -123,8 +130,8 @@ def settle(args: argparse.Namespace) -> list[str]:
     return notes
 
 
-def write(out: Path, args: argparse.Namespace) -> Path:
+def write(out: Path, args: argparse.Namespace, defaults: dict[str, Any] = DEFAULTS) -> Path:
     """Save the run's flags (after ``settle``) in ``out``, atomically; a resume does so
     once its checkpoint has loaded (a resume that fails keeps the run's flags as they were)."""
-    kept = {name: _stored(name, getattr(args, name)) for name in DEFAULTS}
+    kept = {name: _stored(name, getattr(args, name)) for name in defaults}
     return files.atomic_write_text(out / FILE, json.dumps(kept, indent=1) + "\n")

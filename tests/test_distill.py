@@ -18,6 +18,7 @@ from ivref import (
     distill,
     distill_plan,
     objectives,
+    run_flags,
     samplers,
     schedules,
     text,
@@ -251,6 +252,7 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert [p.name for p in sorted((tmp_path / "d").iterdir()) if p.name != ".lock"] == [
         "distill.json",
         *phases,
+        "run_flags.json",
     ]
     assert cli.main(argv) == 2  # a second run into the same folder needs --resume
     capsys.readouterr()
@@ -607,7 +609,8 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
 def test_new_streams_on_resume_are_announced_once_by_the_phase_that_trains_on(tmp_path, capsys):
     """``ivref distill --resume --new-streams`` loads every finished phase for its student and
     resumes the unfinished one: only that one takes new streams that are used, and the note
-    saying so was printed once per phase."""
+    saying so was printed once per phase. The resume keeps the run's --checkpoint-every (and
+    --fsdp: test_distributed), which it dropped for the default; 'default' puts it back."""
     cfg = configs.preset("ci")
     torch.manual_seed(0)
     Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
@@ -621,10 +624,17 @@ def test_new_streams_on_resume_are_announced_once_by_the_phase_that_trains_on(tm
     phases = json.loads((out / distill.PLAN).read_text())["phases"]
     shutil.rmtree(out / phases[-1] / "checkpoints" / "step-00000002")  # unfinished
     capsys.readouterr()
-    assert cli.main([*argv, "--resume", "--new-streams"]) == 0
+    resumed = ["distill", "--out", str(out), "--resume", "--new-streams"]
+    resumed += ["--checkpoint-every", "default"]
+    assert cli.main(resumed) == 0  # no --from, steps or batch: the plan's and run_flags.json's
     err = capsys.readouterr().err
     assert err.count("resume: new data, noise and dropout streams") == 1
+    assert "resume: override --checkpoint-every: 1 -> the default (100)" in err
     assert [row["step"] for row in train.read_log(out / phases[-1])] == [1, 2]
+    assert json.loads((out / run_flags.FILE).read_text()) == {
+        "checkpoint_every": 100,
+        "fsdp": False,
+    }
 
 
 def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(

@@ -490,10 +490,16 @@ def test_two_processes_distil_every_phase_on_their_own_streams(ci_teacher, ddp_d
     assert logged == pytest.approx((sum(losses) / WORLD).item(), rel=1e-5)
 
 
-def test_sharded_distillation_takes_the_same_steps(ci_teacher, ddp_distilled, tmp_path):
+def test_sharded_distillation_takes_the_same_steps(ci_teacher, ddp_distilled, tmp_path, capsys):
     """--fsdp: each phase's student sharded, the next teacher its EMA gathered whole on every
-    rank: every phase logs DDP's losses, and every phase ends at DDP's weights."""
+    rank: every phase logs DDP's losses, and every phase ends at DDP's weights. A plain
+    --resume keeps --fsdp (it went on unsharded), so one process is told of --no-fsdp."""
+    from ivref import cli
+
     out = _distil(ci_teacher, tmp_path / "d", "--fsdp")
+    assert json.loads((out / run_flags.FILE).read_text())["fsdp"] is True
+    assert cli.main(["distill", "--out", str(out), "--resume"]) == 2
+    assert "(on a resume of a sharded run: --no-fsdp)" in capsys.readouterr().err
     record = json.loads((out / distill.PLAN).read_text())
     assert len(record["phases"]) >= 2  # a gathered EMA taught at least one phase
     for folder, length in zip(record["phases"], record["phase_steps"], strict=True):
