@@ -189,6 +189,27 @@ class VideoUNet(nn.Module):
                 raise ValueError(f"{name} of shape ({b},) is required ({flag}=True)")
             if not used and value is not None:
                 raise ValueError(f"{name} given but this U-Net has {flag}=False")
+        self._check_finite(logsnr_t, aug_logsnr, guidance_w)
+
+    @staticmethod
+    def _check_finite(logsnr_t, aug_logsnr, guidance_w):
+        """The per-sample scalars are finite: their sinusoidal embedding turns +-inf into NaN
+        for the whole sample. Checked on CPU tensors only, and not while torch.compile traces:
+        on a GPU the test would make every call wait for the device."""
+        if torch.compiler.is_compiling():
+            return
+        scalars = {"logsnr_t": logsnr_t, "aug_logsnr": aug_logsnr, "guidance_w": guidance_w}
+        for name, value in scalars.items():
+            if value is None or value.device.type != "cpu" or bool(torch.isfinite(value).all()):
+                continue
+            bad = value[~torch.isfinite(value)][:3].tolist()
+            hint = (  # logsnr = +inf is clean data, -inf pure noise: the schedule's ends
+                " (the schedule's ends, DiffusionConfig.logsnr_min and logsnr_max, stand for "
+                "pure noise and clean data: +-20 by default)"
+                if name != "guidance_w"
+                else " (guidance weights are finite, w >= 0)"
+            )
+            raise ValueError(f"{name} must be finite; got {bad}{hint}")
 
     def _check_dtypes(self, given: dict[str, torch.Tensor]) -> None:
         """Float inputs in the weights' dtype, unless autocast casts them for the layers."""

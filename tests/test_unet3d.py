@@ -1,6 +1,7 @@
 """The Video U-Net: shapes per preset stage, time direction, image mode, text, errors, sizes."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -151,6 +152,29 @@ def test_clear_errors(change, match):
     args, _ = _inputs(stage)
     with pytest.raises(ValueError, match=match):
         _model(stage.unet)(*change(args))
+
+
+def test_a_non_finite_conditioning_scalar_is_refused_before_it_turns_the_output_to_nan():
+    """log-SNR = +inf (clean data, as log(alpha^2 / sigma^2) gives at t = 0) made the whole
+    sample's v NaN through the sinusoidal embedding, without a word."""
+    stage = dataclasses.replace(
+        CI.stages[1], unet=dataclasses.replace(CI.stages[1].unet, use_guidance_embedding=True)
+    )
+    model = _model(stage.unet)
+    args, kw = _inputs(stage)
+    kw["guidance_w"] = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.isfinite(model(*args, **kw)).all()
+        nan = layers.sinusoidal_embedding(torch.tensor([math.inf]), 4)
+        assert torch.isnan(nan).any()  # what the check keeps out
+        logsnr = args[1].clone()
+        logsnr[1] = math.inf
+        with pytest.raises(ValueError, match=r"logsnr_t must be finite; got \[inf\] \(the sch"):
+            model(args[0], logsnr, *args[2:], **kw)
+        with pytest.raises(ValueError, match=r"aug_logsnr must be finite; got \[-inf\]"):
+            model(*args, **{**kw, "aug_logsnr": torch.tensor([0.0, -math.inf])})
+        with pytest.raises(ValueError, match=r"guidance_w must be finite; got \[nan\]"):
+            model(*args, **{**kw, "guidance_w": torch.tensor([math.nan, 0.0])})
 
 
 def test_inputs_of_another_type_or_dtype_get_a_clear_error():
