@@ -9,6 +9,11 @@ Anything else is a bug in ivref: one line saying so, exit status 1.
 Every message goes to stderr as ``ivref <command>: error: <what was wrong and what is
 allowed>``; no traceback for any of these (set ``IVREF_DEBUG=1`` to see one). Warnings,
 after which the work goes on, read ``ivref <command>: warning: <message>``.
+
+Under torchrun every process says its own error, as ``ivref <command> (rank R of N): error:``
+(the same bad input is then said by each); one that failed in a collective (a peer that had
+stopped closed the connection) says that another process may have failed first. A stop on a
+signal is agreed by all processes after the same step, and said once, by rank 0.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +81,24 @@ def describe(err: BaseException) -> tuple[str, int]:
     )
 
 
+def _process() -> tuple[int, int]:
+    """(rank, number of processes) as torchrun's environment gives them; (0, 1) without."""
+    try:
+        return int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return 0, 1
+
+
+def in_collective(err: BaseException) -> bool:
+    """Whether ``err`` is a RuntimeError raised inside torch.distributed: the failure of a
+    collective, most often because another process stopped (gloo: 'Connection closed by
+    peer'), which its own message explains."""
+    if not isinstance(err, RuntimeError):
+        return False
+    inside = f"{os.sep}torch{os.sep}distributed{os.sep}"
+    return any(inside in frame.filename for frame in traceback.extract_tb(err.__traceback__))
+
+
 def warning_format(name: str) -> Callable[..., str]:
     """``warnings.formatwarning`` for command ``name``: ``ivref <name>: warning: <message>``
     (the category's name in place of "warning" for other than ``UserWarning``), without
@@ -97,19 +121,28 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
     before = warnings.formatwarning
     if not os.environ.get("IVREF_DEBUG"):
         warnings.formatwarning = warning_format(name)
+    rank, world = _process()
+    who = f"ivref {name}" + f" (rank {rank} of {world})" * (world > 1)
     try:
         return command(args)
-    except Interrupted as err:
-        print(f"ivref {name}: {err}", file=sys.stderr)
+    except Interrupted as err:  # every process stopped after the same step: rank 0 says so
+        if rank == 0:
+            print(f"ivref {name}: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt:
-        print(f"ivref {name}: interrupted", file=sys.stderr)
+        if rank == 0:
+            print(f"ivref {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
         if os.environ.get("IVREF_DEBUG"):
             raise
         message, status = describe(err)
-        print(f"ivref {name}: error: {message}", file=sys.stderr)
+        if world > 1 and in_collective(err):
+            message += (
+                " (this process failed talking to the others: one of them may have stopped "
+                "first, and its own message, with its rank, says why)"
+            )
+        print(f"{who}: error: {message}", file=sys.stderr)
         return status
     finally:
         warnings.formatwarning = before

@@ -378,13 +378,17 @@ class Trainer:
         if world == 1:
             loss_value, grad_norm = torch.stack([loss, norm.float()]).tolist()
             return loss_value, grad_norm
-        signalled = torch.tensor(float(self.signal is not None), device=loss.device)
-        total = distributed.sum_over_ranks(torch.stack([loss, signalled]), self.context)
-        numbers = torch.stack([total[0] / world, norm.float(), total[1]])
-        loss_value, grad_norm, signals = numbers.tolist()
-        if signals > 0:  # every rank stops after this step, signalled itself or not
+        own = self.signal  # None, SIGINT or SIGTERM (the two that save_on_signal takes)
+        flags = [float(own == signal.SIGINT), float(own is not None and own != signal.SIGINT)]
+        mine = torch.cat([loss.reshape(1), loss.new_tensor(flags)])
+        total = distributed.sum_over_ranks(mine, self.context)
+        numbers = torch.stack([total[0] / world, norm.float(), total[1], total[2]])
+        loss_value, grad_norm, interrupts, terms = numbers.tolist()
+        if interrupts + terms > 0:  # every rank stops after this step, signalled itself or
+            # not, and all by the same signal (a Ctrl-C anywhere: SIGINT), so that their
+            # messages and exit statuses agree
             self._stop_agreed = True
-            self.signal = self.signal or signal.SIGTERM
+            self.signal = signal.SIGINT if interrupts > 0 else signal.SIGTERM
         return loss_value, grad_norm
 
     def _stopping(self) -> bool:

@@ -229,6 +229,8 @@ def test_two_processes_resume_a_one_process_run_with_new_streams(tmp_path, capsy
 
 
 def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """Both stop after the same step, by the signal that one was given: the other said
+    SIGTERM (exit status 143 beside 130), and each printed its own stop message."""
     out = tmp_path / "run"
     launcher = _torchrun("--steps", "100000", "--out", str(out), "--checkpoint-every", "1000",
                          wait=False)  # fmt: skip
@@ -240,11 +242,13 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
         children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
                                   text=True).stdout.split()  # fmt: skip
         assert len(children) == WORLD
-        os.kill(int(children[-1]), signal.SIGTERM)  # one worker only
+        os.kill(int(children[-1]), signal.SIGINT)  # one worker only (a Ctrl-C reaches all)
         output = launcher.communicate(timeout=120)[0].decode()
     finally:
         launcher.kill()
-    assert "SIGTERM: checkpoint saved at step" in output, output[-3000:]
+    assert "SIGINT: checkpoint saved at step" in output, output[-3000:]
+    assert output.count("ivref train: stopped by SIGINT at step") == 1, output[-3000:]
+    assert "stopped by SIGTERM" not in output and "(rank" not in output
     last = checkpoint.latest(out)
     log = train.read_log(out)
     assert int(last.name.removeprefix("step-")) == log[-1]["step"] < 100000
@@ -519,6 +523,67 @@ def test_sharded_distillation_needs_several_processes(ci_teacher, tmp_path, caps
     assert cli.main([*argv, "--fsdp"]) == 2
     assert "start it with torchrun --nproc_per_node=N" in capsys.readouterr().err
     assert not (tmp_path / "d" / distill.PLAN).exists()  # refused before anything was written
+
+
+FAILING_ON_RANK_0 = """
+import sys, torch
+from ivref import distributed, errors
+
+def work(device, context):
+    if context.rank == 0:
+        raise ValueError("a bad input that rank 0 alone saw")
+    distributed.barrier(context)  # rank 1 waits for a peer that has gone
+    return 0
+
+sys.exit(errors.run_command("train", lambda args: distributed.run_in_group(
+    torch.device("cpu"), work), None))
+"""
+
+
+def test_each_process_names_its_rank_in_an_error_and_one_failing_in_a_collective_says_why(
+    tmp_path,
+):
+    """Under torchrun each process printed 'ivref train: error: ...': the same line twice
+    for a bad input, and rank 1's gloo 'Connection closed by peer' read as the cause."""
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_ON_RANK_0)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={WORLD}", str(script)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("ivref train")]
+    assert "ivref train (rank 0 of 2): error: a bad input that rank 0 alone saw" in said, said
+    (other,) = [line for line in said if line.startswith("ivref train (rank 1 of 2): error: ")]
+    assert other.endswith(
+        "(this process failed talking to the others: one of them may have stopped first, "
+        "and its own message, with its rank, says why)"
+    )
+
+
+def test_a_stop_and_an_error_are_worded_for_the_process_that_says_them(monkeypatch, capsys):
+    """One process: as ever. Rank 1 of 2: its error names its rank, and a stop (agreed by
+    every process, rank 0 says it) is not said again."""
+
+    def stopped(args):
+        raise errors.Interrupted(signal.SIGINT, "stopped by SIGINT at step 3")
+
+    def refused(args):
+        raise errors.CLIError("--lr -1 must be positive")
+
+    assert errors.run_command("train", stopped, None) == 130
+    assert errors.run_command("train", refused, None) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ivref train: stopped by SIGINT at step 3",
+        "ivref train: error: --lr -1 must be positive",
+    ]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run_command("train", stopped, None) == 130
+    assert errors.run_command("train", refused, None) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ivref train (rank 1 of 2): error: --lr -1 must be positive",
+    ]
 
 
 def test_shutdown_collects_cycles_before_the_group_goes(monkeypatch):
