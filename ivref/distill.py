@@ -479,9 +479,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     if result.signal is not None:
         again = f"ivref distill --out {args.out} --resume"
         if context.world_size > 1:  # the same number of processes continues it exactly
-            again = (
-                f"torchrun --nproc_per_node={context.world_size} -m ivref.cli distill "
-                f"--out {args.out} --resume" + " --fsdp" * args.fsdp
+            again = distributed.torchrun_command(
+                context, f"-m ivref.cli distill --out {args.out} --resume"
             )
         raise errors.Interrupted(result.signal, f"stopped early; continue with: {again}")
     steps = result.config.stage(args.stage).sample_steps

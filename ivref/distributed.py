@@ -100,6 +100,25 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+def torchrun_command(context: Context, command: str) -> str:
+    """How to start ``command`` (``-m ivref.cli distill ...``) on as many processes, laid out
+    on nodes as this run's are: ``torchrun --nproc_per_node=N`` on one node; on several,
+    ``torchrun --nnodes=K --nproc_per_node=N/K`` (K from torchrun's LOCAL_WORLD_SIZE, this
+    node's processes), run on each node with the rendezvous options the run was given."""
+    world = context.world_size
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    except ValueError:
+        local = world
+    if not 0 < local < world or world % local:  # one node (or a layout it cannot tell)
+        return f"torchrun --nproc_per_node={world} {command}"
+    nodes = world // local
+    return (
+        f"torchrun --nnodes={nodes} --nproc_per_node={local} {command} (on each of the "
+        f"{nodes} nodes, with the rendezvous options, such as --rdzv-endpoint, it started with)"
+    )
+
+
 def uneven_batch(batch: int, world: int, spelled: str) -> str | None:
     """Why a global batch does not split evenly between ``world`` processes (None where it
     does); ``spelled`` names it as the caller's user wrote it ("batch_size=3", "--batch-size
@@ -253,7 +272,11 @@ def unpack_rng(packed: dict[str, torch.Tensor], context: Context) -> dict[str, t
     wrote it (their random streams cannot be split or merged exactly)."""
     saved = saved_world_size(packed)
     if saved != context.world_size:
-        how = "one process" if saved == 1 else f"torchrun --nproc_per_node={saved}"
+        how = (  # the nodes they ran on are not recorded: their number in all is
+            "one process"
+            if saved == 1
+            else f"{saved} processes in all (torchrun --nproc_per_node={saved} on one node)"
+        )
         raise ValueError(
             f"this run was trained by {saved} process(es) and is resumed by "
             f"{context.world_size}: each process has its own data and noise streams, so "

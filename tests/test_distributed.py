@@ -184,7 +184,8 @@ def test_one_process_refuses_to_resume_a_two_process_run(run, tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "trained by 2 process(es) and is resumed by 1" in err
-    assert "torchrun --nproc_per_node=2" in err and "add --new-streams" in err
+    assert "resume it with 2 processes in all (torchrun --nproc_per_node=2 on one node)" in err
+    assert "add --new-streams" in err
 
 
 def test_new_streams_resume_the_weights_exactly_with_another_process_count(run, tmp_path):
@@ -584,6 +585,51 @@ def test_a_stop_and_an_error_are_worded_for_the_process_that_says_them(monkeypat
     assert capsys.readouterr().err.splitlines() == [
         "ivref train (rank 1 of 2): error: --lr -1 must be positive",
     ]
+
+
+def test_a_distillation_stopped_under_torchrun_names_the_command_that_continues_it(
+    ci_teacher, tmp_path
+):
+    """The stop message of a distillation under torchrun, said once: the same number of
+    processes resumes it (a plain ``ivref distill --resume`` is refused for another)."""
+    out = tmp_path / "d"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={WORLD}", "-m", "ivref.cli", "distill", "--stage", "base"]
+    command += ["--from", str(ci_teacher), "--out", str(out), "--batch-size", str(BATCH)]
+    command += ["--guided-steps", "100000", "--halving-steps", "1", "--checkpoint-every", "1000"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            len(train.read_log(out / "guided") if (out / "guided" / train.LOG).is_file() else [])
+            < 2
+        ):
+            assert time.monotonic() < deadline and launcher.poll() is None, "no steps logged"
+            time.sleep(0.2)
+        os.kill(launcher.pid, signal.SIGINT)  # torchrun passes it on to every process
+        output = launcher.communicate(timeout=120)[0].decode()
+    finally:
+        launcher.kill()
+    said = f"ivref distill: stopped early; continue with: torchrun --nproc_per_node={WORLD} "
+    said += f"-m ivref.cli distill --out {out} --resume"
+    assert output.count(said) == 1, output[-3000:]
+
+
+def test_the_torchrun_command_that_continues_a_run_has_its_nodes(monkeypatch):
+    """Four processes on two nodes continue as two per node on each node; the message gave
+    --nproc_per_node=4, which on each of the two nodes starts eight."""
+    four = distributed.Context(rank=0, world_size=4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert distributed.torchrun_command(four, "-m x") == "torchrun --nproc_per_node=4 -m x"
+    for local in ("4", "3", "many"):  # one node, or a layout it cannot tell
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert distributed.torchrun_command(four, "-m x") == "torchrun --nproc_per_node=4 -m x"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert distributed.torchrun_command(four, "-m x") == (
+        "torchrun --nnodes=2 --nproc_per_node=2 -m x (on each of the 2 nodes, with the "
+        "rendezvous options, such as --rdzv-endpoint, it started with)"
+    )
 
 
 def test_shutdown_collects_cycles_before_the_group_goes(monkeypatch):
