@@ -312,12 +312,14 @@ def read_log(path: str | os.PathLike, *, name: str = "log.jsonl") -> list[dict[s
     return rows
 
 
+def finite_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A log row as strict JSON holds it: a non-finite number (a skipped step's loss) is None."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 def _json_row(row: dict[str, Any]) -> str:
-    """One log line, strict JSON: a non-finite number (a skipped step's loss) is null."""
-    finite = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
-    }
-    return json.dumps(finite, allow_nan=False) + "\n"
+    """One log line, strict JSON (``finite_row``)."""
+    return json.dumps(finite_row(row), allow_nan=False) + "\n"
 
 
 def append_log(path: str | os.PathLike, row: dict[str, Any]) -> None:

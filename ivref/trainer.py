@@ -268,6 +268,7 @@ class Trainer:
         self._log_open = False  # the first ``fit`` of a fresh run starts a new log
         self._total: int | None = None  # the step ``fit`` trains to (for lr decay)
         self._saved_step: int | None = None  # the step of the last checkpoint written
+        self._row: dict[str, Any] | None = None  # this step's log row, kept in its checkpoint
         self._checkpoint_seen: str | None = None  # the newest it saved or resumed (step name)
 
     def _place(self, model: torch.nn.Module, compile: bool | dict[str, Any]) -> None:
@@ -431,9 +432,8 @@ class Trainer:
         trainer_checkpoints.on_main(self.context, lambda: trainer_checkpoints.take(self, lock))
         try:
             self.step = trainer_checkpoints.restore(self, new_streams, announce)
-            log = self.out / LOG
-            if self.context.is_main and log.is_file():
-                files.write_log(log, [r for r in read_log(log) if r["step"] <= self.step])
+            if self.context.is_main:
+                self._cut_log()
         finally:
             if self.context.is_main:
                 lock.release()
@@ -459,6 +459,24 @@ class Trainer:
         work between the ranks, ``distributed.on_every_rank``), or any evaluator under FSDP,
         where sampling the sharded EMA takes every rank; otherwise rank 0 alone."""
         return self.fsdp or distributed.runs_on_every_rank(self.evaluate)
+
+    def _cut_log(self) -> None:
+        """The log as at the resumed step: rows past it go; the step's own row, where the
+        log lacks it (the process was killed after the save, while it evaluated the step),
+        comes back from the checkpoint, without the evaluation that did not finish."""
+        log = self.out / LOG
+        rows = [r for r in read_log(log) if r["step"] <= self.step] if log.is_file() else []
+        kept = self._row  # restored from the checkpoint (None: saved by an ivref before)
+        if kept is not None and (not rows or rows[-1]["step"] < self.step):
+            rows.append(kept)
+            print(
+                f"resume: step {self.step}'s log row came back from its checkpoint (the run "
+                "stopped after saving it, before its row was logged: its evaluation, if one "
+                "was due, did not finish)",
+                file=sys.stderr,
+            )
+        if log.is_file() or rows:
+            files.write_log(log, rows)
 
     def _log(self, row: dict[str, Any]) -> None:
         if not self.context.is_main:
@@ -501,6 +519,8 @@ class Trainer:
             while self.step < steps and not self._stopping():
                 row = {"step": self.step + 1, **self.train_step()}
                 row["steps_per_s"] = (self.step - start_step) / (time.perf_counter() - start)
+                self._row = row  # a save keeps it: a process killed while it evaluates the
+                # step (before its row is logged) gets it back on resume
                 if self.step % self.checkpoint_every == 0 or self.step == steps:
                     self.save()  # before evaluating: an evaluator that fails loses no steps
                 due = self.evaluate_every and self.step % self.evaluate_every == 0

@@ -91,6 +91,9 @@ def save(trainer: Any) -> Path:
         extra = {"skipped": trainer._skipped} | ({} if probe is None else {"text_probe": probe})
         if getattr(trainer, "bf16_given", None) is not None:  # forced: ``restore`` restores it
             extra["bf16_given"] = trainer.bf16_given
+        row = getattr(trainer, "_row", None)
+        if row is not None and row.get("step") == step:  # the log row of the step it saves
+            extra["log_row"] = files.finite_row(row)
         with files.RunLock(trainer.out):  # held by fit; taken here for a save outside it
             checkpoint.remove_stale(trainer.out)
             path = checkpoint.save_run(
@@ -250,6 +253,8 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
                 stacklevel=3,
             )
         trainer.bf16 = trainer.bf16_given = given
+    row = extra.get("log_row")  # the step's log row, for a log that lacks it (Trainer.resume)
+    trainer._row = row if isinstance(row, dict) and row.get("step") == meta.get("step") else None
     skipped = extra.get("skipped", 0)  # non-finite steps in a row (--on-nan skip); 0 before
     trainer._skipped = skipped if isinstance(skipped, int) and skipped >= 0 else 0  # it was kept
     now = text_probe(trainer)

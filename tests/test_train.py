@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from ivref import checkpoint, configs, objectives, schedules, text, train
+from ivref import checkpoint, configs, files, objectives, schedules, text, train
 
 
 @pytest.fixture(scope="module")
@@ -805,6 +805,36 @@ def test_an_evaluator_that_draws_from_the_global_generator_leaves_a_resume_exact
     rows = again.fit(3)
     assert [r["loss"] for r in rows] == [straight[2]["loss"]]
     assert [r["eval_r"] for r in rows] == [straight[2]["eval_r"]]
+
+
+def test_a_run_killed_while_it_evaluates_gets_the_steps_log_row_back_on_resume(
+    tmp_path, encoder, capsys
+):
+    """The checkpoint of a step is saved before its evaluation, its log row after: a process
+    killed while evaluating (SIGKILL, out of memory) left a run whose log lacked that step
+    for good. The checkpoint keeps the row (a non-finite loss as null, as the log has it)."""
+    calls = []
+
+    def scores(trainer):
+        calls.append(trainer.step)
+        return {"r": 0.5}
+
+    rows = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2).fit(4)
+    log = tmp_path / train.LOG
+    files.write_log(log, train.read_log(log)[:-1])  # what a kill during step 4's evaluation left
+    capsys.readouterr()
+    again = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2)
+    assert again.resume() == 4
+    assert "resume: step 4's log row came back from its checkpoint" in capsys.readouterr().err
+    restored = train.read_log(log)
+    assert restored[:3] == rows[:3]
+    assert restored[3] == {k: v for k, v in rows[3].items() if not k.startswith("eval_")}
+    assert "eval_r" in rows[3] and calls == [2, 4]
+    again = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2)
+    assert again.resume() == 4
+    assert train.read_log(log) == restored and "came back" not in capsys.readouterr().err
+    nan = dict(rows[3], loss=math.nan)
+    assert files.finite_row(nan)["loss"] is None and files.finite_row(nan)["step"] == 4
 
 
 def test_a_resume_under_another_training_config_says_what_changed(tmp_path, encoder):
