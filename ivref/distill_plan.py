@@ -12,6 +12,7 @@ import json
 import math
 import re
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -248,15 +249,31 @@ def final_phase(out: str | Path) -> Path:
     return last
 
 
+_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def teacher_digest(model: torch.nn.Module) -> str:
     """A digest of a teacher's weights (sha256 of every tensor, by name), so a distillation
-    resumes only from the teacher it started with."""
+    resumes only from the teacher it started with.
+
+    Remembered per model while its tensors stay the same: each tensor's storage, and its
+    version counter, which every in-place write (``load_state_dict``, an optimizer step)
+    moves on. ``ivref distill`` checks the plan before it starts and ``distill_stage`` again,
+    and a paper-size teacher takes tens of seconds to hash."""
+    state = sorted(model.state_dict().items())
+    seen = tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in state)
+    kept = _DIGESTS.get(model)
+    if kept is not None and kept[0] == seen:
+        return kept[1]
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in state:
         name = name.replace("_orig_mod.", "")  # a torch.compile wrapper's names: the same weights
         h.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    _DIGESTS[model] = (seen, h.hexdigest()[:16])
+    return _DIGESTS[model][1]
 
 
 def data_digest(videos: Any) -> int | None:

@@ -870,6 +870,30 @@ def test_nothing_is_written_or_resumed_that_a_later_check_would_refuse(tmp_path,
     assert distill.teacher_digest(compiled) == distill.teacher_digest(teacher.models["base"])
 
 
+def test_a_teachers_digest_is_hashed_once_while_its_weights_stay_and_anew_when_they_move(
+    monkeypatch,
+):
+    """``ivref distill`` checks its plan, then ``distill_stage`` again, each hashing every
+    teacher weight (tens of seconds at the paper's size); any in-place write to a weight
+    (``load_state_dict``, an optimizer step) must still give the new weights' digest."""
+    hashed = []
+    real = distill_plan.hashlib.sha256
+    monkeypatch.setattr(distill_plan.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    torch.manual_seed(0)
+    teacher = VideoUNet(configs.preset("ci").stage("base").unet)
+    first = distill.teacher_digest(teacher)
+    assert distill.teacher_digest(teacher) == first and len(hashed) == 1
+    teacher.load_state_dict(teacher.state_dict())  # the same weights, written again
+    assert distill.teacher_digest(teacher) == first and len(hashed) == 2
+    with torch.no_grad():
+        next(teacher.parameters()).add_(1.0)
+    moved = distill.teacher_digest(teacher)
+    assert moved != first and len(hashed) == 3
+    other = VideoUNet(configs.preset("ci").stage("base").unet)
+    other.load_state_dict(teacher.state_dict())  # another module of the same weights
+    assert distill.teacher_digest(other) == moved and len(hashed) == 4
+
+
 def test_a_progressive_phase_teaches_exactly_the_pd_target_on_the_students_grid():
     """The phase's own draws and target (t on the grid i/N, dt = 1/N), not pd_target alone: a
     student that predicts pd_target(teacher, z_t, t, 1/N) exactly has zero loss, and the
