@@ -25,6 +25,7 @@ from ivref import arguments, configs, errors, files
 VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
 VALIDATION_SEED = 12345  # any fixed number: every evaluation draws the same t and noise
+KEPT_BYTES = 1 << 30  # held-out clips kept decoded, at most; the rest decode at each evaluation
 
 
 def add_arguments(p: argparse.ArgumentParser, validation: bool = True) -> None:
@@ -249,8 +250,10 @@ def validation_evaluator(
 
     The clips: the first ``clips`` files of ``val_index`` (default all), each from its first
     frame, decoded now (so a bad index fails before training, not at the first evaluation)
-    and kept. Clip k's draws (t, noise, text dropout, SR augmentation and crop) come from
-    its own generator, seeded ``VALIDATION_SEED + k`` at each evaluation, and each clip is
+    and kept while they fit in ``KEPT_BYTES`` of memory; the rest are decoded again at each
+    evaluation (at the paper's last stage one clip, 128 x 1280 x 768, is 1.5 GB of floats).
+    Clip k's draws (t, noise, text dropout, SR augmentation and crop) come from its own
+    generator, seeded ``VALIDATION_SEED + k`` at each evaluation, and each clip is
     a forward of its own: the number depends on the weights alone, not on batch size or
     process count, and the training streams are not touched. Rank 0 computes it; under
     FSDP, where the forward takes every rank, each computes the same number. Files also in
@@ -269,10 +272,30 @@ def validation_evaluator(
         )  # fmt: skip
     except ValueError as err:
         raise ValueError(f"--val-index {str(val_index)!r}: {err}") from None
-    held = [folder.load(i) for i in range(min(clips or len(folder), len(folder)))]
-    held = [got for got in held if got is not None]
+    held: list[tuple[torch.Tensor, str] | int] = []  # a clip, or its index to decode again
+    size = 0
+    for i in range(min(clips or len(folder), len(folder))):
+        got = folder.load(i)
+        if got is None:
+            continue
+        size += got[0].numel() * got[0].element_size()
+        held.append(got if size <= KEPT_BYTES else i)
     if not held:
         raise ValueError(f"--val-index {str(val_index)!r}: none of its videos decodes")
+
+    def clip(k: int) -> tuple[torch.Tensor, str]:
+        kept = held[k]
+        if not isinstance(kept, int):
+            return kept
+        got = folder.load(kept)
+        if got is None:  # it decoded at the start: leaving it out would move the mean
+            raise ValueError(
+                f"--val-index {str(val_index)!r}: {folder.items[kept][0].name} decoded when "
+                "training started and does not now; restore it (or resume with --val-index "
+                "of the videos that remain)"
+            )
+        return got
+
     trained = {path for path, _ in read_index(Path(videos["index"]))}
     shared = sorted(trained & {path for path, _ in read_index(val_index)})
     if shared:
@@ -285,9 +308,10 @@ def validation_evaluator(
     def evaluate(trainer: Any) -> dict[str, float]:
         total = 0.0
         with torch.no_grad():
-            for k, (clip, caption) in enumerate(held):
+            for k in range(len(held)):
+                video, caption = clip(k)
                 g = torch.Generator().manual_seed(VALIDATION_SEED + k)
-                batch = objectives.Batch(clip[None], [caption], torch.zeros(1, dtype=torch.bool))
+                batch = objectives.Batch(video[None], [caption], torch.zeros(1, dtype=torch.bool))
                 loss = trainer.objective.loss(trainer.ema, batch, g, trainer.device, trainer.bf16)
                 total += float(loss)
         return {"val_loss": total / len(held)}

@@ -135,12 +135,13 @@ def test_a_resume_keeps_evaluating_its_held_out_videos_where_they_moved_or_stops
 
 
 def test_the_validation_loss_does_not_depend_on_the_batch_and_bad_held_out_videos_fail_first(
-    tmp_path, capsys
+    tmp_path, capsys, monkeypatch
 ):
     """Clips were evaluated in groups of the local batch, one generator a group: another
     --batch-size or process count gave another number for the same weights. A held-out
     index of broken files failed only at the first evaluation, after a checkpoint's worth
-    of training was lost."""
+    of training was lost. Clips past KEPT_BYTES are decoded at each evaluation (all were
+    kept in memory: 1.5 GB a clip at the paper's last stage), to the same number."""
     videos = _folder(tmp_path / "videos", names=("a", "b", "c", "d"))
     (videos / "val.csv").write_text("path,caption\nc.mp4,clip c\nd.mp4,clip d\n")
     (videos / "index.csv").write_text("path,caption\na.mp4,clip a\nb.mp4,clip b\n")
@@ -155,6 +156,12 @@ def test_the_validation_loss_does_not_depend_on_the_batch_and_bad_held_out_video
         trainer.local_batch_size = local
         numbers.add(evaluate(trainer)["val_loss"])
     assert len(numbers) == 1
+    monkeypatch.setattr(train_videos, "KEPT_BYTES", 1)  # none kept: each decoded again
+    again = train_videos.validation_evaluator(record, videos / "val.csv", cfg.stage("base"), None)
+    assert {again(trainer)["val_loss"]} == numbers
+    (videos / "d.mp4").unlink()
+    with pytest.raises(ValueError, match="d.mp4 decoded when training started and does not now"):
+        again(trainer)
     (videos / "broken.csv").write_text("path,caption\nmissing.mp4,gone\n")
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="skipping 'missing.mp4'"):
