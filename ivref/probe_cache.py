@@ -4,9 +4,9 @@
 frames: one ffmpeg process per file, so a folder of thousands of clips costs minutes at
 every start and every ``--resume``. ``ivref train`` and ``ivref distill`` keep the folder's
 ``probes`` in ``<run>/video_probes.json`` and hand them to the next folder they make, which
-probes again only the files whose size, modification time or inode changed (and files it
-has no entry for). It is a cache: an entry that does not check out is probed again, a damaged
-file is remade, and deleting it costs only the time to probe.
+probes again only the files whose size, modification or status-change time, or inode
+changed (and files it has no entry for). It is a cache: an entry that does not check out is
+probed again, a damaged file is remade, and deleting it costs only the time to probe.
 """
 
 from __future__ import annotations

@@ -36,18 +36,22 @@ from ivref.video_files import ffmpeg_exe, probe, read_index
 
 def reused_probe(entry: object, stat: os.stat_result) -> tuple[int, float] | None:
     """(frames, fps) of a ``probes`` entry for a file with this ``stat``, or None: no entry,
-    one that is not {size, mtime_ns, ino, frames, fps} (a damaged cache is re-probed, not
-    trusted), or a file changed since: another size, modification time or file (inode; a
-    copy that kept the time, ``rsync -a`` or ``cp -p`` of a re-encoded file, is another)."""
+    one that is not {size, mtime_ns, ctime_ns, ino, frames, fps} (a damaged cache is
+    re-probed, not trusted), or a file changed since: another size, modification time,
+    status-change time or file (inode; a copy that kept the time, ``rsync -a`` or ``cp -p``
+    of a re-encoded file, is another). The status-change time moves on any write, and no
+    tool sets it back (``touch -d`` and ``os.utime`` set the modification time alone), so a
+    file rewritten in place at the same size, its time restored, is probed again too."""
     if not isinstance(entry, Mapping):
         return None
-    keys = ("size", "mtime_ns", "ino", "frames", "fps")
-    size, mtime, ino, frames, fps = (entry.get(k) for k in keys)
-    if not all(is_integer(v) for v in (size, mtime, ino, frames)):
+    keys = ("size", "mtime_ns", "ctime_ns", "ino", "frames", "fps")
+    size, mtime, ctime, ino, frames, fps = (entry.get(k) for k in keys)
+    if not all(is_integer(v) for v in (size, mtime, ctime, ino, frames)):
         return None
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf:
         return None
-    if (size, mtime, ino) != (stat.st_size, stat.st_mtime_ns, stat.st_ino) or frames < 0:
+    now = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if (size, mtime, ctime, ino) != now or frames < 0:
         return None
     return int(frames), float(fps)
 
@@ -94,12 +98,12 @@ class VideoTextFolder:
 
     Probing decodes every file once (its frame count is what ffmpeg decodes, not what the
     header says), a process per file: for a large folder, minutes at every start. ``probes``
-    takes an earlier folder's ``probes`` ({path: {size, mtime_ns, frames, fps}}, e.g. from
-    ``probe_cache.read``) and reuses the entry of every file whose size, modification time
-    (ns) and inode are unchanged; ``self.probes`` holds this folder's, to save for the next
-    (``probe_cache.write``). A file rewritten in place at the same size within the file
-    system's time resolution (2 s on FAT) would keep a stale entry: delete the cache to
-    probe afresh.
+    takes an earlier folder's ``probes`` ({path: {size, mtime_ns, ctime_ns, ino, frames,
+    fps}}, e.g. from ``probe_cache.read``) and reuses the entry of every file whose size,
+    modification and status-change times (ns) and inode are unchanged (``reused_probe``);
+    ``self.probes`` holds this folder's, to save for the next (``probe_cache.write``). A
+    file rewritten in place at the same size within the file system's time resolution
+    (2 s on FAT) would keep a stale entry: delete the cache to probe afresh.
 
     Paths are relative to ``root`` and inside it, so a folder that moves keeps its files and
     its digest (``state_dict``): an absolute path, or one that ``..`` takes above ``root``,
@@ -226,8 +230,8 @@ class VideoTextFolder:
                 return f"unreadable ({type(err).__name__}: {_last_line(err)})", 0.0, 0
         if rel is not None:  # one key per thread's file: safe to add to from the probers
             self.probes[rel] = {
-                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ino": stat.st_ino,
-                "frames": n, "fps": src_fps,
+                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "ctime_ns": stat.st_ctime_ns, "ino": stat.st_ino, "frames": n, "fps": src_fps,
             }  # fmt: skip
         indices = self._source_indices(exact_fps(src_fps))
         if n < indices[-1] + 1:

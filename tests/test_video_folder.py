@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import os
 import re
 import warnings
 
@@ -745,6 +746,13 @@ def test_probes_kept_from_an_earlier_folder_are_reused_only_for_unchanged_files(
     assert sorted(probed) == ["a.mp4", "b.mp4"]
     assert changed.probes["b.mp4"]["frames"] == 20 and changed.probes["a.mp4"]["frames"] == 12
     assert changed.state_dict()["digest"] != first.state_dict()["digest"]  # b has more frames
+    probed.clear()
+    before = (tmp_path / "a.mp4").stat()
+    (tmp_path / "a.mp4").write_bytes((tmp_path / "a.mp4").read_bytes())  # rewritten in place,
+    os.utime(tmp_path / "a.mp4", ns=(before.st_atime_ns, before.st_mtime_ns))  # time set back
+    assert (tmp_path / "a.mp4").stat().st_ctime_ns != before.st_ctime_ns
+    make(changed.probes)
+    assert probed == ["a.mp4"]
     with pytest.raises(ValueError, match=r"probes=list: give a mapping \{path: entry\}"):
         video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, 4.0, probes=[])
 
@@ -758,6 +766,8 @@ def test_probes_kept_from_an_earlier_folder_are_reused_only_for_unchanged_files(
         ({"mtime_ns": 6}, None),  # touched since
         ({"ino": 8}, None),  # another file in its place (a copy that kept size and time)
         ({"ino": None}, None),  # an entry from before the inode was kept
+        ({"ctime_ns": 4}, None),  # written since, its modification time set back
+        ({"ctime_ns": None}, None),  # an entry from before the status-change time was kept
         ({"frames": "12"}, None),
         ({"frames": True}, None),
         ({"frames": -1}, None),
@@ -767,8 +777,8 @@ def test_probes_kept_from_an_earlier_folder_are_reused_only_for_unchanged_files(
     ],
 )
 def test_a_kept_probe_is_used_only_where_it_is_whole_and_the_file_unchanged(entry, reused):
-    stat = type("Stat", (), {"st_size": 10, "st_mtime_ns": 5, "st_ino": 7})()
-    whole = {"size": 10, "mtime_ns": 5, "ino": 7, "frames": 12, "fps": 12.0}
+    stat = type("Stat", (), {"st_size": 10, "st_mtime_ns": 5, "st_ctime_ns": 9, "st_ino": 7})()
+    whole = {"size": 10, "mtime_ns": 5, "ctime_ns": 9, "ino": 7, "frames": 12, "fps": 12.0}
     kept = {k: v for k, v in (whole | entry).items() if v is not None}
     assert video_folder.reused_probe(kept, stat) == reused
     assert video_folder.reused_probe([10, 5, 7, 12, 12.0], stat) is None  # not a mapping
