@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import cli, data, distill, evaluate, objectives, superres
+from ivref import cli, data, devices, distill, evaluate, objectives, superres
 
 
 def _random_ci_cascades() -> dict[str, cascade_lib.Cascade]:
@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             teacher, student, name, prompts, args.ref_factor, args.seed, args.guidance
         )
         print(f"{name}: {json.dumps(result['stages'][name]['psnr_db'])}", file=sys.stderr)
-    result["machine"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["machine"] = {
+        "device_name": devices.device_name("cpu"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs
+from ivref import configs, devices
 
 
 def count_evaluations(model: cascade_lib.Cascade) -> dict[str, int]:
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(models, args.prompt, args.repeats, args.seed)
     result["machine"] = {
         "device": str(device),
+        "device_name": devices.device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }

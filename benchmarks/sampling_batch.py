@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ivref import cascade as cascade_lib
-from ivref import configs, data
+from ivref import configs, data, devices
 
 
 def run_once(model: cascade_lib.Cascade, prompts: list[str], batch_size: int) -> dict:
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(model, prompts, args.batch_sizes, args.repeats)
     result = {
         "prompts": args.prompts,
+        "device_name": devices.device_name("cpu"),
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "threads": torch.get_num_threads(),
         "default_batch_size": model.default_batch_size(),

@@ -36,7 +36,7 @@ import time
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from train_throughput import RandomTextEncoder, device_name, matmul_rate, sync  # this folder
+from train_throughput import RandomTextEncoder, matmul_rate, sync  # this folder
 
 from ivref import configs, devices, layers
 from ivref import train as train_lib
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_step_variants",
         "scale": args.scale,
         "device": str(device),
-        "device_name": device_name(device),
+        "device_name": devices.device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         "stages": {},
     }
     print(
-        f"{device_name(device)}: bf16 matmul {rate / 1e9:.1f} GFLOP/s, fp32 {fp32 / 1e9:.1f}; "
-        f"native bf16: {result['native_bf16']}"
+        f"{result['device_name']}: bf16 matmul {rate / 1e9:.1f} GFLOP/s, fp32 "
+        f"{fp32 / 1e9:.1f}; native bf16: {result['native_bf16']}"
     )
     for name in args.stages:
         row = measure(cfg, name, device, args.warmup, args.rounds, args.variants)

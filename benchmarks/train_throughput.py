@@ -42,7 +42,7 @@ import time
 
 import torch
 
-from ivref import configs, unet3d
+from ivref import configs, devices, unet3d
 from ivref import train as train_lib
 
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_throughput",
         "scale": args.scale,
         "device": str(device),
-        "device_name": device_name(device),
+        "device_name": devices.device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
@@ -273,18 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 if __name__ == "__main__":

@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "unet_step",
         "device": args.device,
-        "device_name": device_name(args.device),
+        "device_name": _device_name(args.device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": args.precision,
@@ -507,18 +507,10 @@ def compile_options(args) -> dict | None:
     return train.compile_options(torch.device(args.device))
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+def _device_name(device: str) -> str:
+    from ivref import devices
 
-    return platform.processor() or "cpu"
+    return devices.device_name(device)
 
 
 if __name__ == "__main__":

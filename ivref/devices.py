@@ -1,5 +1,5 @@
 """Device names read once, with a clear error for one that is not usable here; whether a
-device computes bf16 natively (``native_bf16``)."""
+device computes bf16 natively (``native_bf16``); a device's model name (``device_name``)."""
 
 from __future__ import annotations
 
@@ -84,3 +84,25 @@ def native_bf16(device: torch.device | str) -> bool:
         autocasts = TorchVersion(torch.__version__) >= MPS_BF16_AUTOCAST_TORCH
         return bool(autocasts and mps.is_available() and mps.is_macos_or_newer(14, 0))
     return True
+
+
+def device_name(device: torch.device | str) -> str:
+    """The model name of ``device``, as a benchmark records the machine it ran on: the GPU's
+    (``torch.cuda.get_device_name``), or the CPU's (the "model name" of /proc/cpuinfo on
+    Linux, ``platform.processor()`` elsewhere, "cpu" where neither says). Other devices: their
+    type ("mps", "meta")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"

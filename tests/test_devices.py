@@ -1,5 +1,5 @@
 """devices.parse_device: a name becomes a usable torch.device, or one clear error;
-devices.native_bf16: where bf16 autocast pays, per device type."""
+devices.native_bf16: where bf16 autocast pays, per device type; devices.device_name."""
 
 import pytest
 import torch
@@ -98,3 +98,30 @@ def test_the_float32_warning_says_why_per_device_and_offers_to_force_only_where_
         said = str(caught[0].message)
         assert why in said and ("--bf16" in said) is forces, said
     assert trainer.resolve_bf16(True, True, torch.device("mps")) is True  # forced: as asked
+
+
+def test_a_device_name_is_the_cpus_model_name_or_the_gpus(monkeypatch):
+    """What each benchmark records of its machine: three 2-core CPUs gave this project's
+    tables, and several scripts wrote no name, so their rows could not be told apart."""
+    import builtins
+    import platform
+    import re
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = re.findall(r"^model name\s*:\s*(.+?)\s*$", cpuinfo.read_text(), re.M)
+        assert devices.device_name("cpu") == (names[0] if names else platform.processor() or "cpu")
+    assert devices.device_name(torch.device("meta")) == "meta"
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise PermissionError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert devices.device_name("cpu") == "cpu"
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert devices.device_name("cpu") == "arm"
