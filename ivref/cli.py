@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
     v.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
-    v.add_argument("--cascade", action="store_true", help="score every stage at its own settings")
+    v.add_argument(
+        "--cascade", action="store_true", help="score every stage (at its own w; --steps applies)"
+    )
     v.add_argument(
         "--until", metavar="STAGE", help="sample the stages up to STAGE only (e.g. base)"
     )
@@ -244,8 +246,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.cascade:  # every stage at its own settings, sampled once
         report = {
             "cascade": evaluate.cascade_report(
-                model, prompts, seed=args.seed, batch_size=args.batch_size
-            )
+                model,
+                prompts,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                progress=True,
+            )  # fmt: skip
         }
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
@@ -257,6 +264,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             steps=args.steps,
             seed=args.seed,
             batch_size=args.batch_size,
+            progress=True,
         )
         print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
         print(evaluate.format_table(rows))

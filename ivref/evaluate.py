@@ -55,9 +55,10 @@ def alignment(
     prompts: Sequence[str],
     *,
     guidance: float | Mapping[str, float] | None = None,
-    steps: int | None = None,
+    steps: int | Mapping[str, int] | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Caption alignment of ``cascade.generate(prompts)``: accuracies in [0, 1] and ``n``.
 
@@ -65,7 +66,7 @@ def alignment(
     ``batch_size`` (prompts sampled together; None: the cascade's ``default_batch_size``):
     so every video has its own noise, and a sweep over ``guidance`` sees the same starting
     noise at every w. ``guidance`` is one weight for every stage, a {stage name: w} mapping,
-    or None (each stage's own).
+    or None (each stage's own); ``steps`` likewise. ``progress``: ``generate``'s bars.
     """
     if batch_size is not None and (not is_integer(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be None or a positive integer")
@@ -78,6 +79,7 @@ def alignment(
             steps=steps,
             guidance=guidance,
             batch_size=batch_size,
+            progress=progress,
         )
         for i in range(0, max(len(prompts), 1), size)  # no prompts: generate says so
     ]
@@ -90,21 +92,24 @@ def guidance_sweep(
     prompts: Sequence[str],
     guidances: Sequence[float | Mapping[str, float] | None],
     *,
-    steps: int | None = None,
+    steps: int | Mapping[str, int] | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """``alignment`` at each guidance setting, one row each, labelled by ``"w"``: a weight for
     every stage (w), {stage name: w} (w for those stages, the others at their own), or None
-    (every stage at its own; ``"w"`` is then None). ``batch_size``: as ``alignment``'s."""
+    (every stage at its own; ``"w"`` is then None). ``steps``, ``batch_size`` and
+    ``progress``: as ``alignment``'s."""
     if not guidances:
         raise ValueError("guidances is empty; give at least one weight w >= 0")
     rows = []
     for w in guidances:
         label = dict(w) if isinstance(w, Mapping) else None if w is None else float(w)
         scores = alignment(
-            cascade, prompts, guidance=w, steps=steps, seed=seed, batch_size=batch_size
-        )
+            cascade, prompts, guidance=w, steps=steps, seed=seed, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
         rows.append({"w": label} | scores)
     return rows
 
@@ -235,6 +240,8 @@ def cascade_report(
     seed: int = 0,
     outputs: Sequence[torch.Tensor] | None = None,
     batch_size: int | None = None,
+    steps: int | Mapping[str, int] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Score every stage of one ``generate`` run, and the final videos against the toy world.
 
@@ -254,19 +261,23 @@ def cascade_report(
     tell a cross-fade from motion: e.g. at the toy TSR's 16 x 16).
     ``outputs``: every stage's videos of a ``generate(prompts, seed=seed, return_stages=True)``
     already run (its ``timings`` are reported); None samples them here, ``batch_size`` at a
-    time (None: the cascade's ``default_batch_size``).
+    time (None: the cascade's ``default_batch_size``), with ``generate``'s ``steps`` (None:
+    each stage's own) and ``progress``.
     """
     prompts = list(prompts)
     stages = cascade_model.trained_stages
-    if outputs is not None and batch_size is not None:
-        raise ValueError(
-            f"batch_size={batch_size!r} with outputs: the videos are sampled already; give "
-            "batch_size to sample them here (outputs=None), or neither"
-        )
+    given = {"batch_size": batch_size, "steps": steps}
+    for name, value in given.items() if outputs is not None else ():
+        if value is not None:
+            raise ValueError(
+                f"{name}={value!r} with outputs: the videos are sampled already; give {name} "
+                "to sample them here (outputs=None), or neither"
+            )
     if outputs is None:
         _, outputs = cascade_model.generate(
-            prompts, seed=seed, return_stages=True, batch_size=batch_size
-        )
+            prompts, seed=seed, return_stages=True, batch_size=batch_size, steps=steps,
+            progress=progress,
+        )  # fmt: skip
     elif len(outputs) != len(stages) or any(len(v) != len(prompts) for v in outputs):
         raise ValueError(
             f"outputs must hold one (B={len(prompts)}, ...) batch per trained stage "

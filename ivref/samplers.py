@@ -169,6 +169,35 @@ def logsnr_grid(
     return grid.to(dtype)
 
 
+def _check_arguments(x_hat_fn, shape, sampler, gamma, generator, dtype, noise, progress) -> None:
+    """``sample``'s arguments, each with what is allowed (``steps``: ``logsnr_grid``)."""
+    if not callable(x_hat_fn):
+        raise TypeError(f"x_hat_fn={x_hat_fn!r:.60} must be callable: (z, logsnr) -> x_hat")
+    sizes = list(shape) if isinstance(shape, Sequence) and not isinstance(shape, str) else None
+    integral = sizes is not None and all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in sizes
+    )
+    if not sizes or not integral or min(sizes) < 1:
+        raise ValueError(
+            f"shape={shape!r} must be a sequence of positive integers, batch first, e.g. "
+            "(B, C, F, H, W)"
+        )
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
+    real = isinstance(gamma, numbers.Real) and not isinstance(gamma, bool)
+    if not real or not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma!r} is invalid; allowed: a number in [0, 1]")
+    check_generators(generator)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype={dtype!r} must be a floating torch.dtype, e.g. torch.float32")
+    if noise is not None and not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor of the given shape, got {type(noise)}")
+    if noise is not None and noise.device.type != "meta" and not torch.isfinite(noise).all():
+        raise ValueError("noise holds NaN or infinite values")
+    if not isinstance(progress, bool | str):
+        raise TypeError(f"progress={progress!r} must be True, False or a label (str)")
+
+
 @torch.no_grad()
 def sample(
     x_hat_fn: XHatFn,
@@ -183,7 +212,7 @@ def sample(
     noise: torch.Tensor | None = None,
     logsnr_min: float = -20.0,
     logsnr_max: float = 20.0,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> torch.Tensor:
     """Draw x from noise z_1 ~ N(0, I) by ``steps`` sampler steps from t=1 to t=0.
 
@@ -193,12 +222,11 @@ def sample(
     ``sampler``: "ddim" (deterministic), "ancestral" (``gamma`` sets its variance) or
     "stochastic" (the N-step sampler of distilled models, ``stochastic_step``: a DDIM
     step to t_{i+2}, then noise back to t_{i+1}) [IV §2.7]. ``generator``: one, or one per
-    batch row (``Generators``). ``progress`` shows a tqdm bar.
+    batch row (``Generators``). ``progress`` shows a tqdm bar (a string: its label, e.g. the
+    stage's name; True: the sampler's). Bad arguments get a ValueError or TypeError that says
+    what is allowed.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma={gamma} is invalid; allowed range [0, 1]")
+    _check_arguments(x_hat_fn, shape, sampler, gamma, generator, dtype, noise, progress)
     if device is not None:
         device = parse_device(device)
     grid = logsnr_grid(steps, logsnr_min, logsnr_max, dtype)
@@ -210,9 +238,16 @@ def sample(
     else:
         z = noise.to(dtype=dtype, device=device)
     model_grid = grid.to(z.device)  # the steps read the CPU grid: no device sync per step
-    for i in tqdm(range(steps), desc=sampler, disable=not progress, leave=False):
+    label = progress if isinstance(progress, str) else sampler
+    for i in tqdm(range(steps), desc=label, disable=not progress, leave=False):
         logsnr_t = model_grid[i].expand(shape[0])  # (B,)
         x_hat = x_hat_fn(z, logsnr_t)
+        if i == 0 and (not isinstance(x_hat, torch.Tensor) or x_hat.shape != z.shape):
+            got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+            raise TypeError(
+                f"x_hat_fn(z, logsnr) returned {got}; it must return x_hat, a tensor of z's "
+                f"shape {tuple(z.shape)}"
+            )
         if sampler == "ddim":
             z = ddim_step(z, x_hat, grid[i], grid[i + 1])
         elif sampler == "stochastic":

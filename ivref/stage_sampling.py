@@ -162,7 +162,7 @@ def sample_stage(
             noise=noise.to(device=device, dtype=torch.float32),
             logsnr_min=diffusion.logsnr_min,
             logsnr_max=diffusion.logsnr_max,
-            progress=progress,
+            progress=stage.name if progress else False,  # the bar names the stage
         )
     finally:
         for module, training in modes.items():

@@ -145,6 +145,32 @@ def test_cascade_report_scores_given_outputs_without_sampling_again():
         evaluate.cascade_report(fake, prompts, outputs=outputs * 2)
 
 
+def test_ivref_evaluate_samples_at_the_steps_it_is_given_and_shows_its_progress(
+    monkeypatch, capsys
+):
+    """`ivref evaluate --cascade --steps 2` sampled every stage at its own steps (the flag went
+    unused, silently), and no evaluation showed a progress bar (55 minutes for all captions)."""
+    from ivref import cli
+
+    asked = []
+
+    class Recording(StagedRenderingCascade):
+        def generate(self, prompts, **kwargs):
+            asked.append({k: kwargs.get(k) for k in ("steps", "progress")})
+            return super().generate(prompts, **kwargs)
+
+    monkeypatch.setattr(cli, "load_cascade", lambda *args: Recording())
+    argv = ["evaluate", "--split", "heldout", "--steps", "2", "--batch-size", "64"]
+    assert cli.main([*argv, "--cascade"]) == 0
+    assert cli.main([*argv, "--guidance", "0"]) == 0
+    assert asked == [{"steps": 2, "progress": True}] * 2
+    capsys.readouterr()
+    fake = StagedRenderingCascade()
+    _, outputs = fake.generate(["a red circle moving left"], seed=0, return_stages=True)
+    with pytest.raises(ValueError, match="steps=2 with outputs: the videos are sampled already"):
+        evaluate.cascade_report(fake, ["a red circle moving left"], outputs=outputs, steps=2)
+
+
 def test_cascade_report_ending_at_the_tsr_stage_passes_its_renders():
     """Its motion check used pixels of 64 px, 16-frame videos at every size: renders ending
     at the toy TSR (16 x 16, 16 frames) passed 4%."""

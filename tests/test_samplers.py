@@ -1,5 +1,7 @@
 """DDIM and ancestral samplers: diffusers cross-check, Gaussian oracle, edge cases, errors."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -162,6 +164,31 @@ def test_errors_name_the_argument():
         samplers.sample(gaussian_oracle, (1, 3, 1, 2, 2), steps=2, noise=torch.zeros(2, 3, 1, 2, 2))
     with pytest.raises(ValueError, match="x_hat"):
         samplers.ddim_step(torch.zeros(1, 3, 1, 2, 2), torch.zeros(1, 3, 1, 2, 1), 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [  # each raised an AttributeError, IndexError or RuntimeError from inside, or passed
+        ({"generator": 0}, TypeError, r"generator=0: give a torch.Generator"),
+        ({"dtype": "float32"}, TypeError, r"dtype='float32' must be a floating torch.dtype"),
+        ({"dtype": torch.int64}, TypeError, r"must be a floating torch.dtype"),
+        ({"noise": [[0.0]]}, TypeError, r"noise must be a torch.Tensor"),
+        ({"noise": torch.full((1, 3, 1, 2, 2), math.nan)}, ValueError, r"noise holds NaN"),
+        ({"shape": 5}, ValueError, r"shape=5 must be a sequence of positive integers"),
+        ({"shape": ()}, ValueError, r"shape=\(\) must be a sequence of positive integers"),
+        ({"shape": (0, 3)}, ValueError, r"shape=\(0, 3\) must be"),
+        ({"shape": (1.0, 3)}, ValueError, r"shape=\(1.0, 3\) must be"),
+        ({"gamma": "0.3"}, ValueError, r"gamma='0.3' is invalid; allowed: a number in \[0, 1\]"),
+        ({"x_hat_fn": "model"}, TypeError, r"x_hat_fn='model' must be callable"),
+        ({"x_hat_fn": lambda z, logsnr: None}, TypeError, r"returned NoneType; it must return"),
+        ({"x_hat_fn": lambda z, logsnr: z[0]}, TypeError, r"returned \(3, 1, 2, 2\); it must"),
+        ({"progress": 1}, TypeError, r"progress=1 must be True, False or a label"),
+    ],
+)
+def test_bad_arguments_say_what_is_allowed(change, error, match):
+    args = {"x_hat_fn": gaussian_oracle, "shape": (1, 3, 1, 2, 2), "steps": 2} | change
+    with pytest.raises(error, match=match):
+        samplers.sample(args.pop("x_hat_fn"), args.pop("shape"), **args)
 
 
 @pytest.mark.parametrize("sampler", samplers.SAMPLERS)
