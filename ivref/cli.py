@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
     g = command("generate", "text -> video with a trained cascade")
     g.add_argument("prompts", nargs="*", help="one or more prompts")
-    g.add_argument("--out", type=Path, nargs="+", required=True, help=".mp4 / .gif file(s)")
+    g.add_argument(  # extend: --out a.gif --out b.mp4 writes both (the last alone was kept)
+        "--out", type=Path, nargs="+", action="extend", required=True, help=".mp4 / .gif file(s)"
+    )
     g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
     g.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
     g.add_argument("--steps", type=_steps, help="sampler steps (default: each stage's)")

@@ -2,7 +2,8 @@
 
     2    bad input: arguments, config values, prompts, paths, damaged or missing files
     1    the work failed: a full disk, a NaN loss, a device that ran out of memory
-    128 + N  stopped by signal N after saving (130 for Ctrl-C, 143 for SIGTERM)
+    128 + N  stopped by signal N after saving (130 for Ctrl-C, 143 for SIGTERM); 141, without
+         a word, where the reader of its output went away (``ivref info | head -1``)
 
 Anything else is a bug in ivref: one line saying so, exit status 1.
 
@@ -18,8 +19,10 @@ signal is agreed by all processes after the same step, and said once, by rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -133,6 +136,12 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         if rank == 0:
             print(f"ivref {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout has gone (``ivref info | head -1``): as a
+        # program killed by SIGPIPE, quietly; stdout now points nowhere, so the interpreter's
+        # last flush at exit does not fail (and print) again
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
     except Exception as err:
         if os.environ.get("IVREF_DEBUG"):
             raise

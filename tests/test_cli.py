@@ -855,3 +855,22 @@ def test_python_dash_m_ivref_is_the_ivref_command(tmp_path, capsys):
     assert done.stdout == capsys.readouterr().out  # the same command, the same table
     bad = subprocess.run([sys.executable, "-m", "ivref", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly_as_sigpipe_would(tmp_path):
+    """`ivref info | head -1` printed 'ivref info: error: Broken pipe' and exit status 1."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ivref import errors\n"
+        "sys.exit(errors.run_command('info', lambda a: [print('x' * 999) for _ in range(9999)]"
+        " and 0, None))"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert reader.stdout.read(10) == b"x" * 10
+    reader.stdout.close()  # as head does after its line
+    status = reader.wait(timeout=60)
+    assert (status, reader.stderr.read()) == (141, b"")

@@ -294,6 +294,12 @@ CLI_CASES = [
         "twice; give each file once",
     ),
     Case(
+        "--out given twice (both are kept: the last alone was)",
+        (*GEN, "--out", "{X}/v.gif", "--out", "{X}/v.gif"),
+        2,
+        "twice; give each file once",
+    ),
+    Case(
         "per-stage guidance weights given as two words",
         (*GEN, "--guidance", "tsr=1", "base=0", "--out", "{X}/v.gif"),  # evaluate's spelling
         2,
