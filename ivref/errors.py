@@ -2,8 +2,9 @@
 
     2    bad input: arguments, config values, prompts, paths, damaged or missing files
     1    the work failed: a full disk, a NaN loss, a device that ran out of memory
-    128 + N  stopped by signal N after saving (130 for Ctrl-C, 143 for SIGTERM); 141, without
-         a word, where the reader of its output went away (``ivref info | head -1``)
+    128 + N  stopped by signal N after saving (130 for Ctrl-C, 143 for SIGTERM; outside a
+         training loop SIGTERM stops a command as Ctrl-C does, its temporary files removed);
+         141, without a word, where the reader of its output went away (``ivref info | head``)
 
 Anything else is a bug in ivref: one line saying so, exit status 1.
 
@@ -26,7 +27,7 @@ import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,17 @@ PACKAGE = Path(__file__).resolve().parent  # ivref's own code: its warnings need
 
 class CLIError(ValueError):
     """Bad command-line input; printed as 'ivref <command>: error: ...' with exit status 2."""
+
+
+class Stopped(BaseException):
+    """SIGTERM outside a training loop (which saves and stops on its own), raised in the main
+    thread so that what a command leaves half-made goes first (a temporary video file, a run
+    lock); the command then exits with 128 + N. A BaseException, like KeyboardInterrupt, so
+    that ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class Interrupted(Exception):
@@ -117,6 +129,31 @@ def warning_format(name: str) -> Callable[..., str]:
     return format_warning
 
 
+@contextlib.contextmanager
+def _signals_raise(received: list[int]) -> Iterator[None]:
+    """While a command runs: Ctrl-C raises KeyboardInterrupt as ever, SIGTERM raises
+    ``Stopped`` (it killed the process, leaving temporary files behind), and both are noted
+    in ``received``. Outside the main thread (a command run from a thread) signals are left
+    alone. A training loop puts its own handlers in place while it trains."""
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
     """Run ``command(args)``; map its failure to one line on stderr and an exit status.
     Warnings it gives are printed as ``warning_format`` words them (Python's own format
@@ -126,8 +163,10 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         warnings.formatwarning = warning_format(name)
     rank, world = _process()
     who = f"ivref {name}" + f" (rank {rank} of {world})" * (world > 1)
+    received: list[int] = []  # the signals that reached this process while the command ran
     try:
-        return command(args)
+        with _signals_raise(received):
+            return command(args)
     except Interrupted as err:  # every process stopped after the same step: rank 0 says so
         if rank == 0:
             print(f"ivref {name}: {err}", file=sys.stderr)
@@ -136,6 +175,9 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         if rank == 0:
             print(f"ivref {name}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as err:
+        print(f"{who}: {err}", file=sys.stderr)
+        return 128 + err.signum
     except BrokenPipeError:  # the reader of stdout has gone (``ivref info | head -1``): as a
         # program killed by SIGPIPE, quietly; stdout now points nowhere, so the interpreter's
         # last flush at exit does not fail (and print) again
@@ -145,6 +187,14 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
     except Exception as err:
         if os.environ.get("IVREF_DEBUG"):
             raise
+        if received:  # the signal broke the work first: ffmpeg, in the same process group,
+            # died of the Ctrl-C and its writer failed before KeyboardInterrupt was raised
+            signum = received[0]
+            if signum != signal.SIGINT:
+                print(f"{who}: {Stopped(signum)}", file=sys.stderr)
+            elif rank == 0:
+                print(f"ivref {name}: interrupted", file=sys.stderr)
+            return 128 + signum
         message, status = describe(err)
         if world > 1 and in_collective(err):
             message += (

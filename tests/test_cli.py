@@ -874,3 +874,44 @@ def test_a_reader_that_goes_away_ends_a_command_quietly_as_sigpipe_would(tmp_pat
     reader.stdout.close()  # as head does after its line
     status = reader.wait(timeout=60)
     assert (status, reader.stderr.read()) == (141, b"")
+
+
+def test_sigterm_outside_training_removes_what_a_command_was_writing(tmp_path, capsys):
+    """SIGTERM killed `ivref generate` while it wrote its video, leaving the hidden temporary
+    file; a Ctrl-C that killed ffmpeg first was reported as 'error: RuntimeError: Error
+    writing' naming that file, with exit status 1."""
+    import os
+    import signal
+
+    from ivref import errors, files
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def writer(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half a video")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the writer")
+
+    def generate(args):
+        files.atomic_write(tmp_path / "v.gif", writer, suffix=".gif")
+        return 0
+
+    assert errors.run_command("generate", generate, None) == 143
+    assert capsys.readouterr().err == "ivref generate: stopped by SIGTERM\n"
+    assert list(tmp_path.iterdir()) == []  # no .v.gif.*.gif left
+
+    def writer_whose_ffmpeg_died(tmp):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:  # mediapy saw its ffmpeg die of the same Ctrl-C first
+            raise RuntimeError(f"Error writing {tmp!r}") from None
+
+    def interrupted(args):
+        files.atomic_write(tmp_path / "v.gif", writer_whose_ffmpeg_died, suffix=".gif")
+        return 0
+
+    assert errors.run_command("generate", interrupted, None) == 130
+    assert capsys.readouterr().err == "ivref generate: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
