@@ -10,6 +10,7 @@ import functools
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
     ffmpeg_exe()  # new enough for -fps_mode
     seek = ["-ss", f"{(start - 0.5) / src_fps:.6f}"] if start > 0 else []
     reader = imageio_ffmpeg.read_frames(
-        str(path),
+        _ffmpeg_path(path),
         input_params=seek,
         output_params=["-map", "0:v:0", "-fps_mode", "passthrough", *SQUARE_PIXELS],
     )  # the first video stream, as ``probe`` counts (ffmpeg's default: the largest)
@@ -95,6 +96,7 @@ class VideoProbeError(RuntimeError):
 
 _FRAMES = re.compile(r"frame= *(\d+) ")  # ffmpeg's progress line; the last one is the total
 _RATE = re.compile(r", ([\d.]+)(k?) fps")  # in the input's video stream line: "25 fps", "1k fps"
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")  # the input's, h:mm:ss.ss
 
 
 def probe(path: Path) -> tuple[int, float]:
@@ -103,11 +105,14 @@ def probe(path: Path) -> tuple[int, float]:
     ffmpeg decodes every frame to nothing (``-f null``, ``-fps_mode passthrough``: each
     decoded frame counts once) and its last progress line gives the count; the rate is the
     one its header prints for that stream (two decimals, ``exact_fps`` makes it exact). A
-    GIF whose header has no rate is read at 10 fps, the usual GIF default. Raises
-    ``VideoProbeError`` with ffmpeg's last line where it cannot read the file.
+    GIF whose header has no rate is read at 10 fps, the usual GIF default. A header with no
+    rate for the stream (a variable-rate Matroska or WebM file, a screen recording: ffmpeg
+    prints only its time base, "48 tbr, 1k tbn") gives the mean rate, frames / the file's
+    duration. Raises ``VideoProbeError`` with ffmpeg's last line where it cannot read the
+    file, and says how to re-encode one with neither rate nor duration.
     """
     command = [
-        ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path),
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", _ffmpeg_path(path),
         "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, errors="replace")
@@ -118,14 +123,31 @@ def probe(path: Path) -> tuple[int, float]:
     header = err.split("\nOutput #")[0]  # the input's description, before the output's
     streams = [line for line in header.splitlines() if "Stream #" in line and ": Video:" in line]
     rate = _RATE.search(streams[0]) if streams else None
+    counts = _FRAMES.findall(err)
+    frames = int(counts[-1]) if counts else 0
+    duration = _DURATION.search(header)
+    seconds = 0.0
+    if duration is not None:
+        hours, minutes, secs = duration.groups()
+        seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
     if rate is not None:
         fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
-    elif streams and path.suffix.lower() == ".gif":
+    elif streams and Path(path).suffix.lower() == ".gif":
         fps = 10.0
+    elif streams and frames > 0 and seconds > 0:  # a variable rate: its mean
+        fps = frames / seconds
     else:
-        raise VideoProbeError("no video stream with a frame rate in ffmpeg's description")
-    counts = _FRAMES.findall(err)
-    return (int(counts[-1]) if counts else 0), fps
+        raise VideoProbeError(
+            "no video stream with a frame rate or a duration in ffmpeg's description; "
+            "re-encode it at a constant rate (ffmpeg -i IN -r 24 OUT.mp4)"
+        )
+    return frames, fps
+
+
+def _ffmpeg_path(path: str | os.PathLike) -> str:
+    """``path`` as ffmpeg must be given it: absolute, so that a name with a colon in it
+    ("take:2.mp4", "10:30.mp4", relative to the working folder) is not read as a protocol."""
+    return os.path.abspath(path)
 
 
 def exact_fps(printed: float) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ivref import data, video, video_folder
+from ivref import data, video, video_files, video_folder
 from tests.test_train_videos import _decode_fails_for
 
 
@@ -524,6 +524,36 @@ def _ffmpeg_write(path, frames, rate, *vf):
          "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "50", str(path)],
         input=frames.tobytes(), check=True,
     )  # fmt: skip
+
+
+def test_a_variable_rate_matroska_file_and_a_name_with_a_colon_are_read(tmp_path, monkeypatch):
+    """A variable-rate MKV or WebM (a screen recording) has no rate in ffmpeg's description,
+    only its time base ("48 tbr, 1k tbn"): it was skipped as unreadable. A relative name with
+    a colon ("take:2.mp4") was given to ffmpeg as is and read as a protocol."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    frames = np.repeat(np.arange(24, dtype=np.uint8)[:, None, None, None] * 10, 16, 1)
+    _ffmpeg_write(tmp_path / "even.mp4", np.broadcast_to(frames, (24, 16, 16, 3)).copy(), "12")
+    for name in ("vfr.mkv", "vfr.webm"):  # every third frame on time, the others 20 ms late
+        subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i",
+             str(tmp_path / "even.mp4"), "-vf", "setpts='(N/12+if(mod(N,3),0.02,0))/TB'",
+             "-fps_mode", "passthrough", str(tmp_path / name)],
+            check=True,
+        )  # fmt: skip
+        n, fps = video_files.probe(tmp_path / name)
+        # the mean rate: 24 frames over the file's duration, its last frame's time (23/12 s)
+        # plus its 20 ms (23 is not a multiple of 3), as Matroska ends it
+        assert n == 24 and fps == pytest.approx(24 / (23 / 12 + 0.02), rel=0.01)
+    (tmp_path / "take:2.mp4").write_bytes((tmp_path / "even.mp4").read_bytes())
+    (tmp_path / "index.csv").write_text("path,caption\ntake:2.mp4,a\nvfr.mkv,b\nvfr.webm,c\n")
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped
+        folder = video_folder.VideoTextFolder(".", "index.csv", 4, 16, 16, fps=6.0)
+    assert len(folder) == 3 and folder.load(0, start=2)[0].shape == (3, 4, 16, 16)
 
 
 @pytest.mark.parametrize(
