@@ -276,10 +276,10 @@ class VideoTextFolder:
             raise ValueError(f"start={start!r} must be an integer (a source frame of clip {i})")
         start = int(start)
         if self.starts(i) < 1:
-            raise ValueError(f"clip {i} ({path.name}) was skipped: {n} frames hold no clip")
+            raise ValueError(f"clip {i} ({self._rel(path)}) was skipped: {n} frames hold no clip")
         if not 0 <= start < self.starts(i):
             raise ValueError(
-                f"start={start} for {path.name}: allowed 0 to {self.starts(i) - 1} (the clip "
+                f"start={start} for {self._rel(path)}: allowed 0 to {self.starts(i) - 1} (the clip "
                 "must end inside the file)"
             )
         return self._apply(i, self._read(self.items[i], start))
@@ -327,6 +327,14 @@ class VideoTextFolder:
         clip = torch.cat([_resized(part, self.height, self.width) for part in _parts(frames)])
         return "clip", (rearrange(clip, "f c h w -> c f h w"), text)
 
+    def _rel(self, path: Path) -> str:
+        """A file's path as the index gives it (under ``root``): two files of one name in two
+        subfolders are told apart, as ``skipped`` names them when the folder is made."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.name
+
     def _apply(self, i: int, outcome: tuple[str, object]) -> tuple[torch.Tensor, str] | None:
         """What a ``_read`` of item i means for the folder: a clip, or None after shrinking
         the file to the frames it holds (a warning) or skipping it (``starts(i)`` < 1)."""
@@ -338,12 +346,12 @@ class VideoTextFolder:
         self.items[i] = (path, text, src_fps, frames)
         if self.starts(i) > 0:  # shorter than its header said; clips still fit
             warnings.warn(
-                f"VideoTextFolder: {path.name} ends after {frames} of the {n} frames its "
+                f"VideoTextFolder: {self._rel(path)} ends after {frames} of the {n} frames its "
                 "header gives; its clips now start where they fit in those",
                 stacklevel=3,
             )
         else:
-            self._skip(path.name, f"decode failed ({why})", stacklevel=4)  # load's caller
+            self._skip(self._rel(path), f"decode failed ({why})", stacklevel=4)  # load's caller
         return None
 
     def sample(

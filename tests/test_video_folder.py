@@ -219,13 +219,15 @@ def test_a_trainer_trains_on_a_folder_of_videos(tmp_path):
 def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dropped(
     tmp_path, monkeypatch
 ):
-    """Before, the first start past the real end dropped the whole file for the run."""
-    _write_counting_clip(tmp_path / "a.mp4", 13)
-    (tmp_path / "index.csv").write_text("path,caption\na.mp4,hello\n")
+    """Before, the first start past the real end dropped the whole file for the run. Each is
+    named by its path in the index (two a.mp4 in two subfolders were both 'a.mp4')."""
+    (tmp_path / "sub").mkdir()
+    _write_counting_clip(tmp_path / "sub" / "a.mp4", 13)
+    (tmp_path / "index.csv").write_text("path,caption\nsub/a.mp4,hello\n")
     ds = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
     path, caption, fps, n = ds.items[0]
     ds.items[0] = (path, caption, fps, 20)  # as a variable-frame-rate header may claim
-    with pytest.warns(UserWarning, match="a.mp4 ends after 13 of the 20 frames its header"):
+    with pytest.warns(UserWarning, match="sub/a.mp4 ends after 13 of the 20 frames its header"):
         assert ds.load(0, start=8) is None
     assert ds.starts(0) == 4 and not ds.skipped  # kept, with the starts that fit
     videos, _, _ = ds.sample(8, torch.Generator().manual_seed(0))
@@ -235,10 +237,10 @@ def test_a_file_shorter_than_its_header_keeps_its_frames_and_a_broken_one_is_dro
         raise RuntimeError("ffmpeg exited with code 1")
 
     monkeypatch.setattr(video_folder, "decode_from", broken)
-    with pytest.warns(UserWarning, match="skipping 'a.mp4': decode failed"):
+    with pytest.warns(UserWarning, match="skipping 'sub/a.mp4': decode failed"):
         with pytest.raises(RuntimeError, match="no usable videos"):
             ds.sample(1, torch.Generator().manual_seed(0))
-    assert ds.items == [] and ds.skipped[-1][0] == "a.mp4"
+    assert ds.items == [] and ds.skipped[-1][0] == "sub/a.mp4"
 
 
 @pytest.mark.parametrize(
