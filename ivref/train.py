@@ -88,7 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lr", type=arguments.positive_float, help="override the stage's TrainConfig")
     p.add_argument(
-        "--image-ratio", type=arguments.fraction, help="fraction of image samples (joint)"
+        "--image-ratio",
+        type=arguments.fraction,
+        help="fraction of image samples (joint; the toy world's: 0 with --videos)",
     )
     p.add_argument(
         "--bf16",
@@ -174,6 +176,13 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
             )
     old = cfg.stage(stage).train
     train_cfg = dataclasses.replace(old, **_overrides(args))
+    if getattr(args, "videos", None) is not None and not args.resume:  # no stills to mix in
+        if args.image_ratio:
+            raise errors.CLIError(
+                f"--image-ratio {args.image_ratio:g} with --videos: a folder of videos gives "
+                "videos alone, no still images to train on jointly; drop --image-ratio"
+            )
+        train_cfg = dataclasses.replace(train_cfg, image_ratio=0.0)  # the config says so
     if args.resume:
         notes = [  # a value given again as it was is no override
             f"{k}: {getattr(old, k)} -> {v}"

@@ -490,3 +490,29 @@ def test_a_resume_reuses_what_the_run_probed_of_its_videos_and_held_out_videos(
     assert sorted(probed) == ["a.mp4", "b.mp4", "c.mp4"]
     assert json.loads((out / probe_cache.FILE).read_text()) == kept
     assert [row["step"] for row in train.read_log(out)] == [1, 2, 3]
+
+
+def test_a_run_on_videos_records_no_joint_image_training_and_refuses_an_image_ratio(
+    tmp_path, capsys
+):
+    """The toy base trains on 20% still-image packs; a folder of videos gives none, yet the
+    run's config said image_ratio=0.2 and --image-ratio 0.5 was taken without a word."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    toy = ["--scale", "toy", "--stage", "base", "--steps", "1", "--out", str(tmp_path / "r")]
+    cfg, _, _ = train.build_config(parser.parse_args(toy))
+    assert cfg.stage("base").train.image_ratio == 0.2  # the toy world's joint training
+    on_videos = [*toy, "--videos", str(tmp_path)]
+    cfg, _, _ = train.build_config(parser.parse_args(on_videos))
+    assert cfg.stage("base").train.image_ratio == 0.0
+    videos = _folder(tmp_path / "videos")
+    assert (
+        _train(tmp_path / "run", "--videos", str(videos), "--image-ratio", "0.5", "--steps", "1")
+        == 2
+    )
+    assert "--image-ratio 0.5 with --videos: a folder of videos gives videos alone" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
