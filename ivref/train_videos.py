@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ivref import arguments, configs, errors, files
+from ivref import arguments, configs, errors, files, run_flags
 
 VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
@@ -81,12 +81,21 @@ def record(args: argparse.Namespace, saved_index: Path | None = None) -> dict[st
             ("--prefetch", args.prefetch or None),
             ("--val-index", getattr(args, "val_index", None)),
         ):
-            if given is not None:
-                raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
+            if given is None:
+                continue
+            if flag == "--val-index" and "val_index" in getattr(args, "flags_from_run", ()):
+                raise errors.CLIError(  # kept by the run, not given: the record of its videos
+                    f"--resume: the run evaluates held-out videos (--val-index {given}, kept in "
+                    f"its {run_flags.FILE}), yet names no videos of its own ({VIDEOS} is "
+                    "gone): give them again with --videos FOLDER, or add --eval-every 0 to "
+                    "stop evaluating"
+                )
+            raise errors.CLIError(f"{flag} is for --videos: add --videos FOLDER or drop it")
         return None
-    check_validation(args, args.videos)
     if not args.videos.is_dir():
-        raise errors.CLIError(f"--videos {str(args.videos)!r} is not a folder of videos")
+        what = "is a file, not a folder" if args.videos.exists() else "does not exist"
+        raise errors.CLIError(f"--videos {str(args.videos)!r} {what}: give the folder of videos")
+    check_validation(args, args.videos)
     return {
         "videos": str(args.videos.resolve()),
         "index": str(_index(args.videos, args.index, saved_index).resolve()),
@@ -154,7 +163,6 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None
             args.val_index = args.videos.resolve() / kept.relative_to(saved["videos"])
         except ValueError:  # kept elsewhere: where it was
             pass
-    check_validation(args, Path(args.videos or saved["videos"]))
     if args.fit is not None and args.fit != saved["fit"]:
         raise errors.CLIError(
             f"--resume: --fit {args.fit}, but the run trains with --fit {saved['fit']}: "
@@ -171,6 +179,7 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None
             "gone; if they moved, give their new place with --videos FOLDER (and --index "
             "FILE if the index moved on its own)"
         )
+    check_validation(args, Path(now["videos"]))  # once the folder is known to be there
     if args.index is not None:
         _check_same_index(Path(saved["index"]), Path(now["index"]), args)
     changed = [

@@ -118,6 +118,17 @@ def test_a_resume_keeps_evaluating_its_held_out_videos_where_they_moved_or_stops
     assert _train(out, "--videos", str(videos), *val, "--steps", "1") == 0
     moved = tmp_path / "moved"
     shutil.move(videos, moved)
+    capsys.readouterr()  # a plain resume is told the videos moved, not of a --val-index
+    assert _train(out, "--resume", "--steps", "2") == 2  # it never gave
+    assert "are gone; if they moved, give their new place with --videos" in (
+        capsys.readouterr().err
+    )
+    kept = (out / train_videos.VIDEOS).read_bytes()
+    (out / train_videos.VIDEOS).unlink()  # a lost record: the kept --val-index says why
+    assert _train(out, "--resume", "--steps", "2") == 2
+    err = capsys.readouterr().err
+    assert "the run evaluates held-out videos (--val-index" in err and "is gone" in err
+    (out / train_videos.VIDEOS).write_bytes(kept)
     assert _train(out, "--resume", "--videos", str(moved), "--steps", "2") == 0
     assert [r["step"] for r in train.read_log(out) if "eval_val_loss" in r] == [1, 2]
     assert run_flags.read(out)["val_index"] == str(moved.resolve() / "val.csv")
@@ -193,7 +204,7 @@ def test_force_removes_the_old_runs_videos_record_but_keeps_the_run_for_bad_vide
      (["--fit", "squash"], "--fit is for --videos"),
      (["--decode-workers", "2"], "--decode-workers is for --videos"),
      (["--prefetch"], "--prefetch is for --videos"),
-     (["--videos", "missing"], "--videos 'missing' is not a folder of videos"),
+     (["--videos", "missing"], "--videos 'missing' does not exist: give the folder of videos"),
      (["--videos", "{videos}", "--eval-every", "1"], "give their index with --val-index FILE"),
      (["--videos", "{videos}", "--val-index", "{videos}/index.csv"], "--val-index is read every"),
      (["--val-index", "x.csv"], "--val-index is for --videos"),
