@@ -141,7 +141,12 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
 def check_text(
     text_emb: torch.Tensor, text_mask: torch.Tensor, cond_video: torch.Tensor | None = None
 ) -> None:
-    """text_emb (B, L, D), text_mask (B, L) and cond_video (B, ...) must agree."""
+    """text_emb (B, L, D), text_mask (B, L) of bools and cond_video (B, ...) must agree."""
+    if text_mask.dtype != torch.bool:  # said here, in the caller's batch (the U-Net's own
+        raise ValueError(  # check sees the guided batch, twice as large)
+            f"text_mask must be a bool tensor (True for a real token), got {text_mask.dtype}: "
+            "TextEncoder.encode gives it"
+        )
     if text_emb.ndim != 3 or tuple(text_mask.shape) != tuple(text_emb.shape[:2]):
         raise ValueError(
             f"text_emb {tuple(text_emb.shape)} and text_mask {tuple(text_mask.shape)} must be "

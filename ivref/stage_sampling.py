@@ -107,11 +107,27 @@ def sample_stage(
     generator i, so a video does not depend on the others in its batch. Returns
     (B, C, F, H, W) in [-1, 1], on the model's device.
     """
+    for name, value, kind in (
+        ("stage", stage, configs.StageConfig),
+        ("diffusion", diffusion, configs.DiffusionConfig),
+    ):
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"{name}={value!r:.60} must be a {kind.__name__} (e.g. cascade.cfg.{name}"
+                f"{'(NAME)' if name == 'stage' else ''})"
+            )
     _check_tensors(
         text_emb=text_emb, text_mask=text_mask, cond_video=cond_video, noise=noise,
         aug_noise=aug_noise,
     )  # fmt: skip
     samplers.check_generators(generator)
+    unet = getattr(model, "cfg", None)
+    if isinstance(unet, configs.UNetConfig) and unet.cond_channels != stage.unet.cond_channels:
+        raise ValueError(
+            f"stage {stage.name!r} ({stage.kind}) takes a U-Net with cond_channels="
+            f"{stage.unet.cond_channels}, and this model's has {unet.cond_channels}: give the "
+            "stage's own model (cascade.models[NAME] with cascade.cfg.stage(NAME))"
+        )
     device = model_device(model)
     weight = next(model.parameters(), None)  # none: a model of buffers only has no weights
     dtype = torch.float32 if weight is None else weight.dtype

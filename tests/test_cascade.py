@@ -644,6 +644,27 @@ def test_no_augmentation_embeds_the_highest_level_training_saw():
     assert d.logsnr_min <= drawn.min() and drawn.max() <= d.logsnr_max  # what training saw
 
 
+def test_sample_stage_names_what_is_wrong_in_the_callers_terms():
+    """A float mask was said as 'text_mask must be bool of shape (2, 16)' for a batch of 1
+    (the guided batch the U-Net sees), a TSR model given the base stage asked for a
+    cond_video, and a stage or diffusion config of another type raised AttributeError."""
+    cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    torch.manual_seed(0)
+    model = VideoUNet(base.unet).eval()
+    emb, mask = text.build_encoder(cfg.text).encode(["a red circle moving left"])
+    d = cfg.diffusion
+    with pytest.raises(ValueError, match=r"text_mask must be a bool tensor .* got torch.float32"):
+        cascade_lib.sample_stage(model, base, d, emb, mask.float(), steps=1)
+    tsr_model = VideoUNet(cfg.stage("tsr").unet).eval()
+    with pytest.raises(ValueError, match=r"stage 'base' \(base\) takes a U-Net with cond_chan"):
+        cascade_lib.sample_stage(tsr_model, base, d, emb, mask, steps=1)
+    with pytest.raises(TypeError, match=r"stage='base' must be a StageConfig"):
+        cascade_lib.sample_stage(model, "base", d, emb, mask, steps=1)
+    with pytest.raises(TypeError, match=r"diffusion=None must be a DiffusionConfig"):
+        cascade_lib.sample_stage(model, base, None, emb, mask, steps=1)
+
+
 def test_sampling_augments_the_pixels_and_keeps_a_blank_frame_mask_exact():
     """A one-channel TSR with blank frames (cond: pixel + mask): sampling noised channels
     0-2 whatever in_channels was, which is the mask's and nothing of a fourth colour channel;
