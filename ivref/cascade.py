@@ -21,6 +21,7 @@ is) and every file against the manifest, and refuses damaged or non-finite weigh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -61,7 +62,7 @@ __all__ = [  # with stage_sampling.py's names, which callers know from here
     "shipped_dir",
     "TOY_TRAIN_STEPS", "TOY_DISTILL_ARGS", "remake_commands", "load_shipped", "check_prompts",
     "check_steps", "check_guidance", "check_learnt_guidance", "parse_device", "model_device",
-    "stage_guidance", "sample_stage", "Cascade",
+    "stage_guidance", "sample_stage", "Cascade", "read_manifest", "ManifestRead",
 ]  # fmt: skip
 
 FORMAT = 2
@@ -208,6 +209,47 @@ class ManifestFormatError(ValueError):
     def __init__(self, message: str, whole: bool = True) -> None:
         super().__init__(message)
         self.whole = whole
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRead:
+    """A cascade folder's manifest, checked (``read_manifest``): its config, trained stages
+    in order, text probe, what each stage trained on and (students) the teachers' sha256."""
+
+    manifest: dict[str, Any]
+    cfg: configs.CascadeConfig
+    stages: list[str]
+    text_probe: list[float] | None
+    trained_on: dict[str, Any]
+    teachers: dict[str, str]
+
+
+def read_manifest(directory: str | os.PathLike, shipped: bool = False) -> ManifestRead:
+    """The manifest of cascade folder ``directory`` (``cascade.json``), checked, without its
+    weights (``Cascade.from_pretrained`` reads and verifies them; ``ivref info --checkpoint``
+    describes a cascade from this alone). ``shipped``: the folder is the shipped one (a
+    missing one then says where it comes from)."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        files.finish_replace(directory)  # an overwrite killed between its two renames
+    if not manifest_path.is_file():
+        raise FileNotFoundError(_no_cascade(manifest_path, shipped=shipped))
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        _check_manifest(manifest, manifest_path)
+        cfg = configs.CascadeConfig.from_dict(manifest["config"])
+        stages = [cfg.stage(name).name for name in manifest["stages"]]
+        probe = manifest.get("text_probe")
+        if probe is not None and not text.is_probe(probe):
+            raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
+        trained_on = check_trained_on(manifest.get("trained_on"), stages)
+        teachers = check_teachers(manifest.get("teachers"), stages)
+    except ManifestFormatError:
+        raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{manifest_path} is not a valid cascade manifest: {err}") from None
+    return ManifestRead(manifest, cfg, stages, probe, trained_on, teachers)
 
 
 def _check_manifest(manifest: object, manifest_path: Path) -> None:
@@ -576,24 +618,9 @@ class Cascade(nn.Module):
         if variant == "distilled":
             directory = directory / DISTILLED
         manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            files.finish_replace(directory)  # an overwrite killed between its two renames
-        if not manifest_path.is_file():
-            raise FileNotFoundError(_no_cascade(manifest_path, shipped=dir is None))
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            _check_manifest(manifest, manifest_path)
-            cfg = configs.CascadeConfig.from_dict(manifest["config"])
-            stages = [cfg.stage(name).name for name in manifest["stages"]]
-            probe = manifest.get("text_probe")
-            if probe is not None and not text.is_probe(probe):
-                raise ValueError(f"text_probe {probe!r} is not a list of finite numbers")
-            trained_on = check_trained_on(manifest.get("trained_on"), stages)
-            teachers = check_teachers(manifest.get("teachers"), stages)
-        except ManifestFormatError:
-            raise
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{manifest_path} is not a valid cascade manifest: {err}") from None
+        read = read_manifest(directory, shipped=dir is None)
+        manifest, cfg, stages = read.manifest, read.cfg, read.stages
+        probe, trained_on, teachers = read.text_probe, read.trained_on, read.teachers
         if manifest["format"] == 1:
             warnings.warn(
                 f"{manifest_path}: format 1 has no checksums; files are not verified", stacklevel=2

@@ -131,8 +131,21 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
-    i = command("info", "per-stage table of a preset: sizes and parameters")
-    i.add_argument("--scale", choices=configs.PRESETS, default="toy", help="the preset")
+    i = command(
+        "info", "per-stage table of a preset, or of a cascade folder: sizes, parameters, sampling"
+    )
+    i.add_argument("--scale", choices=configs.PRESETS, help="the preset (default: toy)")
+    i.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="describe this cascade folder instead: its trained stages, their steps, sampler "
+        "and guidance (read from its manifest; no weights are loaded)",
+    )
+    i.add_argument(
+        "--distilled",
+        action="store_true",
+        help="describe the distilled cascade (the shipped one's, or --checkpoint's)",
+    )
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
     return parser
 
@@ -316,6 +329,47 @@ def info_rows(scale: str, flops: bool = False) -> list[dict[str, object]]:
     return rows
 
 
+def _cascade_info(folder: Path | None, distilled: bool, flops: bool) -> int:
+    """``ivref info --checkpoint DIR [--distilled]``: a cascade folder's trained stages as it
+    samples them, from its manifest (the weights are neither loaded nor verified)."""
+    from ivref import cascade as cascade_lib
+    from ivref import unet3d
+
+    directory = cascade_lib.shipped_dir() if folder is None else folder
+    if distilled:
+        directory = directory / cascade_lib.DISTILLED
+    if folder is not None and not folder.is_dir():
+        raise CLIError(f"--checkpoint {str(folder)!r} is not a folder (a cascade folder)")
+    read = cascade_lib.read_manifest(directory, shipped=folder is None)
+    cfg = read.cfg
+    print(
+        f"cascade {str(directory)!r} (preset {cfg.name!r}): text encoder {cfg.text.encoder} "
+        f"({cfg.text.dim}-d)" + (", distilled" if read.teachers else "")
+    )
+    head = f"{'stage':<6} {'kind':<5} {'F x W x H @ fps':<20} {'params':>7} {'steps':>5}"
+    print(head + f" {'sampler':<10} {'guidance w':<22} trained on" + "  GFLOPs/fwd" * flops)
+    for name in read.stages:
+        s = cfg.stage(name)
+        w = f"{s.guidance_w:g}"
+        if s.oscillating_guidance:
+            w += f" / {min(s.guidance_low_w, s.guidance_w):g} (oscillating)"
+        if s.guidance_w_max is not None:  # a student takes the weights it learnt
+            w += " (w = 0 only)" if s.guidance_w_max == 0 else f" (w <= {s.guidance_w_max:g})"
+        on = read.trained_on.get(name)
+        on = on.get("videos", on) if isinstance(on, dict) else on or "unrecorded"
+        size = f"{s.num_frames} x {s.width} x {s.height} @ {s.fps:g}"
+        line = f"{name:<6} {s.kind:<5} {size:<20} {_human(unet3d.count_parameters(s.unet)):>7} "
+        line += f"{s.sample_steps:>5} {s.sampler or cfg.diffusion.sampler:<10} {w:<22} {on}"
+        if flops:
+            count = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, cfg.text.max_length)
+            line += f"  {count / 1e9:>10.4g}"
+        print(line)
+    untrained = [s.name for s in cfg.stages if s.name not in read.stages]
+    if untrained:
+        print(f"not trained in this folder: {', '.join(untrained)}")
+    return 0
+
+
 def _human(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -324,6 +378,14 @@ def _human(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None or args.distilled:
+        if args.scale is not None:
+            raise CLIError(
+                "--scale names a preset; a cascade folder (--checkpoint, --distilled) has its "
+                "own config: give one or the other"
+            )
+        return _cascade_info(args.checkpoint, args.distilled, args.flops)
+    args.scale = args.scale or "toy"
     rows = info_rows(args.scale, args.flops)
     cfg = configs.preset(args.scale)
     print(f"preset {args.scale!r}: text encoder {cfg.text.encoder} ({cfg.text.dim}-d)")

@@ -915,3 +915,22 @@ def test_sigterm_outside_training_removes_what_a_command_was_writing(tmp_path, c
     assert capsys.readouterr().err == "ivref generate: interrupted\n"
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before  # put back
+
+
+def test_info_describes_a_cascade_folder_as_it_samples(tmp_path, capsys):
+    """`ivref info` knew the presets alone: what a shipped or exported cascade samples with
+    (steps, sampler, guidance, the weights a student takes) could not be seen."""
+    assert cli.main(["info", "--distilled"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("(preset 'toy'): text encoder minilm (384-d), distilled")
+    rows = {line.split()[0]: line.split() for line in out[2:]}
+    assert list(rows) == ["base", "tsr", "ssr1", "ssr2"]
+    assert rows["base"][10:12] == ["8", "stochastic"] and "(w <= 0.5)" in out[2]
+    assert "(w = 0 only)" in out[3]  # the SR students learnt w = 0 alone
+    assert cli.main(["info", "--checkpoint", "data/toy"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "distilled" not in out[0] and out[2].split()[10:12] == ["64", "ddim"]
+    assert cli.main(["info", "--checkpoint", str(tmp_path)]) == 2
+    assert "cascade.json not found" in capsys.readouterr().err
+    assert cli.main(["info", "--scale", "ci", "--distilled"]) == 2
+    assert "give one or the other" in capsys.readouterr().err
