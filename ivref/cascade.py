@@ -119,6 +119,11 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
 def _no_cascade(manifest_path: Path, shipped: bool) -> str:
     """Why ``from_pretrained`` found no cascade at ``manifest_path``, and what to do."""
     folder = manifest_path.parent
+    if folder.name == DISTILLED and folder.parent.name == DISTILLED:  # --distilled given a
+        return (  # distilled folder: it would be looked for in DIR/distilled/distilled
+            f"{str(folder.parent)!r} is a distilled cascade itself: load it as it is (without "
+            "variant='distilled' / --distilled), or give the cascade it was distilled from"
+        )
     if folder.name == DISTILLED and (folder.parent / MANIFEST).is_file():
         return (
             f"{str(folder.parent)!r} holds a cascade but no distilled variant (no "
@@ -482,6 +487,9 @@ class Cascade(nn.Module):
         if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
         batch_size = int(batch_size)
+        for name, flag in (("return_stages", return_stages), ("progress", progress)):
+            if not isinstance(flag, bool):  # "no" is truthy: refused, not taken for True
+                raise TypeError(f"{name}={flag!r} must be True or False")
         self.last_seed = seed
         self.timings = {s.name: 0.0 for s in stages}
         outputs: list[list[torch.Tensor]] = [[] for _ in stages]
@@ -613,7 +621,13 @@ class Cascade(nn.Module):
         ``variant="distilled"`` loads the distilled cascade kept in the folder's
         ``distilled/`` subfolder (8 sampling steps per stage, one pass each) [IV §2.7].
         """
+        if dir is not None and not isinstance(dir, str | os.PathLike):
+            raise TypeError(f"dir={dir!r} must be a folder's path (str or Path), or None")
         directory = shipped_dir() if dir is None else Path(dir)
+        if directory.is_file():
+            raise NotADirectoryError(
+                f"{str(directory)!r} is a file; give the cascade folder (it holds {MANIFEST})"
+            )
         _check_variant(variant)
         if variant == "distilled":
             directory = directory / DISTILLED

@@ -159,8 +159,15 @@ def check_output(path: Path) -> None:
 
     if path.is_dir():
         raise CLIError(f"--out {str(path)!r} is a folder; give a file name such as out.mp4")
+    if path.name.lower() in video.VIDEO_SUFFIXES:  # ".gif": a hidden name without a suffix
+        raise CLIError(f"--out {str(path)!r} has no name before its suffix: e.g. out{path.name}")
     if path.suffix.lower() not in video.VIDEO_SUFFIXES:
-        raise CLIError(f"--out {str(path)!r}: suffix must be one of {video.VIDEO_SUFFIXES}")
+        hint = (  # --out takes every word up to the next option: a prompt after it too
+            "; a prompt given after --out is taken for a file: put the prompts before --out"
+            if not path.suffix
+            else ""
+        )
+        raise CLIError(f"--out {str(path)!r}: suffix must be one of {video.VIDEO_SUFFIXES}{hint}")
     files.check_writable(path, "--out")
 
 
@@ -246,7 +253,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     whole = args.until is None  # students of the first stages suffice up to --until
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder, whole).to(device)
     if args.until is not None:
+        trained = [s.name for s in model.trained_stages]
         model = _until(model, args.until)
+        kept = [s.name for s in model.trained_stages]
+        for setting in args.guidance or []:
+            cut = (
+                [n for n in setting if n in trained and n not in kept]
+                if isinstance(setting, dict)
+                else []
+            )
+            if cut:
+                raise CLIError(
+                    f"--guidance names {cut}, which --until {args.until} leaves out (it samples "
+                    f"{kept}): drop {', '.join(n + '=W' for n in cut)}, or sample further"
+                )
     from ivref.cascade import video_stages
 
     on_videos = video_stages(model.trained_on)

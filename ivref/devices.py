@@ -12,7 +12,9 @@ def parse_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+        raise ValueError(
+            f"device {name!r} is not a device name; use cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

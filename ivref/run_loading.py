@@ -80,6 +80,12 @@ def load_run(path: Path, or_cascade: bool = False) -> RunWeights:
             f"`ivref train ... --out {path} --force`, with a smaller --checkpoint-every"
         )
     if not found:
+        if path.name == checkpoint.CHECKPOINTS and checkpoint.run_checkpoints(path.parent):
+            raise CLIError(  # run/checkpoints given for the run
+                f"{str(path)!r} is the checkpoints/ folder of a run: give the run folder "
+                f"{str(path.parent)!r} (its newest good checkpoint is taken), or one "
+                f"checkpoint in it ({checkpoint.CHECKPOINTS}/step-N)"
+            )
         if or_cascade:
             raise CLIError(
                 f"{str(path)!r} is neither a cascade folder (no cascade.json, which "

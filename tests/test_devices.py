@@ -16,7 +16,7 @@ def test_names_and_devices_that_exist_here_are_returned_as_devices():
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("foo", "device 'foo' is not a device name; use cpu, cuda or cuda:N"),
+        ("foo", "device 'foo' is not a device name; use cpu, cuda, cuda:N or mps"),
         (3.5, "device 3.5 is not a device name"),
         ("xpu", "device 'xpu': supported devices are cpu, cuda[:N] and mps"),
     ],

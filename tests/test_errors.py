@@ -7,10 +7,10 @@ of the message that must appear. docs/errors.md is rendered from these tables:
 ``python tests/test_errors.py`` rewrites it, and a test fails while it is stale.
 
 Placeholders in command lines: {X} a fresh folder, {RUN} a copy of a 2-step ci training run
-(checkpoints at steps 1 and 2), {RO} a read-only file system, {FULL} a nearly full one.
-The last two are tmpfs mounts made by the test; where this process may not mount (CI
-without root), those rows are skipped with the reason, and the monkeypatched full-disk rows
-still run.
+(checkpoints at steps 1 and 2), {SHIPPED} the shipped toy cascade, {RO} a read-only file
+system, {FULL} a nearly full one. The last two are tmpfs mounts made by the test; where
+this process may not mount (CI without root), those rows are skipped with the reason, and
+the monkeypatched full-disk rows still run.
 """
 
 from __future__ import annotations
@@ -40,12 +40,18 @@ PROMPT = "a red circle moving left"
 # -- the context a case's setup works in -------------------------------------------------------
 
 
+def _shipped() -> Path:
+    from ivref.shipped import shipped_dir
+
+    return shipped_dir()
+
+
 class Ctx:
     """What a case's setup may use: the case's folder, a trained run, mounts, monkeypatch."""
 
     def __init__(self, tmp: Path, trained: Path, monkeypatch, mounts: list[Path]) -> None:
         self.tmp, self.trained, self.monkeypatch, self.mounts = tmp, trained, monkeypatch, mounts
-        self.paths: dict[str, Path] = {"X": tmp}
+        self.paths: dict[str, Path] = {"X": tmp, "SHIPPED": _shipped()}
         self.child: subprocess.Popen | None = None  # a process the case started
 
     def run(self) -> Path:
@@ -286,6 +292,15 @@ T5 = "pass --text-encoder PATH"
 CLI_CASES = [
     # where the video goes
     Case("--out is a folder", (*GEN, "--out", "{X}"), 2, "is a folder; give a file name"),
+    Case(
+        "--out .gif", (*GEN, "--out", "{X}/.gif"), 2, "has no name before its suffix: e.g. out.gif"
+    ),
+    Case(
+        "a prompt after --out",
+        (*GEN, "--out", "{X}/v.gif", "a blue square"),
+        2,
+        "a prompt given after --out is taken for a file: put the prompts before --out",
+    ),
     Case("--out has another suffix", (*GEN, "--out", "{X}/v.avi"), 2, "suffix must be one of"),
     Case(
         "--out names one file twice",
@@ -873,6 +888,31 @@ CLI_CASES = [
         2,
         "is a folder; give a file name",
     ),
+    Case(
+        "evaluate --guidance for a stage that --until leaves out",
+        ("evaluate", "--distilled", "--until", "base", "--guidance", "tsr=0"),
+        2,
+        "--guidance names ['tsr'], which --until base leaves out (it samples ['base'])",
+    ),
+    Case(
+        "generate --distilled of a distilled cascade",
+        (*GEN, "--checkpoint", "{SHIPPED}/distilled", "--distilled", "--out", "{X}/v.gif"),
+        2,
+        "is a distilled cascade itself: load it as it is",
+    ),
+    Case(
+        "generate --checkpoint a run's checkpoints/ folder",
+        (*GEN, "--checkpoint", "{RUN}/checkpoints", "--out", "{X}/v.gif"),
+        2,
+        "is the checkpoints/ folder of a run: give the run folder",
+        Ctx.run,
+    ),
+    Case(
+        "info --scale with a cascade folder",
+        ("info", "--scale", "ci", "--distilled"),
+        2,
+        "--scale names a preset; a cascade folder (--checkpoint, --distilled) has its own",
+    ),
 ]
 
 
@@ -1099,6 +1139,19 @@ def _unreadable_video(ctx: Ctx):
     video.read_video(ctx.tmp / "broken.mp4")
 
 
+def _cascade_from_a_file(ctx: Ctx):
+    from ivref.cascade import Cascade
+
+    (ctx.tmp / "README.md").write_text("not a cascade")
+    Cascade.from_pretrained(ctx.tmp / "README.md")
+
+
+def _return_stages_as_a_word(ctx: Ctx):
+    from ivref.cascade import Cascade
+
+    Cascade.from_pretrained(variant="distilled").generate(["a red circle"], return_stages="no")
+
+
 def _folder_without_videos(ctx: Ctx):
     from ivref import video_folder
 
@@ -1135,6 +1188,27 @@ def _nan_video(ctx: Ctx):
 
 
 LIBRARY_CASES = [
+    LibCase(
+        "a cascade path of another type",
+        "Cascade.from_pretrained(3)",
+        TypeError,
+        "dir=3 must be a folder's path (str or Path), or None",
+        lambda ctx: __import__("ivref.cascade").cascade.Cascade.from_pretrained(3),
+    ),
+    LibCase(
+        "a file given for a cascade folder",
+        "Cascade.from_pretrained('README.md')",
+        NotADirectoryError,
+        "README.md' is a file; give the cascade folder (it holds cascade.json)",
+        _cascade_from_a_file,
+    ),
+    LibCase(
+        "a flag given as a word",
+        "cascade.generate(prompts, return_stages='no')",
+        TypeError,
+        "return_stages='no' must be True or False",
+        _return_stages_as_a_word,
+    ),
     LibCase(
         "a global batch that does not split between the processes",
         "train.Trainer(cfg, 'base', out, batch_size=3) in each of 2 torchrun processes",
@@ -1333,6 +1407,7 @@ def test_library_bad_input_raises_a_clear_error(case, ctx):
 
 SHOWN = {"X": "out", "RUN": "runs/base", "RO": "/mnt/readonly", "FULL": "/mnt/full"}
 SHOWN["CASCADE"] = "my-cascade"
+SHOWN["SHIPPED"] = "data/toy"
 
 
 def _shell(argv: tuple[str, ...]) -> str:

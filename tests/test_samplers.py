@@ -211,7 +211,9 @@ def test_cpu_generator_drives_a_model_on_another_device(sampler):
 
 def test_a_device_that_is_not_usable_here_is_named_not_a_torch_internal_error(monkeypatch):
     run = dict(steps=1, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="'banana' is not a device name; use cpu, cuda or cuda:N"):
+    with pytest.raises(
+        ValueError, match="'banana' is not a device name; use cpu, cuda, cuda:N or mps"
+    ):
         samplers.sample(gaussian_oracle, (1, 3, 1, 2, 2), device="banana", **run)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'cuda:0': CUDA is not available here"):

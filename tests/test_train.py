@@ -477,7 +477,10 @@ def test_a_library_resume_restores_a_forced_bf16_unless_told_otherwise(
         (dict(checkpoint_every=0), r"checkpoint_every=0 must be an integer from 1 to 2\*\*31 - 1"),
         (dict(keep_checkpoints=0), r"keep_checkpoints=0 must be an integer from 1"),
         (dict(evaluate_every=-1), r"evaluate_every=-1 must be an integer from 0"),
-        (dict(device="bogus"), r"device 'bogus' is not a device name; use cpu, cuda or cuda:N"),
+        (
+            dict(device="bogus"),
+            r"device 'bogus' is not a device name; use cpu, cuda, cuda:N or mps",
+        ),
         (dict(out="file"), r"out='.*file' is a file; give a folder for the run"),  # was errno 17
     ],
 )
