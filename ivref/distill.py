@@ -437,7 +437,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
         print(
             f"note: stage {args.stage!r} of {args.source or 'the shipped cascade'} was trained "
             f"on the videos in {seen!r}; without --videos it is distilled on the toy world "
-            f"(--videos {seen} distils it on its own data)",
+            f"(--videos {seen} distils it on its own data, with the --index and --fit it was "
+            "trained with, which the cascade does not record)",
             file=sys.stderr,
         )
     if args.threads:

@@ -305,7 +305,12 @@ def check_same_data(out: Path, videos: Any, new_streams: bool = False) -> None:
         )
     raise errors.CLIError(
         f"{str(out)!r} was distilled on a folder of videos, and "
-        + ("none is given" if now is None else "the one given holds other files or captions")
+        + (
+            "none is given"
+            if now is None
+            else f"the one it reads now ({str(getattr(videos, 'root', '?'))!r}) holds other "
+            "files or captions"
+        )
         + ": give the same videos with --videos FOLDER (and --index FILE); if that folder "
         "changed since, --new-streams goes on with it as it is now; or distil into a new --out"
     )

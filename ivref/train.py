@@ -115,7 +115,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     kept("checkpoint_every", arguments.positive_int, "save a checkpoint every K steps")
     kept("keep_checkpoints", arguments.positive_int, "checkpoints kept, the newest")
-    kept("eval_every", arguments.count, "caption alignment every K steps")
+    kept(
+        "eval_every",
+        arguments.count,
+        "evaluate every K steps (caption alignment; --videos: the --val-index loss)",
+    )
     kept("eval_steps", arguments.sampler_steps, "sampler steps for evaluation")
     kept("eval_guidance", arguments.guidance_weight, "guidance w for evaluation")
     kept("eval_samples", arguments.positive_int, "captions (--videos: held-out clips) to evaluate")

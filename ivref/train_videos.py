@@ -155,8 +155,9 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None
             raise
         saved = None  # replaced by the folder --videos names
     if saved is None:  # a toy-world run, or a lost record that --videos gives anew
-        now = record(args)
-        return now, None if now is None else f"the videos are now in {now['videos']!r}"
+        now = record(args)  # recorded anew: the run's own record was lost, or the run goes
+        # on from the toy world onto videos (--new-streams; the checkpoint checks which)
+        return now, None if now is None else f"the run reads the videos in {now['videos']!r}"
     kept = args.val_index if "val_index" in getattr(args, "flags_from_run", ()) else None
     if kept is not None and args.videos is not None:  # the run's held-out index, inside
         try:  # its videos' folder, which moved: it moved with them

@@ -406,7 +406,11 @@ class VideoTextFolder:
         a file until the round is decoded, so no index drawn here moves."""
         self._drop_skipped()
         if not self.items:
-            raise RuntimeError(f"no usable videos under {str(self.root)!r}: {self.skipped}")
+            raise RuntimeError(
+                f"no usable videos under {str(self.root)!r} any more (every file failed to "
+                f"decode since the folder was made: {self.skipped}); mend or restore the files "
+                "and resume the run from its last checkpoint (ivref train --resume)"
+            )
         return self._pairs(n, g)
 
     def _pairs(self, n: int, g: torch.Generator) -> list[tuple[int, int]]:
@@ -510,11 +514,11 @@ class VideoTextFolder:
         in_range = all(0 <= n < len(self._usable) for n in numbers)
         if digest.numel() != 1 or int(digest) != self._digest or not in_range:
             outside = [rel for rel, why in self.skipped if why.startswith(OUTSIDE)]
-            since = (
-                f"; {len(outside)} of its index paths lie outside the folder (e.g. "
-                f"{outside[0]!r}), which ivref skips since 2026-12-07 though a run may have "
-                "trained on them: write them relative to the folder, then resume with new "
-                "streams"
+            since = (  # the cause only for a run that started before then
+                f". Note: {len(outside)} of its index paths lie outside the folder (e.g. "
+                f"{outside[0]!r}); ivref skips such paths since 2026-12-07, so a run started "
+                "before then trained on them and reads as changed: write them relative to the "
+                "folder, then resume with new streams"
                 if outside
                 else ""
             )

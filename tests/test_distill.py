@@ -688,7 +688,7 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     assert "was distilled on the toy world; resume it without --videos" in capsys.readouterr().err
     other = _folder(tmp_path / "other", names=("a", "b"))
     assert distil(out, "--resume", "--videos", str(other)) == 2
-    assert "the one given holds other files or captions" in capsys.readouterr().err
+    assert "other') holds other files or captions" in capsys.readouterr().err
     (out / train_videos.VIDEOS).unlink()  # a lost record: the toy world is not the plan's data
     assert distil(out, "--resume") == 2
     assert "was distilled on a folder of videos, and none is given" in capsys.readouterr().err
@@ -696,7 +696,7 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     assert "data_fit: saved ['crop', True], now ['squash', True]" in capsys.readouterr().err
     moved = videos.rename(tmp_path / "moved")
     assert distil(out, "--resume", "--videos", str(moved)) == 0
-    assert "the videos are now in" in capsys.readouterr().err
+    assert "the run reads the videos in" in capsys.readouterr().err
     (moved / "c.mp4").unlink()  # the same folder, changed: it goes on as it is with new streams
     shutil.rmtree(out / phases[1])
     assert distil(out, "--resume") == 2
