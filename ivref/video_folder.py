@@ -13,6 +13,7 @@ import json
 import math
 import os
 import threading
+import unicodedata
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,18 @@ def reused_probe(entry: object, stat: os.stat_result) -> tuple[int, float] | Non
     if (size, mtime, ctime, ino) != now or frames < 0:
         return None
     return int(frames), float(fps)
+
+
+def _caption_reason(text: object) -> str | None:
+    """Why an index row's caption cannot be trained on (None: it can). Such a row is
+    skipped before its file is probed."""
+    if not isinstance(text, str) or not text.strip():
+        return f"caption {text!r}: give a non-empty string"
+    try:  # text no encoder can read (a lone surrogate) would stop training when drawn
+        check_prompts([text])
+    except ValueError as err:
+        return f"caption: {err}"
+    return None
 
 
 def stat_is_file(stat: os.stat_result) -> bool:
@@ -171,20 +184,16 @@ class VideoTextFolder:
         self.items: list[tuple[Path, str, float, int]] = []  # (path, caption, src fps, frames)
         usable: list[list] = []  # as the index names them: the folder may move
         rows = read_index(Path(index_file))
-        paths = [self.root / str(rel) for rel, _ in rows]
-        if workers == 1 or len(paths) < 2:
-            probed = [self._check(rel) for rel, _ in rows]
+        captioned = [(rel, _caption_reason(text)) for rel, text in rows]  # a row without a
+        to_probe = [rel for rel, why in captioned if why is None]  # usable caption: no probe
+        if workers == 1 or len(to_probe) < 2:
+            found = [self._check(rel) for rel in to_probe]
         else:  # each probe is an ffmpeg process decoding its file: ``workers`` at once
-            with ThreadPoolExecutor(min(workers, len(paths))) as pool:
-                probed = list(pool.map(self._check, (rel for rel, _ in rows)))
-        for (rel, text), path, (reason, src_fps, n) in zip(rows, paths, probed, strict=True):
-            if not isinstance(text, str) or not text.strip():
-                reason = f"caption {text!r}: give a non-empty string"
-            else:  # text no encoder can read (a lone surrogate) would stop training when drawn
-                try:
-                    check_prompts([text])
-                except ValueError as err:
-                    reason = f"caption: {err}"
+            with ThreadPoolExecutor(min(workers, len(to_probe))) as pool:
+                found = list(pool.map(self._check, to_probe))
+        probed = iter(found)
+        for (rel, text), (_, why) in zip(rows, captioned, strict=True):
+            reason, src_fps, n, path = (why, 0.0, 0, None) if why else next(probed)
             if reason:
                 self._skip(rel, reason)
             else:
@@ -205,10 +214,22 @@ class VideoTextFolder:
         warnings.warn(f"VideoTextFolder: skipping {str(rel)!r}: {reason}", stacklevel=stacklevel)
         self.skipped.append((str(rel), reason))
 
-    def _check(self, rel: str) -> tuple[str | None, float, int]:
-        """``_probe`` of an index's path, which must name a file inside ``root``."""
+    def _check(self, rel: str) -> tuple[str | None, float, int, Path]:
+        """``_probe`` of an index's path, which must name a file inside ``root``, and the
+        file's path. A name the index spells in another Unicode normalization than the file
+        system (an index in NFC, files copied from macOS in NFD: "é" as e + accent) names
+        the file that is there."""
+        path = self.root / str(rel)
         reason = outside_reason(rel)
-        return (reason, 0.0, 0) if reason else self._probe(self.root / rel, rel)
+        if reason:
+            return reason, 0.0, 0, path
+        if not os.path.lexists(path):
+            for form in ("NFC", "NFD"):
+                other = self.root / unicodedata.normalize(form, str(rel))
+                if other != path and os.path.lexists(other):
+                    path = other
+                    break
+        return (*self._probe(path, rel), path)
 
     def _probe(self, path: Path, rel: str | None = None) -> tuple[str | None, float, int]:
         """Why the file cannot be used (None if it can), its frame rate and frame count;

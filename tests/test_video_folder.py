@@ -558,6 +558,32 @@ def test_a_variable_rate_matroska_file_and_a_name_with_a_colon_are_read(tmp_path
     assert len(folder) == 3 and folder.load(0, start=2)[0].shape == (3, 4, 16, 16)
 
 
+def test_a_name_in_another_unicode_normalization_is_found_and_a_captionless_row_not_probed(
+    tmp_path, monkeypatch
+):
+    """Files copied from macOS keep names in NFD ("é" as e + combining accent) where an index
+    written elsewhere has NFC: they were skipped as 'file not found'. A row without a usable
+    caption was probed all the same (a process per file) before it was skipped."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café.mp4")
+    _write_counting_clip(tmp_path / nfd, 12)
+    _write_counting_clip(tmp_path / "b.mp4", 12)
+    nfc = unicodedata.normalize("NFC", "café.mp4")
+    assert nfc != nfd
+    (tmp_path / "index.csv").write_text(f"path,caption\n{nfc},a cafe\nb.mp4,\n", "utf-8")
+    probed = []
+    real_probe = video_folder.probe
+    monkeypatch.setattr(
+        video_folder, "probe", lambda path: probed.append(path.name) or real_probe(path)
+    )
+    with pytest.warns(UserWarning, match="skipping 'b.mp4': caption ''"):
+        folder = video_folder.VideoTextFolder(tmp_path, tmp_path / "index.csv", 4, 8, 8, fps=4.0)
+    assert probed == [nfd] and [item[0].name for item in folder.items] == [nfd]
+    assert folder.load(0)[0].shape == (3, 4, 8, 8)
+    assert list(folder.probes) == [nfc]  # kept under the index's spelling, as the digest is
+
+
 @pytest.mark.parametrize(
     ("printed", "exact"),
     [(23.98, 24000 / 1001), (29.97, 30000 / 1001), (14.99, 15000 / 1001), (7.99, 8000 / 1001),
