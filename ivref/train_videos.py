@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import warnings
 from pathlib import Path
 from typing import Any
@@ -306,8 +307,11 @@ def validation_evaluator(
             )
         return got
 
-    trained = {path for path, _ in read_index(Path(videos["index"]))}
-    shared = sorted(trained & {path for path, _ in read_index(val_index)})
+    def spelt_alike(rel: str) -> str:  # ./a.mp4, a.mp4 and sub/../a.mp4 name one file
+        return posixpath.normpath(str(rel).replace("\\", "/"))
+
+    trained = {spelt_alike(path) for path, _ in read_index(Path(videos["index"]))}
+    shared = sorted(trained & {spelt_alike(path) for path, _ in read_index(val_index)})
     if shared:
         warnings.warn(
             f"{len(shared)} held-out file(s) of {str(val_index)!r} are also in the training "

@@ -173,6 +173,9 @@ def test_the_validation_loss_does_not_depend_on_the_batch_and_bad_held_out_video
     (videos / "d.mp4").unlink()
     with pytest.raises(ValueError, match="d.mp4 decoded when training started and does not now"):
         again(trainer)
+    (videos / "val2.csv").write_text("path,caption\n./a.mp4,clip a\n")  # a.mp4, spelt anew
+    with pytest.warns(UserWarning, match=r"1 held-out file\(s\) .* also in the training index"):
+        train_videos.validation_evaluator(record, videos / "val2.csv", cfg.stage("base"), None)
     (videos / "broken.csv").write_text("path,caption\nmissing.mp4,gone\n")
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="skipping 'missing.mp4'"):
