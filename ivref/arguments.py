@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 from ivref import cascade
@@ -83,20 +84,36 @@ def guidance_weight(value: str) -> float:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _per_stage(value: str, one: Callable[[str], Any], letter: str) -> Any:
+    """One value for every stage, or ``NAME=V[,NAME=V...]``: those stages (each once)."""
+    if "=" not in value:
+        return one(value)
+    setting: dict[str, Any] = {}
+    spelled = f"{letter} or NAME={letter}[,NAME={letter}...]"
+    for pair in value.split(","):
+        name, _, v = pair.partition("=")
+        if not pair:
+            raise argparse.ArgumentTypeError(
+                f"expected {spelled}, got {value!r}: an empty entry between commas"
+            )
+        if not name or name in setting:
+            raise argparse.ArgumentTypeError(
+                f"expected {spelled} with each stage NAME once, got {value!r}"
+            )
+        setting[name] = one(v)
+    return setting
+
+
 def guidance_setting(value: str) -> float | dict[str, float]:
     """argparse type: a guidance weight for every stage (``W``), or per stage
     (``NAME=W[,NAME=W...]``: those stages; the others sample at their own)."""
-    if "=" not in value:
-        return guidance_weight(value)
-    setting: dict[str, float] = {}
-    for pair in value.split(","):
-        name, _, w = pair.partition("=")
-        if not name or name in setting:
-            raise argparse.ArgumentTypeError(
-                f"expected W or NAME=W[,NAME=W...] with each stage NAME once, got {value!r}"
-            )
-        setting[name] = guidance_weight(w)
-    return setting
+    return _per_stage(value, guidance_weight, "W")
+
+
+def steps_setting(value: str) -> int | dict[str, int]:
+    """argparse type: sampler steps for every stage (``N``), or per stage
+    (``NAME=N[,NAME=N...]``: those stages; the others sample at their own)."""
+    return _per_stage(value, sampler_steps, "N")
 
 
 def fraction(value: str) -> float:

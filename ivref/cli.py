@@ -34,7 +34,7 @@ MAX_DISPLAY_SIZE = 4096  # --display-size: larger is a typo (100000 asked for ~3
 MAX_DISPLAY_BYTES = 2**31  # the upscaled frames (float32) of one written video
 
 
-_seed, _steps = arguments.seed_int, arguments.sampler_steps
+_seed = arguments.seed_int
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -84,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--checkpoint", type=Path, help="cascade folder or a base-stage train run")
     g.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
-    g.add_argument("--steps", type=_steps, help="sampler steps (default: each stage's)")
+    g.add_argument(
+        "--steps",
+        type=arguments.steps_setting,
+        metavar="N | NAME=N[,NAME=N...]",
+        help="sampler steps for every stage, or per stage (default: each stage's own)",
+    )
+    g.add_argument(
+        "--until", metavar="STAGE", help="sample the stages up to STAGE only (e.g. base)"
+    )
     g.add_argument(
         "--guidance",
         type=arguments.guidance_setting,
@@ -112,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         help="guidance settings to sweep: w for every stage, or per stage (e.g. base=0 base=1; "
         "the other stages at their own); default: each stage's own, once",
     )
-    v.add_argument("--steps", type=_steps, help="sampler steps (default: the stage's)")
+    v.add_argument(
+        "--steps",
+        type=arguments.steps_setting,
+        metavar="N | NAME=N[,NAME=N...]",
+        help="sampler steps for every stage, or per stage (default: each stage's own)",
+    )
     v.add_argument("--seed", type=_seed, default=0, help="video i uses seed + i")
     v.add_argument(
         "--cascade", action="store_true", help="score every stage (at its own w; --steps applies)"
@@ -202,7 +215,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{MAX_DISPLAY_SIZE} pixels"
         )
     device = devices.parse_command_device(args.device)
-    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder).to(device)
+    whole = args.until is None  # students of the first stages suffice up to --until
+    model = load_cascade(args.checkpoint, args.distilled, args.text_encoder, whole).to(device)
+    model = _cut_at(model, args)
     last = model.trained_stages[-1]
     k = video.display_factor(last.height, last.width, args.display_size or 1)
     n = len(model.trained_stages) if args.stages else 1  # stage_grid: a column per stage
@@ -252,21 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = devices.parse_command_device(args.device)
     whole = args.until is None  # students of the first stages suffice up to --until
     model = load_cascade(args.checkpoint, args.distilled, args.text_encoder, whole).to(device)
-    if args.until is not None:
-        trained = [s.name for s in model.trained_stages]
-        model = _until(model, args.until)
-        kept = [s.name for s in model.trained_stages]
-        for setting in args.guidance or []:
-            cut = (
-                [n for n in setting if n in trained and n not in kept]
-                if isinstance(setting, dict)
-                else []
-            )
-            if cut:
-                raise CLIError(
-                    f"--guidance names {cut}, which --until {args.until} leaves out (it samples "
-                    f"{kept}): drop {', '.join(n + '=W' for n in cut)}, or sample further"
-                )
+    model = _cut_at(model, args)
     from ivref.cascade import video_stages
 
     on_videos = video_stages(model.trained_on)
@@ -307,6 +308,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _cut_at(model: Any, args: argparse.Namespace) -> Any:
+    """The cascade up to ``--until`` (the whole of it without), refusing a per-stage --steps
+    or --guidance that names a stage it leaves out."""
+    if args.until is None:
+        return model
+    trained = [s.name for s in model.trained_stages]
+    model = _until(model, args.until)
+    kept = [s.name for s in model.trained_stages]
+    guidance = args.guidance if isinstance(args.guidance, list) else [args.guidance]
+    settings = [("--guidance", "W", g) for g in guidance] + [("--steps", "N", args.steps)]
+    for flag, letter, setting in settings:
+        cut = (
+            [n for n in setting if n in trained and n not in kept]
+            if isinstance(setting, dict)
+            else []
+        )
+        if cut:
+            raise CLIError(
+                f"{flag} names {cut}, which --until {args.until} leaves out (it samples "
+                f"{kept}): drop {', '.join(f'{n}={letter}' for n in cut)}, or sample further"
+            )
+    return model
 
 
 def _until(model: Any, name: str) -> Any:

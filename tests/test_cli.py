@@ -934,3 +934,27 @@ def test_info_describes_a_cascade_folder_as_it_samples(tmp_path, capsys):
     assert "cascade.json not found" in capsys.readouterr().err
     assert cli.main(["info", "--scale", "ci", "--distilled"]) == 2
     assert "give one or the other" in capsys.readouterr().err
+
+
+def test_generate_samples_up_to_a_stage_at_steps_per_stage(tmp_path, capsys, monkeypatch):
+    """`ivref generate` had no --until (evaluate had) and one --steps for every stage; the
+    library takes both (Cascade.generate(steps={name: n}), a cascade of the first stages)."""
+    from ivref.cascade import Cascade
+
+    asked = []
+    real = Cascade.generate
+    monkeypatch.setattr(
+        Cascade, "generate", lambda self, *a, **k: asked.append(k["steps"]) or real(self, *a, **k)
+    )
+    out = tmp_path / "v.gif"
+    argv = ["generate", "a red circle moving left", "--distilled", "--out", str(out)]
+    assert cli.main([*argv, "--until", "tsr", "--steps", "base=2,tsr=1"]) == 0
+    assert asked == [{"base": 2, "tsr": 1}] and out.is_file()
+    err = capsys.readouterr().err
+    assert "((1, 3, 16, 16, 16) at 6 fps)" in err  # the TSR stage's video
+    assert "ssr1:" not in err and "tsr:" in err  # the timings of the stages sampled
+    assert cli.main([*argv, "--until", "base", "--steps", "tsr=2"]) == 2
+    assert "--steps names ['tsr'], which --until base leaves out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--steps", "base=1,"])
+    assert "an empty entry between commas" in capsys.readouterr().err
