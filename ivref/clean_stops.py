@@ -12,7 +12,7 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
-from ivref import checkpoint
+from ivref import checkpoint, errors
 
 
 @contextlib.contextmanager
@@ -25,16 +25,8 @@ def save_on_signal(trainer: Any) -> Iterator[None]:
             raise KeyboardInterrupt
         trainer.signal = signum
 
-    try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: leave signals alone
+    with errors.handling_signals(handler):
         yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager

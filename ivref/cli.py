@@ -288,7 +288,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 steps=args.steps,
                 progress=True,
-            )  # fmt: skip
+            )
         }
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w

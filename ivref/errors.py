@@ -142,6 +142,14 @@ def _signals_raise(received: list[int]) -> Iterator[None]:
             raise KeyboardInterrupt
         raise Stopped(signum)
 
+    with handling_signals(handler):
+        yield
+
+
+@contextlib.contextmanager
+def handling_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM while the block runs, the handlers before it after.
+    Outside the main thread, where Python takes no handler, signals are left alone."""
     try:
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread

@@ -606,16 +606,19 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "d").exists()
 
 
+def _save_ci_base_teacher(path):
+    """A ci cascade of a fresh base stage (seed 0) saved at ``path``, to distil from."""
+    cfg = configs.preset("ci")
+    torch.manual_seed(0)
+    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(path)
+
+
 def test_new_streams_on_resume_are_announced_once_by_the_phase_that_trains_on(tmp_path, capsys):
     """``ivref distill --resume --new-streams`` loads every finished phase for its student and
     resumes the unfinished one: only that one takes new streams that are used, and the note
     saying so was printed once per phase. The resume keeps the run's --checkpoint-every (and
     --fsdp: test_distributed), which it dropped for the default; 'default' puts it back."""
-    cfg = configs.preset("ci")
-    torch.manual_seed(0)
-    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
-        tmp_path / "cascade"
-    )
+    _save_ci_base_teacher(tmp_path / "cascade")
     out = tmp_path / "d"
     argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out", str(out)]
     argv += ["--guided-steps", "1", "--halving-steps", "2", "--batch-size", "2"]
@@ -647,11 +650,7 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     from ivref import train_videos, video_folder
     from tests.test_train_videos import _folder
 
-    cfg = configs.preset("ci")
-    torch.manual_seed(0)
-    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
-        tmp_path / "cascade"
-    )
+    _save_ci_base_teacher(tmp_path / "cascade")
     videos, out = _folder(tmp_path / "videos"), tmp_path / "d"
     decoded = []
     real_decode = video_folder.decode_from
@@ -769,11 +768,7 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
 def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_path, capsys):
     """The base stage was taken past the paper's 8 steps by resuming its finished 8-step
     distillation with a smaller --to-steps; the plan checks refused that as another plan."""
-    cfg = configs.preset("ci")
-    torch.manual_seed(0)
-    Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(
-        tmp_path / "cascade"
-    )
+    _save_ci_base_teacher(tmp_path / "cascade")
     out = tmp_path / "d"
     argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade"), "--out", str(out)]
     argv += ["--guided-steps", "2", "--halving-steps", "1", "--batch-size", "2"]

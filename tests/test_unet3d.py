@@ -102,13 +102,19 @@ def test_text_conditions_and_all_false_mask_is_the_null_embedding():
     assert (u1 - out).norm() / out.norm() > 1e-3
 
 
-def test_conditioning_scalars_change_the_output():
+def _sr_model_with_every_scalar():
+    """The ci TSR U-Net with a guidance embedding too (log-SNR, augmentation level and w),
+    and inputs for it (w = 0)."""
     stage = dataclasses.replace(
         CI.stages[1], unet=dataclasses.replace(CI.stages[1].unet, use_guidance_embedding=True)
     )
-    model = _model(stage.unet)
     args, kw = _inputs(stage)
     kw["guidance_w"] = torch.zeros(2, dtype=torch.float64)
+    return _model(stage.unet), args, kw
+
+
+def test_conditioning_scalars_change_the_output():
+    model, args, kw = _sr_model_with_every_scalar()
     with torch.no_grad():
         out = model(*args, **kw)
         for name in ("aug_logsnr", "guidance_w"):
@@ -157,12 +163,7 @@ def test_clear_errors(change, match):
 def test_a_non_finite_conditioning_scalar_is_refused_before_it_turns_the_output_to_nan():
     """log-SNR = +inf (clean data, as log(alpha^2 / sigma^2) gives at t = 0) made the whole
     sample's v NaN through the sinusoidal embedding, without a word."""
-    stage = dataclasses.replace(
-        CI.stages[1], unet=dataclasses.replace(CI.stages[1].unet, use_guidance_embedding=True)
-    )
-    model = _model(stage.unet)
-    args, kw = _inputs(stage)
-    kw["guidance_w"] = torch.zeros(2, dtype=torch.float64)
+    model, args, kw = _sr_model_with_every_scalar()
     with torch.no_grad():
         assert torch.isfinite(model(*args, **kw)).all()
         nan = layers.sinusoidal_embedding(torch.tensor([math.inf]), 4)
