@@ -468,7 +468,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             train_videos.keep_probes(args.out, folder)
         for note in flag_notes if context.is_main else []:
             print(f"resume: override {note}", file=sys.stderr)
-        if context.is_main:  # what the next --resume goes on with
+        if context.is_main and not args.resume:  # a resume writes them once it has gone on
             run_flags.write(args.out, args, run_flags.DISTILL)
         result = distill_stage(
             teacher, args.stage, args.out, to_steps=args.to_steps, resume=args.resume,
@@ -477,6 +477,8 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
             checkpoint_every=args.checkpoint_every, seed=args.seed, compile=args.compile,
             fsdp=args.fsdp, new_streams=args.new_streams, videos=folder, source=args.source,
         )  # fmt: skip
+        if context.is_main and args.resume:  # it went on: a refused resume (another process
+            run_flags.write(args.out, args, run_flags.DISTILL)  # count) kept the run's flags
     if result.signal is not None:
         again = f"ivref distill --out {args.out} --resume"
         if context.world_size > 1:  # the same number of processes continues it exactly

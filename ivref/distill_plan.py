@@ -261,7 +261,9 @@ def teacher_digest(model: torch.nn.Module) -> str:
     Remembered per model while its tensors stay the same: each tensor's storage, and its
     version counter, which every in-place write (``load_state_dict``, an optimizer step)
     moves on. ``ivref distill`` checks the plan before it starts and ``distill_stage`` again,
-    and a paper-size teacher takes tens of seconds to hash."""
+    and a paper-size teacher takes tens of seconds to hash. A write that bypasses autograd's
+    version counter (through ``tensor.data`` or a NumPy view) is not seen: ivref makes none,
+    and code that edits a teacher so should hash a fresh copy."""
     state = sorted(model.state_dict().items())
     seen = tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in state)
     kept = _DIGESTS.get(model)

@@ -103,7 +103,7 @@ def init_from_env(device: torch.device) -> torch.device:
 def torchrun_command(context: Context, command: str) -> str:
     """How to start ``command`` (``-m ivref.cli distill ...``) on as many processes, laid out
     on nodes as this run's are: ``torchrun --nproc_per_node=N`` on one node; on several,
-    ``torchrun --nnodes=K --nproc_per_node=N/K`` (K from torchrun's LOCAL_WORLD_SIZE, this
+    ``torchrun --nnodes=K --nproc_per_node=N/K`` (N/K from torchrun's LOCAL_WORLD_SIZE, this
     node's processes), run on each node with the rendezvous options the run was given."""
     world = context.world_size
     try:

@@ -15,7 +15,8 @@ after which the work goes on, read ``ivref <command>: warning: <message>``.
 Under torchrun every process says its own error, as ``ivref <command> (rank R of N): error:``
 (the same bad input is then said by each); one that failed in a collective (a peer that had
 stopped closed the connection) says that another process may have failed first. A stop on a
-signal is agreed by all processes after the same step, and said once, by rank 0.
+signal while training is agreed by all processes after the same step, and said once, by
+rank 0; outside training each process a signal stops says so itself.
 """
 
 from __future__ import annotations
@@ -104,12 +105,19 @@ def _process() -> tuple[int, int]:
         return 0, 1
 
 
+def torch_out_of_memory() -> tuple[type[BaseException], ...]:
+    """torch's out-of-memory error (a RuntimeError), where torch is loaded."""
+    torch = sys.modules.get("torch")
+    kind = getattr(torch, "OutOfMemoryError", None)
+    return (kind,) if isinstance(kind, type) else ()
+
+
 def in_collective(err: BaseException) -> bool:
     """Whether ``err`` is a RuntimeError raised inside torch.distributed: the failure of a
     collective, most often because another process stopped (gloo: 'Connection closed by
     peer'), which its own message explains."""
-    if not isinstance(err, RuntimeError):
-        return False
+    if not isinstance(err, RuntimeError) or isinstance(err, torch_out_of_memory()):
+        return False  # out of memory inside a collective is this process's own failure
     inside = f"{os.sep}torch{os.sep}distributed{os.sep}"
     return any(inside in frame.filename for frame in traceback.extract_tb(err.__traceback__))
 
@@ -149,9 +157,15 @@ def _signals_raise(received: list[int]) -> Iterator[None]:
 @contextlib.contextmanager
 def handling_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
     """``handler`` for SIGINT and SIGTERM while the block runs, the handlers before it after.
-    Outside the main thread, where Python takes no handler, signals are left alone."""
+    Outside the main thread, where Python takes no handler, signals are left alone, and so is
+    a signal the process ignores (a job started in the background without job control
+    ignores SIGINT: a Ctrl-C meant for its parent must not stop it)."""
     try:
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            s: signal.signal(s, handler)
+            for s in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(s) is not signal.SIG_IGN
+        }
     except ValueError:  # not the main thread
         yield
         return
@@ -179,9 +193,8 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         if rank == 0:
             print(f"ivref {name}: {err}", file=sys.stderr)
         return 128 + err.signum
-    except KeyboardInterrupt:
-        if rank == 0:
-            print(f"ivref {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # not agreed between processes (a kill -INT of one worker):
+        print(f"{who}: interrupted", file=sys.stderr)  # each that stopped says so
         return 130
     except Stopped as err:
         print(f"{who}: {err}", file=sys.stderr)
@@ -198,10 +211,8 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         if received:  # the signal broke the work first: ffmpeg, in the same process group,
             # died of the Ctrl-C and its writer failed before KeyboardInterrupt was raised
             signum = received[0]
-            if signum != signal.SIGINT:
-                print(f"{who}: {Stopped(signum)}", file=sys.stderr)
-            elif rank == 0:
-                print(f"ivref {name}: interrupted", file=sys.stderr)
+            said = "interrupted" if signum == signal.SIGINT else Stopped(signum)
+            print(f"{who}: {said}", file=sys.stderr)
             return 128 + signum
         message, status = describe(err)
         if world > 1 and in_collective(err):

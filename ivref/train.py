@@ -180,7 +180,7 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
             )
     old = cfg.stage(stage).train
     train_cfg = dataclasses.replace(old, **_overrides(args))
-    if getattr(args, "videos", None) is not None and not args.resume:  # no stills to mix in
+    if _on_videos(args):  # no stills to mix in
         if args.image_ratio:
             raise errors.CLIError(
                 f"--image-ratio {args.image_ratio:g} with --videos: a folder of videos gives "
@@ -231,6 +231,18 @@ def _resume(trainer: Any, args: argparse.Namespace) -> int:
                 warning.message, warning.category, warning.filename, warning.lineno
             )
     return step
+
+
+def _on_videos(args: argparse.Namespace) -> bool:
+    """Whether the run trains on a folder of videos: --videos, or (a resume) its record."""
+    if getattr(args, "videos", None) is not None:
+        return True
+    if not args.resume:
+        return False
+    try:
+        return train_videos.read(args.out) is not None
+    except errors.CLIError:  # a damaged record: a run on videos; its resume says the rest
+        return True
 
 
 def _newest_config(run: Path) -> dict[str, Any]:

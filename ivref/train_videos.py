@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import posixpath
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,8 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None
             "gone; if they moved, give their new place with --videos FOLDER (and --index "
             "FILE if the index moved on its own)"
         )
-    check_validation(args, Path(now["videos"]))  # once the folder is known to be there
+    if args.videos is None:  # (record() checked them against the folder --videos gives)
+        check_validation(args, Path(now["videos"]))  # once the folder is known to be there
     if args.index is not None:
         _check_same_index(Path(saved["index"]), Path(now["index"]), args)
     changed = [
@@ -300,15 +302,17 @@ def validation_evaluator(
             return kept
         got = folder.load(kept)
         if got is None:  # it decoded at the start: leaving it out would move the mean
+            name = folder.index_name(folder.items[kept][0])  # as the index names it
             raise ValueError(
-                f"--val-index {str(val_index)!r}: {folder.items[kept][0].name} decoded when "
-                "training started and does not now; restore it (or resume with --val-index "
-                "of the videos that remain)"
+                f"--val-index {str(val_index)!r}: {name} decoded when training started and "
+                "does not now; restore it (or resume with --val-index of the videos that "
+                "remain)"
             )
         return got
 
-    def spelt_alike(rel: str) -> str:  # ./a.mp4, a.mp4 and sub/../a.mp4 name one file
-        return posixpath.normpath(str(rel).replace("\\", "/"))
+    def spelt_alike(rel: str) -> str:  # ./a.mp4, a.mp4, sub/../a.mp4 and café in NFC or
+        # NFD name one file (VideoTextFolder finds either spelling)
+        return unicodedata.normalize("NFC", posixpath.normpath(str(rel).replace("\\", "/")))
 
     trained = {spelt_alike(path) for path, _ in read_index(Path(videos["index"]))}
     shared = sorted(trained & {spelt_alike(path) for path, _ in read_index(val_index)})

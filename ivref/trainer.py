@@ -462,17 +462,17 @@ class Trainer:
 
     def _cut_log(self) -> None:
         """The log as at the resumed step: rows past it go; the step's own row, where the
-        log lacks it (the process was killed after the save, while it evaluated the step),
-        comes back from the checkpoint, without the evaluation that did not finish."""
+        log lacks it (most often: the process was killed after the save, while it evaluated
+        the step), comes back from the checkpoint, without an evaluation that did not finish."""
         log = self.out / LOG
         rows = [r for r in read_log(log) if r["step"] <= self.step] if log.is_file() else []
         kept = self._row  # restored from the checkpoint (None: saved by an ivref before)
         if kept is not None and (not rows or rows[-1]["step"] < self.step):
             rows.append(kept)
             print(
-                f"resume: step {self.step}'s log row came back from its checkpoint (the run "
-                "stopped after saving it, before its row was logged: its evaluation, if one "
-                "was due, did not finish)",
+                f"resume: step {self.step}'s log row came back from its checkpoint (the log "
+                "lacked it: the run stopped after saving the step, before its row was logged, "
+                "or the log was cut or deleted; an evaluation due then is not in it)",
                 file=sys.stderr,
             )
         if log.is_file() or rows:

@@ -297,11 +297,13 @@ class VideoTextFolder:
             raise ValueError(f"start={start!r} must be an integer (a source frame of clip {i})")
         start = int(start)
         if self.starts(i) < 1:
-            raise ValueError(f"clip {i} ({self._rel(path)}) was skipped: {n} frames hold no clip")
+            raise ValueError(
+                f"clip {i} ({self.index_name(path)}) was skipped: {n} frames hold no clip"
+            )
         if not 0 <= start < self.starts(i):
             raise ValueError(
-                f"start={start} for {self._rel(path)}: allowed 0 to {self.starts(i) - 1} (the clip "
-                "must end inside the file)"
+                f"start={start} for {self.index_name(path)}: allowed 0 to "
+                f"{self.starts(i) - 1} (the clip must end inside the file)"
             )
         return self._apply(i, self._read(self.items[i], start))
 
@@ -348,7 +350,7 @@ class VideoTextFolder:
         clip = torch.cat([_resized(part, self.height, self.width) for part in _parts(frames)])
         return "clip", (rearrange(clip, "f c h w -> c f h w"), text)
 
-    def _rel(self, path: Path) -> str:
+    def index_name(self, path: Path) -> str:
         """A file's path as the index gives it (under ``root``): two files of one name in two
         subfolders are told apart, as ``skipped`` names them when the folder is made."""
         try:
@@ -367,12 +369,13 @@ class VideoTextFolder:
         self.items[i] = (path, text, src_fps, frames)
         if self.starts(i) > 0:  # shorter than its header said; clips still fit
             warnings.warn(
-                f"VideoTextFolder: {self._rel(path)} ends after {frames} of the {n} frames its "
-                "header gives; its clips now start where they fit in those",
+                f"VideoTextFolder: {self.index_name(path)} ends after {frames} of the {n} "
+                "frames its header gives; its clips now start where they fit in those",
                 stacklevel=3,
             )
         else:
-            self._skip(self._rel(path), f"decode failed ({why})", stacklevel=4)  # load's caller
+            why = f"decode failed ({why})"
+            self._skip(self.index_name(path), why, stacklevel=4)  # load's caller
         return None
 
     def sample(
@@ -541,6 +544,22 @@ class VideoTextFolder:
                 "before then trained on them and reads as changed: write them relative to the "
                 "folder, then resume with new streams"
                 if outside
+                else ""
+            )
+            readable = [  # kinds of files skipped before 2026-12-07, read since
+                self.index_name(path)
+                for path, *_ in self._usable
+                if path.suffix.lower() in (".mkv", ".webm")
+                or ":" in path.name
+                or unicodedata.normalize("NFC", path.name) != path.name
+            ]
+            since += (
+                f". Note: since 2026-12-07 ivref reads files it skipped before (variable-rate "
+                "MKV or WebM, names with a colon, names the index spells in another Unicode "
+                f"normalization), and this folder holds {len(readable)} of their kinds (e.g. "
+                f"{readable[0]!r}): a run started before then reads as changed; resume it "
+                "with new streams"
+                if readable
                 else ""
             )
             raise ValueError(

@@ -515,6 +515,14 @@ def test_sharded_distillation_takes_the_same_steps(ci_teacher, ddp_distilled, tm
         # A phase's first AdamW step divides each gradient by its own size, so rounding in
         # the tiniest gradients (the reduction orders differ) moves weights by up to ~2e-6.
         _assert_close_states(ddp_distilled / folder, out / folder, ("model", "ema"), length, 1e-5)
+    # a resume refused once it loads (one process, two processes' streams) keeps the flags
+    for folder in record["phases"][1:]:
+        shutil.rmtree(out / folder)
+    shutil.rmtree(out / "guided" / "checkpoints" / "step-00000002")  # guided: at step 1
+    capsys.readouterr()
+    assert cli.main(["distill", "--out", str(out), "--resume", "--no-fsdp"]) == 2
+    assert "trained by 2 process(es) and is resumed by 1" in capsys.readouterr().err
+    assert json.loads((out / run_flags.FILE).read_text())["fsdp"] is True
 
 
 def test_sharded_distillation_needs_several_processes(ci_teacher, tmp_path, capsys):
@@ -582,9 +590,28 @@ def test_a_stop_and_an_error_are_worded_for_the_process_that_says_them(monkeypat
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert errors.run_command("train", stopped, None) == 130
     assert errors.run_command("train", refused, None) == 2
+
+    def interrupted(args):  # a Ctrl-C outside training: not agreed, each stopped one says so
+        raise KeyboardInterrupt
+
+    assert errors.run_command("train", interrupted, None) == 130
     assert capsys.readouterr().err.splitlines() == [
         "ivref train (rank 1 of 2): error: --lr -1 must be positive",
+        "ivref train (rank 1 of 2): interrupted",
     ]
+    assert not errors.in_collective(torch.OutOfMemoryError("CUDA out of memory"))
+
+
+def test_a_signal_the_process_ignores_stays_ignored_while_a_command_runs():
+    """A job started in the background without job control ignores SIGINT: the command's
+    handler made a Ctrl-C meant for its parent stop it."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = []
+        errors.run_command("info", lambda args: seen.append(signal.getsignal(signal.SIGINT)), None)
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_a_distillation_stopped_under_torchrun_names_the_command_that_continues_it(

@@ -530,3 +530,6 @@ def test_a_run_on_videos_records_no_joint_image_training_and_refuses_an_image_ra
         capsys.readouterr().err
     )
     assert not (tmp_path / "run").exists()
+    assert _train(tmp_path / "run", "--videos", str(videos), "--steps", "1") == 0
+    assert _train(tmp_path / "run", "--resume", "--image-ratio", "0.5", "--steps", "2") == 2
+    assert "--image-ratio 0.5 with --videos" in capsys.readouterr().err  # on a resume too

@@ -582,6 +582,10 @@ def test_a_name_in_another_unicode_normalization_is_found_and_a_captionless_row_
     assert probed == [nfd] and [item[0].name for item in folder.items] == [nfd]
     assert folder.load(0)[0].shape == (3, 4, 8, 8)
     assert list(folder.probes) == [nfc]  # kept under the index's spelling, as the digest is
+    state = folder.state_dict()  # a run from before, which skipped the file: another digest
+    state["digest"] = state["digest"] + 1
+    with pytest.raises(ValueError, match="Note: since 2026-12-07 ivref reads files it skipped"):
+        folder.load_state_dict(state)
 
 
 @pytest.mark.parametrize(
