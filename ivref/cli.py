@@ -355,30 +355,30 @@ def _until(model: Any, name: str) -> Any:
 
 def info_rows(scale: str, flops: bool = False) -> list[dict[str, object]]:
     """One row per stage: name, kind, 'F x W x H @ fps', parameters (meta device, no memory)."""
+    cfg = configs.preset(scale)
+    return [_stage_row(cfg, s, flops) for s in cfg.stages]
+
+
+def _stage_row(cfg: configs.CascadeConfig, s: Any, flops: bool) -> dict[str, object]:
+    """A stage's name, kind, 'F x W x H @ fps', parameters and (``flops``) forward GFLOPs."""
     from ivref import unet3d
 
-    cfg = configs.preset(scale)
-    rows = []
-    for s in cfg.stages:
-        row = {
-            "stage": s.name,
-            "kind": s.kind,
-            "size": f"{s.num_frames} x {s.width} x {s.height} @ {s.fps:g}",
-            "params": unet3d.count_parameters(s.unet),
-        }
-        if flops:
-            length = cfg.text.max_length  # the tokens its cross-attention reads
-            count = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, length)
-            row["gflops"] = count / 1e9
-        rows.append(row)
-    return rows
+    row: dict[str, object] = {
+        "stage": s.name,
+        "kind": s.kind,
+        "size": f"{s.num_frames} x {s.width} x {s.height} @ {s.fps:g}",
+        "params": unet3d.count_parameters(s.unet),
+    }
+    if flops:
+        length = cfg.text.max_length  # the tokens its cross-attention reads
+        row["gflops"] = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, length) / 1e9
+    return row
 
 
 def _cascade_info(folder: Path | None, distilled: bool, flops: bool) -> int:
     """``ivref info --checkpoint DIR [--distilled]``: a cascade folder's trained stages as it
     samples them, from its manifest (the weights are neither loaded nor verified)."""
     from ivref import cascade as cascade_lib
-    from ivref import unet3d
 
     directory = cascade_lib.shipped_dir() if folder is None else folder
     if distilled:
@@ -402,13 +402,10 @@ def _cascade_info(folder: Path | None, distilled: bool, flops: bool) -> int:
             w += " (w = 0 only)" if s.guidance_w_max == 0 else f" (w <= {s.guidance_w_max:g})"
         on = read.trained_on.get(name)
         on = on.get("videos", on) if isinstance(on, dict) else on or "unrecorded"
-        size = f"{s.num_frames} x {s.width} x {s.height} @ {s.fps:g}"
-        line = f"{name:<6} {s.kind:<5} {size:<20} {_human(unet3d.count_parameters(s.unet)):>7} "
+        r = _stage_row(cfg, s, flops)
+        line = f"{name:<6} {s.kind:<5} {r['size']:<20} {_human(r['params']):>7} "
         line += f"{s.sample_steps:>5} {s.sampler or cfg.diffusion.sampler:<10} {w:<22} {on}"
-        if flops:
-            count = unet3d.count_flops(s.unet, s.num_frames, s.height, s.width, cfg.text.max_length)
-            line += f"  {count / 1e9:>10.4g}"
-        print(line)
+        print(line + (f"  {r['gflops']:>10.4g}" if flops else ""))
     untrained = [s.name for s in cfg.stages if s.name not in read.stages]
     if untrained:
         print(f"not trained in this folder: {', '.join(untrained)}")
