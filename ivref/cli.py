@@ -141,7 +141,12 @@ def _parser() -> argparse.ArgumentParser:
         help="videos sampled together (default: the cascade's; each video is the same "
         "whatever the batch, up to float rounding)",
     )
-    v.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    v.add_argument(
+        "--json",
+        type=Path,
+        help="also write the report to this JSON file: the settings, and the sweep's rows "
+        "and/or the --cascade report",
+    )
     v.add_argument("--text-encoder", help="local T5 checkpoint folder (a cascade on encoder t5)")
 
     i = command(
@@ -278,18 +283,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "seen; their held-out loss (ivref train --val-index) measures them on their own data",
             file=sys.stderr,
         )
-    report: dict | list = {}
+    report: dict[str, Any] = {"settings": _evaluate_settings(args, model, prompts, device)}
     if args.cascade:  # every stage at its own settings, sampled once
-        report = {
-            "cascade": evaluate.cascade_report(
-                model,
-                prompts,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                steps=args.steps,
-                progress=True,
-            )
-        }
+        report["cascade"] = evaluate.cascade_report(
+            model,
+            prompts,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            progress=True,
+        )
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
         guidances = args.guidance or [None]  # None: every stage at its own w
@@ -304,10 +307,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
         print(evaluate.format_table(rows))
-        report = {"sweep": rows} | report if args.cascade else rows
+        report["sweep"] = rows
     if args.json:
         files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _evaluate_settings(
+    args: argparse.Namespace, model: Any, prompts: list[str], device: Any
+) -> dict[str, Any]:
+    """What ``ivref evaluate --json`` ran with, so that a report says how to make it again:
+    the cascade, the prompts, the seed, and every sampled stage's steps, sampler and own w
+    (the steps as run: --steps where it names the stage, else the stage's own)."""
+    import ivref
+
+    named = args.steps if isinstance(args.steps, dict) else {}  # --steps NAME=N,...
+    every = args.steps if isinstance(args.steps, int) else None  # --steps N
+    return {
+        "ivref_version": ivref.__version__,
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),  # None: shipped
+        "distilled": args.distilled,
+        "until": args.until,
+        "split": args.split,
+        "repeats": args.repeats,
+        "samples": len(prompts),
+        "seed": args.seed,
+        "batch_size": args.batch_size,  # None: the cascade's default
+        "device": str(device),
+        "guidance": args.guidance,  # the sweep's settings; None: each stage's own w, once
+        "stages": {
+            s.name: {
+                "steps": named.get(s.name) or every or s.sample_steps,
+                "sampler": s.sampler,
+                "guidance_w": s.guidance_w,
+            }
+            for s in model.trained_stages
+        },
+    }
 
 
 def _cut_at(model: Any, args: argparse.Namespace) -> Any:

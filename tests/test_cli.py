@@ -432,16 +432,32 @@ def test_evaluate_sweeps_guidance_and_writes_json(tmp_path, capsys):
     report = tmp_path / "sweep.json"
     argv = ["evaluate", "--checkpoint", str(run), "--split", "heldout", "--steps", "2"]
     assert cli.main([*argv, "--guidance", "0", "1", "--json", str(report)]) == 0
-    rows = json.loads(report.read_text())
+    saved = json.loads(report.read_text())
+    rows = saved["sweep"]
     assert [r["w"] for r in rows] == [0.0, 1.0]
     assert all(r["n"] == 8 and 0.0 <= r["all"] <= 1.0 for r in rows)
+    settings = saved["settings"]  # what it ran with: enough to run it again
+    assert settings["checkpoint"] == str(run) and settings["split"] == "heldout"
+    assert settings["samples"] == 8 and settings["seed"] == 0 and settings["repeats"] == 1
+    assert settings["guidance"] == [0.0, 1.0] and settings["distilled"] is False
+    base = configs.preset("ci").stage("base")
+    assert settings["stages"] == {
+        "base": {"steps": 2, "sampler": base.sampler, "guidance_w": base.guidance_w}
+    }
+    assert set(saved) == {"settings", "sweep"}
     assert "split 'heldout'" in capsys.readouterr().out
     assert cli.main([*argv, "--split", "test"]) == 2
     # per stage (NAME=W), and without --guidance every stage at its own w once
     assert cli.main([*argv, "--guidance", "base=1", "--json", str(report)]) == 0
-    assert [r["w"] for r in json.loads(report.read_text())] == [{"base": 1.0}]
+    assert [r["w"] for r in json.loads(report.read_text())["sweep"]] == [{"base": 1.0}]
     assert cli.main([*argv, "--json", str(report)]) == 0
-    assert [r["w"] for r in json.loads(report.read_text())] == [None]
+    assert [r["w"] for r in json.loads(report.read_text())["sweep"]] == [None]
+    argv[-1] = "base=3"  # per stage; and without --steps each stage's own count
+    assert cli.main([*argv, "--json", str(report)]) == 0
+    steps_run = lambda: json.loads(report.read_text())["settings"]["stages"]["base"]["steps"]  # noqa: E731
+    assert steps_run() == 3
+    assert cli.main([*argv[:-2], "--json", str(report)]) == 0
+    assert steps_run() == base.sample_steps
     assert "default" in capsys.readouterr().out
     assert cli.main([*argv, "--guidance", "tsr9=1"]) == 2
     assert "unknown stages ['tsr9']" in capsys.readouterr().err
@@ -470,7 +486,7 @@ def test_evaluate_cascade_samples_once_at_default_settings(tmp_path, monkeypatch
     assert cli.main([*argv, "--json", str(report)]) == 0
     assert calls == [None]  # one run of the cascade, each stage at its own guidance
     saved = json.loads(report.read_text())
-    assert set(saved) == {"cascade"} and set(saved["cascade"]["stages"]) == {"base"}
+    assert set(saved) == {"settings", "cascade"} and set(saved["cascade"]["stages"]) == {"base"}
     assert saved["cascade"]["n"] == 8
     calls.clear()
     assert cli.main([*argv, "--guidance", "0", "--json", str(report)]) == 0
@@ -670,7 +686,8 @@ def test_generate_and_evaluate_take_the_distilled_variant(tmp_path, capsys):
     assert rows == [1, 1]  # 2 steps, one pass each at the stage's w = 1 (guided: 2 x 2 rows)
     report = tmp_path / "r.json"
     assert cli.main([*argv, "--guidance", "1", "--json", str(report)]) == 0
-    assert json.loads(report.read_text())[0]["n"] == 8
+    saved = json.loads(report.read_text())
+    assert saved["sweep"][0]["n"] == 8 and saved["settings"]["distilled"] is True
     out = tmp_path / "v.gif"
     assert cli.main(["generate", "a red circle moving left", "--out", str(out), "--distilled",
                      "--checkpoint", str(tmp_path / "c")]) == 0  # fmt: skip
