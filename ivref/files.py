@@ -90,8 +90,12 @@ def atomic_write(
     any error (a full disk included) the temporary file is removed and the old ``path``, if
     any, is untouched. A writer's error that reports an OS error (safetensors' "os error 28",
     ffmpeg's "No space left on device") is raised as that OSError, naming ``path``.
+    A symbolic link at ``path`` is written through, as ``open(path, "w")`` would: the file
+    it points to is replaced (in its own folder, so the rename stays atomic) and the link
+    stays. Returns ``path`` as given.
     """
-    path = Path(path)
+    given = Path(path)
+    path = _through_link(given)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -111,7 +115,13 @@ def atomic_write(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
+    return given
+
+
+def _through_link(path: Path) -> Path:
+    """Where a write to ``path`` lands: the file a symbolic link there points to (followed
+    to the end, even where that file does not exist yet), else ``path`` itself."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 _OS_ERRORS = (  # how writers that are not Python file objects report an OS error
@@ -266,7 +276,8 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
     in the message.
     """
     path = Path(path)
-    parent = path if path.is_dir() else path.parent
+    target = _through_link(path)  # atomic_write writes beside the file a link points to
+    parent = target if target.is_dir() else target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
