@@ -60,8 +60,8 @@ def _description() -> str:
     return __doc__.replace("``", "")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> arguments.Parser:
+    parser = arguments.Parser(
         prog="ivref", description=_description(), formatter_class=_HelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         help="describe the distilled cascade (the shipped one's, or --checkpoint's)",
     )
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
+    parser.commands = sub.choices  # each command's parser, to say an error as that command
     return parser
 
 
@@ -498,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             " (per-stage guidance weights are one word, joined by commas: --guidance "
             "tsr=1,base=0)" * staged
         )
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return errors.run_command(args.command, COMMANDS[args.command], args)
 
 

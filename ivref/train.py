@@ -434,7 +434,7 @@ def _train(args: argparse.Namespace, device: torch.device, context: distributed.
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ivref.train ...``: the same as ``ivref train ...``."""
-    parser = argparse.ArgumentParser(prog="ivref train", description="train one cascade stage")
+    parser = arguments.Parser(prog="ivref train", description="train one cascade stage")
     add_arguments(parser)
     return errors.run_command("train", run, parser.parse_args(argv))
 

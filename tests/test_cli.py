@@ -265,11 +265,20 @@ def test_bad_input_is_explained(tmp_path, capsys, argv, message):
     assert not list(tmp_path.rglob(".lock"))  # refused before a run lock was written anywhere
 
 
-def test_argument_errors_exit_with_usage():
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--scale", "huge", "--steps", "1", "--out", "x"])
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--steps", "0", "--out", "x"])
+def test_argument_errors_are_one_line_then_where_the_options_are(capsys):
+    for argv, said in [
+        (["train", "--scale", "huge", "--steps", "1", "--out", "x"], "invalid choice: 'huge'"),
+        (["train", "--steps", "0", "--out", "x"], "expected a positive integer, got 0"),
+        (["generate", "a", "--out", "a.gif", "--nope"], "unrecognized arguments: --nope"),
+        ([], "required: command"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        command = " ".join(["ivref", *argv[:1]])
+        lines = capsys.readouterr().err.splitlines()
+        assert stop.value.code == 2 and len(lines) == 2, lines  # no usage block above it
+        assert lines[0].startswith(f"{command}: error: ") and said in lines[0]
+        assert lines[1] == f"(`{command} --help` lists the options)"
 
 
 def test_generate_from_a_train_run_folder(tmp_path):

@@ -940,7 +940,7 @@ def _cli(case: Case, ctx: Ctx) -> tuple[int, str]:
     signal.alarm(CASE_SECONDS)
     try:
         status = cli.main(argv)
-    except SystemExit as exit:  # argparse: usage line + one error line, status 2
+    except SystemExit as exit:  # argparse: the error line, then where --help is; status 2
         status = exit.code
     finally:
         signal.alarm(0)
