@@ -191,7 +191,7 @@ def distill_stage(
     if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
         teacher = with_guidance_embedding(teacher).eval()
     for (folder, phase, steps), length in zip(phases, lengths, strict=True):
-        cfg = student_config(config, stage, steps, batch_size, w_max, bf16)
+        cfg = student_config(config, stage, steps, batch_size, w_max, bf16, videos is not None)
         student = with_guidance_embedding(teacher, seed)
         pad = compiling.text_padding(config, compile)
         text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)

@@ -77,13 +77,15 @@ def student_config(
     batch_size: int | None = None,
     w_max: float | None = None,
     bf16: bool | None = None,
+    on_videos: bool = False,
 ) -> configs.CascadeConfig:
     """The cascade config with ``stage`` as a distilled student of ``steps`` steps.
 
     Its U-Net embeds w (learnt for 0 <= w <= ``w_max``, default the distill config's), it
     samples with the stochastic N-step sampler [IV §2.7], and its training recipe is the
     distillation one (lr annealed to 0, no EMA, no warm-up) [PD]; ``bf16`` (autocast)
-    replaces the stage's training setting.
+    replaces the stage's training setting. ``on_videos``: the student learns from a folder
+    of videos, which holds no images, so its config records ``image_ratio`` 0.
     """
     d, old = config.distill, config.stage(stage)
     recipe = dataclasses.replace(
@@ -95,7 +97,7 @@ def student_config(
         batch_size=batch_size or old.train.batch_size,
         bf16=old.train.bf16 if bf16 is None else bf16,
         # a TSR stage trains on videos only (a config saved with images for it still loads)
-        image_ratio=0.0 if old.kind == "tsr" else old.train.image_ratio,
+        image_ratio=0.0 if old.kind == "tsr" or on_videos else old.train.image_ratio,
     )
     new = dataclasses.replace(
         old,

@@ -13,6 +13,7 @@ import torch
 
 from ivref import (
     cascade,
+    checkpoint,
     cli,
     configs,
     distill,
@@ -606,9 +607,13 @@ def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "d").exists()
 
 
-def _save_ci_base_teacher(path):
-    """A ci cascade of a fresh base stage (seed 0) saved at ``path``, to distil from."""
+def _save_ci_base_teacher(path, image_ratio=0.0):
+    """A ci cascade of a fresh base stage (seed 0) saved at ``path``, to distil from;
+    ``image_ratio``: the base stage's training config's (the toy base's is 0.2)."""
     cfg = configs.preset("ci")
+    base = cfg.stage("base")
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, image_ratio=image_ratio))
+    cfg = dataclasses.replace(cfg, stages=(base, *cfg.stages[1:]))
     torch.manual_seed(0)
     Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet).eval()}).save_pretrained(path)
 
@@ -646,11 +651,13 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     """`ivref distill --videos`: every phase draws its clips from the folder (decoded, not
     painted), each from the same start, the run records the videos so --resume needs no
     flags, a phase distilled again on resume sees the same clips, and other data is refused:
-    the toy world, other videos, another --fit; a changed folder goes on with --new-streams."""
+    the toy world, other videos, another --fit; a changed folder goes on with --new-streams.
+    Its students record image_ratio 0 (a teacher that trained with images in the toy world
+    gave them its own, though videos are all they see); on the toy world they keep it."""
     from ivref import train_videos, video_folder
     from tests.test_train_videos import _folder
 
-    _save_ci_base_teacher(tmp_path / "cascade")
+    _save_ci_base_teacher(tmp_path / "cascade", image_ratio=0.2)
     videos, out = _folder(tmp_path / "videos"), tmp_path / "d"
     decoded = []
     real_decode = video_folder.decode_from
@@ -673,6 +680,12 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     assert decoded[4:] == decoded[:2]  # the halving's first batch: the guided phase's first
     assert json.loads((out / train_videos.VIDEOS).read_text())["videos"] == str(videos.resolve())
 
+    def image_ratios(out):
+        saved = [checkpoint.read_config(checkpoint.latest(out / phase)) for phase in phases]
+        return [meta["config"].stage("base").train.image_ratio for meta in saved]
+
+    assert image_ratios(out) == [0.0, 0.0]
+
     def losses(phase):
         return [(row["step"], row["loss"], row["grad_norm"]) for row in train.read_log(phase)]
 
@@ -683,6 +696,7 @@ def test_a_teacher_trained_on_videos_distils_on_them_and_resumes_only_on_them(
     capsys.readouterr()
     toy = tmp_path / "toy"
     assert distil(toy) == 0  # the toy world
+    assert image_ratios(toy) == [0.2, 0.2]
     assert distil(toy, "--resume", "--videos", str(videos)) == 2
     assert "was distilled on the toy world; resume it without --videos" in capsys.readouterr().err
     other = _folder(tmp_path / "other", names=("a", "b"))
