@@ -65,6 +65,8 @@ def test_save_and_load_round_trip(ci_cascade, tmp_path):
     manifest = json.loads((tmp_path / "cascade.json").read_text())
     assert manifest["stages"] == ["base"] and manifest["format"] == 2
     assert set(manifest["files"]) == {"base.safetensors"}
+    named = checkpoint.read_metadata(tmp_path / "base.safetensors")  # its stage, for a check
+    assert named == {checkpoint.STAGE_KEY: "base"}  # on loading (test_checkpoint)
     loaded = Cascade.from_pretrained(tmp_path, encoder=ci_cascade.encoder)
     assert loaded.cfg == ci_cascade.cfg
     for name, tensor in ci_cascade.models["base"].state_dict().items():
@@ -307,11 +309,11 @@ def test_an_interrupted_overwrite_leaves_the_old_cascade_whole(full_cascade, tmp
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     real, written = cascade_lib.checkpoint.save_weights, []
 
-    def dies_on_the_second(path, state):
+    def dies_on_the_second(path, state, **kwargs):
         if written:
             raise KeyboardInterrupt
         written.append(path)
-        real(path, state)
+        real(path, state, **kwargs)
 
     monkeypatch.setattr(cascade_lib.checkpoint, "save_weights", dies_on_the_second)
     torch.manual_seed(1)  # other weights than the saved ones
