@@ -61,6 +61,13 @@ def _tensor(value: torch.Tensor | float) -> torch.Tensor:
     return value if torch.is_tensor(value) else torch.tensor(value, dtype=torch.get_default_dtype())
 
 
+def _working(value: torch.Tensor) -> torch.Tensor:
+    """``value`` in float32 where it is half or bfloat16: tan(a t + b) near pi / 2 and
+    exp(-logsnr / 2) at the schedule's ends need float32's precision (in float16 logsnr(1)
+    came out as -15.3, not -20); results are cast back to the input's dtype."""
+    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
+
 def _ab(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
     if not logsnr_min < logsnr_max:
         raise ValueError(f"logsnr_min={logsnr_min} must be < logsnr_max={logsnr_max}")
@@ -76,21 +83,25 @@ def logsnr_cosine(
 
     logsnr = -2 log tan(a t + b), b = arctan(exp(-logsnr_max / 2)),
     a = arctan(exp(-logsnr_min / 2)) - b, so logsnr(0) = logsnr_max, logsnr(1) = logsnr_min
-    [CFG §2]. With the default symmetric bounds logsnr(0.5) = 0.
+    [CFG §2]. With the default symmetric bounds logsnr(0.5) = 0. Half and bfloat16 ``t``
+    is computed in float32 and the result given in its dtype.
     """
     a, b = _ab(logsnr_min, logsnr_max)
-    t = _tensor(t).clamp(0.0, 1.0)
+    given = _tensor(t)
+    t = _working(given).clamp(0.0, 1.0)
     logsnr = -2.0 * torch.log(torch.tan(a * t + b))
-    return logsnr.clamp(logsnr_min, logsnr_max)
+    return logsnr.clamp(logsnr_min, logsnr_max).to(given.dtype)
 
 
 def t_from_logsnr(
     logsnr: torch.Tensor | float, logsnr_min: float = -20.0, logsnr_max: float = 20.0
 ) -> torch.Tensor:
-    """Inverse of ``logsnr_cosine``: t = (arctan(exp(-logsnr / 2)) - b) / a."""
+    """Inverse of ``logsnr_cosine``: t = (arctan(exp(-logsnr / 2)) - b) / a (half and
+    bfloat16 computed in float32, as there)."""
     a, b = _ab(logsnr_min, logsnr_max)
-    logsnr = _tensor(logsnr)
-    return (torch.atan(torch.exp(-logsnr / 2)) - b) / a
+    given = _tensor(logsnr)
+    logsnr = _working(given)
+    return ((torch.atan(torch.exp(-logsnr / 2)) - b) / a).to(given.dtype)
 
 
 def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,19 @@ def test_endpoints_and_midpoint():
     torch.testing.assert_close(lam, torch.tensor([20.0, 0.0, -20.0], dtype=D), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_times_keep_the_schedule_to_its_ends(dtype):
+    """tan(a t + b) near pi / 2 in float16 gave logsnr(1) = -15.3 (bfloat16: -15.25)."""
+    t = torch.tensor([0.0, 0.02, 0.5, 0.98, 1.0], dtype=dtype)
+    lam = schedules.logsnr_cosine(t)
+    exact = schedules.logsnr_cosine(t.double())  # the same (rounded) times, in float64
+    assert lam.dtype == dtype and lam[0] == 20 and lam[-1] == -20
+    torch.testing.assert_close(lam.double(), exact, atol=0.02 * 20 * 2**-7, rtol=2**-7)
+    back = schedules.t_from_logsnr(exact.to(dtype))
+    assert back.dtype == dtype
+    torch.testing.assert_close(back.double(), t.double(), atol=2e-3, rtol=0)
+
+
 def test_custom_bounds_endpoints():
     lam = schedules.logsnr_cosine(torch.tensor([0.0, 1.0], dtype=D), -10.0, 14.0)
     torch.testing.assert_close(lam, torch.tensor([14.0, -10.0], dtype=D), atol=1e-9, rtol=0)
