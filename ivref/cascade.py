@@ -656,7 +656,7 @@ class Cascade(nn.Module):
             )
         models = {}
         for name in stages:
-            model = VideoUNet(cfg.stage(name).unet)
+            model = VideoUNet.to_load(cfg.stage(name).unet)
             checkpoint.load_weights(directory / f"{name}.safetensors", model, stage=name)
             models[name] = model.eval()
         return cls(cfg, models, encoder, text_probe=probe, trained_on=trained_on, teachers=teachers)

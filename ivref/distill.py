@@ -26,12 +26,13 @@ The data the phases draw z_t from is the teacher's: the toy world, or (``videos=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,8 @@ def distill_stage(
     ``source``: the folder the teacher cascade was loaded from (None: the shipped one),
     recorded in the plan so that ``ivref distill --resume`` needs no flags (a teacher
     loaded from elsewhere with ``source=None`` resumes only with ``--from`` its folder).
+    ``teacher_cascade`` is left as it was: its stage is moved to ``device`` and put in eval
+    mode for the distillation, then back to its own device and mode.
     """
     compiling.check_compile(compile)
     trainer.check_bf16(bf16)
@@ -187,40 +190,53 @@ def distill_stage(
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
     stream = distributed.stream_seed(seed, context.rank)  # this rank's data
     first_state = None if videos is None else videos.state_dict()  # every phase starts here
-    teacher = teacher_cascade.models[stage].to(device).eval()
-    if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
-        teacher = with_guidance_embedding(teacher).eval()
-    for (folder, phase, steps), length in zip(phases, lengths, strict=True):
-        cfg = student_config(config, stage, steps, batch_size, w_max, bf16, videos is not None)
-        student = with_guidance_embedding(teacher, seed)
-        pad = compiling.text_padding(config, compile)
-        text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
-        if videos is None:
-            dataset = objectives.toy_dataset(cfg.stage(stage), stream, device)
-        else:
-            videos.load_state_dict(first_state)
-            videos.generator.manual_seed(stream)
-            dataset = videos
-        base = objectives.DiffusionObjective(cfg, cfg.stage(stage), dataset, text)
-        objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
-        loop = trainer.Trainer(
-            cfg, stage, out / folder, objective=objective, model=student, device=device,
-            checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
-            fsdp=fsdp, bf16=forced_bf16,
-        )  # fmt: skip
-        finished = trainer_checkpoints.on_main(  # rank 0's listing decides for every rank
-            context, functools.partial(_phase_finished, out / folder, length)
-        )  # None: not started
-        if finished is not None:  # a finished phase is loaded for its student alone: its
-            # streams are not used (nor its data checked), so new ones go unannounced; the
-            # one phase that trains on says so (once, not once per phase before it)
-            loop.resume(new_streams=new_streams or finished, announce=not finished)
-        loop.fit(length)
-        ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
-        if loop.interrupted:
-            return Distilled(cfg, ema, loop.signal)
-        teacher = ema.eval()
-    return Distilled(cfg, teacher)
+    with _borrowed(teacher_cascade.models[stage], device) as teacher:
+        if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
+            teacher = with_guidance_embedding(teacher).eval()
+        for (folder, phase, steps), length in zip(phases, lengths, strict=True):
+            cfg = student_config(config, stage, steps, batch_size, w_max, bf16, videos is not None)
+            student = with_guidance_embedding(teacher, seed)
+            pad = compiling.text_padding(config, compile)
+            text = objectives.TextCache(teacher_cascade.encoder, pad_multiple=pad)
+            if videos is None:
+                dataset = objectives.toy_dataset(cfg.stage(stage), stream, device)
+            else:
+                videos.load_state_dict(first_state)
+                videos.generator.manual_seed(stream)
+                dataset = videos
+            base = objectives.DiffusionObjective(cfg, cfg.stage(stage), dataset, text)
+            objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
+            loop = trainer.Trainer(
+                cfg, stage, out / folder, objective=objective, model=student, device=device,
+                checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
+                fsdp=fsdp, bf16=forced_bf16,
+            )  # fmt: skip
+            finished = trainer_checkpoints.on_main(  # rank 0's listing decides for every rank
+                context, functools.partial(_phase_finished, out / folder, length)
+            )  # None: not started
+            if finished is not None:  # a finished phase is loaded for its student alone: its
+                # streams are not used (nor its data checked), so new ones go unannounced; the
+                # one phase that trains on says so (once, not once per phase before it)
+                loop.resume(new_streams=new_streams or finished, announce=not finished)
+            loop.fit(length)
+            ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
+            if loop.interrupted:
+                return Distilled(cfg, ema, loop.signal)
+            teacher = ema.eval()
+        return Distilled(cfg, teacher)
+
+
+@contextlib.contextmanager
+def _borrowed(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """``model`` on ``device`` in eval mode while inside; then back on its own device and in
+    its own mode: the caller's cascade is used as the teacher, not changed."""
+    training, where = model.training, {p.device for p in model.parameters()}
+    try:
+        yield model.to(device).eval()
+    finally:
+        model.train(training)
+        if len(where) == 1:  # one device (a model spread over several is left on ``device``)
+            model.to(where.pop())
 
 
 def _phase_finished(folder: Path, length: int) -> bool | None:
@@ -284,8 +300,7 @@ def checked_plan(
 
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
     """A sharded EMA's weights, whole, in a plain ``VideoUNet`` on every rank."""
-    with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten anyway
-        plain = VideoUNet(unet).to(device)
+    plain = VideoUNet.to_load(unet).to(device)
     return sharded_state.unsharded(sharded, plain).requires_grad_(False)
 
 

@@ -118,7 +118,7 @@ def _newest_ema(found: list[Path]) -> RunWeights:
             if ckpt.is_dir():  # a vanished one was pruned, not damaged
                 print(f"skipping damaged {ckpt.name}: {err}", file=sys.stderr)
     cfg, stage = meta["config"], meta["stage"]
-    model = VideoUNet(cfg.stage(stage).unet)
+    model = VideoUNet.to_load(cfg.stage(stage).unet)
     checkpoint.load_weights(ckpt / "ema.safetensors", model)
     return RunWeights(cfg, stage, model.eval(), meta.get("extra", {}), ckpt, int(meta["step"]))
 

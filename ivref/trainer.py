@@ -9,12 +9,13 @@ distillation (distill.py) by plug-in.
 The ``ivref train`` command around it is train.py, which re-exports everything here.
 
 Safety: every random draw (data, t, eps, text and model dropout, crops, augmentation) comes
-from generators saved in the checkpoint (model_rng.py for the model's dropout), so
-``resume`` continues exactly; the run folder is locked while a trainer writes it; a
-non-finite loss or gradient stops the run naming the last good checkpoint (or skips the
-step, ``on_nonfinite="skip"``) and non-finite weights are never saved; Ctrl-C or SIGTERM
-saves at the end of the current step. Data-parallel over N processes under ``torchrun``:
-distributed.py says what each process does.
+from generators saved in the checkpoint (model_rng.py for the model's dropout), an
+evaluator's from torch's global generator seeded from them at its step, so ``resume``
+continues exactly and leaves the caller's global generator alone; the run folder is locked
+while a trainer writes it; a non-finite loss or gradient stops the run naming the last good
+checkpoint (or skips the step, ``on_nonfinite="skip"``) and non-finite weights are never
+saved; Ctrl-C or SIGTERM saves at the end of the current step. Data-parallel over N
+processes under ``torchrun``: distributed.py says what each process does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import math
 import signal
 import sys
@@ -444,14 +446,27 @@ class Trainer:
     def _evaluated(self) -> dict[str, Any]:
         """``evaluate(self)`` with the global random state left as it was: the checkpoint of
         this step is saved before it, so an evaluator drawing from torch's global generator
-        would otherwise make a resumed run differ from one that went on."""
+        would otherwise make a resumed run differ from one that went on. Inside, that
+        generator is seeded from the run's own state at this step (``_evaluation_seed``), so
+        such an evaluator draws the same in a resumed run as in one that went on, and the
+        caller's generator is not part of the run (a resume leaves it alone)."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            seed = self._evaluation_seed()
+            torch.default_generator.manual_seed(seed)
+            if devices:  # this device's generator alone (torch.manual_seed would seed all)
+                torch.cuda.default_generators[devices[0].index or 0].manual_seed(seed)
             try:
                 return self.evaluate(self)
             finally:
                 if self.fsdp:  # the EMA sampled whole: back to its shards for the next update
                     distributed.reshard(self.ema)
+
+    def _evaluation_seed(self) -> int:
+        """A seed for this step's evaluation: a hash of this rank's noise generator's state,
+        which the checkpoint keeps, so a resumed run evaluates as one that went on."""
+        state = self.generator.get_state().numpy().tobytes()
+        return int.from_bytes(hashlib.sha256(state).digest()[:8], "little") % 2**63
 
     @property
     def _evaluate_everywhere(self) -> bool:

@@ -271,7 +271,9 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         seed_new_streams(trainer, reseed, state["rng"], state["step"], announce)
     else:
         rng = distributed.unpack_rng(state["rng"], trainer.context)
-        torch.set_rng_state(rng["torch"])
+        # rng["torch"] (the process's generator when it was saved) is not put back: training
+        # draws only from the run's own streams (its generator, the objective's, and
+        # model_rng's for dropout), and a resume must leave the caller's generator alone
         trainer.generator.set_state(rng["train"])
         trainer.objective.set_rng_state(rng)
         trainer.model_rng.load_state_dict(rng)

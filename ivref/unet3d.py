@@ -72,6 +72,13 @@ class VideoUNet(nn.Module):
     the encoder's space, so the unconditional output does not depend on L.
     """
 
+    @classmethod
+    def to_load(cls, cfg: UNetConfig) -> VideoUNet:
+        """A VideoUNet whose weights are about to be loaded: built without drawing from the
+        process's random generator (``from_pretrained`` moved a caller's seeded stream on)."""
+        with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten anyway
+            return cls(cfg)
+
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg

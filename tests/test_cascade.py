@@ -67,7 +67,11 @@ def test_save_and_load_round_trip(ci_cascade, tmp_path):
     assert set(manifest["files"]) == {"base.safetensors"}
     named = checkpoint.read_metadata(tmp_path / "base.safetensors")  # its stage, for a check
     assert named == {checkpoint.STAGE_KEY: "base"}  # on loading (test_checkpoint)
+    torch.manual_seed(5)
+    callers = torch.rand(3)
+    torch.manual_seed(5)
     loaded = Cascade.from_pretrained(tmp_path, encoder=ci_cascade.encoder)
+    assert torch.equal(torch.rand(3), callers)  # building the U-Nets drew from it
     assert loaded.cfg == ci_cascade.cfg
     for name, tensor in ci_cascade.models["base"].state_dict().items():
         # Shipped weights are fp16: the round trip equals the fp16 rounding, exactly.

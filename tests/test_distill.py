@@ -355,9 +355,11 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path,
     torch.manual_seed(0)
     teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:3]})
     out = tmp_path / "d"
+    teacher.models["ssr1"].train()  # the caller's mode, which the distillation leaves alone
     result = distill.distill_stage(
         teacher, "ssr1", out, halving_steps=2, batch_size=2, progress=False
     )
+    assert teacher.models["ssr1"].training
     record = json.loads((out / distill.PLAN).read_text())
     assert record["phases"] == ["halve-0008-0004"] and record["w_max"] == 0.0
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [

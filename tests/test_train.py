@@ -794,17 +794,26 @@ def test_an_evaluator_is_checked_before_training_and_one_that_fails_loses_no_ste
 
 def test_an_evaluator_that_draws_from_the_global_generator_leaves_a_resume_exact(tmp_path, encoder):
     """The checkpoint of a step is saved before its evaluation: the evaluation must not move
-    the global random state that the run goes on with."""
+    the global random state that the run goes on with. The evaluator draws from a generator
+    seeded by the run's own state at its step, whatever the caller's holds, and a resume
+    leaves the caller's generator as it was (it put back the one saved with the checkpoint)."""
 
     def draws(trainer):
         return {"r": float(torch.rand(()))}
 
+    torch.manual_seed(1)
     straight = _trainer(tmp_path / "a", encoder, evaluate=draws, evaluate_every=1).fit(3)
+    assert len({r["eval_r"] for r in straight}) == 3  # a new draw at each step
+    torch.manual_seed(2)  # another caller's state: the same run
     first = _trainer(tmp_path / "b", encoder, evaluate=draws, evaluate_every=1)
     first.checkpoint_every = 1
-    first.fit(2)
+    assert [r["eval_r"] for r in first.fit(2)] == [r["eval_r"] for r in straight[:2]]
+    torch.manual_seed(3)
+    callers = torch.rand(4)
+    torch.manual_seed(3)
     again = _trainer(tmp_path / "b", encoder, evaluate=draws, evaluate_every=1)
     again.resume()
+    assert torch.equal(torch.rand(4), callers)  # the caller's stream, untouched by the resume
     rows = again.fit(3)
     assert [r["loss"] for r in rows] == [straight[2]["loss"]]
     assert [r["eval_r"] for r in rows] == [straight[2]["eval_r"]]
