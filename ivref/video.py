@@ -10,6 +10,8 @@ an option that FFmpeg 9 (in imageio-ffmpeg 0.8) no longer accepts."""
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +54,11 @@ def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
     Takes (C, F, H, W) or a batch (B, C, F, H, W); a batch must hold one video (use ``grid``
     to tile several). One channel is repeated to RGB.
     """
+    if video.dtype in (torch.uint8, np.uint8):
+        raise ValueError(
+            f"to_uint8 takes a float video in [-1, 1]; got uint8 {tuple(video.shape)}, pixels "
+            "already (write_video takes uint8 frames (F, H, W, 3) as they are)"
+        )
     batch = _as_batch(video)
     if batch.shape[0] != 1:
         raise ValueError(f"to_uint8 takes one video, got a batch of {batch.shape[0]}; use grid()")
@@ -143,7 +150,8 @@ def _check_suffix(path: Path) -> str:
 
 
 def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float) -> Path:
-    """Write one video ((C, F, H, W) in [-1, 1], or uint8 (F, H, W, 3)) as .mp4 or .gif, atomically.
+    """Write one video ((C, F, H, W) in [-1, 1], or uint8 (F, H, W, 3), a NumPy array or a
+    torch tensor) as .mp4 or .gif, atomically.
 
     A batch is tiled with ``grid`` first. mp4 is h264 (width and height are padded to even
     sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif".
@@ -153,13 +161,24 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
     ensure_ffmpeg()
     path = Path(path)
     suffix = _check_suffix(path)
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real):
+        raise TypeError(f"fps={fps!r} must be a number (frames per second), e.g. 6")
+    if not 0 < fps < math.inf:
+        raise ValueError(f"fps={fps!r} must be a finite number > 0")
+    if torch.is_tensor(video) and video.dtype == torch.uint8:
+        video = video.detach().cpu().numpy()  # pixels, as a NumPy array of them would be
     if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+        if video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(
+                f"uint8 frames must be (F, H, W, 3), got {video.shape}; a float video in "
+                "[-1, 1] is (C, F, H, W)"
+            )
         frames = video
     else:
         batch = _as_batch(video)
         frames = to_uint8(grid(batch) if batch.shape[0] > 1 else batch)
+    if 0 in frames.shape:
+        raise ValueError(f"the video is empty: frames (F, H, W, 3) of {frames.shape}")
     if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
         pad = ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0))
         frames = np.pad(frames, pad)

@@ -56,6 +56,33 @@ def test_write_rejects_other_suffixes_and_odd_sizes_still_write(tmp_path):
         video.read_video(tmp_path / "absent.mp4")
 
 
+def test_uint8_frames_are_written_as_pixels_from_numpy_and_torch(tmp_path):
+    """A torch uint8 tensor (F, H, W, 3) was taken for a [-1, 1] video: 3 frames of 16 x 16
+    became a 16-frame white clip of 3 x 16 pixels (gif: lossless, so exact here)."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (8, 3)).astype(np.uint8)  # few colours: a gif keeps them
+    frames = palette[rng.integers(0, 8, (3, 16, 16))]
+    for given in (frames, torch.from_numpy(frames)):
+        back, _ = video.read_video(video.write_video(tmp_path / "u8.gif", given, fps=6))
+        assert back.shape == (3, 3, 16, 16)
+        assert np.array_equal(video.to_uint8(back), frames)
+    with pytest.raises(ValueError, match=r"uint8 frames must be \(F, H, W, 3\), got \(3, 16, 16\)"):
+        video.write_video(tmp_path / "x.gif", frames[..., 0], fps=6)
+    with pytest.raises(ValueError, match="takes a float video in \\[-1, 1\\]; got uint8"):
+        video.to_uint8(torch.from_numpy(frames))
+
+
+def test_write_video_explains_empty_videos_and_bad_rates(tmp_path):
+    with pytest.raises(ValueError, match=r"the video is empty: frames \(F, H, W, 3\) of \(0, 8, 8"):
+        video.write_video(tmp_path / "e.gif", torch.zeros(3, 0, 8, 8), fps=6)
+    with pytest.raises(TypeError, match="fps='6' must be a number"):
+        video.write_video(tmp_path / "e.gif", torch.zeros(3, 2, 8, 8), fps="6")
+    for fps in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            video.write_video(tmp_path / "e.gif", torch.zeros(3, 2, 8, 8), fps=fps)
+    assert not list(tmp_path.iterdir())
+
+
 def test_show_and_plot_losses():
     html = video.show(torch.zeros(2, 3, 2, 8, 8), ["a", "b"], return_html=True)
     assert html.count("<img") == 2 or html.count("<video") == 2
