@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ivref import cascade
+from ivref.config_checks import is_integer
 
 MAX_COUNT = 2**31 - 1  # counts, sizes and thread numbers: beyond it torch cannot take them
 MAX_SEED = cascade.MAX_SEED
@@ -32,15 +33,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
 
 
-def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> None:
-    """``value`` must be an integer from ``minimum`` to 2**31 - 1 (or None, where ``none``
-    says what None means); else a ValueError naming it and what is allowed."""
+def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> int | None:
+    """``value`` must be an integer (NumPy's too, not a bool) from ``minimum`` to 2**31 - 1
+    (or None, where ``none`` says what None means); else a ValueError naming it and what is
+    allowed. Returns it as a Python int (None as None), for JSON and torch alike."""
     if value is None and none is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        return None
+    if not is_integer(value) or not minimum <= value <= MAX_COUNT:
         allowed = f"an integer from {minimum} to 2**31 - 1"
         allowed = f"None ({none}) or {allowed}" if none is not None else allowed
         raise ValueError(f"{name}={value!r} must be {allowed}")
+    return int(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` must be an integer (NumPy's too, not a bool) from 0 to 2**63 - 1; returns it
+    as a Python int."""
+    if not is_integer(value) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name}={value!r} must be an integer from 0 to 2**63 - 1")
+    return int(value)
 
 
 def _integer(value: str, minimum: int, what: str, up_to: str) -> int:

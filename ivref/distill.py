@@ -161,12 +161,14 @@ def distill_stage(
     """
     compiling.check_compile(compile)
     trainer.check_bf16(bf16)
-    arguments.check_count("to_steps", to_steps, none="the distill config's")
-    arguments.check_count("guided_steps", guided_steps, none="the distill config's")
+    to_steps = arguments.check_count("to_steps", to_steps, none="the distill config's")
+    guided_steps = arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths
-        arguments.check_count("halving_steps", halving_steps, none="the distill config's")
-    arguments.check_count("batch_size", batch_size, none="the stage's")
-    arguments.check_count("checkpoint_every", checkpoint_every)
+        halving_steps = arguments.check_count(
+            "halving_steps", halving_steps, none="the distill config's"
+        )
+    batch_size = arguments.check_count("batch_size", batch_size, none="the stage's")
+    checkpoint_every = arguments.check_count("checkpoint_every", checkpoint_every)
     device = cascade.parse_device(device)
     context = distributed.current()  # several processes: each phase's trainer is DDP or FSDP
     distributed.check_fsdp(fsdp, context, "each student")
@@ -264,8 +266,7 @@ def checked_plan(
     """``distill_stage``'s (phases, training steps per phase, plan record), checked against
     ``out``: a fresh start needs a folder without a plan or phases, a resume the same plan
     and data. Nothing is written (``ivref distill`` checks this before its record of videos)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= trainer.MAX_SEED:
-        raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
+    seed = arguments.check_seed("seed", seed)
     config, world = teacher_cascade.cfg, distributed.current().world_size
     global_batch = config.stage(stage).train.batch_size if batch_size is None else batch_size
     uneven = distributed.uneven_batch(global_batch, world, f"batch_size={global_batch}")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ivref import checkpoint, configs, errors
+from ivref.config_checks import is_integer
 from ivref.shipped import shipped_dir
 
 
@@ -54,20 +55,20 @@ def halving_lengths(
 ) -> list[int]:
     """Training steps of each halving in ``phases``: one count for all, or one count each."""
     names = [folder for folder, phase, _ in phases if phase == "progressive"]
-    if isinstance(halving_steps, int):
-        return [halving_steps] * len(names)
+    if is_integer(halving_steps):
+        return [int(halving_steps)] * len(names)
     counts = list(halving_steps)
     if not names:
         raise ValueError(
             f"halving_steps={counts}: this plan has no halvings (to_steps is the teacher's own "
             "step count: the guided phase alone); drop halving_steps"
         )
-    if len(counts) != len(names) or not all(isinstance(n, int) and n >= 1 for n in counts):
+    if len(counts) != len(names) or not all(is_integer(n) and n >= 1 for n in counts):
         raise ValueError(
             f"halving_steps={counts}: give one positive count for all halvings or one for each "
             f"of the {len(names)} halving{'s' * (len(names) != 1)} ({', '.join(names)})"
         )
-    return counts
+    return [int(n) for n in counts]
 
 
 def student_config(

@@ -48,7 +48,7 @@ from ivref import (
     objectives,
     trainer_checkpoints,
 )
-from ivref.arguments import check_count
+from ivref.arguments import check_count, check_seed
 from ivref.compiling import check_compile as check_compile  # re-exported: train.py and
 from ivref.compiling import compile_options as compile_options  # earlier code find them here
 from ivref.compiling import text_padding as text_padding
@@ -206,12 +206,11 @@ class Trainer:
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite={on_nonfinite!r}; allowed: 'stop' or 'skip'")
         check_compile(compile)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"seed={seed!r} must be an integer from 0 to 2**63 - 1")
-        check_count("batch_size", batch_size, none="the stage's")
-        check_count("checkpoint_every", checkpoint_every)
-        check_count("keep_checkpoints", keep_checkpoints)
-        check_count("evaluate_every", evaluate_every, minimum=0)
+        seed = check_seed("seed", seed)  # each a Python int from here (NumPy's are taken)
+        batch_size = check_count("batch_size", batch_size, none="the stage's")
+        checkpoint_every = check_count("checkpoint_every", checkpoint_every)
+        keep_checkpoints = check_count("keep_checkpoints", keep_checkpoints)
+        evaluate_every = check_count("evaluate_every", evaluate_every, minimum=0)
         check_evaluation(evaluate, evaluate_every, given_later_ok=True)
         device = cascade.parse_device(device)
         self.context = context = distributed.current()
@@ -512,7 +511,7 @@ class Trainer:
         fresh trainer refuses a folder that holds checkpoints (``resume()`` first), and any
         trainer refuses one where another trainer went on with the run since.
         """
-        check_count("steps", steps, minimum=0)
+        steps = check_count("steps", steps, minimum=0)
         check_evaluation(self.evaluate, self.evaluate_every)  # it may be set after __init__
         rows: list[dict[str, Any]] = []
         self._total = steps

@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 
 from ivref import files
+from ivref.config_checks import is_integer
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -89,10 +90,11 @@ def grid(videos: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.
     b = videos.shape[0]
     if b == 0:
         raise ValueError("grid() got an empty batch; give at least one video")
-    if ncols is not None and (not isinstance(ncols, int) or ncols < 1):
+    if ncols is not None and (not is_integer(ncols) or ncols < 1):
         raise ValueError(f"ncols={ncols!r} must be None (square-ish) or an integer >= 1")
-    if not isinstance(pad, int) or pad < 0:
+    if not is_integer(pad) or pad < 0:
         raise ValueError(f"pad={pad!r} must be an integer >= 0")
+    ncols, pad = None if ncols is None else int(ncols), int(pad)  # NumPy's: Python ints
     nrows, ncols = grid_shape(b, ncols)
     empty = nrows * ncols - b
     if empty:
@@ -111,8 +113,9 @@ def grid_shape(count: int, ncols: int | None = None) -> tuple[int, int]:
 
 def upscale(videos: torch.Tensor, factor: int) -> torch.Tensor:
     """Nearest-neighbour upscaling of (B, C, F, H, W) by an integer factor in space, for display."""
-    if not isinstance(factor, int) or factor < 1:
+    if not is_integer(factor) or factor < 1:
         raise ValueError(f"upscale factor {factor!r} must be an integer >= 1")
+    factor = int(factor)
     videos = _as_batch(videos)
     return videos.repeat_interleave(factor, dim=3).repeat_interleave(factor, dim=4)
 

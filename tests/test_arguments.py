@@ -2,21 +2,32 @@
 
 import argparse
 
+import numpy as np
 import pytest
 
 from ivref import arguments, cascade
 
 
 def test_check_count_takes_its_range_and_names_what_is_allowed():
-    for good in (1, 7, 2**31 - 1):
-        arguments.check_count("n", good)
-    arguments.check_count("n", 0, minimum=0)
-    arguments.check_count("n", None, none="the default")
-    for bad in (0, -1, 2**31, True, 2.0, "3", None):
+    for good in (1, 7, 2**31 - 1, np.int64(3), np.uint8(2)):  # NumPy's integers too
+        back = arguments.check_count("n", good)
+        assert back == good and type(back) is int  # as a Python int: JSON takes it
+    assert arguments.check_count("n", 0, minimum=0) == 0
+    assert arguments.check_count("n", None, none="the default") is None
+    for bad in (0, -1, 2**31, True, np.bool_(True), 2.0, np.float64(2), "3", None):
         with pytest.raises(ValueError, match=r"n=.* must be an integer from 1 to 2\*\*31 - 1$"):
             arguments.check_count("n", bad)
     with pytest.raises(ValueError, match=r"must be None \(the default\) or an integer from 0"):
         arguments.check_count("n", -1, minimum=0, none="the default")
+
+
+def test_check_seed_takes_python_and_numpy_integers_from_0_to_2_63_minus_1():
+    for good in (0, 2**63 - 1, np.int64(5), np.uint64(2**63 - 1)):
+        back = arguments.check_seed("seed", good)
+        assert back == good and type(back) is int
+    for bad in (-1, 2**63, True, 1.0, "1", None):
+        with pytest.raises(ValueError, match=r"seed=.* must be an integer from 0 to 2\*\*63 - 1"):
+            arguments.check_seed("seed", bad)
 
 
 @pytest.mark.parametrize(

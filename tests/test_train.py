@@ -7,6 +7,7 @@ import os
 import signal
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,18 @@ def test_resume_continues_exactly(tmp_path, encoder):
     log = train.read_log(tmp_path / "b")
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert [r["loss"] for r in log] == [r["loss"] for r in rows]
+
+
+def test_numpy_integers_train_as_python_ones(tmp_path, encoder):
+    """A seed or count from NumPy (np.random, a sweep over np.arange) was refused as "must be
+    an integer"; it trains the same run as the Python int, and its checkpoint saves."""
+    given = dict(seed=np.int64(3), batch_size=np.int64(2), checkpoint_every=np.int64(1))
+    rows = _trainer(tmp_path / "a", encoder, **given).fit(np.int64(1))
+    same = _trainer(tmp_path / "b", encoder, seed=3, batch_size=2).fit(1)
+    assert [(r["loss"], r["grad_norm"]) for r in rows] == [
+        (r["loss"], r["grad_norm"]) for r in same
+    ]
+    assert (tmp_path / "a" / "checkpoints" / "step-00000001").is_dir()
 
 
 def test_resume_from_a_two_step_checkpoint_matches(tmp_path, encoder):

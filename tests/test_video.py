@@ -95,6 +95,8 @@ def test_upscale_and_stage_grid_repeat_pixels_and_frames_exactly():
     small = torch.rand(2, 3, 4, 8, 8) * 2 - 1
     big = video.upscale(small, 3)
     assert big.shape == (2, 3, 4, 24, 24) and torch.equal(big[..., ::3, ::3], small)
+    assert torch.equal(video.upscale(small, np.int64(3)), big)  # NumPy's integers too
+    assert torch.equal(video.grid(small, ncols=np.int64(1)), video.grid(small, ncols=1))
     assert video.display_factor(64, 64, 256) == 4 and video.display_factor(300, 20, 256) == 1
     base = torch.rand(2, 3, 4, 8, 8) * 2 - 1
     tsr = torch.rand(2, 3, 8, 8, 8) * 2 - 1
