@@ -136,7 +136,7 @@ def _no_cascade(manifest_path: Path, shipped: bool) -> str:
         f"{manifest_path} not found: a cascade folder holds {MANIFEST} and "
         "<stage>.safetensors files (written by Cascade.save_pretrained)"
     )
-    if shipped and "IVREF_WEIGHTS" in os.environ:
+    if shipped and os.environ.get("IVREF_WEIGHTS"):
         return f"{why}; IVREF_WEIGHTS names it: point it at a copy of the repository's data/toy"
     if shipped:
         return (

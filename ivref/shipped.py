@@ -16,8 +16,10 @@ SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "toy"
 
 
 def shipped_dir() -> Path:
-    """The folder of the shipped toy cascade: ``$IVREF_WEIGHTS`` if set, else ``data/toy``."""
-    return Path(os.environ.get("IVREF_WEIGHTS", SHIPPED_DIR))
+    """The folder of the shipped toy cascade: ``$IVREF_WEIGHTS`` if set, else ``data/toy``.
+    Set but empty (``IVREF_WEIGHTS=``) counts as unset, as ``IVREF_SCALE=`` does: the empty
+    path would be the current folder."""
+    return Path(os.environ.get("IVREF_WEIGHTS") or SHIPPED_DIR)
 
 
 # Training steps of the shipped toy stages (data/README.md gives each run's cost).

@@ -707,6 +707,11 @@ def test_a_missing_cascade_says_where_the_shipped_weights_are(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError) as err:  # a folder the user named: just the path
         Cascade.from_pretrained(tmp_path)
     assert "IVREF_WEIGHTS" not in str(err.value)
+    monkeypatch.setenv("IVREF_WEIGHTS", "")  # set but empty: unset (it was the current folder)
+    assert shipped.shipped_dir() == shipped.SHIPPED_DIR
+    with pytest.raises(FileNotFoundError, match="site-packages/data/toy/cascade.json") as err:
+        Cascade.from_pretrained()
+    assert "only an editable install (pip install -e) finds" in str(err.value)
 
 
 def test_load_shipped_names_the_commands_that_make_a_missing_stage(
