@@ -40,3 +40,11 @@ def test_library_keeps_ranges_and_constraints_pin(repo_root):
     assert not any("==" in dep for dep in project["dependencies"])
     pins = (repo_root / "constraints.txt").read_text()
     assert "torch==2.13.0" in pins and "imageio-ffmpeg==0.7.0" in pins
+
+
+def test_the_package_says_it_is_typed(repo_root):
+    """PEP 561: without py.typed in the installed package, mypy and pyright users importing
+    ivref see none of its annotations (a wheel built here holds ivref/py.typed)."""
+    assert (repo_root / "ivref" / "py.typed").is_file()
+    tool = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]
+    assert "py.typed" in tool["setuptools"]["package-data"]["ivref"]
