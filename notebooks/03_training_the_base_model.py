@@ -559,7 +559,9 @@ print("evaluated at step 4:", {k: v for k, v in row.items() if k.startswith("eva
 #    model's at the same loss.
 #    (Hint: `train.Trainer(..., model=...)` takes your U-Net; keep its log rows in `rows_sym`
 #    and plot `video.plot_losses(rows_sym, ("eval_motion",))` against `("loss",)`.)
-# 3. Extend section 5 to the held-out prompts only. Is the best $w$ the same? (Hint:
+# 3. Extend section 5 to the held-out prompts only: which weights of `W_GRID` score best
+#    there, and is one of them the best $w$ of section 5? Where several tie, what does that
+#    say about choosing $w$ by caption alignment alone? (Hint:
 #    `[c for c in data.CAPTIONS if data.parse_caption(c) in data.HELDOUT]`, in that order, with
 #    section 5's `W_GRID`, `seed=1` and `W_STEPS`.)
 # 4. Make section 6 a real test: a `ToyVideos` subclass whose videos never show "white" but
@@ -579,7 +581,8 @@ answer_1 = None  # "color", "shape", "motion" in the order they left chance in `
 #                  leave out any that never did)
 answer_2 = None  # True if `rows_sym` ends at the step `rows` does with a loss within 10% but a
 #                  lower last eval_motion, else False (the loss: the mean of the last quarter)
-answer_3 = None  # the w in W_GRID with the highest "all" score on the held-out prompts
+answer_3 = None  # the set of w in W_GRID whose "all" score on the held-out prompts is the
+#                  highest (every one of them where several tie)
 answer_4 = None  # (video-only Trainer, joint Trainer) of your "white" experiment
 rows_sym = None  # exercise 2: the log rows of your symmetric run (section 3's `rows` for it)
 
@@ -631,7 +634,7 @@ def best_heldout_w():
         out = shipped.generate(heldout, seed=1, steps=W_STEPS, guidance=w)
         score[w] = metrics.caption_alignment(out, heldout)["all"]
     print(f"held-out prompts, {W_STEPS} steps:", {w: round(s, 2) for w, s in score.items()})
-    return {w for w in W_GRID if score[w] == max(score.values())}  # ties: any of them
+    return {w for w in W_GRID if score[w] == max(score.values())}  # every w that ties
 
 
 def white_only_in_images(two_runs):
@@ -651,7 +654,7 @@ def white_only_in_images(two_runs):
 
 check("exercise 1", answer_1, lambda a: in_order(list(a)))
 check("exercise 2", answer_2, lambda a: bool(a) == same_loss_less_motion(rows_sym, rows))
-check("exercise 3", answer_3, lambda a: float(a) in best_heldout_w())
+check("exercise 3", answer_3, lambda a: {float(w) for w in a} == best_heldout_w())
 check("exercise 4", answer_4, white_only_in_images)
 
 # %% [markdown]

@@ -149,7 +149,9 @@ frames = (j, j + 1, j + k)  # key, in-between, key
 fig, axes = plt.subplots(2, 3, figsize=(6, 4.2))
 for row, (label, v) in enumerate((("the cascade", final), ("cross-fade", faded))):
     for ax, f in zip(axes[row], frames, strict=True):
-        ax.imshow(((v[0, :, f].permute(1, 2, 0) + 1) / 2).clamp(0, 1), interpolation="nearest")
+        ax.imshow(
+            ((v[0, :, f].permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy(), interpolation="nearest"
+        )
         ax.set_title(f"{label}: frame {f}" + (" (TSR's)" if f % k else ""), fontsize=8)
         ax.axis("off")
 plt.tight_layout()

@@ -281,13 +281,15 @@ print({n: f"{s.sample_steps} steps, sampler {s.sampler}" for n, (s, _) in STUDEN
 # %% [markdown]
 # ## 5. The stochastic N-step sampler
 #
-# Distilled students sample with a stochastic variant of DDIM [IV §2.7]: from $t_i$, take a
-# DDIM step of *twice* the step size to $t_{i+2}$, then add noise back to $t_{i+1}$ with
-# $q(z_{t_{i+1}} \mid z_{t_{i+2}})$:
+# Distilled students sample with a stochastic variant of DDIM [IV §2.7]. On section 3's grid
+# of $N$ steps, from time $t$ take a DDIM step of *twice* the step size, to $u = t - 2/N$,
+# then add noise back to the next grid time $s = t - 1/N$ (so $u < s < t$: $u$ is one step
+# past $s$) with the forward process from $u$ to $s$, $q(z_s \mid z_u)$:
 # $$z_s = \frac{\alpha_s}{\alpha_u} z_u + \sqrt{\sigma_s^2 - \frac{\alpha_s^2}{\alpha_u^2}
 # \sigma_u^2}\;\epsilon .$$
 # The last step goes straight to $\hat x$. A teaching copy of one step, checked against
-# `samplers.stochastic_step` with the same random draw:
+# `samplers.stochastic_step` with the same random draw (`samplers.logsnr_grid(N)` lists the
+# log-SNRs from $t = 1$ down to $t = 0$, so its entries 2, 3, 4 below are $t$, $s$, $u$):
 
 
 # %%
