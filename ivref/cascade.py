@@ -585,9 +585,7 @@ class Cascade(nn.Module):
         stages = [s.name for s in self.trained_stages]
         for name in stages:
             checkpoint.save_weights(
-                directory / f"{name}.safetensors",
-                self.models[name].state_dict(),
-                metadata={checkpoint.STAGE_KEY: name},
+                directory / f"{name}.safetensors", self.models[name].state_dict()
             )
         names = [f"{name}.safetensors" for name in stages]
         manifest = {
@@ -657,6 +655,6 @@ class Cascade(nn.Module):
         models = {}
         for name in stages:
             model = VideoUNet.to_load(cfg.stage(name).unet)
-            checkpoint.load_weights(directory / f"{name}.safetensors", model, stage=name)
+            checkpoint.load_weights(directory / f"{name}.safetensors", model)
             models[name] = model.eval()
         return cls(cfg, models, encoder, text_probe=probe, trained_on=trained_on, teachers=teachers)

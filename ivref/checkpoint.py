@@ -48,7 +48,6 @@ from ivref.tensor_files import (
     file_manifest,
     optimizer_join,
     optimizer_split,
-    read_metadata,
     read_tensors,
     verify_files,
     write_json,
@@ -497,28 +496,13 @@ def save_weights(
     return Path(path)
 
 
-STAGE_KEY = "ivref_stage"  # a cascade's weight file names its stage in its metadata
-
-
 def load_weights(
-    path: str | os.PathLike, module: torch.nn.Module | None = None, stage: str | None = None
+    path: str | os.PathLike, module: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
     """Read a safetensors weights file; with ``module``, load it in (cast to its dtypes, strict).
 
     Non-finite weights raise ``NonFiniteError``: they would only ever sample NaN (black) videos.
-    ``stage``: the stage the weights are loaded for; a file whose metadata names another
-    (``STAGE_KEY``, which ``Cascade.save_pretrained`` writes) is a ``CheckpointError``, as
-    stages of one architecture (the toy TSR and SSR 32) would otherwise take each other's
-    weights without a word. Files without it (written before 2026-12-07) are not checked.
     """
-    if stage is not None:
-        named = read_metadata(Path(path)).get(STAGE_KEY)
-        if named is not None and named != stage:
-            raise CheckpointError(
-                f"checkpoint file {str(path)!r} holds the weights of stage {named!r}, not of "
-                f"{stage!r}: files renamed or copied over each other? Give each stage its own "
-                "file (<stage>.safetensors)"
-            )
     state = read_tensors(Path(path))
     check_finite(state, str(path))
     if module is not None:

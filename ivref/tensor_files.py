@@ -203,18 +203,6 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file's header ({} where it has none); a missing
-    or corrupted file is a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return dict(fh.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
-
-
 def optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """optimizer.state_dict() -> (tensors "state.{i}.{key}", JSON-able remainder)."""
     tensors: dict[str, torch.Tensor] = {}

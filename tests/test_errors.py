@@ -1033,14 +1033,6 @@ def _save_nan(ctx: Ctx):
     checkpoint.save_weights(ctx.tmp / "w.safetensors", {"w": torch.tensor([float("nan")])})
 
 
-def _other_stage(ctx: Ctx):
-    from ivref import checkpoint
-
-    path = ctx.tmp / "tsr.safetensors"
-    checkpoint.save_weights(path, {"w": torch.ones(2)}, metadata={checkpoint.STAGE_KEY: "ssr1"})
-    checkpoint.load_weights(path, stage="tsr")
-
-
 def _trainer_seed(ctx: Ctx):
     from ivref import configs, text, train
 
@@ -1385,13 +1377,6 @@ LIBRARY_CASES = [
         checkpoint.NonFiniteError,
         "non-finite values (NaN or inf)",
         _save_nan,
-    ),
-    LibCase(
-        "weights of another stage",
-        "checkpoint.load_weights(path, model, stage='tsr')",
-        checkpoint.CheckpointError,
-        "holds the weights of stage 'ssr1', not of 'tsr'",
-        _other_stage,
     ),
     LibCase(
         "save_pretrained onto a cascade",
