@@ -161,6 +161,7 @@ def distill_stage(
     """
     compiling.check_compile(compile)
     trainer.check_bf16(bf16)
+    seed = arguments.check_seed("seed", seed)  # a Python int from here (NumPy's are taken)
     to_steps = arguments.check_count("to_steps", to_steps, none="the distill config's")
     guided_steps = arguments.check_count("guided_steps", guided_steps, none="the distill config's")
     if not isinstance(halving_steps, Sequence):  # a list is checked by halving_lengths

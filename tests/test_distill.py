@@ -8,6 +8,7 @@ import math
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -356,9 +357,10 @@ def test_an_unguided_stage_skips_the_guided_phase_and_refuses_guidance(tmp_path,
     teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:3]})
     out = tmp_path / "d"
     teacher.models["ssr1"].train()  # the caller's mode, which the distillation leaves alone
-    result = distill.distill_stage(
-        teacher, "ssr1", out, halving_steps=2, batch_size=2, progress=False
-    )
+    result = distill.distill_stage(  # NumPy's integers as Python's (the seed crashed)
+        teacher, "ssr1", out, halving_steps=np.int64(2), batch_size=np.int64(2), progress=False,
+        seed=np.int64(0),
+    )  # fmt: skip
     assert teacher.models["ssr1"].training
     record = json.loads((out / distill.PLAN).read_text())
     assert record["phases"] == ["halve-0008-0004"] and record["w_max"] == 0.0
