@@ -310,7 +310,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(evaluate.format_table(rows))
         report["sweep"] = rows
     if args.json:
-        files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+        files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n", follow_links=True)
     return 0
 
 

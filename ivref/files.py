@@ -81,6 +81,7 @@ def atomic_write(
     write: Callable[[str], None],
     suffix: str = ".tmp",
     full_sync: bool = True,
+    follow_links: bool = False,
 ) -> Path:
     """Call write(tmp) on a temporary path in path's folder, fsync it, then rename it onto path.
 
@@ -90,12 +91,15 @@ def atomic_write(
     any error (a full disk included) the temporary file is removed and the old ``path``, if
     any, is untouched. A writer's error that reports an OS error (safetensors' "os error 28",
     ffmpeg's "No space left on device") is raised as that OSError, naming ``path``.
-    A symbolic link at ``path`` is written through, as ``open(path, "w")`` would: the file
-    it points to is replaced (in its own folder, so the rename stays atomic) and the link
-    stays. Returns ``path`` as given.
+    A symbolic link at ``path`` is replaced by the new file (the file it points to is left
+    as it was: a run folder branched with links does not write into the run it came from);
+    ``follow_links=True`` writes through it instead, as ``open(path, "w")`` would, for an
+    output the user named (``ivref generate --out link.gif``): the file it points to is
+    replaced, in its own folder so the rename stays atomic, and the link stays. Returns
+    ``path`` as given.
     """
     given = Path(path)
-    path = _through_link(given)
+    path = _through_link(given) if follow_links else given
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -262,9 +266,10 @@ def as_os_error(err: BaseException, path: str | os.PathLike) -> OSError | None:
     return None
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """``atomic_write`` of a UTF-8 text file."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, follow_links: bool = False) -> Path:
+    """``atomic_write`` of a UTF-8 text file (``follow_links``: as there)."""
+    write = lambda tmp: Path(tmp).write_text(text, encoding="utf-8")  # noqa: E731
+    return atomic_write(path, write, follow_links=follow_links)
 
 
 def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
@@ -276,7 +281,7 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
     in the message.
     """
     path = Path(path)
-    target = _through_link(path)  # atomic_write writes beside the file a link points to
+    target = _through_link(path)  # a user-named output is written where a link points
     parent = target if target.is_dir() else target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -157,7 +157,8 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
     torch tensor) as .mp4 or .gif, atomically.
 
     A batch is tiled with ``grid`` first. mp4 is h264 (width and height are padded to even
-    sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif".
+    sizes by ffmpeg's requirements: we pad with black); gif uses codec="gif". A symbolic
+    link at ``path`` is written through: the file it points to is replaced, the link stays.
     """
     import mediapy
 
@@ -187,7 +188,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: 
         frames = np.pad(frames, pad)
     codec = "gif" if suffix == ".gif" else "h264"
     write = lambda tmp: mediapy.write_video(tmp, frames, fps=fps, codec=codec)  # noqa: E731
-    return files.atomic_write(path, write, suffix=suffix)
+    return files.atomic_write(path, write, suffix=suffix, follow_links=True)  # a named output
 
 
 def read_video(path: str | os.PathLike) -> tuple[torch.Tensor, float]:

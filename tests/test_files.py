@@ -30,19 +30,24 @@ def test_atomic_write_gives_the_usual_file_mode(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask and path.read_text() == "x"
 
 
-def test_atomic_write_writes_through_a_symbolic_link(tmp_path):
+def test_atomic_write_writes_through_a_symbolic_link_only_when_told(tmp_path):
+    """A user-named output (generate --out link.gif) is written where its link points; a
+    run folder's files are replaced, so a run branched with links (cp -rs) writes its own
+    log and flags, not those of the run it came from."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     target, link = tmp_path / "b" / "video.gif", tmp_path / "a" / "link.gif"
     target.write_text("old")
     link.symlink_to(target)
-    assert files.atomic_write_text(link, "new") == link  # the name given
+    assert files.atomic_write_text(link, "new", follow_links=True) == link  # the name given
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "link.gif", "video.gif"]
+    files.atomic_write_text(link, "own")  # by default the link gives way to a file
+    assert not link.is_symlink() and link.read_text() == "own" and target.read_text() == "new"
     dangling = tmp_path / "a" / "to-be.txt"  # a link to a file not written yet: made there
     dangling.symlink_to(tmp_path / "b" / "new" / "made.txt")
-    files.atomic_write_text(dangling, "made")
+    files.atomic_write_text(dangling, "made", follow_links=True)
     assert dangling.is_symlink() and (tmp_path / "b" / "new" / "made.txt").read_text() == "made"
     (tmp_path / "file").write_text("")  # the write lands where the link points: checked there
     (tmp_path / "a" / "bad.gif").symlink_to(tmp_path / "file" / "x.gif")

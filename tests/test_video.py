@@ -72,6 +72,15 @@ def test_uint8_frames_are_written_as_pixels_from_numpy_and_torch(tmp_path):
         video.to_uint8(torch.from_numpy(frames))
 
 
+def test_write_video_writes_through_a_symbolic_link(tmp_path):
+    """ivref generate --out link.gif replaced the link with a file of its own."""
+    (tmp_path / "kept").mkdir()
+    target, link = tmp_path / "kept" / "v.gif", tmp_path / "link.gif"
+    link.symlink_to(target)  # dangling until written
+    video.write_video(link, torch.zeros(3, 2, 8, 8), fps=6)
+    assert link.is_symlink() and video.read_video(target)[0].shape == (3, 2, 8, 8)
+
+
 def test_write_video_explains_empty_videos_and_bad_rates(tmp_path):
     with pytest.raises(ValueError, match=r"the video is empty: frames \(F, H, W, 3\) of \(0, 8, 8"):
         video.write_video(tmp_path / "e.gif", torch.zeros(3, 0, 8, 8), fps=6)
