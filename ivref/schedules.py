@@ -61,11 +61,20 @@ def _tensor(value: torch.Tensor | float) -> torch.Tensor:
     return value if torch.is_tensor(value) else torch.tensor(value, dtype=torch.get_default_dtype())
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _working(value: torch.Tensor) -> torch.Tensor:
     """``value`` in float32 where it is half or bfloat16: tan(a t + b) near pi / 2 and
     exp(-logsnr / 2) at the schedule's ends need float32's precision (in float16 logsnr(1)
-    came out as -15.3, not -20); results are cast back to the input's dtype."""
-    return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+    came out as -15.3, not -20); results are cast back to the half dtype (``_given``)."""
+    return value.float() if value.dtype in _HALF else value
+
+
+def _given(result: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """``result`` in ``given``'s dtype where that is half or bfloat16; as it is otherwise
+    (an integer ``t`` gives floats, as torch's own functions do)."""
+    return result.to(given.dtype) if given.dtype in _HALF else result
 
 
 def _ab(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
@@ -90,7 +99,7 @@ def logsnr_cosine(
     given = _tensor(t)
     t = _working(given).clamp(0.0, 1.0)
     logsnr = -2.0 * torch.log(torch.tan(a * t + b))
-    return logsnr.clamp(logsnr_min, logsnr_max).to(given.dtype)
+    return _given(logsnr.clamp(logsnr_min, logsnr_max), given)
 
 
 def t_from_logsnr(
@@ -101,7 +110,7 @@ def t_from_logsnr(
     a, b = _ab(logsnr_min, logsnr_max)
     given = _tensor(logsnr)
     logsnr = _working(given)
-    return ((torch.atan(torch.exp(-logsnr / 2)) - b) / a).to(given.dtype)
+    return _given((torch.atan(torch.exp(-logsnr / 2)) - b) / a, given)
 
 
 def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,9 @@ def test_half_precision_times_keep_the_schedule_to_its_ends(dtype):
     back = schedules.t_from_logsnr(exact.to(dtype))
     assert back.dtype == dtype
     torch.testing.assert_close(back.double(), t.double(), atol=2e-3, rtol=0)
+    whole = torch.tensor([0, 1])  # integers give floats, as before (not cast back to int)
+    assert schedules.logsnr_cosine(whole).tolist() == [20.0, -20.0]
+    assert schedules.t_from_logsnr(torch.tensor([0])).is_floating_point()
 
 
 def test_custom_bounds_endpoints():
