@@ -454,7 +454,9 @@ class Trainer:
             seed = self._evaluation_seed()
             torch.default_generator.manual_seed(seed)
             if devices:  # this device's generator alone (torch.manual_seed would seed all)
-                torch.cuda.default_generators[devices[0].index or 0].manual_seed(seed)
+                index = devices[0].index  # None: the current device, as fork_rng takes it
+                index = torch.cuda.current_device() if index is None else index
+                torch.cuda.default_generators[index].manual_seed(seed)
             try:
                 return self.evaluate(self)
             finally:
