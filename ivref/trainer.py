@@ -433,8 +433,9 @@ class Trainer:
         trainer_checkpoints.on_main(self.context, lambda: trainer_checkpoints.take(self, lock))
         try:
             self.step = trainer_checkpoints.restore(self, new_streams, announce)
-            if self.context.is_main:
-                self._cut_log()
+            returned = self._cut_log() if self.context.is_main else False
+            if distributed.broadcast(returned, self.context):
+                self._evaluate_returned_row()
         finally:
             if self.context.is_main:
                 lock.release()
@@ -476,22 +477,42 @@ class Trainer:
         where sampling the sharded EMA takes every rank; otherwise rank 0 alone."""
         return self.fsdp or distributed.runs_on_every_rank(self.evaluate)
 
-    def _cut_log(self) -> None:
+    def _cut_log(self) -> bool:
         """The log as at the resumed step: rows past it go; the step's own row, where the
         log lacks it (most often: the process was killed after the save, while it evaluated
-        the step), comes back from the checkpoint, without an evaluation that did not finish."""
+        the step), comes back from the checkpoint. Returns whether that row awaits an
+        evaluation due at its step (``_evaluate_returned_row``)."""
         log = self.out / LOG
         rows = [r for r in read_log(log) if r["step"] <= self.step] if log.is_file() else []
         kept = self._row  # restored from the checkpoint (None: saved by an ivref before)
-        if kept is not None and (not rows or rows[-1]["step"] < self.step):
-            rows.append(kept)
+        returned = kept is not None and (not rows or rows[-1]["step"] < self.step)
+        due = self.evaluate is not None and self.evaluate_every > 0
+        due = due and self.step > 0 and self.step % self.evaluate_every == 0
+        if returned:
+            rows.append({"step": kept["step"], **kept})  # the step first, as logged
             print(
                 f"resume: step {self.step}'s log row came back from its checkpoint (the log "
                 "lacked it: the run stopped after saving the step, before its row was logged, "
-                "or the log was cut or deleted; an evaluation due then is not in it)",
+                "or the log was cut or deleted)"
+                + ("; the evaluation due then runs again now" if due else ""),
                 file=sys.stderr,
             )
         if log.is_file() or rows:
+            files.write_log(log, rows)
+        return returned and due
+
+    def _evaluate_returned_row(self) -> None:
+        """Evaluate the resumed step again, its evaluation lost with the process that ran it,
+        and add the scores to its row (every rank calls it). The weights, and the generator
+        state the evaluator's seed comes from (``_evaluation_seed``), are the checkpoint's,
+        as they were then: the scores are those the run would have logged."""
+        scores = None
+        if self.context.is_main or self._evaluate_everywhere:
+            scores = evaluate.score_fields(self._evaluated())
+        if self.context.is_main and scores is not None:
+            log = self.out / LOG
+            rows = read_log(log)
+            rows[-1].update(scores)  # the step's row, last since _cut_log
             files.write_log(log, rows)
 
     def _log(self, row: dict[str, Any]) -> None:

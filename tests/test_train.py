@@ -837,27 +837,35 @@ def test_a_run_killed_while_it_evaluates_gets_the_steps_log_row_back_on_resume(
 ):
     """The checkpoint of a step is saved before its evaluation, its log row after: a process
     killed while evaluating (SIGKILL, out of memory) left a run whose log lacked that step
-    for good. The checkpoint keeps the row (a non-finite loss as null, as the log has it)."""
+    for good. The checkpoint keeps the row (a non-finite loss as null, as the log has it),
+    and the resume runs the lost evaluation again: the log is the one of a run that was
+    never killed, to the evaluator's draws from torch's global generator."""
     calls = []
 
     def scores(trainer):
         calls.append(trainer.step)
-        return {"r": 0.5}
+        return {"r": float(torch.rand(()))}
 
-    rows = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2).fit(4)
+    def trainer():
+        return _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2)
+
+    rows = trainer().fit(4)
     log = tmp_path / train.LOG
     files.write_log(log, train.read_log(log)[:-1])  # what a kill during step 4's evaluation left
     capsys.readouterr()
-    again = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2)
-    assert again.resume() == 4
-    assert "resume: step 4's log row came back from its checkpoint" in capsys.readouterr().err
+    assert trainer().resume() == 4
+    said = capsys.readouterr().err
+    assert "resume: step 4's log row came back from its checkpoint" in said
+    assert "the evaluation due then runs again now" in said
     restored = train.read_log(log)
-    assert restored[:3] == rows[:3]
-    assert restored[3] == {k: v for k, v in rows[3].items() if not k.startswith("eval_")}
-    assert "eval_r" in rows[3] and calls == [2, 4]
-    again = _trainer(tmp_path, encoder, evaluate=scores, evaluate_every=2, checkpoint_every=2)
-    assert again.resume() == 4
+    assert restored == rows and list(restored[3])[0] == "step"  # eval_r too, the same draw
+    assert calls == [2, 4, 4]
+    assert trainer().resume() == 4
     assert train.read_log(log) == restored and "came back" not in capsys.readouterr().err
+    assert calls == [2, 4, 4]  # the row is whole: nothing runs again
+    files.write_log(log, train.read_log(log)[:-1])
+    _trainer(tmp_path, encoder, checkpoint_every=2).resume()  # no evaluator: the row alone
+    assert train.read_log(log)[3] == {k: v for k, v in rows[3].items() if k != "eval_r"}
     nan = dict(rows[3], loss=math.nan)
     assert files.finite_row(nan)["loss"] is None and files.finite_row(nan)["step"] == 4
 
