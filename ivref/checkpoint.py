@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ivref import configs
-from ivref.files import fsync_dir
+from ivref.files import fsync_dir, remove_temporary
 from ivref.state_checks import check_compatible, check_fits, load_state_dict_strict
 from ivref.tensor_files import (
     CheckpointError,
@@ -85,7 +85,8 @@ def run_parts(run: str | os.PathLike) -> list[Path]:
 
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_STALE = re.compile(r"^\.(step-\d+)\.(tmp|old)-[0-9a-f]+$")  # left by a killed ``save``
+# left by a killed ``save`` (tmp, old) or a killed prune (gone)
+_STALE = re.compile(r"^\.(step-\d+)\.(tmp|old|gone)-[0-9a-f]+$")
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,14 +233,17 @@ def no_checkpoint_message(run: str | os.PathLike) -> str:
 def remove_stale(run: str | os.PathLike) -> list[Path]:
     """Clear what a killed ``save`` left in ``<run>/checkpoints``; returns the paths removed.
 
-    A temporary ``.step-N.tmp-*`` folder is removed. A ``.step-N.old-*`` folder (a killed
-    re-save of step N) is moved back to ``step-N`` if that is missing, else removed. Call it
-    only while holding the run's lock (``files.RunLock``).
+    A temporary ``.step-N.tmp-*`` folder is removed, and so is a ``.step-N.gone-*`` one (a
+    prune killed while deleting it, ``save_run``). A ``.step-N.old-*`` folder (a killed
+    re-save of step N) is moved back to ``step-N`` if that is missing, else removed. The
+    temporary files of killed atomic writes in the run folder itself (its log, its flags:
+    ``files.remove_temporary``) go too. Call it only while holding the run's lock
+    (``files.RunLock``).
     """
+    removed = remove_temporary(run)
     folder = Path(run) / CHECKPOINTS
     if not folder.is_dir():
-        return []
-    removed = []
+        return removed
     for child in sorted(folder.iterdir()):
         match = _STALE.match(child.name)
         if not match or not child.is_dir():
@@ -282,14 +286,18 @@ def latest(run: str | os.PathLike) -> Path | None:
 def save_run(run: str | os.PathLike, *, step: int, keep: int = 2, **state: Any) -> Path:
     """Save ``<run>/checkpoints/step-<step>/`` (see ``save``), then keep only the newest ``keep``.
 
-    Older checkpoints are removed only after the new one is complete.
+    Older checkpoints are removed only after the new one is complete, each renamed out of
+    the run's checkpoints first (``.step-N.gone-*``, which ``remove_stale`` clears), so a
+    kill while deleting one never leaves a half-deleted ``step-N``.
     """
     if keep < 1:
         raise ValueError(f"keep={keep} must be >= 1 (the newest checkpoint is always kept)")
     path = save(Path(run) / CHECKPOINTS / f"step-{step:08d}", step=step, **state)
     for old in run_checkpoints(run)[:-keep]:
         if old.name != LEGACY:
-            shutil.rmtree(old, ignore_errors=True)
+            gone = old.with_name(f".{step_name(old)}.gone-{uuid.uuid4().hex[:8]}")
+            os.replace(old, gone)
+            shutil.rmtree(gone, ignore_errors=True)
     return path
 
 

@@ -122,6 +122,25 @@ def atomic_write(
     return given
 
 
+# atomic_write's temporary name: "." + the file's name + "." + mkstemp's 8 random characters
+# + the suffix (".tmp" unless the writer needs another)
+TEMPORARY = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_temporary(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed ``atomic_write`` calls left in ``folder`` (``.NAME.xxxxxxxx.tmp``
+    files; the files they were to replace are whole); returns them. Call it only where no
+    other process writes into ``folder`` at the same time (a run folder under its lock)."""
+    try:
+        children = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    left = [p for p in children if TEMPORARY.match(p.name) and p.is_file()]
+    for path in left:
+        path.unlink(missing_ok=True)
+    return left
+
+
 def _through_link(path: Path) -> Path:
     """Where a write to ``path`` lands: the file a symbolic link there points to (followed
     to the end, even where that file does not exist yet), else ``path`` itself."""

@@ -4,6 +4,8 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,6 +234,37 @@ def test_what_a_killed_save_leaves_is_named_and_cleared(tmp_path):
     assert checkpoint.remove_stale(tmp_path) == [tmp]
     assert checkpoint.verify(folder / "step-00000002")["step"] == 2  # moved back
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
+
+
+def test_a_prune_killed_while_deleting_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    """save_run deleted an old checkpoint in place: a kill part-way left step-N holding
+    some of its files and no config.json, which nothing ever removed. It is renamed out of
+    the run's checkpoints first; remove_stale clears what a killed delete leaves, and the
+    temporary files of killed atomic writes in the run folder (the log's, the flags')."""
+    model, ema, opt = _trained()
+    folder = tmp_path / "checkpoints"
+    for step in (1, 2):
+        checkpoint.save_run(tmp_path, step=step, keep=2, **_ckpt_state(model, ema, opt))
+    real = shutil.rmtree
+
+    def killed_half_way(path, **kwargs):  # deletes config.json, then the process dies
+        (Path(path) / checkpoint.CONFIG).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_run(tmp_path, step=3, keep=2, **_ckpt_state(model, ema, opt))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real)
+    assert checkpoint.incomplete_checkpoints(tmp_path) == []  # no step-1 without config.json
+    assert [p.name for p in checkpoint.run_checkpoints(tmp_path)] == ["step-00000002",
+                                                                      "step-00000003"]  # fmt: skip
+    (gone,) = [p for p in folder.iterdir() if p.name.startswith(".step-00000001.gone-")]
+    left = tmp_path / ".log.jsonl.k2x_9a0q.tmp"  # a killed write of the log
+    left.write_text("{")
+    (tmp_path / ".notes.tmp").write_text("kept")  # not ivref's temporary name
+    assert sorted(checkpoint.remove_stale(tmp_path)) == sorted([left, gone])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "checkpoints"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000002", "step-00000003"]
 
 
 def test_a_streamed_checkpoint_is_the_same_checkpoint(tmp_path):
