@@ -238,6 +238,8 @@ def read_manifest(directory: str | os.PathLike, shipped: bool = False) -> Manife
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         files.finish_replace(directory)  # an overwrite killed between its two renames
+        if directory.name == DISTILLED:  # or of the cascade folder it is the variant of
+            files.finish_replace(directory.parent)
     if not manifest_path.is_file():
         raise FileNotFoundError(_no_cascade(manifest_path, shipped=shipped))
     try:

@@ -362,7 +362,10 @@ def test_an_overwrite_killed_between_its_renames_is_finished_on_load(
     monkeypatch.undo()
     assert not folder.exists()
     assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [".c.new", ".c.old"]
-    loaded = Cascade.from_pretrained(folder)  # finishes the swap, then verifies every file
+    with pytest.raises(FileNotFoundError, match="holds a cascade but no distilled variant"):
+        Cascade.from_pretrained(folder, variant="distilled")  # repaired first: it has none
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # (it looked only inside c/distilled)
+    loaded = Cascade.from_pretrained(folder)  # the swap is finished; verifies every file
     assert len(loaded.trained_stages) == 4  # the new cascade, whole
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
