@@ -231,7 +231,7 @@ def no_checkpoint_message(run: str | os.PathLike) -> str:
 
 
 def remove_stale(run: str | os.PathLike) -> list[Path]:
-    """Clear what a killed ``save`` left in ``<run>/checkpoints``; returns the paths removed.
+    """Clear what a killed save, prune or atomic write left in a run; returns the paths removed.
 
     A temporary ``.step-N.tmp-*`` folder is removed, and so is a ``.step-N.gone-*`` one (a
     prune killed while deleting it, ``save_run``). A ``.step-N.old-*`` folder (a killed

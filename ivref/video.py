@@ -55,7 +55,7 @@ def to_uint8(video: torch.Tensor | np.ndarray) -> np.ndarray:
     Takes (C, F, H, W) or a batch (B, C, F, H, W); a batch must hold one video (use ``grid``
     to tile several). One channel is repeated to RGB.
     """
-    if video.dtype in (torch.uint8, np.uint8):
+    if getattr(video, "dtype", None) in (torch.uint8, np.uint8):
         raise ValueError(
             f"to_uint8 takes a float video in [-1, 1]; got uint8 {tuple(video.shape)}, pixels "
             "already (write_video takes uint8 frames (F, H, W, 3) as they are)"
