@@ -285,27 +285,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     report: dict[str, Any] = {"settings": _evaluate_settings(args, model, prompts, device)}
+    sampling = dict(seed=args.seed, batch_size=args.batch_size, steps=args.steps, progress=True)
     if args.cascade:  # every stage at its own settings, sampled once
-        report["cascade"] = evaluate.cascade_report(
-            model,
-            prompts,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            progress=True,
-        )
+        report["cascade"] = evaluate.cascade_report(model, prompts, **sampling)
         print(evaluate.format_cascade_report(report["cascade"]))
     if args.guidance or not args.cascade:  # a sweep of w samples the cascade once per w
         guidances = args.guidance or [None]  # None: every stage at its own w
-        rows = evaluate.guidance_sweep(
-            model,
-            prompts,
-            guidances,
-            steps=args.steps,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            progress=True,
-        )
+        rows = evaluate.guidance_sweep(model, prompts, guidances, **sampling)
         print(f"caption alignment, split {args.split!r}, {len(prompts)} samples per w")
         print(evaluate.format_table(rows))
         report["sweep"] = rows
