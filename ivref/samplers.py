@@ -96,19 +96,22 @@ def ancestral_step(
       var  = (sigma~^2_{s|t})^(1 - gamma) (sigma^2_{t|s})^gamma,
       sigma~^2_{s|t} = (1 - r) sigma_s^2,  sigma^2_{t|s} = (1 - r) sigma_t^2.
     gamma = 0 is the posterior variance, gamma = 1 the forward one. At logsnr_s = +inf it
-    returns x_hat (no noise is added on the final step).
+    returns x_hat (no noise is added on the final step). The variances are computed in
+    float32 for half and bfloat16 z_t (in float16 they underflow near logsnr = -20).
     """
     _check_pair(z_t, x_hat)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma={gamma} is invalid; allowed range [0, 1]")
-    mean, var_s_t = schedules.q_posterior(z_t, x_hat, logsnr_t, logsnr_s)
-    lt, ls = schedules.expand_to(logsnr_t, z_t), schedules.expand_to(logsnr_s, z_t)
+    lt, ls = schedules.expand_working(logsnr_t, z_t), schedules.expand_working(logsnr_s, z_t)
+    mean, _ = schedules.q_posterior(z_t, x_hat, lt, ls)
+    _, sigma_s = schedules.alpha_sigma(ls)
+    var_s_t = -torch.expm1(lt - ls) * sigma_s**2  # q_posterior's variance, unrounded
     var_t_s = schedules.variance_t_given_s(lt, ls)
     log_var = (1 - gamma) * torch.log(var_s_t) + gamma * torch.log(var_t_s)
     final = torch.isposinf(ls)
     std = torch.where(final, torch.zeros_like(log_var), torch.exp(0.5 * log_var))
     noise = randn(z_t.shape, generator, z_t.dtype, z_t.device)
-    return torch.where(final, x_hat, mean + std * noise)
+    return torch.where(final, x_hat, mean + std.to(z_t.dtype) * noise)
 
 
 def noise_back(
@@ -120,14 +123,15 @@ def noise_back(
     """A draw from q(z_t | z_s) for logsnr_t <= logsnr_s: add noise from time s back to t.
 
     z_t = (alpha_t / alpha_s) z_s + sqrt(sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2) eps
-    [IV §2.7, VDM-K]; the variance is ``schedules.variance_t_given_s``.
+    [IV §2.7, VDM-K]; the variance is ``schedules.variance_t_given_s``. The coefficients
+    are computed in float32 for half and bfloat16 z_s.
     """
-    lt, ls = schedules.expand_to(logsnr_t, z_s), schedules.expand_to(logsnr_s, z_s)
+    lt, ls = schedules.expand_working(logsnr_t, z_s), schedules.expand_working(logsnr_s, z_s)
     alpha_t, _ = schedules.alpha_sigma(lt)
     alpha_s, _ = schedules.alpha_sigma(ls)
     std = schedules.variance_t_given_s(lt, ls).clamp(min=0).sqrt()
     noise = randn(z_s.shape, generator, z_s.dtype, z_s.device)
-    return (alpha_t / alpha_s) * z_s + std * noise
+    return (alpha_t / alpha_s).to(z_s.dtype) * z_s + std.to(z_s.dtype) * noise
 
 
 def stochastic_step(

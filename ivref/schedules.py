@@ -117,10 +117,22 @@ def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tenso
     """(alpha, sigma) with alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr) [VDM §2, CFG §2].
 
     So alpha^2 + sigma^2 = 1 (variance preserving) and alpha^2 / sigma^2 = exp(logsnr) = SNR.
-    logsnr = +inf gives (1, 0): clean data.
+    logsnr = +inf gives (1, 0): clean data. Half and bfloat16 are computed in float32 (in
+    float16, alpha at logsnr = -20 came out as 0, not 4.5e-5) and given in their dtype.
     """
-    logsnr = _tensor(logsnr)
-    return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+    given = _tensor(logsnr)
+    logsnr = _working(given)
+    alpha, sigma = torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+    return _given(alpha, given), _given(sigma, given)
+
+
+def expand_working(coef: Coef, x: torch.Tensor, *, name: str = "coef") -> torch.Tensor:
+    """``expand_to(coef, x)``, but in float32 where x is half or bfloat16: the dtype that
+    coefficients built from logsnr are computed in before they meet x."""
+    if x.dtype not in _HALF:
+        return expand_to(coef, x, name=name)
+    shape_of_x = x.new_zeros((), dtype=torch.float32).expand(x.shape)  # no memory
+    return expand_to(coef, shape_of_x, name=name)
 
 
 def q_sample(x: torch.Tensor, logsnr: Coef, eps: torch.Tensor) -> torch.Tensor:
@@ -139,24 +151,29 @@ def q_posterior(
     With r = exp(logsnr_t - logsnr_s):
       mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x
       var  = (1 - r) sigma_s^2            (sigma~^2_{s|t}; a (B, 1, 1, 1, 1) tensor)
-    logsnr_s = +inf gives mean = x and var = 0.
+    z_t's coefficient is computed as (alpha_t / alpha_s) (sigma_s / sigma_t)^2, the same
+    number [VDM-K] without a division by alpha_t, which vanishes at logsnr_t = -inf. So
+    logsnr_s = +inf gives mean = x and var = 0, and logsnr_t = -inf gives mean = alpha_s x
+    and var = sigma_s^2 (z_t is pure noise). Half and bfloat16 are computed in float32.
     """
     if z_t.shape != x.shape:
         raise ValueError(f"x has shape {tuple(x.shape)}; it must match z_t {tuple(z_t.shape)}")
-    logsnr_t, logsnr_s = expand_to(logsnr_t, z_t), expand_to(logsnr_s, z_t)
-    alpha_t, _ = alpha_sigma(logsnr_t)
+    logsnr_t, logsnr_s = expand_working(logsnr_t, z_t), expand_working(logsnr_s, z_t)
+    alpha_t, sigma_t = alpha_sigma(logsnr_t)
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
-    r = torch.exp(logsnr_t - logsnr_s)
     one_minus_r = -torch.expm1(logsnr_t - logsnr_s)
-    mean = r * (alpha_s / alpha_t) * z_t + one_minus_r * alpha_s * x
-    return mean, one_minus_r * sigma_s**2
+    z_coef = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2  # = r alpha_s / alpha_t
+    mean = z_coef.to(z_t.dtype) * z_t + (one_minus_r * alpha_s).to(z_t.dtype) * x
+    return mean, (one_minus_r * sigma_s**2).to(z_t.dtype)
 
 
 def variance_t_given_s(logsnr_t: Coef, logsnr_s: Coef) -> torch.Tensor:
     """sigma^2_{t|s} = sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2 = (1 - r) sigma_t^2 [VDM-K].
 
     The variance of q(z_t | z_s), with r = exp(logsnr_t - logsnr_s) as in ``q_posterior``.
+    Half and bfloat16 are computed in float32 and given in logsnr_t's dtype.
     """
-    logsnr_t, logsnr_s = _tensor(logsnr_t), _tensor(logsnr_s)
+    given = _tensor(logsnr_t)
+    logsnr_t, logsnr_s = _working(given), _working(_tensor(logsnr_s))
     _, sigma_t = alpha_sigma(logsnr_t)
-    return -torch.expm1(logsnr_t - logsnr_s) * sigma_t**2
+    return _given(-torch.expm1(logsnr_t - logsnr_s) * sigma_t**2, given)

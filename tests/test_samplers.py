@@ -250,3 +250,29 @@ def test_one_generator_per_row_makes_each_row_independent_of_its_batch(sampler):
     torch.testing.assert_close(reordered[0:1], alone, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="2 generators for a batch of 3: give one per row"):
         samplers.sample(per_row, (3, *shape[1:]), steps=2, generator=gens(1, 2))
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "stochastic"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_sampling_follows_the_float32_run(sampler, dtype, monkeypatch):
+    """In float16 the ancestral sampler returned inf: the posterior divided by alpha at
+    logsnr = -20, which underflowed to 0. Each sampler now follows its float32 run to within
+    half precision (the same draws: made in float32, then rounded)."""
+    draw = samplers.randn
+    monkeypatch.setattr(
+        samplers,
+        "randn",
+        lambda shape, gen, d, device: draw(shape, gen, torch.float32, device).to(d),
+    )
+
+    def x_hat_fn(z, logsnr):
+        return 0.3 * z
+
+    shape, seed = (2, 1, 2, 3, 3), 7
+    runs = {}
+    for d in (torch.float32, dtype):
+        gen = torch.Generator().manual_seed(seed)
+        runs[d] = samplers.sample(x_hat_fn, shape, steps=8, sampler=sampler, dtype=d, generator=gen)
+    half = runs[dtype]
+    assert half.dtype == dtype and bool(torch.isfinite(half).all())
+    torch.testing.assert_close(half.float(), runs[torch.float32], rtol=0, atol=0.02)

@@ -31,6 +31,47 @@ def test_half_precision_times_keep_the_schedule_to_its_ends(dtype):
     assert schedules.t_from_logsnr(torch.tensor([0])).is_floating_point()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_alpha_sigma_and_posterior_keep_the_noisy_end(dtype):
+    """In float16, alpha at logsnr = -20 (4.5e-5) underflowed to 0, and the posterior's
+    r alpha_s / alpha_t became r x inf: a NaN mean, and an ancestral sampler giving inf."""
+    lam = torch.tensor([-20.0, -10.0, 0.0, 20.0])
+    alpha, sigma = schedules.alpha_sigma(lam.to(dtype))
+    exact = torch.sigmoid(lam.double()).sqrt()  # alpha^2 = sigmoid(logsnr), independently
+    assert alpha.dtype == sigma.dtype == dtype
+    torch.testing.assert_close(alpha.double(), exact, rtol=2**-7, atol=0)
+    torch.testing.assert_close(
+        sigma.double(), torch.sigmoid(-lam.double()).sqrt(), rtol=2**-7, atol=0
+    )
+    g = torch.Generator().manual_seed(5)
+    z_t, x = torch.randn(2, 3, 1, 2, 2, 2, generator=g).to(dtype)
+    lt, ls = torch.tensor([-20.0, -20.0, -3.0]), torch.tensor([-1.76, 20.0, 4.0])
+    mean, var = schedules.q_posterior(z_t, x, lt.to(dtype), ls.to(dtype))
+    want_mean, want_var = schedules.q_posterior(z_t.double(), x.double(), lt, ls)
+    assert mean.dtype == var.dtype == dtype
+    torch.testing.assert_close(mean.double(), want_mean, rtol=2**-6, atol=2**-10)
+    torch.testing.assert_close(var.double(), want_var, rtol=2**-6, atol=1e-7)  # 2e-9: a float16 0
+    var_ts = schedules.variance_t_given_s(lt.to(dtype), ls.to(dtype))
+    torch.testing.assert_close(
+        var_ts.double(),
+        schedules.variance_t_given_s(lt.double(), ls.double()),
+        rtol=2**-7,
+        atol=1e-7,
+    )
+
+
+def test_posterior_given_pure_noise_is_the_prior_of_z_s():
+    """logsnr_t = -inf: z_t says nothing of x, so q(z_s | z_t, x) = q(z_s | x) =
+    N(alpha_s x, sigma_s^2) (the old r alpha_s / alpha_t form gave 0 x inf = NaN)."""
+    g = torch.Generator().manual_seed(6)
+    z_t, x = torch.randn(2, 2, 3, 2, 2, 2, dtype=D, generator=g)
+    ls = torch.tensor([-4.0, 2.5], dtype=D)
+    mean, var = schedules.q_posterior(z_t, x, float("-inf"), ls)
+    alpha_s, sigma_s = torch.sigmoid(ls).sqrt(), torch.sigmoid(-ls).sqrt()
+    torch.testing.assert_close(mean, alpha_s.view(-1, 1, 1, 1, 1) * x, atol=1e-15, rtol=0)
+    torch.testing.assert_close(var.reshape(-1), sigma_s**2, atol=1e-15, rtol=0)
+
+
 def test_custom_bounds_endpoints():
     lam = schedules.logsnr_cosine(torch.tensor([0.0, 1.0], dtype=D), -10.0, 14.0)
     torch.testing.assert_close(lam, torch.tensor([14.0, -10.0], dtype=D), atol=1e-9, rtol=0)
