@@ -1,7 +1,8 @@
 """Attention of the Video U-Net: spatial (frames as batch, text keys/values) and temporal.
 
 Spatial attention mixes the pixels of one frame and reads the text; temporal attention mixes
-one pixel's frames, with a learned relative-position bias [VDM §3] in the T5 form [T5 §2.1].
+one pixel's frames, with a learned relative-position bias [VDM §3] in the style of T5
+[T5 §2.1] (a scalar per head and clipped distance, without T5's log-spaced buckets).
 Both are ``torch.nn.functional.scaled_dot_product_attention``; on CPU the product runs in float32
 even under bf16 autocast (bf16 SDPA backward is ~6x slower there; docs/field-notes.md). A call
 with more than ``MAX_SEQUENCES`` sequences is split into chunks: CUDA's fused attention fails

@@ -22,7 +22,11 @@ def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10_000.0
     emb = [cos(x * f_k), sin(x * f_k)],  f_k = max_period ** (-k / (dim / 2)),  k = 0..dim/2-1.
     Used for logsnr_t, the augmentation level lambda' [IV §2.5] and the guidance weight w [GD];
     callers scale the input so its useful range spans a few radians at the lowest frequency.
+    CHOICE: DDPM's frequencies divide by dim/2 - 1 and put sin first; an MLP follows, so the
+    difference is immaterial. ``dim`` must be even and at least 2.
     """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+        raise ValueError(f"dim={dim!r} is invalid; allowed: an even int >= 2 (cos and sin halves)")
     half = dim // 2
     dtype = torch.promote_types(x.dtype, torch.float32)
     k = torch.arange(half, device=x.device, dtype=dtype)

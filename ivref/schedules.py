@@ -105,12 +105,14 @@ def logsnr_cosine(
 def t_from_logsnr(
     logsnr: torch.Tensor | float, logsnr_min: float = -20.0, logsnr_max: float = 20.0
 ) -> torch.Tensor:
-    """Inverse of ``logsnr_cosine``: t = (arctan(exp(-logsnr / 2)) - b) / a (half and
-    bfloat16 computed in float32, as there)."""
+    """Inverse of ``logsnr_cosine``: t = (arctan(exp(-logsnr / 2)) - b) / a, clipped to
+    [0, 1] as logsnr_cosine clips t: a logsnr beyond the bounds (the sampler's final +inf)
+    gives t = 0 or 1, not a time outside [0, 1]. Half and bfloat16 are computed in float32,
+    as there."""
     a, b = _ab(logsnr_min, logsnr_max)
     given = _tensor(logsnr)
     logsnr = _working(given)
-    return _given((torch.atan(torch.exp(-logsnr / 2)) - b) / a, given)
+    return _given(((torch.atan(torch.exp(-logsnr / 2)) - b) / a).clamp(0.0, 1.0), given)
 
 
 def alpha_sigma(logsnr: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:

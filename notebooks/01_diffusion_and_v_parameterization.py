@@ -372,7 +372,7 @@ assert shift["v", 4] < shift["eps", 4]  # few steps: eps-prediction shifts the c
 # re-noises deterministically: $z_s = \alpha_s \hat x + \sigma_s \hat\epsilon$. An ancestral
 # step draws from $q(z_s \mid z_t, x=\hat x)$: with $r = e^{\lambda_t - \lambda_s}$ (below 1,
 # since $s$ is less noisy), its mean is $r \frac{\alpha_s}{\alpha_t} z_t + (1 - r)\alpha_s \hat x$
-# [VDM eq. 4], and its variance interpolates, in log space, between the posterior's
+# [VDM eq. 3], and its variance interpolates [VDM eq. 4], in log space, between the posterior's
 # $\tilde\sigma^2_{s|t} = (1 - r)\sigma_s^2$ and the forward step's
 # $\sigma^2_{t|s} = (1 - r)\sigma_t^2$:
 # $(\tilde\sigma^2_{s|t})^{1-\gamma}(\sigma^2_{t|s})^{\gamma}$. So $\gamma = 0$ adds the

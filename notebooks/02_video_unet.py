@@ -83,7 +83,8 @@ print(out.shape, "| temporal conv at init is the identity:", torch.equal(tconv(h
 # queries are one pixel's $F$ frames; the logits get a learned bias indexed by the frame
 # distance, $b_{\text{head}}[\mathrm{clip}(j - i, -D, D)]$. [VDM §3] asks for relative
 # positions, as learned *vectors* added to the keys and values after Shaw et al. [SHAW]; this
-# scalar-per-head table is the simpler form T5 uses [T5 §2.1] (our CHOICE). A teaching copy of
+# scalar-per-head table is the simpler form of T5 [T5 §2.1], with one entry per clipped
+# distance where T5 groups distances into log-spaced buckets (our CHOICE). A teaching copy of
 # temporal attention, checked against `attention.TemporalAttention`:
 
 # %%
@@ -516,7 +517,7 @@ print(f"total {total / 1e9:.2f}B vs 11.6B ({100 * (total / 11.6e9 - 1):+.1f}%)")
 # - The Video U-Net is a 2-D U-Net whose convs, norms and spatial attention work per frame;
 #   frames mix only in temporal attention and temporal convolution (the paper: attention in
 #   the base, convolution in the SR stages; our toy base adds a conv at its top level).
-# - Temporal attention carries a relative-position bias (T5 form); randomised at init,
+# - Temporal attention carries a relative-position bias (T5-style); randomised at init,
 #   together with a frame-position embedding, so the net tells forwards from backwards from
 #   step 0. A symmetric start is not a trap by itself, but the symmetry-breaking gradient is
 #   mostly batch noise (the captions' push is small beside it), so training from it stalls.

@@ -1,5 +1,6 @@
 """ResBlock, temporal conv and embeddings: shapes, identity at init, frames kept apart."""
 
+import pytest
 import torch
 
 from ivref import layers
@@ -11,6 +12,13 @@ def test_sinusoidal_embedding_shape_and_values():
     assert emb.shape == (2, 8)
     torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
     assert torch.allclose(emb[1, 0], torch.cos(torch.tensor(1.0, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("dim", [7, 0, 1, 8.0, True])
+def test_sinusoidal_embedding_refuses_a_dim_without_cos_and_sin_halves(dim):
+    """An odd dim gave dim - 1 features, so the next layer failed on a shape later."""
+    with pytest.raises(ValueError, match=f"dim={dim!r} is invalid; allowed: an even int >= 2"):
+        layers.sinusoidal_embedding(torch.zeros(2), dim)
 
 
 def test_resblock_shapes_and_conditioning():

@@ -72,6 +72,16 @@ def test_posterior_given_pure_noise_is_the_prior_of_z_s():
     torch.testing.assert_close(var.reshape(-1), sigma_s**2, atol=1e-15, rtol=0)
 
 
+def test_t_from_logsnr_stays_in_the_unit_interval_beyond_the_bounds():
+    """The inverse is clipped as the schedule clips t: the sampler's final logsnr = +inf
+    gave t = -2.9e-5, and -inf gave 1.00003."""
+    lam = torch.tensor([float("-inf"), -25.0, -20.0, 0.0, 20.0, 25.0, float("inf")], dtype=D)
+    t = schedules.t_from_logsnr(lam)
+    torch.testing.assert_close(t, torch.tensor([1.0, 1.0, 1.0, 0.5, 0.0, 0.0, 0.0], dtype=D))
+    inside = torch.linspace(-19.9, 19.9, 11, dtype=D)  # inside: still the exact inverse
+    torch.testing.assert_close(schedules.logsnr_cosine(schedules.t_from_logsnr(inside)), inside)
+
+
 def test_custom_bounds_endpoints():
     lam = schedules.logsnr_cosine(torch.tensor([0.0, 1.0], dtype=D), -10.0, 14.0)
     torch.testing.assert_close(lam, torch.tensor([14.0, -10.0], dtype=D), atol=1e-9, rtol=0)
