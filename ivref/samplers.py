@@ -223,17 +223,21 @@ def sample(
     z_{t_0} = noise (or a fresh draw from ``generator``); for i = 0 .. steps - 1:
       x_hat = x_hat_fn(z_{t_i}, logsnr(t_i) as (B,)); z_{t_{i+1}} = step(z, x_hat, ...),
     with t_i = 1 - i / steps and a final step to logsnr = +inf that returns x_hat [DDIM, VDM].
+    z is kept in ``dtype`` (an x_hat of another dtype is cast to it); logsnr is given in
+    float32 when ``dtype`` is half or bfloat16 (float64 when it is float64), so the grid's
+    values stay distinct and on the grid (bfloat16 repeated 60 of 1,024 steps).
     ``sampler``: "ddim" (deterministic), "ancestral" (``gamma`` sets its variance) or
     "stochastic" (the N-step sampler of distilled models, ``stochastic_step``: a DDIM
     step to t_{i+2}, then noise back to t_{i+1}) [IV §2.7]. ``generator``: one, or one per
-    batch row (``Generators``). ``progress`` shows a tqdm bar (a string: its label, e.g. the
-    stage's name; True: the sampler's). Bad arguments get a ValueError or TypeError that says
-    what is allowed.
+    batch row (``Generators``); None draws from torch's global generator. ``progress`` shows
+    a tqdm bar (a string: its label, e.g. the stage's name; True: the sampler's). Bad
+    arguments get a ValueError or TypeError that says what is allowed.
     """
     _check_arguments(x_hat_fn, shape, sampler, gamma, generator, dtype, noise, progress)
     if device is not None:
         device = parse_device(device)
-    grid = logsnr_grid(steps, logsnr_min, logsnr_max, dtype)
+    work = torch.promote_types(dtype, torch.float32)  # a bfloat16 grid of 1,024 steps repeats
+    grid = logsnr_grid(steps, logsnr_min, logsnr_max, work)  # values: logsnr stays float32
     shape = tuple(shape)
     if noise is None:
         z = randn(shape, generator, dtype, device)
@@ -252,6 +256,7 @@ def sample(
                 f"x_hat_fn(z, logsnr) returned {got}; it must return x_hat, a tensor of z's "
                 f"shape {tuple(z.shape)}"
             )
+        x_hat = x_hat.to(z.dtype)  # a model answering in another dtype: sampling stays in dtype
         if sampler == "ddim":
             z = ddim_step(z, x_hat, grid[i], grid[i + 1])
         elif sampler == "stochastic":

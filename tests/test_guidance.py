@@ -162,14 +162,16 @@ def test_guided_thresholding_bounds_an_over_guided_sample():
     assert out.abs().max() <= 1.0
 
 
-def test_per_step_w_follows_the_sampler_grid():
-    """With w from oscillating_schedule, step i of samplers.sample uses w[i]."""
-    steps = 10
+@pytest.mark.parametrize("steps, dtype", [(10, D), (256, torch.bfloat16)])
+def test_per_step_w_follows_the_sampler_grid(steps, dtype):
+    """With w from oscillating_schedule, step i of samplers.sample uses w[i]. In bfloat16
+    the sampler's logsnr was rounded off the grid (-10.1875), and 256 weights for 256 steps
+    were refused as not on the grid."""
     w = guidance.oscillating_schedule(steps, high=5.0, low=0.0)
     model = FakeVideoUNet()
     z_t, emb, mask, _ = _inputs()
-    fn = guidance.guided_x_hat_fn(model, emb, mask, w, threshold=None)
-    samplers.sample(fn, z_t.shape, steps=steps, noise=z_t, dtype=D)
+    fn = guidance.guided_x_hat_fn(model, emb.to(dtype), mask, w, threshold=None)
+    samplers.sample(fn, z_t.shape, steps=steps, noise=z_t, dtype=dtype)
     batch_sizes = [c["z_t"].shape[0] for c in model.calls]
     assert batch_sizes == [2 if wi == 0.0 else 4 for wi in w]
 

@@ -276,3 +276,21 @@ def test_half_precision_sampling_follows_the_float32_run(sampler, dtype, monkeyp
     half = runs[dtype]
     assert half.dtype == dtype and bool(torch.isfinite(half).all())
     torch.testing.assert_close(half.float(), runs[torch.float32], rtol=0, atol=0.02)
+
+
+def test_half_precision_sampling_gives_the_model_the_grid_in_float32():
+    """A bfloat16 grid of 1,024 steps held 60 repeated logsnr values (steps that did
+    nothing); the model now gets each grid value in float32, and z stays in the sampling
+    dtype even where the model answers in another."""
+    seen = []
+
+    def x_hat_fn(z, logsnr):
+        seen.append(logsnr)
+        return (0.3 * z).double()  # a model answering in float64
+
+    steps = 1024
+    out = samplers.sample(x_hat_fn, (2, 1, 1, 2, 2), steps=steps, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    given = torch.stack([lam[0] for lam in seen])
+    assert given.dtype == torch.float32 and len(given.unique()) == steps
+    torch.testing.assert_close(given, samplers.logsnr_grid(steps)[:-1].float(), rtol=0, atol=0)
