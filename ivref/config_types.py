@@ -135,6 +135,14 @@ class TextConfig:
         checks.annotated_types(self, "TextConfig")
         checks.literal("TextConfig", "encoder", self.encoder, TextEncoderName)
         checks.positive("TextConfig", dim=self.dim, max_length=self.max_length)
+        if self.path is not None and self.encoder != "t5":  # it was ignored: tiny-t5 was built
+            checks.fail(
+                "TextConfig",
+                "path",
+                self.path,
+                f"a checkpoint folder is for encoder 't5'; encoder {self.encoder!r} is built "
+                "in and takes no path: set encoder='t5' (with dim its width), or path=None",
+            )
 
 
 @dataclass(frozen=True)

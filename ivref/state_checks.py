@@ -29,14 +29,25 @@ def config_diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
+_SAME_WEIGHTS = ("checkpointing", "dropout")  # UNetConfig fields that change no weight's meaning
+
+
 def check_compatible(
     saved: configs.CascadeConfig, current: configs.CascadeConfig, stage: str, where: str
 ) -> list[str]:
-    """Raise if the stage's U-Net or the text encoder differ; return the other differences."""
+    """Raise if the stage's U-Net or the text encoder differ; return the other differences.
+
+    The U-Net's ``checkpointing`` (memory, not the result) and ``dropout`` (training alone)
+    leave the weights meaning what they meant: they are among the other differences (a
+    resume says which, ``trainer_checkpoints``)."""
     s_stage, c_stage = saved.stage(stage), current.stage(stage)
+
+    def model(unet: configs.UNetConfig) -> dict[str, Any]:
+        return {k: v for k, v in unet.__dict__.items() if k not in _SAME_WEIGHTS}
+
     hard = config_diff(
-        {"unet": s_stage.unet.__dict__, "text": saved.text.__dict__},
-        {"unet": c_stage.unet.__dict__, "text": current.text.__dict__},
+        {"unet": model(s_stage.unet), "text": saved.text.__dict__},
+        {"unet": model(c_stage.unet), "text": current.text.__dict__},
     )
     if hard:
         raise CheckpointError(

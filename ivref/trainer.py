@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import math
@@ -139,6 +140,17 @@ def resolve_bf16(
     return configured
 
 
+def _with_batch_size(config: configs.CascadeConfig, stage: str, batch_size: int) -> Any:
+    """``config`` with stage ``stage`` training at ``batch_size``."""
+    stages = tuple(
+        dataclasses.replace(s, train=dataclasses.replace(s.train, batch_size=batch_size))
+        if s.name == stage
+        else s
+        for s in config.stages
+    )
+    return dataclasses.replace(config, stages=stages)
+
+
 class Trainer:
     """Trains stage ``stage`` of ``config``; writes ``out/log.jsonl`` and ``out/checkpoints/``.
 
@@ -155,6 +167,9 @@ class Trainer:
     ``max_length`` tokens and every batch has one shape; a custom objective whose
     shapes vary compiles once per shape. The first step includes the compilation. On a CPU
     it does not pay for the toy stages (docs/benchmarks.md).
+
+    ``batch_size`` (None: the stage's ``train.batch_size``) is written into the run's config,
+    so a resume that gives another says so (``ConfigChangedWarning``), as for any change.
 
     In a process group of N (``torchrun``, see distributed.py) the trainer is data-parallel:
     ``batch_size`` is the global batch, each process draws ``batch_size / N`` samples from
@@ -217,6 +232,8 @@ class Trainer:
         self.fsdp = distributed.check_fsdp(fsdp, context, "the model")
         if context.world_size > 1 and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", context.local_rank)  # one GPU per process
+        if batch_size is not None and batch_size != config.stage(stage).train.batch_size:
+            config = _with_batch_size(config, stage, batch_size)  # saved: a resume compares it
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device

@@ -199,9 +199,10 @@ class ConfigChangedWarning(UserWarning):
 
 
 def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
-    """Warn where the trainer's stage trains, or diffuses, otherwise than the checkpoint's
-    config (a new learning rate, batch size or schedule): a resume takes the trainer's, which
-    may be meant, but should not go unsaid."""
+    """Warn where the trainer's stage trains, diffuses or is sampled otherwise than the
+    checkpoint's config (a new learning rate, batch size, schedule, clip size, frame rate,
+    augmentation level or dropout): a resume takes the trainer's, which may be meant, but
+    should not go unsaid. A U-Net of other shapes was refused when its weights loaded."""
     if not isinstance(saved_cfg, configs.CascadeConfig):
         return
     try:
@@ -209,14 +210,16 @@ def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
     except ValueError:
         return
     pairs = [
-        (old.train, trainer.train_cfg, ""),
-        (saved_cfg.diffusion, trainer.diffusion, "diffusion."),
+        (old.train, trainer.train_cfg, "", ()),
+        (saved_cfg.diffusion, trainer.diffusion, "diffusion.", ()),
+        (old, trainer.stage, "", ("name", "train", "unet")),  # the stage's own fields
+        (old.unet, trainer.stage.unet, "unet.", ("checkpointing",)),  # memory, not the result
     ]
     changed = [
         f"{prefix}{f.name}: {getattr(a, f.name)!r} -> {getattr(b, f.name)!r}"
-        for a, b, prefix in pairs
+        for a, b, prefix, same_run in pairs
         for f in dataclasses.fields(a)
-        if getattr(a, f.name) != getattr(b, f.name)
+        if f.name not in same_run and getattr(a, f.name) != getattr(b, f.name)
     ]
     if changed:
         warnings.warn(

@@ -130,6 +130,8 @@ def test_fully_convolutional_forbids_spatial_attention():
     [
         (configs.TextConfig, {"encoder": "gpt"}, "encoder"),
         (configs.TextConfig, {"dim": 0}, "dim"),
+        (configs.TextConfig, {"path": "my_t5"}, "path"),  # tiny-t5 was built: path ignored
+        (configs.TextConfig, {"encoder": "minilm", "dim": 384, "path": "my_t5"}, "path"),
         (configs.DiffusionConfig, {"logsnr_min": 30.0}, "logsnr_min"),
         (configs.DiffusionConfig, {"loss": "l1"}, "loss"),
         (configs.DiffusionConfig, {"sampler": "euler"}, "sampler"),
@@ -340,6 +342,7 @@ def test_tuple_elements_are_named_by_index(changes, field):
 def test_none_is_accepted_where_the_annotation_allows_it():
     assert configs.TrainConfig(crop_size=None).crop_size is None
     assert configs.TextConfig(path=None).path is None
+    assert configs.TextConfig(encoder="t5", dim=512, path="my_t5").path == "my_t5"
     stage = _stage(sampler=None, gamma=None, guidance_w_max=None)
     assert (stage.sampler, stage.gamma, stage.guidance_w_max) == (None, None, None)
     with pytest.raises(ValueError, match=r"UNetConfig\.dropout=None"):

@@ -890,6 +890,40 @@ def test_a_resume_under_another_training_config_says_what_changed(tmp_path, enco
         assert same.resume() == 1  # the run's own config: nothing to say
 
 
+def test_a_resume_with_another_clip_size_dropout_or_batch_says_so(tmp_path, encoder):
+    """The stage's own fields (frames, size, frame rate, augmentation level) and the U-Net's
+    dropout were not compared on resume, and a Trainer's batch_size was not recorded: the
+    run went on under them without a word."""
+    import dataclasses
+
+    from ivref import trainer_checkpoints
+
+    cfg = configs.preset("ci")
+    run = train.Trainer(cfg, "base", tmp_path, text_encoder=encoder, batch_size=3, progress=False)
+    run.checkpoint_every = 1
+    run.fit(1)
+    base = cfg.stage("base")
+    assert run.config.stage("base").train.batch_size == 3 != base.train.batch_size  # recorded
+    other = dataclasses.replace(
+        base,
+        num_frames=base.num_frames + 2,
+        unet=dataclasses.replace(base.unet, dropout=0.25, checkpointing=True),
+    )
+    cfg2 = dataclasses.replace(cfg, stages=(other,))  # later stages would chain on its frames
+    again = train.Trainer(cfg2, "base", tmp_path, text_encoder=encoder, progress=False)
+    with pytest.warns(trainer_checkpoints.ConfigChangedWarning) as said:
+        assert again.resume() == 1
+    message = str(said[0].message)
+    assert f"num_frames: {base.num_frames} -> {base.num_frames + 2}" in message
+    assert f"unet.dropout: {base.unet.dropout!r} -> 0.25" in message
+    assert f"batch_size: 3 -> {base.train.batch_size}" in message
+    assert "checkpointing" not in message  # memory, not the result: nothing to say
+    same = train.Trainer(cfg, "base", tmp_path, text_encoder=encoder, batch_size=3, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same.resume() == 1
+
+
 def test_a_refused_resume_leaves_no_trainer_that_fit_would_take_for_the_runs(
     tmp_path, encoder, monkeypatch
 ):
