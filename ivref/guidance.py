@@ -124,6 +124,12 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
     per step); each finite and >= 0, else a ValueError that says what is allowed."""
     allowed = "allowed: a number >= 0, or one per sampling step"
     scalar = isinstance(w, numbers.Real) or (isinstance(w, torch.Tensor) and w.ndim == 0)
+    if isinstance(w, torch.Tensor) and not scalar:  # per sample, or per step? a tensor of B
+        raise ValueError(  # weights for B = steps videos was taken as one per step
+            f"w is a tensor of shape {tuple(w.shape)}; {allowed} as a list (w.tolist()): one "
+            "weight for every video of a batch is taken, not one per video (sample each w "
+            "on its own)"
+        )
     if isinstance(w, bool | str) or not (scalar or isinstance(w, Sequence | torch.Tensor)):
         raise ValueError(f"w={w!r}; {allowed}")
     try:
@@ -184,7 +190,8 @@ def guided_x_hat_fn(
       x~ <- dynamic_threshold(x~, threshold)  for a percentile threshold,
       x~ <- static_threshold(x~)  for threshold="static", unchanged for None [CFG, IMG §2.3].
 
-    ``w`` is a float, or one value per sampling step (e.g. ``oscillating_schedule(steps)``):
+    ``w`` is a float (or a 0-d tensor), or a list of one value per sampling step (e.g.
+    ``oscillating_schedule(steps)``; a longer tensor is refused, as it reads as one per video):
     a sequence's step is found from logsnr_t, assuming ``samplers.sample`` with
     steps=len(w) and the same logsnr bounds (anything else raises ValueError). When the
     step's w is 0 only the conditional half runs. ``cond_video`` and ``aug_logsnr`` (SR

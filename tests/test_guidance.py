@@ -183,6 +183,19 @@ def test_per_step_w_of_the_wrong_length_raises():
         samplers.sample(fn, z_t.shape, steps=8, noise=z_t, dtype=D)
 
 
+def test_a_tensor_of_weights_is_refused_not_read_as_one_per_step():
+    """Two videos and w = tensor([1, 5]) looks like a weight per video; with steps=2 it was
+    silently taken as one per step."""
+    z_t, emb, mask, _ = _inputs()
+    w = torch.tensor([1.0, 5.0])
+    with pytest.raises(ValueError, match=r"w is a tensor of shape \(2,\).*as a list"):
+        guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w)
+    fn = guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, w.tolist(), threshold=None)
+    samplers.sample(fn, z_t.shape, steps=2, noise=z_t, dtype=D)  # a list: per step
+    one = guidance.guided_x_hat_fn(FakeVideoUNet(), emb, mask, torch.tensor(2.0))  # 0-d: one w
+    assert one(z_t, torch.zeros(z_t.shape[0], dtype=D)).shape == z_t.shape
+
+
 def test_distilled_is_one_conditional_pass_with_w_embedded():
     model = FakeVideoUNet()
     z_t, emb, mask, logsnr_t = _inputs()
