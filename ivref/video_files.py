@@ -82,12 +82,25 @@ def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
         input_params=seek,
         output_params=["-map", "0:v:0", "-fps_mode", "passthrough", *SQUARE_PIXELS],
     )  # the first video stream, as ``probe`` counts (ffmpeg's default: the largest)
+    process = None
     try:
         width, height = next(reader)["size"]
+        suspended = getattr(reader, "gi_frame", None)  # the reader's frame holds its ffmpeg
+        process = suspended.f_locals.get("process") if suspended is not None else None
         for buffer in reader:
             yield np.frombuffer(buffer, np.uint8).reshape(height, width, 3)
     finally:
         reader.close()
+        _close_pipes(process)
+
+
+def _close_pipes(process: object) -> None:
+    """Close what imageio-ffmpeg left open of its ffmpeg process: it closes the pipes of a
+    process it stops, not of one that has ended (every whole decode), and each of them
+    was a ResourceWarning when it was collected."""
+    for pipe in (getattr(process, "stdin", None), getattr(process, "stdout", None)):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
 
 
 class VideoProbeError(RuntimeError):
