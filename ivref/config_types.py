@@ -373,6 +373,21 @@ class CascadeConfig:
             f"no stage {name!r} in cascade {self.name!r}; stages: {[s.name for s in self.stages]}"
         )
 
+    def replace_stage(self, name: str, **changes: Any) -> CascadeConfig:
+        """A copy whose stage ``name`` has ``changes`` (StageConfig fields); ``unet=`` and
+        ``train=`` may be a dict of the fields to change in the stage's own UNetConfig or
+        TrainConfig, e.g. ``cfg.replace_stage("base", num_frames=6, unet={"dropout": 0.1})``.
+        The whole cascade is checked again: a later stage that no longer chains on the
+        changed one (its frames, size or frame rate) is a ValueError naming it."""
+        old = self.stage(name)  # a ValueError listing the stage names
+        for part in ("unet", "train"):
+            if isinstance(changes.get(part), dict):
+                changes[part] = _replaced(getattr(old, part), changes[part])
+        new = _replaced(old, changes)
+        return dataclasses.replace(
+            self, stages=tuple(new if s.name == name else s for s in self.stages)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (written beside checkpoints)."""
         return dataclasses.asdict(self)
@@ -381,6 +396,17 @@ class CascadeConfig:
     def from_dict(cls, data: dict[str, Any]) -> CascadeConfig:
         """Inverse of ``to_dict``; raises ValueError on unknown or missing fields."""
         return _build(cls, data, "CascadeConfig")
+
+
+def _replaced(config: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace``, with an unknown field named with the ones there are."""
+    names = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{type(config).__name__} has no field {unknown[0]!r}; its fields: {names}"
+        )
+    return dataclasses.replace(config, **changes)
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

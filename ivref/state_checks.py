@@ -38,16 +38,20 @@ def check_compatible(
     """Raise if the stage's U-Net or the text encoder differ; return the other differences.
 
     The U-Net's ``checkpointing`` (memory, not the result) and ``dropout`` (training alone)
-    leave the weights meaning what they meant: they are among the other differences (a
-    resume says which, ``trainer_checkpoints``)."""
+    leave the weights meaning what they meant, and a T5 folder may move (``text.path``; the
+    encoder's recorded probe, compared on resume, says whether it is the same encoder): they
+    are among the other differences (a resume says which, ``trainer_checkpoints``)."""
     s_stage, c_stage = saved.stage(stage), current.stage(stage)
 
     def model(unet: configs.UNetConfig) -> dict[str, Any]:
         return {k: v for k, v in unet.__dict__.items() if k not in _SAME_WEIGHTS}
 
+    def encoder(text: configs.TextConfig) -> dict[str, Any]:
+        return {k: v for k, v in text.__dict__.items() if k != "path"}
+
     hard = config_diff(
-        {"unet": model(s_stage.unet), "text": saved.text.__dict__},
-        {"unet": model(c_stage.unet), "text": current.text.__dict__},
+        {"unet": model(s_stage.unet), "text": encoder(saved.text)},
+        {"unet": model(c_stage.unet), "text": encoder(current.text)},
     )
     if hard:
         raise CheckpointError(

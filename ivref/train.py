@@ -203,7 +203,8 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
                 f"--text-encoder is for encoder 't5'; this run's text encoder is "
                 f"{text_cfg.encoder!r} (built in, no path needed): drop --text-encoder"
             )
-        text_cfg = dataclasses.replace(text_cfg, path=args.text_encoder)
+        where = str(Path(args.text_encoder).expanduser().resolve())  # from any folder later
+        text_cfg = dataclasses.replace(text_cfg, path=where)
     return dataclasses.replace(cfg, text=text_cfg, stages=stages), stage, notes
 
 

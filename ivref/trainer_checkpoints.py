@@ -201,7 +201,7 @@ class ConfigChangedWarning(UserWarning):
 def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
     """Warn where the trainer's stage trains, diffuses or is sampled otherwise than the
     checkpoint's config (a new learning rate, batch size, schedule, clip size, frame rate,
-    augmentation level or dropout): a resume takes the trainer's, which may be meant, but
+    augmentation level, dropout or T5 folder): a resume takes the trainer's, which may be meant, but
     should not go unsaid. A U-Net of other shapes was refused when its weights loaded."""
     if not isinstance(saved_cfg, configs.CascadeConfig):
         return
@@ -214,6 +214,7 @@ def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
         (saved_cfg.diffusion, trainer.diffusion, "diffusion.", ()),
         (old, trainer.stage, "", ("name", "train", "unet")),  # the stage's own fields
         (old.unet, trainer.stage.unet, "unet.", ("checkpointing",)),  # memory, not the result
+        (saved_cfg.text, trainer.config.text, "text.", ()),  # a moved T5 folder: its path
     ]
     changed = [
         f"{prefix}{f.name}: {getattr(a, f.name)!r} -> {getattr(b, f.name)!r}"

@@ -984,3 +984,32 @@ def test_generate_samples_up_to_a_stage_at_steps_per_stage(tmp_path, capsys, mon
     with pytest.raises(SystemExit):
         cli.main([*argv, "--steps", "base=1,"])
     assert "an empty entry between commas" in capsys.readouterr().err
+
+
+def test_train_resume_takes_a_moved_t5_folder_and_records_it_whole(tmp_path, monkeypatch):
+    """A run whose T5 folder moved resumes with --text-encoder NEW (the path was part of
+    'the model', and the resume refused), and the folder is recorded as an absolute path,
+    so its cascade loads from any working folder."""
+    import dataclasses
+    import json
+    import shutil
+
+    from ivref import checkpoint, text, train
+
+    ci = configs.preset("ci")
+    encoder = text.build_encoder(ci.text)  # a tiny T5, saved as a user's checkpoint
+    encoder.model.save_pretrained(tmp_path / "t5")
+    encoder.tokenizer.save_pretrained(tmp_path / "t5")
+    cfg = dataclasses.replace(
+        ci, text=dataclasses.replace(ci.text, encoder="t5", path=str(tmp_path / "t5"))
+    )
+    run = train.Trainer(cfg, "base", tmp_path / "run", batch_size=2, progress=False)
+    run.checkpoint_every = 1
+    run.fit(1)
+    shutil.move(tmp_path / "t5", tmp_path / "moved")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--out", "run", "--steps", "2", "--resume", "--text-encoder", "moved"]
+    assert cli.main(argv) == 0
+    newest = checkpoint.run_checkpoints(tmp_path / "run")[-1]
+    saved = json.loads((newest / checkpoint.CONFIG).read_text())["config"]["text"]["path"]
+    assert saved == str(tmp_path / "moved")

@@ -401,3 +401,30 @@ def test_scale_from_env(monkeypatch):
     monkeypatch.setenv("IVREF_SCALE", "huge")
     with pytest.raises(ValueError, match=r"IVREF_SCALE='huge' is not a preset; allowed: \['ci'"):
         configs.scale_from_env()
+
+
+def test_replace_stage_changes_one_stage_and_checks_the_cascade_again():
+    """The one-call way to a custom configuration: the stage's own fields, and dicts for its
+    U-Net and training config (three nested dataclasses.replace calls otherwise)."""
+    toy = configs.preset("toy")
+    mine = toy.replace_stage("ssr2", sample_steps=32, unet={"dropout": 0.1}, train={"lr": 5e-4})
+    new, old = mine.stage("ssr2"), toy.stage("ssr2")
+    assert (new.sample_steps, new.unet.dropout, new.train.lr) == (32, 0.1, 5e-4)
+    assert new.unet == dataclasses.replace(old.unet, dropout=0.1)  # the rest as it was
+    assert new.train == dataclasses.replace(old.train, lr=5e-4)
+    assert [s for s in mine.stages if s.name != "ssr2"] == [
+        s for s in toy.stages if s.name != "ssr2"
+    ]
+    assert toy.stage("ssr2") == old  # a copy: the preset is unchanged
+    with pytest.raises(ValueError, match=r"StageConfig\('tsr'\)\.num_frames=16 is invalid"):
+        toy.replace_stage("base", num_frames=6)  # the TSR stage no longer doubles it
+    alone = dataclasses.replace(toy, stages=toy.stages[:1]).replace_stage("base", num_frames=6)
+    assert alone.stage("base").num_frames == 6
+    with pytest.raises(ValueError, match=r"StageConfig has no field 'frames'; its fields: \["):
+        toy.replace_stage("base", frames=6)
+    with pytest.raises(ValueError, match=r"UNetConfig has no field 'width'"):
+        toy.replace_stage("base", unet={"width": 3})
+    with pytest.raises(ValueError, match=r"no stage 'sr' in cascade 'toy'; stages: \['base'"):
+        toy.replace_stage("sr", sample_steps=8)
+    with pytest.raises(ValueError, match=r"UNetConfig\.dropout=1\.5 is invalid"):
+        toy.replace_stage("base", unet={"dropout": 1.5})  # each value checked as ever

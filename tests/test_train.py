@@ -924,6 +924,45 @@ def test_a_resume_with_another_clip_size_dropout_or_batch_says_so(tmp_path, enco
         assert same.resume() == 1
 
 
+def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path):
+    """text.path was part of 'the model': a run whose T5 folder moved could not resume (in
+    Python, or with ivref train --resume --text-encoder NEW). The encoder's recorded probe
+    tells the same encoder from another one."""
+    import dataclasses
+    import shutil
+
+    from ivref import text, trainer_checkpoints
+
+    ci = configs.preset("ci")
+
+    def t5_at(path, changed=False):
+        encoder = text.build_encoder(ci.text)  # a tiny T5, saved as a user's checkpoint
+        if changed:
+            g = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for weight in encoder.model.parameters():
+                    weight.add_(0.5 * torch.randn(weight.shape, generator=g))
+        encoder.model.save_pretrained(path)
+        encoder.tokenizer.save_pretrained(path)
+        t5 = dataclasses.replace(ci.text, encoder="t5", path=str(path))
+        return dataclasses.replace(ci, text=t5)
+
+    def trainer(cfg):
+        return train.Trainer(cfg, "base", tmp_path / "run", batch_size=2, progress=False)
+
+    run = trainer(t5_at(tmp_path / "t5"))
+    run.checkpoint_every = 1
+    run.fit(1)
+    shutil.move(tmp_path / "t5", tmp_path / "moved")
+    moved = dataclasses.replace(
+        run.config, text=dataclasses.replace(run.config.text, path=str(tmp_path / "moved"))
+    )
+    with pytest.warns(trainer_checkpoints.ConfigChangedWarning, match=r"text\.path: '.*t5' ->"):
+        assert trainer(moved).resume() == 1
+    with pytest.raises(ValueError, match="is not the one run .* was trained with"):
+        trainer(t5_at(tmp_path / "other", changed=True)).resume()
+
+
 def test_a_refused_resume_leaves_no_trainer_that_fit_would_take_for_the_runs(
     tmp_path, encoder, monkeypatch
 ):
