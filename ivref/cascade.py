@@ -618,7 +618,8 @@ class Cascade(nn.Module):
         encoder: text.TextEncoder | None = None,
         variant: str | None = None,
     ) -> Cascade:
-        """Load a cascade folder; ``None`` loads the toy cascade shipped in ``data/toy``.
+        """Load a cascade folder; ``None`` loads the toy cascade shipped in ``data/toy`` (or
+        the folder the environment variable ``IVREF_WEIGHTS`` names).
 
         ``variant="distilled"`` loads the distilled cascade kept in the folder's
         ``distilled/`` subfolder (8 sampling steps per stage, one pass each) [IV §2.7].

@@ -1,8 +1,10 @@
 """The three cascade presets, ``ci``, ``toy`` and ``paper``, and the names to choose them.
 
-One code path serves every scale; a preset changes only sizes and step counts (docs/design.md
-"Scales"). Presets are functions, never files: JSON is written beside checkpoints as an
-output (see ``to_dict`` / ``from_dict``), never read as a source of defaults.
+One code path serves every scale; a preset changes only the configuration: sizes, widths,
+step counts, the text encoder and the sampling settings (docs/design.md "Scales").
+``CascadeConfig.replace_stage`` makes your own from one. Presets are functions, never
+files: JSON is written beside checkpoints as an output (see ``to_dict`` / ``from_dict``),
+never read as a source of defaults.
 
 The dataclasses the presets are made of, with their checks, live in ``ivref.config_types``;
 this module re-exports them, so ``configs.StageConfig`` and ``configs.preset("toy")`` are

@@ -91,7 +91,8 @@ def ancestral_step(
 ) -> torch.Tensor:
     """Ancestral step t -> s: a draw from q(z_s | z_t, x = x_hat) with interpolated variance.
 
-    With r = exp(logsnr_t - logsnr_s) [VDM eq. 3 (the mean), eq. 4 (the variance)]:
+    With r = exp(logsnr_t - logsnr_s), the mean of eq. 3 and the variance of eq. 4
+    [VDM eq. 3, VDM eq. 4]:
       mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x_hat
       var  = (sigma~^2_{s|t})^(1 - gamma) (sigma^2_{t|s})^gamma,
       sigma~^2_{s|t} = (1 - r) sigma_s^2,  sigma^2_{t|s} = (1 - r) sigma_t^2.
