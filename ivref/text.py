@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -317,6 +317,29 @@ def recorded_probe(extra: dict, where: str) -> list[float] | None:
     return probe
 
 
+def check_described(encoder: Any, text_cfg: TextConfig, who: str) -> None:
+    """Raise ValueError unless ``text_cfg`` describes ``encoder`` (given to ``who``): its width,
+    its max_length and, for ivref's own encoders, its kind. A run records the config, not
+    the encoder: an export would build the config's encoder for the trained models."""
+    inner = getattr(encoder, "uncached", encoder)  # past a CachedEncoder
+    name = getattr(encoder, "name", type(encoder).__name__)
+    fix = "give the config's text (TextConfig) that describes this encoder, or drop it"
+    for field in ("dim", "max_length"):
+        mine, described = getattr(encoder, field, None), getattr(text_cfg, field)
+        if mine != described:
+            raise ValueError(
+                f"{who} was given text encoder {name!r} with {field}={mine!r}, but the "
+                f"config's text has {field}={described!r}: {fix}"
+            )
+    kind = next((k for k, cls in _KINDS.items() if isinstance(inner, cls)), None)
+    if kind is not None and kind != text_cfg.encoder:
+        raise ValueError(
+            f"{who} was given text encoder {name!r}, a {kind!r} encoder, but the config's text "
+            f"says encoder={text_cfg.encoder!r}: the run would record, and an export build, "
+            f"that one instead; {fix} (for a T5: encoder='t5', path=its folder)"
+        )
+
+
 def build_encoder(text_cfg: TextConfig, cache_dir: str | os.PathLike | None = None) -> TextEncoder:
     """The encoder ``text_cfg.encoder`` names, cached under ``cache_dir`` if given.
 
@@ -338,3 +361,6 @@ def build_encoder(text_cfg: TextConfig, cache_dir: str | os.PathLike | None = No
             f"cascade config with text.dim = {encoder.dim} (and every stage's unet.text_dim)"
         )
     return encoder if cache_dir is None else CachedEncoder(encoder, cache_dir)
+
+
+_KINDS = {"tiny-t5": TinyT5Encoder, "minilm": MiniLMEncoder, "t5": T5Encoder}  # TextConfig's

@@ -156,8 +156,9 @@ class Trainer:
 
     By default the model is a fresh ``VideoUNet`` (seeded by ``seed``) and the objective the
     stage's diffusion loss on the toy world, painted on ``device`` (``dataset`` and
-    ``text_encoder`` replace its parts); pass ``model`` and ``objective`` to train anything
-    else with the same loop.
+    ``text_encoder`` replace its parts: an encoder that ``config.text`` does not describe,
+    in width, max_length or kind, is a ValueError, since the run records the config); pass
+    ``model`` and ``objective`` to train anything else with the same loop.
 
     ``compile=True`` compiles the model's forward and backward in place with
     ``torch.compile`` (``nn.Module.compile``: state dicts keep their names), with CUDA graphs
@@ -254,10 +255,11 @@ class Trainer:
         self.on_nonfinite, self.progress = on_nonfinite, progress
         self.compiled = compile is not False
         if objective is None:
-            if text_encoder is None:
-                from ivref import text
+            from ivref import text
 
+            if text_encoder is None:
                 text_encoder = text.build_encoder(config.text)
+            text.check_described(text_encoder, config.text, "the Trainer")
             if dataset is None:  # not ``or``: an empty dataset must not become the toy world
                 dataset = objectives.toy_dataset(self.stage, stream, self.device)
             cache = objectives.TextCache(text_encoder, pad_multiple=text_padding(config, compile))

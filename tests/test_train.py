@@ -963,6 +963,47 @@ def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path
         trainer(t5_at(tmp_path / "other", changed=True)).resume()
 
 
+def test_a_text_encoder_the_config_does_not_describe_is_refused(tmp_path):
+    """A T5 given to a Trainer whose config says tiny-t5 trained without a word, and the run
+    recorded tiny-t5: its export built the wrong encoder (caught only by the probe, with a
+    hint the command line refused). A 48-d encoder failed inside the U-Net."""
+    import dataclasses
+
+    from ivref import text
+
+    ci = configs.preset("ci")
+    tiny = text.build_encoder(ci.text)
+    tiny.model.save_pretrained(tmp_path / "t5")
+    tiny.tokenizer.save_pretrained(tmp_path / "t5")
+    t5 = text.T5Encoder.from_pretrained(tmp_path / "t5", ci.text.max_length)
+
+    def trainer(encoder, cfg=ci):
+        return train.Trainer(cfg, "base", tmp_path / "run", text_encoder=encoder, progress=False)
+
+    with pytest.raises(
+        ValueError, match=r"a 't5' encoder, but the config's text says encoder='tiny-t5'"
+    ):
+        trainer(t5)
+    longer = text.T5Encoder.from_pretrained(tmp_path / "t5", ci.text.max_length + 16)
+    with pytest.raises(
+        ValueError, match=r"with max_length=64, but the config's text has max_length=48"
+    ):
+        trainer(longer)
+    wider = dataclasses.replace(ci.text, dim=48)
+    other = dataclasses.replace(
+        ci,
+        text=wider,
+        stages=tuple(
+            dataclasses.replace(s, unet=dataclasses.replace(s.unet, text_dim=48)) for s in ci.stages
+        ),
+    )
+    with pytest.raises(ValueError, match=r"with dim=32, but the config's text has dim=48"):
+        trainer(tiny, other)
+    described = dataclasses.replace(ci.text, encoder="t5", path=str(tmp_path / "t5"))
+    assert trainer(t5, dataclasses.replace(ci, text=described)).objective is not None
+    assert trainer(text.CachedEncoder(tiny, tmp_path / "cache")).objective is not None
+
+
 def test_a_refused_resume_leaves_no_trainer_that_fit_would_take_for_the_runs(
     tmp_path, encoder, monkeypatch
 ):
