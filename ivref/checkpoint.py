@@ -38,7 +38,12 @@ import torch
 
 from ivref import configs
 from ivref.files import fsync_dir, remove_temporary
-from ivref.state_checks import check_compatible, check_fits, load_state_dict_strict
+from ivref.state_checks import (
+    ModelMismatchError,
+    check_compatible,
+    check_fits,
+    load_state_dict_strict,
+)
 from ivref.tensor_files import (
     CheckpointError,
     NonFiniteError,
@@ -56,6 +61,7 @@ from ivref.tensor_files import (
 
 __all__ = [  # with the file helpers of tensor_files.py that callers know from here
     "FORMAT", "CONFIG", "TENSOR_FILES", "CHECKPOINTS", "LEGACY", "CheckpointError",
+    "ModelMismatchError",
     "NonFiniteError", "Streamed", "TensorFile", "check_finite", "file_manifest",
     "optimizer_join", "optimizer_split", "verify_files", "save", "run_checkpoints",
     "incomplete_checkpoints", "no_checkpoint_message", "remove_stale", "set_aside", "latest",

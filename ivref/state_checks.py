@@ -29,6 +29,12 @@ def config_diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
+class ModelMismatchError(CheckpointError):
+    """A checkpoint that reads, but of another model than the one loading it: not damage,
+    so a resume says so at once rather than falling back to an older checkpoint (every
+    checkpoint of a run holds the same model)."""
+
+
 _SAME_WEIGHTS = ("checkpointing", "dropout")  # UNetConfig fields that change no weight's meaning
 
 
@@ -54,7 +60,7 @@ def check_compatible(
         {"unet": model(c_stage.unet), "text": encoder(current.text)},
     )
     if hard:
-        raise CheckpointError(
+        raise ModelMismatchError(
             f"{where} was saved with a different model for stage {stage!r}: " + "; ".join(hard)
         )
     return config_diff(saved.to_dict(), current.to_dict())

@@ -22,7 +22,16 @@ from typing import Any
 
 import torch
 
-from ivref import checkpoint, configs, distributed, files, objectives, sharded_state, text
+from ivref import (
+    checkpoint,
+    configs,
+    distributed,
+    files,
+    objectives,
+    sharded_state,
+    state_checks,
+    text,
+)
 from ivref.model_rng import STATE_KEY, ModelRNG
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
@@ -351,6 +360,8 @@ def _newest(
     for path in reversed(found):
         try:
             return path, read(path)
+        except state_checks.ModelMismatchError:  # not damage: every older one is the same
+            raise
         except checkpoint.CheckpointError as err:
             if path == found[0]:
                 raise

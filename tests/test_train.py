@@ -1004,6 +1004,30 @@ def test_a_text_encoder_the_config_does_not_describe_is_refused(tmp_path):
     assert trainer(text.CachedEncoder(tiny, tmp_path / "cache")).objective is not None
 
 
+def test_a_resume_of_another_model_says_so_once_without_falling_back(tmp_path, encoder, capsys):
+    """Another base_channels read as damage: 'resume: skipping step-2: ... saved with a
+    different model', then the same error for step 1. Every checkpoint of a run holds the
+    same model, so the first says it, and nothing is skipped or set aside."""
+    from ivref import checkpoint
+
+    _trainer(tmp_path, encoder, checkpoint_every=1).fit(2)
+    wider = configs.preset("ci").replace_stage("base", unet={"base_channels": 32})
+    again = train.Trainer(
+        wider, "base", tmp_path, text_encoder=encoder, batch_size=2, progress=False
+    )
+    with pytest.raises(
+        checkpoint.ModelMismatchError,
+        match=r"step-00000002 was saved with a different model .*base_channels: 16 != 32",
+    ):
+        again.resume()
+    assert "skipping" not in capsys.readouterr().err
+    assert [p.name for p in checkpoint.run_checkpoints(tmp_path)] == [
+        "step-00000001",
+        "step-00000002",
+    ]
+    assert issubclass(checkpoint.ModelMismatchError, checkpoint.CheckpointError)  # as before
+
+
 def test_a_refused_resume_leaves_no_trainer_that_fit_would_take_for_the_runs(
     tmp_path, encoder, monkeypatch
 ):
