@@ -131,7 +131,7 @@ def warn_untrained_aug_level(stage: Any, diffusion: Any) -> None:
     an error: training with little augmentation is a fair experiment."""
     if stage.kind == "base":
         return
-    lowest = float(
+    lowest = 0.0 + float(  # 0.0 + : -0.0 would print as "-0"
         schedules.logsnr_cosine(stage.aug_train_max_t, diffusion.logsnr_min, diffusion.logsnr_max)
     )
     if stage.aug_sample_logsnr < lowest - 1e-9:

@@ -189,6 +189,8 @@ def test_an_untrained_sampling_aug_level_warns():
     ):
         dataclasses.replace(cfg, stages=(*cfg.stages[:2], ssr, cfg.stages[3]))
     assert float(low) > ssr.aug_sample_logsnr
+    with pytest.warns(UserWarning, match=r"aug_train_max_t=0.5 reaches lambda' = 0\)"):
+        cfg.replace_stage("ssr1", aug_train_max_t=0.5, aug_sample_logsnr=-1.0)  # not "-0"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for name in ("ci", "toy", "paper"):
