@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,9 +246,30 @@ def barrier(context: Context) -> None:
         dist.barrier()
 
 
-def main_only(context: Context, manager: contextlib.AbstractContextManager):
-    """``manager`` on rank 0; a context that does nothing on the others (e.g. the run lock)."""
-    return manager if context.is_main else contextlib.nullcontext()
+class MainFailed(ValueError):
+    """Rank 0 could not enter what ``main_only`` gave it (the run folder's lock): the other
+    processes stop with it, and say so, instead of going on to fail in their own words."""
+
+
+@contextlib.contextmanager
+def main_only(context: Context, manager: contextlib.AbstractContextManager) -> Iterator[None]:
+    """``manager`` entered on rank 0 alone (e.g. the run folder's lock); every rank learns
+    whether it was, so where rank 0 fails (the folder is another run's) the others stop
+    at once with ``MainFailed`` rather than each meet the folder in its own way."""
+    with contextlib.ExitStack() as stack:
+        failure: Exception | None = None
+        if context.is_main:
+            try:
+                stack.enter_context(manager)
+            except Exception as err:
+                failure = err
+        if broadcast(failure is not None, context):
+            if failure is not None:
+                raise failure
+            raise MainFailed(
+                "stopped with rank 0, which could not start the work (its own message says why)"
+            )
+        yield
 
 
 def pack_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

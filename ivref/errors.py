@@ -112,14 +112,41 @@ def torch_out_of_memory() -> tuple[type[BaseException], ...]:
     return (kind,) if isinstance(kind, type) else ()
 
 
+_COLLECTIVE_CODE = (  # where torch talks to the other processes: torch.distributed, and DDP's
+    f"{os.sep}torch{os.sep}distributed{os.sep}",  # forward (its buffers, its bucket rebuild)
+    f"{os.sep}torch{os.sep}nn{os.sep}parallel{os.sep}",
+)
+_COLLECTIVE_WORDS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer")
+
+
 def in_collective(err: BaseException) -> bool:
-    """Whether ``err`` is a RuntimeError raised inside torch.distributed: the failure of a
-    collective, most often because another process stopped (gloo: 'Connection closed by
-    peer'), which its own message explains."""
+    """Whether ``err`` is a RuntimeError of a collective: raised inside torch.distributed or
+    DDP, or naming the transport (gloo, NCCL: DDP's gradient all-reduce fails inside the
+    backward), most often because another process stopped ('Connection closed by peer'),
+    which its own message explains."""
     if not isinstance(err, RuntimeError) or isinstance(err, torch_out_of_memory()):
         return False  # out of memory inside a collective is this process's own failure
-    inside = f"{os.sep}torch{os.sep}distributed{os.sep}"
-    return any(inside in frame.filename for frame in traceback.extract_tb(err.__traceback__))
+    frames = traceback.extract_tb(err.__traceback__)
+    if any(code in frame.filename for frame in frames for code in _COLLECTIVE_CODE):
+        return True
+    return any(word in str(err).lower() for word in _COLLECTIVE_WORDS)
+
+
+def rank_suffix() -> str:
+    """`` (rank R of N)`` under torchrun, else nothing: which process a message is from."""
+    rank, world = _process()
+    return f" (rank {rank} of {world})" if world > 1 else ""
+
+
+def process_label(name: str) -> str:
+    """``ivref <name>`` and ``rank_suffix()``: how a command names itself."""
+    return f"ivref {name}{rank_suffix()}"
+
+
+_TORCHRUN_TERM = (
+    " (torchrun sends SIGTERM to every process when one of them fails: unless the run was "
+    "stopped on purpose, another process's message, with its rank, says why)"
+)
 
 
 def warning_format(name: str) -> Callable[..., str]:
@@ -128,11 +155,13 @@ def warning_format(name: str) -> Callable[..., str]:
     Python's file, line number and source line, which name ivref's code, not the input; a
     warning from another library (torch, transformers) keeps its file and line."""
 
+    who = process_label(name)  # under torchrun: which process saw it
+
     def format_warning(message, category, filename, lineno, line=None) -> str:
         kind = "warning" if category is UserWarning else category.__name__
         here = Path(filename).resolve().is_relative_to(PACKAGE)
         source = "" if here else f" from {filename}:{lineno}"  # another library's: say whose
-        return f"ivref {name}: {kind}{source}: {message}\n"
+        return f"{who}: {kind}{source}: {message}\n"
 
     return format_warning
 
@@ -184,7 +213,7 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
     if not os.environ.get("IVREF_DEBUG"):
         warnings.formatwarning = warning_format(name)
     rank, world = _process()
-    who = f"ivref {name}" + f" (rank {rank} of {world})" * (world > 1)
+    who = process_label(name)
     received: list[int] = []  # the signals that reached this process while the command ran
     try:
         with _signals_raise(received):
@@ -197,7 +226,8 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         print(f"{who}: interrupted", file=sys.stderr)  # each that stopped says so
         return 130
     except Stopped as err:
-        print(f"{who}: {err}", file=sys.stderr)
+        hint = _TORCHRUN_TERM if world > 1 and err.signum == signal.SIGTERM else ""
+        print(f"{who}: {err}{hint}", file=sys.stderr)
         return 128 + err.signum
     except BrokenPipeError:  # the reader of stdout has gone (``ivref info | head -1``): as a
         # program killed by SIGPIPE, quietly; stdout now points nowhere, so the interpreter's
@@ -212,7 +242,8 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
             # died of the Ctrl-C and its writer failed before KeyboardInterrupt was raised
             signum = received[0]
             said = "interrupted" if signum == signal.SIGINT else Stopped(signum)
-            print(f"{who}: {said}", file=sys.stderr)
+            hint = _TORCHRUN_TERM if world > 1 and signum == signal.SIGTERM else ""
+            print(f"{who}: {said}{hint}", file=sys.stderr)
             return 128 + signum
         message, status = describe(err)
         if world > 1 and in_collective(err):

@@ -433,7 +433,8 @@ class VideoTextFolder:
             raise RuntimeError(
                 f"no usable videos under {str(self.root)!r} any more (every file failed to "
                 f"decode since the folder was made: {self.skipped}); mend or restore the files "
-                "and resume the run from its last checkpoint (ivref train --resume)"
+                "and resume the run from its last checkpoint (ivref train --resume, under "
+                "torchrun as the run was started)"
             )
         return self._pairs(n, g)
 

@@ -602,6 +602,66 @@ def test_a_stop_and_an_error_are_worded_for_the_process_that_says_them(monkeypat
     assert not errors.in_collective(torch.OutOfMemoryError("CUDA out of memory"))
 
 
+def test_under_torchrun_every_message_names_its_process_and_a_sigterm_says_who_sends_it(
+    monkeypatch, capsys
+):
+    """Warnings and argparse errors said no rank, DDP's gloo failures got no hint that a
+    peer may have stopped first, and a rank that torchrun stopped because another failed
+    said only 'stopped by SIGTERM', as if someone had stopped the run."""
+    from ivref import arguments
+
+    def terminated(args):
+        raise errors.Stopped(signal.SIGTERM)
+
+    assert errors.run_command("train", terminated, None) == 143
+    assert capsys.readouterr().err == "ivref train: stopped by SIGTERM\n"  # one process
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run_command("train", terminated, None) == 143
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("ivref train (rank 1 of 2): stopped by SIGTERM (torchrun sends ")
+    assert "another process's message, with its rank, says why" in lines[0]
+    said = errors.warning_format("train")("skipping 'v2.gif'", UserWarning, errors.__file__, 1)
+    assert said == "ivref train (rank 1 of 2): warning: skipping 'v2.gif'\n"
+    parser = arguments.Parser(prog="ivref train")
+    parser.add_argument("--steps", type=int)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--steps", "x"])
+    assert capsys.readouterr().err.startswith("ivref train (rank 1 of 2): error: argument --steps")
+    gloo = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    )
+    assert errors.in_collective(gloo)  # raised in DDP's hooks or the autograd engine
+    assert not errors.in_collective(RuntimeError("no usable videos under 'v'"))
+
+
+def test_a_run_folder_another_run_holds_stops_every_process_in_one_way(tmp_path):
+    """Rank 0 said the folder was in use (its lock), while rank 1, past a lock it does not
+    take, said 'already holds a run; pass --resume ... --force (deleting its log ...)'."""
+    from ivref import files
+
+    out = tmp_path / "run"
+    _torchrun("--steps", "1", "--out", str(out))
+    with files.RunLock(out):  # another job trains there
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += [f"--nproc_per_node={WORLD}", "-m", "ivref.train", *ARGS]
+        command += ["--steps", "2", "--out", str(out)]
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if line.startswith("ivref train")]
+    assert any(
+        line.startswith("ivref train (rank 0 of 2): error: run folder")
+        and "is in use by pid" in line
+        for line in said
+    ), said
+    assert (
+        "ivref train (rank 1 of 2): error: stopped with rank 0, which could not start the "
+        "work (its own message says why)" in said
+    ), said
+    assert not any("already holds a run" in line for line in said), said
+
+
 def test_a_signal_the_process_ignores_stays_ignored_while_a_command_runs():
     """A job started in the background without job control ignores SIGINT: the command's
     handler made a Ctrl-C meant for its parent stop it."""

@@ -34,6 +34,7 @@ def test_a_decode_leaves_no_pipe_open(tmp_path, frames_read):
     import itertools
 
     _write_counting_clip(tmp_path / "clip.mp4", 12)
+    gc.collect()  # what earlier tests left is collected now, not counted below
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decoding = video_files.decode_from(tmp_path / "clip.mp4", 0, 12.0)
