@@ -220,7 +220,11 @@ def distill_stage(
             if finished is not None:  # a finished phase is loaded for its student alone: its
                 # streams are not used (nor its data checked), so new ones go unannounced; the
                 # one phase that trains on says so (once, not once per phase before it)
-                loop.resume(new_streams=new_streams or finished, announce=not finished)
+                step = loop.resume(new_streams=new_streams or finished, announce=not finished)
+                if finished and step < length:  # its last checkpoint was damaged (set aside):
+                    # it trains its last steps again on the streams it trained them on, so
+                    # they come out as they did, and so does every later phase
+                    loop.resume(new_streams=new_streams)
             loop.fit(length)
             ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
             if loop.interrupted:

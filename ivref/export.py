@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     _keep_students(args.out, given, models, args.base)
     teachers |= _students_of_their_cascade(args.out, given, args.base, base)
     teachers |= _copied_teachers(args.out, args.base, models, given)
+    teachers |= _teachers_of_students(given, base, args.base, teachers)
     names = [s.name for s in cfg.stages]
     last = max((names.index(st) for st in models if st in names), default=0)  # (a stage the
     missing = [n for n in names[:last] if n not in models]  # config lacks: Cascade names it)
@@ -133,6 +134,50 @@ def _copied_teachers(
     listed = cascade_lib.listed_weights(parent)
     copies = [n for n, m in models.items() if n not in given and not m.cfg.use_guidance_embedding]
     return {n: listed[n] for n in copies if n in listed}
+
+
+def _teachers_of_students(
+    given: dict[str, Path], base: Any, base_dir: Path | None, known: dict[str, str]
+) -> dict[str, str]:
+    """{stage: the sha256 of its teacher's weight file} for the distilled runs whose teacher
+    no other check placed (an export into another folder than the teacher's distilled/), read
+    from the cascade each was distilled from where it still holds that teacher, so that the
+    folder, copied into another cascade's distilled/ later, is noticed there as stale. Where
+    ``--base`` holds other weights for such a stage than its teacher (its stages then sample
+    beside a student of another cascade), a note says so."""
+    from ivref import cascade as cascade_lib
+    from ivref import distill_plan, shipped
+
+    found: dict[str, str] = {}
+    for stage, run in given.items():
+        if stage in known or not (run / distill_plan.PLAN).is_file():
+            continue
+        plan = distill_plan.read_plan(run)
+        recorded = plan.get("teacher")
+        if recorded is None:
+            continue  # a plan from before ivref recorded its teacher
+        source = Path(plan["source"]) if plan.get("source") else shipped.shipped_dir()
+        same_as_base = base_dir is not None and source.resolve() == base_dir.resolve()
+        try:
+            teacher = base if same_as_base else cascade_lib.Cascade.from_pretrained(source)
+        except (OSError, ValueError):
+            teacher = None  # moved or gone: its weights cannot be named
+        model = teacher.models[stage] if teacher is not None and stage in teacher.models else None
+        if model is not None and distill_plan.teacher_digest(model) == recorded:
+            listed = cascade_lib.listed_weights(source).get(stage)
+            if listed is not None:
+                found[stage] = listed
+        ours = base.models[stage] if base is not None and stage in base.models else None
+        if ours is not None and stage not in base.teachers:  # --base's own stage, a teacher
+            if distill_plan.teacher_digest(ours) != recorded:
+                print(
+                    f"note: {str(run)!r} distilled stage {stage!r} from other weights than "
+                    f"--base {str(base_dir)!r} holds for it (its teacher: {str(source)!r}): "
+                    "the cascade written joins a student of one cascade to the stages of "
+                    "another",
+                    file=sys.stderr,
+                )
+    return found
 
 
 def _note_stale_students(folder: Path) -> None:

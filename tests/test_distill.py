@@ -293,12 +293,19 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert f"(its teacher: {str(tmp_path / 'cascade')!r})" in said
     assert not (tmp_path / "other" / "distilled").exists()
     assert cli.main([*argv, "--out", str(tmp_path / "mixed")]) == 0  # elsewhere: the user's call
+    said = " ".join(capsys.readouterr().err.split())  # but said, and its teacher recorded
+    assert "distilled stage 'tsr' from other weights than --base" in said
+    assert "joins a student of one cascade to the stages of another" in said
     # the students record their teacher's weight file; replacing it in the parent is said
     parent = json.loads((tmp_path / "cascade" / "cascade.json").read_text())
     distilled = json.loads((tmp_path / "cascade" / "distilled" / "cascade.json").read_text())
     shas = {n: parent["files"][f"{n}.safetensors"]["sha256"] for n in ("base", "tsr")}
     assert distilled["teachers"] == shas  # the student's, and the base copied beside it
-    assert "teachers" not in json.loads((tmp_path / "mixed" / "cascade.json").read_text())
+    mixed = json.loads((tmp_path / "mixed" / "cascade.json").read_text())
+    assert mixed["teachers"] == {"tsr": shas["tsr"]}  # its teacher, wherever it is copied
+    shutil.copytree(tmp_path / "mixed", tmp_path / "other" / "distilled")  # by hand, later
+    with pytest.warns(UserWarning, match=r"the stages \['tsr'\] were distilled from \(or copi"):
+        Cascade.from_pretrained(tmp_path / "other", variant="distilled")  # it was silent
     run = ["train", "--scale", "ci", "--stage", "tsr", "--steps", "1", "--batch-size", "2"]
     assert cli.main([*run, "--out", str(tmp_path / "tsr")]) == 0
     argv = ["export", str(tmp_path / "tsr"), "--base", str(tmp_path / "cascade")]
@@ -781,6 +788,40 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     assert cli.main(["export", str(out), "--out", str(tmp_path / "x")]) == 2
     assert "its last checkpoint is damaged" in capsys.readouterr().err
     assert not (tmp_path / "x" / "cascade.json").exists()
+
+
+def test_a_damaged_end_of_a_finished_phase_is_trained_again_as_it_was(tmp_path, capsys):
+    """A finished phase is loaded with new streams (they are not used); where its last
+    checkpoint was damaged, the resume fell back to the one before and trained the last
+    steps on those new streams, silently: other weights in that phase and every later one
+    (the next phase, resumed midway, then learnt from two teachers)."""
+    from safetensors.torch import load_file
+
+    _save_ci_base_teacher(tmp_path / "cascade")
+
+    def distil(out, *extra):
+        argv = ["distill", "--stage", "base", "--from", str(tmp_path / "cascade")]
+        argv += ["--out", str(out), "--guided-steps", "3", "--halving-steps", "3"]
+        argv += ["--to-steps", "8", "--batch-size", "2", "--checkpoint-every", "1", *extra]
+        return cli.main(argv)
+
+    assert distil(tmp_path / "whole") == 0
+    phases = json.loads((tmp_path / "whole" / distill.PLAN).read_text())["phases"]
+    shutil.copytree(tmp_path / "whole", tmp_path / "again")
+    guided_end = tmp_path / "again" / phases[0] / "checkpoints" / "step-00000003"
+    ema = guided_end / "ema.safetensors"
+    ema.write_bytes(ema.read_bytes()[:100])  # the guided phase's last checkpoint, damaged
+    shutil.rmtree(tmp_path / "again" / phases[-1] / "checkpoints" / "step-00000003")
+    capsys.readouterr()
+    assert cli.main(["distill", "--out", str(tmp_path / "again"), "--resume"]) == 0
+    assert "skipping step-00000003" in capsys.readouterr().err  # it fell back, and said so
+    for phase in phases:
+        whole, again = (
+            load_file(checkpoint.run_checkpoints(tmp_path / run / phase)[-1] / "ema.safetensors")
+            for run in ("whole", "again")
+        )
+        assert whole.keys() == again.keys()
+        assert all(torch.equal(whole[k], again[k]) for k in whole), phase
 
 
 def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_path, capsys):
