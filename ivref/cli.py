@@ -238,6 +238,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{size / 2**30:.1f} GiB of frames (at most {MAX_DISPLAY_BYTES / 2**30:.0f}); give "
             + ", or ".join(fixes)
         )
+    _note_student_steps(model, args.steps)
     result = model.generate(
         args.prompts,
         seed=args.seed,
@@ -298,6 +299,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         files.atomic_write_text(args.json, json.dumps(report, indent=2) + "\n", follow_links=True)
     return 0
+
+
+def _note_student_steps(model: Any, steps: int | dict[str, int] | None) -> None:
+    """Say where ``--steps`` samples a distilled student at other steps than it learnt: it
+    does as asked, but the student was taught to sample in its own N (the one step of
+    each pair its teacher took two for), so more steps need not sample better."""
+    named = steps if isinstance(steps, dict) else {}
+    for stage in model.trained_stages:
+        asked = named.get(stage.name) or (steps if isinstance(steps, int) else None)
+        student = model.models[stage.name].cfg.use_guidance_embedding
+        if student and asked is not None and asked != stage.sample_steps:
+            print(
+                f"note: stage {stage.name!r} is a student distilled to sample in "
+                f"{stage.sample_steps} steps; --steps samples it in {asked}",
+                file=sys.stderr,
+            )
 
 
 def _evaluate_settings(
@@ -432,6 +449,16 @@ def _cascade_info(folder: Path | None, distilled: bool, flops: bool) -> int:
     untrained = [s.name for s in cfg.stages if s.name not in read.stages]
     if untrained:
         print(f"not trained in this folder: {', '.join(untrained)}")
+    copies = [n for n in read.teachers if not cfg.stage(n).unet.use_guidance_embedding]
+    if copies:  # --base C --out C/distilled copies C's undistilled stages beside the students
+        print(f"copied from the cascade above, not distilled: {', '.join(copies)}")
+    if directory.resolve().name == cascade_lib.DISTILLED:
+        stale = cascade_lib.stale_students(directory.resolve().parent, read.teachers)
+        if stale:
+            print(
+                f"stale: {', '.join(stale)} (distilled from, or copied from, weights the "
+                "cascade above no longer holds: distil them again and export them here)"
+            )
     return 0
 
 

@@ -159,6 +159,18 @@ def distill_stage(
     ``teacher_cascade`` is left as it was: its stage is moved to ``device`` and put in eval
     mode for the distillation, then back to its own device and mode.
     """
+    if not isinstance(teacher_cascade, cascade.Cascade):
+        raise TypeError(
+            f"teacher_cascade={teacher_cascade!r:.60} must be a trained cascade: "
+            "cascade.Cascade.from_pretrained(FOLDER) (and source=FOLDER, for the plan)"
+        )
+    trained = [s.name for s in teacher_cascade.trained_stages]
+    if stage not in trained:
+        raise ValueError(f"stage={stage!r}: the cascade's trained stages are {trained}")
+    if isinstance(halving_steps, str | bytes):  # a Sequence: each character would be a count
+        raise TypeError(
+            f"halving_steps={halving_steps!r} must be an int, or a list of one int per halving"
+        )
     compiling.check_compile(compile)
     trainer.check_bf16(bf16)
     seed = arguments.check_seed("seed", seed)  # a Python int from here (NumPy's are taken)
@@ -211,7 +223,8 @@ def distill_stage(
             objective = DistillObjective(base, _compiled(teacher, compile, device), phase, steps, d)
             loop = trainer.Trainer(
                 cfg, stage, out / folder, objective=objective, model=student, device=device,
-                checkpoint_every=checkpoint_every, seed=seed, progress=progress, compile=compile,
+                checkpoint_every=checkpoint_every, seed=seed, compile=compile,
+                progress=f"{stage} {folder}" if progress else False,  # which phase it is
                 fsdp=fsdp, bf16=forced_bf16,
             )  # fmt: skip
             finished = trainer_checkpoints.on_main(  # rank 0's listing decides for every rank
@@ -221,6 +234,8 @@ def distill_stage(
                 # streams are not used (nor its data checked), so new ones go unannounced; the
                 # one phase that trains on says so (once, not once per phase before it)
                 step = loop.resume(new_streams=new_streams or finished, announce=not finished)
+                if not finished and progress and context.is_main:
+                    print(f"resuming {stage} {folder} from step {step}", file=sys.stderr)
                 if finished and step < length:  # its last checkpoint was damaged (set aside):
                     # it trains its last steps again on the streams it trained them on, so
                     # they come out as they did, and so does every later phase
@@ -511,8 +526,20 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     if not context.is_main:
         return 0
     print(
-        f"distilled {args.stage} to {steps} steps in {args.out}; export it with: ivref export "
-        f"{args.out} --base {args.source or cascade.shipped_dir()} --out DIR",
+        f"distilled {args.stage} to {steps} steps in {args.out}; export it with: "
+        + _export_hint(args.out, args.source),
         file=sys.stderr,
     )
     return 0
+
+
+def _export_hint(out: Path, source: Path | None) -> str:
+    """The ``ivref export`` that puts a finished distillation beside its teacher: into the
+    teacher's ``distilled/`` folder, joining the students already there (``--base`` that
+    folder, ``--force``); for the shipped teacher, into a folder of the user's."""
+    if source is None:
+        return f"ivref export {out} --base {cascade.shipped_dir()} --out DIR"
+    students = Path(source) / cascade.DISTILLED
+    if (students / cascade.MANIFEST).is_file():  # keeps the students there
+        return f"ivref export {out} --base {students} --out {students} --force"
+    return f"ivref export {out} --base {source} --out {students}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -42,8 +43,18 @@ def pd_target(
     z' = ddim(z_t, t -> t'), z'' = ddim(z', t' -> t''), t' = t - dt/2, t'' = t - dt;
       x~ = (z'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - (sigma_t'' / sigma_t) alpha_t).
     At t'' = 0 (logsnr = +inf: alpha = 1, sigma = 0) this is the teacher's x_hat at t'.
+    ``dt`` must be in (0, 1] and each t in [dt, 1] (a ValueError otherwise: outside, the
+    target is NaN or a step backwards); t on a GPU is not checked (no sync per step).
     """
+    real = isinstance(dt, numbers.Real) and not isinstance(dt, bool)
+    if not real or not 0.0 < dt <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"dt={dt!r} is invalid; allowed: a step size in (0, 1], e.g. 1 / N")
     t = torch.as_tensor(t, dtype=torch.float64)
+    if t.device.type == "cpu" and not bool(((t >= dt - 1e-9) & (t <= 1.0)).all()):
+        raise ValueError(
+            f"t spans [{t.min().item():g}, {t.max().item():g}]; allowed: student times in "
+            f"[dt, 1] = [{dt:g}, 1], so that t - dt, where the step lands, is not before 0"
+        )
 
     def logsnr(time: torch.Tensor) -> torch.Tensor:
         value = schedules.logsnr_cosine(time.clamp(min=0.0), logsnr_min, logsnr_max)

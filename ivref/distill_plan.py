@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ivref import checkpoint, configs, errors
+from ivref import checkpoint, configs, errors, files
 from ivref.config_checks import is_integer
 from ivref.shipped import shipped_dir
 
@@ -447,10 +447,15 @@ def check_phase_finished(folder: Path) -> None:
     latest = checkpoint.latest(folder)
     step = checkpoint.read_config(latest)["step"] if latest is not None else 0
     if step < length:
+        holder = files.lock_holder(folder.parent) or files.lock_holder(folder)
+        then = (
+            f"it is still training (in use by {holder}): export it once it has finished"
+            if holder is not None
+            else f"continue it with `ivref distill --out {folder.parent} --resume`"
+        )
         raise ValueError(
             f"{str(folder)!r} is phase {folder.name} of the distillation in "
-            f"{str(folder.parent)!r}, not finished (step {step} of {length}): continue it with "
-            f"`ivref distill --out {folder.parent} --resume`"
+            f"{str(folder.parent)!r}, not finished (step {step} of {length}): {then}"
         )
     try:  # finished, but a damaged last checkpoint would load an older, unfinished student
         checkpoint.verify(latest)

@@ -191,6 +191,9 @@ class Trainer:
     ``ivref train --resume`` without ``--bf16`` / ``--no-bf16`` does), while a trainer made
     with True or False keeps its own.
     ``self.bf16`` is what the steps use.
+
+    ``progress``: a tqdm bar of the steps on rank 0, labelled with the stage's name (a string:
+    with that label, e.g. a distillation's phase).
     """
 
     def __init__(
@@ -211,7 +214,7 @@ class Trainer:
         evaluate: Evaluator | None = None,
         evaluate_every: int = 0,
         on_nonfinite: OnNonFinite = "stop",
-        progress: bool = True,
+        progress: bool | str = True,
         compile: bool | dict[str, Any] = False,
         fsdp: bool = False,
         bf16: bool | None = None,
@@ -252,6 +255,8 @@ class Trainer:
         stream = distributed.stream_seed(seed, context.rank)  # this rank's data and noise
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.evaluate, self.evaluate_every = evaluate, evaluate_every
+        if not isinstance(progress, bool | str):
+            raise TypeError(f"progress={progress!r} must be True, False or a label (str)")
         self.on_nonfinite, self.progress = on_nonfinite, progress
         self.compiled = compile is not False
         if objective is None:
@@ -570,7 +575,9 @@ class Trainer:
             bar = stack.enter_context(
                 tqdm(total=steps, initial=self.step, disable=not (self.progress and main))
             )  # closed before an error is reported, so the message is not lost in the bar
-            bar.set_description(self.stage.name)
+            bar.set_description(
+                self.progress if isinstance(self.progress, str) else self.stage.name
+            )
             start, start_step = time.perf_counter(), self.step
             while self.step < steps and not self._stopping():
                 row = {"step": self.step + 1, **self.train_step()}

@@ -1013,3 +1013,23 @@ def test_train_resume_takes_a_moved_t5_folder_and_records_it_whole(tmp_path, mon
     newest = checkpoint.run_checkpoints(tmp_path / "run")[-1]
     saved = json.loads((newest / checkpoint.CONFIG).read_text())["config"]["text"]["path"]
     assert saved == str(tmp_path / "moved")
+
+
+def test_generate_notes_a_student_sampled_at_other_steps_than_it_learnt(tmp_path, capsys):
+    """--steps 16 on a student distilled to 8 steps ran silently."""
+    from ivref import distill
+    from ivref.cascade import Cascade
+    from ivref.unet3d import VideoUNet
+
+    student = distill.student_config(configs.ci(), "base", 8)
+    Cascade(student, {"base": VideoUNet(student.stage("base").unet)}).save_pretrained(
+        tmp_path / "s"
+    )
+    argv = ["generate", "a red circle moving left", "--checkpoint", str(tmp_path / "s")]
+    argv += ["--out", str(tmp_path / "v.gif")]
+    for steps, said in ((["--steps", "2"], True), (["--steps", "base=8"], False), ([], False)):
+        assert cli.main([*argv, *steps]) == 0
+        err = capsys.readouterr().err
+        note = "note: stage 'base' is a student distilled to sample in 8 steps; --steps "
+        note += "samples it in 2"
+        assert (note in err) is said, err

@@ -19,6 +19,7 @@ from ivref import (
     configs,
     distill,
     distill_plan,
+    files,
     objectives,
     run_flags,
     samplers,
@@ -58,6 +59,25 @@ def test_one_student_step_with_the_target_lands_on_two_teacher_steps():
             torch.testing.assert_close(student, z_end, rtol=0, atol=1e-9)
             if i == 1:  # the last student step: the target is the teacher's x_hat at t'
                 torch.testing.assert_close(x_target, teacher(z_mid, mid), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "t, dt, message",
+    [
+        (0.5, 0.0, r"dt=0\.0 is invalid; allowed: a step size in \(0, 1\]"),
+        (0.5, math.nan, r"dt=nan is invalid"),
+        (0.5, -0.25, r"dt=-0\.25 is invalid"),
+        (0.5, True, r"dt=True is invalid"),
+        (0.5, 2.0, r"dt=2\.0 is invalid"),
+        (0.25, 0.5, r"t spans \[0\.25, 0\.25\]; allowed: student times in \[dt, 1\] = \[0\.5, 1\]"),
+        (1.5, 0.5, r"t spans \[1\.5, 1\.5\]"),
+    ],
+)
+def test_pd_target_refuses_a_step_that_cannot_be(t, dt, message):
+    """Each gave an all-NaN target, or (dt < 0) a finite step backwards, without a word."""
+    z_t = torch.randn(3, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        distill.pd_target(_linear_teacher(), z_t, torch.full((3,), t, dtype=torch.float64), dt)
 
 
 def _gaussian_oracle(mu, s):
@@ -248,6 +268,10 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
         "--bf16",  # the ci preset trains without autocast; the student may differ
     ]
     assert cli.main(argv) == 0
+    said = capsys.readouterr().err  # where its students go: the teacher's distilled/ folder
+    students = tmp_path / "cascade" / "distilled"
+    hint = f"--base {tmp_path / 'cascade'} --out {students}"
+    assert f"export it with: ivref export {tmp_path / 'd'} {hint}" in said
     assert json.loads((tmp_path / "d" / "distill.json").read_text())["bf16"] is True
     assert not cfg.stage("tsr").train.bf16
     assert all(cli.run_stage(tmp_path / "d" / p)[0].stage("tsr").train.bf16 for p in phases)
@@ -275,6 +299,8 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     assert not (tmp_path / "dd").exists()
     argv = ["export", str(tmp_path / "d"), "--base", str(tmp_path / "cascade")]
     assert cli.main([*argv, "--out", str(tmp_path / "cascade" / "distilled")]) == 0
+    joining = f"--base {students} --out {students} --force"  # the next joins the students
+    assert distill._export_hint(tmp_path / "d2", tmp_path / "cascade").endswith(joining)
     student = Cascade.from_pretrained(tmp_path / "cascade", variant="distilled")
     stage = student.cfg.stage("tsr")
     assert stage.sample_steps == 4 and stage.sampler == "stochastic"
@@ -318,6 +344,11 @@ def test_a_ci_stage_distils_to_four_steps_end_to_end(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the parent itself loads without a word
         Cascade.from_pretrained(tmp_path / "cascade")
+    capsys.readouterr()
+    assert cli.main(["info", "--checkpoint", str(tmp_path / "cascade"), "--distilled"]) == 0
+    shown = capsys.readouterr().out  # info said nothing of either
+    assert "copied from the cascade above, not distilled: base" in shown
+    assert "stale: tsr (distilled from, or copied from, weights the cascade above" in shown
 
 
 def test_the_objective_leaves_the_callers_teacher_as_it_was():
@@ -604,14 +635,23 @@ def test_compiled_distillation_matches_eager(tmp_path, monkeypatch):
         (dict(batch_size=0), r"batch_size=0 must be None \(the stage's\)"),
         (dict(checkpoint_every=0), r"checkpoint_every=0 must be an integer from 1"),
         (dict(device="bogus"), r"device 'bogus' is not a device name"),
+        (dict(stage="tsr"), r"stage='tsr': the cascade's trained stages are \['base'\]"),
+        (dict(halving_steps="4"), r"halving_steps='4' must be an int, or a list of one int"),
+        (dict(teacher_cascade="runs/c"), r"teacher_cascade='runs/c' must be a trained cascade"),
     ],
 )
 def test_bad_distill_arguments_are_refused_before_anything_is_written(tmp_path, kwargs, message):
-    """A zero or negative count was read as "the default" or trained nothing, silently."""
+    """A zero or negative count was read as "the default" or trained nothing, silently; a
+    folder for the cascade, an untrained stage and a string of steps met AttributeError,
+    KeyError and "halving_steps=['4']"."""
     cfg = configs.preset("ci")
     teacher = Cascade(cfg, {s.name: VideoUNet(s.unet).eval() for s in cfg.stages[:1]})
-    with pytest.raises(ValueError, match=message):
-        distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, **kwargs)
+    args = {"teacher_cascade": teacher, "stage": "base"} | kwargs
+    kind = (
+        TypeError if "must be an int, or" in message or "trained cascade" in message else ValueError
+    )
+    with pytest.raises(kind, match=message):
+        distill.distill_stage(out=tmp_path / "d", progress=False, **args)
     assert not (tmp_path / "d").exists()
     with pytest.raises(TypeError, match=r"bf16='yes'; allowed: None \(the stage's setting\)"):
         distill.distill_stage(teacher, "base", tmp_path / "d", progress=False, bf16="yes")
@@ -648,6 +688,8 @@ def test_new_streams_on_resume_are_announced_once_by_the_phase_that_trains_on(tm
     assert cli.main(resumed) == 0  # no --from, steps or batch: the plan's and run_flags.json's
     err = capsys.readouterr().err
     assert err.count("resume: new data, noise and dropout streams") == 1
+    assert f"resuming base {phases[-1]} from step 1" in err  # which phase, and where
+    assert f"resuming base {phases[0]}" not in err  # a finished phase is loaded, not resumed
     assert "resume: override --checkpoint-every: 1 -> the default (100)" in err
     assert [row["step"] for row in train.read_log(out / phases[-1])] == [1, 2]
     assert json.loads((out / run_flags.FILE).read_text()) == {
@@ -840,6 +882,10 @@ def test_a_finished_distillation_goes_on_to_fewer_steps_and_only_to_fewer(tmp_pa
     err = capsys.readouterr().err  # a phase given alone exported its half-trained student
     assert "is phase halve-0016-0008 of the distillation in" in err
     assert "not finished (step 1 of 3): continue it with `ivref distill --out" in err
+    with files.RunLock(out):  # still distilling: a resume would meet the lock
+        assert cli.main([*export, str(tmp_path / "x"), str(out / "halve-0016-0008")]) == 2
+    err = capsys.readouterr().err
+    assert "not finished (step 1 of 3): it is still training (in use by this process" in err
     assert cli.main([*export, str(tmp_path / "y"), str(out / "guided")]) == 0  # finished
     (out / distill.PLAN).write_text(json.dumps(first))
     ema = sorted((out / "halve-0016-0008" / "checkpoints").iterdir())[-1] / "ema.safetensors"
