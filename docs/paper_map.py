@@ -55,7 +55,8 @@ def rows() -> list[tuple[str, str, str, str]]:
             summary = doc.splitlines()[0].strip().rstrip(".").replace("|", "/")
             tests = sorted(set(uses.get(node.name, [])))
             shown = ", ".join(f"`{t}`" for t in tests[:3]) + (" ..." if len(tests) > 3 else "")
-            out.append(("; ".join(cited), f"`{path.stem}.{node.name}`", summary, shown or "-"))
+            keys = dict.fromkeys(k for group in cited for k in group.split(", "))  # each once
+            out.append((", ".join(keys), f"`{path.stem}.{node.name}`", summary, shown or "-"))
     return out
 
 

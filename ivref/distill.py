@@ -262,9 +262,15 @@ def _borrowed(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn
 
 
 def _phase_finished(folder: Path, length: int) -> bool | None:
-    """Whether a phase's run folder has trained its ``length`` steps (None: not started)."""
+    """Whether a phase's run folder has trained its ``length`` steps (None: not started). A
+    newest checkpoint whose config does not read is not finished: the resume falls back."""
     latest = checkpoint.latest(folder)
-    return None if latest is None else checkpoint.read_config(latest)["step"] >= length
+    if latest is None:
+        return None
+    try:
+        return checkpoint.read_config(latest)["step"] >= length
+    except checkpoint.CheckpointError:
+        return False
 
 
 def checked_plan(

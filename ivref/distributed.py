@@ -261,8 +261,8 @@ def main_only(context: Context, manager: contextlib.AbstractContextManager) -> I
         if context.is_main:
             try:
                 stack.enter_context(manager)
-            except Exception as err:
-                failure = err
+            except Exception as err:  # a signal (BaseException) ends rank 0 at once: the
+                failure = err  # others, waiting below, are ended by torchrun
         if broadcast(failure is not None, context):
             if failure is not None:
                 raise failure

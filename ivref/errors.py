@@ -126,8 +126,9 @@ def in_collective(err: BaseException) -> bool:
     which its own message explains."""
     if not isinstance(err, RuntimeError) or isinstance(err, torch_out_of_memory()):
         return False  # out of memory inside a collective is this process's own failure
-    frames = traceback.extract_tb(err.__traceback__)
-    if any(code in frame.filename for frame in frames for code in _COLLECTIVE_CODE):
+    frames = traceback.extract_tb(err.__traceback__)  # where it was raised, not the wrappers
+    innermost = frames[-1].filename if frames else ""  # (DDP and FSDP call the model itself:
+    if any(code in innermost for code in _COLLECTIVE_CODE):  # its own errors pass them)
         return True
     return any(word in str(err).lower() for word in _COLLECTIVE_WORDS)
 

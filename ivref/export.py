@@ -136,6 +136,33 @@ def _copied_teachers(
     return {n: listed[n] for n in copies if n in listed}
 
 
+def _stage_alone(folder: Path, stage: str) -> tuple[Any, str] | None:
+    """(the model, the sha256 of its file) of stage ``stage`` of cascade folder ``folder``,
+    its file alone read and checked against the manifest (a paper cascade's other stages are
+    many GB); None where the folder, the stage or an intact file is not there."""
+    import warnings
+
+    from ivref import cascade as cascade_lib
+    from ivref import checkpoint, tensor_files
+    from ivref.unet3d import VideoUNet
+
+    name = f"{stage}.safetensors"
+    try:
+        with warnings.catch_warnings():  # a cascade the user did not name: nothing to say
+            warnings.simplefilter("ignore")
+            read = cascade_lib.read_manifest(folder)
+        listed = cascade_lib.listed_weights(folder).get(stage)
+        if stage not in read.stages or listed is None or not (folder / name).is_file():
+            return None
+        if tensor_files.file_manifest(folder, [name])[name]["sha256"] != listed:
+            return None  # changed since its manifest was written
+        model = VideoUNet.to_load(read.cfg.stage(stage).unet)
+        checkpoint.load_weights(folder / name, model)
+    except (OSError, ValueError):
+        return None  # moved, gone or damaged: its weights cannot be named
+    return model, listed
+
+
 def _teachers_of_students(
     given: dict[str, Path], base: Any, base_dir: Path | None, known: dict[str, str]
 ) -> dict[str, str]:
@@ -158,15 +185,13 @@ def _teachers_of_students(
             continue  # a plan from before ivref recorded its teacher
         source = Path(plan["source"]) if plan.get("source") else shipped.shipped_dir()
         same_as_base = base_dir is not None and source.resolve() == base_dir.resolve()
-        try:
-            teacher = base if same_as_base else cascade_lib.Cascade.from_pretrained(source)
-        except (OSError, ValueError):
-            teacher = None  # moved or gone: its weights cannot be named
-        model = teacher.models[stage] if teacher is not None and stage in teacher.models else None
-        if model is not None and distill_plan.teacher_digest(model) == recorded:
+        if same_as_base and stage in base.models:
             listed = cascade_lib.listed_weights(source).get(stage)
-            if listed is not None:
-                found[stage] = listed
+            teacher = None if listed is None else (base.models[stage], listed)
+        else:
+            teacher = _stage_alone(source, stage)  # that stage's file only, not the cascade
+        if teacher is not None and distill_plan.teacher_digest(teacher[0]) == recorded:
+            found[stage] = teacher[1]
         ours = base.models[stage] if base is not None and stage in base.models else None
         if ours is not None and stage not in base.teachers:  # --base's own stage, a teacher
             if distill_plan.teacher_digest(ours) != recorded:

@@ -204,6 +204,8 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
                 f"{text_cfg.encoder!r} (built in, no path needed): drop --text-encoder"
             )
         where = str(Path(args.text_encoder).expanduser().resolve())  # from any folder later
+        if args.resume and text_cfg.path != where:  # a moved folder (its probe checks it)
+            notes.append(f"text.path: {text_cfg.path} -> {where}")
         text_cfg = dataclasses.replace(text_cfg, path=where)
     return dataclasses.replace(cfg, text=text_cfg, stages=stages), stage, notes
 

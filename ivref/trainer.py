@@ -447,7 +447,8 @@ class Trainer:
         restores the weights, EMA, optimizer state and step alike, but starts new streams,
         seeded from the checkpoint (``trainer_checkpoints.seed_new_streams``): for any number of
         processes, and the same run whenever it is resumed so. ``announce=False`` leaves out
-        the note that says so (a caller that loads a finished run for its weights alone).
+        the note that says so, and the warning on a config that differs from the
+        checkpoint's (a caller that loads a finished run for its weights alone).
         """
         if not isinstance(new_streams, bool):
             raise TypeError(f"new_streams={new_streams!r}; allowed: True or False")

@@ -240,6 +240,21 @@ def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
         )
 
 
+def _check_same_t5_folder(saved_cfg: Any, config: Any, where: str) -> None:
+    """Where no recorded probe can tell whether a T5 is the one a run trained with (a run
+    saved before probes, or an encoder that could not encode the probe prompt), a T5 folder
+    that is not the run's is refused, as it was before a moved folder was allowed."""
+    if not isinstance(saved_cfg, configs.CascadeConfig):
+        return
+    old, new = saved_cfg.text.path, config.text.path
+    if old != new:
+        raise state_checks.ModelMismatchError(
+            f"{where} was saved with text.path {old!r}, not {new!r}, and records no text probe "
+            "that could tell whether the T5 there is the same one: give the folder it trained "
+            "with"
+        )
+
+
 def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
     """Load the newest good checkpoint into ``trainer`` and set its random streams; returns
     the checkpoint's step (see ``Trainer.resume``). With several processes rank 0 lists the
@@ -254,7 +269,7 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         saved = text.recorded_probe(extra, where)
     except ValueError as err:
         raise checkpoint.CheckpointError(str(err)) from None
-    if trainer.context.is_main:
+    if trainer.context.is_main and announce:  # a finished phase loaded for its weights: quiet
         _say_what_changed(trainer, meta.get("config"))
     given = extra.get("bf16_given")  # what forced the run's autocast when it started
     if getattr(trainer, "bf16_given", None) is None and isinstance(given, bool):  # kept
@@ -275,6 +290,8 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         cache = trainer.objective.text
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
+    else:  # no probe tells the encoder: its T5 folder must be the one the run trained with
+        _check_same_t5_folder(meta.get("config"), trainer.config, where)
     newer = found[found.index(path) + 1 :] if path in found else []  # rank 0's listing decides
     _set_aside_newer(trainer.context, distributed.broadcast(newer, trainer.context))
     data = getattr(trainer.objective, "data", None)

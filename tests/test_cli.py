@@ -986,7 +986,7 @@ def test_generate_samples_up_to_a_stage_at_steps_per_stage(tmp_path, capsys, mon
     assert "an empty entry between commas" in capsys.readouterr().err
 
 
-def test_train_resume_takes_a_moved_t5_folder_and_records_it_whole(tmp_path, monkeypatch):
+def test_train_resume_takes_a_moved_t5_folder_and_records_it_whole(tmp_path, monkeypatch, capsys):
     """A run whose T5 folder moved resumes with --text-encoder NEW (the path was part of
     'the model', and the resume refused), and the folder is recorded as an absolute path,
     so its cascade loads from any working folder."""
@@ -1010,6 +1010,8 @@ def test_train_resume_takes_a_moved_t5_folder_and_records_it_whole(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--out", "run", "--steps", "2", "--resume", "--text-encoder", "moved"]
     assert cli.main(argv) == 0
+    said = capsys.readouterr().err
+    assert f"resume: override text.path: {tmp_path / 't5'} -> {tmp_path / 'moved'}" in said
     newest = checkpoint.run_checkpoints(tmp_path / "run")[-1]
     saved = json.loads((newest / checkpoint.CONFIG).read_text())["config"]["text"]["path"]
     assert saved == str(tmp_path / "moved")

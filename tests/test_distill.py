@@ -832,7 +832,8 @@ def test_a_resume_with_another_batch_seed_or_teacher_is_refused_and_a_damaged_en
     assert not (tmp_path / "x" / "cascade.json").exists()
 
 
-def test_a_damaged_end_of_a_finished_phase_is_trained_again_as_it_was(tmp_path, capsys):
+@pytest.mark.parametrize("damaged", ["ema.safetensors", "config.json"])
+def test_a_damaged_end_of_a_finished_phase_is_trained_again_as_it_was(tmp_path, capsys, damaged):
     """A finished phase is loaded with new streams (they are not used); where its last
     checkpoint was damaged, the resume fell back to the one before and trained the last
     steps on those new streams, silently: other weights in that phase and every later one
@@ -851,8 +852,8 @@ def test_a_damaged_end_of_a_finished_phase_is_trained_again_as_it_was(tmp_path, 
     phases = json.loads((tmp_path / "whole" / distill.PLAN).read_text())["phases"]
     shutil.copytree(tmp_path / "whole", tmp_path / "again")
     guided_end = tmp_path / "again" / phases[0] / "checkpoints" / "step-00000003"
-    ema = guided_end / "ema.safetensors"
-    ema.write_bytes(ema.read_bytes()[:100])  # the guided phase's last checkpoint, damaged
+    part = guided_end / damaged
+    part.write_bytes(part.read_bytes()[:100])  # the guided phase's last checkpoint, damaged
     shutil.rmtree(tmp_path / "again" / phases[-1] / "checkpoints" / "step-00000003")
     capsys.readouterr()
     assert cli.main(["distill", "--out", str(tmp_path / "again"), "--resume"]) == 0

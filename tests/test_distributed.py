@@ -633,6 +633,19 @@ def test_under_torchrun_every_message_names_its_process_and_a_sigterm_says_who_s
     )
     assert errors.in_collective(gloo)  # raised in DDP's hooks or the autograd engine
     assert not errors.in_collective(RuntimeError("no usable videos under 'v'"))
+    ddp = os.sep.join(["", "site", "torch", "nn", "parallel", "distributed.py"])
+    code = "def call(f):\n    return f()\ndef sync():\n    raise RuntimeError('rebuild failed')\n"
+    space: dict = {}
+    exec(compile(code, ddp, "exec"), space)  # stands in for DDP's forward, which runs the model
+
+    def model():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")  # the model's own
+
+    call, sync = space["call"], space["sync"]
+    for work, collective in ((lambda: call(model), False), (sync, True)):
+        with pytest.raises(RuntimeError) as caught:
+            work()
+        assert errors.in_collective(caught.value) is collective
 
 
 def test_a_run_folder_another_run_holds_stops_every_process_in_one_way(tmp_path):

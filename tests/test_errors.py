@@ -1085,6 +1085,53 @@ def _t5(ctx: Ctx):
     text.build_encoder(configs.TextConfig(encoder="t5", dim=4096))
 
 
+def _stray_text_path(ctx: Ctx):
+    from ivref import configs
+
+    configs.TextConfig(path="my_t5")  # encoder tiny-t5: built in, the path was ignored
+
+
+def _t5_under_a_tiny_t5_config(ctx: Ctx):
+    from ivref import configs, text, train
+
+    cfg = configs.preset("ci")
+    t5 = text.build_encoder(cfg.text)
+    t5.model.save_pretrained(ctx.tmp / "t5")
+    t5.tokenizer.save_pretrained(ctx.tmp / "t5")
+    given = text.T5Encoder.from_pretrained(ctx.tmp / "t5", cfg.text.max_length)
+    train.Trainer(cfg, "base", ctx.tmp / "run", text_encoder=given, progress=False)
+
+
+def _tensor_of_weights(ctx: Ctx):
+    from ivref import guidance
+
+    emb, mask = torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    guidance.guided_x_hat_fn(torch.nn.Identity(), emb, mask, torch.tensor([1.0, 5.0]))
+
+
+def _untrained_stage_to_distil(ctx: Ctx):
+    from ivref import configs, distill
+    from ivref.cascade import Cascade
+    from ivref.unet3d import VideoUNet
+
+    cfg = configs.preset("ci")
+    teacher = Cascade(cfg, {"base": VideoUNet(cfg.stage("base").unet)})
+    distill.distill_stage(teacher, "tsr", ctx.tmp / "d", progress=False)
+
+
+def _step_past_zero(ctx: Ctx):
+    from ivref import distill
+
+    z = torch.zeros(2, 3)
+    distill.pd_target(lambda z, logsnr: z, z, torch.full((2,), 0.25), 0.5)
+
+
+def _odd_embedding(ctx: Ctx):
+    from ivref import layers
+
+    layers.sinusoidal_embedding(torch.zeros(2), 7)
+
+
 def _guided_unguided_student(ctx: Ctx):
     from ivref import cascade, distill
 
@@ -1384,6 +1431,48 @@ LIBRARY_CASES = [
         FileExistsError,
         "already holds a cascade",
         _overwrite,
+    ),
+    LibCase(
+        "a T5 folder for an encoder that takes none",
+        "TextConfig(path='my_t5')",
+        ValueError,
+        "a checkpoint folder is for encoder 't5'; encoder 'tiny-t5' is built in",
+        _stray_text_path,
+    ),
+    LibCase(
+        "a text encoder the config does not describe",
+        "train.Trainer(ci, 'base', out, text_encoder=a_t5)",
+        ValueError,
+        "a 't5' encoder, but the config's text says encoder='tiny-t5'",
+        _t5_under_a_tiny_t5_config,
+    ),
+    LibCase(
+        "guidance weights as a tensor",
+        "guidance.guided_x_hat_fn(model, emb, mask, torch.tensor([1.0, 5.0]))",
+        ValueError,
+        "w is a tensor of shape (2,)",
+        _tensor_of_weights,
+    ),
+    LibCase(
+        "a stage the teacher cascade has not trained",
+        "distill.distill_stage(teacher, 'tsr', out)",
+        ValueError,
+        "stage='tsr': the cascade's trained stages are ['base']",
+        _untrained_stage_to_distil,
+    ),
+    LibCase(
+        "a progressive step that lands before t = 0",
+        "distill.pd_target(teacher, z_t, t=0.25, dt=0.5)",
+        ValueError,
+        "allowed: student times in [dt, 1]",
+        _step_past_zero,
+    ),
+    LibCase(
+        "an odd width of sinusoidal features",
+        "layers.sinusoidal_embedding(x, 7)",
+        ValueError,
+        "dim=7 is invalid; allowed: an even int >= 2",
+        _odd_embedding,
     ),
     LibCase(
         "a run folder locked by another process",

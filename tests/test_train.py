@@ -913,7 +913,9 @@ def test_a_resume_with_another_clip_size_dropout_or_batch_says_so(tmp_path, enco
     again = train.Trainer(cfg2, "base", tmp_path, text_encoder=encoder, progress=False)
     with pytest.warns(trainer_checkpoints.ConfigChangedWarning) as said:
         assert again.resume() == 1
-    message = str(said[0].message)
+    (message,) = [
+        str(w.message) for w in said if w.category is trainer_checkpoints.ConfigChangedWarning
+    ]
     assert f"num_frames: {base.num_frames} -> {base.num_frames + 2}" in message
     assert f"unet.dropout: {base.unet.dropout!r} -> 0.25" in message
     assert f"batch_size: 3 -> {base.train.batch_size}" in message
@@ -922,6 +924,8 @@ def test_a_resume_with_another_clip_size_dropout_or_batch_says_so(tmp_path, enco
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert same.resume() == 1
+        quiet = train.Trainer(cfg2, "base", tmp_path, text_encoder=encoder, progress=False)
+        assert quiet.resume(announce=False) == 1  # a finished phase loaded for its weights
 
 
 def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path):
@@ -931,7 +935,7 @@ def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path
     import dataclasses
     import shutil
 
-    from ivref import text, trainer_checkpoints
+    from ivref import checkpoint, text, trainer_checkpoints
 
     ci = configs.preset("ci")
 
@@ -961,6 +965,19 @@ def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path
         assert trainer(moved).resume() == 1
     with pytest.raises(ValueError, match="is not the one run .* was trained with"):
         trainer(t5_at(tmp_path / "other", changed=True)).resume()
+    newest = checkpoint.run_checkpoints(tmp_path / "run")[-1] / checkpoint.CONFIG
+    meta = json.loads(newest.read_text())
+    del meta["extra"]["text_probe"]  # a run saved before probes: nothing tells the encoder
+    newest.write_text(json.dumps(meta | {"digest": checkpoint.config_digest(meta)}))
+    shutil.copytree(tmp_path / "moved", tmp_path / "again")
+    with pytest.raises(checkpoint.ModelMismatchError, match="records no text probe"):
+        trainer(
+            dataclasses.replace(
+                moved, text=dataclasses.replace(moved.text, path=str(tmp_path / "again"))
+            )
+        ).resume()
+    shutil.copytree(tmp_path / "moved", tmp_path / "t5")  # the folder it trained with
+    assert trainer(run.config).resume() == 1
 
 
 def test_a_text_encoder_the_config_does_not_describe_is_refused(tmp_path):

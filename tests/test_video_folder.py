@@ -25,24 +25,29 @@ def _write_counting_clip(path, n, fps=12.0):
     video.write_video(path, np.broadcast_to(frames, (n, 16, 16, 3)).copy(), fps=fps)
 
 
-@pytest.mark.parametrize("frames_read", [12, 2])
-def test_a_decode_leaves_no_pipe_open(tmp_path, frames_read):
+@pytest.mark.parametrize("frames_read", [None, 12, 2])
+def test_a_decode_leaves_no_pipe_open(tmp_path, frames_read, monkeypatch):
     """imageio-ffmpeg closed the pipes of an ffmpeg it stopped, not of one that had ended:
     every whole decode left two, each a ResourceWarning when collected (18 in a 10-step
     training run)."""
     import gc
     import itertools
+    import subprocess
 
+    closing = video_files._close_pipes
+    seen = []  # the process it found in imageio-ffmpeg's reader (its local name may change)
+    monkeypatch.setattr(video_files, "_close_pipes", lambda p: (seen.append(p), closing(p)))
     _write_counting_clip(tmp_path / "clip.mp4", 12)
     gc.collect()  # what earlier tests left is collected now, not counted below
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decoding = video_files.decode_from(tmp_path / "clip.mp4", 0, 12.0)
-        frames = list(itertools.islice(decoding, frames_read))
+        frames = list(itertools.islice(decoding, frames_read))  # None: to the end
         decoding.close()
         del decoding
         gc.collect()
-    assert len(frames) == frames_read
+    assert len(frames) == (frames_read or 12)
+    assert len(seen) == 1 and isinstance(seen[0], subprocess.Popen)
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
 
