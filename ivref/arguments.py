@@ -32,8 +32,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         from ivref import errors  # under torchrun: which process says it
 
-        who = f"{self.prog}{errors.rank_suffix()}"
-        self.exit(2, f"{who}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+        errors.say(f"{self.prog}{errors.rank_suffix()}: error: {message}")
+        self.exit(2, f"(`{self.prog} --help` lists the options)\n")
 
 
 def check_count(name: str, value: Any, *, minimum: int = 1, none: str | None = None) -> int | None:

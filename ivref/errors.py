@@ -16,16 +16,20 @@ Under torchrun every process says its own error, as ``ivref <command> (rank R of
 (the same bad input is then said by each); one that failed in a collective (a peer that had
 stopped closed the connection) says that another process may have failed first. A stop on a
 signal while training is agreed by all processes after the same step, and said once, by
-rank 0; outside training each process a signal stops says so itself.
+rank 0; outside training each process a signal stops says so itself. torchrun's summary of
+the failed processes (its "Root Cause" block, printed last) shows the same line for each
+process that said one (``say``), in place of torchrun's link to its error-file docs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -144,6 +148,21 @@ def process_label(name: str) -> str:
     return f"ivref {name}{rank_suffix()}"
 
 
+def say(line: str) -> None:
+    """Print a command's last line (its error, or why it stopped) on stderr; under torchrun
+    also write it to the process's error file (``TORCHELASTIC_ERROR_FILE``, in the format of
+    torch.distributed.elastic's ``ErrorHandler``), where torchrun's summary of the failure
+    reads it. A file that cannot be written leaves the line on stderr alone."""
+    print(line, file=sys.stderr)
+    where = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not where:
+        return
+    stamp = str(int(time.time()))
+    record = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": stamp}}}
+    with contextlib.suppress(OSError):
+        Path(where).write_text(json.dumps(record))
+
+
 _TORCHRUN_TERM = (
     " (torchrun sends SIGTERM to every process when one of them fails: unless the run was "
     "stopped on purpose, another process's message, with its rank, says why)"
@@ -221,14 +240,14 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
             return command(args)
     except Interrupted as err:  # every process stopped after the same step: rank 0 says so
         if rank == 0:
-            print(f"ivref {name}: {err}", file=sys.stderr)
+            say(f"ivref {name}: {err}")
         return 128 + err.signum
     except KeyboardInterrupt:  # not agreed between processes (a kill -INT of one worker):
-        print(f"{who}: interrupted", file=sys.stderr)  # each that stopped says so
+        say(f"{who}: interrupted")  # each that stopped says so
         return 130
     except Stopped as err:
         hint = _TORCHRUN_TERM if world > 1 and err.signum == signal.SIGTERM else ""
-        print(f"{who}: {err}{hint}", file=sys.stderr)
+        say(f"{who}: {err}{hint}")
         return 128 + err.signum
     except BrokenPipeError:  # the reader of stdout has gone (``ivref info | head -1``): as a
         # program killed by SIGPIPE, quietly; stdout now points nowhere, so the interpreter's
@@ -244,7 +263,7 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
             signum = received[0]
             said = "interrupted" if signum == signal.SIGINT else Stopped(signum)
             hint = _TORCHRUN_TERM if world > 1 and signum == signal.SIGTERM else ""
-            print(f"{who}: {said}{hint}", file=sys.stderr)
+            say(f"{who}: {said}{hint}")
             return 128 + signum
         message, status = describe(err)
         if world > 1 and in_collective(err):
@@ -252,7 +271,7 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
                 " (this process failed talking to the others: one of them may have stopped "
                 "first, and its own message, with its rank, says why)"
             )
-        print(f"{who}: error: {message}", file=sys.stderr)
+        say(f"{who}: error: {message}")
         return status
     finally:
         warnings.formatwarning = before

@@ -248,7 +248,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step(tmp_path):
     finally:
         launcher.kill()
     assert "SIGINT: checkpoint saved at step" in output, output[-3000:]
-    assert output.count("ivref train: stopped by SIGINT at step") == 1, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("ivref train: stopped")]
+    assert len(said) == 1 and said[0].startswith("ivref train: stopped by SIGINT at step")
+    assert f"traceback : {said[0]}" in output  # torchrun's summary shows rank 0's line
     assert "stopped by SIGTERM" not in output and "(rank" not in output
     last = checkpoint.latest(out)
     log = train.read_log(out)
@@ -646,6 +648,45 @@ def test_under_torchrun_every_message_names_its_process_and_a_sigterm_says_who_s
         with pytest.raises(RuntimeError) as caught:
             work()
         assert errors.in_collective(caught.value) is collective
+
+
+def test_torchruns_summary_of_a_failure_shows_each_process_line_not_a_link(
+    monkeypatch, capsys, tmp_path
+):
+    """torchrun's summary (its "Root Cause" block, printed last) said 'To enable traceback
+    see: <docs link>' for a process that had said its error in one line: that line is now in
+    the process's error file, read here by torch's own ProcessFailure, as torchrun reads it."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from ivref import arguments
+
+    def refused(args):
+        raise ValueError("--lr -1 must be positive")
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run_command("train", refused, None) == 2  # not under torchrun's agent:
+    assert not error_file.exists()  # no error file named, none written
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    assert errors.run_command("train", refused, None) == 2
+    line = "ivref train (rank 1 of 2): error: --lr -1 must be positive"
+    assert capsys.readouterr().err.splitlines() == [line, line]  # stderr is as before
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
+    summary = ChildFailedError("ivref", {1: failure}).format_msg()
+    assert f"traceback : {line}\n" in summary and "To enable traceback" not in summary
+    parser = arguments.Parser(prog="ivref train")  # argparse's refusals too
+    parser.add_argument("--steps", type=int)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--steps", "x"])
+    said = capsys.readouterr().err.splitlines()
+    assert said[0].startswith("ivref train (rank 1 of 2): error: argument --steps")
+    assert said[1] == "(`ivref train --help` lists the options)"
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
+    assert f"traceback : {said[0]}\n" in ChildFailedError("ivref", {1: failure}).format_msg()
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "error.json"))
+    assert errors.run_command("train", refused, None) == 2  # unwritable: stderr alone
+    assert capsys.readouterr().err == line + "\n"
 
 
 def test_a_run_folder_another_run_holds_stops_every_process_in_one_way(tmp_path):
