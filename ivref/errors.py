@@ -148,12 +148,14 @@ def process_label(name: str) -> str:
     return f"ivref {name}{rank_suffix()}"
 
 
-def say(line: str) -> None:
+def say(line: str, *, printed: bool = True) -> None:
     """Print a command's last line (its error, or why it stopped) on stderr; under torchrun
     also write it to the process's error file (``TORCHELASTIC_ERROR_FILE``, in the format of
     torch.distributed.elastic's ``ErrorHandler``), where torchrun's summary of the failure
-    reads it. A file that cannot be written leaves the line on stderr alone."""
-    print(line, file=sys.stderr)
+    reads it. A file that cannot be written leaves the line on stderr alone. ``printed=False``:
+    the file alone (a line another process prints)."""
+    if printed:
+        print(line, file=sys.stderr)
     where = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not where:
         return
@@ -239,8 +241,7 @@ def run_command(name: str, command: Callable[[Any], int], args: Any) -> int:
         with _signals_raise(received):
             return command(args)
     except Interrupted as err:  # every process stopped after the same step: rank 0 says so
-        if rank == 0:
-            say(f"ivref {name}: {err}")
+        say(f"ivref {name}: {err}", printed=rank == 0)  # (torchrun's summary: every rank)
         return 128 + err.signum
     except KeyboardInterrupt:  # not agreed between processes (a kill -INT of one worker):
         say(f"{who}: interrupted")  # each that stopped says so

@@ -684,6 +684,15 @@ def test_torchruns_summary_of_a_failure_shows_each_process_line_not_a_link(
     assert said[1] == "(`ivref train --help` lists the options)"
     failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
     assert f"traceback : {said[0]}\n" in ChildFailedError("ivref", {1: failure}).format_msg()
+
+    def stopped(args):  # agreed by every process: rank 0 alone prints it, each records it
+        raise errors.Interrupted(signal.SIGINT, "stopped by SIGINT at step 3")
+
+    assert errors.run_command("train", stopped, None) == 130
+    assert capsys.readouterr().err == ""
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=130, error_file=str(error_file))
+    summary = ChildFailedError("ivref", {1: failure}).format_msg()
+    assert "traceback : ivref train: stopped by SIGINT at step 3\n" in summary
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "error.json"))
     assert errors.run_command("train", refused, None) == 2  # unwritable: stderr alone
     assert capsys.readouterr().err == line + "\n"
