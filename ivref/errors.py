@@ -154,8 +154,9 @@ def say(line: str, *, printed: bool = True) -> None:
     torch.distributed.elastic's ``ErrorHandler``), where torchrun's summary of the failure
     reads it. A file that cannot be written leaves the line on stderr alone. ``printed=False``:
     the file alone (a line another process prints)."""
-    if printed:
-        print(line, file=sys.stderr)
+    if printed:  # one write: print's two (text, then end) let another process's line
+        sys.stderr.write(f"{line}\n")  # in between, on unbuffered stderr
+        sys.stderr.flush()
     where = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not where:
         return

@@ -698,6 +698,32 @@ def test_torchruns_summary_of_a_failure_shows_each_process_line_not_a_link(
     assert capsys.readouterr().err == line + "\n"
 
 
+def test_a_processs_line_is_one_write_so_two_processes_lines_do_not_run_together(monkeypatch):
+    """Python's stderr is unbuffered: print() wrote the line, then its newline, and under
+    torchrun another process's line landed in between (two lines run together as one)."""
+    import io
+
+    class Writes(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def write(self, text):
+            self.calls.append(text)
+            return super().write(text)
+
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert errors.run_command("train", _refused, None) == 2
+    assert stderr.calls == ["ivref train (rank 1 of 2): error: --lr -1 must be positive\n"]
+
+
+def _refused(args):
+    raise ValueError("--lr -1 must be positive")
+
+
 def test_a_run_folder_another_run_holds_stops_every_process_in_one_way(tmp_path):
     """Rank 0 said the folder was in use (its lock), while rank 1, past a lock it does not
     take, said 'already holds a run; pass --resume ... --force (deleting its log ...)'."""
