@@ -249,17 +249,19 @@ def _on_videos(args: argparse.Namespace) -> bool:
 
 
 def _newest_config(run: Path) -> dict[str, Any]:
-    """The saved config of a run's newest checkpoint whose config.json reads (for --resume)."""
+    """The saved config of a run's newest checkpoint whose config.json reads (for --resume).
+    A damaged one is passed over in silence: the trainer's resume reads the same checkpoints
+    and says, once and on rank 0 alone, which one it skipped and why (said here too, the line
+    came three times from every process)."""
     found = checkpoint.run_checkpoints(run)
     if not found:
         raise _nothing_to_resume(run)
     for path in reversed(found):
         try:
             return checkpoint.read_config(path)
-        except checkpoint.CheckpointError as err:
+        except checkpoint.CheckpointError:
             if path == found[0]:
                 raise
-            print(f"resume: skipping {path.name}: {err}", file=sys.stderr)
     raise AssertionError("unreachable")
 
 

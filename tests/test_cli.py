@@ -51,6 +51,21 @@ def test_train_then_resume_continues_the_log(tmp_path, capsys):
     assert steps == [1, 2, 3]
 
 
+def test_a_resume_past_a_damaged_config_says_so_once(tmp_path, capsys):
+    """The command read the newest config.json twice (its config, its autocast) and the
+    trainer a third time: each said 'resume: skipping', so one damaged file gave three
+    lines (from every process under torchrun). The trainer's line alone remains."""
+    out = tmp_path / "run"
+    args = ["train", "--scale", "ci", "--out", str(out), "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "2", "--checkpoint-every", "1"]) == 0
+    (out / "checkpoints" / "step-00000002" / "config.json").write_text("garbage")
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(out), "--steps", "3", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("resume: skipping step-00000002: ") == 1, err
+    assert "resuming base from step 1" in err
+
+
 def test_resume_keeps_the_runs_own_config_and_reports_overrides(tmp_path, capsys):
     out = tmp_path / "run"
     fresh = ["train", "--scale", "ci", "--out", str(out), "--lr", "1e-3", "--batch-size", "4"]
