@@ -40,9 +40,12 @@ demo: install
 	$(VENV)/bin/ivref generate $(DEMO_PROMPTS) --seed 0 $(DEMO_DISTILLED) --out out/demo.gif out/demo.mp4
 	@echo "demo: out/demo.gif and out/demo.mp4 (one video per prompt, in a 2 x 2 grid)"
 
+# ruff (style, imports, likely bugs), then mypy: ivref ships py.typed, so its annotations
+# must hold for the projects that type-check their calls into it ([tool.mypy]).
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 unit: install
 	$(VENV)/bin/pytest tests -q

@@ -37,7 +37,7 @@ def attend(
     chunks = []
     for start in range(0, n, MAX_SEQUENCES):
         rows = slice(start, start + MAX_SEQUENCES)
-        chunk_mask = mask[rows] if per_row else mask
+        chunk_mask = mask[rows] if per_row and mask is not None else mask  # per_row: not None
         chunks.append(_attend(q[rows], k[rows], v[rows], chunk_mask))
     return torch.cat(chunks, dim=0)
 

@@ -29,7 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import nn
@@ -91,8 +91,10 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
         model = Cascade.from_pretrained(directory, variant=variant)
         have = {s.name for s in model.trained_stages}
         if distilled:  # a stage counts only once its student (which embeds w) is there
-            have = {n for n in have if model.models[n].cfg.use_guidance_embedding}
+            have = {n for n in have if cast(VideoUNet, model.models[n]).cfg.use_guidance_embedding}
     except FileNotFoundError:
+        if not stages:  # no stage to name as missing, and no cascade to return
+            raise
         model, have = None, set()
     except ValueError as err:  # a damaged manifest or weight file (CheckpointError is one)
         if isinstance(err, ManifestFormatError) and err.whole:  # a newer ivref's: not damaged
@@ -107,7 +109,7 @@ def load_shipped(stages: Sequence[str], variant: str | None = None) -> Cascade:
             raise ManifestFormatError(f"{err}\nif it is damaged, {back}", whole=False) from None
         raise type(err)(f"{err}\nthe cascade in {where} is damaged: {back}") from None
     missing = [name for name in stages if name not in have]
-    if missing:
+    if missing or model is None:  # (no cascade: every stage asked for is missing)
         kind = "distilled " if distilled else ""
         raise FileNotFoundError(
             f"{directory} has no {kind}weights for stage(s) {missing}; make them with\n"
@@ -447,6 +449,45 @@ class Cascade(nn.Module):
         voxels = CPU_BATCH_VOXELS if on_cpu else GPU_BATCH_VOXELS
         return max(1, min(64, voxels // (last.num_frames * last.height * last.width)))
 
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int | None = None,
+        steps: int | Mapping[str, int] | None = None,
+        guidance: float | Mapping[str, float] | None = None,
+        return_stages: Literal[False] = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int | None = None,
+        steps: int | Mapping[str, int] | None = None,
+        guidance: float | Mapping[str, float] | None = None,
+        return_stages: Literal[True],
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+    @overload
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int | None = None,
+        steps: int | Mapping[str, int] | None = None,
+        guidance: float | Mapping[str, float] | None = None,
+        return_stages: bool = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]: ...
+
     @torch.no_grad()
     def generate(
         self,
@@ -519,8 +560,9 @@ class Cascade(nn.Module):
                 if return_stages or k == len(stages) - 1:  # keep only what is returned
                     outputs[k].append(video.float().cpu())  # also waits for an async device
                 self.timings[stage.name] += time.perf_counter() - began
-        per_stage = [torch.cat(chunks_k) if chunks_k else None for chunks_k in outputs]
-        return (per_stage[-1], per_stage) if return_stages else per_stage[-1]
+        # every stage's videos, or (return_stages=False) the last stage's alone
+        videos = [torch.cat(chunks_k) for chunks_k in outputs if chunks_k]
+        return (videos[-1], videos) if return_stages else videos[-1]
 
     def _sample(self, stage, text_emb, text_mask, previous, gens, steps, w, progress):
         """One stage for one batch; each video's noise from its own generator."""

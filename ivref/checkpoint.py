@@ -32,7 +32,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -100,6 +100,14 @@ _STALE = re.compile(r"^\.(step-\d+)\.(tmp|old|gone)-[0-9a-f]+$")
 # ---------------------------------------------------------------------------------------
 
 
+@overload
+def _state_dict(obj: Streamed) -> Streamed: ...
+@overload
+def _state_dict(
+    obj: torch.nn.Module | Mapping[str, torch.Tensor],
+) -> Mapping[str, torch.Tensor]: ...
+@overload
+def _state_dict(obj: torch.optim.Optimizer | Mapping[str, Any]) -> Mapping[str, Any]: ...
 def _state_dict(obj: Any) -> Mapping[str, Any] | Streamed:
     return obj if isinstance(obj, (Mapping, Streamed)) else obj.state_dict()
 
@@ -138,6 +146,7 @@ def save(
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
+        opt_tensors: Mapping[str, torch.Tensor] | Streamed
         if isinstance(optimizer, Streamed):
             opt_tensors, opt_meta = optimizer, optimizer.json
         else:

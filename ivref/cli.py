@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from ivref import arguments, configs, devices, distill, errors, export, train, video
 from ivref.export import export_sampling as export_sampling  # re-exported: earlier code
@@ -165,7 +165,8 @@ def _parser() -> arguments.Parser:
         help="describe the distilled cascade (the shipped one's, or --checkpoint's)",
     )
     i.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
-    parser.commands = sub.choices  # each command's parser, to say an error as that command
+    # each command's parser, to say an error as that command (Parsers; dict is invariant)
+    parser.commands = cast("dict[str, argparse.ArgumentParser]", sub.choices)
     return parser
 
 
@@ -393,17 +394,32 @@ def _until(model: Any, name: str) -> Any:
 # -- info -------------------------------------------------------------------------------------
 
 
-def info_rows(scale: str, flops: bool = False) -> list[dict[str, object]]:
+class _InfoRowParts(TypedDict):
+    """The keys every ``InfoRow`` has."""
+
+    stage: str
+    kind: configs.StageKind
+    size: str  # "F x W x H @ fps"
+    params: int
+
+
+class InfoRow(_InfoRowParts, total=False):
+    """A row of ``ivref info``: a stage's name, kind, size and parameters (``info_rows``)."""
+
+    gflops: float  # forward GFLOPs, where they were asked for
+
+
+def info_rows(scale: str, flops: bool = False) -> list[InfoRow]:
     """One row per stage: name, kind, 'F x W x H @ fps', parameters (meta device, no memory)."""
     cfg = configs.preset(scale)
     return [_stage_row(cfg, s, flops) for s in cfg.stages]
 
 
-def _stage_row(cfg: configs.CascadeConfig, s: Any, flops: bool) -> dict[str, object]:
+def _stage_row(cfg: configs.CascadeConfig, s: configs.StageConfig, flops: bool) -> InfoRow:
     """A stage's name, kind, 'F x W x H @ fps', parameters and (``flops``) forward GFLOPs."""
     from ivref import unet3d
 
-    row: dict[str, object] = {
+    row: InfoRow = {
         "stage": s.name,
         "kind": s.kind,
         "size": f"{s.num_frames} x {s.width} x {s.height} @ {s.fps:g}",

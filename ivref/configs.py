@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, get_args
 
 from ivref.config_types import (  # re-exported: configs.X is the class every caller uses
     CascadeConfig,
@@ -47,6 +47,32 @@ PresetName = Literal["ci", "toy", "paper"]
 PRESETS: tuple[str, ...] = get_args(PresetName)
 
 
+class _SRSettings(TypedDict, total=False):
+    """StageConfig fields that a preset's SR stages share, passed as ``**``: sampling steps,
+    sampler and training augmentation level (a stage may set other fields beside them)."""
+
+    sample_steps: int
+    aug_train_max_t: float
+    sampler: SamplerName | None
+    gamma: float | None
+
+
+class _ToySRSettings(_SRSettings, total=False):
+    """``_SRSettings`` and the guidance and thresholding, shared too in the toy's SR stages."""
+
+    guidance_w: float
+    thresholding: Thresholding
+
+
+class _UNetSettings(TypedDict, total=False):
+    """UNetConfig's fields that all of the paper's U-Nets share (``**``-passed)."""
+
+    head_dim: int
+    text_dim: int
+    norm_groups: int
+    checkpointing: bool
+
+
 def _sr_unet(base: UNetConfig, **changes: Any) -> UNetConfig:
     return dataclasses.replace(
         base, cond_channels=base.in_channels, use_aug_embedding=True, **changes
@@ -71,8 +97,9 @@ def ci() -> CascadeConfig:
     sr = _sr_unet(base_unet, temporal_mixing=("conv", "conv"))
     train = TrainConfig(batch_size=8, warmup_steps=20, ema_decay=0.99, bf16=False)
     sr_train = dataclasses.replace(train, image_ratio=0.0)
-    sr_sampling = dict(sample_steps=8, aug_train_max_t=0.5)
-    ssr_sampling = dict(sr_sampling, sampler="ancestral", gamma=0.0)  # as the toy's SSR stages
+    sr_sampling: _SRSettings = dict(sample_steps=8, aug_train_max_t=0.5)
+    # the SSR stages sample as the toy's do (ancestral sampler, gamma 0)
+    ssr_sampling: _SRSettings = {**sr_sampling, "sampler": "ancestral", "gamma": 0.0}
     stages = (
         StageConfig("base", "base", 4, 8, 8, 3, base_unet, train, sample_steps=16),
         StageConfig(
@@ -133,12 +160,14 @@ def toy() -> CascadeConfig:
     # thresholding anywhere, since toy pixels sit at +-1 and rescaling greys them (base
     # background -0.79 instead of -1; SR error vs truth 15x); no guidance in the SR stages,
     # which match guided quality from their input video at half the passes.
-    sr_sampling = dict(sample_steps=32, aug_train_max_t=0.5, guidance_w=0.0, thresholding="none")
+    sr_sampling: _ToySRSettings = dict(
+        sample_steps=32, aug_train_max_t=0.5, guidance_w=0.0, thresholding="none"
+    )
     # CHOICE, measured (docs/design.md "Sampling the spatial SR stages"): the SSR stages sample
     # with the ancestral sampler at the posterior variance (gamma 0): less excess detail than
     # DDIM (SSR 64 alone: 119% -> 116% of the renders' |Laplacian|) and closer to the truth
     # (PSNR +0.6 dB), at the same number of passes.
-    ssr_sampling = dict(sr_sampling, sampler="ancestral", gamma=0.0)
+    ssr_sampling: _ToySRSettings = {**sr_sampling, "sampler": "ancestral", "gamma": 0.0}
     stages = (
         # CHOICE, measured (docs/design.md "How much guidance the toy base stage gets"): w =
         # 0.25. Guidance hardens the base's edges and the SR stages carry that on: the final
@@ -240,7 +269,7 @@ def paper() -> CascadeConfig:
     | total | | | 11.37B | 11.6B | -2.0% |
     """
     text = TextConfig(encoder="t5", dim=4096, max_length=128)
-    common = dict(text_dim=text.dim, head_dim=64, norm_groups=32, checkpointing=True)
+    common: _UNetSettings = dict(text_dim=text.dim, head_dim=64, norm_groups=32, checkpointing=True)
     train = TrainConfig(
         batch_size=128, lr=3e-4, warmup_steps=10_000, ema_decay=0.9999, image_ratio=0.2
     )
@@ -266,7 +295,7 @@ def paper() -> CascadeConfig:
             channel_mults=mults,
             num_res_blocks=depth,
             spatial_attention=tuple(attention and i > 0 for i in range(len(mults))),
-            temporal_mixing=("conv",) * len(mults),
+            temporal_mixing=tuple("conv" for _ in mults),
             fully_convolutional=not attention,
             cond_channels=3,
             use_aug_embedding=True,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 import torch
 from einops import rearrange
@@ -136,6 +136,13 @@ def random_scene(
     )
 
 
+class _Placement(TypedDict):
+    """A tensor's dtype and device, as keywords of a factory (``torch.arange(n, **grid)``)."""
+
+    dtype: torch.dtype
+    device: torch.device
+
+
 def coverage(
     shape: str, centers: torch.Tensor, sizes: torch.Tensor, width: int, height: int
 ) -> torch.Tensor:
@@ -149,7 +156,7 @@ def coverage(
     k = SUPERSAMPLE
     # offsets in float64 (exact frame-rate consistency), the 2D tests in float32 (speed);
     # everything on ``centers``' device
-    grid = {"dtype": centers.dtype, "device": centers.device}
+    grid: _Placement = {"dtype": centers.dtype, "device": centers.device}
     xs = (torch.arange(width * k, **grid) + 0.5) / (k * s)
     ys = (torch.arange(height * k, **grid) + 0.5) / (k * s)
     x = (xs[None, None, :] - centers[:, 0, None, None]).float()  # (F, 1, W*k)

@@ -83,7 +83,8 @@ def native_bf16(device: torch.device | str) -> bool:
                 return torch.cuda.is_bf16_supported()
     if device.type == "mps":
         mps = torch.backends.mps
-        autocasts = TorchVersion(torch.__version__) >= MPS_BF16_AUTOCAST_TORCH
+        version = TorchVersion(torch.__version__)  # compares with a tuple (set at run time)
+        autocasts = version >= MPS_BF16_AUTOCAST_TORCH  # type: ignore[operator]  # stub: a str
         return bool(autocasts and mps.is_available() and mps.is_macos_or_newer(14, 0))
     return True
 

@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -181,7 +181,7 @@ def distill_stage(
             "halving_steps", halving_steps, none="the distill config's"
         )
     batch_size = arguments.check_count("batch_size", batch_size, none="the stage's")
-    checkpoint_every = arguments.check_count("checkpoint_every", checkpoint_every)
+    checkpoint_every = cast(int, arguments.check_count("checkpoint_every", checkpoint_every))
     device = cascade.parse_device(device)
     context = distributed.current()  # several processes: each phase's trainer is DDP or FSDP
     distributed.check_fsdp(fsdp, context, "each student")
@@ -205,7 +205,7 @@ def distill_stage(
         files.atomic_write_text(out / PLAN, json.dumps(record, indent=2) + "\n")
     stream = distributed.stream_seed(seed, context.rank)  # this rank's data
     first_state = None if videos is None else videos.state_dict()  # every phase starts here
-    with _borrowed(teacher_cascade.models[stage], device) as teacher:
+    with _borrowed(_unet(teacher_cascade.models[stage]), device) as teacher:
         if not guided:  # the teacher of the first halving embeds w as well (at zero: unchanged)
             teacher = with_guidance_embedding(teacher).eval()
         for (folder, phase, steps), length in zip(phases, lengths, strict=True):
@@ -241,15 +241,23 @@ def distill_stage(
                     # they come out as they did, and so does every later phase
                     loop.resume(new_streams=new_streams)
             loop.fit(length)
-            ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else loop.ema
+            ema = _whole(loop.ema, cfg.stage(stage).unet, device) if fsdp else _unet(loop.ema)
             if loop.interrupted:
                 return Distilled(cfg, ema, loop.signal)
             teacher = ema.eval()
         return Distilled(cfg, teacher)
 
 
+_Module = TypeVar("_Module", bound=torch.nn.Module)
+
+
+def _unet(model: torch.nn.Module) -> VideoUNet:
+    """A module known to be a VideoUNet: a cascade's stage, a trainer's copy of a student."""
+    return cast(VideoUNet, model)
+
+
 @contextlib.contextmanager
-def _borrowed(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+def _borrowed(model: _Module, device: torch.device) -> Iterator[_Module]:
     """``model`` on ``device`` in eval mode while inside; then back on its own device and in
     its own mode: the caller's cascade is used as the teacher, not changed."""
     training, where = model.training, {p.device for p in model.parameters()}
@@ -328,7 +336,8 @@ def checked_plan(
 def _whole(sharded: torch.nn.Module, unet: configs.UNetConfig, device: torch.device) -> VideoUNet:
     """A sharded EMA's weights, whole, in a plain ``VideoUNet`` on every rank."""
     plain = VideoUNet.to_load(unet).to(device)
-    return sharded_state.unsharded(sharded, plain).requires_grad_(False)
+    sharded_state.unsharded(sharded, plain)  # loads the whole weights into ``plain``
+    return plain.requires_grad_(False)
 
 
 def _compiled(
@@ -341,7 +350,7 @@ def _compiled(
     options = (
         compile if isinstance(compile, dict) else compiling.compile_options(torch.device(device))
     )
-    return torch.compile(teacher, **options)
+    return torch.compile(teacher, **options)  # type: ignore[return-value]  # an OptimizedModule
 
 
 # -- the ``ivref distill`` command -------------------------------------------------------------
@@ -463,7 +472,7 @@ def _distill(args: argparse.Namespace, device: torch.device, context: distribute
     names = [s.name for s in teacher.trained_stages]
     if args.stage not in names:
         raise errors.CLIError(f"--stage {args.stage!r}: the cascade's trained stages are {names}")
-    if teacher.models[args.stage].cfg.use_guidance_embedding:
+    if _unet(teacher.models[args.stage]).cfg.use_guidance_embedding:
         above = Path(args.source or "").parent  # the layout export writes: DIR/distilled
         hint = f" (e.g. --from {above})" if (above / cascade.MANIFEST).is_file() else ""
         raise errors.CLIError(

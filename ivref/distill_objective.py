@@ -17,11 +17,12 @@ import copy
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ivref import configs, guidance, losses, objectives, parameterization, samplers, schedules
+from ivref.layers import ScalarEmbedding
 from ivref.unet3d import VideoUNet
 
 XHatFn = samplers.XHatFn
@@ -103,7 +104,8 @@ def with_guidance_embedding(teacher: VideoUNet, seed: int = 0) -> VideoUNet:
         student = VideoUNet(cfg).to(next(teacher.parameters()).device)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("w_emb.") for k in missing), (missing, unexpected)
-    last = student.w_emb.mlp[-1]
+    w_emb = cast(ScalarEmbedding, student.w_emb)  # built: use_guidance_embedding=True
+    last = cast(torch.nn.Linear, w_emb.mlp[-1])  # its MLP's output layer
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
     return student.requires_grad_(True).train()
@@ -122,7 +124,7 @@ class DistillObjective:
     def __init__(
         self,
         base: objectives.DiffusionObjective,
-        teacher: VideoUNet,
+        teacher: torch.nn.Module,  # a VideoUNet, or a compiled wrapper of one
         phase: str,
         steps: int,
         distill_cfg: configs.DistillConfig,

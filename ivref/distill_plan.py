@@ -15,13 +15,16 @@ import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsInt, cast
 
 import torch
 
 from ivref import checkpoint, configs, errors, files
 from ivref.config_checks import is_integer
 from ivref.shipped import shipped_dir
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 def plan(teacher_steps: int, to_steps: int, guided: bool = True) -> list[tuple[str, str, int]]:
@@ -55,9 +58,9 @@ def halving_lengths(
 ) -> list[int]:
     """Training steps of each halving in ``phases``: one count for all, or one count each."""
     names = [folder for folder, phase, _ in phases if phase == "progressive"]
-    if is_integer(halving_steps):
-        return [int(halving_steps)] * len(names)
-    counts = list(halving_steps)
+    if is_integer(halving_steps):  # an int, or NumPy's
+        return [int(cast(SupportsInt, halving_steps))] * len(names)
+    counts = list(cast(Sequence[int], halving_steps))
     if not names:
         raise ValueError(
             f"halving_steps={counts}: this plan has no halvings (to_steps is the teacher's own "
@@ -193,7 +196,11 @@ def recipe(config: configs.CascadeConfig, stage: str) -> dict[str, Any]:
         elif prefix not in NOT_RECIPE:
             flat[prefix] = value
 
-    parts = {"text": config.text, "diffusion": config.diffusion, "distill": config.distill}
+    parts: dict[str, DataclassInstance] = {
+        "text": config.text,
+        "diffusion": config.diffusion,
+        "distill": config.distill,
+    }
     for name, part in (parts | {"stage": config.stage(stage)}).items():
         walk(name, dataclasses.asdict(part))
     return json.loads(json.dumps(flat))  # as distill.json keeps it: tuples are lists
@@ -214,6 +221,8 @@ def read_plan(out: str | Path) -> dict[str, Any]:
         phases, steps = record["phases"], record["phase_steps"]
         if not (phases and isinstance(phases, list) and len(phases) == len(steps)):
             raise ValueError("no phases, or not one step count per phase")
+        if not all(is_integer(n) and n >= 1 for n in steps):
+            raise ValueError(f"phase_steps {steps}: a phase trains a whole number >= 1 of steps")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise errors.CLIError(
             f"{str(path)!r} does not read back as a distillation plan ({type(err).__name__}: "
@@ -237,7 +246,7 @@ def final_phase(out: str | Path) -> Path:
             f"`ivref distill --out {out} --resume`"
         )
     try:
-        checkpoint.verify(found)
+        checkpoint.verify(cast(Path, found))  # done: found is not None
     except checkpoint.CheckpointError as err:
         again = (  # a resume goes back to the newest checkpoint before it, if there is one
             f"`ivref distill --out {out} --resume` sets it aside and trains the phase's last "
@@ -446,7 +455,7 @@ def check_phase_finished(folder: Path) -> None:
     length = record["phase_steps"][record["phases"].index(folder.name)]
     latest = checkpoint.latest(folder)
     step = checkpoint.read_config(latest)["step"] if latest is not None else 0
-    if step < length:
+    if latest is None or step < length:  # no checkpoint: unfinished, whatever the plan says
         holder = files.lock_holder(folder.parent) or files.lock_holder(folder)
         then = (
             f"it is still training (in use by {holder}): export it once it has finished"

@@ -103,7 +103,7 @@ def guidance_sweep(
     ``progress``: as ``alignment``'s."""
     if not guidances:
         raise ValueError("guidances is empty; give at least one weight w >= 0")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for w in guidances:
         label = dict(w) if isinstance(w, Mapping) else None if w is None else float(w)
         scores = alignment(
@@ -301,16 +301,16 @@ def cascade_report(
     def passed(videos: torch.Tensor) -> list[bool | None]:  # thresholds in pixels of this size
         return metrics.motion_progress(videos, prompts, max_back=scale, min_step=0.4 * scale)
 
-    def progress(videos: torch.Tensor) -> float:
+    def advancing(videos: torch.Tensor) -> float:  # (not ``progress``: the parameter's name)
         return _fraction(passed(videos))
 
     energy = float(metrics.laplacian_energy(truth).mean())
     moved = passed(outputs[-1])
     final = {
         "motion_progress": _fraction(moved),
-        "motion_progress_renders": progress(truth),
-        "motion_progress_repeated": progress(repeated),
-        "motion_progress_blend": progress(blend),  # a cross-fade passes too (docstring)
+        "motion_progress_renders": advancing(truth),
+        "motion_progress_repeated": advancing(repeated),
+        "motion_progress_blend": advancing(blend),  # a cross-fade passes too (docstring)
     }
     key_step = metrics.slowest_key_step(last.width, last.height, last.num_frames, k)
     if k >= 2 and last.num_frames > k and key_step >= metrics.MIN_KEY_STEP:

@@ -9,10 +9,15 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ivref import configs, errors, files, text, train_videos
 from ivref.run_loading import RunWeights, load_run
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from ivref.unet3d import VideoUNet
 
 CLIError = errors.CLIError
 
@@ -49,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
             "--force to replace it, or choose another folder"
         )
     files.check_writable(args.out, "--out")
-    models, cfg, base_cfg, probes, trained_on, teachers = {}, None, None, {}, {}, {}
+    models: dict[str, VideoUNet] = {}
+    cfg: configs.CascadeConfig | None = None  # the cascade the runs join (set by the first)
+    base_cfg, probes, trained_on, teachers = None, {}, {}, {}
     base = None
     if args.base is not None:
         base = cascade_lib.Cascade.from_pretrained(args.base)
-        cfg, models, base_cfg = base.cfg, dict(base.models.items()), base.cfg
+        cfg, base_cfg = base.cfg, base.cfg
+        models = cast("dict[str, VideoUNet]", dict(base.models.items()))  # its stages' U-Nets
         trained_on, teachers = dict(base.trained_on), dict(base.teachers)
         probes[f"--base {str(args.base)!r}"] = base.text_probe
     elif args.sampling == "base":
@@ -90,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         stage_cfg = export_sampling(run, run_cfg, stage, base_cfg, args.sampling)
         stages = tuple(stage_cfg if s.name == stage else s for s in cfg.stages)
         cfg, models[stage] = dataclasses.replace(cfg, stages=stages), model
+    cfg = cast(configs.CascadeConfig, cfg)  # set by the first run (args.runs: nargs="+")
     _keep_students(args.out, given, models, args.base)
     teachers |= _students_of_their_cascade(args.out, given, args.base, base)
     teachers |= _copied_teachers(args.out, args.base, models, given)
@@ -259,7 +268,7 @@ def _describe(run: Path, loaded: RunWeights) -> str:
     return line
 
 
-def _differences(mine: object, theirs: object, with_path: bool = False) -> str:
+def _differences(mine: DataclassInstance, theirs: object, with_path: bool = False) -> str:
     """The fields of two configs that differ, as 'field: run X, cascade Y'; a text encoder's
     local ``path`` is left out unless ``with_path`` (the same T5 in two folders: the text
     probes check the encoder itself, where every part recorded one)."""

@@ -78,7 +78,7 @@ def fsync_dir(path: str | os.PathLike, full: bool = True) -> None:
 
 def atomic_write(
     path: str | os.PathLike,
-    write: Callable[[str], None],
+    write: Callable[[str], object],
     suffix: str = ".tmp",
     full_sync: bool = True,
     follow_links: bool = False,

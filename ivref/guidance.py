@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
@@ -133,7 +134,11 @@ def _guidance_weights(w: object) -> tuple[float, None] | tuple[None, list[float]
     if isinstance(w, bool | str) or not (scalar or isinstance(w, Sequence | torch.Tensor)):
         raise ValueError(f"w={w!r}; {allowed}")
     try:
-        values = [float(w)] if scalar else [float(wi) for wi in w]
+        values = (  # a Real or 0-d tensor, else a sequence or tensor of them (checked above)
+            [float(cast("numbers.Real | torch.Tensor", w))]
+            if scalar
+            else [float(wi) for wi in cast("Sequence[Any] | torch.Tensor", w)]
+        )
     except (TypeError, ValueError):
         raise ValueError(f"w={w!r}; {allowed}") from None
     if not values:
@@ -209,7 +214,7 @@ def guided_x_hat_fn(
 
     def x_hat_fn(z_t: torch.Tensor, logsnr_t: torch.Tensor) -> torch.Tensor:
         if weights is None:
-            w_t = one_w
+            w_t = cast(float, one_w)  # one weight when not one per step (_guidance_weights)
         else:
             w_t = weights[_step_index(logsnr_t, len(weights), logsnr_min, logsnr_max)]
         if z_t.ndim != 5:
@@ -247,7 +252,7 @@ def guided_x_hat_fn(
         if threshold == "static":
             x_tilde = static_threshold(x_tilde)
         elif threshold is not None:
-            x_tilde = dynamic_threshold(x_tilde, threshold)
+            x_tilde = dynamic_threshold(x_tilde, cast(float, threshold))  # a percentile
         return x_tilde
 
     return x_hat_fn

@@ -9,6 +9,7 @@ paper is a 2-D 3x3 conv applied to each frame, and GroupNorm normalises each fra
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,8 @@ class ScalarEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = sinusoidal_embedding(x * self.scale, self.features)  # float32 or wider
-        return self.mlp(features.to(self.mlp[0].weight.dtype))  # a bf16 model takes bf16
+        first = cast(nn.Linear, self.mlp[0])  # Sequential's items are typed as Module
+        return self.mlp(features.to(first.weight.dtype))  # a bf16 model takes bf16
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -26,7 +26,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -54,6 +54,14 @@ class Dataset(Protocol):
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, list[str], torch.Tensor]: ...
+
+
+class _StatefulDataset(Dataset, Protocol):
+    """A ``Dataset`` with the optional state of its own (see ``Dataset``)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 class Objective(Protocol):
@@ -257,14 +265,15 @@ class DiffusionObjective:
         (``VideoTextFolder``: the files still in use) as ``data.<name>``."""
         state = {"data": self.data.generator.get_state()}
         if callable(getattr(self.data, "state_dict", None)):
-            state |= {f"data.{k}": v for k, v in self.data.state_dict().items()}
+            own = cast(_StatefulDataset, self.data).state_dict()
+            state |= {f"data.{k}": v for k, v in own.items()}
         return state
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         own = check_data_state(self.data, state)
         self.data.generator.set_state(state["data"])
-        if own:
-            self.data.load_state_dict(own)
+        if own:  # (check_data_state refused a dataset without load_state_dict)
+            cast(_StatefulDataset, self.data).load_state_dict(own)
 
     def reseed(self, seed: int) -> None:
         self.data.generator.manual_seed(seed)

@@ -28,7 +28,8 @@ def learning_rate(step: int, cfg: configs.TrainConfig, total: int | None = None)
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta [EMA]; buffers are copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())  # _foreach_lerp_ takes Tensors
+    params = list(model.parameters())
     if len(ema_params) != len(params):
         raise ValueError(f"EMA has {len(ema_params)} parameters, the model {len(params)}")
     torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)  # one kernel

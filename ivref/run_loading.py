@@ -9,9 +9,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ivref import configs, distill_plan, errors, files, text, train_videos
+
+if TYPE_CHECKING:
+    from ivref.unet3d import VideoUNet
 
 CLIError = errors.CLIError
 
@@ -163,7 +166,8 @@ def _load_cascade(path: Path | None, distilled: bool, whole: bool = True):
                 f"{str(path)!r} is not one"
             )
         students = cascade.Cascade.from_pretrained(path, variant="distilled")
-        if not any(m.cfg.use_guidance_embedding for m in students.models.values()):
+        models = students.models.values()
+        if not any(cast("VideoUNet", m).cfg.use_guidance_embedding for m in models):
             where = path if path is not None else cascade.shipped_dir()
             raise CLIError(  # it sampled teachers at their own steps, unlike what was asked
                 f"{where}/{cascade.DISTILLED} holds no distilled student (no stage embeds w): "

@@ -28,8 +28,11 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 
 def check_generators(generator: object) -> None:
     """``Generators``: None, a torch.Generator, or a sequence of them (one per batch row)."""
-    many = isinstance(generator, Sequence) and not isinstance(generator, str)
-    items = list(generator) if many else [generator]  # type: ignore[arg-type]
+    items: list[object]
+    if isinstance(generator, Sequence) and not isinstance(generator, str):
+        items = list(generator)
+    else:
+        items = [generator]
     if generator is None or (items and all(isinstance(g, torch.Generator) for g in items)):
         return
     raise TypeError(

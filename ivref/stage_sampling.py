@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from typing import cast
 
 import torch
 from torch import nn
@@ -27,15 +28,19 @@ MAX_GUIDANCE = guidance.MAX_GUIDANCE  # the largest guidance weight w taken
 def check_steps(steps: object, name: str = "steps") -> int:
     """A sampler step count: an integer (NumPy's too) in [1, MAX_STEPS], as an int."""
     integral = isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
-    if not integral or not 1 <= steps <= MAX_STEPS:
+    if not integral or not 1 <= cast(int, steps) <= MAX_STEPS:
         raise ValueError(f"{name}={steps!r} must be an integer from 1 to {MAX_STEPS}")
-    return int(steps)
+    return int(cast(int, steps))  # an Integral (NumPy's too) compares and converts as an int
 
 
 def check_guidance(w: object, name: str = "guidance") -> float:
     """A guidance weight: a number (NumPy's too) in [0, MAX_GUIDANCE] (0 = the plain
     conditional model), as a float."""
-    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w <= MAX_GUIDANCE:
+    if (
+        isinstance(w, bool)
+        or not isinstance(w, numbers.Real)
+        or not 0 <= cast(float, w) <= MAX_GUIDANCE
+    ):
         raise ValueError(f"{name}={w!r} {guidance.W_ALLOWED}")  # (nan fails the comparison)
     return float(w)
 

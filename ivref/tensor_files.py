@@ -33,7 +33,7 @@ class NonFiniteError(ValueError):
     """Weights hold NaN or infinity: they are never saved, shipped or loaded."""
 
 
-def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+def check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
     """Raise NonFiniteError naming the first tensors of ``state`` with NaN or inf."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -109,8 +109,9 @@ def _write_streamed(tmp: str, streamed: Streamed, meta: dict | None) -> None:
                     f"tensor {name!r} came as {tensor.dtype} {tuple(tensor.shape)}; "
                     f"its spec says {dtype} {tuple(shape)}"
                 )
-            fh.write(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            del tensor  # freed before the next is made: one whole tensor at a time
+            data = tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            fh.write(data)  # type: ignore[arg-type]  # a Buffer; numpy's stubs: from 3.12 only
+            del tensor, data  # freed before the next is made: one whole tensor at a time
 
 
 def write_tensors(
@@ -203,7 +204,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file {str(path)!r} is corrupted: {err}") from None
 
 
-def optimizer_split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_split(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """optimizer.state_dict() -> (tensors "state.{i}.{key}", JSON-able remainder)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}

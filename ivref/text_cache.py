@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ def check_prompts(prompts: object) -> None:
     and UTF-8 cannot hold."""
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"encode() takes a non-empty list of prompts; got {prompts!r}")
+    if not isinstance(prompts, Sequence):  # a dict gave its keys, a generator ran out in here
+        raise ValueError(
+            f"encode() takes a non-empty list of prompts; got a {type(prompts).__name__} "
+            "(an ordered sequence: row i of the embeddings is prompt i's)"
+        )
     for prompt in prompts:
         if not isinstance(prompt, str):
             raise ValueError(f"prompt {prompt!r} is a {type(prompt).__name__}; give text (str)")

@@ -18,7 +18,7 @@ import posixpath
 import unicodedata
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -173,7 +173,8 @@ def resumed(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str | None
         )
     now = dict(saved)
     if args.videos is not None:  # the folder moved: its own index, --index, or the saved one
-        now |= record(args, Path(saved["index"])) | {"fit": saved["fit"]}
+        found = cast(dict[str, Any], record(args, Path(saved["index"])))  # videos: not None
+        now |= found | {"fit": saved["fit"]}
     elif args.index is not None:
         now["index"] = str(_index(Path(saved["videos"]), args.index).resolve())
     elif not (Path(saved["index"]).is_file() and Path(saved["videos"]).is_dir()):

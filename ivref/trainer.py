@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -227,9 +227,10 @@ class Trainer:
         check_compile(compile)
         seed = check_seed("seed", seed)  # each a Python int from here (NumPy's are taken)
         batch_size = check_count("batch_size", batch_size, none="the stage's")
-        checkpoint_every = check_count("checkpoint_every", checkpoint_every)
-        keep_checkpoints = check_count("keep_checkpoints", keep_checkpoints)
-        evaluate_every = check_count("evaluate_every", evaluate_every, minimum=0)
+        # an int: check_count returns None only where ``none`` says what None means
+        checkpoint_every = cast(int, check_count("checkpoint_every", checkpoint_every))
+        keep_checkpoints = cast(int, check_count("keep_checkpoints", keep_checkpoints))
+        evaluate_every = cast(int, check_count("evaluate_every", evaluate_every, minimum=0))
         check_evaluation(evaluate, evaluate_every, given_later_ok=True)
         device = cascade.parse_device(device)
         self.context = context = distributed.current()
@@ -317,14 +318,15 @@ class Trainer:
         if context.world_size > 1 and not self.fsdp:  # the EMA from the broadcast weights
             self.ema.load_state_dict(self.model.state_dict())
 
-    # The default objective's parts, where notebooks and evaluators look for them.
+    # The default objective's parts, where notebooks and evaluators look for them (another
+    # objective's attributes of those names, if it has them; else an AttributeError).
     @property
     def text(self) -> objectives.TextCache:
-        return self.objective.text
+        return cast(objectives.DiffusionObjective, self.objective).text
 
     @property
     def data(self) -> objectives.Dataset:
-        return self.objective.data
+        return cast(objectives.DiffusionObjective, self.objective).data
 
     @property
     def step_model(self) -> torch.nn.Module:
@@ -423,11 +425,13 @@ class Trainer:
 
     # -- checkpoints and the log ------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         """Write out/checkpoints/step-<step>/ whole; older ones beyond ``keep_checkpoints`` go.
 
         What a killed save left behind (a ``.step-N.tmp-*`` folder) is cleared first. With
         several processes every rank calls it; rank 0 writes every rank's random states.
+        Returns the folder; on the other ranks, the run's newest checkpoint as they see it
+        (None where they see none: a run folder that is not shared between the machines).
         """
         self._saved_step = self.step
         path = trainer_checkpoints.save(self)
@@ -484,7 +488,7 @@ class Trainer:
                 index = torch.cuda.current_device() if index is None else index
                 torch.cuda.default_generators[index].manual_seed(seed)
             try:
-                return self.evaluate(self)
+                return cast(Evaluator, self.evaluate)(self)  # called only where it is set
             finally:
                 if self.fsdp:  # the EMA sampled whole: back to its shards for the next update
                     distributed.reshard(self.ema)
@@ -513,7 +517,7 @@ class Trainer:
         returned = kept is not None and (not rows or rows[-1]["step"] < self.step)
         due = self.evaluate is not None and self.evaluate_every > 0
         due = due and self.step > 0 and self.step % self.evaluate_every == 0
-        if returned:
+        if returned and kept is not None:  # (``returned`` says it is not None)
             rows.append({"step": kept["step"], **kept})  # the step first, as logged
             print(
                 f"resume: step {self.step}'s log row came back from its checkpoint (the log "
@@ -559,7 +563,7 @@ class Trainer:
         fresh trainer refuses a folder that holds checkpoints (``resume()`` first), and any
         trainer refuses one where another trainer went on with the run since.
         """
-        steps = check_count("steps", steps, minimum=0)
+        steps = cast(int, check_count("steps", steps, minimum=0))  # an int (no ``none``)
         check_evaluation(self.evaluate, self.evaluate_every)  # it may be set after __init__
         rows: list[dict[str, Any]] = []
         self._total = steps

@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -33,6 +33,9 @@ from ivref import (
     text,
 )
 from ivref.model_rng import STATE_KEY, ModelRNG
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # ``trainer`` below is an ivref.trainer.Trainer (not imported here: trainer.py imports this).
 
@@ -68,7 +71,7 @@ def text_probe(trainer: Any) -> list[float] | None:
         trainer._text_probe = None
         cache = getattr(trainer.objective, "text", None)
         encoder = getattr(cache, "encoder", cache)  # past the trainer's cache: not a caption
-        if hasattr(encoder, "encode"):
+        if encoder is not None and hasattr(encoder, "encode"):
             try:
                 trainer._text_probe = text.probe(encoder)
             except Exception as err:  # a custom encoder may know its own captions only
@@ -81,8 +84,10 @@ def text_probe(trainer: Any) -> list[float] | None:
     return trainer._text_probe
 
 
-def save(trainer: Any) -> Path:
-    """Every rank calls it; rank 0 writes the folder (see ``Trainer.save``)."""
+def save(trainer: Any) -> Path | None:
+    """Every rank calls it; rank 0 writes the folder (see ``Trainer.save``). The others get
+    the run's newest checkpoint as they see it: None where they see none (a folder that is
+    not shared between the machines)."""
     step, context = trainer.step, trainer.context
     rng = {"torch": torch.get_rng_state(), "train": trainer.generator.get_state()}
     rng |= trainer.objective.rng_state() | trainer.model_rng.state_dict()
@@ -218,7 +223,7 @@ def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
         old = saved_cfg.stage(trainer.stage.name)
     except ValueError:
         return
-    pairs = [
+    pairs: list[tuple[DataclassInstance, DataclassInstance, str, tuple[str, ...]]] = [
         (old.train, trainer.train_cfg, "", ()),
         (saved_cfg.diffusion, trainer.diffusion, "diffusion.", ()),
         (old, trainer.stage, "", ("name", "train", "unet")),  # the stage's own fields
@@ -328,7 +333,7 @@ def _set_aside_newer(context: distributed.Context, damaged: list[Path]) -> None:
 
 def seed_new_streams(
     trainer: Any,
-    reseed: Callable[[int], None],
+    reseed: Callable[[int], object],
     saved: dict[str, torch.Tensor],
     step: int,
     announce: bool = True,
@@ -352,7 +357,7 @@ def seed_new_streams(
         )
 
 
-def _reseeder(objective: Any) -> Callable[[int], None]:
+def _reseeder(objective: Any) -> Callable[[int], object]:
     """How to seed ``objective``'s own streams anew: its ``reseed``, else its data generator's
     ``manual_seed``; an objective with neither cannot take new streams."""
     if callable(getattr(objective, "reseed", None)):
@@ -392,9 +397,13 @@ def _load(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
     returns (its path, its state). With several processes rank 0 picks it and the others
     load that one: each picking its own, a rank whose listing lagged (a shared file system)
     resumed from an older step than the others, and the replicas trained apart unseen."""
-    parts = {"model": trainer.model, "ema": trainer.ema, "optimizer": trainer.optimizer}
     read = functools.partial(
-        checkpoint.load, **parts, config=trainer.config, stage=trainer.stage.name
+        checkpoint.load,
+        model=trainer.model,
+        ema=trainer.ema,
+        optimizer=trainer.optimizer,
+        config=trainer.config,
+        stage=trainer.stage.name,
     )
     context = trainer.context
     if context.world_size == 1:
@@ -414,7 +423,7 @@ def _load(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:
     failures = [f for f in distributed.gather(failure, context) if f is not None]
     if failures:  # every rank stops, none waits for the others at the next collective
         raise failures[0]
-    return path, state
+    return path, cast(dict[str, Any], state)  # read by every rank: rank 0 in ``pick``
 
 
 def _load_sharded(trainer: Any, found: list[Path]) -> tuple[Path, dict[str, Any]]:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,7 @@ def ffmpeg_exe() -> str:
     return exe
 
 
-def decode_from(path: Path, start: int, src_fps: float) -> Iterator[np.ndarray]:
+def decode_from(path: Path, start: int, src_fps: float) -> Generator[np.ndarray, None, None]:
     """The RGB frames (H, W, 3) uint8 of the video at ``path`` from frame ``start`` on.
 
     ffmpeg seeks with ``-ss`` before its input, half a frame before frame ``start``'s time,
@@ -188,9 +188,11 @@ def center_crop(frames: np.ndarray, aspect: float) -> np.ndarray:
     return frames[:, top : top + keep]
 
 
-def read_index(index_file: Path) -> list[tuple[str, str]]:
+def read_index(index_file: Path) -> list[tuple[str, object]]:
     """(path, caption) rows from a CSV with a header path,caption or a JSONL of such objects,
-    read as UTF-8 (with or without a byte-order mark). Errors name the file and line."""
+    read as UTF-8 (with or without a byte-order mark). Errors name the file and line. A
+    caption is as the index gives it, not checked: any JSON value, or None for a CSV row
+    that lacks the field (``VideoTextFolder`` skips a row whose caption is not text)."""
     if not index_file.is_file():
         raise FileNotFoundError(f"index file {str(index_file)!r} does not exist")
     kind = index_file.suffix.lower()
@@ -207,6 +209,7 @@ def read_index(index_file: Path) -> list[tuple[str, str]]:
             f"({err.reason} at byte {at}); save the index as UTF-8"
         ) from None
     rows = _jsonl_rows(index_file, text) if kind == ".jsonl" else _csv_rows(index_file, text)
+    pairs: list[tuple[str, object]] = []
     for line, row in rows:
         if not isinstance(row, dict) or "path" not in row or "caption" not in row:
             raise ValueError(f"{str(index_file)!r} line {line}: needs fields 'path' and 'caption'")
@@ -215,7 +218,8 @@ def read_index(index_file: Path) -> list[tuple[str, str]]:
                 f"{str(index_file)!r} line {line}: path {row['path']!r} must be a non-empty "
                 "string (the video's file, relative to the folder)"
             )
-    return [(row["path"], row["caption"]) for _, row in rows]
+        pairs.append((row["path"], row["caption"]))
+    return pairs
 
 
 def _jsonl_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
@@ -238,7 +242,7 @@ def _jsonl_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
 def _csv_rows(index_file: Path, text: str) -> list[tuple[int, object]]:
     """(line number where the row ends, dict) per row of a CSV with a header."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
+    rows: list[tuple[int, object]] = []
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, 1 << 24))  # captions of any sensible length
     try:

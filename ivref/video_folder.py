@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PureWindowsPath
 from stat import S_ISREG
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ def reused_probe(entry: object, stat: os.stat_result) -> tuple[int, float] | Non
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf:
         return None
     now = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    frames = cast(int, frames)  # an integer, NumPy's too (is_integer above)
     if (size, mtime, ctime, ino) != now or frames < 0:
         return None
     return int(frames), float(fps)
@@ -193,10 +194,14 @@ class VideoTextFolder:
                 found = list(pool.map(self._check, to_probe))
         probed = iter(found)
         for (rel, text), (_, why) in zip(rows, captioned, strict=True):
-            reason, src_fps, n, path = (why, 0.0, 0, None) if why else next(probed)
+            if why:  # no usable caption: not probed
+                self._skip(rel, why)
+                continue
+            reason, src_fps, n, path = next(probed)
             if reason:
                 self._skip(rel, reason)
             else:
+                text = cast(str, text)  # a usable caption is a str (_caption_reason)
                 self.items.append((path, text, exact_fps(src_fps), n))
                 usable.append([str(rel), text, src_fps, n])  # the rate as probed: digests stay
         if not self.items:
@@ -279,9 +284,9 @@ class VideoTextFolder:
 
     def _index(self, i: object) -> int:
         """``i`` as an index of ``items``, or a ValueError saying which are allowed."""
-        if not is_integer(i) or not 0 <= i < len(self.items):
+        if not is_integer(i) or not 0 <= cast(int, i) < len(self.items):
             raise ValueError(f"clip {i!r}: allowed 0 to {len(self.items) - 1} (len(folder) - 1)")
-        return int(i)
+        return int(cast(int, i))  # an integer, NumPy's too (is_integer)
 
     def load(self, i: int, start: int = 0) -> tuple[torch.Tensor, str] | None:
         """Clip i from source frame ``start`` as ((3, F, H, W) in [-1, 1], caption), or None.
@@ -361,11 +366,11 @@ class VideoTextFolder:
     def _apply(self, i: int, outcome: tuple[str, object]) -> tuple[torch.Tensor, str] | None:
         """What a ``_read`` of item i means for the folder: a clip, or None after shrinking
         the file to the frames it holds (a warning) or skipping it (``starts(i)`` < 1)."""
-        kind, value = outcome
+        kind, value = outcome  # as ``_read`` tags it
         if kind == "clip":
-            return value
+            return cast("tuple[torch.Tensor, str]", value)
         path, text, src_fps, n = self.items[i]
-        frames, why = value if kind == "ended" else (0, value)
+        frames, why = cast("tuple[int, str]", value) if kind == "ended" else (0, cast(str, value))
         self.items[i] = (path, text, src_fps, frames)
         if self.starts(i) > 0:  # shorter than its header said; clips still fit
             warnings.warn(
@@ -529,8 +534,13 @@ class VideoTextFolder:
         """Go back to a ``state_dict()``; a ValueError if the folder (its index, files or
         captions) changed since, or if ``state`` is not one."""
         items, digest = state.get("items"), state.get("digest")
-        ok = isinstance(items, torch.Tensor) and isinstance(digest, torch.Tensor)
-        if not ok or items.dtype != torch.int64 or items.ndim != 2 or items.shape[1] != 2:
+        if (
+            not isinstance(items, torch.Tensor)
+            or not isinstance(digest, torch.Tensor)
+            or items.dtype != torch.int64
+            or items.ndim != 2
+            or items.shape[1] != 2
+        ):
             raise ValueError(
                 "a VideoTextFolder state holds 'items' ((k, 2) int64) and 'digest'; got "
                 f"{ {k: getattr(v, 'shape', type(v).__name__) for k, v in state.items()} }"

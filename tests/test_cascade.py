@@ -752,6 +752,18 @@ def test_load_shipped_names_the_commands_that_make_a_missing_stage(
     assert f"--from {tmp_path} " in str(err.value)  # the folder in use, not data/toy
 
 
+def test_load_shipped_of_no_stages_from_an_empty_folder_says_what_is_missing(
+    ci_cascade, tmp_path, monkeypatch
+):
+    """Asked for no particular stage, from a folder without a cascade, it returned None
+    (annotated: a Cascade) and the caller failed later on None."""
+    monkeypatch.setenv("IVREF_WEIGHTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="cascade.json"):
+        cascade_lib.load_shipped([])
+    ci_cascade.save_pretrained(tmp_path)
+    assert isinstance(cascade_lib.load_shipped([]), cascade_lib.Cascade)
+
+
 def test_load_shipped_names_the_commands_that_remake_a_damaged_cascade(
     ci_cascade, tmp_path, monkeypatch
 ):

@@ -19,6 +19,7 @@ from ivref import (
     configs,
     distill,
     distill_plan,
+    errors,
     files,
     objectives,
     run_flags,
@@ -857,7 +858,8 @@ def test_a_damaged_end_of_a_finished_phase_is_trained_again_as_it_was(tmp_path, 
     shutil.rmtree(tmp_path / "again" / phases[-1] / "checkpoints" / "step-00000003")
     capsys.readouterr()
     assert cli.main(["distill", "--out", str(tmp_path / "again"), "--resume"]) == 0
-    assert "skipping step-00000003" in capsys.readouterr().err  # it fell back, and said so
+    said = capsys.readouterr().err
+    assert said.count("skipping step-00000003") == 1, said  # it fell back, and said so once
     for phase in phases:
         whole, again = (
             load_file(checkpoint.run_checkpoints(tmp_path / run / phase)[-1] / "ema.safetensors")
@@ -1037,3 +1039,18 @@ def test_a_progressive_phase_teaches_exactly_the_pd_target_on_the_students_grid(
     exact = obj.loss(ExactStudent(), batch, torch.Generator().manual_seed(0)).item()
     other = obj.loss(teacher, batch, torch.Generator().manual_seed(0)).item()
     assert exact < 1e-9 and other > 1e-3, (exact, other)
+
+
+@pytest.mark.parametrize("steps", [[2, 0], [2, 1.5], [2, True], [2, "3"]])
+def test_a_plan_with_a_step_count_no_phase_can_train_is_damaged(tmp_path, steps):
+    """A hand-edited distill.json planning 0 steps for a phase without checkpoints made
+    `ivref export` of that phase fail with Python's TypeError (its missing checkpoint read
+    as a path) instead of a word about the file."""
+    record = {"phases": ["guided", "halve-0016-0008"], "phase_steps": steps}
+    (tmp_path / distill.PLAN).write_text(json.dumps(record))
+    with pytest.raises(errors.CLIError, match=r"does not read back as a distillation plan"):
+        distill_plan.read_plan(tmp_path)
+    with pytest.raises(errors.CLIError, match=r"phase_steps .*: a phase trains a whole number"):
+        distill_plan.read_plan(tmp_path)
+    (tmp_path / "halve-0016-0008").mkdir()  # what cannot be read as a plan plans nothing:
+    assert distill_plan.check_phase_finished(tmp_path / "halve-0016-0008") is None  # no check

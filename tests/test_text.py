@@ -343,3 +343,16 @@ def test_a_prompt_with_a_lone_surrogate_is_named_not_a_tokenizer_crash(tmp_path,
             encoder.encode(["fine", "cut \ud83d"])
         with pytest.raises(ValueError, match=r"prompt 3 is a int; give text"):
             encoder.encode(["fine", 3])
+
+
+def test_prompts_that_are_no_list_are_refused_by_name(tmp_path, tiny):
+    """A dict was encoded by its keys and an int failed inside the loop with Python's own
+    'not iterable'; a generator passed the check and was used up by it."""
+    for encoder in (tiny, text.CachedEncoder(tiny, tmp_path)):
+        for given, kind in (({"a red circle": 1}, "dict"), (5, "int"), (iter(["x"]), "list_")):
+            with pytest.raises(ValueError, match=rf"non-empty list of prompts; got a {kind}"):
+                encoder.encode(given)
+        with pytest.raises(ValueError, match="non-empty list of prompts; got 'one'"):
+            encoder.encode("one")
+        emb, _ = encoder.encode(("a red circle", "a blue square"))  # a tuple is a list here
+        assert emb.shape[0] == 2
