@@ -42,7 +42,9 @@ def attend(
     return torch.cat(chunks, dim=0)
 
 
-def _attend(q, k, v, mask):
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             mask = mask.float() if mask is not None and mask.is_floating_point() else mask

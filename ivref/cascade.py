@@ -564,12 +564,21 @@ class Cascade(nn.Module):
         videos = [torch.cat(chunks_k) for chunks_k in outputs if chunks_k]
         return (videos[-1], videos) if return_stages else videos[-1]
 
-    def _sample(self, stage, text_emb, text_mask, previous, gens, steps, w, progress):
+    def _sample(
+        self,
+        stage: configs.StageConfig,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        previous: torch.Tensor | None,
+        gens: list[torch.Generator],
+        steps: int | None,
+        w: float | None,
+        progress: bool,
+    ) -> torch.Tensor:
         """One stage for one batch; each video's noise from its own generator."""
-        model = self.models[stage.name]  # sampled in eval mode, its own mode kept
-        shape = (model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
-        shape = (len(gens), *shape)  # row i from gens[i] (samplers.randn)
-        noise = samplers.randn(shape, gens, torch.float32, "cpu")
+        model = cast(VideoUNet, self.models[stage.name])  # sampled in eval mode, its own kept
+        shape = (len(gens), model.cfg.out_channels, stage.num_frames, stage.height, stage.width)
+        noise = samplers.randn(shape, gens, torch.float32, "cpu")  # row i from gens[i]
         aug_noise = None
         if stage.kind != "base":
             aug_noise = samplers.randn(shape, gens, torch.float32, "cpu")

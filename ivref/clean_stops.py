@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 from ivref import checkpoint, errors
@@ -20,7 +21,7 @@ def save_on_signal(trainer: Any) -> Iterator[None]:
     """First SIGINT/SIGTERM: set ``trainer.signal`` (the loop finishes the step, saves and
     stops). A second SIGINT: KeyboardInterrupt. Outside the main thread: signals left alone."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         if trainer.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.signal = signum

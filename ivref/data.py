@@ -182,7 +182,12 @@ def _motion_frames(scene: Scene, num_frames: int, fps: float) -> tuple[list, lis
 
 
 def _frames(
-    text: str, num_frames: int, width: int, height: int, fps: float, generator
+    text: str,
+    num_frames: int,
+    width: int,
+    height: int,
+    fps: float,
+    generator: torch.Generator | None,
 ) -> tuple[list, list]:
     """Random per-frame (centers, sizes) for a caption: one moving scene, or F independent
     stills when the caption has no motion (an image pack)."""

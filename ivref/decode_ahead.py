@@ -5,13 +5,17 @@ files are still the ones it was made for."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+
+# what a DecodeAhead runs: read(stop) -> the outcomes, one per draw (VideoTextFolder._read_all)
+Reader = Callable[[threading.Event], "list[tuple[str, object]] | None"]
 
 
 class DecodeAhead:
     """A batch's first round decoding in a background thread (``VideoTextFolder.prefetch``):
     the draws it was made for, the files as they were, and the outcomes once ready."""
 
-    def __init__(self, draws: list[tuple[int, int]], items: list, read) -> None:
+    def __init__(self, draws: list[tuple[int, int]], items: list, read: Reader) -> None:
         self.draws, self.items = draws, items
         self._outcomes: list[tuple[str, object]] | None = None
         self.stop = threading.Event()  # set when its batch is decoded anew instead
@@ -20,7 +24,7 @@ class DecodeAhead:
         self._thread = threading.Thread(target=self._run, args=(read,), daemon=False)
         self._thread.start()
 
-    def _run(self, read) -> None:
+    def _run(self, read: Reader) -> None:
         try:
             self._outcomes = read(self.stop)
         except Exception:  # a bug or an interpreter shutting down: the batch decodes anew

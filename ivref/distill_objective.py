@@ -163,7 +163,17 @@ class DistillObjective:
         return dict(x=x, w=w, t=t, eps=eps, extra=self.base.augmented(x, cond, g))
 
     @torch.no_grad()
-    def target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:
+    def target(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        logsnr: torch.Tensor,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        w: torch.Tensor,
+        extra: dict[str, Any],
+        is_image: torch.Tensor,
+    ) -> torch.Tensor:
         """The teacher's x~ for the student at (z_t, t), in eval mode and without gradients.
 
         The teacher's train/eval flags are restored afterwards, so a caller's module is never
@@ -177,7 +187,17 @@ class DistillObjective:
             for module, training in flags:
                 module.training = training
 
-    def _target(self, z_t, t, logsnr, emb, mask, w, extra, is_image) -> torch.Tensor:
+    def _target(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        logsnr: torch.Tensor,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        w: torch.Tensor,
+        extra: dict[str, Any],
+        is_image: torch.Tensor,
+    ) -> torch.Tensor:
         """Guided: (1 + w) x_hat(z_t, c) - w x_hat(z_t); progressive: ``pd_target``."""
         d = self.base.diffusion
         if self.phase == "guided":
@@ -201,7 +221,14 @@ class DistillObjective:
             teacher, z_t, t, 1.0 / self.steps, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max
         )
 
-    def loss(self, model, batch, generator, device="cpu", bf16=False) -> torch.Tensor:
+    def loss(
+        self,
+        model: torch.nn.Module,
+        batch: objectives.Batch,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        bf16: bool = False,
+    ) -> torch.Tensor:
         """Mean distillation loss of one batch; the teacher runs in float32, no grad."""
         device, d = torch.device(device), self.base.diffusion
         draws = self._draws(batch, generator)

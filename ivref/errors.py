@@ -180,7 +180,13 @@ def warning_format(name: str) -> Callable[..., str]:
 
     who = process_label(name)  # under torchrun: which process saw it
 
-    def format_warning(message, category, filename, lineno, line=None) -> str:
+    def format_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        line: str | None = None,
+    ) -> str:
         kind = "warning" if category is UserWarning else category.__name__
         here = Path(filename).resolve().is_relative_to(PACKAGE)
         source = "" if here else f" from {filename}:{lineno}"  # another library's: say whose

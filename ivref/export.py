@@ -376,7 +376,13 @@ def _same_text(probes: dict[str, list[float] | None]) -> list[float] | None:
     return probe
 
 
-def export_sampling(run: Path, run_cfg, stage: str, base_cfg, source: str):
+def export_sampling(
+    run: Path,
+    run_cfg: configs.CascadeConfig,
+    stage: str,
+    base_cfg: configs.CascadeConfig | None,
+    source: str,
+) -> configs.StageConfig:
     """The stage config a train run exports with: its sampling settings from ``source``.
 
     A run keeps the sampling settings of the preset it started from; a preset or a --base

@@ -104,14 +104,14 @@ class ShiftSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: torch.Tensor) -> torch.Tensor:
         y = z[:, :, 1].clone()
         y[:, 1:] += z[:, :-1, 0]  # W_0 h[f-1]
         y[:, :-1] += z[:, 1:, 2]  # W_2 h[f+1]
         return y
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> torch.Tensor:
         dz = dy.new_empty((dy.shape[0], dy.shape[1], 3, *dy.shape[2:]))
         dz[:, :, 1] = dy
         dz[:, :-1, 0] = dy[:, 1:]

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from ivref import configs, distill_plan, errors, files, text, train_videos
 
 if TYPE_CHECKING:
+    from ivref.cascade import Cascade
     from ivref.unet3d import VideoUNet
 
 CLIError = errors.CLIError
 
 
-def run_stage(path: Path):
+def run_stage(path: Path) -> tuple[configs.CascadeConfig, str, VideoUNet]:
     """(config, stage name, EMA model) from a train run folder or one checkpoint folder.
 
     A run's newest checkpoint that verifies is used; a damaged newer one is reported.
@@ -32,13 +33,15 @@ class RunWeights(NamedTuple):
 
     config: configs.CascadeConfig
     stage: str
-    model: Any  # a VideoUNet in eval mode
+    model: VideoUNet  # in eval mode
     extra: dict[str, Any]  # the checkpoint's ``extra`` (its ``text_probe``)
     checkpoint: Path  # the checkpoint folder
     step: int  # the training step it was saved at
 
 
-def run_checkpoint(path: Path, or_cascade: bool = False):
+def run_checkpoint(
+    path: Path, or_cascade: bool = False
+) -> tuple[configs.CascadeConfig, str, VideoUNet, dict[str, Any]]:
     """``run_stage``'s (config, stage, EMA model) and the checkpoint's ``extra`` (its
     ``text_probe``, written by the Trainer). ``or_cascade``: a cascade folder would have
     done too (the error for a folder that is neither says so)."""
@@ -131,7 +134,7 @@ def load_cascade(
     distilled: bool = False,
     text_encoder: str | None = None,
     whole: bool = True,
-):
+) -> Cascade:
     """A Cascade from a cascade folder, a base-stage train run (its EMA), or None (shipped).
 
     ``text_encoder`` is the local folder of a T5 checkpoint for a cascade on encoder "t5".
@@ -151,7 +154,7 @@ def load_cascade(
     return model
 
 
-def _load_cascade(path: Path | None, distilled: bool, whole: bool = True):
+def _load_cascade(path: Path | None, distilled: bool, whole: bool = True) -> Cascade:
     from ivref import cascade, files
 
     if path is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -41,9 +42,14 @@ def check_generators(generator: object) -> None:
     )
 
 
-def randn(shape, generator: Generators, dtype: torch.dtype, device) -> torch.Tensor:
+def randn(
+    shape: Sequence[int],
+    generator: Generators,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor:
     """N(0, I) drawn on the generator's device (the CPU for a CPU generator, and torch's
-    global CPU generator for None), then moved.
+    global CPU generator for None), then moved to ``device`` (None: left there).
 
     One seeded CPU generator (or ``torch.manual_seed``) thus gives the same noise whatever
     device the model is on; a CUDA tensor cannot be drawn from a CPU generator directly. A
@@ -161,7 +167,10 @@ def stochastic_step(
 
 
 def logsnr_grid(
-    steps: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0, dtype=torch.float64
+    steps: int,
+    logsnr_min: float = -20.0,
+    logsnr_max: float = 20.0,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """The steps + 1 logsnr values of the uniform grid t = 1, 1 - 1/steps, ..., 1/steps, 0.
 
@@ -177,7 +186,16 @@ def logsnr_grid(
     return grid.to(dtype)
 
 
-def _check_arguments(x_hat_fn, shape, sampler, gamma, generator, dtype, noise, progress) -> None:
+def _check_arguments(  # typed as object: these are the checks of what a caller passed
+    x_hat_fn: object,
+    shape: object,
+    sampler: object,
+    gamma: object,
+    generator: object,
+    dtype: object,
+    noise: object,
+    progress: object,
+) -> None:
     """``sample``'s arguments, each with what is allowed (``steps``: ``logsnr_grid``)."""
     if not callable(x_hat_fn):
         raise TypeError(f"x_hat_fn={x_hat_fn!r:.60} must be callable: (z, logsnr) -> x_hat")
@@ -193,7 +211,7 @@ def _check_arguments(x_hat_fn, shape, sampler, gamma, generator, dtype, noise, p
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is invalid; allowed: {list(SAMPLERS)}")
     real = isinstance(gamma, numbers.Real) and not isinstance(gamma, bool)
-    if not real or not 0.0 <= gamma <= 1.0:
+    if not real or not 0.0 <= cast(float, gamma) <= 1.0:  # (real: a number)
         raise ValueError(f"gamma={gamma!r} is invalid; allowed: a number in [0, 1]")
     check_generators(generator)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

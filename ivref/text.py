@@ -55,7 +55,9 @@ class TextEncoder(Protocol):
 class HFEncoder:
     """A frozen transformers encoder + tokenizer: token embeddings of the last layer."""
 
-    def __init__(self, model, tokenizer, name: str, max_length: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str, max_length: int) -> None:
+        """``model``: a transformers encoder (``.config.hidden_size``, returns
+        ``last_hidden_state``); ``tokenizer``: its tokenizer."""
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name

@@ -17,12 +17,16 @@ import json
 import posixpath
 import unicodedata
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ivref import arguments, configs, errors, files, run_flags
+
+if TYPE_CHECKING:
+    from ivref.video_folder import VideoTextFolder
 
 VIDEOS = "ivref-videos.json"  # in a run folder: the videos it trains on (absent: the toy world)
 FIELDS = ("videos", "index", "fit")
@@ -258,7 +262,7 @@ def validation_evaluator(
     stage: configs.StageConfig,
     clips: int | None,
     probes: dict[str, Any] | None = None,
-):
+) -> Callable[[Any], dict[str, float]]:
     """``Trainer(evaluate=...)``: the stage's training loss of the EMA weights on held-out
     videos, logged as ``eval_val_loss``.
 
@@ -367,7 +371,7 @@ def dataset(
     workers: int = 1,
     prefetch: bool = False,
     probes: dict[str, Any] | None = None,
-):
+) -> VideoTextFolder | None:
     """The run's dataset: None (the trainer's toy world) or its folder of videos, drawing
     from ``stream`` (this process's), decoding ``workers`` clips at once, and the next
     batch during a step if ``prefetch``; ``probes``: what earlier probing found

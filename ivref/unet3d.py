@@ -53,7 +53,16 @@ class SpaceTimeBlock(nn.Module):
         elif temporal == "conv":
             self.temporal = layers.TemporalConv(c_out, g)
 
-    def forward(self, x, emb_f, ctx, ctx_mask, num_frames, is_image, video_mask):
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb_f: torch.Tensor,
+        ctx: torch.Tensor,
+        ctx_mask: torch.Tensor,
+        num_frames: int,
+        is_image: torch.Tensor | None,
+        video_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         x = self.res(x, emb_f)
         if self.spatial is not None:
             x = self.spatial(x, ctx, ctx_mask)
@@ -129,7 +138,16 @@ class VideoUNet(nn.Module):
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def _check(self, z_t, logsnr_t, text_emb, text_mask, cond_video, aug_logsnr, guidance_w):
+    def _check(
+        self,
+        z_t: torch.Tensor,
+        logsnr_t: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        cond_video: torch.Tensor | None,
+        aug_logsnr: torch.Tensor | None,
+        guidance_w: torch.Tensor | None,
+    ) -> None:
         cfg = self.cfg
         given = {"z_t": z_t, "logsnr_t": logsnr_t, "text_emb": text_emb, "text_mask": text_mask}
         optional = {"cond_video": cond_video, "aug_logsnr": aug_logsnr, "guidance_w": guidance_w}
@@ -187,19 +205,21 @@ class VideoUNet(nn.Module):
             raise ValueError(f"cond_video must be {want} for this SR U-Net; got {got}")
         if not cfg.cond_channels and cond_video is not None:
             raise ValueError("cond_video given but this U-Net has cond_channels=0 (a base stage)")
-        for name, value, used in (
+        for name, scalar, used in (
             ("aug_logsnr", aug_logsnr, cfg.use_aug_embedding),
             ("guidance_w", guidance_w, cfg.use_guidance_embedding),
         ):
             flag = "use_aug_embedding" if name == "aug_logsnr" else "use_guidance_embedding"
-            if used and (value is None or tuple(value.shape) != (b,)):
+            if used and (scalar is None or tuple(scalar.shape) != (b,)):
                 raise ValueError(f"{name} of shape ({b},) is required ({flag}=True)")
-            if not used and value is not None:
+            if not used and scalar is not None:
                 raise ValueError(f"{name} given but this U-Net has {flag}=False")
         self._check_finite(logsnr_t, aug_logsnr, guidance_w)
 
     @staticmethod
-    def _check_finite(logsnr_t, aug_logsnr, guidance_w):
+    def _check_finite(
+        logsnr_t: torch.Tensor, aug_logsnr: torch.Tensor | None, guidance_w: torch.Tensor | None
+    ) -> None:
         """The per-sample scalars are finite: their sinusoidal embedding turns +-inf into NaN
         for the whole sample. Checked on CPU tensors only, and not while torch.compile traces:
         on a GPU the test would make every call wait for the device."""
@@ -238,7 +258,9 @@ class VideoUNet(nn.Module):
                     "under torch.autocast"
                 )
 
-    def _text(self, text_emb, text_mask):
+    def _text(
+        self, text_emb: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Null-substituted, projected text tokens (B, L, E), their mask, and the pooled (B, E)."""
         uncond = ~text_mask.any(dim=1)  # (B,)
         text_emb = torch.where(rearrange(uncond, "b -> b () ()"), self.null_text, text_emb)
