@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -409,6 +410,21 @@ def _replaced(config: Any, changes: dict[str, Any]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
+def _drop_unused_path(text: dict[str, Any], where: str) -> None:
+    """A saved text config with a ``path`` on a built-in encoder: ivref once accepted that and
+    ignored the path (the built-in encoder was used), so such a config, in a checkpoint or a
+    cascade folder, is loaded without it, with a warning; ``TextConfig`` itself refuses one."""
+    encoder, path = text.get("encoder", "tiny-t5"), text.get("path")
+    if path is None or encoder == "t5" or not isinstance(encoder, str):
+        return
+    warnings.warn(
+        f"{where}.path {path!r} is dropped: encoder {encoder!r} is built in and takes no path "
+        "(the path was never used); if that folder holds the T5 you meant, set encoder='t5'",
+        stacklevel=4,
+    )
+    text["path"] = None
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -435,6 +451,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
+    if cls is TextConfig:
+        _drop_unused_path(kwargs, where)
     try:
         return cls(**kwargs)
     except TypeError as err:

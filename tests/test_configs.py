@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -430,3 +431,20 @@ def test_replace_stage_changes_one_stage_and_checks_the_cascade_again():
         toy.replace_stage("sr", sample_steps=8)
     with pytest.raises(ValueError, match=r"UNetConfig\.dropout=1\.5 is invalid"):
         toy.replace_stage("base", unet={"dropout": 1.5})  # each value checked as ever
+
+
+def test_a_saved_config_with_a_path_its_builtin_encoder_never_used_still_loads():
+    """ivref once accepted text.path on a built-in encoder (and built that encoder, ignoring
+    the path); once TextConfig refused such a path, checkpoints and cascade folders saved
+    with one no longer loaded. Loading drops the path with a warning; building one refuses."""
+    saved = configs.preset("ci").to_dict()
+    saved["text"]["path"] = "/old/minilm"
+    with pytest.warns(UserWarning, match=r"CascadeConfig\.text\.path '/old/minilm' is dropped"):
+        cfg = configs.CascadeConfig.from_dict(saved)
+    assert cfg == configs.preset("ci")  # the config it always meant
+    t5 = dict(saved, text=dict(saved["text"], encoder="t5"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a T5's path is its own: kept, no warning
+        assert configs.CascadeConfig.from_dict(t5).text.path == "/old/minilm"
+    with pytest.raises(ValueError, match="a checkpoint folder is for encoder 't5'"):
+        configs.TextConfig(encoder="tiny-t5", path="/old/minilm")

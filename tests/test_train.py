@@ -980,6 +980,31 @@ def test_a_run_resumes_from_its_t5_folder_moved_and_not_from_another_t5(tmp_path
     assert trainer(run.config).resume() == 1
 
 
+def test_a_relative_t5_folder_is_saved_absolute(tmp_path, monkeypatch):
+    """A T5 folder given from Python as a relative path was saved as given, so a resume (or
+    an export) run from another folder looked for another T5, or none."""
+    import dataclasses
+
+    from ivref import text
+
+    ci = configs.preset("ci")
+    tiny = text.build_encoder(ci.text)
+    (tmp_path / "work").mkdir()
+    tiny.model.save_pretrained(tmp_path / "work" / "t5")
+    tiny.tokenizer.save_pretrained(tmp_path / "work" / "t5")
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = dataclasses.replace(ci, text=dataclasses.replace(ci.text, encoder="t5", path="t5"))
+    run = train.Trainer(cfg, "base", tmp_path / "run", batch_size=2, progress=False)
+    assert run.config.text.path == str((tmp_path / "work" / "t5").resolve())
+    run.checkpoint_every = 1
+    run.fit(1)
+    saved = checkpoint.read_config(checkpoint.latest(tmp_path / "run"))["config"]
+    assert saved.text.path == str((tmp_path / "work" / "t5").resolve())
+    monkeypatch.chdir(tmp_path)  # elsewhere: the saved config still names the folder
+    again = train.Trainer(saved, "base", tmp_path / "run", batch_size=2, progress=False)
+    assert again.resume() == 1
+
+
 def test_a_text_encoder_the_config_does_not_describe_is_refused(tmp_path):
     """A T5 given to a Trainer whose config says tiny-t5 trained without a word, and the run
     recorded tiny-t5: its export built the wrong encoder (caught only by the probe, with a
