@@ -1,14 +1,16 @@
-"""One prompt through the cascade, per stage: wall time and model evaluations, teacher vs distilled.
+"""Prompts through the cascade, per stage: wall time and model evaluations, teacher vs distilled.
 
     python benchmarks/sampling.py                       # the shipped toy cascade (+ distilled)
+    python benchmarks/sampling.py --prompt P1 P2 P3 P4  # several prompts in one generate call
     python benchmarks/sampling.py --checkpoint DIR --repeats 5 --json out.json
     python benchmarks/sampling.py --scale ci            # seeded random weights, for CI
 
 The undistilled cascade (each stage's default steps and guidance, two U-Net passes per
 guided step) and its distilled variant (8 steps per stage, one pass each) [IV §2.7] sample
-the same prompt with the same seed, interleaved, after a warm-up run; the medians over
-``--repeats`` are reported per stage with the number of U-Net evaluations per video (a
-guided step counts two), and the teacher / distilled ratios.
+the same prompts with the same seed, in one ``generate`` call (as ``make demo`` does with
+its four), interleaved, after a warm-up run; the medians over ``--repeats`` are reported per
+stage with the number of U-Net evaluations per video (a guided step counts two), and the
+teacher / distilled ratios.
 """
 
 from __future__ import annotations
@@ -41,25 +43,28 @@ def count_evaluations(model: cascade_lib.Cascade) -> dict[str, int]:
     return counts
 
 
-def run_once(model, counts, prompt, seed):
+def run_once(model, counts, prompts, seed):
     """One generate: per-stage seconds and evaluations per video."""
     for key in counts:
         counts[key] = 0
     start = time.perf_counter()
-    model.generate([prompt], seed=seed)
+    model.generate(prompts, seed=seed)
     total = time.perf_counter() - start
-    return {"total_s": total, "stages_s": dict(model.timings), "evals": dict(counts)}
+    evals = {name: n // len(prompts) for name, n in counts.items()}  # per video
+    return {"total_s": total, "stages_s": dict(model.timings), "evals": evals}
 
 
-def measure(models: dict[str, cascade_lib.Cascade], prompt: str, repeats: int, seed: int) -> dict:
+def measure(
+    models: dict[str, cascade_lib.Cascade], prompts: list[str], repeats: int, seed: int
+) -> dict:
     """Interleaved repeats after one warm-up of each; medians per cascade and stage."""
     counters = {k: count_evaluations(m) for k, m in models.items()}
     for key, model in models.items():
-        run_once(model, counters[key], prompt, seed)  # warm-up: caches, allocator, threads
+        run_once(model, counters[key], prompts, seed)  # warm-up: caches, allocator, threads
     runs = {k: [] for k in models}
     for _ in range(repeats):
         for key, model in models.items():
-            runs[key].append(run_once(model, counters[key], prompt, seed))
+            runs[key].append(run_once(model, counters[key], prompts, seed))
     result = {}
     for key, rows in runs.items():
         model = models[key]
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, help="cascade folder (default: the shipped one)")
     p.add_argument("--scale", choices=("toy", "ci"), default="toy", help="ci: random weights")
-    p.add_argument("--prompt", default="a red circle moving left")
+    p.add_argument("--prompt", nargs="+", default=["a red circle moving left"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no distilled cascade in {folder}: timing the teacher only", file=sys.stderr)
     models = {k: m.to(device) for k, m in models.items()}
     result = measure(models, args.prompt, args.repeats, args.seed)
+    result["prompts"] = args.prompt
     result["machine"] = {
         "device": str(device),
         "device_name": devices.device_name(device),

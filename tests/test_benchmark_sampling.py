@@ -16,8 +16,11 @@ def _load(repo_root):
 def test_sampling_benchmark_counts_every_evaluation(repo_root, tmp_path, capsys):
     sampling = _load(repo_root)
     out = tmp_path / "s.json"
-    assert sampling.main(["--scale", "ci", "--repeats", "1", "--json", str(out)]) == 0
+    prompts = ["a red circle moving left", "a blue square moving up"]  # one call, as make demo
+    argv = ["--scale", "ci", "--repeats", "1", "--prompt", *prompts, "--json", str(out)]
+    assert sampling.main(argv) == 0
     result = json.loads(out.read_text())
+    assert result["prompts"] == prompts
     cfg = configs.preset("ci")
     for s in cfg.stages:
         teacher = result["teacher"]["stages"][s.name]
@@ -74,3 +77,33 @@ def test_sampling_batch_benchmark_refuses_rows_it_would_mislabel(repo_root, caps
         script.main(["--scale", "ci", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_guidance_detail_benchmark_scores_each_stage_at_each_base_weight(
+    repo_root, tmp_path, capsys
+):
+    from ivref import evaluate, metrics
+
+    script = load_script(repo_root / "benchmarks" / "guidance_detail.py")
+    out = tmp_path / "g.json"
+    argv = ["--scale", "ci", "--captions", "2", "--weights", "1", "0", "--json", str(out)]
+    assert script.main(argv) == 0
+    result = json.loads(out.read_text())
+    prompts = evaluate.spread_prompts(2)
+    assert result["captions"] == prompts and [r["base_w"] for r in result["rows"]] == [1.0, 0.0]
+    model = script.random_ci_cascade()  # the same seeded weights: each number recomputed
+    for row in result["rows"]:
+        _, per_stage = model.generate(
+            prompts, seed=0, guidance={"base": row["base_w"]}, return_stages=True
+        )
+        for stage, videos in zip(model.trained_stages, per_stage, strict=True):
+            got = row["stages"][stage.name]
+            truth = evaluate.render_eval_clips(stage, prompts, 0)
+            assert tuple(got["size"]) == tuple(videos.shape[2:]) == tuple(truth.shape[2:])
+            ratio = metrics.laplacian_energy(videos).mean() / metrics.laplacian_energy(truth).mean()
+            assert got["detail_vs_renders"] == pytest.approx(float(ratio), rel=1e-5)
+            aligned = metrics.caption_alignment(videos, prompts)
+            assert all(got[a] == pytest.approx(float(aligned[a])) for a in evaluate.ATTRIBUTES)
+    base = [row["stages"]["base"]["detail_vs_renders"] for row in result["rows"]]
+    assert base[0] != base[1]  # the weight reached the base stage
+    assert "| base w |" in capsys.readouterr().out
