@@ -133,6 +133,15 @@ def sample_stage(
             f"{stage.unet.cond_channels}, and this model's has {unet.cond_channels}: give the "
             "stage's own model (cascade.models[NAME] with cascade.cfg.stage(NAME))"
         )
+    if isinstance(unet, configs.UNetConfig) and unet.use_guidance_embedding:
+        if stage.guidance_w_max is None:  # its steps, sampler and w range would go unchecked
+            raise ValueError(
+                f"this model is a distilled student (its U-Net embeds w), and stage "
+                f"{stage.name!r} is configured as an undistilled one (no guidance_w_max): "
+                "sample a student with its own stage config, which holds the steps, sampler "
+                "and guidance weights it learnt (its cascade's cfg.stage(NAME), or "
+                "distill.student_config)"
+            )
     device = model_device(model)
     weight = next(model.parameters(), None)  # none: a model of buffers only has no weights
     dtype = torch.float32 if weight is None else weight.dtype
