@@ -14,7 +14,7 @@ import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ivref import config_checks as checks
 from ivref import stage_checks
@@ -415,12 +415,12 @@ def _drop_unused_path(text: dict[str, Any], where: str) -> None:
     ignored the path (the built-in encoder was used), so such a config, in a checkpoint or a
     cascade folder, is loaded without it, with a warning; ``TextConfig`` itself refuses one."""
     encoder, path = text.get("encoder", "tiny-t5"), text.get("path")
-    if path is None or encoder == "t5" or not isinstance(encoder, str):
-        return
+    if path is None or encoder == "t5" or encoder not in get_args(TextEncoderName):
+        return  # (an unknown encoder: TextConfig names the allowed ones)
     warnings.warn(
         f"{where}.path {path!r} is dropped: encoder {encoder!r} is built in and takes no path "
         "(the path was never used); if that folder holds the T5 you meant, set encoder='t5'",
-        stacklevel=4,
+        stacklevel=2,
     )
     text["path"] = None
 

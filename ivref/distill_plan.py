@@ -446,10 +446,9 @@ def check_phase_finished(folder: Path) -> None:
     """A phase folder of a distillation given on its own (``ivref export``, ``generate
     --checkpoint``) must have trained its planned steps: a half-trained student exported
     without a word otherwise. A folder that is not a planned phase is left alone."""
-    try:
-        record = read_plan(folder.parent)
-    except errors.CLIError:
+    if not (folder.parent / PLAN).is_file():  # not a distillation's phase
         return
+    record = read_plan(folder.parent)  # damaged: its error (a phase could not be judged)
     if folder.name not in record["phases"]:
         return
     length = record["phase_steps"][record["phases"].index(folder.name)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import warnings
 from typing import cast
 
 import torch
@@ -134,13 +135,16 @@ def sample_stage(
             "stage's own model (cascade.models[NAME] with cascade.cfg.stage(NAME))"
         )
     if isinstance(unet, configs.UNetConfig) and unet.use_guidance_embedding:
-        if stage.guidance_w_max is None:  # its steps, sampler and w range would go unchecked
-            raise ValueError(
+        if stage.guidance_w_max is None:  # a warning: a cascade folder of an older ivref
+            warnings.warn(  # holds such configs, and samples well at its own steps
                 f"this model is a distilled student (its U-Net embeds w), and stage "
-                f"{stage.name!r} is configured as an undistilled one (no guidance_w_max): "
-                "sample a student with its own stage config, which holds the steps, sampler "
-                "and guidance weights it learnt (its cascade's cfg.stage(NAME), or "
-                "distill.student_config)"
+                f"{stage.name!r} is configured as an undistilled one (no guidance_w_max): it "
+                f"samples at that config's {stage.sample_steps} steps and takes any w, "
+                "unchecked against the range it learnt. A student's own stage config holds "
+                "them (its cascade's cfg.stage(NAME), or distill.student_config); a distilled "
+                "cascade folder exported by an older ivref lacks the range: export it again",
+                UserWarning,
+                stacklevel=3,
             )
     device = model_device(model)
     weight = next(model.parameters(), None)  # none: a model of buffers only has no weights

@@ -140,17 +140,6 @@ def resolve_bf16(
     return configured
 
 
-def _with_absolute_text_path(config: configs.CascadeConfig) -> configs.CascadeConfig:
-    """``config`` with its T5 folder (``text.path``) made absolute: the config is saved with
-    every checkpoint, and a relative path would name another folder, or none, for a resume
-    or an export run from elsewhere (``ivref train --text-encoder`` stores it absolute too)."""
-    where = config.text.path
-    if where is None or Path(where).expanduser().is_absolute():
-        return config
-    text_cfg = dataclasses.replace(config.text, path=str(Path(where).expanduser().resolve()))
-    return dataclasses.replace(config, text=text_cfg)
-
-
 def _with_batch_size(config: configs.CascadeConfig, stage: str, batch_size: int) -> Any:
     """``config`` with stage ``stage`` training at ``batch_size``."""
     stages = tuple(
@@ -250,7 +239,7 @@ class Trainer:
             device = torch.device("cuda", context.local_rank)  # one GPU per process
         if batch_size is not None and batch_size != config.stage(stage).train.batch_size:
             config = _with_batch_size(config, stage, batch_size)  # saved: a resume compares it
-        config = _with_absolute_text_path(config)
+        config = trainer_checkpoints.absolute_text_path(config)
         self.config, self.stage = config, config.stage(stage)
         self.train_cfg, self.diffusion = self.stage.train, config.diffusion
         self.out, self.device = Path(out), device

@@ -245,6 +245,19 @@ def _say_what_changed(trainer: Any, saved_cfg: Any) -> None:
         )
 
 
+def absolute_text_path(config: configs.CascadeConfig) -> configs.CascadeConfig:
+    """``config`` with its T5 folder (``text.path``) made absolute: the config is saved with
+    every checkpoint, and a relative path would name another folder, or none, for a resume
+    or an export run from elsewhere (``ivref train --text-encoder`` stores it absolute too).
+    A resume reads a checkpoint's config this way too: runs saved before kept the path as
+    given, resolved here from the current folder as the trainer resolves its own."""
+    where = config.text.path
+    if where is None or Path(where).expanduser().is_absolute():
+        return config
+    text_cfg = dataclasses.replace(config.text, path=str(Path(where).expanduser().resolve()))
+    return dataclasses.replace(config, text=text_cfg)
+
+
 def _check_same_t5_folder(saved_cfg: Any, config: Any, where: str) -> None:
     """Where no recorded probe can tell whether a T5 is the one a run trained with (a run
     saved before probes, or an encoder that could not encode the probe prompt), a T5 folder
@@ -274,8 +287,11 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         saved = text.recorded_probe(extra, where)
     except ValueError as err:
         raise checkpoint.CheckpointError(str(err)) from None
+    saved_cfg = meta.get("config")
+    if isinstance(saved_cfg, configs.CascadeConfig):  # a relative T5 path, as older runs kept
+        saved_cfg = absolute_text_path(saved_cfg)
     if trainer.context.is_main and announce:  # a finished phase loaded for its weights: quiet
-        _say_what_changed(trainer, meta.get("config"))
+        _say_what_changed(trainer, saved_cfg)
     given = extra.get("bf16_given")  # what forced the run's autocast when it started
     if getattr(trainer, "bf16_given", None) is None and isinstance(given, bool):  # kept
         if given != trainer.bf16 and trainer.context.is_main:
@@ -296,7 +312,7 @@ def restore(trainer: Any, new_streams: bool, announce: bool = True) -> int:
         name = getattr(getattr(cache, "encoder", cache), "name", "the run's text encoder")
         text.check_probe(saved, now, name, f"run {str(trainer.out)!r}")
     else:  # no probe tells the encoder: its T5 folder must be the one the run trained with
-        _check_same_t5_folder(meta.get("config"), trainer.config, where)
+        _check_same_t5_folder(saved_cfg, trainer.config, where)
     newer = found[found.index(path) + 1 :] if path in found else []  # rank 0's listing decides
     _set_aside_newer(trainer.context, distributed.broadcast(newer, trainer.context))
     data = getattr(trainer.objective, "data", None)

@@ -330,10 +330,10 @@ assert share[0.8] > 0.5 and rel[t < 0.8].abs().mean() < rel[t >= 0.8].mean()
 # the finest-scale detail) over that of the toy world's renders of the same captions.
 # Guidance hardens edges, and the SR stages keep and sharpen what the base hands them, so
 # the base's $w$ sets most of the final videos' excess detail. Measured on 16 captions
-# through the whole cascade, the final 64 x 64 videos held 130% of the renders' detail at
-# $w = 1$, 126% at 0.5, 123% at 0.25 and 119% at 0, every caption right at all four:
-# 0.25 is the largest of those weights within a 25% aim (the full measurement is in
-# docs/design.md). Same prompts and the same noise for every $w$:
+# through the whole cascade, the final 64 x 64 videos held 132% of the renders' detail at
+# $w = 1$, 127% at 0.5, 123% at 0.25 and 119% at 0, every caption right at all four:
+# 0.25 is the largest of those weights within a 25% aim (`benchmarks/guidance_detail.py`
+# measures it; docs/design.md has the full table). Same prompts and the same noise for every $w$:
 
 # %%
 W_GRID = (0.0, 1.0, 3.0) if SMALL else (0.0, 0.5, 1.0, 2.0, 3.0, 5.0)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -1093,3 +1094,22 @@ def test_a_cascades_per_stage_records_are_checked(check, good, bad):
     assert check(good, stages) == good and check(None, stages) == {}
     with pytest.raises(ValueError, match=r"for stages of the cascade \['base', 'tsr'\], or None"):
         check(bad, stages)
+
+
+def test_a_student_under_an_undistilled_stage_config_is_sampled_with_a_warning(ci_cascade):
+    """Sampled with its teacher's stage config, a distilled student ran the teacher's steps
+    and sampler and took any w, past the range it learnt, without a word. (A warning, not an
+    error: distilled cascade folders of an older ivref hold such configs and sample well.)"""
+    from ivref import distill
+
+    student = distill.with_guidance_embedding(ci_cascade.models["base"]).eval()
+    emb, mask = ci_cascade.encoder.encode(["a red circle moving left"])
+    teachers = ci_cascade.cfg.stage("base")
+    with pytest.warns(UserWarning, match=r"configured as an undistilled one .* takes any w"):
+        cascade_lib.sample_stage(
+            student, teachers, ci_cascade.cfg.diffusion, emb, mask, guidance_w=9.0
+        )
+    own = distill.student_config(ci_cascade.cfg, "base", 4).stage("base")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its own config: no warning
+        cascade_lib.sample_stage(student, own, ci_cascade.cfg.diffusion, emb, mask)

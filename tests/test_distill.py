@@ -1052,5 +1052,6 @@ def test_a_plan_with_a_step_count_no_phase_can_train_is_damaged(tmp_path, steps)
         distill_plan.read_plan(tmp_path)
     with pytest.raises(errors.CLIError, match=r"phase_steps .*: a phase trains a whole number"):
         distill_plan.read_plan(tmp_path)
-    (tmp_path / "halve-0016-0008").mkdir()  # what cannot be read as a plan plans nothing:
-    assert distill_plan.check_phase_finished(tmp_path / "halve-0016-0008") is None  # no check
+    (tmp_path / "halve-0016-0008").mkdir()  # its phase cannot be judged finished: refused
+    with pytest.raises(errors.CLIError, match=r"does not read back as a distillation plan"):
+        distill_plan.check_phase_finished(tmp_path / "halve-0016-0008")

@@ -1091,16 +1091,6 @@ def _stray_text_path(ctx: Ctx):
     configs.TextConfig(path="my_t5")  # encoder tiny-t5: built in, the path was ignored
 
 
-def _student_under_its_teachers_stage(ctx: Ctx):
-    from ivref import cascade, distill
-
-    teacher = _ci_cascade(ctx)
-    student = distill.with_guidance_embedding(teacher.models["base"]).eval()
-    emb, mask = teacher.encoder.encode([PROMPT])
-    stage = teacher.cfg.stage("base")  # the teacher's: its steps, sampler, no w bound
-    cascade.sample_stage(student, stage, teacher.cfg.diffusion, emb, mask, guidance_w=9.0)
-
-
 def _t5_under_a_tiny_t5_config(ctx: Ctx):
     from ivref import configs, text, train
 
@@ -1455,13 +1445,6 @@ LIBRARY_CASES = [
         ValueError,
         "a 't5' encoder, but the config's text says encoder='tiny-t5'",
         _t5_under_a_tiny_t5_config,
-    ),
-    LibCase(
-        "a distilled student sampled with its teacher's stage config",
-        "cascade.sample_stage(student, teacher.cfg.stage('base'), ...)",
-        ValueError,
-        "is configured as an undistilled one (no guidance_w_max)",
-        _student_under_its_teachers_stage,
     ),
     LibCase(
         "guidance weights as a tensor",

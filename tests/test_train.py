@@ -1003,6 +1003,18 @@ def test_a_relative_t5_folder_is_saved_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # elsewhere: the saved config still names the folder
     again = train.Trainer(saved, "base", tmp_path / "run", batch_size=2, progress=False)
     assert again.resume() == 1
+    # a run saved before kept 't5' as given, and no probe: resumed as it was, from where it
+    # trained, neither a changed-config warning nor a refusal of "another" T5 folder
+    newest = checkpoint.run_checkpoints(tmp_path / "run")[-1] / checkpoint.CONFIG
+    meta = json.loads(newest.read_text())
+    meta["config"]["text"]["path"] = "t5"
+    del meta["extra"]["text_probe"]
+    newest.write_text(json.dumps(meta | {"digest": checkpoint.config_digest(meta)}))
+    monkeypatch.chdir(tmp_path / "work")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = train.Trainer(cfg, "base", tmp_path / "run", batch_size=2, progress=False)
+        assert old.resume() == 1
 
 
 def test_a_text_encoder_the_config_does_not_describe_is_refused(tmp_path):
