@@ -165,6 +165,7 @@ def build_config(args: argparse.Namespace) -> tuple[configs.CascadeConfig, str, 
         meta = _newest_config(args.out)
         cfg, stage = meta["config"], meta["stage"]
         args.config_step = meta.get("step")  # the checkpoint whose config the notes compare
+        args.bf16_saved = meta["extra"].get("bf16_given")  # for _given_bf16: read once
         for flag, given, saved in (
             ("--scale", args.scale, cfg.name),
             ("--stage", args.stage, stage),
@@ -215,7 +216,7 @@ def _given_bf16(args: argparse.Namespace) -> bool | None:
     it started (kept in its checkpoints); None: the stage's setting, where bf16 is native."""
     if args.bf16 is not None or not args.resume:
         return args.bf16
-    given = _newest_config(args.out)["extra"].get("bf16_given")
+    given = getattr(args, "bf16_saved", None)  # kept by build_config from the same config
     return given if isinstance(given, bool) else None
 
 
